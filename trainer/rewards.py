@@ -1,0 +1,97 @@
+"""The reward builder: human feedback on bot turns → one scalar reward per turn.
+
+Formula (every weight lives in ``RewardBuilderConfig``):
+
+1. CSAT 1..5 of the conversation → ``(csat - 3) / 2`` in [-1, 1], given to each of its bot turns.
+2. Expert scores -2..+2 on the turn → ``score / 2``, averaged over experts.
+3. Both present: ``expert_weight * expert + (1 - expert_weight) * csat``; one present: that one;
+   neither (tags only): 0.
+4. Add the penalty (or bonus) of each distinct tag, then clamp to [-1, 1].
+5. Optionally whiten across the batch (mean 0, std 1).
+
+Turns with no CSAT, no expert score and no tag carry no feedback and are left out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from trainer.config import RewardBuilderConfig
+
+CSAT_RANGE = (1, 5)
+EXPERT_RANGE = (-2, 2)
+
+
+@dataclass
+class FeedbackTurn:
+    """The feedback known about one bot turn of a conversation."""
+
+    conversation_id: str
+    turn_index: int
+    csat: int | None = None
+    expert_scores: list[int] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.csat is not None and not CSAT_RANGE[0] <= self.csat <= CSAT_RANGE[1]:
+            raise ValueError(f"csat must lie in {CSAT_RANGE}, got {self.csat}")
+        for score in self.expert_scores:
+            if not EXPERT_RANGE[0] <= score <= EXPERT_RANGE[1]:
+                raise ValueError(f"expert scores must lie in {EXPERT_RANGE}, got {score}")
+
+    @property
+    def has_feedback(self) -> bool:
+        """Whether anyone said anything about this turn."""
+        return self.csat is not None or bool(self.expert_scores) or bool(self.tags)
+
+
+@dataclass(frozen=True)
+class TurnReward:
+    """The reward of one bot turn, as PPO and the reward model consume it."""
+
+    conversation_id: str
+    turn_index: int
+    reward: float
+
+
+def csat_reward(csat: int) -> float:
+    """Map a 1..5 rating onto [-1, 1]: 3 stars is neutral."""
+    return (csat - 3) / 2
+
+
+def expert_reward(scores: list[int]) -> float:
+    """Mean of the experts' -2..+2 scores, mapped onto [-1, 1]."""
+    return sum(scores) / (2 * len(scores))
+
+
+def turn_reward(turn: FeedbackTurn, config: RewardBuilderConfig) -> float:
+    """The clamped, un-whitened reward of one turn that has feedback."""
+    if turn.expert_scores and turn.csat is not None:
+        w = config.expert_weight
+        blended = w * expert_reward(turn.expert_scores) + (1 - w) * csat_reward(turn.csat)
+    elif turn.expert_scores:
+        blended = expert_reward(turn.expert_scores)
+    elif turn.csat is not None:
+        blended = csat_reward(turn.csat)
+    else:
+        blended = 0.0
+    blended += sum(config.tag_penalties.get(tag, 0.0) for tag in set(turn.tags))
+    return max(-1.0, min(1.0, blended))
+
+
+def whiten(values: list[float], eps: float = 1e-8) -> list[float]:
+    """Shift and scale to mean 0, std 1 (population std); a constant batch maps to zeros."""
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+    return [(v - mean) / (std + eps) for v in values]
+
+
+def build_rewards(turns: Iterable[FeedbackTurn], config: RewardBuilderConfig) -> list[TurnReward]:
+    """Rewards for every turn with feedback, in input order; turns without feedback are dropped."""
+    rated = [t for t in turns if t.has_feedback]
+    rewards = [turn_reward(t, config) for t in rated]
+    if config.whiten and rewards:
+        rewards = whiten(rewards)
+    return [TurnReward(t.conversation_id, t.turn_index, r) for t, r in zip(rated, rewards)]
