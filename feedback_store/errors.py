@@ -1,0 +1,45 @@
+"""Typed errors raised by feedback_store; the HTTP layer maps each to one status code."""
+
+from __future__ import annotations
+
+
+class FeedbackStoreError(Exception):
+    """Base class: a request to the store was refused; the message says why."""
+
+    http_status = 400
+
+
+class ValidationFailed(FeedbackStoreError):
+    """A record or argument is malformed (out of range, too long, wrong type)."""
+
+    http_status = 422
+
+
+class NotFoundError(FeedbackStoreError):
+    """The conversation, turn, adapter, run or schedule does not exist."""
+
+    http_status = 404
+
+
+class ForbiddenError(FeedbackStoreError):
+    """The caller's token does not match the conversation's."""
+
+    http_status = 403
+
+
+class ConflictError(FeedbackStoreError):
+    """The record is in a state that forbids the write (for example, an ended conversation)."""
+
+    http_status = 409
+
+
+class RatingLockedError(ConflictError):
+    """The rating can no longer be corrected: its correction window has passed."""
+
+
+class InvalidTransitionError(ConflictError):
+    """An adapter or run status change that the state machine does not allow."""
+
+
+class LockHeldError(ConflictError):
+    """Another holder owns the lock (for example, a training run is already going)."""

@@ -1,0 +1,110 @@
+"""Every Redis key and pub/sub channel name loopdesk uses, built in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key builders under one configurable prefix (``<prefix>:...``)."""
+
+    prefix: str
+
+    def _k(self, *parts: object) -> str:
+        return ":".join((self.prefix, *(str(p) for p in parts)))
+
+    # conversations
+    def conversation(self, conv_id: str) -> str:
+        return self._k("conv", conv_id)
+
+    def turns(self, conv_id: str) -> str:
+        return self._k("conv", conv_id, "turns")
+
+    def rating_history(self, conv_id: str) -> str:
+        return self._k("conv", conv_id, "ratings")
+
+    def conversations_by_time(self) -> str:
+        return self._k("convs", "by_time")
+
+    def conversations_by_adapter(self, version: str) -> str:
+        return self._k("convs", "adapter", version)
+
+    # annotations and the expert queue
+    def annotations(self, conv_id: str, turn_index: int) -> str:
+        return self._k("ann", conv_id, turn_index)
+
+    def annotated_turns(self, conv_id: str) -> str:
+        return self._k("conv", conv_id, "annotated_turns")
+
+    def queue(self) -> str:
+        return self._k("queue")
+
+    def queue_by_adapter(self, version: str) -> str:
+        return self._k("queue", "adapter", version)
+
+    def tagged(self, tag: str) -> str:
+        return self._k("tag", tag)
+
+    # training data watermark
+    def feedback_seq(self) -> str:
+        return self._k("feedback", "seq")
+
+    def feedback_log(self) -> str:
+        return self._k("feedback", "log")
+
+    # adapters
+    def adapter(self, version: str) -> str:
+        return self._k("adapter", version)
+
+    def adapters(self) -> str:
+        return self._k("adapters")
+
+    def adapter_seq(self) -> str:
+        return self._k("adapters", "seq")
+
+    def adapter_pointer(self, role: str) -> str:
+        """``role`` is ``active`` or ``canary``."""
+        return self._k("adapters", role)
+
+    def canary_share(self) -> str:
+        return self._k("adapters", "canary_share")
+
+    def announce_channel(self) -> str:
+        return self._k("announce")
+
+    # training runs, schedules, locks
+    def run(self, run_id: str) -> str:
+        return self._k("run", run_id)
+
+    def run_progress(self, run_id: str) -> str:
+        return self._k("run", run_id, "progress")
+
+    def runs(self) -> str:
+        return self._k("runs")
+
+    def run_seq(self) -> str:
+        return self._k("runs", "seq")
+
+    def training_watermark(self) -> str:
+        return self._k("runs", "watermark")
+
+    def schedule(self, schedule_id: str) -> str:
+        return self._k("schedule", schedule_id)
+
+    def schedules(self) -> str:
+        return self._k("schedules")
+
+    def lock(self, name: str) -> str:
+        return self._k("lock", name)
+
+    # console accounts
+    def user(self, name: str) -> str:
+        return self._k("user", name)
+
+    def users(self) -> str:
+        return self._k("users")
+
+    def rq_queue_name(self) -> str:
+        """Name of the RQ queue for training jobs (RQ adds its own ``rq:`` keys)."""
+        return self._k("training")

@@ -1,0 +1,171 @@
+"""Typed, validated records: what is stored in Redis and what the store hands back."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_TEXT = 8000
+MAX_COMMENT = 2000
+TAG_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+ConversationStatus = Literal["open", "ended"]
+AdapterStatus = Literal["candidate", "canary", "active", "retired", "rejected"]
+RunStatus = Literal["queued", "running", "succeeded", "rejected", "failed"]
+BASE_VERSION = "base"
+
+
+class Record(BaseModel):
+    """Common settings: unknown fields are errors, values are checked on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Conversation(Record):
+    """A chat, pinned at its start to one adapter version."""
+
+    id: str = Field(pattern=ID_PATTERN)
+    token_hash: str = Field(repr=False)
+    adapter_version: str = Field(pattern=VERSION_PATTERN)
+    status: ConversationStatus = "open"
+    created_at: float
+    updated_at: float
+    ended_at: float | None = None
+    n_turns: int = 0
+    csat: int | None = Field(default=None, ge=1, le=5)
+    csat_comment: str = ""
+    rated_at: float | None = None
+    meta: dict[str, str] = Field(default_factory=dict)
+
+
+class CustomerTurn(Record):
+    """What the customer typed."""
+
+    index: int = Field(ge=0)
+    role: Literal["user"] = "user"
+    text: str = Field(min_length=1, max_length=MAX_TEXT)
+    created_at: float
+
+
+class BotTurn(Record):
+    """One reply with everything needed to reuse it as a PPO sample of the serving policy."""
+
+    index: int = Field(ge=0)
+    role: Literal["assistant"] = "assistant"
+    text: str = Field(max_length=MAX_TEXT)
+    context: str = Field(description="the exact prompt text the model saw")
+    prompt_token_ids: list[int]
+    reply_token_ids: list[int]
+    logprobs: list[float]
+    adapter_version: str = Field(pattern=VERSION_PATTERN)
+    latency_ms: float = Field(ge=0)
+    finished: bool = Field(description="the reply ended with the end-of-sequence token")
+    created_at: float
+
+    @model_validator(mode="after")
+    def _aligned(self) -> "BotTurn":
+        if len(self.logprobs) != len(self.reply_token_ids):
+            raise ValueError(
+                f"{len(self.logprobs)} log-probs for {len(self.reply_token_ids)} reply tokens"
+            )
+        if any(not math.isfinite(lp) or lp > 1e-6 for lp in self.logprobs):
+            raise ValueError("log-probs must be finite and <= 0")
+        return self
+
+
+Turn = CustomerTurn | BotTurn
+
+
+class Rating(Record):
+    """A customer's CSAT for a conversation."""
+
+    score: int = Field(ge=1, le=5)
+    comment: str = Field(default="", max_length=MAX_COMMENT)
+
+
+class Annotation(Record):
+    """One expert's judgement of one bot turn."""
+
+    conversation_id: str = Field(pattern=ID_PATTERN)
+    turn_index: int = Field(ge=0)
+    expert_id: str = Field(pattern=ID_PATTERN)
+    score: int = Field(ge=-2, le=2)
+    tags: list[str] = Field(default_factory=list, max_length=16)
+    corrected_reply: str = Field(default="", max_length=MAX_TEXT)
+    note: str = Field(default="", max_length=MAX_COMMENT)
+    created_at: float = 0.0
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, tags: list[str]) -> list[str]:
+        bad = [t for t in tags if not TAG_PATTERN.match(t)]
+        if bad:
+            raise ValueError(f"tags must be lowercase words like 'wrong_info', got {bad}")
+        return sorted(set(tags))
+
+
+class AdapterVersion(Record):
+    """A published LoRA adapter and where it stands."""
+
+    version: str = Field(pattern=VERSION_PATTERN)
+    path: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    base_model: str
+    parent: str = BASE_VERSION
+    status: AdapterStatus = "candidate"
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    data_watermark: int = 0
+    reason: str = ""
+    created_at: float
+    updated_at: float
+
+
+class TrainingRun(Record):
+    """One training round: its inputs, progress and outcome."""
+
+    id: str = Field(pattern=ID_PATTERN)
+    status: RunStatus = "queued"
+    config: dict[str, Any] = Field(default_factory=dict)
+    trigger: str = "manual"
+    watermark_from: int = 0
+    watermark_to: int | None = None
+    adapter_version: str | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    error: str = ""
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class Schedule(Record):
+    """A cron schedule that enqueues training runs."""
+
+    id: str = Field(pattern=ID_PATTERN)
+    cron: str = Field(min_length=9, max_length=120)
+    enabled: bool = True
+    created_at: float
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, cron: str) -> str:
+        from croniter import croniter
+
+        if len(cron.split()) != 5 or not croniter.is_valid(cron):
+            raise ValueError(f"{cron!r} is not a 5-field cron expression (minute hour day month weekday)")
+        return cron
+
+
+class Episode(Record):
+    """A bot turn with the feedback it received, as the trainer consumes it."""
+
+    conversation_id: str
+    turn: BotTurn
+    customer_text: str
+    csat: int | None
+    annotations: list[Annotation]
+    conversation_started_at: float

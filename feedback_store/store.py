@@ -1,0 +1,39 @@
+"""The one object processes hold: a Redis client plus the operations grouped by record type."""
+
+from __future__ import annotations
+
+import redis
+
+from feedback_store.adapters import Adapters
+from feedback_store.annotations import Annotations
+from feedback_store.connection import connect
+from feedback_store.conversations import Conversations
+from feedback_store.episodes import Episodes
+from feedback_store.keys import Keys
+from feedback_store.ratings import Ratings
+from feedback_store.runs import Runs
+from feedback_store.schedules import Schedules
+
+
+class FeedbackStore:
+    """Entry point: ``store.conversations.start(...)``, ``store.ratings.rate(...)``, …"""
+
+    def __init__(self, client: redis.Redis, settings):
+        self.redis = client
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.conversations = Conversations(client, self.keys)
+        self.ratings = Ratings(client, self.keys, settings.rating_correction_window_s)
+        self.annotations = Annotations(client, self.keys)
+        self.episodes = Episodes(client, self.keys, self.annotations)
+        self.adapters = Adapters(client, self.keys, settings.canary_share)
+        self.runs = Runs(client, self.keys, settings.run_lock_ttl_s)
+        self.schedules = Schedules(client, self.keys)
+
+    @classmethod
+    def from_settings(cls, settings, announce: bool = True) -> "FeedbackStore":
+        """Connect to the configured (or embedded) Redis and build the store."""
+        return cls(connect(settings, announce=announce), settings)
+
+    def ping(self) -> bool:
+        return bool(self.redis.ping())

@@ -1,0 +1,41 @@
+"""Shared fixtures: one real embedded Redis per test session (each test gets its own key
+prefix), and the test-size real model built once per session."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from feedback_store import FeedbackStore
+from feedback_store.server import ensure_embedded_redis, stop_embedded_redis
+from loopdesk.config import Settings, load_settings
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory whose embedded Redis runs for the whole session."""
+    directory = tmp_path_factory.mktemp("var")
+    ensure_embedded_redis(directory)
+    yield directory
+    stop_embedded_redis(directory)
+
+
+@pytest.fixture
+def settings(data_dir: Path) -> Settings:
+    """Settings on the session's Redis under a key prefix of this test's own."""
+    return load_settings({}, data_dir=data_dir, key_prefix=f"t{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def store(settings: Settings) -> FeedbackStore:
+    return FeedbackStore.from_settings(settings, announce=False)
+
+
+@pytest.fixture(scope="session")
+def base_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test-size tiny base model (tokenizer with chat template + Llama), built in seconds."""
+    from sim.bootstrap import build_base_model
+
+    return build_base_model(tmp_path_factory.mktemp("models") / "base", size="test", progress=False)
