@@ -1,0 +1,147 @@
+"""The chat API the widget (and the simulated customers) use; the customer token is a bearer token.
+
+A message is logged as the customer's turn, answered by the engine on the conversation's pinned
+adapter, and the reply is logged as a bot turn with everything PPO needs. The reply comes back as
+JSON, or as server-sent events (``delta`` chunks, then ``done`` or ``error``) when asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Callable, Iterator
+
+from flask import Blueprint, Response, request, url_for
+from pydantic import BaseModel
+
+from bot.errors import ApiError, error_payload
+from bot.schemas import (
+    ConversationCreated,
+    Delta,
+    Ended,
+    ErrorOut,
+    MessageIn,
+    RatingIn,
+    RatingOut,
+    Reply,
+    StartIn,
+    Transcript,
+    TurnOut,
+)
+from bot.services import Services, services
+from bot.validation import bearer_token, parse_body
+from feedback_store.records import BotTurn, Conversation
+
+log = logging.getLogger(__name__)
+bp = Blueprint("chat", __name__, url_prefix="/api/conversations")
+
+
+def _json(model: BaseModel, status: int = 200) -> Response:
+    return Response(model.model_dump_json(), status=status, mimetype="application/json")
+
+
+@bp.post("")
+def start() -> Response:
+    """Open a conversation pinned to the adapter version the engine picks (active or canary)."""
+    body = parse_body(StartIn, optional=True)
+    svc = services()
+    conv, token = svc.store.conversations.start(svc.engine.choose_version(), body.meta)
+    created = ConversationCreated(conversation_id=conv.id, token=token, adapter_version=conv.adapter_version)
+    response = _json(created, 201)
+    response.headers["Location"] = url_for("chat.transcript", conv_id=conv.id)
+    return response
+
+
+@bp.post("/<conv_id>/messages")
+def post_message(conv_id: str) -> Response:
+    """Log the customer's message and answer it (JSON, or SSE for ``Accept: text/event-stream``)."""
+    token = bearer_token()
+    svc = services()
+    conv = svc.store.conversations.check_token(conv_id, token)
+    text = parse_body(MessageIn).text
+    if not text.strip():
+        raise ApiError(422, "invalid_request", "text: the message is empty")
+    if len(text) > svc.settings.max_message_chars:
+        raise ApiError(422, "message_too_long",
+                       f"the message has {len(text)} characters; the limit is {svc.settings.max_message_chars}")
+    svc.store.conversations.append_customer(conv_id, token, text)
+    messages = [{"role": t.role, "content": t.text} for t in svc.store.conversations.turns(conv_id)]
+    if request.accept_mimetypes.best_match(["application/json", "text/event-stream"]) == "text/event-stream":
+        return Response(_stream(svc, conv, messages), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return _json(_answer(svc, conv, messages))
+
+
+def _answer(svc: Services, conv: Conversation, messages: list[dict],
+            on_text: Callable[[str], None] | None = None) -> Reply:
+    """Generate the reply on the pinned adapter and log it as a bot turn."""
+    gen = svc.engine.generate(messages, conv.adapter_version, on_text=on_text)
+    turn = svc.store.conversations.append_bot(conv.id, BotTurn(
+        index=0, text=gen.text, context=gen.context, prompt_token_ids=gen.prompt_token_ids,
+        reply_token_ids=gen.reply_token_ids, logprobs=gen.logprobs,
+        adapter_version=gen.adapter_version, latency_ms=gen.latency_ms, finished=gen.finished,
+        created_at=time.time(),
+    ))
+    return Reply(turn_index=turn.index, text=turn.text, adapter_version=turn.adapter_version,
+                 finished=turn.finished)
+
+
+def _sse(event: str, data: BaseModel) -> str:
+    return f"event: {event}\ndata: {data.model_dump_json()}\n\n"
+
+
+def _stream(svc: Services, conv: Conversation, messages: list[dict]) -> Iterator[str]:
+    """SSE events from a worker thread; the reply is logged even if the client goes away."""
+    events: queue.Queue[tuple[str, BaseModel]] = queue.Queue()
+
+    def on_text(delta: str) -> None:
+        if delta:
+            events.put(("delta", Delta(text=delta)))
+
+    def work() -> None:
+        try:
+            events.put(("done", _answer(svc, conv, messages, on_text)))
+        except Exception as exc:  # every failure must reach the client as an error event
+            status, body = error_payload(exc)
+            if status >= 500:
+                log.exception("reply for conversation %s failed", conv.id)
+            events.put(("error", ErrorOut.model_validate(body)))
+
+    threading.Thread(target=work, name=f"reply-{conv.id}", daemon=True).start()
+    while True:
+        event, data = events.get()
+        yield _sse(event, data)
+        if event != "delta":
+            return
+
+
+@bp.post("/<conv_id>/end")
+def end(conv_id: str) -> Response:
+    """End the conversation (idempotent); the widget then asks for a rating."""
+    conv = services().store.conversations.end(conv_id, bearer_token())
+    return _json(Ended(conversation_id=conv.id, status=conv.status, ended_at=conv.ended_at))
+
+
+@bp.post("/<conv_id>/rating")
+def rate(conv_id: str) -> Response:
+    """Rate the conversation 1-5; repeating is harmless, changing works within the window."""
+    token = bearer_token()
+    body = parse_body(RatingIn)
+    changed = services().store.ratings.rate(conv_id, token, body.score, body.comment)
+    return _json(RatingOut(conversation_id=conv_id, score=body.score, comment=body.comment, changed=changed))
+
+
+@bp.get("/<conv_id>")
+def transcript(conv_id: str) -> Response:
+    """The conversation's turns for its token holder (the widget restores history from it)."""
+    store = services().store
+    conv = store.conversations.check_token(conv_id, bearer_token())
+    turns = [TurnOut(index=t.index, role=t.role, text=t.text, created_at=t.created_at)
+             for t in store.conversations.turns(conv_id)]
+    return _json(Transcript(
+        conversation_id=conv.id, status=conv.status, adapter_version=conv.adapter_version,
+        created_at=conv.created_at, ended_at=conv.ended_at, csat=conv.csat,
+        csat_comment=conv.csat_comment, turns=turns,
+    ))

@@ -1,0 +1,85 @@
+"""The one place where failures become HTTP answers: ``{"error": {"code", "message"}}``.
+
+feedback_store's typed errors carry their status; request problems raise ``ApiError``;
+werkzeug's HTTP errors (413 body too large, 429 rate limited, 404, 405) get the same shape.
+"""
+
+from __future__ import annotations
+
+import re
+
+from flask import Flask, Response, current_app, jsonify
+from werkzeug.exceptions import HTTPException
+
+from bot.schemas import ErrorDetail, ErrorOut
+from feedback_store.errors import (
+    ConflictError,
+    FeedbackStoreError,
+    ForbiddenError,
+    InvalidTransitionError,
+    LockHeldError,
+    NotFoundError,
+    RatingLockedError,
+    ValidationFailed,
+)
+
+_STORE_CODES: dict[type[FeedbackStoreError], str] = {
+    RatingLockedError: "rating_locked",
+    InvalidTransitionError: "invalid_transition",
+    LockHeldError: "lock_held",
+    ConflictError: "conflict",
+    NotFoundError: "not_found",
+    ForbiddenError: "forbidden",
+    ValidationFailed: "invalid_request",
+}
+
+
+class ApiError(Exception):
+    """A request the API refuses, with its status, a stable code and a readable message."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def describe(exc: Exception) -> tuple[int, str, str]:
+    """(status, code, message) for any failure; unexpected ones become a bare 500."""
+    if isinstance(exc, ApiError):
+        return exc.status, exc.code, exc.message
+    if isinstance(exc, FeedbackStoreError):
+        code = next((_STORE_CODES[k] for k in type(exc).__mro__ if k in _STORE_CODES), "refused")
+        return exc.http_status, code, str(exc)
+    if isinstance(exc, HTTPException):
+        status = exc.code or 500
+        code = re.sub(r"\W+", "_", (exc.name or "error").lower())
+        message = exc.description or code
+        if status == 413:
+            code = "body_too_large"
+            message = f"the request body is larger than {current_app.config['MAX_CONTENT_LENGTH']} bytes"
+        elif status == 429:
+            code = "rate_limited"
+            message = f"too many requests: the limit is {exc.description}; retry later"
+        return status, code, message
+    return 500, "internal_error", "the server failed to answer; please try again"
+
+
+def error_payload(exc: Exception) -> tuple[int, dict]:
+    """The status and JSON body describing ``exc``."""
+    status, code, message = describe(exc)
+    return status, ErrorOut(error=ErrorDetail(code=code, message=message)).model_dump()
+
+
+def _handle(exc: Exception) -> tuple[Response, int]:
+    status, body = error_payload(exc)
+    response = jsonify(body)
+    if isinstance(exc, HTTPException) and exc.code == 405 and exc.valid_methods:
+        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    return response, status
+
+
+def init_app(app: Flask) -> None:
+    """Register the JSON error handlers."""
+    for kind in (ApiError, FeedbackStoreError, HTTPException):
+        app.register_error_handler(kind, _handle)
