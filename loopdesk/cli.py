@@ -13,6 +13,7 @@ from loopdesk.config import SettingsError, load_settings
 # (module, command attribute): every area's commands, in the order --help lists them.
 COMMANDS = [
     ("feedback_store.cli", "redis_group"),
+    ("bot.cli", "serve"),
 ]
 
 
