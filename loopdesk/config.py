@@ -42,6 +42,7 @@ class Settings:
             at the same temperature).
         canary_share (float, default 0.1): share of new conversations pinned to the canary
             adapter when one exists.
+        max_batch_size (int, default 32): most replies one generation worker decodes together.
         run_lock_ttl_s (int, default 3600): expiry of the one-training-run-at-a-time lock.
         secret_key (str, default ""): Flask session signing key; empty: a random one is
             generated and kept in ``data_dir/secret_key``.
@@ -61,6 +62,7 @@ class Settings:
     max_reply_tokens: int = 64
     temperature: float = 1.0
     canary_share: float = 0.1
+    max_batch_size: int = 32
     run_lock_ttl_s: int = 3600
     secret_key: str = field(default="", repr=False)
     max_request_bytes: int = 65536
