@@ -10,6 +10,7 @@ import redis
 
 from feedback_store.errors import InvalidTransitionError, NotFoundError, ValidationFailed
 from feedback_store.keys import Keys
+from feedback_store.lua import Script
 from feedback_store.records import BASE_VERSION, AdapterStatus, AdapterVersion
 
 # Which statuses each status may move to; "active" is reached by promote/rollback only.
@@ -20,6 +21,17 @@ TRANSITIONS: dict[str, set[str]] = {
     "retired": {"active", "canary"},
     "rejected": set(),
 }
+
+
+_REGISTER = """
+-- KEYS: adapter, adapters index   ARGV: version, created_at, field, value, ...
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return fail('CONFLICT', 'adapter ' .. ARGV[1] .. ' is already registered')
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 1
+"""
 
 
 def _parse(fields: dict[str, str]) -> AdapterVersion:
@@ -35,6 +47,7 @@ class Adapters:
         self._r = client
         self._keys = keys
         self._default_share = default_canary_share
+        self._register = Script(client, _REGISTER)
 
     def next_version(self) -> str:
         """Reserve a new version name (``v0001``, ``v0002``, …)."""
@@ -46,13 +59,9 @@ class Adapters:
             raise ValidationFailed("a new adapter is registered as a candidate")
         fields = adapter.model_dump()
         fields["metrics"] = json.dumps(adapter.metrics)
-        pipe = self._r.pipeline(transaction=True)
-        pipe.hsetnx(self._keys.adapter(adapter.version), "version", adapter.version)
-        pipe.hset(self._keys.adapter(adapter.version), mapping=fields)
-        pipe.zadd(self._keys.adapters(), {adapter.version: adapter.created_at})
-        created, *_ = pipe.execute()
-        if not created:
-            raise InvalidTransitionError(f"adapter {adapter.version} is already registered")
+        flat = [item for pair in fields.items() for item in pair]
+        self._register([self._keys.adapter(adapter.version), self._keys.adapters()],
+                       [adapter.version, adapter.created_at, *flat])
         return adapter
 
     def get(self, version: str) -> AdapterVersion:

@@ -12,7 +12,14 @@ from pydantic import ValidationError
 
 from feedback_store.errors import NotFoundError, ValidationFailed
 from feedback_store.keys import Keys
+from feedback_store.lua import Script
 from feedback_store.records import Schedule
+
+
+_SET_ENABLED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return fail('NOTFOUND', 'no schedule ' .. ARGV[1]) end
+return redis.call('HSET', KEYS[1], 'enabled', ARGV[2])
+"""
 
 
 def next_runs(cron: str, count: int = 3, after: float | None = None) -> list[datetime]:
@@ -33,6 +40,7 @@ class Schedules:
     def __init__(self, client: redis.Redis, keys: Keys):
         self._r = client
         self._keys = keys
+        self._set_enabled = Script(client, _SET_ENABLED)
 
     def add(self, cron: str, enabled: bool = True) -> Schedule:
         try:
@@ -60,8 +68,7 @@ class Schedules:
         return sorted((_parse(f) for f in pipe.execute() if f), key=lambda s: s.created_at)
 
     def set_enabled(self, schedule_id: str, enabled: bool) -> Schedule:
-        self.get(schedule_id)
-        self._r.hset(self._keys.schedule(schedule_id), "enabled", int(enabled))
+        self._set_enabled([self._keys.schedule(schedule_id)], [schedule_id, int(enabled)])
         return self.get(schedule_id)
 
     def delete(self, schedule_id: str) -> None:

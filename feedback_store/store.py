@@ -13,6 +13,7 @@ from feedback_store.keys import Keys
 from feedback_store.ratings import Ratings
 from feedback_store.runs import Runs
 from feedback_store.schedules import Schedules
+from feedback_store.users import Users
 
 
 class FeedbackStore:
@@ -29,6 +30,7 @@ class FeedbackStore:
         self.adapters = Adapters(client, self.keys, settings.canary_share)
         self.runs = Runs(client, self.keys, settings.run_lock_ttl_s)
         self.schedules = Schedules(client, self.keys)
+        self.users = Users(client, self.keys)
 
     @classmethod
     def from_settings(cls, settings, announce: bool = True) -> "FeedbackStore":

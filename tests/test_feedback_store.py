@@ -166,8 +166,9 @@ def test_adapter_transitions_and_announcements(store):
     v1, v2 = store.adapters.next_version(), store.adapters.next_version()
     register(store, v1)
     register(store, v2, parent=v1)
-    with pytest.raises(InvalidTransitionError, match="already registered"):
-        register(store, v1)
+    with pytest.raises(ConflictError, match="already registered"):
+        register(store, v1, parent=v2)
+    assert store.adapters.get(v1).parent == "base"
     store.adapters.promote(v1)
     store.adapters.send_to_canary(v2)
     assert (store.adapters.active(), store.adapters.canary()) == (v1, v2)
@@ -247,3 +248,17 @@ def test_every_key_lives_under_the_prefix(settings):
     written = list(store.redis.scan_iter(count=1000))
     assert len(written) > 10
     assert all(k.startswith(f"{settings.key_prefix}:") for k in written)
+
+
+def test_users_have_roles_and_hashed_passwords(store):
+    store.users.add("ann", "expert", "correct horse")
+    with pytest.raises(ConflictError, match="exists"):
+        store.users.add("ann", "operator", "another pass")
+    with pytest.raises(ValidationFailed, match="role"):
+        store.users.add("bob", "customer", "long enough")
+    with pytest.raises(ValidationFailed, match="at least"):
+        store.users.add("bob", "operator", "short")
+    assert store.users.authenticate("ann", "correct horse").role == "expert"
+    assert store.users.authenticate("ann", "wrong horse") is None
+    assert store.users.authenticate("nobody", "correct horse") is None
+    assert "correct horse" not in str(store.redis.hgetall(store.keys.user("ann")))
