@@ -13,6 +13,7 @@ from feedback_store.keys import Keys
 from feedback_store.ratings import Ratings
 from feedback_store.runs import Runs
 from feedback_store.schedules import Schedules
+from feedback_store.training_queue import TrainingQueue
 from feedback_store.users import Users
 
 
@@ -31,6 +32,7 @@ class FeedbackStore:
         self.runs = Runs(client, self.keys, settings.run_lock_ttl_s)
         self.schedules = Schedules(client, self.keys)
         self.users = Users(client, self.keys)
+        self.training = TrainingQueue(client, self.keys, self.runs)
 
     @classmethod
     def from_settings(cls, settings, announce: bool = True) -> "FeedbackStore":

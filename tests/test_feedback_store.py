@@ -262,3 +262,11 @@ def test_users_have_roles_and_hashed_passwords(store):
     assert store.users.authenticate("ann", "wrong horse") is None
     assert store.users.authenticate("nobody", "correct horse") is None
     assert "correct horse" not in str(store.redis.hgetall(store.keys.user("ann")))
+
+
+def test_training_round_is_queued_with_its_run_record(store):
+    run = store.training.enqueue_round(trigger="console", config={"rounds": 1})
+    assert store.runs.get(run.id).status == "queued" and run.trigger == "console"
+    assert store.training.pending() == 1
+    job = store.training.queue.jobs[0]
+    assert job.func_name == "trainer.jobs.run_round" and job.args == (run.id,)
