@@ -1,0 +1,168 @@
+"""The model runtime the web layer calls: one engine per process, replies streamed and logged.
+
+``Engine.start()`` loads the base model and tokenizer once, starts the generation worker
+(dynamic batching by adapter version) and the adapter hot-swap threads. ``generate`` blocks
+the calling thread until its reply is done, handing text deltas to ``on_text`` on that same
+thread as tokens arrive, and returns everything a logged ``BotTurn`` needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from bot.runtime.batching import Row
+from bot.runtime.hotswap import AdapterManager
+from bot.runtime.prompts import PromptBuilder, system_prompt
+from bot.runtime.worker import GenerationWorker, Request
+from feedback_store import FeedbackStore
+from loopdesk.config import Settings
+
+log = logging.getLogger(__name__)
+
+PROBE_MESSAGES = [{"role": "user", "content": "Hello"}]
+
+
+class GenerationError(RuntimeError):
+    """No reply could be generated (engine stopped, or the model failed); the message says which."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One reply and how it was made.
+
+    ``reply_token_ids`` include the closing EOS when ``finished``; ``logprobs`` holds one entry
+    per reply token, log π(token) at the serving temperature. ``text`` excludes special tokens.
+    """
+
+    text: str
+    context: str
+    prompt_token_ids: list[int]
+    reply_token_ids: list[int]
+    logprobs: list[float]
+    adapter_version: str
+    latency_ms: float
+    ttft_ms: float
+    finished: bool
+
+
+class Engine:
+    """Serves chat replies from the base model plus hot-swapped LoRA adapters."""
+
+    def __init__(self, settings: Settings, store: FeedbackStore, *, max_batch_size: int | None = None,
+                 idle_unload_s: float = 120.0):
+        if settings.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {settings.temperature}")
+        self.settings = settings
+        self.store = store
+        self.max_batch_size = max_batch_size or settings.max_batch_size
+        self.idle_unload_s = idle_unload_s
+        self.tokenizer = None
+        self._builder: PromptBuilder | None = None
+        self._worker: GenerationWorker | None = None
+        self._adapters: AdapterManager | None = None
+        self._max_positions = 0
+
+    def start(self) -> None:
+        """Load model and tokenizer, start the worker, load the active/canary adapters, follow changes."""
+        ref = self.settings.base_model_ref
+        started = time.perf_counter()
+        self.tokenizer = AutoTokenizer.from_pretrained(ref)
+        model = AutoModelForCausalLM.from_pretrained(ref).eval()
+        self._max_positions = model.config.max_position_embeddings
+        budget = self._max_positions - self.settings.max_reply_tokens
+        if budget < 16:
+            raise ValueError(f"max_reply_tokens={self.settings.max_reply_tokens} leaves no room for a prompt "
+                             f"in {self._max_positions} positions")
+        self._builder = PromptBuilder(self.tokenizer, budget, system_prompt(ref) if Path(ref).is_dir() else None)
+        pad_id = self.tokenizer.pad_token_id
+        self._worker = GenerationWorker(model, self.tokenizer.eos_token_id if pad_id is None else pad_id,
+                                        self.tokenizer.eos_token_id, self.settings.temperature,
+                                        self.max_batch_size)
+        self._worker.start()
+        self._adapters = AdapterManager(self.store, self._worker, ref,
+                                        self._builder.build(PROBE_MESSAGES).token_ids, self.idle_unload_s)
+        self._adapters.start()
+        log.info("engine ready in %.1f s: %s, %d threads, serving %s", time.perf_counter() - started, ref,
+                 torch.get_num_threads(), self.loaded_versions())
+
+    def stop(self) -> None:
+        """Stop following adapters and stop the worker; requests still running fail."""
+        if self._adapters is not None:
+            self._adapters.stop()
+        if self._worker is not None:
+            self._worker.stop()
+
+    def ready(self) -> bool:
+        return self._worker is not None and self._worker.alive()
+
+    def loaded_versions(self) -> list[str]:
+        """Adapter versions requests can be served with now (``base`` is the adapter-free model)."""
+        return self._worker.loaded_versions() if self._worker else []
+
+    def choose_version(self) -> str:
+        """The version a NEW conversation is pinned to: active, or canary with the canary share."""
+        return self._running_adapters().choose_version()
+
+    def generate(self, messages: list[dict], adapter_version: str,
+                 on_text: Callable[[str], None] | None = None) -> Generation:
+        """Reply to ``messages`` with ``adapter_version`` (or the active one if it is not loaded).
+
+        Blocks until done; ``on_text`` gets each new piece of text on this thread.
+
+        Raises:
+            GenerationError: the engine is not running, or generation failed.
+        """
+        started = time.perf_counter()
+        worker = self._running_worker()
+        prompt = self._builder.build(messages)
+        max_new = min(self.settings.max_reply_tokens, self._max_positions - len(prompt.token_ids))
+        request = Request(adapter_version, Row(prompt.token_ids, max_new))
+        request.row.owner = request
+        worker.submit(request)
+        streamed = ""
+        while True:
+            event = request.events.get()
+            if on_text is not None and not request.row.error:
+                streamed = self._stream(request.row, streamed, on_text, final=event == "done")
+            if event == "done":
+                break
+        row = request.row
+        if row.error:
+            raise GenerationError(row.error)
+        done = time.perf_counter()
+        return Generation(
+            text=self.tokenizer.decode(row.reply_ids, skip_special_tokens=True),
+            context=prompt.text,
+            prompt_token_ids=list(prompt.token_ids),
+            reply_token_ids=list(row.reply_ids),
+            logprobs=list(row.logprobs),
+            adapter_version=request.served_version,
+            latency_ms=1000 * (done - started),
+            ttft_ms=1000 * ((request.first_token_at or done) - started),
+            finished=row.finished,
+        )
+
+    def _stream(self, row: Row, streamed: str, on_text: Callable[[str], None], final: bool) -> str:
+        """Hand the text decoded since ``streamed`` to ``on_text`` (holding back a partial character)."""
+        text = self.tokenizer.decode(list(row.reply_ids), skip_special_tokens=True)
+        if (text.endswith("\ufffd") and not final) or not text.startswith(streamed) or text == streamed:
+            return streamed
+        on_text(text[len(streamed):])
+        return text
+
+    def _running_worker(self) -> GenerationWorker:
+        if self._worker is None or not self._worker.alive():
+            raise GenerationError("the engine is not running")
+        return self._worker
+
+    def _running_adapters(self) -> AdapterManager:
+        if self._adapters is None:
+            raise GenerationError("the engine is not running")
+        return self._adapters

@@ -1,0 +1,290 @@
+"""The generation worker: the one thread that owns the model and runs every forward pass.
+
+Requests queue to it; each loop it runs pending commands (adapter installs), admits waiting
+requests into the running batch of their adapter version (up to ``max_batch_size`` rows,
+prefilled together and merged in: continuous batching), then runs one decode step per
+version. One forward pass always serves exactly one adapter. Adapters no longer wanted are
+deleted once no request uses them.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from peft import PeftModel, set_peft_model_state_dict
+from transformers import PreTrainedModel
+
+from bot.runtime.adapters import AdapterRefused, VerifiedAdapter
+from bot.runtime.batching import Batch, Row
+from feedback_store.records import BASE_VERSION
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Request:
+    """One reply asked of the worker; ``events`` receives ``"token"`` after each token, then ``"done"``."""
+
+    version: str
+    row: Row
+    strict: bool = False  # serve exactly ``version`` even before it is routable (adapter probes)
+    events: "queue.SimpleQueue[str]" = field(default_factory=queue.SimpleQueue)
+    submitted_at: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    served_version: str = ""
+
+
+@dataclass
+class _Routing:
+    """Which versions new requests may use, and what serves the others (under the worker's lock)."""
+
+    fallback: str = BASE_VERSION
+    routable: set[str] = field(default_factory=lambda: {BASE_VERSION})
+    retiring: dict[str, float] = field(default_factory=dict)  # version -> unload when idle this long
+    last_used: dict[str, float] = field(default_factory=dict)
+
+
+class GenerationWorker:
+    """Owns the model; serves requests in batches grouped by adapter version."""
+
+    def __init__(self, model: PreTrainedModel, pad_id: int, eos_id: int, temperature: float,
+                 max_batch_size: int):
+        self.model: PreTrainedModel | PeftModel = model
+        self.pad_id, self.eos_id = pad_id, eos_id
+        self.temperature = temperature
+        self.max_batch_size = max_batch_size
+        self._requests: queue.SimpleQueue[Request] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[tuple[Callable[[], Any], Future]] = queue.SimpleQueue()
+        self._waiting: dict[str, deque[Request]] = {}
+        self._batches: dict[str, Batch] = {}
+        self._routing = _Routing()
+        self._lock = threading.Lock()
+        self._active_adapter: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="loopdesk-generation", daemon=True)
+
+    # called from other threads ------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def submit(self, request: Request) -> None:
+        if self._stop.is_set():
+            raise RuntimeError("the generation worker is stopped")
+        self._requests.put(request)
+
+    def call(self, fn: Callable[[], Any]) -> Future:
+        """Run ``fn`` on the worker thread between two steps; its result comes back in the future."""
+        future: Future = Future()
+        self._commands.put((fn, future))
+        return future
+
+    def install(self, adapter: VerifiedAdapter) -> Future:
+        """Add a verified adapter to the model (on the worker thread, between steps)."""
+        return self.call(lambda: self._install(adapter))
+
+    def uninstall(self, version: str) -> Future:
+        """Delete an adapter that failed its probe (on the worker thread, between steps)."""
+        return self.call(lambda: self._delete(version))
+
+    def publish(self, version: str) -> None:
+        """Let new requests use ``version`` (after it was installed and probed)."""
+        with self._lock:
+            self._routing.routable.add(version)
+            self._routing.retiring.pop(version, None)
+
+    def set_fallback(self, version: str) -> None:
+        """Serve requests for versions that are not routable with ``version`` (the active one)."""
+        with self._lock:
+            self._routing.fallback = version
+            self._routing.routable.add(version)
+            self._routing.retiring.pop(version, None)
+
+    def retire(self, version: str, after_idle_s: float) -> None:
+        """Unload ``version`` once nothing used it for ``after_idle_s`` (0: stop routing to it now)."""
+        with self._lock:
+            if version in (self._routing.fallback, BASE_VERSION):
+                return
+            self._routing.retiring[version] = after_idle_s
+            if after_idle_s <= 0:
+                self._routing.routable.discard(version)
+
+    def loaded_versions(self) -> list[str]:
+        """Versions that requests are served with right now."""
+        with self._lock:
+            return sorted(self._routing.routable)
+
+    def fallback(self) -> str:
+        with self._lock:
+            return self._routing.fallback
+
+    # the worker thread ----------------------------------------------------------------------
+    def _run(self) -> None:
+        torch.set_grad_enabled(False)
+        with torch.inference_mode():
+            while not self._stop.is_set():
+                self._run_commands()
+                self._admit(block=not self._batches and not any(self._waiting.values()))
+                for version in list(self._waiting):
+                    self._prefill(version)
+                for version in list(self._batches):
+                    self._step(version)
+                self._unload_idle()
+        self._fail_all("the generation worker stopped")
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                fn, future = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                future.set_result(fn())
+            except Exception as exc:  # handed to the caller, who logs it
+                future.set_exception(exc)
+
+    def _admit(self, block: bool) -> None:
+        try:
+            first = self._requests.get(timeout=0.05) if block else self._requests.get_nowait()
+        except queue.Empty:
+            return
+        now = time.monotonic()
+        with self._lock:
+            routing = self._routing
+            for request in [first, *_drain(self._requests)]:
+                ok = request.strict or request.version in routing.routable
+                request.served_version = request.version if ok else routing.fallback
+                routing.last_used[request.served_version] = now
+                self._waiting.setdefault(request.served_version, deque()).append(request)
+
+    def _prefill(self, version: str) -> None:
+        waiting = self._waiting[version]
+        running = len(self._batches.get(version, ()))
+        newcomers = [waiting.popleft() for _ in range(min(len(waiting), self.max_batch_size - running))]
+        if not waiting:
+            del self._waiting[version]
+        if not newcomers:
+            return
+        try:
+            self._use(version)
+            batch = Batch.prefill(self.model, [r.row for r in newcomers], self.pad_id, self.eos_id,
+                                  self.temperature)
+        except Exception:
+            log.exception("prefill under adapter %s failed", version)
+            self._fail(newcomers, f"generation under adapter {version} failed")
+            return
+        first_token_at = time.perf_counter()
+        for request in newcomers:
+            request.first_token_at = first_token_at
+        if version in self._batches:
+            self._batches[version].merge(batch)
+        else:
+            self._batches[version] = batch
+        self._emit(version)
+
+    def _step(self, version: str) -> None:
+        try:
+            self._use(version)
+            self._batches[version].step(self.model, self.eos_id, self.temperature)
+        except Exception:
+            log.exception("decode step under adapter %s failed", version)
+            self._fail([row.owner for row in self._batches.pop(version).rows],
+                       f"generation under adapter {version} failed")
+            return
+        self._emit(version)
+
+    def _emit(self, version: str) -> None:
+        batch = self._batches[version]
+        for row in batch.rows:
+            row.owner.events.put("token")
+        for row in batch.drop_done():
+            row.owner.events.put("done")
+        if not batch.rows:
+            del self._batches[version]
+        with self._lock:
+            self._routing.last_used[version] = time.monotonic()
+
+    def _fail_all(self, reason: str) -> None:
+        pending = [*_drain(self._requests)] + [r for q in self._waiting.values() for r in q]
+        self._fail(pending + [row.owner for b in self._batches.values() for row in b.rows], reason)
+
+    @staticmethod
+    def _fail(requests: list[Request], reason: str) -> None:
+        for request in requests:
+            request.row.error = request.row.error or reason
+            request.events.put("done")
+
+    # adapters (worker thread only) -------------------------------------------------------------
+    def _use(self, version: str) -> None:
+        """Make ``version`` the adapter the next forward pass uses."""
+        if version != self._active_adapter and isinstance(self.model, PeftModel):
+            if version == BASE_VERSION:
+                self.model.base_model.disable_adapter_layers()
+            else:
+                self.model.base_model.enable_adapter_layers()
+                self.model.set_adapter(version, inference_mode=True)
+            self._active_adapter = version
+
+    def _install(self, adapter: VerifiedAdapter) -> None:
+        self._active_adapter = None
+        try:
+            if isinstance(self.model, PeftModel):
+                self.model.add_adapter(adapter.version, adapter.config)
+            else:
+                self.model = PeftModel(self.model, adapter.config, adapter_name=adapter.version)
+            result = set_peft_model_state_dict(self.model, adapter.weights, adapter_name=adapter.version)
+        except Exception as exc:
+            self._delete(adapter.version)
+            raise AdapterRefused(f"{adapter.version}: does not fit this base model: {exc}") from exc
+        self.model.eval()
+        missing = [k for k in result.missing_keys if f".{adapter.version}." in k]
+        if missing or result.unexpected_keys:
+            self._delete(adapter.version)
+            raise AdapterRefused(f"{adapter.version}: weights do not match its config "
+                                 f"(missing {missing[:2]}, unexpected {result.unexpected_keys[:2]})")
+
+    def _delete(self, version: str) -> None:
+        self._active_adapter = None
+        if isinstance(self.model, PeftModel) and version in self.model.peft_config:
+            if len(self.model.peft_config) == 1:
+                self.model = self.model.unload()
+            else:
+                self.model.delete_adapter(version)
+        log.info("adapter %s unloaded", version)
+
+    def _unload_idle(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            routing = self._routing
+            idle = [v for v, after in routing.retiring.items()
+                    if v not in self._batches and v not in self._waiting
+                    and now - routing.last_used.get(v, 0.0) >= after]
+            for version in idle:
+                del routing.retiring[version]
+                routing.routable.discard(version)
+        for version in idle:
+            if version != BASE_VERSION:
+                self._delete(version)
+
+
+def _drain(q: "queue.SimpleQueue[Request]") -> list[Request]:
+    items = []
+    while True:
+        try:
+            items.append(q.get_nowait())
+        except queue.Empty:
+            return items
