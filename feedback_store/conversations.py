@@ -162,6 +162,12 @@ class Conversations:
         )
         return self.many(ids)
 
+    def for_adapter(self, version: str, since: float = 0.0, limit: int = 5000) -> list[Conversation]:
+        """Conversations pinned to adapter ``version`` created at or after ``since``, newest first."""
+        ids = self._r.zrevrangebyscore(self._keys.conversations_by_adapter(version), "+inf", since,
+                                       start=0, num=max(1, limit))
+        return self.many(ids)
+
     def many(self, conv_ids: list[str]) -> list[Conversation]:
         """Several conversations in one round trip, skipping ids that no longer exist."""
         pipe = self._r.pipeline(transaction=False)

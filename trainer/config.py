@@ -6,7 +6,8 @@ meaning. Defaults follow DESIGN.md ("What a feasibility run showed").
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 
 def _default_tag_penalties() -> dict[str, float]:
@@ -118,3 +119,135 @@ class PPOConfig:
             raise ValueError("batch_size and mini_batch_size must be at least 1")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
+
+
+@dataclass
+class RewardModelConfig:
+    """The reward model: base model + scalar head + its own LoRA, trained on preference pairs.
+
+    Parameters:
+        lora_r (int, default 8): LoRA rank of the reward model's adapter.
+        lora_alpha (int, default 16): LoRA scaling numerator (scale = alpha / r).
+        learning_rate (float, default 1e-3): AdamW learning rate (TRL's RewardTrainer).
+        epochs (float, default 3.0): passes over the training pairs.
+        batch_size (int, default 8): pairs per gradient step.
+        eval_share (float, default 0.2): share of pairs held out to report pairwise accuracy
+            (at least one pair once there are two).
+        min_reward_gap (float, default 0.25): two replies to the same customer message form a
+            pair only when their rewards differ by at least this much.
+        max_pairs_per_message (int, default 16): cap on reward-ranked pairs per customer
+            message, so one frequent question does not dominate.
+        max_length (int, default 512): longest prompt + reply in tokens; longer prompts lose
+            their oldest tokens.
+        seed (int, default 0): seed of the pair split, head initialisation and shuffling.
+    """
+
+    lora_r: int = 8
+    lora_alpha: int = 16
+    learning_rate: float = 1e-3
+    epochs: float = 3.0
+    batch_size: int = 8
+    eval_share: float = 0.2
+    min_reward_gap: float = 0.25
+    max_pairs_per_message: int = 16
+    max_length: int = 512
+    seed: int = 0
+
+
+@dataclass
+class GateConfig:
+    """The evaluation gate before publishing, and the live canary decision after it.
+
+    Parameters:
+        contexts (int, default 32): held-out logged prompts each adapter answers.
+        max_new_tokens (int, default 64): longest reply sampled (the serving limit).
+        temperature (float, default 1.0): sampling temperature (the serving temperature).
+        margin (float, default 0.0): the candidate's mean reward-model score must be at least
+            the active adapter's plus this.
+        kl_budget (float, default 8.0): largest allowed KL of the candidate to the base model,
+            nats per reply (total drift across all rounds).
+        max_unfinished_share (float, default 0.25): largest allowed share of replies cut off
+            without an end-of-sequence token.
+        evaluator (str, default ""): optional external evaluator command line; it gets
+            ``--candidate DIR --active VERSION`` appended (and ``LOOPDESK_GATE_CANDIDATE_DIR``,
+            ``LOOPDESK_GATE_ACTIVE_VERSION`` in its environment) and prints one JSON object
+            ``{"pass", "candidate_score", "active_score", "details"}`` on its last stdout line.
+        evaluator_timeout_s (float, default 900): the evaluator is killed and the gate fails
+            after this many seconds.
+        pass_status (str, default "canary"): what a passing candidate becomes: ``canary``
+            (live CSAT then decides) or ``active``.
+        canary_alpha (float, default 0.05): significance level of the live canary test.
+        canary_min_samples (int, default 30): rated conversations needed on each side before
+            the canary test decides anything.
+        canary_max_samples (int, default 300): rated canary conversations after which a canary
+            not shown worse is promoted.
+        seed (int, default 0): seed of the gate's reply sampling.
+    """
+
+    contexts: int = 32
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    margin: float = 0.0
+    kl_budget: float = 8.0
+    max_unfinished_share: float = 0.25
+    evaluator: str = ""
+    evaluator_timeout_s: float = 900.0
+    pass_status: str = "canary"
+    canary_alpha: float = 0.05
+    canary_min_samples: int = 30
+    canary_max_samples: int = 300
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.pass_status not in ("canary", "active"):
+            raise ValueError(f"pass_status must be 'canary' or 'active', got {self.pass_status!r}")
+
+
+@dataclass
+class RoundConfig:
+    """One training round: which data, how much PPO, and the configs of every stage.
+
+    Parameters:
+        reward_builder (RewardBuilderConfig): how feedback becomes rewards.
+        reward_model (RewardModelConfig): the reward model's training.
+        ppo (PPOConfig): the policy update.
+        gate (GateConfig): the evaluation gate and canary rule.
+        rollout_steps (int, default 4): PPO steps on fresh replies to logged prompts, scored by
+            the reward model (``ppo.batch_size`` prompts each).
+        logged_steps (int, default 1): PPO steps on the logged turns with their human rewards.
+        holdout_share (float, default 0.2): share of conversations (by a stable hash of their
+            id) kept out of training; their prompts are the gate's held-out contexts.
+        min_episodes (int, default 8): fewer rewarded turns than this fails the round without
+            consuming the data.
+        max_episodes (int, default 10000): most episodes exported per round.
+    """
+
+    reward_builder: RewardBuilderConfig = field(default_factory=RewardBuilderConfig)
+    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    rollout_steps: int = 4
+    logged_steps: int = 1
+    holdout_share: float = 0.2
+    min_episodes: int = 8
+    max_episodes: int = 10_000
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "RoundConfig":
+        """Build from a plain dict (as stored in a run record or job); unknown keys are errors."""
+        data = dict(data or {})
+        nested = {"reward_builder": RewardBuilderConfig, "reward_model": RewardModelConfig,
+                  "ppo": PPOConfig, "gate": GateConfig}
+        for name, kind in nested.items():
+            data[name] = kind(**data.get(name, {}))
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (recorded with the run)."""
+        return asdict(self)
+
+    def serving(self, temperature: float, max_new_tokens: int) -> "RoundConfig":
+        """A copy whose rollouts and gate sample like the bot serves (DESIGN: train as you serve)."""
+        ppo = replace(self.ppo, temperature=temperature, max_new_tokens=max_new_tokens)
+        gate = replace(self.gate, temperature=temperature, max_new_tokens=max_new_tokens)
+        return replace(self, ppo=ppo, gate=gate)

@@ -1,0 +1,122 @@
+"""Publishing is atomic: files fsynced and renamed into place, then registry, then status; any
+failure leaves no candidate and no partial directory."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from bot.runtime.adapters import read_verified
+from trainer.config import PPOConfig
+from trainer.policy import PolicyWithValueHead
+from trainer.publish import PublishError, publish, remove_temp_dirs
+
+
+@pytest.fixture(scope="module")
+def adapter_source(base_model_dir, tmp_path_factory) -> Path:
+    """A freshly initialised LoRA adapter + value head, as PPO saves it."""
+    path = tmp_path_factory.mktemp("candidate")
+    PolicyWithValueHead.with_new_adapter(AutoModelForCausalLM.from_pretrained(base_model_dir),
+                                         PPOConfig()).save_pretrained(path)
+    return path
+
+
+def _publish(store, adapters_dir: Path, source: Path, base_model_dir, status: str = "canary", version: str = "v0001"):
+    return publish(store, adapters_dir, source, version=version, base_model=str(base_model_dir), parent="base",
+                   metrics={"gate_passed": True}, data_watermark=7, status=status, reason="test")
+
+
+def _nothing_left(store, adapters_dir: Path) -> None:
+    assert store.adapters.list() == []
+    assert not adapters_dir.exists() or list(adapters_dir.iterdir()) == []
+
+
+def test_published_adapter_is_in_place_registered_and_verifiable_by_the_bot(store, tmp_path, adapter_source,
+                                                                           base_model_dir):
+    adapters_dir = tmp_path / "adapters"
+    adapter = _publish(store, adapters_dir, adapter_source, base_model_dir)
+    assert adapter.status == "canary" and store.adapters.canary() == "v0001"
+    directory = adapters_dir / "v0001"
+    assert sorted(os.listdir(adapters_dir)) == ["v0001"]
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert manifest["sha256"] == store.adapters.get("v0001").sha256
+    assert manifest["data_watermark"] == 7 and manifest["parent"] == "base" and manifest["metrics"]["gate_passed"]
+    assert (directory / "value_head.safetensors").is_file()
+    verified = read_verified(directory, "v0001", str(base_model_dir), expected_sha256=manifest["sha256"])
+    assert verified.version == "v0001"
+
+
+def test_rejected_publication_keeps_the_files_and_the_reason(store, tmp_path, adapter_source, base_model_dir):
+    adapter = publish(store, tmp_path, adapter_source, version="v0001", base_model=str(base_model_dir),
+                      parent="base", metrics={}, data_watermark=0, status="rejected", reason="KL over budget")
+    assert adapter.status == "rejected" and store.adapters.get("v0001").reason == "KL over budget"
+    assert (tmp_path / "v0001" / "manifest.json").is_file()
+
+
+def test_unwritable_target_leaves_nothing(store, tmp_path, adapter_source, base_model_dir):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    with pytest.raises(PublishError, match="could not write"):
+        _publish(store, blocker / "adapters", adapter_source, base_model_dir)
+    assert store.adapters.list() == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_read_only_target_leaves_nothing(store, tmp_path, adapter_source, base_model_dir):
+    adapters_dir = tmp_path / "adapters"
+    adapters_dir.mkdir()
+    adapters_dir.chmod(0o500)
+    try:
+        with pytest.raises(PublishError):
+            _publish(store, adapters_dir, adapter_source, base_model_dir)
+    finally:
+        adapters_dir.chmod(0o700)
+    _nothing_left(store, adapters_dir)
+
+
+def test_full_disk_mid_copy_leaves_no_partial_directory(store, tmp_path, adapter_source, base_model_dir, monkeypatch):
+    copied, real_copy = [], shutil.copyfile
+
+    def copy_then_fill_up(src, dst):
+        if copied:
+            Path(dst).write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        copied.append(real_copy(src, dst))
+
+    monkeypatch.setattr("trainer.publish.shutil.copyfile", copy_then_fill_up)
+    adapters_dir = tmp_path / "adapters"
+    with pytest.raises(PublishError, match="No space left"):
+        _publish(store, adapters_dir, adapter_source, base_model_dir)
+    _nothing_left(store, adapters_dir)
+
+
+def test_failed_status_change_rejects_the_candidate(store, tmp_path, adapter_source, base_model_dir, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ConnectionError("redis went away")
+
+    monkeypatch.setattr(store.adapters, "send_to_canary", broken)
+    with pytest.raises(PublishError, match="could not become canary"):
+        _publish(store, tmp_path, adapter_source, base_model_dir)
+    adapter = store.adapters.get("v0001")
+    assert adapter.status == "rejected" and "publish failed" in adapter.reason
+
+
+def test_an_existing_version_directory_is_never_overwritten(store, tmp_path, adapter_source, base_model_dir):
+    (tmp_path / "v0001").mkdir()
+    (tmp_path / "v0001" / "keep").write_text("x")
+    with pytest.raises(PublishError, match="already exists"):
+        _publish(store, tmp_path, adapter_source, base_model_dir)
+    assert (tmp_path / "v0001" / "keep").read_text() == "x" and store.adapters.list() == []
+
+
+def test_leftover_temp_directories_are_removed(tmp_path):
+    (tmp_path / ".tmp-v0003-abcd").mkdir()
+    (tmp_path / "v0002").mkdir()
+    assert [p.name for p in remove_temp_dirs(tmp_path)] == [".tmp-v0003-abcd"]
+    assert os.listdir(tmp_path) == ["v0002"]

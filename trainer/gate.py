@@ -1,0 +1,193 @@
+"""The evaluation gate: a candidate adapter must beat the active one on held-out logged prompts.
+
+Both adapters answer the same held-out prompts (logged contexts of conversations kept out of
+training) at the serving temperature. Measured per adapter: mean reward-model score, KL to the
+reference (the base, adapter disabled; Σ_t log π(y_t) − log π_ref(y_t) over each sampled reply,
+averaged over replies), mean reply length in tokens, and the share of replies cut off without EOS.
+
+Pass rule (``GateConfig``): candidate score ≥ active score + ``margin``, candidate KL ≤
+``kl_budget``, candidate unfinished share ≤ ``max_unfinished_share``, and — when an external
+evaluator command is configured — its verdict ``pass``. The evaluator runs as a subprocess (the
+trainer never imports the simulator) with ``--candidate DIR --active VERSION`` appended and prints
+``{"pass": bool, "candidate_score": float, "active_score": float, "details": {...}}`` as the last
+line of its stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.config import GateConfig
+from trainer.episodes import Episode, collate, left_pad
+from trainer.reward_model import RewardModel
+
+CANDIDATE, ACTIVE = "candidate", "active"
+
+
+class EvaluatorError(RuntimeError):
+    """The external evaluator failed, timed out or printed no verdict."""
+
+
+@dataclass
+class PolicyStats:
+    """How one adapter answered the held-out prompts."""
+
+    rm_score: float
+    kl: float
+    reply_length: float
+    unfinished_share: float
+    replies: int
+
+
+@dataclass
+class GateVerdict:
+    """The gate's decision with everything it measured; ``reasons`` explain a failure."""
+
+    passed: bool
+    reasons: list[str]
+    candidate: PolicyStats
+    active: PolicyStats
+    external: dict[str, Any] | None = None
+    contexts: int = 0
+    checks: dict[str, bool] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, Any]:
+        """Flat metrics for the adapter record and the run."""
+        out: dict[str, Any] = {"gate_passed": self.passed, "gate_contexts": self.contexts}
+        for side, stats in ((CANDIDATE, self.candidate), (ACTIVE, self.active)):
+            out |= {f"gate_{side}_{k}": v for k, v in asdict(stats).items()}
+        if self.external is not None:
+            out["gate_external"] = self.external
+        if self.reasons:
+            out["gate_reasons"] = self.reasons
+        return out
+
+
+@torch.no_grad()
+def _reply_logprobs(model, episodes: list[Episode], pad_id: int, eos_id: int, temperature: float) -> torch.Tensor:
+    """Summed log-probs [B] of each episode's reply tokens under ``model`` as currently set."""
+    batch = collate(episodes, pad_id, eos_id, next(model.parameters()).device)
+    position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                   position_ids=position_ids, use_cache=False).logits
+    start, end = batch.prompt_width - 1, batch.input_ids.shape[1] - 1  # logits at t predict t+1
+    logp = torch.log_softmax(logits[:, start:end].float() / temperature, dim=-1)
+    picked = logp.gather(-1, batch.reply_ids.unsqueeze(-1)).squeeze(-1)
+    return (picked * batch.reply_mask).sum(1).cpu()
+
+
+@torch.no_grad()
+def measure(model, adapter: str | None, prompts: list[list[int]], reward_model: RewardModel,
+            config: GateConfig, pad_id: int, eos_id: int, batch_size: int = 16) -> PolicyStats:
+    """Sample replies with ``adapter`` (None: the base) and measure them (module docstring)."""
+    torch.manual_seed(config.seed)
+    episodes: list[Episode] = []
+    kls: list[float] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        ids, mask = left_pad(chunk, pad_id)
+        device = next(model.parameters()).device
+        if adapter is not None:
+            model.set_adapter(adapter)
+        with model.disable_adapter() if adapter is None else nullcontext():
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
+                                 temperature=config.temperature, top_k=0, top_p=1.0,
+                                 max_new_tokens=config.max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id)
+        batch_eps = []
+        for prompt, reply in zip(chunk, out[:, ids.shape[1]:].tolist()):
+            n = reply.index(eos_id) + 1 if eos_id in reply else len(reply)
+            batch_eps.append(Episode(list(prompt), reply[:n], [0.0] * n))
+        if adapter is None:
+            kls.extend([0.0] * len(batch_eps))
+        else:
+            policy = _reply_logprobs(model, batch_eps, pad_id, eos_id, config.temperature)
+            with model.disable_adapter():
+                reference = _reply_logprobs(model, batch_eps, pad_id, eos_id, config.temperature)
+            kls.extend((policy - reference).tolist())
+        episodes.extend(batch_eps)
+    scores = reward_model.score_ids([(e.prompt_ids, e.reply_ids) for e in episodes])
+    n = len(episodes)
+    return PolicyStats(
+        rm_score=sum(scores) / n,
+        kl=sum(kls) / n,
+        reply_length=sum(len(e.reply_ids) for e in episodes) / n,
+        unfinished_share=sum(e.reply_ids[-1] != eos_id for e in episodes) / n,
+        replies=n,
+    )
+
+
+def run_evaluator(command: str, candidate_dir: Path, active_version: str, timeout_s: float) -> dict[str, Any]:
+    """Run the external evaluator and parse the JSON verdict on its last stdout line."""
+    argv = shlex.split(command) + ["--candidate", str(candidate_dir), "--active", active_version]
+    env = {**os.environ, "LOOPDESK_GATE_CANDIDATE_DIR": str(candidate_dir),
+           "LOOPDESK_GATE_ACTIVE_VERSION": active_version}
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, env=env)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EvaluatorError(f"external evaluator {argv[0]!r} did not finish: {exc}") from exc
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr or done.stdout).strip()[-500:]
+        raise EvaluatorError(f"external evaluator exited {done.returncode} without a verdict: {tail}")
+    try:
+        verdict = json.loads(lines[-1])
+        if not isinstance(verdict, dict) or not isinstance(verdict.get("pass"), bool):
+            raise ValueError("no boolean 'pass'")
+    except ValueError as exc:
+        raise EvaluatorError(f"external evaluator's last line is not a verdict ({exc}): {lines[-1][:200]}") from exc
+    return verdict
+
+
+def evaluate(base_model_ref: str, candidate_dir: Path, active_dir: Path | None, active_version: str,
+             prompts: list[list[int]], reward_model: RewardModel, config: GateConfig) -> GateVerdict:
+    """Load the base with both adapters, measure each on ``prompts`` and apply the pass rule."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    if not prompts:
+        raise ValueError("the gate needs held-out prompts; no conversation was held out")
+    prompts = prompts[: config.contexts]
+    tokenizer = reward_model.tokenizer
+    base = AutoModelForCausalLM.from_pretrained(base_model_ref)
+    model = PeftModel.from_pretrained(base, str(candidate_dir), adapter_name=CANDIDATE).eval()
+    if active_dir is not None:
+        model.load_adapter(str(active_dir), adapter_name=ACTIVE)
+    ids = (tokenizer.pad_token_id, tokenizer.eos_token_id)
+    candidate = measure(model, CANDIDATE, prompts, reward_model, config, *ids)
+    active = measure(model, ACTIVE if active_dir is not None else None, prompts, reward_model, config, *ids)
+    checks = {
+        "reward": candidate.rm_score >= active.rm_score + config.margin,
+        "kl": candidate.kl <= config.kl_budget,
+        "unfinished": candidate.unfinished_share <= config.max_unfinished_share,
+    }
+    reasons = []
+    if not checks["reward"]:
+        reasons.append(f"reward-model score {candidate.rm_score:.4f} < active {active.rm_score:.4f} "
+                       f"+ margin {config.margin}")
+    if not checks["kl"]:
+        reasons.append(f"KL to base {candidate.kl:.3f} nats > budget {config.kl_budget}")
+    if not checks["unfinished"]:
+        reasons.append(f"unfinished replies {candidate.unfinished_share:.0%} > limit "
+                       f"{config.max_unfinished_share:.0%}")
+    external = None
+    if config.evaluator:
+        try:
+            external = run_evaluator(config.evaluator, candidate_dir, active_version, config.evaluator_timeout_s)
+            checks["external"] = external["pass"]
+            if not external["pass"]:
+                reasons.append(f"external evaluator: candidate {external.get('candidate_score')} vs "
+                               f"active {external.get('active_score')}")
+        except EvaluatorError as exc:
+            checks["external"] = False
+            reasons.append(str(exc))
+    return GateVerdict(passed=all(checks.values()), reasons=reasons, candidate=candidate, active=active,
+                       external=external, contexts=len(prompts), checks=checks)

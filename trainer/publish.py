@@ -1,0 +1,143 @@
+"""Publishing an adapter: files in place atomically, then the registry, then the status change.
+
+Steps, each undone if a later one fails:
+
+1. copy the adapter files into ``<adapters_dir>/.tmp-<version>-<random>``, write ``manifest.json``,
+   fsync every file and the directory;
+2. rename it to ``<adapters_dir>/<version>`` and fsync ``adapters_dir``;
+3. ``store.adapters.register`` (a candidate);
+4. the status change: ``canary`` / ``active`` (which announces it) or ``rejected`` with the gate's
+   reasons.
+
+A failure before step 3 removes the directory; a failure in step 4 rejects the candidate (reason
+"publish failed: …"). A process killed between steps 3 and 4 leaves a candidate that the next
+round rejects (``reject_orphans``); temporary directories are removed by ``remove_temp_dirs``.
+
+Directory format (what ``bot.runtime.adapters.read_verified`` checks): peft's
+``adapter_model.safetensors`` + ``adapter_config.json``, the PPO value head
+``value_head.safetensors``, and ``manifest.json`` with ``version``, ``sha256`` (hex of
+``adapter_model.safetensors``), ``base_model``, ``parent``, ``created_at``, ``metrics`` and
+``data_watermark``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from feedback_store import FeedbackStore
+from feedback_store.records import AdapterVersion
+
+from trainer.policy import VALUE_HEAD_FILE
+
+WEIGHTS_FILE = "adapter_model.safetensors"
+CONFIG_FILE = "adapter_config.json"
+MANIFEST_FILE = "manifest.json"
+ADAPTER_FILES = (WEIGHTS_FILE, CONFIG_FILE, VALUE_HEAD_FILE)
+TEMP_PREFIX = ".tmp-"
+ORPHAN_REASON = "orphaned: the run that published it stopped before deciding its status"
+
+
+class PublishError(RuntimeError):
+    """Publishing failed; nothing was left registered as a candidate."""
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or directory to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _stage(source_dir: Path, target: Path, manifest: dict[str, Any]) -> None:
+    """Write the adapter files and the manifest into ``target`` and fsync them."""
+    target.mkdir()
+    for name in ADAPTER_FILES:
+        shutil.copyfile(source_dir / name, target / name)
+    (target / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    for name in (*ADAPTER_FILES, MANIFEST_FILE):
+        _fsync(target / name)
+    _fsync(target)
+
+
+def publish(store: FeedbackStore, adapters_dir: Path, source_dir: Path, *, version: str, base_model: str,
+            parent: str, metrics: dict[str, Any], data_watermark: int, status: str,
+            reason: str = "") -> AdapterVersion:
+    """Publish the adapter in ``source_dir`` as ``version`` and give it ``status``.
+
+    ``status`` is ``canary``, ``active`` or ``rejected`` (``reason`` then says why).
+
+    Raises:
+        PublishError: a step failed; no candidate and no partial directory are left behind.
+    """
+    if status not in ("canary", "active", "rejected"):
+        raise ValueError(f"cannot publish an adapter as {status!r}")
+    final = adapters_dir / version
+    temp = adapters_dir / f"{TEMP_PREFIX}{version}-{secrets.token_hex(4)}"
+    now = time.time()
+    renamed = False
+    try:
+        adapters_dir.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            raise FileExistsError(f"{final} already exists")
+        sha = sha256_file(source_dir / WEIGHTS_FILE)
+        manifest = {"version": version, "sha256": sha, "base_model": base_model, "parent": parent,
+                    "created_at": now, "metrics": metrics, "data_watermark": data_watermark}
+        _stage(source_dir, temp, manifest)
+        os.rename(temp, final)
+        renamed = True
+        _fsync(adapters_dir)
+    except Exception as exc:
+        shutil.rmtree(final if renamed else temp, ignore_errors=True)
+        raise PublishError(f"could not write adapter {version} into {adapters_dir}: {exc}") from exc
+    try:
+        store.adapters.register(AdapterVersion(
+            version=version, path=str(final.resolve()), sha256=sha, base_model=base_model, parent=parent,
+            metrics=metrics, data_watermark=data_watermark, created_at=now, updated_at=now))
+    except Exception as exc:
+        shutil.rmtree(final, ignore_errors=True)
+        raise PublishError(f"could not register adapter {version}: {exc}") from exc
+    try:
+        if status == "canary":
+            return store.adapters.send_to_canary(version, reason)
+        if status == "active":
+            return store.adapters.promote(version, reason)
+        return store.adapters.reject(version, reason or "rejected by the gate")
+    except Exception as exc:
+        store.adapters.reject(version, f"publish failed: {exc}"[:500])
+        raise PublishError(f"adapter {version} was registered but could not become {status}: {exc}") from exc
+
+
+def reject_orphans(store: FeedbackStore) -> list[str]:
+    """Reject candidates left by a killed run (call while holding the run lock); returns their versions."""
+    orphans = [a.version for a in store.adapters.list(limit=1000) if a.status == "candidate"]
+    for version in orphans:
+        store.adapters.reject(version, ORPHAN_REASON)
+    return orphans
+
+
+def remove_temp_dirs(adapters_dir: Path) -> list[Path]:
+    """Delete half-written ``.tmp-*`` directories (call while holding the run lock)."""
+    removed = []
+    if adapters_dir.is_dir():
+        for path in adapters_dir.glob(f"{TEMP_PREFIX}*"):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed

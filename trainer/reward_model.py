@@ -1,0 +1,188 @@
+"""The reward model: the base model with a scalar head and its own LoRA, trained on preference pairs.
+
+Pairing rule (``build_pairs``), over the episodes of one round and the rewards the reward builder
+gave them:
+
+1. **Corrections.** Every expert's corrected reply to a bot turn is *chosen* over the bot's reply,
+   both after the turn's exact prompt context. A correction equal to the reply is skipped.
+2. **Same customer message, different reward.** Bot turns answering the same customer message
+   (compared with case and whitespace folded: the trainer knows no intents, so the message stands
+   in for one) are paired when their rewards differ by at least ``min_reward_gap``; the higher
+   reward is *chosen*. Each reply keeps its own prompt context. At most ``max_pairs_per_message``
+   pairs per message, widest reward gaps first.
+
+Training uses TRL's ``RewardTrainer`` (Bradley–Terry loss −log σ(r_chosen − r_rejected)) on
+pre-tokenized ``chosen_ids``/``rejected_ids``. A share of pairs is held out and the held-out
+pairwise accuracy (share of pairs where chosen outscores rejected) is reported each run.
+A sequence is the prompt's token ids followed by the reply's; a finished reply ends with EOS.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from feedback_store.records import Episode as StoredEpisode
+
+from trainer.config import RewardModelConfig
+
+TokenPair = tuple[list[int], list[int]]
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """Two (prompt ids, reply ids) sequences, the first preferred; ``source`` says which rule made it."""
+
+    chosen: TokenPair
+    rejected: TokenPair
+    source: str
+
+
+def message_key(text: str) -> str:
+    """A customer message folded for grouping: lowercase, single spaces, no outer spaces."""
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def build_pairs(episodes: Sequence[StoredEpisode], rewards: dict[tuple[str, int], float],
+                tokenizer, config: RewardModelConfig) -> list[PreferencePair]:
+    """Preference pairs from corrections and reward-ranked same-message turns (module docstring)."""
+    pairs: list[PreferencePair] = []
+    groups: dict[str, list[tuple[float, TokenPair]]] = defaultdict(list)
+    for ep in episodes:
+        turn = ep.turn
+        bot = (list(turn.prompt_token_ids), list(turn.reply_token_ids))
+        if not bot[0] or not bot[1]:
+            continue
+        for correction in {a.corrected_reply.strip() for a in ep.annotations} - {"", turn.text.strip()}:
+            ids = tokenizer(correction, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            pairs.append(PreferencePair((bot[0], ids), bot, "correction"))
+        reward = rewards.get((ep.conversation_id, turn.index))
+        if reward is not None and ep.customer_text:
+            groups[message_key(ep.customer_text)].append((reward, bot))
+    for members in groups.values():
+        ranked = sorted(
+            ((abs(a[0] - b[0]), a, b) for a, b in combinations(members, 2)
+             if abs(a[0] - b[0]) >= config.min_reward_gap),
+            key=lambda item: -item[0],
+        )[: config.max_pairs_per_message]
+        for _, a, b in ranked:
+            high, low = (a, b) if a[0] > b[0] else (b, a)
+            pairs.append(PreferencePair(high[1], low[1], "reward"))
+    return pairs
+
+
+def split_pairs(pairs: list[PreferencePair], eval_share: float,
+                seed: int) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """Shuffle deterministically and hold out ``eval_share`` of the pairs (at least one of two or more)."""
+    shuffled = list(pairs)
+    random.Random(seed).shuffle(shuffled)
+    n_eval = round(len(shuffled) * eval_share)
+    if eval_share > 0 and len(shuffled) >= 2:
+        n_eval = max(1, n_eval)
+    return shuffled[n_eval:], shuffled[:n_eval]
+
+
+def _sequence(pair: TokenPair, max_length: int) -> list[int]:
+    """Prompt + reply, dropping the prompt's oldest tokens to fit ``max_length``."""
+    prompt, reply = pair
+    keep = max(0, max_length - len(reply))
+    return (prompt[-keep:] if keep else []) + reply[:max_length]
+
+
+class RewardModel:
+    """A sequence-classification model (one label) with a LoRA adapter, scoring prompt + reply."""
+
+    def __init__(self, model, tokenizer, max_length: int) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    @staticmethod
+    def _base(base_model_ref: str):
+        """Tokenizer (with a pad token) and a fresh scalar-head model of the base."""
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(base_model_ref)
+        if tokenizer.pad_token is None:  # Llama-style bases ship no pad token
+            tokenizer.pad_token = tokenizer.eos_token
+        model = AutoModelForSequenceClassification.from_pretrained(
+            base_model_ref, num_labels=1, pad_token_id=tokenizer.pad_token_id)
+        return tokenizer, model
+
+    @classmethod
+    def train(cls, base_model_ref: str, pairs: list[PreferencePair], config: RewardModelConfig,
+              output_dir: Path) -> "RewardModel":
+        """Train a new reward model on ``pairs`` with TRL's RewardTrainer; checkpoints go under ``output_dir``."""
+        from datasets import Dataset
+        from peft import LoraConfig
+        from trl import RewardConfig, RewardTrainer
+
+        if not pairs:
+            raise ValueError("the reward model needs at least one preference pair")
+        torch.manual_seed(config.seed)
+        tokenizer, model = cls._base(base_model_ref)
+        dataset = Dataset.from_list([
+            {"chosen_ids": _sequence(p.chosen, config.max_length),
+             "rejected_ids": _sequence(p.rejected, config.max_length)} for p in pairs])
+        args = RewardConfig(
+            output_dir=str(output_dir / "trainer"), num_train_epochs=config.epochs,
+            per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
+            max_length=None, bf16=False, gradient_checkpointing=False, save_strategy="no",
+            report_to="none", disable_tqdm=True, logging_steps=1_000_000, seed=config.seed,
+            dataloader_num_workers=0,
+        )
+        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, task_type="SEQ_CLS")
+        trainer = RewardTrainer(model=model, args=args, train_dataset=dataset,
+                                processing_class=tokenizer, peft_config=lora)
+        trainer.train()
+        return cls(trainer.model, tokenizer, config.max_length)
+
+    @classmethod
+    def load(cls, base_model_ref: str, path: Path, max_length: int = 512) -> "RewardModel":
+        """A reward model saved by ``save`` (LoRA and head) on top of the base."""
+        from peft import PeftModel
+
+        tokenizer, model = cls._base(base_model_ref)
+        return cls(PeftModel.from_pretrained(model, str(path)), tokenizer, max_length)
+
+    def save(self, path: Path) -> None:
+        """Write the LoRA adapter and scalar head (peft safetensors) to ``path``."""
+        self.model.save_pretrained(str(path))
+
+    @torch.no_grad()
+    def score_ids(self, pairs: Sequence[TokenPair], batch_size: int = 32) -> list[float]:
+        """Scalar scores of (prompt ids, reply ids) pairs."""
+        device = next(self.model.parameters()).device
+        pad = self.tokenizer.pad_token_id
+        scores: list[float] = []
+        for start in range(0, len(pairs), batch_size):
+            rows = [_sequence((list(p), list(r)), self.max_length) for p, r in pairs[start:start + batch_size]]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for i, row in enumerate(rows):  # right padding, as the RewardTrainer's collator does
+                ids[i, :len(row)] = torch.tensor(row)
+                mask[i, :len(row)] = 1
+            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            scores.extend(logits.squeeze(-1).float().cpu().tolist())
+        return scores
+
+    def score(self, prompts: list[str], replies: list[str]) -> list[float]:
+        """Scores of finished text replies (an EOS is appended) after their prompt texts."""
+        tok = self.tokenizer
+        pairs = [(tok(p, add_special_tokens=False)["input_ids"],
+                  tok(r, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
+                 for p, r in zip(prompts, replies, strict=True)]
+        return self.score_ids(pairs)
+
+    def pairwise_accuracy(self, pairs: list[PreferencePair]) -> float:
+        """Share of pairs whose chosen sequence scores above the rejected one."""
+        chosen = self.score_ids([p.chosen for p in pairs])
+        rejected = self.score_ids([p.rejected for p in pairs])
+        return sum(c > r for c, r in zip(chosen, rejected)) / len(pairs)
