@@ -17,6 +17,7 @@ from flask import Blueprint, Response, request, url_for
 from pydantic import BaseModel
 
 from bot.errors import ApiError, error_payload
+from bot.openapi import Section, json_body, json_response, operation, ref
 from bot.schemas import (
     ConversationCreated,
     Delta,
@@ -145,3 +146,44 @@ def transcript(conv_id: str) -> Response:
         created_at=conv.created_at, ended_at=conv.ended_at, csat=conv.csat,
         csat_comment=conv.csat_comment, turns=turns,
     ))
+
+
+SSE_DESCRIPTION = (
+    "With 'Accept: text/event-stream' the reply streams as server-sent events: 'delta' events "
+    "(data: Delta) while generating, then one 'done' (data: Reply) or 'error' (data: ErrorOut)."
+)
+
+
+def openapi_section() -> Section:
+    """The chat API's part of /openapi.json."""
+    base, token = "/api/conversations", [{"customerToken": []}]
+    common = (401, 403, 404, 429)
+    with_body = (400, 413, 415, 422)
+    reply = {"200": {
+        "description": "the bot's reply (JSON, or an SSE stream when asked for)",
+        "content": {"application/json": {"schema": ref(Reply)},
+                    "text/event-stream": {"schema": {"type": "string", "description": SSE_DESCRIPTION}}},
+    }}
+    paths = {
+        base: {"post": operation(
+            "Start a conversation pinned to one adapter version",
+            {"201": json_response(ConversationCreated, "the conversation and its customer token")},
+            *with_body, 429, 503, body=json_body(StartIn, required=False))},
+        f"{base}/{{conv_id}}": {"get": operation(
+            "The transcript, for the token holder", {"200": json_response(Transcript, "the turns so far")},
+            *common, security=token)},
+        f"{base}/{{conv_id}}/messages": {"post": operation(
+            "Send a message and get the bot's reply", reply, *with_body, *common, 409, 503,
+            body=json_body(MessageIn), security=token)},
+        f"{base}/{{conv_id}}/end": {"post": operation(
+            "End the conversation (idempotent)", {"200": json_response(Ended, "the conversation's status")},
+            *common, security=token)},
+        f"{base}/{{conv_id}}/rating": {"post": operation(
+            "Rate the conversation; a rating may be corrected within the window",
+            {"200": json_response(RatingOut, "the stored rating")}, *with_body, *common, 409,
+            body=json_body(RatingIn), security=token)},
+    }
+    models = [StartIn, MessageIn, RatingIn, ConversationCreated, Reply, Delta, Ended, RatingOut, Transcript]
+    schemes = {"customerToken": {"type": "http", "scheme": "bearer",
+                                 "description": "the token returned when the conversation started"}}
+    return Section(paths, models, schemes)

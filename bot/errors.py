@@ -1,7 +1,8 @@
 """The one place where failures become HTTP answers: ``{"error": {"code", "message"}}``.
 
 feedback_store's typed errors carry their status; request problems raise ``ApiError``;
-werkzeug's HTTP errors (413 body too large, 429 rate limited, 404, 405) get the same shape.
+werkzeug's HTTP errors (413 body too large, 429 rate limited, 404, 405) get the same shape, and
+a model runtime failure is a 503.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import re
 from flask import Flask, Response, current_app, jsonify
 from werkzeug.exceptions import HTTPException
 
+from bot.runtime import GenerationError
 from bot.schemas import ErrorDetail, ErrorOut
 from feedback_store.errors import (
     ConflictError,
@@ -48,6 +50,8 @@ def describe(exc: Exception) -> tuple[int, str, str]:
     """(status, code, message) for any failure; unexpected ones become a bare 500."""
     if isinstance(exc, ApiError):
         return exc.status, exc.code, exc.message
+    if isinstance(exc, GenerationError):
+        return 503, "generation_failed", f"no reply could be generated: {exc}"
     if isinstance(exc, FeedbackStoreError):
         code = next((_STORE_CODES[k] for k in type(exc).__mro__ if k in _STORE_CODES), "refused")
         return exc.http_status, code, str(exc)
@@ -81,5 +85,5 @@ def _handle(exc: Exception) -> tuple[Response, int]:
 
 def init_app(app: Flask) -> None:
     """Register the JSON error handlers."""
-    for kind in (ApiError, FeedbackStoreError, HTTPException):
+    for kind in (ApiError, FeedbackStoreError, GenerationError, HTTPException):
         app.register_error_handler(kind, _handle)

@@ -1,0 +1,66 @@
+"""/openapi.json documents exactly the routes the app serves, and is a valid OpenAPI 3.1 document."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from openapi_schema_validator import OAS31Validator
+from openapi_spec_validator import validate
+
+from bot.app import create_app
+from feedback_store import FeedbackStore
+from tests.web_helpers import running_engine, web_settings
+
+IGNORED_METHODS = {"HEAD", "OPTIONS"}
+
+
+@pytest.fixture(scope="module")
+def app(data_dir: Path, base_model_dir: Path) -> Flask:
+    settings = web_settings(data_dir, base_model_dir)
+    store = FeedbackStore.from_settings(settings, announce=False)
+    with running_engine(settings, store) as engine:
+        yield create_app(settings, engine, store)
+
+
+@pytest.fixture(scope="module")
+def document(app: Flask) -> dict:
+    response = app.test_client().get("/openapi.json")
+    assert response.status_code == 200
+    return response.json
+
+
+def test_every_api_route_is_documented_and_every_documented_route_exists(app, document):
+    served = {
+        (re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), method.lower())
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith("/api/") or rule.rule == "/openapi.json"
+        for method in rule.methods - IGNORED_METHODS
+    }
+    documented = {(path, method) for path, item in document["paths"].items() for method in item}
+    assert served == documented
+
+
+def test_document_is_valid_openapi(document):
+    validate(document)
+
+
+def schema_validator(document: dict, name: str) -> OAS31Validator:
+    return OAS31Validator({"$ref": f"#/components/schemas/{name}", "components": document["components"]})
+
+
+def test_live_answers_match_their_documented_schemas(app, document):
+    client = app.test_client()
+    created = client.post("/api/conversations")
+    schema_validator(document, "ConversationCreated").validate(created.json)
+    auth = {"Authorization": f"Bearer {created.json['token']}"}
+    reply = client.post(f"/api/conversations/{created.json['conversation_id']}/messages", json={"text": "hi"},
+                        headers=auth)
+    schema_validator(document, "Reply").validate(reply.json)
+    transcript = client.get(f"/api/conversations/{created.json['conversation_id']}", headers=auth)
+    schema_validator(document, "Transcript").validate(transcript.json)
+    refused = client.post(f"/api/conversations/{created.json['conversation_id']}/rating", json={"score": 9},
+                          headers=auth)
+    schema_validator(document, "ErrorOut").validate(refused.json)

@@ -1,0 +1,181 @@
+"""The widget in real headless Chromium against the app on a live HTTP server, real model and Redis."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from bot.app import create_app
+from feedback_store import FeedbackStore
+from tests.web_helpers import live_server, running_engine, web_settings
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+OPEN_CHAT = "Open chat: Northwind Outfitters help"
+SCREENSHOTS = Path("/tmp")
+
+# Records every length the newest bot bubble had, so a test can tell a streamed reply from one
+# that arrived whole.
+TRACK_REPLY_GROWTH = """
+window.__replyLengths = [];
+document.addEventListener('DOMContentLoaded', () => {
+  new MutationObserver(() => {
+    const bubbles = document.querySelectorAll('.ld-bot .ld-text');
+    if (bubbles.length) window.__replyLengths.push(bubbles[bubbles.length - 1].textContent.length);
+  }).observe(document.body, {subtree: true, childList: true, characterData: true});
+});
+"""
+
+
+@pytest.fixture(scope="module")
+def site(data_dir: Path, base_model_dir: Path) -> Iterator[tuple[FeedbackStore, str]]:
+    """(store, base URL) of the app served over real HTTP."""
+    settings = web_settings(data_dir, base_model_dir)
+    store = FeedbackStore.from_settings(settings, announce=False)
+    with running_engine(settings, store) as engine, live_server(create_app(settings, engine, store)) as url:
+        yield store, url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def new_page(browser: Browser) -> Iterator[Callable[..., Page]]:
+    """Open pages in fresh browser contexts (fresh sessionStorage), closed after the test."""
+    contexts = []
+
+    def open_page(width: int = 1280, height: int = 800) -> Page:
+        context = browser.new_context(viewport={"width": width, "height": height})
+        contexts.append(context)
+        page = context.new_page()
+        page.add_init_script(TRACK_REPLY_GROWTH)
+        return page
+
+    yield open_page
+    for context in contexts:
+        context.close()
+
+
+def send_and_wait_for_reply(page: Page, text: str) -> str:
+    """Type a message, press Enter and wait until the streamed reply is complete."""
+    page.get_by_label("Your message").fill(text)
+    page.get_by_label("Your message").press("Enter")
+    bubbles = page.locator(".ld-bot .ld-text")
+    count = page.locator(".ld-user").count()
+    expect(page.locator(".ld-user .ld-text").last).to_have_text(text)
+    expect(bubbles).to_have_count(count, timeout=30_000)
+    expect(page.get_by_role("button", name="Send", exact=True)).to_be_enabled(timeout=30_000)
+    expect(page.locator(".ld-typing")).to_be_hidden()
+    return bubbles.last.text_content()
+
+
+def conversation_id(page: Page) -> str:
+    return page.evaluate(
+        "JSON.parse(sessionStorage.getItem(Object.keys(sessionStorage).find(k => k.startsWith('loopdesk:')))).id"
+    )
+
+
+def test_customer_chats_sees_streamed_reply_ends_and_rates(site, new_page):
+    store, url = site
+    page = new_page()
+    page.goto(url)
+    expect(page.get_by_role("heading", name="Northwind Outfitters")).to_be_visible()
+    page.get_by_role("button", name=OPEN_CHAT).click()
+    expect(page.get_by_role("dialog", name="Northwind Outfitters help")).to_be_visible()
+    expect(page.get_by_label("Your message")).to_be_focused()
+
+    reply = send_and_wait_for_reply(page, "Where is my order?")
+    assert reply.strip()
+    lengths = page.evaluate("window.__replyLengths")
+    assert len({n for n in lengths if 0 < n < len(reply)}) >= 1, f"reply did not stream: {lengths}"
+    conv_id = conversation_id(page)
+    assert store.conversations.turns(conv_id)[-1].text == reply
+    page.screenshot(path=str(SCREENSHOTS / "loopdesk-widget-desktop.png"))
+
+    page.get_by_role("button", name="End chat").click()
+    survey = page.get_by_role("form", name="How did we do?")
+    expect(survey).to_be_visible()
+    expect(page.get_by_label("Your message")).to_be_hidden()
+    page.locator("label[for=ld-score-4]").click()
+    page.get_by_label("Comment (optional)").fill("Fast answer, thanks")
+    page.screenshot(path=str(SCREENSHOTS / "loopdesk-widget-survey.png"))
+    page.get_by_role("button", name="Send rating").click()
+    expect(page.get_by_text("Thank you for your feedback!")).to_be_visible()
+
+    conv = store.conversations.get(conv_id)
+    assert (conv.status, conv.csat, conv.csat_comment) == ("ended", 4, "Fast answer, thanks")
+
+
+def test_widget_is_keyboard_operable_and_renders_customer_text_as_text(site, new_page):
+    page = new_page()
+    page.goto(site[1])
+    launcher = page.get_by_role("button", name=OPEN_CHAT)
+    launcher.focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_label("Your message")).to_be_focused()
+    hostile = '<img src=x onerror="window.__pwned = 1"> & <b>bold</b>'
+    send_and_wait_for_reply(page, hostile)
+    expect(page.locator(".ld-user .ld-text").last).to_have_text(hostile)
+    assert page.locator(".ld-log img, .ld-log b").count() == 0
+    assert page.evaluate("window.__pwned") is None
+    assert page.get_by_role("log", name="Conversation").is_visible()
+
+    page.keyboard.press("Escape")
+    expect(page.get_by_role("dialog")).to_be_hidden()
+    expect(page.get_by_role("button", name=OPEN_CHAT)).to_be_focused()
+    expect(page.get_by_role("button", name=OPEN_CHAT)).to_have_attribute("aria-expanded", "false")
+
+    page.reload()
+    page.get_by_role("button", name=OPEN_CHAT).click()
+    expect(page.locator(".ld-user .ld-text")).to_have_text([hostile])
+
+
+def test_idle_chat_ends_and_asks_for_a_rating(site, new_page):
+    store, url = site
+    page = new_page()
+    page.goto(f"{url}?idle=5")
+    page.get_by_role("button", name=OPEN_CHAT).click()
+    send_and_wait_for_reply(page, "Can I change my delivery address?")
+    expect(page.get_by_role("form", name="How did we do?")).to_be_visible(timeout=15_000)
+    assert store.conversations.get(conversation_id(page)).status == "ended"
+
+
+def test_widget_fills_a_mobile_screen(site, new_page):
+    page = new_page(width=375, height=740)
+    page.goto(site[1])
+    page.get_by_role("button", name=OPEN_CHAT).click()
+    send_and_wait_for_reply(page, "Do you ship to Canada?")
+    box = page.get_by_role("dialog").bounding_box()
+    assert box is not None and (box["x"], box["width"]) == (0, 375)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    page.screenshot(path=str(SCREENSHOTS / "loopdesk-widget-mobile.png"))
+
+
+def test_widget_works_embedded_in_another_origin(site, new_page):
+    """A shop on another origin includes only the script tag; the API answers it through CORS."""
+    url = site[1]
+    tag = (f'<script src="{url}static/widget.js" data-bot-url="{url}" data-title="Help" '
+           'data-color="#7a2e8e"></script>')
+    html = f"<!doctype html><html><head><title>Other shop</title></head><body><h1>Other shop</h1>{tag}</body></html>"
+
+    def other_shop(environ: dict, start_response: Callable) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
+        return [html.encode()]
+
+    with live_server(other_shop) as shop_url:
+        page = new_page()
+        page.goto(shop_url.replace("127.0.0.1", "localhost"))
+        page.get_by_role("button", name="Open chat: Help").click()
+        assert send_and_wait_for_reply(page, "Hello, are you open on Sundays?").strip()
+        assert json.loads(page.evaluate("JSON.stringify(location.origin)")) != url.rstrip("/")

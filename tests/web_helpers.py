@@ -1,0 +1,69 @@
+"""Shared pieces of the web tests: settings for the real test-size model, a started engine,
+the app on a live HTTP server, and a reader for server-sent events."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from werkzeug.serving import make_server
+
+from feedback_store import FeedbackStore
+from loopdesk.config import Settings, load_settings
+
+GENEROUS_LIMIT = "100000/minute"
+
+
+def web_settings(data_dir: Path, base_model_dir: Path, **changes: Any) -> Settings:
+    """Settings on the session's Redis, a key prefix of their own, and rate limits out of the way."""
+    values: dict[str, Any] = dict(
+        data_dir=data_dir, key_prefix=f"w{uuid.uuid4().hex[:12]}", base_model=str(base_model_dir),
+        rate_limit_per_ip=GENEROUS_LIMIT, rate_limit_per_conversation=GENEROUS_LIMIT,
+    )
+    values.update(changes)
+    return load_settings({}, **values)
+
+
+@contextmanager
+def running_engine(settings: Settings, store: FeedbackStore, timeout_s: float = 120.0) -> Iterator[Any]:
+    """The real model runtime, started and ready; stopped afterwards."""
+    from bot.runtime import Engine
+
+    engine = Engine(settings, store)
+    engine.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not engine.ready():
+            assert time.monotonic() < deadline, "the engine did not become ready"
+            time.sleep(0.05)
+        yield engine
+    finally:
+        engine.stop()
+
+
+@contextmanager
+def live_server(app: Callable) -> Iterator[str]:
+    """Serve the WSGI ``app`` on 127.0.0.1 with a free port in a thread; yield its base URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+def parse_sse(chunks: Iterable[bytes]) -> list[tuple[str, dict]]:
+    """(event, data) pairs from a text/event-stream body."""
+    text = b"".join(chunks).decode()
+    events = []
+    for block in filter(None, text.split("\n\n")):
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((fields["event"], json.loads(fields["data"])))
+    return events
