@@ -1,0 +1,182 @@
+"""HTTP clients of the bot, speaking exactly the widget's and the expert console's APIs.
+
+``ChatClient`` is what the widget does: start a conversation, send messages (replies as
+server-sent events, or JSON), end it, rate it, with ``Authorization: Bearer <token>``.
+``ExpertAPI`` is what the expert console does: log in (session cookie + CSRF token), read the
+queue and transcripts, annotate bot turns. Both retry politely on 429 (``Retry-After``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+API = "api/conversations"
+EXPERT_API = "api/expert"
+
+
+class ChatAPIError(RuntimeError):
+    """The bot answered with an error (HTTP 4xx/5xx or an SSE ``error`` event)."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(f"HTTP {status} {code}: {message}")
+        self.status, self.code = status, code
+
+
+@dataclass(frozen=True)
+class Started:
+    """A new conversation as ``POST /api/conversations`` returns it."""
+
+    conversation_id: str
+    token: str
+    adapter_version: str
+
+
+@dataclass(frozen=True)
+class BotReply:
+    """The bot's answer to one message (the JSON body, or the SSE ``done`` event's data)."""
+
+    turn_index: int
+    text: str
+    adapter_version: str
+    finished: bool
+
+
+class _HTTP:
+    """A requests session bound to a base URL, with JSON errors and 429 back-off."""
+
+    def __init__(self, base_url: str, timeout_s: float = 120.0, max_retries: int = 8):
+        self.base_url = base_url.rstrip("/") + "/"
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.session = requests.Session()
+
+    def call(self, method: str, path: str, *, headers: dict[str, str] | None = None,
+             body: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
+             stream: bool = False) -> requests.Response:
+        """Send one request; wait and retry on 429; raise ``ChatAPIError`` on any other error status."""
+        for attempt in range(self.max_retries + 1):
+            response = self.session.request(method, self.base_url + path, headers=headers, json=body,
+                                            params=params, stream=stream, timeout=self.timeout_s)
+            if response.status_code != 429 or attempt == self.max_retries:
+                break
+            time.sleep(float(response.headers.get("Retry-After") or 1.0))
+        if response.status_code >= 400:
+            raise _error(response)
+        return response
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _error(response: requests.Response) -> ChatAPIError:
+    try:
+        detail = response.json()["error"]
+        return ChatAPIError(response.status_code, detail["code"], detail["message"])
+    except (ValueError, KeyError, TypeError):
+        return ChatAPIError(response.status_code, "http_error", response.text[:200])
+
+
+class ChatClient:
+    """The widget's side of the chat API; ``stream`` asks for SSE replies as the widget does."""
+
+    def __init__(self, base_url: str, stream: bool = True, timeout_s: float = 120.0):
+        self.http = _HTTP(base_url, timeout_s)
+        self.stream = stream
+
+    @staticmethod
+    def _auth(token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+
+    def start(self, meta: dict[str, str] | None = None) -> Started:
+        """``POST /api/conversations``."""
+        body = self.http.call("POST", API, body={"meta": meta or {}}, headers={"Accept": "application/json"}).json()
+        return Started(body["conversation_id"], body["token"], body["adapter_version"])
+
+    def send(self, conv_id: str, token: str, text: str) -> BotReply:
+        """``POST /api/conversations/<id>/messages``: the customer's message, the bot's reply."""
+        headers = self._auth(token)
+        if self.stream:
+            headers["Accept"] = "text/event-stream"
+        response = self.http.call("POST", f"{API}/{conv_id}/messages", headers=headers, body={"text": text},
+                                  stream=self.stream)
+        data = _read_sse(response) if self.stream else response.json()
+        return BotReply(data["turn_index"], data["text"], data["adapter_version"], data["finished"])
+
+    def end(self, conv_id: str, token: str) -> None:
+        """``POST /api/conversations/<id>/end``."""
+        self.http.call("POST", f"{API}/{conv_id}/end", headers=self._auth(token))
+
+    def rate(self, conv_id: str, token: str, score: int, comment: str = "") -> None:
+        """``POST /api/conversations/<id>/rating`` with 1-5 stars."""
+        self.http.call("POST", f"{API}/{conv_id}/rating", headers=self._auth(token),
+                       body={"score": score, "comment": comment})
+
+    def transcript(self, conv_id: str, token: str) -> dict[str, Any]:
+        """``GET /api/conversations/<id>``."""
+        return self.http.call("GET", f"{API}/{conv_id}", headers=self._auth(token)).json()
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def _read_sse(response: requests.Response) -> dict[str, Any]:
+    """The ``done`` event's data of an SSE reply; an ``error`` event raises ``ChatAPIError``."""
+    event, data = "", ""
+    with response:
+        for line in response.iter_lines(decode_unicode=True):
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                data = line[5:].strip()
+            elif not line and event in ("done", "error"):
+                break
+    if event == "done":
+        return json.loads(data)
+    if event == "error":
+        detail = json.loads(data)["error"]
+        raise ChatAPIError(200, detail["code"], detail["message"])
+    raise ChatAPIError(response.status_code, "stream_ended", "the reply stream ended without a done event")
+
+
+class ExpertAPI:
+    """The expert console's JSON API, one method per HTTP call (session cookie + CSRF header)."""
+
+    def __init__(self, base_url: str, timeout_s: float = 60.0):
+        self.http = _HTTP(base_url, timeout_s)
+        self.csrf_token = ""
+
+    def _headers(self) -> dict[str, str]:
+        return {"Accept": "application/json", "X-CSRF-Token": self.csrf_token}
+
+    def login(self, name: str, password: str) -> dict[str, Any]:
+        """``POST /api/expert/login`` {name, password}: keeps the session cookie and ``csrf_token``."""
+        body = self.http.call("POST", f"{EXPERT_API}/login", body={"name": name, "password": password},
+                              headers={"Accept": "application/json"}).json()
+        self.csrf_token = body["csrf_token"]
+        return body
+
+    def queue(self, csat_max: int | None = 3, limit: int = 25, include_annotated: bool = False) -> list[dict[str, Any]]:
+        """``GET /api/expert/queue?csat_max=&limit=&include_annotated=``: the ``conversations`` list."""
+        params: dict[str, Any] = {"limit": limit, "include_annotated": int(include_annotated)}
+        if csat_max is not None:
+            params["csat_max"] = csat_max
+        return self.http.call("GET", f"{EXPERT_API}/queue", params=params, headers=self._headers()).json()["conversations"]
+
+    def transcript(self, conv_id: str) -> dict[str, Any]:
+        """``GET /api/expert/conversations/<id>``: the conversation with its ``turns``."""
+        return self.http.call("GET", f"{EXPERT_API}/conversations/{conv_id}", headers=self._headers()).json()
+
+    def annotate(self, conv_id: str, turn_index: int, score: int, tags: list[str],
+                 corrected_reply: str = "", note: str = "") -> dict[str, Any]:
+        """``POST /api/expert/conversations/<id>/turns/<i>/annotations`` {score, tags, corrected_reply, note}."""
+        body = {"score": score, "tags": tags, "corrected_reply": corrected_reply, "note": note}
+        return self.http.call("POST", f"{EXPERT_API}/conversations/{conv_id}/turns/{turn_index}/annotations",
+                              body=body, headers=self._headers()).json()
+
+    def close(self) -> None:
+        self.http.close()

@@ -1,0 +1,59 @@
+"""Serving a bot for the simulator in this process: any WSGI app on a free local port, or the real bot.
+
+The simulator still talks to it over real HTTP, exactly as it talks to a remote ``--url``.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+from werkzeug.serving import WSGIRequestHandler, make_server
+
+from loopdesk.config import Settings
+
+SIMULATOR_RATE_LIMIT = "1000000/minute"
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log line per request: a simulation makes thousands."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass
+
+
+@contextmanager
+def serve(app: Callable[..., Any]) -> Iterator[str]:
+    """Serve a WSGI ``app`` on 127.0.0.1 and a free port in a thread; yield its base URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, name="sim-server", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+@contextmanager
+def local_bot(settings: Settings) -> Iterator[str]:
+    """Start the real bot (store, engine, app) in this process; yield its URL; stop it after.
+
+    Its per-IP and per-conversation rate limits are lifted: every simulated customer comes from
+    127.0.0.1, and the simulator is the only client of this private instance.
+    """
+    from bot.app import create_app
+    from bot.runtime import Engine
+    from feedback_store import FeedbackStore
+
+    settings = settings.replace(rate_limit_per_ip=SIMULATOR_RATE_LIMIT,
+                                rate_limit_per_conversation=SIMULATOR_RATE_LIMIT)
+    store = FeedbackStore.from_settings(settings, announce=False)
+    engine = Engine(settings, store)
+    engine.start()
+    try:
+        with serve(create_app(settings, engine, store)) as url:
+            yield url
+    finally:
+        engine.stop()

@@ -1,0 +1,138 @@
+"""Running simulated customers against a bot, and the statistics of what they said.
+
+``run_customers`` plays N customers with C concurrent chats (a thread each) against a base
+URL and returns their ``ChatResult``s; ``summarize`` turns those into mean CSAT with a 95%
+percentile-bootstrap confidence interval, per intent, per adapter version and per persona,
+the share of chats left unrated, and the mean hidden-rubric score (the expert's view).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from sim.client import ChatClient
+from sim.company import Company
+from sim.customers import ChatResult, CustomerConfig, SimulatedCustomer, make_customers
+
+BOOTSTRAP_RESAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class MeanCI:
+    """A sample mean with its 95% percentile-bootstrap confidence interval (NaN when empty)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    def __str__(self) -> str:
+        if self.n == 0:
+            return "n/a (n=0)"
+        return f"{self.mean:.2f} [{self.low:.2f}, {self.high:.2f}] (n={self.n})"
+
+
+def mean_ci(values: list[float], seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES) -> MeanCI:
+    """Mean and 95% percentile-bootstrap CI of ``values`` (``resamples`` resamples, fixed seed)."""
+    if not values:
+        return MeanCI(math.nan, math.nan, math.nan, 0)
+    data = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, len(data), size=(resamples, len(data)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return MeanCI(float(data.mean()), float(low), float(high), len(data))
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """CSAT (rated chats) and rubric score (all chats) of one group of chats."""
+
+    csat: MeanCI
+    rubric: float
+    chats: int
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a simulation run measured; ``rubric`` is the expert's view, ``csat`` the customers'."""
+
+    chats: int
+    errors: int
+    unrated_share: float
+    csat: MeanCI
+    rubric: MeanCI
+    per_intent: dict[str, GroupStats]
+    per_version: dict[str, GroupStats]
+    per_persona: dict[str, GroupStats]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def format(self) -> str:
+        """A human-readable report."""
+        lines = [f"chats: {self.chats} ({self.errors} failed), unrated: {self.unrated_share:.0%}",
+                 f"mean CSAT (95% bootstrap CI): {self.csat}",
+                 f"mean rubric score, the expert view (95% bootstrap CI): {self.rubric}"]
+        for title, groups in (("adapter version", self.per_version), ("intent", self.per_intent),
+                              ("persona", self.per_persona)):
+            lines.append(f"by {title}:")
+            lines += [f"  {name:22s} CSAT {g.csat}  rubric {g.rubric:.2f}" for name, g in sorted(groups.items())]
+        return "\n".join(lines)
+
+
+def _group(results: list[ChatResult], key: Callable[[ChatResult], str]) -> dict[str, GroupStats]:
+    groups: dict[str, list[ChatResult]] = {}
+    for result in results:
+        groups.setdefault(key(result), []).append(result)
+    return {name: GroupStats(mean_ci([r.rating for r in rs if r.rating is not None]),
+                             float(np.mean([r.rubric for r in rs])), len(rs))
+            for name, rs in groups.items()}
+
+
+def summarize(results: list[ChatResult]) -> Summary:
+    """Statistics of finished chats; failed chats are counted and otherwise left out."""
+    done = [r for r in results if not r.error]
+    ratings = [r.rating for r in done if r.rating is not None]
+    return Summary(
+        chats=len(results),
+        errors=len(results) - len(done),
+        unrated_share=(1 - len(ratings) / len(done)) if done else math.nan,
+        csat=mean_ci(ratings),
+        rubric=mean_ci([r.rubric for r in done]),
+        per_intent=_group(done, lambda r: r.intent),
+        per_version=_group(done, lambda r: r.adapter_version),
+        per_persona=_group(done, lambda r: r.persona),
+    )
+
+
+def run_customers(base_url: str, company: Company, n: int, concurrency: int = 4,
+                  config: CustomerConfig = CustomerConfig(), seed: int = 0,
+                  progress: bool = True) -> list[ChatResult]:
+    """Play ``n`` simulated customers against the bot at ``base_url``, ``concurrency`` at a time."""
+    customers = make_customers(company, n, config, seed)
+    local, clients = threading.local(), []
+
+    def play(index: int) -> ChatResult:
+        if not hasattr(local, "client"):  # one HTTP session per worker thread
+            local.client = ChatClient(base_url, stream=config.stream)
+            clients.append(local.client)
+        return SimulatedCustomer(company, local.client, config).chat(customers[index])
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool, \
+                tqdm(total=n, desc="customers", unit="chat", disable=not progress) as bar:
+            results = []
+            for result in pool.map(play, range(n)):
+                results.append(result)
+                bar.update()
+        return results
+    finally:
+        for client in clients:
+            client.close()

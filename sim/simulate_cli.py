@@ -1,0 +1,111 @@
+"""``loopdesk simulate``: simulated customers (and experts) chatting with the bot over HTTP."""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+from contextlib import ExitStack
+from typing import Any
+
+import click
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe copy: NaN becomes null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _expert_password(settings: Any, name: str) -> str:
+    """Create an expert account for the in-process bot; returns its fresh password."""
+    from feedback_store import FeedbackStore
+    from feedback_store.errors import ConflictError
+
+    password = secrets.token_urlsafe(16)
+    try:
+        FeedbackStore.from_settings(settings, announce=False).users.add(name, "expert", password)
+    except ConflictError:
+        raise click.UsageError(f"expert account {name!r} already exists; pass --expert-password") from None
+    return password
+
+
+@click.command("simulate")
+@click.option("--customers", "n", type=click.IntRange(1), default=100, show_default=True,
+              help="Number of simulated customers.")
+@click.option("--concurrency", type=click.IntRange(1), default=4, show_default=True,
+              help="Chats running at the same time.")
+@click.option("--url", default=None,
+              help="Base URL of a running bot. Default: start the bot in this process on 127.0.0.1:<free port>.")
+@click.option("--held-out", is_flag=True, help="Customers open with held-out phrasings (never trained on).")
+@click.option("--oracle", is_flag=True,
+              help="Measure the oracle instead of the bot: a stand-in app with the same chat API that "
+                   "always gives the KB's canonical reply (calibration: CSAT should be >= 4.5).")
+@click.option("--experts", is_flag=True,
+              help="Afterwards, a simulated expert annotates the chats rated <= --csat-max via /api/expert.")
+@click.option("--expert-name", default="sim-expert", show_default=True, help="Expert console account.")
+@click.option("--expert-password", default=None,
+              help="Its password; without --url the account is created with a random one.")
+@click.option("--csat-max", type=click.IntRange(1, 5), default=3, show_default=True,
+              help="Experts review chats rated this or lower.")
+@click.option("--rating-noise", type=click.FloatRange(0), default=None,
+              help="Std-dev (stars) of the Gaussian rating noise [default: each persona's own, 0.5-0.8].")
+@click.option("--leave-share", type=click.FloatRange(0, 1), default=0.2, show_default=True,
+              help="Share of customers who leave without rating.")
+@click.option("--follow-up-share", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Share of customers who ask their intent's follow-up question.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every customer's choices.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object (last line).")
+def simulate(n: int, concurrency: int, url: str | None, held_out: bool, oracle: bool, experts: bool,
+             expert_name: str, expert_password: str | None, csat_max: int, rating_noise: float | None,
+             leave_share: float, follow_up_share: float, seed: int, as_json: bool) -> None:
+    """Run simulated customers against the bot and report CSAT (mean, 95% percentile-bootstrap CI)
+    overall, per intent, per adapter version and per persona, the unrated share, and the mean
+    hidden-rubric score (what an expert would say)."""
+    from loopdesk.cli import settings_or_exit
+    from sim.client import ChatAPIError, ExpertAPI
+    from sim.company import load_company
+    from sim.customers import CustomerConfig
+    from sim.experts import SimulatedExpert
+    from sim.oracle import create_oracle_app
+    from sim.serving import local_bot, serve
+    from sim.simulate import run_customers, summarize
+
+    if oracle and (url or experts):
+        raise click.UsageError("--oracle serves its own stand-in bot: it takes neither --url nor --experts")
+    company = load_company()
+    config = CustomerConfig(held_out=held_out, follow_up_share=follow_up_share, leave_share=leave_share,
+                            rating_noise=rating_noise)
+    with ExitStack() as stack:
+        if oracle:
+            url = stack.enter_context(serve(create_oracle_app(company)))
+        elif url is None:
+            settings = settings_or_exit()
+            if experts and expert_password is None:
+                expert_password = _expert_password(settings, expert_name)
+            url = stack.enter_context(local_bot(settings))
+        elif experts and expert_password is None:
+            raise click.UsageError("--experts with --url needs --expert-password")
+        results = run_customers(url, company, n, concurrency, config, seed, progress=not as_json)
+        summary = summarize(results)
+        annotated = None
+        if experts:
+            api = ExpertAPI(url)
+            try:
+                api.login(expert_name, expert_password)
+                annotated = SimulatedExpert(company, api, csat_max).work(limit=n)
+            except ChatAPIError as exc:
+                raise click.ClickException(f"the simulated expert failed at {url}: {exc}") from None
+            finally:
+                api.close()
+    if as_json:
+        click.echo(json.dumps(_clean({**summary.to_dict(), "turns_annotated": annotated})))
+        return
+    click.echo(summary.format())
+    if annotated is not None:
+        click.echo(f"simulated expert: {annotated} bot turns annotated")
