@@ -12,7 +12,7 @@ from flask import Flask, Response, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
-from bot import chat, errors, openapi, widget
+from bot import auth, chat, errors, expert, openapi, operator, widget
 from bot.services import EXTENSION, Services
 from feedback_store import FeedbackStore
 from feedback_store.connection import resolve_redis_url
@@ -40,14 +40,15 @@ def create_app(settings: Settings | None = None, engine=None, store: FeedbackSto
     app.config.update(MAX_CONTENT_LENGTH=settings.max_request_bytes, JSON_SORT_KEYS=False)
     app.extensions[EXTENSION] = Services(settings=settings, store=store, engine=engine)
     errors.init_app(app)
-    for blueprint in (chat.bp, widget.bp, openapi.bp):
+    auth.init_app(app, settings)
+    for blueprint in (chat.bp, widget.bp, openapi.bp, expert.bp, operator.bp):
         app.register_blueprint(blueprint)
-    _init_rate_limits(app, settings)
+    auth.limit_logins(app, _init_rate_limits(app, settings), settings)
     _init_cors(app, settings)
     return app
 
 
-def _init_rate_limits(app: Flask, settings: Settings) -> None:
+def _init_rate_limits(app: Flask, settings: Settings) -> Limiter:
     """Per-IP limits on the chat API and per-conversation limits on messages, counted in Redis."""
     limiter = Limiter(
         get_remote_address,
@@ -65,6 +66,7 @@ def _init_rate_limits(app: Flask, settings: Settings) -> None:
         exempt_when=_is_preflight,
         override_defaults=False,
     )(app.view_functions[endpoint])
+    return limiter
 
 
 def _is_preflight() -> bool:

@@ -14,6 +14,7 @@ from loopdesk.config import SettingsError, load_settings
 COMMANDS = [
     ("feedback_store.cli", "redis_group"),
     ("bot.cli", "serve"),
+    ("bot.users_cli", "users"),
     ("sim.simulate_cli", "simulate"),
 ]
 

@@ -49,6 +49,7 @@ class Settings:
         max_request_bytes (int, default 65536): largest HTTP request body; bigger ones get 413.
         rate_limit_per_ip (str, default "120/minute"): chat API requests allowed per client IP.
         rate_limit_per_conversation (str, default "20/minute"): messages allowed per conversation.
+        rate_limit_login (str, default "10/minute"): console sign-in attempts allowed per client IP.
         cors_origins (str, default "*"): comma-separated origins allowed to call the chat API.
     """
 
@@ -68,6 +69,7 @@ class Settings:
     max_request_bytes: int = 65536
     rate_limit_per_ip: str = "120/minute"
     rate_limit_per_conversation: str = "20/minute"
+    rate_limit_login: str = "10/minute"
     cors_origins: str = "*"
 
     @property

@@ -1,0 +1,198 @@
+"""The expert console: the annotation queue, transcripts with per-turn annotations, JSONL export.
+
+``/expert`` is the page; ``/api/expert/...`` is the JSON API it (and the simulated expert) use.
+Every route needs a signed-in expert or admin; writes need the session's CSRF token.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, time as dtime, timezone
+from itertools import combinations
+from typing import Any, Iterator
+
+from flask import Blueprint, Response, jsonify, render_template, request
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
+
+from bot.auth import console_operation, current_user, guard
+from bot.errors import ApiError
+from bot.schemas import Body
+from bot.services import services
+from bot.validation import parse_body
+from feedback_store.annotations import QueueFilter
+from feedback_store.episodes import Episodes
+from feedback_store.records import Annotation, BotTurn, Conversation
+
+bp = Blueprint("expert", __name__)
+bp.before_request(guard("expert"))
+
+TAGS = ("wrong_info", "rude", "unhelpful", "off_topic", "too_long", "great")
+EXPORT_PAGE = 200
+SCORE_RANGE = 4  # scores run from -2 to +2
+
+
+class QueueQuery(BaseModel):
+    """Query string of the queue; dates are epoch seconds or ISO dates (``until`` includes its day)."""
+
+    csat_min: int | None = Field(default=None, ge=1, le=5)
+    csat_max: int | None = Field(default=None, ge=1, le=5)
+    since: float | None = None
+    until: float | None = None
+    adapter_version: str | None = Field(default=None, max_length=64)
+    tag: str | None = Field(default=None, max_length=32)
+    include_annotated: bool = True
+    offset: int = Field(default=0, ge=0)
+    limit: int = Field(default=25, ge=1, le=100)
+
+    @field_validator("since", "until", mode="before")
+    @classmethod
+    def _timestamp(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, str) or not value.strip():
+            return value or None
+        try:
+            return float(value)
+        except ValueError:
+            pass
+        if len(value) == 10:
+            day = date.fromisoformat(value)
+            moment = dtime.max if info.field_name == "until" else dtime.min
+            return datetime.combine(day, moment, tzinfo=timezone.utc).timestamp()
+        parsed = datetime.fromisoformat(value)
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
+
+
+class AnnotationIn(Body):
+    """One expert's judgement of one bot turn."""
+
+    score: int = Field(ge=-2, le=2, description="-2 (harmful) … +2 (excellent)")
+    tags: list[str] = Field(default_factory=list, max_length=16)
+    corrected_reply: str = ""
+    note: str = ""
+
+
+def _query() -> QueueQuery:
+    args = {k: v for k, v in request.args.items() if v != ""}
+    try:
+        return QueueQuery.model_validate(args)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+        raise ApiError(422, "invalid_request", problems) from None
+
+
+def agreement(annotations: list[Annotation]) -> dict[str, Any] | None:
+    """How far several experts agree on a turn: score mean, spread and mean pairwise agreement.
+
+    Pairwise agreement of two scores is ``1 - |a - b| / 4`` (1: same score, 0: opposite ends).
+    """
+    scores = [a.score for a in annotations]
+    if len(scores) < 2:
+        return None
+    pairs = list(combinations(scores, 2))
+    return {
+        "n": len(scores),
+        "mean": round(sum(scores) / len(scores), 3),
+        "spread": max(scores) - min(scores),
+        "pairwise": round(sum(1 - abs(a - b) / SCORE_RANGE for a, b in pairs) / len(pairs), 3),
+        "exact": round(sum(a == b for a, b in pairs) / len(pairs), 3),
+    }
+
+
+def conversation_summary(conv: Conversation) -> dict[str, Any]:
+    """What the queue shows of a conversation."""
+    return {"id": conv.id, "csat": conv.csat, "adapter_version": conv.adapter_version,
+            "created_at": conv.created_at, "n_turns": conv.n_turns, "status": conv.status}
+
+
+@bp.get("/expert")
+def console() -> str:
+    """The expert console page (the queue and transcript are loaded by console.expert.js)."""
+    versions = [a.version for a in services().store.adapters.list()]
+    return render_template("expert_console.html", user=current_user(), tags=TAGS, versions=versions)
+
+
+@bp.get("/api/expert/queue")
+def queue() -> Response:
+    """Ended conversations to annotate: unannotated first, lowest CSAT first, filtered, counted."""
+    q = _query()
+    flt = QueueFilter(csat_min=q.csat_min, csat_max=q.csat_max, since=q.since, until=q.until,
+                      adapter_version=q.adapter_version, tag=q.tag, include_annotated=q.include_annotated)
+    page = services().store.annotations.queue(flt, offset=q.offset, limit=q.limit)
+    return jsonify(conversations=[conversation_summary(c) for c in page.conversations],
+                   unannotated=page.unannotated, annotated=page.annotated)
+
+
+@bp.get("/api/expert/conversations/<conv_id>")
+def conversation(conv_id: str) -> Response:
+    """A transcript with every bot turn's annotations and the experts' agreement."""
+    store = services().store
+    conv = store.conversations.get(conv_id)
+    by_turn = store.annotations.for_conversation(conv_id)
+    turns = []
+    for turn in store.conversations.turns(conv_id):
+        out: dict[str, Any] = {"index": turn.index, "role": turn.role, "text": turn.text,
+                               "created_at": turn.created_at}
+        if isinstance(turn, BotTurn):
+            annotations = by_turn.get(turn.index, [])
+            out.update(adapter_version=turn.adapter_version, finished=turn.finished,
+                       annotations=[a.model_dump() for a in annotations], agreement=agreement(annotations))
+        turns.append(out)
+    return jsonify(conversation={**conversation_summary(conv), "csat_comment": conv.csat_comment,
+                                 "ended_at": conv.ended_at, "meta": conv.meta},
+                   turns=turns)
+
+
+@bp.post("/api/expert/conversations/<conv_id>/turns/<int:index>/annotations")
+def annotate(conv_id: str, index: int) -> tuple[Response, int]:
+    """Store (or replace) the signed-in expert's annotation of bot turn ``index``."""
+    body = parse_body(AnnotationIn)
+    stored = services().store.annotations.annotate(
+        conv_id, index, current_user().name, body.score, tags=body.tags,
+        corrected_reply=body.corrected_reply, note=body.note)
+    return jsonify(stored.model_dump()), 201
+
+
+@bp.get("/api/expert/export.jsonl")
+def export() -> Response:
+    """Every annotation as one JSON line, with the turn, the customer's message and the CSAT."""
+    return Response(_export_lines(services().store.episodes), mimetype="application/x-ndjson",
+                    headers={"Content-Disposition": 'attachment; filename="annotations.jsonl"'})
+
+
+def _export_lines(episodes: Episodes) -> Iterator[str]:
+    until, after = episodes.watermark(), 0
+    while after < until:
+        page, reached = episodes.export(after=after, until=until, limit=EXPORT_PAGE)
+        for episode in page:
+            for ann in episode.annotations:
+                yield json.dumps({
+                    **ann.model_dump(), "bot_reply": episode.turn.text, "customer_text": episode.customer_text,
+                    "adapter_version": episode.turn.adapter_version, "csat": episode.csat,
+                }) + "\n"
+        if reached <= after:
+            return
+        after = reached
+
+
+def openapi_section():
+    """The expert API's part of /openapi.json (sign-in is in ``bot.auth``)."""
+    from bot.openapi import Section
+
+    e = "/api/expert"
+    queue_params = [{"name": name, "in": "query", "required": False, "schema": {"type": kind}}
+                    for name, kind in (("csat_min", "integer"), ("csat_max", "integer"), ("since", "string"),
+                                       ("until", "string"), ("adapter_version", "string"), ("tag", "string"),
+                                       ("include_annotated", "boolean"), ("offset", "integer"),
+                                       ("limit", "integer"))]
+    queue_op = console_operation("Conversations to annotate: unannotated first, lowest CSAT first, with counts",
+                                 description="Dates are epoch seconds or ISO dates; until includes its day.")
+    export_op = console_operation("Every annotation, one JSON object a line")
+    export_op["responses"]["200"]["content"] = {"application/x-ndjson": {"schema": {"type": "string"}}}
+    return Section({
+        f"{e}/queue": {"get": {**queue_op, "parameters": queue_params}},
+        f"{e}/conversations/{{conv_id}}": {"get": console_operation(
+            "A transcript: every bot turn with its annotations and the experts' agreement")},
+        f"{e}/conversations/{{conv_id}}/turns/{{index}}/annotations": {"post": console_operation(
+            "Annotate a bot turn (replaces this expert's earlier annotation of it)", "201",
+            body=AnnotationIn, write=True)},
+        f"{e}/export.jsonl": {"get": export_op},
+    }, [AnnotationIn])

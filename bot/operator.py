@@ -1,0 +1,248 @@
+"""The operator console: retraining schedules, "train now", runs with live progress, adapters
+(promote, canary, roll back, canary share) and CSAT per adapter version.
+
+``/operator`` is the page; ``/api/operator/...`` is its JSON API. Every route needs a signed-in
+operator or admin; writes need the session's CSRF token.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, render_template, request
+from pydantic import Field, ValidationError
+
+from bot.auth import console_operation, current_user, guard
+from bot.charts import BUCKETS, compare_metrics, csat_by_version
+from bot.errors import ApiError
+from bot.schemas import Body
+from bot.services import services
+from bot.validation import parse_body
+from feedback_store.errors import ValidationFailed
+from feedback_store.records import AdapterVersion, Conversation, Schedule, TrainingRun
+from feedback_store.schedules import next_runs
+
+bp = Blueprint("operator", __name__)
+bp.before_request(guard("operator"))
+
+CSAT_MAX_CONVERSATIONS = 20_000
+CSAT_PAGE = 1000
+MAX_WINDOW_DAYS = 365
+
+
+class ScheduleIn(Body):
+    cron: str = Field(min_length=1, max_length=120, description="5-field cron, UTC")
+    enabled: bool = True
+
+
+class EnabledIn(Body):
+    enabled: bool
+
+
+class ReasonIn(Body):
+    reason: str = Field(default="", max_length=500)
+
+
+class RollbackIn(Body):
+    reason: str = Field(min_length=1, max_length=500)
+    to_version: str | None = None
+
+
+class ShareIn(Body):
+    share: float = Field(ge=0.0, le=1.0, description="share of new conversations given the canary")
+
+
+def _schedule(schedule: Schedule) -> dict[str, Any]:
+    return {**schedule.model_dump(), "next_runs": [t.isoformat() for t in next_runs(schedule.cron, 3)]}
+
+
+def _run(run: TrainingRun) -> dict[str, Any]:
+    return run.model_dump()
+
+
+@bp.get("/operator")
+def console() -> str:
+    """The operator console page (its sections are filled by console.operator.js)."""
+    return render_template("operator_console.html", user=current_user())
+
+
+# schedules ------------------------------------------------------------------------------
+
+@bp.get("/api/operator/schedules")
+def schedules() -> Response:
+    """Every schedule with its next three run times (UTC)."""
+    return jsonify(schedules=[_schedule(s) for s in services().store.schedules.list()])
+
+
+@bp.get("/api/operator/cron-preview")
+def cron_preview() -> Response:
+    """Check a cron expression as it is typed: its next three run times, or why it is invalid."""
+    cron = request.args.get("cron", "").strip()
+    try:
+        checked = Schedule(id="preview", cron=cron, created_at=time.time()).cron
+    except ValidationError as exc:
+        raise ValidationFailed(f"cron {cron!r}: " + exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+    return jsonify(cron=checked, next_runs=[t.isoformat() for t in next_runs(checked, 3)])
+
+
+@bp.post("/api/operator/schedules")
+def add_schedule() -> tuple[Response, int]:
+    """Add a schedule; an invalid cron expression is refused with 422."""
+    body = parse_body(ScheduleIn)
+    return jsonify(_schedule(services().store.schedules.add(body.cron, body.enabled))), 201
+
+
+@bp.patch("/api/operator/schedules/<schedule_id>")
+def set_schedule_enabled(schedule_id: str) -> Response:
+    """Enable or disable a schedule."""
+    body = parse_body(EnabledIn)
+    return jsonify(_schedule(services().store.schedules.set_enabled(schedule_id, body.enabled)))
+
+
+@bp.delete("/api/operator/schedules/<schedule_id>")
+def delete_schedule(schedule_id: str) -> Response:
+    services().store.schedules.delete(schedule_id)
+    return jsonify(deleted=schedule_id)
+
+
+# runs -----------------------------------------------------------------------------------
+
+@bp.post("/api/operator/train")
+def train_now() -> tuple[Response, int]:
+    """Queue a training round now; the run starts when a worker takes it."""
+    return jsonify(_run(services().store.training.enqueue_round("console"))), 202
+
+
+@bp.get("/api/operator/runs")
+def runs() -> Response:
+    """The newest runs first."""
+    limit = min(max(request.args.get("limit", 50, type=int), 1), 200)
+    return jsonify(runs=[_run(r) for r in services().store.runs.list(limit)])
+
+
+@bp.get("/api/operator/runs/<run_id>/progress")
+def run_progress(run_id: str) -> Response:
+    """The run and its progress events after the stream id ``after`` (poll with the returned ``last``)."""
+    store = services().store
+    run = store.runs.get(run_id)
+    after = request.args.get("after", "-")
+    events = store.runs.progress(run_id, after=after)
+    return jsonify(run=_run(run), events=[{"id": eid, **fields} for eid, fields in events],
+                   last=events[-1][0] if events else after)
+
+
+# adapters -------------------------------------------------------------------------------
+
+@bp.get("/api/operator/adapters")
+def adapters() -> Response:
+    """Every adapter with its metrics, live CSAT, and its metrics' differences from the active one's."""
+    store = services().store
+    active, canary = store.adapters.active(), store.adapters.canary()
+    listed = store.adapters.list()
+    baseline = next((a.metrics for a in listed if a.version == active), {})
+    live = csat_by_version(_recent_conversations(30), BUCKETS["day"])["totals"]
+    return jsonify(active=active, canary=canary, canary_share=store.adapters.canary_share(),
+                   base_csat=live.get("base"),
+                   adapters=[_adapter(a, baseline, live.get(a.version), a.version == active) for a in listed])
+
+
+def _adapter(adapter: AdapterVersion, baseline: dict[str, Any], csat: dict | None, is_active: bool) -> dict[str, Any]:
+    out = adapter.model_dump(exclude={"path"})
+    out.update(live_csat=csat, vs_active=None if is_active else compare_metrics(adapter.metrics, baseline))
+    return out
+
+
+@bp.post("/api/operator/adapters/<version>/promote")
+def promote(version: str) -> Response:
+    """Make ``version`` active: new conversations are pinned to it once the bots have loaded it."""
+    reason = parse_body(ReasonIn, optional=True).reason or f"promoted by {current_user().name}"
+    return jsonify(services().store.adapters.promote(version, reason).model_dump(exclude={"path"}))
+
+
+@bp.post("/api/operator/adapters/<version>/canary")
+def send_to_canary(version: str) -> Response:
+    """Serve ``version`` to the canary share of new conversations."""
+    reason = parse_body(ReasonIn, optional=True).reason or f"sent to canary by {current_user().name}"
+    return jsonify(services().store.adapters.send_to_canary(version, reason).model_dump(exclude={"path"}))
+
+
+@bp.post("/api/operator/rollback")
+def rollback() -> Response:
+    """Reject the active adapter and reactivate its parent (or ``to_version``)."""
+    body = parse_body(RollbackIn)
+    store = services().store
+    rolled_back = store.adapters.active()
+    active = store.adapters.rollback(f"{body.reason} (by {current_user().name})", body.to_version)
+    return jsonify(rolled_back=rolled_back, active=active)
+
+
+@bp.put("/api/operator/canary-share")
+def set_canary_share() -> Response:
+    """Set the share (0-1) of new conversations that get the canary adapter."""
+    body = parse_body(ShareIn)
+    services().store.adapters.set_canary_share(body.share)
+    return jsonify(canary_share=body.share)
+
+
+# CSAT over time -------------------------------------------------------------------------
+
+@bp.get("/api/operator/csat")
+def csat() -> Response:
+    """Mean CSAT with 95% intervals per adapter version and hour or day, over the last ``days``."""
+    bucket = request.args.get("bucket", "day")
+    if bucket not in BUCKETS:
+        raise ApiError(422, "invalid_request", f"bucket must be one of {sorted(BUCKETS)}")
+    days = request.args.get("days", 14, type=float)
+    if not 0 < days <= MAX_WINDOW_DAYS:
+        raise ApiError(422, "invalid_request", f"days must be within (0, {MAX_WINDOW_DAYS}]")
+    return jsonify(bucket=bucket, bucket_s=BUCKETS[bucket], days=days,
+                   **csat_by_version(_recent_conversations(days), BUCKETS[bucket]))
+
+
+def _recent_conversations(days: float) -> list[Conversation]:
+    """Conversations started in the last ``days`` (newest first, at most CSAT_MAX_CONVERSATIONS)."""
+    conversations = services().store.conversations
+    since, until, seen, out = time.time() - days * 86400, None, set(), []
+    while len(out) < CSAT_MAX_CONVERSATIONS:
+        fetched = conversations.recent(CSAT_PAGE, since=since, until=until)
+        page = [c for c in fetched if c.id not in seen]
+        out.extend(page)
+        seen.update(c.id for c in page)
+        if len(fetched) < CSAT_PAGE or not page:
+            return out
+        until = page[-1].created_at
+    return out
+
+
+def openapi_section():
+    """The operator API's part of /openapi.json."""
+    from bot.openapi import Section
+
+    o, op = "/api/operator", console_operation
+
+    def query(*names: str) -> list[dict[str, Any]]:
+        return [{"name": n, "in": "query", "required": False, "schema": {"type": "string"}} for n in names]
+
+    return Section({
+        f"{o}/schedules": {"get": op("Retraining schedules with their next three run times (UTC)"),
+                           "post": op("Add a schedule; the cron expression is validated", "201",
+                                      body=ScheduleIn, write=True)},
+        f"{o}/schedules/{{schedule_id}}": {"patch": op("Enable or disable a schedule", body=EnabledIn, write=True),
+                                           "delete": op("Delete a schedule", write=True)},
+        f"{o}/cron-preview": {"get": {**op("Check a cron expression: its next three run times"),
+                                      "parameters": query("cron")}},
+        f"{o}/train": {"post": op("Queue a training round now", "202", write=True)},
+        f"{o}/runs": {"get": {**op("Training runs, newest first"), "parameters": query("limit")}},
+        f"{o}/runs/{{run_id}}/progress": {"get": op(
+            "A run and its progress events", description="Query 'after': the stream id of the last event seen.")},
+        f"{o}/adapters": {"get": op("Adapters with status, metrics, live CSAT and the difference from the active one")},
+        f"{o}/adapters/{{version}}/promote": {"post": op("Make an adapter active", body=ReasonIn, write=True)},
+        f"{o}/adapters/{{version}}/canary": {"post": op("Send an adapter to canary", body=ReasonIn, write=True)},
+        f"{o}/rollback": {"post": op("Reject the active adapter and reactivate its parent (or to_version)",
+                                     body=RollbackIn, write=True)},
+        f"{o}/canary-share": {"put": op("Set the share of new conversations given the canary",
+                                        body=ShareIn, write=True)},
+        f"{o}/csat": {"get": {**op("Mean CSAT with 95% intervals per adapter version and day or hour"),
+                              "parameters": query("bucket", "days")}},
+    }, [ScheduleIn, EnabledIn, ReasonIn, RollbackIn, ShareIn])

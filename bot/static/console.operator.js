@@ -1,0 +1,242 @@
+/* Operator console: adapters (promote / canary / roll back, canary share), CSAT per version,
+   "train now", schedules with cron preview, runs with live progress charts. */
+"use strict";
+(function () {
+  var C = LoopConsole, el = C.el;
+  var REFRESH_MS = 5000, POLL_MS = 1500;
+  var CATEGORIES = [
+    ["Reward", /reward|return|advantage/i], ["KL", /kl/i], ["Losses", /loss|entropy|clip/i],
+    ["Evaluation", /eval|held_out|score|csat|win|accuracy/i],
+  ];
+  var run = {id: null, events: [], last: "-", timer: null};
+  var errorBox = document.getElementById("console-error");
+
+  function report(error) {
+    errorBox.hidden = false;
+    errorBox.textContent = error.message;
+  }
+
+  function act(promise, then) {
+    errorBox.hidden = true;
+    return promise.then(then).catch(report);
+  }
+
+  function fmt(value) {
+    return typeof value === "number" ? String(+value.toFixed(4)) : String(value);
+  }
+
+  // ---- adapters ----------------------------------------------------------------------
+  function csatText(stats) {
+    if (!stats) return "—";
+    return stats.mean.toFixed(2) + (stats.lo !== null ? " (" + stats.lo.toFixed(2) + "–" + stats.hi.toFixed(2) + ")" : "") +
+      " n=" + stats.n;
+  }
+
+  function metricsText(metrics) {
+    return Object.keys(metrics).filter(function (k) { return typeof metrics[k] === "number"; })
+      .map(function (k) { return k + "=" + fmt(metrics[k]); }).join(" · ") || "—";
+  }
+
+  function deltaCell(delta) {
+    if (!delta) return el("td", {text: "(active)"});
+    var cell = el("td");
+    Object.keys(delta).forEach(function (k) {
+      cell.append(el("span", {className: delta[k] > 0 ? "cn-up" : delta[k] < 0 ? "cn-down" : "",
+        text: k + " " + (delta[k] > 0 ? "+" : "") + fmt(delta[k]) + " "}));
+    });
+    if (!cell.childNodes.length) cell.textContent = "—";
+    return cell;
+  }
+
+  function adapterButton(label, adapter, path, question, className) {
+    return el("button", {type: "button", text: label, className: className, "aria-label": label + " " + adapter.version,
+      onclick: function () {
+        C.confirmAction(question, false).then(function (reason) {
+          if (reason === null) return;
+          act(C.api("POST", "/api/operator/adapters/" + encodeURIComponent(adapter.version) + path, {}), loadAdapters);
+        });
+      }});
+  }
+
+  function loadAdapters() {
+    return C.api("GET", "/api/operator/adapters").then(function (data) {
+      document.getElementById("active-version").textContent = data.active;
+      document.getElementById("canary-version").textContent = data.canary || "none";
+      var share = document.getElementById("canary-share");
+      if (document.activeElement !== share) share.value = Math.round(data.canary_share * 100);
+      document.getElementById("rollback").disabled = data.active === "base";
+      var rows = data.adapters.map(function (a) {
+        var actions = el("td", {className: "cn-actions"});
+        if (a.status !== "active" && a.status !== "rejected") {
+          actions.append(adapterButton("Promote", a, "/promote",
+            "Promote " + a.version + "? New conversations will be pinned to it.", "cn-primary"));
+        }
+        if (a.status === "candidate" || a.status === "retired") {
+          actions.append(adapterButton("Canary", a, "/canary",
+            "Send " + a.version + " to canary? It gets " + Math.round(data.canary_share * 100) + "% of new conversations."));
+        }
+        return el("tr", {className: a.status === "active" ? "cn-active-row" : ""}, [
+          el("td", {text: a.version}), el("td", {}, [el("span", {className: "cn-badge cn-" + a.status, text: a.status})]),
+          el("td", {text: a.parent}), el("td", {text: C.formatTime(a.created_at)}),
+          el("td", {text: csatText(a.live_csat)}), el("td", {className: "cn-metrics", text: metricsText(a.metrics)}),
+          deltaCell(a.vs_active), actions,
+        ]);
+      });
+      if (!rows.length) rows = [el("tr", {}, [el("td", {colspan: 8, className: "cn-muted", text: "No adapters yet: base model serving."})])];
+      var body = document.querySelector("#adapters tbody");
+      body.replaceChildren.apply(body, rows);
+    });
+  }
+
+  document.getElementById("rollback").addEventListener("click", function () {
+    var active = document.getElementById("active-version").textContent;
+    C.confirmAction("Roll back " + active + "? It will be rejected and its parent reactivated.", true).then(function (reason) {
+      if (reason) act(C.api("POST", "/api/operator/rollback", {reason: reason}), loadAdapters);
+    });
+  });
+
+  document.getElementById("canary-share-save").addEventListener("click", function () {
+    var percent = Number(document.getElementById("canary-share").value);
+    act(C.api("PUT", "/api/operator/canary-share", {share: percent / 100}), loadAdapters);
+  });
+
+  // ---- CSAT per version --------------------------------------------------------------
+  function loadCsat() {
+    var bucket = document.getElementById("csat-bucket").value, days = document.getElementById("csat-days").value || 14;
+    return C.api("GET", "/api/operator/csat?bucket=" + bucket + "&days=" + days).then(function (data) {
+      LoopCharts.line(document.getElementById("csat-chart"), {
+        title: "Mean CSAT per " + data.bucket + " (bands: 95% CI)", time: true, yMin: 1, yMax: 5,
+        series: data.series.map(function (s) {
+          return {name: s.version, points: s.points.map(function (p) {
+            return {x: p.t + data.bucket_s / 2, y: p.mean, lo: p.lo, hi: p.hi, n: p.n};
+          })};
+        }),
+      });
+    });
+  }
+  document.getElementById("csat-bucket").addEventListener("change", function () { loadCsat().catch(report); });
+  document.getElementById("csat-days").addEventListener("change", function () { loadCsat().catch(report); });
+
+  // ---- training and schedules ---------------------------------------------------------
+  document.getElementById("train-now").addEventListener("click", function () {
+    act(C.api("POST", "/api/operator/train"), function (queued) {
+      document.getElementById("train-status").textContent = "Queued run " + queued.id;
+      return loadRuns().then(function () { selectRun(queued.id); });
+    });
+  });
+
+  var cron = document.getElementById("cron"), preview = document.getElementById("cron-preview"), previewTimer;
+  function showPreview() {
+    var expr = cron.value.trim();
+    if (!expr) { preview.textContent = ""; cron.setCustomValidity(""); return Promise.resolve(); }
+    return C.api("GET", "/api/operator/cron-preview?cron=" + encodeURIComponent(expr)).then(function (data) {
+      cron.setCustomValidity("");
+      preview.classList.remove("cn-error-text");
+      preview.textContent = "Next runs: " + data.next_runs.map(function (t) { return C.formatTime(Date.parse(t) / 1000); }).join(", ");
+    }, function (error) {
+      cron.setCustomValidity(error.message);
+      preview.classList.add("cn-error-text");
+      preview.textContent = error.message;
+    });
+  }
+  cron.addEventListener("input", function () { clearTimeout(previewTimer); previewTimer = setTimeout(showPreview, 250); });
+
+  document.getElementById("schedule-form").addEventListener("submit", function (event) {
+    event.preventDefault();
+    act(C.api("POST", "/api/operator/schedules", {cron: cron.value.trim()}), function () {
+      cron.value = ""; preview.textContent = "";
+      return loadSchedules();
+    });
+  });
+
+  function loadSchedules() {
+    return C.api("GET", "/api/operator/schedules").then(function (data) {
+      var body = document.querySelector("#schedules tbody");
+      body.replaceChildren.apply(body, data.schedules.map(function (s) {
+        var toggle = el("input", {type: "checkbox", checked: s.enabled, "aria-label": "Enabled: " + s.cron,
+          onchange: function () {
+            act(C.api("PATCH", "/api/operator/schedules/" + s.id, {enabled: toggle.checked}), loadSchedules);
+          }});
+        return el("tr", {}, [
+          el("td", {}, [el("code", {text: s.cron})]),
+          el("td", {text: s.next_runs.map(function (t) { return C.formatTime(Date.parse(t) / 1000); }).join(", ")}),
+          el("td", {}, [toggle]),
+          el("td", {}, [el("button", {type: "button", text: "Delete", "aria-label": "Delete schedule " + s.cron,
+            onclick: function () {
+              C.confirmAction("Delete the schedule " + s.cron + "?", false).then(function (reason) {
+                if (reason !== null) act(C.api("DELETE", "/api/operator/schedules/" + s.id), loadSchedules);
+              });
+            }})]),
+        ]);
+      }));
+    });
+  }
+
+  // ---- runs and their progress ---------------------------------------------------------
+  function loadRuns() {
+    return C.api("GET", "/api/operator/runs").then(function (data) {
+      var body = document.querySelector("#runs tbody");
+      body.replaceChildren.apply(body, data.runs.map(function (r) {
+        return el("tr", {className: r.id === run.id ? "cn-current" : ""}, [
+          el("td", {}, [el("button", {type: "button", className: "cn-link", text: r.id, onclick: function () { selectRun(r.id); }})]),
+          el("td", {}, [el("span", {className: "cn-badge cn-" + r.status, text: r.status})]),
+          el("td", {text: r.trigger}), el("td", {text: C.formatTime(r.created_at)}), el("td", {text: r.adapter_version || "—"}),
+        ]);
+      }));
+    });
+  }
+
+  function selectRun(id) {
+    clearTimeout(run.timer);
+    run = {id: id, events: [], last: "-", timer: null};
+    document.getElementById("run-detail").hidden = false;
+    document.getElementById("run-h").textContent = "Run " + id;
+    pollRun();
+  }
+
+  function pollRun() {
+    var id = run.id;
+    C.api("GET", "/api/operator/runs/" + encodeURIComponent(id) + "/progress?after=" + encodeURIComponent(run.last))
+      .then(function (data) {
+        if (id !== run.id) return;
+        run.events = run.events.concat(data.events);
+        run.last = data.last;
+        var r = data.run;
+        var summary = r.status + " · trigger " + r.trigger + " · created " + C.formatTime(r.created_at) +
+          (r.adapter_version ? " · adapter " + r.adapter_version : "") + (r.error ? " · error: " + r.error : "");
+        var metrics = metricsText(r.metrics);
+        document.getElementById("run-summary").textContent = summary + (metrics !== "—" ? " · metrics: " + metrics : "");
+        drawRunCharts();
+        if (r.status === "queued" || r.status === "running") run.timer = setTimeout(pollRun, POLL_MS);
+      }).catch(report);
+  }
+
+  function drawRunCharts() {
+    var fields = {};
+    run.events.forEach(function (event, i) {
+      var x = typeof event.step === "number" ? event.step : i;
+      Object.keys(event).forEach(function (k) {
+        if (k === "step" || k === "id" || typeof event[k] !== "number" || !isFinite(event[k])) return;
+        (fields[k] = fields[k] || []).push({x: x, y: event[k]});
+      });
+    });
+    var box = document.getElementById("run-charts"), used = {};
+    box.replaceChildren();
+    CATEGORIES.concat([["Other", /./]]).forEach(function (category) {
+      var names = Object.keys(fields).filter(function (k) { return !used[k] && category[1].test(k); });
+      names.forEach(function (k) { used[k] = true; });
+      if (!names.length && category[0] === "Other") return;
+      var holder = el("div", {className: "cn-chart", "aria-label": category[0] + " chart"});
+      box.append(holder);
+      LoopCharts.line(holder, {title: category[0], xLabel: "step",
+        series: names.map(function (k) { return {name: k, points: fields[k]}; })});
+    });
+  }
+
+  function refresh() {
+    return Promise.all([loadAdapters(), loadRuns()]).catch(report);
+  }
+
+  Promise.all([refresh(), loadSchedules(), loadCsat()]).catch(report);
+  setInterval(refresh, REFRESH_MS);
+})();
