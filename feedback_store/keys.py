@@ -105,6 +105,10 @@ class Keys:
     def users(self) -> str:
         return self._k("users")
 
+    def rate_limits(self) -> str:
+        """Prefix under which the HTTP rate limiter keeps its counters."""
+        return self._k("ratelimit")
+
     def rq_queue_name(self) -> str:
         """Name of the RQ queue for training jobs (RQ adds its own ``rq:`` keys)."""
         return self._k("training")
