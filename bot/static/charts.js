@@ -1,11 +1,11 @@
 /* Small inline-SVG charts for the operator console (no library, no CDN).
-   LoopCharts.line(container, {title, series: [{name, points: [{x, y, lo, hi}]}], time, yMin, yMax})
-   draws lines with optional 95% bands; labels are set with textContent only. */
+   LoopCharts.line(container, {title, series: [{name, points: [{x, y, lo, hi}]}], time, yMin, yMax, xLabel})
+   draws lines with optional 95% bands at the container's width; labels are set with textContent only. */
 "use strict";
 var LoopCharts = (function () {
   var NS = "http://www.w3.org/2000/svg";
   var COLORS = ["#2f6f9f", "#d9822b", "#3a9d5d", "#b03a48", "#7a5ea8", "#8c6d31", "#2a9d9a", "#666"];
-  var W = 640, H = 240, M = {top: 30, right: 16, bottom: 34, left: 52};
+  var H = 240, M = {top: 30, right: 16, bottom: 34, left: 52};
 
   function svg(tag, attrs, text) {
     var node = document.createElementNS(NS, tag);
@@ -28,7 +28,14 @@ var LoopCharts = (function () {
 
   function timeLabel(seconds, span) {
     var d = new Date(seconds * 1000), day = pad(d.getMonth() + 1) + "-" + pad(d.getDate());
-    return span > 3 * 86400 ? day : day + " " + pad(d.getHours()) + ":" + pad(d.getMinutes());
+    return span > 2 * 86400 ? day : day + " " + pad(d.getHours()) + ":00";
+  }
+
+  /** For time axes: at most ``count`` of the data's own x values, evenly picked. */
+  function dataTicks(xs, count) {
+    var unique = xs.filter(function (x, i) { return xs.indexOf(x) === i; }).sort(function (a, b) { return a - b; });
+    var every = Math.ceil(unique.length / count);
+    return unique.filter(function (x, i) { return i % every === 0; });
   }
 
   function number(v) { return Math.abs(v) >= 1000 || (v !== 0 && Math.abs(v) < 0.01) ? v.toExponential(1) : String(+v.toFixed(3)); }
@@ -36,7 +43,8 @@ var LoopCharts = (function () {
   function line(container, opts) {
     var series = (opts.series || []).filter(function (s) { return s.points.length; });
     container.replaceChildren();
-    var root = svg("svg", {viewBox: "0 0 " + W + " " + H, class: "lc-chart", role: "img"});
+    var W = Math.max(container.clientWidth || 640, 280);
+    var root = svg("svg", {viewBox: "0 0 " + W + " " + H, width: W, height: H, class: "lc-chart", role: "img"});
     root.append(svg("title", {}, opts.title || "chart"));
     container.append(root);
     if (opts.title) root.append(svg("text", {x: M.left, y: 16, class: "lc-title"}, opts.title));
@@ -64,9 +72,10 @@ var LoopCharts = (function () {
       root.append(svg("line", {x1: M.left, x2: W - M.right, y1: sy(t), y2: sy(t), class: "lc-grid"}));
       root.append(svg("text", {x: M.left - 6, y: sy(t) + 4, "text-anchor": "end", class: "lc-tick"}, number(t)));
     });
-    ticks(x0, x1, 6).forEach(function (t) {
+    var span = x1 - x0;
+    (opts.time ? dataTicks(xs, Math.floor(W / 90)) : ticks(x0, x1, Math.floor(W / 90))).forEach(function (t) {
       if (t < x0 || t > x1) return;
-      var label = opts.time ? timeLabel(t, x1 - x0) : number(t);
+      var label = opts.time ? timeLabel(t, span) : number(t);
       root.append(svg("text", {x: sx(t), y: H - M.bottom + 16, "text-anchor": "middle", class: "lc-tick"}, label));
     });
     root.append(svg("line", {x1: M.left, x2: M.left, y1: M.top, y2: H - M.bottom, class: "lc-axis"}));

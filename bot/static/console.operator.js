@@ -4,9 +4,9 @@
 (function () {
   var C = LoopConsole, el = C.el;
   var REFRESH_MS = 5000, POLL_MS = 1500;
-  var CATEGORIES = [
-    ["Reward", /reward|return|advantage/i], ["KL", /kl/i], ["Losses", /loss|entropy|clip/i],
-    ["Evaluation", /eval|held_out|score|csat|win|accuracy/i],
+  var CATEGORIES = [  // a field goes to the first category whose pattern it matches
+    ["Evaluation", /eval|held_out|score|csat|win|accuracy/i], ["Reward", /reward|return|advantage/i],
+    ["KL", /kl/i], ["Losses", /loss|entropy|clip/i],
   ];
   var run = {id: null, events: [], last: "-", timer: null};
   var errorBox = document.getElementById("console-error");
@@ -62,6 +62,7 @@
     return C.api("GET", "/api/operator/adapters").then(function (data) {
       document.getElementById("active-version").textContent = data.active;
       document.getElementById("canary-version").textContent = data.canary || "none";
+      document.getElementById("base-csat").textContent = csatText(data.base_csat);
       var share = document.getElementById("canary-share");
       if (document.activeElement !== share) share.value = Math.round(data.canary_share * 100);
       document.getElementById("rollback").disabled = data.active === "base";
