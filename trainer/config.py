@@ -69,7 +69,8 @@ class PPOConfig:
         adaptive_kl (bool, default True): adjust the coefficient toward ``kl_target``
             (Ziegler et al. proportional controller); False keeps it fixed.
         kl_target (float, default 1.0): target KL to the reference, nats per reply.
-        kl_horizon (int, default 10000): controller horizon in episodes; larger adapts slower.
+        kl_horizon (int, default 1000): controller horizon in episodes; larger adapts slower
+            (each step moves the coefficient by at most 20% · batch_size / kl_horizon).
         cliprange (float, default 0.2): PPO ratio clip epsilon.
         cliprange_value (float, default 0.2): clip of the value update around the old values.
         vf_coef (float, default 0.1): weight of the value loss in the total loss.
@@ -101,7 +102,7 @@ class PPOConfig:
     init_kl_coef: float = 0.05
     adaptive_kl: bool = True
     kl_target: float = 1.0
-    kl_horizon: int = 10000
+    kl_horizon: int = 1000
     cliprange: float = 0.2
     cliprange_value: float = 0.2
     vf_coef: float = 0.1

@@ -1,0 +1,272 @@
+"""LoRA PPO: rollout → rewards → advantages → minibatch updates → stats, in ``PPOTrainer.step``.
+
+Two sources of episodes feed the same update: ``step_on_prompts`` samples fresh replies and scores
+them with a reward function (classic RLHF); ``step_on_logged`` replays served bot turns with their
+human rewards and their serving-time log-probs as the behaviour policy (off-policy, ratio-clipped).
+The reference for the KL penalty is the base model (adapter disabled); PPO's clip bounds each step.
+Runs on CPU as one process and unchanged under ``accelerate launch`` (each process gets its own
+episodes; gradients, the KL coefficient and the early stop are synchronised).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from trainer.config import PPOConfig
+from trainer.episodes import Batch, Episode, LoggedEpisode, collate, left_pad
+from trainer.policy import PolicyWithValueHead
+
+RewardFn = Callable[[list[tuple[list[int], list[int]]]], Sequence[float]]
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over positions where ``mask`` is 1."""
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Shift and scale the masked entries of ``x`` to mean 0, std 1 (pads become 0)."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return (x - mean) * torch.rsqrt(var + eps) * mask
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over right-padded replies; returns (advantages, returns)."""
+    rewards, values = rewards * mask, values * mask
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]  # δ_t = r_t + γV_{t+1} − V_t
+        running = delta + gamma * lam * running  # A_t = δ_t + γλA_{t+1}
+        advantages[:, t] = running
+    return advantages * mask, (advantages + values) * mask
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 − Var(returns − values) / Var(returns) over real tokens: 1 is a perfect value head."""
+    var_returns = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+    residual = returns - values
+    var_residual = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
+    return float(1.0 - var_residual / var_returns.clamp(min=1e-8))
+
+
+class AdaptiveKLController:
+    """Ziegler et al. (2019): coef ← coef · (1 + clip(KL/target − 1, ±0.2) · n / horizon)."""
+
+    def __init__(self, init_coef: float, target: float, horizon: int, adaptive: bool) -> None:
+        self.value, self.target, self.horizon, self.adaptive = init_coef, target, horizon, adaptive
+
+    def update(self, kl: float, n_episodes: int) -> None:
+        """Move the coefficient after a step whose replies drifted ``kl`` nats from the reference."""
+        if self.adaptive:
+            error = min(max(kl / self.target - 1.0, -0.2), 0.2)
+            self.value *= 1.0 + error * n_episodes / self.horizon
+
+
+class PPOTrainer:
+    """Trains a ``PolicyWithValueHead`` with PPO; see the module docstring for the two sources."""
+
+    def __init__(
+        self,
+        policy: PolicyWithValueHead,
+        config: PPOConfig,
+        eos_token_id: int,
+        pad_token_id: int,
+        accelerator: Accelerator | None = None,
+    ) -> None:
+        self.config = config
+        self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id
+        self.accelerator = accelerator or Accelerator()
+        set_seed(config.seed + self.accelerator.process_index)
+        params = [p for p in policy.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=config.learning_rate)
+        self.policy, self.optimizer = self.accelerator.prepare(policy, optimizer)
+        self.kl_ctl = AdaptiveKLController(
+            config.init_kl_coef, config.kl_target, config.kl_horizon, config.adaptive_kl
+        )
+
+    @property
+    def unwrapped(self) -> PolicyWithValueHead:
+        """The policy without accelerate's wrappers (for generation, the reference, saving)."""
+        return self.accelerator.unwrap_model(self.policy)
+
+    @torch.no_grad()
+    def rollout(self, prompts: list[list[int]]) -> list[Episode]:
+        """Sample one reply per prompt at the serving temperature, recording its log-probs.
+
+        Replies are cut after their first EOS; a reply without one hit ``max_new_tokens``.
+        """
+        self.policy.eval()
+        ids, mask = left_pad(prompts, self.pad_token_id)
+        out = self.unwrapped.lm.generate(
+            input_ids=ids.to(self.accelerator.device),
+            attention_mask=mask.to(self.accelerator.device),
+            do_sample=True,
+            temperature=self.config.temperature,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=self.config.max_new_tokens,
+            eos_token_id=self.eos_token_id,
+            pad_token_id=self.pad_token_id,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+        replies = out.sequences[:, ids.shape[1] :].cpu()
+        logits = torch.stack(out.logits, dim=1).float().cpu() / self.config.temperature
+        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, replies.unsqueeze(-1)).squeeze(-1)
+        episodes = []
+        for prompt, reply, logp in zip(prompts, replies.tolist(), logprobs.tolist()):
+            n = reply.index(self.eos_token_id) + 1 if self.eos_token_id in reply else len(reply)
+            episodes.append(Episode(list(prompt), reply[:n], logp[:n]))
+        return episodes
+
+    def step_on_prompts(self, prompts: list[list[int]], reward_fn: RewardFn) -> dict[str, float]:
+        """One PPO step on fresh replies to ``prompts`` scored by ``reward_fn`` (e.g. a reward model)."""
+        episodes = self.rollout(prompts)
+        rewards = reward_fn([(e.prompt_ids, e.reply_ids) for e in episodes])
+        for episode, reward in zip(episodes, rewards, strict=True):
+            episode.reward = float(reward)
+        return self.step(episodes)
+
+    def step_on_logged(self, logged: list[LoggedEpisode], now: float | None = None) -> dict[str, float]:
+        """One PPO step on served turns; those older than ``max_episode_age_s`` are skipped."""
+        now = time.time() if now is None else now
+        fresh = [e for e in logged if now - e.timestamp <= self.config.max_episode_age_s]
+        stats = {"skipped_stale": float(len(logged) - len(fresh))}
+        if fresh:
+            stats |= self.step([e.to_episode() for e in fresh])
+        return stats
+
+    def _score(self, batch: Batch, *, grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Log-probs, values and entropies [B, R] of the batch's reply tokens under the policy."""
+        with torch.set_grad_enabled(grad):
+            logits, values = self.policy(batch.input_ids, batch.attention_mask)
+        start, end = batch.prompt_width - 1, batch.input_ids.shape[1] - 1  # logits at t predict t+1
+        logp_all = torch.log_softmax(logits[:, start:end].float() / self.config.temperature, dim=-1)
+        logprobs = logp_all.gather(-1, batch.reply_ids.unsqueeze(-1)).squeeze(-1)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        return logprobs, values[:, start:end].float(), entropy
+
+    @torch.no_grad()
+    def _score_without_grad(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(policy log-probs, values, reference log-probs) [B, R], a minibatch at a time."""
+        rows = torch.arange(len(batch.rewards), device=batch.rewards.device)
+        policy_logprobs, values, reference_logprobs = [], [], []
+        for index in rows.split(self.config.mini_batch_size):
+            logprobs, value, _ = self._score(batch.select(index), grad=False)
+            with self.unwrapped.reference():
+                reference_logprobs.append(self._score(batch.select(index), grad=False)[0])
+            policy_logprobs.append(logprobs)
+            values.append(value)
+        return torch.cat(policy_logprobs), torch.cat(values), torch.cat(reference_logprobs)
+
+    def _minibatches(self, n: int) -> list[torch.Tensor]:
+        perm = torch.randperm(n, device=self.accelerator.device)
+        return list(perm.split(self.config.mini_batch_size))
+
+    def step(self, episodes: list[Episode]) -> dict[str, float]:
+        """One PPO step on episodes carrying rewards and behaviour log-probs; returns its stats."""
+        cfg = self.config
+        if not episodes:
+            raise ValueError("a PPO step needs at least one episode")
+        batch = collate(episodes, self.pad_token_id, self.eos_token_id, self.accelerator.device)
+        mask = batch.reply_mask
+
+        # 1. Score: the policy now (old log-probs, values) and the reference, no gradients.
+        self.policy.eval()
+        old_logprobs, old_values, ref_logprobs = self._score_without_grad(batch)
+
+        # 2. Rewards: per-token KL penalty; whitened score (minus the no-EOS penalty) on the last token.
+        kl = (old_logprobs - ref_logprobs) * mask  # k1 estimate of KL(π‖π_ref) per token
+        scores = batch.rewards
+        if cfg.whiten_rewards and len(episodes) > 1:
+            scores = (scores - scores.mean()) / (scores.std(unbiased=False) + 1e-8)
+        scores = scores - cfg.missing_eos_penalty * (~batch.ended).float()
+        token_rewards = -self.kl_ctl.value * kl
+        last = mask.sum(1).long() - 1
+        token_rewards[torch.arange(len(episodes)), last] += scores
+
+        # 3. Advantages: GAE, then whitened.
+        advantages, returns = gae(token_rewards, old_values, mask, cfg.gamma, cfg.lam)
+        advantages = masked_whiten(advantages, mask)
+
+        # 4. Minibatch updates, clipped against the behaviour policy; stop early on large drift.
+        self.policy.train()
+        logs: list[dict[str, float]] = []
+        early_stopped = False
+        ratio_min, ratio_max = float("inf"), float("-inf")
+        for _ in range(cfg.ppo_epochs):
+            for index in self._minibatches(len(episodes)):
+                mb, mb_mask = batch.select(index), mask[index]
+                logprobs, values, entropy = self._score(mb, grad=True)
+                adv, ret, old_v = advantages[index], returns[index], old_values[index]
+
+                ratio = torch.exp(logprobs - mb.behaviour_logprobs)  # π_θ / π_behaviour
+                pg_unclipped = -adv * ratio
+                pg_clipped = -adv * ratio.clamp(1.0 - cfg.cliprange, 1.0 + cfg.cliprange)
+                pg_loss = masked_mean(torch.max(pg_unclipped, pg_clipped), mb_mask)
+
+                v_clipped = old_v + (values - old_v).clamp(-cfg.cliprange_value, cfg.cliprange_value)
+                vf_loss = 0.5 * masked_mean(torch.max((values - ret) ** 2, (v_clipped - ret) ** 2), mb_mask)
+
+                self.accelerator.backward(pg_loss + cfg.vf_coef * vf_loss)
+                self.accelerator.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad()
+
+                with torch.no_grad():
+                    drift = logprobs - old_logprobs[index]
+                    approx_kl = masked_mean(0.5 * drift**2, mb_mask)  # k2 estimate of KL(π_old‖π_θ)
+                    approx_kl = float(self.accelerator.reduce(approx_kl, reduction="mean"))
+                    real_ratios = ratio[mb_mask.bool()]
+                    ratio_min = min(ratio_min, float(real_ratios.min()))
+                    ratio_max = max(ratio_max, float(real_ratios.max()))
+                    logs.append({
+                        "policy_loss": float(pg_loss),
+                        "value_loss": float(vf_loss),
+                        "clipfrac": float(masked_mean((pg_clipped > pg_unclipped).float(), mb_mask)),
+                        "approx_kl": approx_kl,
+                        "ratio_mean": float(masked_mean(ratio, mb_mask)),
+                        "entropy": float(masked_mean(entropy, mb_mask)),
+                    })
+                if approx_kl > cfg.stop_kl:
+                    early_stopped = True
+                    break
+            if early_stopped:
+                break
+        self.policy.eval()
+
+        # 5. Stats, and the KL coefficient follows the replies' drift from the reference.
+        kl_per_reply = float(self.accelerator.reduce(kl.sum(1).mean(), reduction="mean"))
+        stats = {k: sum(log[k] for log in logs) / len(logs) for k in logs[0]}
+        stats |= {
+            "ratio_min": ratio_min,
+            "ratio_max": ratio_max,
+            "reward_mean": float(batch.rewards.mean()),
+            "kl": kl_per_reply,
+            "kl_coef": self.kl_ctl.value,
+            "explained_variance": explained_variance(old_values, returns, mask),
+            "reply_length": float(mask.sum(1).mean()),
+            "eos_share": float(batch.ended.float().mean()),
+            "episodes": float(len(episodes)),
+            "updates": float(len(logs)),
+            "early_stopped": float(early_stopped),
+        }
+        self.kl_ctl.update(kl_per_reply, len(episodes))
+        return stats
+
+    def save(self, path: str) -> None:
+        """Write the LoRA adapter and value head (safetensors) from the main process."""
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            self.unwrapped.save_pretrained(path)
