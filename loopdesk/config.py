@@ -43,6 +43,8 @@ class Settings:
         canary_share (float, default 0.1): share of new conversations pinned to the canary
             adapter when one exists.
         max_batch_size (int, default 32): most replies one generation worker decodes together.
+        torch_threads (int, default 1): torch intra-op threads of a serving process (1 suits
+            small models beside web threads; 0 keeps torch's default of one per core).
         run_lock_ttl_s (int, default 3600): expiry of the one-training-run-at-a-time lock.
         secret_key (str, default ""): Flask session signing key; empty: a random one is
             generated and kept in ``data_dir/secret_key``.
@@ -64,6 +66,7 @@ class Settings:
     temperature: float = 1.0
     canary_share: float = 0.1
     max_batch_size: int = 32
+    torch_threads: int = 1
     run_lock_ttl_s: int = 3600
     secret_key: str = field(default="", repr=False)
     max_request_bytes: int = 65536
