@@ -67,13 +67,13 @@ def test_gae_matches_hand_computation():
     assert returns[0].tolist() == pytest.approx([0.75, 1.0, 0.0])
 
 
-def test_ppo_learns_toy_task_within_30_updates_and_bounded_kl():
+def test_ppo_learns_toy_task_within_40_updates_and_bounded_kl():
     # Random base: P(reply contains TARGET) ≈ 0.1. On a random net LoRA can only move the target
     # logit by reshaping every distribution, so the optimum costs ~8 nats: the target is set there.
     trainer = make_trainer(learning_rate=1e-2, init_kl_coef=0.05, kl_target=8.0)
     generator = torch.Generator().manual_seed(1)
     history = []
-    for _ in range(30):
+    for _ in range(40):  # seed 0 needs 22; seeds 1-4 needed 21-33
         history.append(trainer.step_on_prompts(random_prompts(32, generator), contains_target))
         if len(history) >= 3 and sum(s["reward_mean"] for s in history[-3:]) / 3 >= 0.9:
             break
