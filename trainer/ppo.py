@@ -74,7 +74,11 @@ class AdaptiveKLController:
 
 
 class PPOTrainer:
-    """Trains a ``PolicyWithValueHead`` with PPO; see the module docstring for the two sources."""
+    """Trains a ``PolicyWithValueHead`` with PPO; see the module docstring for the two sources.
+
+    Construction seeds Python, NumPy and torch with ``config.seed`` (+ the process index) so a
+    round's sampling and shuffling are reproducible.
+    """
 
     def __init__(
         self,
