@@ -12,7 +12,7 @@ from feedback_store.records import AdapterVersion, BotTurn, Conversation
 from loopdesk.config import Settings
 
 PASSWORD = "correct horse battery"
-ACCOUNTS = {"erin": "expert", "otto": "operator", "ada": "admin"}
+ACCOUNTS = {"erin": "expert", "emil": "expert", "otto": "operator", "ada": "admin"}
 
 
 def add_accounts(store: FeedbackStore) -> None:

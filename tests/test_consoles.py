@@ -41,7 +41,7 @@ CALLS: dict[str, tuple[Call, int]] = {
     "expert.queue": (lambda s: ({"csat_max": 3}, None), 200),
     "expert.conversation": (lambda s: ({"conv_id": seed_conversation(s, 2).id}, None), 200),
     "expert.annotate": (lambda s: ({"conv_id": seed_conversation(s, 2).id, "index": 1},
-                                   {"score": -1, "tags": ["wrong_info"], "corrected_reply": "Better.", "note": ""}), 201),
+                                   {"score": -1, "tags": ["wrong_info"], "corrected_reply": "Better."}), 201),
     "expert.export": (lambda s: ({}, None), 200),
     "operator.console": (lambda s: ({}, None), 200),
     "operator.schedules": (lambda s: ({}, None), 200),
