@@ -16,6 +16,7 @@ from bot import auth, chat, errors, expert, openapi, operator, widget
 from bot.services import EXTENSION, Services
 from feedback_store import FeedbackStore
 from feedback_store.connection import resolve_redis_url
+from feedback_store.keys import Keys
 from loopdesk.config import Settings, load_settings
 
 CORS_HEADERS = {
@@ -54,7 +55,7 @@ def _init_rate_limits(app: Flask, settings: Settings) -> Limiter:
         get_remote_address,
         app=app,
         storage_uri=resolve_redis_url(settings, announce=False),
-        storage_options={"key_prefix": f"{settings.key_prefix}:ratelimit"},
+        storage_options={"key_prefix": Keys(settings.key_prefix).rate_limits()},
         strategy="moving-window",
         headers_enabled=True,
     )
