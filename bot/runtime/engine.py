@@ -73,6 +73,8 @@ class Engine:
         """Load model and tokenizer, start the worker, load the active/canary adapters, follow changes."""
         ref = self.settings.base_model_ref
         started = time.perf_counter()
+        if self.settings.torch_threads > 0:
+            torch.set_num_threads(self.settings.torch_threads)  # process-wide: see Settings.torch_threads
         self.tokenizer = AutoTokenizer.from_pretrained(ref)
         model = AutoModelForCausalLM.from_pretrained(ref).eval()
         self._max_positions = model.config.max_position_embeddings
