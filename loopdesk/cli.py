@@ -15,6 +15,9 @@ COMMANDS = [
     ("feedback_store.cli", "redis_group"),
     ("bot.cli", "serve"),
     ("bot.users_cli", "users"),
+    ("trainer.cli", "train"),
+    ("trainer.cli", "worker"),
+    ("trainer.cli", "scheduler"),
     ("sim.simulate_cli", "simulate"),
 ]
 

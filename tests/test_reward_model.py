@@ -10,6 +10,9 @@ from transformers import AutoTokenizer
 from feedback_store.records import Annotation, BotTurn, Episode
 from trainer.config import RewardModelConfig
 from trainer.reward_model import PreferencePair, RewardModel, build_pairs, message_key, split_pairs
+from tests.trainer_helpers import one_torch_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _episode(conv: str, customer: str, prompt: list[int], reply: list[int], correction: str = "") -> Episode:
@@ -49,7 +52,6 @@ def test_split_holds_out_a_share_and_at_least_one_pair():
     assert [len(part) for part in split_pairs(pairs[:2], 0.01, seed=0)] == [1, 1]
 
 
-@pytest.mark.slow
 def test_reward_model_ranks_held_out_pairs_and_survives_save_and_load(base_model_dir, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Where is my order?"}],

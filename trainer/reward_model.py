@@ -135,7 +135,7 @@ class RewardModel:
             per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
             max_length=None, bf16=False, gradient_checkpointing=False, save_strategy="no",
             report_to="none", disable_tqdm=True, logging_steps=1_000_000, seed=config.seed,
-            dataloader_num_workers=0,
+            dataloader_num_workers=0, dataloader_pin_memory=False,
         )
         lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, task_type="SEQ_CLS")
         trainer = RewardTrainer(model=model, args=args, train_dataset=dataset,

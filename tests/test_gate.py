@@ -1,0 +1,136 @@
+"""The evaluation gate (held-out reward, KL, unfinished replies, external evaluator) and the live
+canary decision."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from feedback_store.records import AdapterVersion
+from trainer import gate
+from trainer.canary import check_canary, decide, mann_whitney
+from trainer.config import GateConfig, PPOConfig
+from trainer.policy import PolicyWithValueHead
+from trainer.reward_model import RewardModel
+from tests.trainer_helpers import one_torch_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def candidate_dir(base_model_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("candidate")
+    PolicyWithValueHead.with_new_adapter(AutoModelForCausalLM.from_pretrained(base_model_dir),
+                                         PPOConfig()).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def untrained_reward_model(base_model_dir) -> RewardModel:
+    tokenizer, model = RewardModel._base(str(base_model_dir))
+    return RewardModel(model, tokenizer, max_length=256)
+
+
+@pytest.fixture(scope="module")
+def prompts(base_model_dir) -> list[list[int]]:
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    texts = ["Where is my order?", "How do I return a jacket?", "Can I change my address?"]
+    return [tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
+                                          tokenize=True, return_dict=True)["input_ids"] for t in texts]
+
+
+def _evaluator(tmp_path, script: str) -> str:
+    path = tmp_path / "evaluator.py"
+    path.write_text(script)
+    return f"{sys.executable} {path}"
+
+
+def test_gate_measures_both_adapters_and_passes_within_budget(base_model_dir, candidate_dir, prompts,
+                                                              untrained_reward_model, tmp_path):
+    config = GateConfig(max_new_tokens=8, margin=-1.0, max_unfinished_share=1.0, evaluator=_evaluator(
+        tmp_path, "import json, sys\nprint('log line')\n"
+                  "print(json.dumps({'pass': '--candidate' in sys.argv, 'candidate_score': 4.2, "
+                  "'active_score': 4.0, 'details': {'active': sys.argv[-1]}}))\n"))
+    verdict = gate.evaluate(str(base_model_dir), candidate_dir, None, "base", prompts, untrained_reward_model, config)
+    assert verdict.passed, verdict.reasons
+    assert verdict.candidate.replies == verdict.active.replies == 3
+    assert abs(verdict.candidate.kl) < 1e-4  # a fresh LoRA (B = 0) is the base model
+    assert verdict.external["details"] == {"active": "base"}
+    metrics = verdict.metrics()
+    assert metrics["gate_passed"] and "gate_candidate_rm_score" in metrics and "gate_active_kl" in metrics
+
+
+def test_gate_fails_with_reasons_over_kl_budget_and_unfinished_limit(base_model_dir, candidate_dir, prompts,
+                                                                    untrained_reward_model):
+    config = GateConfig(max_new_tokens=2, margin=-1.0, kl_budget=-1.0, max_unfinished_share=0.0)
+    verdict = gate.evaluate(str(base_model_dir), candidate_dir, candidate_dir, "v0001", prompts,
+                            untrained_reward_model, config)
+    assert not verdict.passed
+    assert any("KL" in r for r in verdict.reasons) and any("unfinished" in r for r in verdict.reasons)
+
+
+def test_external_evaluator_failures_become_gate_reasons(tmp_path):
+    verdict = gate.run_evaluator(_evaluator(tmp_path, "print('{\"pass\": false}')"), tmp_path, "v1", 30)
+    assert verdict["pass"] is False
+    with pytest.raises(gate.EvaluatorError, match="not a verdict"):
+        gate.run_evaluator(_evaluator(tmp_path, "print('all good')"), tmp_path, "v1", 30)
+    with pytest.raises(gate.EvaluatorError, match="exited 3"):
+        gate.run_evaluator(_evaluator(tmp_path, "import sys; sys.exit(3)"), tmp_path, "v1", 30)
+    with pytest.raises(gate.EvaluatorError, match="did not finish"):
+        gate.run_evaluator(_evaluator(tmp_path, "import time; time.sleep(5)"), tmp_path, "v1", 0.5)
+
+
+def test_mann_whitney_matches_hand_computed_ranks():
+    # x = [1, 2], y = [3, 4]: U₁ = 0, mean 2, σ = sqrt(2·2/12·5) = 1.291; p(less) = sf(1.5/1.291), p(greater) = sf(-2.5/1.291)
+    p_less, p_greater = mann_whitney([1, 2], [3, 4])
+    assert p_less == pytest.approx(0.1226, abs=1e-3) and p_greater == pytest.approx(0.9736, abs=1e-3)
+
+
+def test_canary_decision_waits_rolls_back_and_promotes():
+    config = GateConfig(canary_min_samples=20, canary_max_samples=60)
+    assert decide([5] * 10, [1] * 10, config).action == "wait"
+    worse = decide([1, 2, 2, 3] * 10, [3, 4, 4, 5] * 10, config)
+    assert worse.action == "rollback" and worse.p_worse < 0.05
+    assert decide([4, 5, 5, 5] * 10, [2, 3, 3, 4] * 10, config).action == "promote"
+    assert decide([3, 4] * 15, [4, 3] * 15, config).action == "wait"
+    assert decide([3, 4] * 30, [4, 3] * 30, config).action == "promote"  # enough data, not worse
+
+
+def _register(store, version: str) -> None:
+    now = time.time()
+    store.adapters.register(AdapterVersion(version=version, path=f"/nowhere/{version}", sha256="0" * 64,
+                                           base_model="m", created_at=now, updated_at=now))
+
+
+def _rated_conversations(store, version: str, scores: list[int]) -> None:
+    for score in scores:
+        conv, token = store.conversations.start(version)
+        store.ratings.rate(conv.id, token, score)
+
+
+def test_live_canary_worse_than_active_is_rolled_back(store):
+    _register(store, "v0001")
+    store.adapters.promote("v0001")
+    _register(store, "v0002")
+    store.adapters.send_to_canary("v0002")
+    _rated_conversations(store, "v0001", [4, 5, 4, 5] * 5)
+    _rated_conversations(store, "v0002", [1, 2, 2, 1] * 5)
+    decision = check_canary(store, GateConfig(canary_min_samples=10))
+    assert decision.action == "rollback"
+    assert store.adapters.get("v0002").status == "rejected" and store.adapters.canary() is None
+    assert store.adapters.active() == "v0001"
+    assert store.adapters.get("v0002").metrics["canary_n_canary"] == 20
+
+
+def test_live_canary_better_than_base_is_promoted(store):
+    _register(store, "v0001")
+    store.adapters.send_to_canary("v0001")
+    _rated_conversations(store, "base", [2, 3, 2, 3] * 5)
+    _rated_conversations(store, "v0001", [4, 5, 4, 5] * 5)
+    assert check_canary(store, GateConfig(canary_min_samples=10)).action == "promote"
+    assert store.adapters.active() == "v0001"
+    assert check_canary(store, GateConfig()) is None

@@ -1,0 +1,94 @@
+"""Training as RQ jobs: the worker runs queued rounds, the scheduler enqueues due ones, and a
+worker killed mid-round leaves no candidate behind while the next round succeeds."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from feedback_store.connection import resolve_redis_url
+from feedback_store.errors import LockHeldError
+from trainer.cli import scheduler as scheduler_command
+from trainer.config import GateConfig
+from trainer.round import INTERRUPTED, run_round
+from trainer.scheduler import tick
+from tests.trainer_helpers import one_torch_thread  # noqa: F401 (fixture)
+from tests.trainer_helpers import seed_conversations, small_round_config, trainer_settings
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+LOCK_TTL_S = 2
+
+
+def test_scheduler_enqueues_a_round_for_each_due_schedule(store):
+    schedule = store.schedules.add("* * * * *")
+    runs, canary = tick(store, GateConfig(), {"rollout_steps": 2}, now=time.time() + 120)
+    assert [r.trigger for r in runs] == [f"schedule:{schedule.id}"] and canary is None
+    assert store.runs.get(runs[0].id).status == "queued" and store.runs.get(runs[0].id).config == {"rollout_steps": 2}
+    job = store.training.queue.jobs[0]
+    assert job.func_name == "trainer.jobs.run_round" and job.args == (runs[0].id,)
+    assert tick(store, GateConfig(), now=time.time() + 120)[0] == []  # already handled this minute
+
+
+def test_scheduler_command_prints_what_it_enqueues(settings, store, monkeypatch):
+    store.schedules.add("* * * * *")
+    monkeypatch.setenv("LOOPDESK_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("LOOPDESK_KEY_PREFIX", settings.key_prefix)
+    monkeypatch.setattr("trainer.scheduler.time.time", lambda: 4_102_444_800.0)  # year 2100: due
+    result = CliRunner().invoke(scheduler_command, ["--once", "--pass-status", "active"])
+    assert result.exit_code == 0, result.output
+    assert "enqueued training run r00001 (schedule:" in result.output
+    assert store.runs.get("r00001").config["gate"]["pass_status"] == "active"
+
+
+def _wait_for(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _lock_free(store) -> bool:
+    try:
+        store.runs.lock().acquire().release()
+        return True
+    except LockHeldError:
+        return False
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_round_leaves_no_candidate_and_the_next_round_succeeds(settings, store, tmp_path,
+                                                                                 base_model_dir):
+    tsettings = trainer_settings(settings, tmp_path, base_model_dir, run_lock_ttl_s=LOCK_TTL_S)
+    seed_conversations(store, base_model_dir)
+    env = {**os.environ, "REDIS_URL": resolve_redis_url(settings, announce=False), "OMP_NUM_THREADS": "1",
+           "LOOPDESK_DATA_DIR": str(tmp_path), "LOOPDESK_KEY_PREFIX": settings.key_prefix,
+           "LOOPDESK_BASE_MODEL": str(base_model_dir), "LOOPDESK_RUN_LOCK_TTL_S": str(LOCK_TTL_S),
+           "LOOPDESK_MAX_REPLY_TOKENS": "12"}
+    killed = store.training.enqueue_round(trigger="test", config=small_round_config().to_dict())
+    worker = subprocess.Popen([sys.executable, "-m", "loopdesk.cli", "worker"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: any(e["stage"] == "rewards" for _, e in store.runs.progress(killed.id)), 120,
+                  "the worker to start training")
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(10)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert store.runs.get(killed.id).status == "running"
+    assert [a for a in store.adapters.list() if a.status == "candidate"] == []
+    _wait_for(lambda: _lock_free(store), LOCK_TTL_S * 5, "the dead worker's lock to expire")
+
+    nxt = store.training.enqueue_round(trigger="test", config=small_round_config().to_dict())
+    run = run_round(tsettings, store, run_id=nxt.id, show_progress=False)
+    assert run.status == "succeeded" and store.adapters.get(run.adapter_version).status == "canary"
+    assert store.runs.get(killed.id).status == "failed" and store.runs.get(killed.id).error == INTERRUPTED
+    assert [a.status for a in store.adapters.list()] == ["canary"]
+    assert not any(p.name.startswith(".tmp-") for p in tsettings.adapters_dir.iterdir())

@@ -1,0 +1,93 @@
+"""One training round end to end with the real test-size model and real Redis: progress, gate,
+publishing, watermark; failures leave no candidate; the next round cleans up after a killed one."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from bot.runtime.adapters import read_verified
+from feedback_store.errors import LockHeldError
+from feedback_store.records import AdapterVersion
+from trainer.publish import ORPHAN_REASON
+from trainer.round import INTERRUPTED, NotEnoughFeedback, held_out, recover, run_round
+from tests.trainer_helpers import one_torch_thread  # noqa: F401 (fixture)
+from tests.trainer_helpers import seed_conversations, small_round_config, trainer_settings
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture
+def tsettings(settings, tmp_path, base_model_dir):
+    return trainer_settings(settings, tmp_path, base_model_dir)
+
+
+def test_held_out_conversations_are_stable_and_never_empty():
+    ids = {f"c{i}" for i in range(50)}
+    chosen = held_out(ids, 0.2)
+    assert chosen == held_out(set(sorted(ids)), 0.2) and 3 <= len(chosen) <= 20
+    assert len(held_out({"a", "b"}, 0.01)) == 1 and held_out({"a"}, 0.5) <= {"a"}
+
+
+def test_round_without_new_feedback_fails_and_keeps_the_watermark(tsettings, store):
+    with pytest.raises(NotEnoughFeedback):
+        run_round(tsettings, store, config=small_round_config(), show_progress=False)
+    (run,) = store.runs.list()
+    assert run.status == "failed" and "NotEnoughFeedback" in run.error
+    assert store.runs.training_watermark() == 0 and store.adapters.list() == []
+    store.runs.lock().acquire().release()  # the lock was released
+
+
+def test_failure_mid_round_leaves_no_candidate_and_releases_the_lock(tsettings, store, base_model_dir, monkeypatch):
+    seed_conversations(store, base_model_dir)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr("trainer.reward_model.RewardModel.train", broken)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        run_round(tsettings, store, config=small_round_config(), show_progress=False)
+    (run,) = store.runs.list()
+    assert run.status == "failed" and "disk on fire" in run.error
+    assert [e["stage"] for _, e in store.runs.progress(run.id)] == ["export", "rewards"]
+    assert store.adapters.list() == [] and store.runs.training_watermark() == 0
+    store.runs.lock().acquire().release()
+
+
+def test_a_queued_run_fails_when_another_round_holds_the_lock(tsettings, store):
+    run = store.training.enqueue_round(trigger="test")
+    with store.runs.lock():
+        with pytest.raises(LockHeldError):
+            run_round(tsettings, store, run_id=run.id, show_progress=False)
+    assert store.runs.get(run.id).status == "failed"
+
+
+def test_recovery_fails_stale_runs_rejects_orphans_and_removes_temp_dirs(store, tmp_path):
+    stale = store.runs.create({}, trigger="killed")
+    store.runs.start(stale.id, 0)
+    now = time.time()
+    store.adapters.register(AdapterVersion(version="v0001", path="/x", sha256="0" * 64, base_model="m",
+                                           created_at=now, updated_at=now))
+    (tmp_path / ".tmp-v0001-dead").mkdir()
+    report = recover(store, tmp_path)
+    assert report["stale_runs"] == [stale.id] and report["orphan_adapters"] == ["v0001"]
+    assert store.runs.get(stale.id).error == INTERRUPTED
+    assert store.adapters.get("v0001").reason == ORPHAN_REASON and list(tmp_path.iterdir()) == []
+
+
+def test_round_trains_gates_and_publishes_a_canary(tsettings, store, base_model_dir):
+    seed_conversations(store, base_model_dir)
+    run = run_round(tsettings, store, config=small_round_config(), show_progress=False)
+    assert run.status == "succeeded" and run.adapter_version == "v0001"
+    adapter = store.adapters.get("v0001")
+    assert adapter.status == "canary" and store.adapters.canary() == "v0001" and adapter.parent == "base"
+    read_verified(adapter.path, "v0001", tsettings.base_model_ref, expected_sha256=adapter.sha256)
+    metrics = run.metrics
+    assert 0 < metrics["pairs_correction"] <= 8 and 0.0 <= metrics["rm_eval_accuracy"] <= 1.0
+    assert metrics["gate_passed"] and metrics["gate_contexts"] >= 1
+    stages = [e["stage"] for _, e in store.runs.progress(run.id)]
+    assert stages == ["export", "rewards", "reward_model", "ppo_logged", "ppo_rollout", "gate", "publish", "done"]
+    assert store.runs.training_watermark() == run.watermark_to > 0
+    assert (tsettings.data_dir / "runs" / run.id / "reward_model" / "adapter_model.safetensors").is_file()
+    store.runs.lock().acquire().release()

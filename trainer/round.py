@@ -1,0 +1,252 @@
+"""One training round, end to end, as one readable sequence (``run_round``):
+
+lock → recover from killed runs → run record → export feedback after the training watermark →
+rewards → reward model → PPO (logged turns + fresh rollouts scored by the reward model) → gate →
+publish → finish the run.
+
+The lock is extended by a background thread while the round works; every stage checks it is
+still held. Any exception marks the run failed (the watermark stays, so the data is used again)
+and leaves no candidate; a killed process leaves a ``running`` run, maybe a candidate and a temp
+directory, which the next round cleans up once the lock has expired. Progress events go to the
+run's stream in Redis and to a tqdm bar.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import shutil
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from feedback_store import FeedbackStore
+from feedback_store.records import BASE_VERSION, Episode as StoredEpisode, TrainingRun
+from feedback_store.errors import LockHeldError
+from feedback_store.runs import RunLock
+
+from trainer.config import RoundConfig
+from trainer.publish import publish, reject_orphans, remove_temp_dirs
+from trainer.rewards import FeedbackTurn, build_rewards
+
+RUNS_DIR = "runs"
+INTERRUPTED = "interrupted: the process running it stopped and its lock expired"
+
+
+class LockLostError(RuntimeError):
+    """The run lock expired or was taken while the round worked (the round stops)."""
+
+
+class NotEnoughFeedback(RuntimeError):
+    """Too little new feedback to train on; the run fails and the data waits for the next one."""
+
+
+class LockKeeper:
+    """Extends a held lock every ``ttl / 3`` seconds from a daemon thread; ``check`` raises once lost."""
+
+    def __init__(self, lock: RunLock) -> None:
+        self._lock = lock
+        self._stop = threading.Event()
+        self.lost = False
+        self._thread = threading.Thread(target=self._run, name="run-lock-keeper", daemon=True)
+
+    def _run(self) -> None:
+        interval = max(0.05, self._lock.ttl_ms / 3000)
+        while not self._stop.wait(interval):
+            try:
+                self.lost = self.lost or not self._lock.extend()
+            except Exception:  # a Redis blip: the next tick retries while the TTL lasts
+                continue
+
+    def __enter__(self) -> "LockKeeper":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def check(self) -> None:
+        if self.lost:
+            raise LockLostError("the training lock expired while this run worked; another run may have started")
+
+
+def held_out(conversation_ids: set[str], share: float) -> set[str]:
+    """Conversations kept out of training: a stable hash below ``share`` (at least one of two or more)."""
+    def position(conv_id: str) -> float:
+        return int(hashlib.sha256(conv_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+    ranked = sorted(conversation_ids, key=position)
+    chosen = {c for c in ranked if position(c) < share}
+    if not chosen and share > 0 and len(ranked) >= 2:
+        chosen = {ranked[0]}
+    return chosen
+
+
+def feedback_turn(ep: StoredEpisode) -> FeedbackTurn:
+    """The reward builder's view of one stored episode."""
+    return FeedbackTurn(ep.conversation_id, ep.turn.index, csat=ep.csat,
+                        expert_scores=[a.score for a in ep.annotations],
+                        tags=[tag for a in ep.annotations for tag in a.tags])
+
+
+def recover(store: FeedbackStore, adapters_dir: Path, current_run: str | None = None) -> dict[str, Any]:
+    """Clean up after killed runs (hold the lock): fail stale runs, reject orphans, drop temp dirs."""
+    stale = [r.id for r in store.runs.list(limit=200) if r.status == "running" and r.id != current_run]
+    for run_id in stale:
+        store.runs.finish(run_id, "failed", error=INTERRUPTED)
+    return {"stale_runs": stale, "orphan_adapters": reject_orphans(store),
+            "temp_dirs": [str(p) for p in remove_temp_dirs(adapters_dir)]}
+
+
+class Round:
+    """The state of one round in progress: where it reports and where it writes."""
+
+    def __init__(self, settings, store: FeedbackStore, config: RoundConfig, run: TrainingRun,
+                 keeper: LockKeeper, bar: tqdm) -> None:
+        self.settings, self.store, self.config, self.run = settings, store, config, run
+        self.keeper, self.bar = keeper, bar
+        self.dir = Path(settings.data_dir) / RUNS_DIR / run.id
+        self.metrics: dict[str, Any] = {}
+
+    def report(self, stage: str, **fields: Any) -> None:
+        """One progress event (Redis stream and bar); stops the round if the lock was lost."""
+        self.keeper.check()
+        self.bar.set_description(stage)
+        self.bar.update(1)
+        self.store.runs.report(self.run.id, stage=stage, step=self.bar.n, total=self.bar.total, **fields)
+
+    def train(self) -> tuple[str, str | None, int]:
+        """Stages after the run started; returns (run status, adapter version, watermark reached)."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from trainer import gate
+        from trainer.episodes import LoggedEpisode
+        from trainer.policy import PolicyWithValueHead
+        from trainer.ppo import PPOTrainer
+        from trainer.reward_model import RewardModel, build_pairs, split_pairs
+
+        cfg, store, base_ref = self.config, self.store, self.settings.base_model_ref
+        episodes, watermark_to = store.episodes.export(after=self.run.watermark_from, limit=cfg.max_episodes)
+        holdout = held_out({e.conversation_id for e in episodes}, cfg.holdout_share)
+        train_eps = [e for e in episodes if e.conversation_id not in holdout and e.turn.reply_token_ids]
+        test_prompts = list({tuple(e.turn.prompt_token_ids): None
+                             for e in episodes if e.conversation_id in holdout})
+        self.report("export", episodes=len(episodes), watermark_to=watermark_to, held_out=len(holdout))
+
+        rewards = {(r.conversation_id, r.turn_index): r.reward
+                   for r in build_rewards(map(feedback_turn, train_eps), cfg.reward_builder)}
+        self.metrics |= {"episodes": len(episodes), "rewarded": len(rewards), "held_out_conversations": len(holdout)}
+        if len(rewards) < cfg.min_episodes:
+            raise NotEnoughFeedback(f"{len(rewards)} rewarded turns after watermark {self.run.watermark_from}; "
+                                    f"a round needs {cfg.min_episodes}")
+        self.report("rewards", rewarded=len(rewards))
+
+        tokenizer = AutoTokenizer.from_pretrained(base_ref)
+        pairs = build_pairs(train_eps, rewards, tokenizer, cfg.reward_model)
+        train_pairs, eval_pairs = split_pairs(pairs, cfg.reward_model.eval_share, cfg.reward_model.seed)
+        if not train_pairs:
+            raise NotEnoughFeedback("no preference pairs: no corrections and no reward gaps on one customer message")
+        reward_model = RewardModel.train(base_ref, train_pairs, cfg.reward_model, self.dir / "reward_model")
+        reward_model.save(self.dir / "reward_model")
+        shutil.rmtree(self.dir / "reward_model" / "trainer", ignore_errors=True)
+        rm_accuracy = reward_model.pairwise_accuracy(eval_pairs) if eval_pairs else None
+        self.metrics |= {"pairs_train": len(train_pairs), "pairs_eval": len(eval_pairs),
+                         "pairs_correction": sum(p.source == "correction" for p in pairs),
+                         "rm_eval_accuracy": rm_accuracy}
+        self.report("reward_model", pairs=len(pairs), rm_eval_accuracy=rm_accuracy)
+
+        active = store.adapters.active()
+        active_dir = None if active == BASE_VERSION else Path(store.adapters.get(active).path)
+        base = AutoModelForCausalLM.from_pretrained(base_ref)
+        policy = (PolicyWithValueHead.with_new_adapter(base, cfg.ppo) if active_dir is None
+                  else PolicyWithValueHead.from_pretrained(base, active_dir))
+        ppo = PPOTrainer(policy, cfg.ppo, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        rng = random.Random(cfg.ppo.seed)
+        logged = [LoggedEpisode(e.turn.prompt_token_ids, e.turn.reply_token_ids, e.turn.logprobs,
+                                rewards[(e.conversation_id, e.turn.index)], e.turn.adapter_version,
+                                e.turn.created_at)
+                  for e in train_eps if (e.conversation_id, e.turn.index) in rewards]
+        prompts = list({tuple(e.turn.prompt_token_ids): None for e in train_eps})
+        history: list[dict[str, float]] = []
+        for step in range(cfg.logged_steps):
+            stats = ppo.step_on_logged(rng.sample(logged, min(len(logged), cfg.ppo.batch_size)))
+            history.append(stats)
+            self.report("ppo_logged", ppo_step=step, **stats)
+        for step in range(cfg.rollout_steps):
+            chosen = [list(p) for p in rng.choices(prompts, k=cfg.ppo.batch_size)]
+            stats = ppo.step_on_prompts(chosen, reward_model.score_ids)
+            history.append(stats)
+            self.report("ppo_rollout", ppo_step=step, **stats)
+        ppo.save(str(self.dir / "candidate"))
+        self.metrics["ppo"] = {k: sum(h.get(k, 0.0) for h in history) / max(1, len(history))
+                               for k in ("kl", "reward_mean", "policy_loss", "eos_share", "reply_length")}
+        del ppo, policy, base
+        torch.manual_seed(cfg.gate.seed)
+
+        verdict = gate.evaluate(base_ref, self.dir / "candidate", active_dir, active,
+                                [list(p) for p in test_prompts], reward_model, cfg.gate)
+        self.metrics |= verdict.metrics()
+        self.report("gate", passed=verdict.passed, reasons=verdict.reasons)
+
+        version = store.adapters.next_version()
+        status = cfg.gate.pass_status if verdict.passed else "rejected"
+        self.keeper.check()
+        publish(store, self.settings.adapters_dir, self.dir / "candidate", version=version,
+                base_model=base_ref, parent=active, metrics=self.metrics, data_watermark=watermark_to,
+                status=status, reason="passed the gate" if verdict.passed else "; ".join(verdict.reasons))
+        self.report("publish", version=version, status=status)
+        return ("succeeded" if verdict.passed else "rejected"), version, watermark_to
+
+
+def run_round(settings, store: FeedbackStore, run_id: str | None = None, config: RoundConfig | None = None,
+              trigger: str = "manual", show_progress: bool = True) -> TrainingRun:
+    """Run one training round under the run lock; returns the finished run record.
+
+    ``run_id`` names a queued run (``store.training.enqueue_round``) whose recorded config is
+    used; without it a run is created from ``config``. Either way rollouts and the gate sample
+    at the serving temperature and reply length of ``settings``.
+
+    Raises:
+        LockHeldError: another round holds the lock (a queued run is marked failed).
+        Exception: whatever failed the round, after the run was recorded as failed.
+    """
+    if config is None:
+        config = RoundConfig.from_dict(store.runs.get(run_id).config if run_id else None)
+    config = config.serving(settings.temperature, settings.max_reply_tokens)
+    lock = store.runs.lock()
+    try:
+        lock.acquire()
+    except LockHeldError as exc:
+        if run_id:
+            store.runs.finish(run_id, "failed", error=str(exc))
+        raise
+    try:
+        with LockKeeper(lock) as keeper:
+            recovered = recover(store, settings.adapters_dir, current_run=run_id)
+            run_id = run_id or store.runs.create(config.to_dict(), trigger=trigger).id
+            run = store.runs.start(run_id, store.runs.training_watermark())
+            steps = 6 + config.logged_steps + config.rollout_steps
+            with tqdm(total=steps, desc="start", disable=not show_progress, unit="stage") as bar:
+                state = Round(settings, store, config, run, keeper, bar)
+                state.metrics |= {"recovered": recovered, "config": config.to_dict()}
+                started = time.monotonic()
+                try:
+                    status, version, watermark_to = state.train()
+                except BaseException as exc:
+                    store.runs.finish(run.id, "failed", metrics=state.metrics,
+                                      error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")
+                    raise
+                state.metrics["duration_s"] = round(time.monotonic() - started, 2)
+                run = store.runs.finish(run.id, status, metrics=state.metrics, adapter_version=version,
+                                        watermark_to=watermark_to)
+                bar.update(1)
+                store.runs.report(run.id, stage="done", step=bar.n, total=bar.total, status=status, version=version)
+            return run
+    finally:
+        lock.release()
