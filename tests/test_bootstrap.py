@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sim.bootstrap import MANIFEST, build_base_model, held_out_prompts, sample_replies
+from sim.cli import bootstrap
+
+ENV = {"LOOPDESK_BASE_MODEL": ""}
 
 CHAT = [
     {"role": "system", "content": "Be brief."},
@@ -24,17 +27,31 @@ def tokenizer(base_model_dir: Path):
     return AutoTokenizer.from_pretrained(base_model_dir)
 
 
-def test_test_size_builds_in_seconds_replacing_the_old_dir(tmp_path: Path) -> None:
+def test_cli_builds_test_size_in_seconds_and_guards_existing_dirs(tmp_path: Path) -> None:
     out = tmp_path / "base"
     out.mkdir()
-    (out / "stale.txt").write_text("old model")
-    started = time.monotonic()
-    assert build_base_model(out, size="test", seed=1, progress=False) == out.resolve()
-    assert time.monotonic() - started < 60
-    assert not (out / "stale.txt").exists()
+    (out / "notes.txt").write_text("not a model")
+    runner = CliRunner()
+    refused = runner.invoke(bootstrap, ["--size", "test", "--out", str(out)], env=ENV)
+    assert refused.exit_code == 1 and "holds no loopdesk base model" in refused.output
+
+    built = runner.invoke(bootstrap, ["--size", "test", "--out", str(out), "--seed", "1", "--force"], env=ENV)
+    assert built.exit_code == 0, built.output
+    assert not (out / "notes.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["base"]
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["size"] == "test" and manifest["seed"] == 1 and manifest["params"] > 0
+    assert manifest["train_cpu_seconds"] < 30  # CPU time: wall time depends on the machine's load
+
+    again = runner.invoke(bootstrap, ["--size", "test", "--out", str(out)], env=ENV)
+    assert again.exit_code == 0 and "already built" in again.output
+
+
+def test_cli_skips_when_a_base_model_is_configured(tmp_path: Path) -> None:
+    env = {**ENV, "LOOPDESK_BASE_MODEL": "some/model", "LOOPDESK_DATA_DIR": str(tmp_path)}
+    result = CliRunner().invoke(bootstrap, [], env=env)
+    assert result.exit_code == 0 and "nothing to bootstrap" in result.output
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_manifest_and_auto_classes_load(base_model_dir: Path) -> None:

@@ -1,0 +1,1 @@
+"""Simulated customers and experts, and the bundled demo company (Northwind Outfitters)."""
