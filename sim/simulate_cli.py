@@ -6,6 +6,7 @@ import json
 import math
 import secrets
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import click
@@ -20,6 +21,11 @@ def _clean(value: Any) -> Any:
     if isinstance(value, list):
         return [_clean(v) for v in value]
     return value
+
+
+def _clean_json(value: dict[str, Any]) -> str:
+    """One line of strict JSON."""
+    return json.dumps(_clean(value), allow_nan=False)
 
 
 def _expert_password(settings: Any, name: str) -> str:
@@ -61,12 +67,29 @@ def _expert_password(settings: Any, name: str) -> str:
               help="Share of customers who ask their intent's follow-up question.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every customer's choices.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object (last line).")
+@click.option("--panel", is_flag=True,
+              help="Gate mode for the trainer: compare --candidate-dir with the active version on the same "
+                   "customers in a private sandbox; the last stdout line is "
+                   '{"pass": bool, "candidate_score": float, "active_score": float, "details": {...}}.')
+@click.option("--candidate-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="--panel: the candidate adapter directory (published format, with manifest.json).")
+@click.option("--active", default=None,
+              help="--panel: the version to beat [default: the registry's active version; 'base' = no adapter].")
+@click.option("--tolerance", type=click.FloatRange(0), default=0.1, show_default=True,
+              help="--panel: pass when candidate CSAT >= active CSAT - tolerance.")
 def simulate(n: int, concurrency: int, url: str | None, held_out: bool, oracle: bool, experts: bool,
              expert_name: str, expert_password: str | None, csat_max: int, rating_noise: float | None,
-             leave_share: float, follow_up_share: float, seed: int, as_json: bool) -> None:
+             leave_share: float, follow_up_share: float, seed: int, as_json: bool, panel: bool,
+             candidate_dir: Path | None, active: str | None, tolerance: float) -> None:
     """Run simulated customers against the bot and report CSAT (mean, 95% percentile-bootstrap CI)
     overall, per intent, per adapter version and per persona, the unrated share, and the mean
-    hidden-rubric score (what an expert would say)."""
+    hidden-rubric score (what an expert would say).
+
+    Gate mode, as the trainer calls it (a subprocess; exit status 0 whatever the verdict):
+
+    \b
+        loopdesk simulate --panel --candidate-dir DIR [--active VERSION] [--customers 60] [--seed 0]
+    """
     from loopdesk.cli import settings_or_exit
     from sim.client import ChatAPIError, ExpertAPI
     from sim.company import load_company
@@ -78,9 +101,17 @@ def simulate(n: int, concurrency: int, url: str | None, held_out: bool, oracle: 
 
     if oracle and (url or experts):
         raise click.UsageError("--oracle serves its own stand-in bot: it takes neither --url nor --experts")
+    if panel != (candidate_dir is not None) or (panel and (url or oracle or experts)):
+        raise click.UsageError("--panel needs --candidate-dir (and runs its own bot: no --url, --oracle, --experts)")
     company = load_company()
     config = CustomerConfig(held_out=held_out, follow_up_share=follow_up_share, leave_share=leave_share,
                             rating_noise=rating_noise)
+    if panel:
+        from sim.panel import run_panel
+
+        verdict = run_panel(settings_or_exit(), company, candidate_dir, active, n, concurrency, config, seed, tolerance)
+        click.echo(_clean_json(verdict.to_dict()))
+        return
     with ExitStack() as stack:
         if oracle:
             url = stack.enter_context(serve(create_oracle_app(company)))
@@ -104,7 +135,7 @@ def simulate(n: int, concurrency: int, url: str | None, held_out: bool, oracle: 
             finally:
                 api.close()
     if as_json:
-        click.echo(json.dumps(_clean({**summary.to_dict(), "turns_annotated": annotated})))
+        click.echo(_clean_json({**summary.to_dict(), "turns_annotated": annotated}))
         return
     click.echo(summary.format())
     if annotated is not None:

@@ -1,0 +1,126 @@
+"""The trainer gate's external evaluator: a panel of simulated customers, candidate vs active adapter.
+
+The panel runs in a private sandbox so it leaves no trace in production data: its own
+embedded Redis in a temporary directory, with a registry naming the active version (read from
+the real store) active and the candidate canary. One engine serves both; two instances of the
+real chat app, each pinning every new conversation to one of the versions, face the same
+customers (same seed: same intents, phrasings, personas and rating noise), so the comparison
+is paired. The score is the panel's mean CSAT.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loopdesk.config import Settings
+from sim.company import Company
+from sim.customers import CustomerConfig
+from sim.serving import SIMULATOR_RATE_LIMIT, serve
+from sim.simulate import Summary, run_customers, summarize
+
+LOAD_TIMEOUT_S = 300.0
+
+
+class PinnedEngine:
+    """The serving engine, with every new conversation pinned to one adapter version."""
+
+    def __init__(self, engine: Any, version: str):
+        self._engine = engine
+        self.version = version
+
+    def choose_version(self) -> str:
+        return self.version
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+
+@dataclass(frozen=True)
+class PanelResult:
+    """The gate's verdict: ``passed`` when the candidate's CSAT is at least the active's minus ``tolerance``."""
+
+    passed: bool
+    candidate_score: float
+    active_score: float
+    details: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"pass", "candidate_score", "active_score", "details"}``, what the gate reads."""
+        return {"pass": self.passed, "candidate_score": self.candidate_score,
+                "active_score": self.active_score, "details": self.details}
+
+
+def _sandbox_registry(store: Any, real: Any, candidate_dir: Path, active: str) -> str:
+    """Register the active version (as active) and the candidate (as canary); return the candidate's name."""
+    from bot.runtime.adapters import MANIFEST_FILE
+    from feedback_store.records import BASE_VERSION, AdapterVersion
+
+    if active != BASE_VERSION:
+        record = real.adapters.get(active)
+        store.adapters.register(record.model_copy(update={"status": "candidate"}))
+        store.adapters.promote(active, "panel: the active version")
+    manifest = json.loads((candidate_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
+    version = manifest["version"]
+    now = time.time()
+    store.adapters.register(AdapterVersion(
+        version=version, path=str(candidate_dir.resolve()), sha256=manifest["sha256"],
+        base_model=manifest["base_model"], parent=manifest.get("parent", BASE_VERSION),
+        created_at=now, updated_at=now))
+    store.adapters.send_to_canary(version, "panel: the candidate")
+    return version
+
+
+def _wait_loaded(engine: Any, versions: set[str]) -> None:
+    deadline = time.monotonic() + LOAD_TIMEOUT_S
+    while not versions <= set(engine.loaded_versions()):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the panel engine could not load {sorted(versions - set(engine.loaded_versions()))}"
+                               " (refused or too slow; see the log)")
+        time.sleep(0.2)
+
+
+def _details(summary: Summary) -> dict[str, Any]:
+    return {"csat_low": summary.csat.low, "csat_high": summary.csat.high, "rated": summary.csat.n,
+            "rubric": summary.rubric.mean, "errors": summary.errors}
+
+
+def run_panel(settings: Settings, company: Company, candidate_dir: Path, active: str | None, n: int,
+              concurrency: int, config: CustomerConfig, seed: int = 0, tolerance: float = 0.1) -> PanelResult:
+    """Face ``n`` simulated customers with the candidate and with the active version; compare mean CSAT."""
+    from bot.app import create_app
+    from bot.runtime import Engine
+    from feedback_store import FeedbackStore
+    from feedback_store.server import stop_embedded_redis
+
+    real = FeedbackStore.from_settings(settings, announce=False)
+    active = active or real.adapters.active()
+    with ExitStack() as stack:
+        sandbox = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="loopdesk-panel-")))
+        stack.callback(stop_embedded_redis, sandbox)
+        panel_settings = settings.replace(
+            data_dir=sandbox, redis_url="", base_model=settings.base_model_ref,
+            rate_limit_per_ip=SIMULATOR_RATE_LIMIT, rate_limit_per_conversation=SIMULATOR_RATE_LIMIT)
+        store = FeedbackStore.from_settings(panel_settings, announce=False)
+        candidate = _sandbox_registry(store, real, candidate_dir, active)
+        engine = Engine(panel_settings, store)
+        engine.start()
+        stack.callback(engine.stop)
+        _wait_loaded(engine, {candidate, active})
+        summaries = {}
+        for version in (candidate, active):
+            app = create_app(panel_settings, PinnedEngine(engine, version), store)
+            with serve(app) as url:
+                summaries[version] = summarize(run_customers(url, company, n, concurrency, config, seed,
+                                                             progress=False))
+    cand, act = summaries[candidate].csat.mean, summaries[active].csat.mean
+    return PanelResult(
+        passed=cand >= act - tolerance, candidate_score=cand, active_score=act,
+        details={"candidate": candidate, "active": active, "customers": n, "seed": seed, "tolerance": tolerance,
+                 "score": "mean CSAT of the panel", "candidate_stats": _details(summaries[candidate]),
+                 "active_stats": _details(summaries[active])})

@@ -1,0 +1,172 @@
+"""Simulated customers and experts: real HTTP against the real bot (test-size model, real Redis),
+the rubric against the corpus generator's reply styles, and the summary statistics by hand."""
+
+from __future__ import annotations
+
+import random
+import statistics
+import uuid
+from pathlib import Path
+
+import pytest
+
+from feedback_store import FeedbackStore
+from loopdesk.config import load_settings
+from sim.client import ExpertAPI
+from sim.company import load_company
+from sim.corpus import STYLES, render_reply
+from sim.customers import ChatResult, Customer, CustomerConfig, make_customers, stars
+from sim.experts import SimulatedExpert, review_transcript
+from sim.oracle import create_oracle_app
+from sim.rubric import conversation_score, judge_reply
+from sim.serving import local_bot, serve
+from sim.simulate import MeanCI, mean_ci, run_customers, summarize
+
+COMPANY = load_company()
+
+
+@pytest.fixture(scope="module")
+def bot(data_dir: Path, base_model_dir: Path):
+    """(base URL, store) of the real bot served over HTTP in this process; short replies keep it fast."""
+    settings = load_settings({}, data_dir=data_dir, key_prefix=f"s{uuid.uuid4().hex[:12]}",
+                             base_model=str(base_model_dir), max_reply_tokens=12)
+    with local_bot(settings) as url:
+        yield url, FeedbackStore.from_settings(settings, announce=False)
+
+
+# ---- customers over HTTP ----------------------------------------------------------------
+
+CHATS = CustomerConfig(leave_share=0.5, follow_up_share=1.0)
+
+
+@pytest.fixture(scope="module")
+def chats(bot) -> list[tuple[Customer, ChatResult]]:
+    """Five customers (seed 3: some rate, some leave) chatting three at a time; run once per module."""
+    planned = make_customers(COMPANY, 5, CHATS, seed=3)
+    assert {c.rates for c in planned} == {True, False}, "the seed should give raters and leavers"
+    return list(zip(planned, run_customers(bot[0], COMPANY, 5, concurrency=3, config=CHATS, seed=3,
+                                           progress=False)))
+
+
+def test_customers_chat_over_http_end_and_rate_or_leave(bot, chats):
+    store = bot[1]
+    for customer, result in chats:
+        assert not result.error and result.conversation_id
+        conv = store.conversations.get(result.conversation_id)
+        assert conv.status == "ended" and conv.adapter_version == result.adapter_version
+        turns = store.conversations.turns(conv.id)
+        assert turns[0].text == customer.opening
+        assert [t.text for t in turns if t.role == "assistant"] == result.replies
+        assert len(result.replies) == len(result.judgements) == 2 + result.reasks
+        assert 1 <= result.rubric <= 5
+        if customer.rates:
+            assert result.rating in range(1, 6) and conv.csat == result.rating
+        else:
+            assert result.rating is None and conv.csat is None
+
+
+def test_customer_reads_json_replies_when_not_streaming(bot):
+    url, store = bot
+    [result] = run_customers(url, COMPANY, 1, config=CustomerConfig(stream=False, leave_share=0.0),
+                             seed=5, progress=False)
+    assert not result.error and result.replies
+    assert store.conversations.get(result.conversation_id).csat == result.rating
+
+
+def test_oracle_customers_find_every_answer_and_rate_high():
+    with serve(create_oracle_app(COMPANY)) as url:
+        results = run_customers(url, COMPANY, 40, concurrency=4, config=CustomerConfig(rating_noise=0.0),
+                                progress=False)
+    assert all(r.rubric == 5.0 and r.reasks == 0 for r in results)
+    assert {r.rating for r in results} <= {None, 5}
+
+
+# ---- the rubric -------------------------------------------------------------------------
+
+def style_scores(style: str, **persona) -> list[float]:
+    rng = random.Random(0)
+    return [conversation_score([judge_reply(COMPANY, intent, render_reply(COMPANY, intent, style, follow_up, rng),
+                                            follow_up)], 0, **persona)
+            for intent in COMPANY.intents for follow_up in (False, True) for _ in range(3)]
+
+
+def test_rubric_gives_canonical_replies_at_least_4_5_and_every_flawed_style_less():
+    for intent in COMPANY.intents:
+        assert judge_reply(COMPANY, intent, intent.canonical_reply).score() >= 4.5
+        assert judge_reply(COMPANY, intent, intent.canonical_follow_up_reply, follow_up=True).score() >= 4.5
+    assert min(style_scores("good")) >= 4.5
+    for style in set(STYLES) - {"good"}:
+        assert statistics.mean(style_scores(style)) < 4.25, style
+
+
+def test_flattery_swayed_persona_rates_apologies_and_flattery_above_the_rubric():
+    swayed = COMPANY.personas[[p.name for p in COMPANY.personas].index("flattery_swayed")]
+    view = {"patience": swayed.patience, "flattery_bias": swayed.flattery_bias}
+    for style in ("over_apologetic", "flattering"):
+        assert statistics.mean(style_scores(style, **view)) > statistics.mean(style_scores(style)) + 0.5, style
+    assert style_scores("good", **view) == style_scores("good")
+
+
+def test_ratings_are_the_view_plus_noise_rounded_and_clipped():
+    assert [stars(3.4, 0), stars(3.5, 0), stars(4.8, 0.9), stars(1.2, -2)] == [3, 4, 5, 1]
+
+
+# ---- the expert -------------------------------------------------------------------------
+
+def test_expert_review_scores_tags_and_corrects_each_bot_turn():
+    intent = COMPANY.intent("order_status")
+    wrong = intent.fill(intent.follow_up.answers[0], random.Random(1))
+    turns = [{"index": 0, "role": "user", "text": "Hi there! Where is my order? Thanks!"},
+             {"index": 1, "role": "assistant", "text": intent.canonical_reply},
+             {"index": 2, "role": "user", "text": intent.follow_up.questions[0]},
+             {"index": 3, "role": "assistant", "text": wrong}]
+    great, bad = review_transcript(COMPANY, turns)
+    assert (great.turn_index, great.score, great.tags, great.corrected_reply) == (1, 2, ["great"], "")
+    assert (bad.turn_index, bad.score) == (3, -2) and "wrong_info" in bad.tags
+    assert bad.corrected_reply == intent.canonical_follow_up_reply and "wrong facts" in bad.note
+
+
+def test_expert_annotates_rated_chats_through_the_console_api(bot, chats):
+    url, store = bot
+    rated = [result for _, result in chats if result.rating is not None]
+    store.users.add("sim-expert-test", "expert", "correct horse battery")
+    api = ExpertAPI(url)
+    api.login("sim-expert-test", "correct horse battery")
+    assert SimulatedExpert(COMPANY, api, csat_max=5).work(limit=100) >= sum(len(r.replies) for r in rated)
+    for _, left in filter(lambda chat: chat[1].rating is None, chats):
+        assert store.annotations.for_conversation(left.conversation_id) == {}, "unrated chats are not queued"
+    for result in rated:
+        annotations = store.annotations.for_conversation(result.conversation_id)
+        assert len(annotations) == len(result.replies)
+        for [annotation] in annotations.values():
+            assert annotation.expert_id == "sim-expert-test" and -2 <= annotation.score <= 2
+            assert annotation.tags and (annotation.score == 2 or annotation.corrected_reply)
+    api.close()
+
+
+# ---- summary statistics -----------------------------------------------------------------
+
+def test_summary_statistics_on_hand_made_results():
+    def chat(intent: str, version: str, rating: int | None, rubric: float, error: str = "") -> ChatResult:
+        return ChatResult(intent, "patient", adapter_version=version, rubric=rubric, rating=rating, error=error)
+
+    results = [chat("returns", "v1", 5, 5.0), chat("returns", "v1", 4, 4.0), chat("refunds", "v2", 3, 2.0),
+               chat("refunds", "v2", None, 1.0), chat("refunds", "v2", None, float("nan"), error="HTTP 503")]
+    summary = summarize(results)
+    assert (summary.chats, summary.errors, summary.unrated_share) == (5, 1, 0.25)
+    assert summary.csat.mean == 4.0 and summary.csat.n == 3
+    assert 3.0 <= summary.csat.low <= 4.0 <= summary.csat.high <= 5.0
+    assert summary.rubric.mean == 3.0 and summary.rubric.n == 4
+    assert summary.per_intent["returns"].csat.mean == 4.5 and summary.per_intent["returns"].chats == 2
+    assert summary.per_version["v2"].csat.n == 1 and summary.per_version["v2"].rubric == 1.5
+    assert mean_ci([3, 3, 3]) == MeanCI(3.0, 3.0, 3.0, 3)
+    assert mean_ci([]).n == 0
+
+
+def test_bootstrap_interval_narrows_with_more_data_and_covers_the_mean():
+    rng = random.Random(0)
+    small = mean_ci([rng.randint(1, 5) for _ in range(20)])
+    large = mean_ci([rng.randint(1, 5) for _ in range(2000)])
+    assert small.low < small.mean < small.high and large.low < large.mean < large.high
+    assert large.high - large.low < (small.high - small.low) / 5
+    assert large.low < 3.0 < large.high
