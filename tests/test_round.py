@@ -63,6 +63,13 @@ def test_a_queued_run_fails_when_another_round_holds_the_lock(tsettings, store):
     assert store.runs.get(run.id).status == "failed"
 
 
+def test_a_queued_run_with_an_unknown_config_key_fails_with_the_reason(tsettings, store):
+    run = store.training.enqueue_round(trigger="test", config={"rounds": 1})
+    with pytest.raises(TypeError):
+        run_round(tsettings, store, run_id=run.id, show_progress=False)
+    assert store.runs.get(run.id).status == "failed" and "rounds" in store.runs.get(run.id).error
+
+
 def test_recovery_fails_stale_runs_rejects_orphans_and_removes_temp_dirs(store, tmp_path):
     stale = store.runs.create({}, trigger="killed")
     store.runs.start(stale.id, 0)

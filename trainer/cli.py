@@ -39,11 +39,15 @@ def train(**options: Any) -> None:
     from feedback_store import FeedbackStore
     from loopdesk.cli import settings_or_exit
     from trainer.config import RoundConfig
-    from trainer.round import run_round
+    from feedback_store.errors import LockHeldError
+    from trainer.round import NotEnoughFeedback, run_round
 
     settings = settings_or_exit()
     store = FeedbackStore.from_settings(settings)
-    run = run_round(settings, store, config=RoundConfig.from_dict(round_config(**options)), trigger="cli")
+    try:
+        run = run_round(settings, store, config=RoundConfig.from_dict(round_config(**options)), trigger="cli")
+    except (LockHeldError, NotEnoughFeedback) as exc:
+        raise click.ClickException(str(exc)) from None
     metrics = run.metrics
     click.echo(f"run {run.id}: {run.status}; adapter {run.adapter_version}; "
                f"reward-model held-out accuracy {metrics.get('rm_eval_accuracy')}; "

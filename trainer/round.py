@@ -214,17 +214,18 @@ def run_round(settings, store: FeedbackStore, run_id: str | None = None, config:
 
     Raises:
         LockHeldError: another round holds the lock (a queued run is marked failed).
+        TypeError, ValueError: the queued run's config is not a RoundConfig (it is marked failed).
         Exception: whatever failed the round, after the run was recorded as failed.
     """
-    if config is None:
-        config = RoundConfig.from_dict(store.runs.get(run_id).config if run_id else None)
-    config = config.serving(settings.temperature, settings.max_reply_tokens)
     lock = store.runs.lock()
     try:
+        if config is None:
+            config = RoundConfig.from_dict(store.runs.get(run_id).config if run_id else None)
+        config = config.serving(settings.temperature, settings.max_reply_tokens)
         lock.acquire()
-    except LockHeldError as exc:
+    except (LockHeldError, TypeError, ValueError) as exc:
         if run_id:
-            store.runs.finish(run_id, "failed", error=str(exc))
+            store.runs.finish(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
         raise
     try:
         with LockKeeper(lock) as keeper:
