@@ -3,10 +3,9 @@ failure leaves no candidate and no partial directory."""
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -70,32 +69,38 @@ def test_unwritable_target_leaves_nothing(store, tmp_path, adapter_source, base_
     assert store.adapters.list() == []
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
-def test_read_only_target_leaves_nothing(store, tmp_path, adapter_source, base_model_dir):
-    adapters_dir = tmp_path / "adapters"
-    adapters_dir.mkdir()
-    adapters_dir.chmod(0o500)
-    try:
-        with pytest.raises(PublishError):
-            _publish(store, adapters_dir, adapter_source, base_model_dir)
-    finally:
-        adapters_dir.chmod(0o700)
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount a small real tmpfs (as root, as the test machines run) and unmount it after."""
+    mounted = []
+
+    def mount(name: str, options: str) -> Path:
+        target = tmp_path / name
+        target.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], check=True)
+        mounted.append(target)
+        return target
+
+    yield mount
+    for target in mounted:
+        subprocess.run(["umount", str(target)], check=True)
+
+
+def test_read_only_disk_leaves_nothing(store, tmpfs, adapter_source, base_model_dir):
+    adapters_dir = tmpfs("readonly", "ro,size=1m")
+    with pytest.raises(PublishError, match="Read-only file system"):
+        _publish(store, adapters_dir, adapter_source, base_model_dir)
     _nothing_left(store, adapters_dir)
 
 
-def test_full_disk_mid_copy_leaves_no_partial_directory(store, tmp_path, adapter_source, base_model_dir, monkeypatch):
-    copied, real_copy = [], shutil.copyfile
-
-    def copy_then_fill_up(src, dst):
-        if copied:
-            Path(dst).write_bytes(b"partial")
-            raise OSError(errno.ENOSPC, "No space left on device")
-        copied.append(real_copy(src, dst))
-
-    monkeypatch.setattr("trainer.publish.shutil.copyfile", copy_then_fill_up)
-    adapters_dir = tmp_path / "adapters"
+def test_full_disk_leaves_no_partial_directory(store, tmpfs, adapter_source, base_model_dir):
+    adapters_dir = tmpfs("full", "size=256k")
+    needed = sum(f.stat().st_size for f in adapter_source.iterdir())
+    filler = adapters_dir / "filler"
+    filler.write_bytes(b"\0" * (256 * 1024 - max(needed // 2, 4096)))  # less room than the adapter needs
     with pytest.raises(PublishError, match="No space left"):
         _publish(store, adapters_dir, adapter_source, base_model_dir)
+    filler.unlink()
     _nothing_left(store, adapters_dir)
 
 
