@@ -170,3 +170,26 @@ def test_bootstrap_interval_narrows_with_more_data_and_covers_the_mean():
     assert small.low < small.mean < small.high and large.low < large.mean < large.high
     assert large.high - large.low < (small.high - small.low) / 5
     assert large.low < 3.0 < large.high
+
+
+# ---- the gate's panel -------------------------------------------------------------------
+
+def test_panel_compares_a_candidate_adapter_with_the_active_version(data_dir, base_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from bot.runtime import write_adapter
+    from sim.panel import run_panel
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_model_dir),
+                           LoraConfig(r=1, lora_alpha=2, target_modules=["q_proj", "v_proj"]))
+    write_adapter(model, tmp_path / "v0007", "v0007", base_model=str(base_model_dir))
+    settings = load_settings({}, data_dir=data_dir, key_prefix=f"p{uuid.uuid4().hex[:12]}",
+                             base_model=str(base_model_dir), max_reply_tokens=8)
+    verdict = run_panel(settings, COMPANY, tmp_path / "v0007", None, 4, 4,
+                        CustomerConfig(leave_share=0.0, rating_noise=0.0), tolerance=0.0)
+    details = verdict.to_dict()["details"]
+    assert (details["candidate"], details["active"]) == ("v0007", "base")
+    assert details["candidate_stats"]["rated"] == details["active_stats"]["rated"] == 4
+    assert verdict.passed == (verdict.candidate_score >= verdict.active_score)
+    assert FeedbackStore.from_settings(settings, announce=False).conversations.recent() == []
