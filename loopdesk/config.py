@@ -45,6 +45,11 @@ class Settings:
         max_batch_size (int, default 32): most replies one generation worker decodes together.
         torch_threads (int, default 1): torch intra-op threads of a serving process (1 suits
             small models beside web threads; 0 keeps torch's default of one per core).
+        gate_evaluator (str, default ""): external evaluator command line the gate runs for a
+            candidate (see trainer.config.GateConfig.evaluator); empty: none.
+        gate_pass_status (str, default "canary"): what a candidate that passes the gate becomes
+            (``canary`` or ``active``).
+        rollout_steps (int, default 4): PPO steps on fresh rollouts per training round.
         run_lock_ttl_s (int, default 3600): expiry of the one-training-run-at-a-time lock.
         secret_key (str, default ""): Flask session signing key; empty: a random one is
             generated and kept in ``data_dir/secret_key``.
@@ -67,6 +72,9 @@ class Settings:
     canary_share: float = 0.1
     max_batch_size: int = 32
     torch_threads: int = 1
+    gate_evaluator: str = ""
+    gate_pass_status: str = "canary"
+    rollout_steps: int = 4
     run_lock_ttl_s: int = 3600
     secret_key: str = field(default="", repr=False)
     max_request_bytes: int = 65536
@@ -130,6 +138,8 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         raise SettingsError(f"LOOPDESK_CANARY_SHARE must be within [0, 1], got {settings.canary_share}")
     if settings.redis_appendfsync not in ("always", "everysec"):
         raise SettingsError(f"LOOPDESK_REDIS_APPENDFSYNC must be 'always' or 'everysec', got {settings.redis_appendfsync!r}")
+    if settings.gate_pass_status not in ("canary", "active"):
+        raise SettingsError(f"LOOPDESK_GATE_PASS_STATUS must be 'canary' or 'active', got {settings.gate_pass_status!r}")
     if not settings.key_prefix or ":" in settings.key_prefix:
         raise SettingsError("LOOPDESK_KEY_PREFIX must be non-empty and contain no ':'")
     return settings

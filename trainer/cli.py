@@ -11,25 +11,19 @@ PASS_STATUSES = click.Choice(["canary", "active"])
 
 
 def round_options(command: Callable) -> Callable:
-    """Options shared by the commands that configure a round; each also reads a LOOPDESK_ variable."""
+    """Options shared by the commands that configure a round; each overrides a LOOPDESK_ setting."""
     options = [
-        click.option("--gate-evaluator", envvar="LOOPDESK_GATE_EVALUATOR", default="",
+        click.option("--gate-evaluator", default=None,
                      help="external evaluator command line, run with --candidate DIR --active VERSION "
-                          "appended; prints a JSON verdict on its last line [env LOOPDESK_GATE_EVALUATOR]"),
-        click.option("--pass-status", envvar="LOOPDESK_GATE_PASS_STATUS", type=PASS_STATUSES, default="canary",
-                     show_default=True, help="what a candidate that passes the gate becomes "
-                                             "[env LOOPDESK_GATE_PASS_STATUS]"),
-        click.option("--rollout-steps", envvar="LOOPDESK_ROLLOUT_STEPS", type=click.IntRange(0), default=4,
-                     show_default=True, help="PPO steps on fresh rollouts per round [env LOOPDESK_ROLLOUT_STEPS]"),
+                          "appended; prints a JSON verdict on its last line [setting gate_evaluator]"),
+        click.option("--pass-status", "gate_pass_status", type=PASS_STATUSES, default=None,
+                     help="what a candidate that passes the gate becomes [setting gate_pass_status]"),
+        click.option("--rollout-steps", type=click.IntRange(0), default=None,
+                     help="PPO steps on fresh rollouts per round [setting rollout_steps]"),
     ]
     for option in reversed(options):
         command = option(command)
     return command
-
-
-def round_config(gate_evaluator: str, pass_status: str, rollout_steps: int) -> dict[str, Any]:
-    """The RoundConfig dict (as recorded with a run) the options describe."""
-    return {"gate": {"evaluator": gate_evaluator, "pass_status": pass_status}, "rollout_steps": rollout_steps}
 
 
 @click.command("train")
@@ -42,10 +36,10 @@ def train(**options: Any) -> None:
     from feedback_store.errors import LockHeldError
     from trainer.round import NotEnoughFeedback, run_round
 
-    settings = settings_or_exit()
+    settings = settings_or_exit(**options)
     store = FeedbackStore.from_settings(settings)
     try:
-        run = run_round(settings, store, config=RoundConfig.from_dict(round_config(**options)), trigger="cli")
+        run = run_round(settings, store, config=RoundConfig.for_settings(settings), trigger="cli")
     except (LockHeldError, NotEnoughFeedback) as exc:
         raise click.ClickException(str(exc)) from None
     metrics = run.metrics
@@ -76,10 +70,11 @@ def scheduler(interval: float, once: bool, **options: Any) -> None:
     """Enqueue a training round whenever a cron schedule is due; promote or roll back the canary."""
     from feedback_store import FeedbackStore
     from loopdesk.cli import settings_or_exit
-    from trainer.config import GateConfig
+    from trainer.config import RoundConfig
     from trainer.scheduler import loop
 
-    store = FeedbackStore.from_settings(settings_or_exit())
-    config = round_config(**options)
+    settings = settings_or_exit(**options)
+    store = FeedbackStore.from_settings(settings)
+    config = RoundConfig.for_settings(settings)
     click.echo(f"loopdesk: scheduler checking every {interval:g} s")
-    loop(store, GateConfig(**config["gate"]), interval, round_config=config, echo=click.echo, once=once)
+    loop(store, config.gate, interval, round_config=config.to_dict(), echo=click.echo, once=once)

@@ -243,6 +243,16 @@ class RoundConfig:
             data[name] = kind(**data.get(name, {}))
         return cls(**data)
 
+    @classmethod
+    def for_settings(cls, settings, recorded: dict[str, Any] | None = None) -> "RoundConfig":
+        """The round the settings describe (gate evaluator, pass status, rollout steps), with a
+        run's recorded config over it, sampling as the bot serves."""
+        data: dict[str, Any] = {"rollout_steps": settings.rollout_steps}
+        data.update(recorded or {})
+        data["gate"] = {"evaluator": settings.gate_evaluator, "pass_status": settings.gate_pass_status,
+                        **(recorded or {}).get("gate", {})}
+        return cls.from_dict(data).serving(settings.temperature, settings.max_reply_tokens)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (recorded with the run)."""
         return asdict(self)

@@ -209,7 +209,7 @@ def run_round(settings, store: FeedbackStore, run_id: str | None = None, config:
     """Run one training round under the run lock; returns the finished run record.
 
     ``run_id`` names a queued run (``store.training.enqueue_round``) whose recorded config is
-    used; without it a run is created from ``config``. Either way rollouts and the gate sample
+    used over the settings' defaults; without it a run is created from ``config``. Either way rollouts and the gate sample
     at the serving temperature and reply length of ``settings``.
 
     Raises:
@@ -220,8 +220,9 @@ def run_round(settings, store: FeedbackStore, run_id: str | None = None, config:
     lock = store.runs.lock()
     try:
         if config is None:
-            config = RoundConfig.from_dict(store.runs.get(run_id).config if run_id else None)
-        config = config.serving(settings.temperature, settings.max_reply_tokens)
+            config = RoundConfig.for_settings(settings, store.runs.get(run_id).config if run_id else None)
+        else:
+            config = config.serving(settings.temperature, settings.max_reply_tokens)
         lock.acquire()
     except (LockHeldError, TypeError, ValueError) as exc:
         if run_id:
