@@ -18,6 +18,7 @@ COMMANDS = [
     ("trainer.cli", "train"),
     ("trainer.cli", "worker"),
     ("trainer.cli", "scheduler"),
+    ("sim.cli", "bootstrap"),
     ("sim.simulate_cli", "simulate"),
 ]
 
