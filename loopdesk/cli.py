@@ -37,6 +37,14 @@ def settings_or_exit(**overrides):
         raise click.UsageError(str(exc)) from None
 
 
+@main.command("settings")
+def settings_command() -> None:
+    """Print every setting (environment variable, default, meaning) as a Markdown table."""
+    from loopdesk.config import settings_table
+
+    click.echo(settings_table())
+
+
 for module_name, attribute in COMMANDS:
     main.add_command(getattr(importlib.import_module(module_name), attribute))
 

@@ -143,3 +143,28 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     if not settings.key_prefix or ":" in settings.key_prefix:
         raise SettingsError("LOOPDESK_KEY_PREFIX must be non-empty and contain no ':'")
     return settings
+
+
+def documented_settings() -> dict[str, tuple[str, str]]:
+    """``{field: (default, meaning)}`` parsed from the ``Parameters:`` block of ``Settings``."""
+    import re
+
+    block = (Settings.__doc__ or "").split("Parameters:", 1)[1]
+    entries = re.split(r"\n\s{8}(?=\w+ \()", "\n" + block)
+    documented = {}
+    for entry in filter(str.strip, entries):
+        match = re.match(r"\s*(\w+) \(([^,]+), default ([^)]*)\):\s*(.*)", entry, re.S)
+        if match:
+            name, _kind, default, meaning = match.groups()
+            documented[name] = (default, " ".join(meaning.split()))
+    return documented
+
+
+def settings_table() -> str:
+    """The README's settings table: every environment variable, its default and meaning."""
+    rows = ["| environment variable | default | meaning |", "| --- | --- | --- |"]
+    for name, (default, meaning) in documented_settings().items():
+        env = "`REDIS_URL` / `LOOPDESK_REDIS_URL`" if name == "redis_url" else f"`LOOPDESK_{name.upper()}`"
+        cell = meaning.replace("|", "\\|")
+        rows.append(f"| {env} | `{default}` | {cell} |")
+    return "\n".join(rows)
