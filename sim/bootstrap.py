@@ -64,8 +64,8 @@ class ModelSize:
 SIZES: dict[str, ModelSize] = {
     "test": ModelSize(vocab_size=1024, hidden=48, layers=2, heads=2, intermediate=96,
                       n_dialogues=240, epochs=2, batch_size=16, learning_rate=1e-2),
-    "default": ModelSize(vocab_size=2048, hidden=192, layers=6, heads=6, intermediate=512,
-                         n_dialogues=2400, epochs=2, batch_size=16, learning_rate=2e-3),
+    "default": ModelSize(vocab_size=2048, hidden=128, layers=4, heads=4, intermediate=384,
+                         n_dialogues=2400, epochs=4, batch_size=16, learning_rate=3e-3),
 }
 
 
