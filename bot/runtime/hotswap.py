@@ -93,7 +93,7 @@ class AdapterManager:
             return
         try:
             adapter = read_verified(record.path, version, self.base_model, expected_sha256=record.sha256)
-            self.worker.install(adapter).result()
+            self.worker.install(adapter).result()  # matched here, added between two steps
         except Exception as exc:  # whatever is wrong with the files, this version is not served
             self._refuse(version, str(exc) if isinstance(exc, AdapterRefused) else f"{version}: {exc!r}")
             return

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
-from peft import PeftModel, set_peft_model_state_dict
 from transformers import PreTrainedModel
 
-from bot.runtime.adapters import AdapterRefused, VerifiedAdapter
+from bot.runtime.adapters import VerifiedAdapter
 from bot.runtime.batching import Batch, Row
+from bot.runtime.lora import MultiLora, prepare
 from feedback_store.records import BASE_VERSION
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,8 @@ class GenerationWorker:
 
     def __init__(self, model: PreTrainedModel, pad_id: int, eos_id: int, temperature: float,
                  max_batch_size: int):
-        self.model: PreTrainedModel | PeftModel = model
+        self.model = model
+        self.lora = MultiLora(model)
         self.pad_id, self.eos_id = pad_id, eos_id
         self.temperature = temperature
         self.max_batch_size = max_batch_size
@@ -67,7 +68,6 @@ class GenerationWorker:
         self._batches: dict[str, Batch] = {}
         self._routing = _Routing()
         self._lock = threading.Lock()
-        self._active_adapter: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="loopdesk-generation", daemon=True)
 
@@ -87,19 +87,20 @@ class GenerationWorker:
             raise RuntimeError("the generation worker is stopped")
         self._requests.put(request)
 
-    def call(self, fn: Callable[[], Any]) -> Future:
+    def _call(self, fn: Callable[[], Any]) -> Future:
         """Run ``fn`` on the worker thread between two steps; its result comes back in the future."""
         future: Future = Future()
         self._commands.put((fn, future))
         return future
 
     def install(self, adapter: VerifiedAdapter) -> Future:
-        """Add a verified adapter to the model (on the worker thread, between steps)."""
-        return self.call(lambda: self._install(adapter))
+        """Match a verified adapter to the model here, then add it on the worker thread between steps."""
+        deltas = prepare(self.model, adapter)
+        return self._call(lambda: self.lora.add(adapter.version, deltas))
 
     def uninstall(self, version: str) -> Future:
         """Delete an adapter that failed its probe (on the worker thread, between steps)."""
-        return self.call(lambda: self._delete(version))
+        return self._call(lambda: self._delete(version))
 
     def publish(self, version: str) -> None:
         """Let new requests use ``version`` (after it was installed and probed)."""
@@ -231,40 +232,12 @@ class GenerationWorker:
     # adapters (worker thread only) -------------------------------------------------------------
     def _use(self, version: str) -> None:
         """Make ``version`` the adapter the next forward pass uses."""
-        if version != self._active_adapter and isinstance(self.model, PeftModel):
-            if version == BASE_VERSION:
-                self.model.base_model.disable_adapter_layers()
-            else:
-                self.model.base_model.enable_adapter_layers()
-                self.model.set_adapter(version, inference_mode=True)
-            self._active_adapter = version
-
-    def _install(self, adapter: VerifiedAdapter) -> None:
-        self._active_adapter = None
-        try:
-            if isinstance(self.model, PeftModel):
-                self.model.add_adapter(adapter.version, adapter.config)
-            else:
-                self.model = PeftModel(self.model, adapter.config, adapter_name=adapter.version)
-            result = set_peft_model_state_dict(self.model, adapter.weights, adapter_name=adapter.version)
-        except Exception as exc:
-            self._delete(adapter.version)
-            raise AdapterRefused(f"{adapter.version}: does not fit this base model: {exc}") from exc
-        self.model.eval()
-        missing = [k for k in result.missing_keys if f".{adapter.version}." in k]
-        if missing or result.unexpected_keys:
-            self._delete(adapter.version)
-            raise AdapterRefused(f"{adapter.version}: weights do not match its config "
-                                 f"(missing {missing[:2]}, unexpected {result.unexpected_keys[:2]})")
+        self.lora.active = None if version == BASE_VERSION else version
 
     def _delete(self, version: str) -> None:
-        self._active_adapter = None
-        if isinstance(self.model, PeftModel) and version in self.model.peft_config:
-            if len(self.model.peft_config) == 1:
-                self.model = self.model.unload()
-            else:
-                self.model.delete_adapter(version)
-        log.info("adapter %s unloaded", version)
+        if version in self.lora:
+            self.lora.remove(version)
+            log.info("adapter %s unloaded", version)
 
     def _unload_idle(self) -> None:
         now = time.monotonic()

@@ -1,0 +1,187 @@
+"""Serving benchmark: dynamic batching against one-request-at-a-time, and the cost of a hot-swap.
+
+Runs the engine in-process (no HTTP): C simulated customers each send R requests back to back.
+Baseline: the same engine with ``max_batch_size=1``. Then, with batching on, an adapter is
+published mid-run and the largest extra gap between two streamed pieces of any reply in
+flight during the swap is compared to the median decode step.
+
+    python bench/serving.py                       # settings' base model (bootstrapped if missing)
+    python bench/serving.py --model var/base-model --concurrency 1 8 32 --requests 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# bench/feedback_store.py would shadow the package of that name: keep bench/ off the import path.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+QUESTIONS = [
+    "Where is my order? It has been a week.",
+    "How do I return a tent that arrived damaged?",
+    "Can I change the shipping address of my order?",
+    "I was charged twice for the same jacket, please help.",
+    "How long does a refund take to reach my card?",
+    "I forgot my password and cannot log in.",
+    "Do you ship to Canada, and how much does it cost?",
+    "My hiking boots are too small, can I exchange them?",
+]
+
+
+@dataclass
+class Run:
+    """What one load level measured."""
+
+    tokens: int = 0
+    seconds: float = 0.0
+    ttft_ms: list[float] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds
+
+    def ttft(self, q: float) -> float:
+        return statistics.quantiles(self.ttft_ms, n=100, method="inclusive")[int(q) - 1] if len(self.ttft_ms) > 1 \
+            else self.ttft_ms[0]
+
+
+def load(engine, concurrency: int, requests: int) -> Run:
+    """``concurrency`` customers, each asking ``requests`` questions one after the other."""
+    run, lock = Run(), threading.Lock()
+
+    def customer(i: int) -> None:
+        for j in range(requests):
+            gen = engine.generate([{"role": "user", "content": QUESTIONS[(i + j) % len(QUESTIONS)]}],
+                                  engine.choose_version())
+            with lock:
+                run.tokens += len(gen.reply_token_ids)
+                run.ttft_ms.append(gen.ttft_ms)
+
+    threads = [threading.Thread(target=customer, args=(i,)) for i in range(concurrency)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    run.seconds = time.perf_counter() - started
+    return run
+
+
+def swap_cost(engine, store, model_dir: Path, out_dir: Path, concurrency: int) -> tuple[float, float]:
+    """Largest extra inter-piece gap of replies streaming across an adapter swap, and the median gap (ms)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from bot.runtime import write_adapter
+    from feedback_store.records import AdapterVersion
+
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    adapter = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), lora)
+    version = store.adapters.next_version()
+    sha = write_adapter(adapter, out_dir / version, version, str(model_dir))
+    now = time.time()
+    store.adapters.register(AdapterVersion(version=version, path=str(out_dir / version), sha256=sha,
+                                           base_model=str(model_dir), created_at=now, updated_at=now))
+    arrivals: list[list[float]] = []
+    stop = threading.Event()
+
+    def customer(i: int) -> None:
+        while not stop.is_set():
+            times: list[float] = []
+            engine.generate([{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}], engine.choose_version(),
+                            on_text=lambda _: times.append(time.perf_counter()))
+            arrivals.append(times)
+
+    threads = [threading.Thread(target=customer, args=(i,)) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    time.sleep(2.0)
+    swap_started = time.perf_counter()
+    store.adapters.promote(version)
+    while engine.choose_version() != version:
+        time.sleep(0.005)
+    swap_ended = time.perf_counter()
+    time.sleep(2.0)
+    stop.set()
+    for t in threads:
+        t.join()
+    gaps_outside, gaps_during = [], []
+    for times in arrivals:
+        for a, b in zip(times, times[1:]):
+            (gaps_during if b >= swap_started and a <= swap_ended else gaps_outside).append(b - a)
+    typical = statistics.median(gaps_outside)
+    return 1000 * (max(gaps_during, default=typical) - typical), 1000 * typical
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, help="base model directory (default: the settings' base model; "
+                        "a default-size tiny model is bootstrapped there when missing)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--requests", type=int, default=2, help="requests per simulated customer")
+    parser.add_argument("--max-reply-tokens", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: settings)")
+    args = parser.parse_args()
+
+    from bot.runtime import Engine
+    from feedback_store import FeedbackStore
+    from feedback_store.server import ensure_embedded_redis, stop_embedded_redis
+    from loopdesk.config import load_settings
+
+    base = load_settings()
+    model_dir = args.model or Path(base.base_model_ref)
+    if not (model_dir / "config.json").exists():
+        from sim.bootstrap import build_base_model
+
+        print(f"no model in {model_dir}: bootstrapping the default tiny model (several minutes)")
+        build_base_model(model_dir, size="default")
+    data_dir = Path(tempfile.mkdtemp(prefix="loopdesk-bench-"))
+    ensure_embedded_redis(data_dir)
+    overrides = {"data_dir": data_dir, "base_model": str(model_dir), "key_prefix": "bench"}
+    if args.max_reply_tokens:
+        overrides["max_reply_tokens"] = args.max_reply_tokens
+    if args.threads is not None:
+        overrides["torch_threads"] = args.threads
+    settings = load_settings(**overrides)
+    store = FeedbackStore.from_settings(settings, announce=False)
+    print(f"model {model_dir}, {settings.torch_threads or 'default'} torch threads, {os.cpu_count()} cpus, "
+          f"max_reply_tokens {settings.max_reply_tokens}, {args.requests} requests per customer, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    results: dict[tuple[str, int], Run] = {}
+    try:
+        for mode, batch in (("one-at-a-time", 1), ("dynamic", settings.max_batch_size)):
+            engine = Engine(settings, store, max_batch_size=batch)
+            engine.start()
+            load(engine, 2, 1)  # warm-up
+            for c in args.concurrency:
+                results[mode, c] = load(engine, c, args.requests)
+            if mode == "dynamic":
+                extra_ms, step_ms = swap_cost(engine, store, model_dir, data_dir, min(8, max(args.concurrency)))
+            engine.stop()
+    finally:
+        stop_embedded_redis(data_dir)
+
+    print(f"\n{'C':>3} {'mode':>14} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p99':>9}")
+    for (mode, c), run in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0] != "one-at-a-time")):
+        print(f"{c:>3} {mode:>14} {run.tokens_per_s:>8.0f} {run.ttft(50):>7.0f}ms {run.ttft(99):>7.0f}ms")
+    print("\ndynamic batching vs one-at-a-time (baseline):")
+    for c in args.concurrency:
+        one, dyn = results["one-at-a-time", c], results["dynamic", c]
+        print(f"  C={c:<3} throughput x{dyn.tokens_per_s / one.tokens_per_s:.2f}   "
+              f"TTFT p50 x{one.ttft(50) / dyn.ttft(50):.2f} faster, p99 x{one.ttft(99) / dyn.ttft(99):.2f} faster")
+    print(f"\nadapter swap under load: largest extra gap {extra_ms:.0f} ms "
+          f"= {extra_ms / step_ms:.2f} median decode gaps ({step_ms:.0f} ms)")
+
+
+if __name__ == "__main__":
+    main()
