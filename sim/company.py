@@ -6,6 +6,7 @@ JSON so it can be read and edited without touching code; this module checks it o
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
@@ -51,12 +52,28 @@ class FollowUp(_Model):
     _valid_patterns = field_validator("key_facts")(_check_patterns)
 
 
+def expand_phrasings(templates: list[str], slots: dict[str, list[str]]) -> list[str]:
+    """Every filling of every template: ``{slot}`` takes each of its values in turn (all combinations)."""
+    phrasings = []
+    for template in templates:
+        names = sorted(_fields(template))
+        unknown = set(names) - set(slots)
+        if unknown:
+            raise ValueError(f"phrasing {template!r} uses unknown slots {sorted(unknown)}")
+        phrasings += [template.format_map(dict(zip(names, values)))
+                      for values in itertools.product(*(slots[n] for n in names))]
+    return phrasings
+
+
 class Intent(_Model):
     """One customer need: its facts, correct answers, rubric key facts and customer phrasings.
 
     ``answers`` are templates over ``facts``; ``wrong_facts`` gives plausible wrong values for
     some facts; ``key_facts`` are regexes every correct answer matches and a wrong one misses.
-    ``held_out`` phrasings are for evaluation only and never enter the training corpus.
+    ``phrasings`` and ``held_out`` are written in the JSON as templates over ``slots`` (each
+    ``{slot}`` takes every one of its values) and hold the expanded sentences once loaded.
+    ``held_out`` phrasings are for evaluation only and never enter the training corpus; their
+    templates are sentence frames the training phrasings never use, over the same slot words.
     """
 
     name: str = Field(pattern=r"^[a-z_]+$")
@@ -66,10 +83,20 @@ class Intent(_Model):
     answers: list[str] = Field(min_length=1)
     key_facts: list[str] = Field(min_length=1)
     follow_up: FollowUp
+    slots: dict[str, list[str]] = Field(default_factory=dict)
     phrasings: list[str] = Field(min_length=1)
     held_out: list[str] = Field(min_length=1)
 
     _valid_patterns = field_validator("key_facts")(_check_patterns)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            slots = data.get("slots", {})
+            data = {**data, **{key: expand_phrasings(data[key], slots)
+                               for key in ("phrasings", "held_out") if isinstance(data.get(key), list)}}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> "Intent":

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sim.company import DATA_DIR, CompanyDataError, load_company
+from sim.company import DATA_DIR, CompanyDataError, expand_phrasings, load_company
 
 
 def test_bundled_company_has_enough_intents_phrasings_and_held_out_share() -> None:
@@ -17,8 +17,8 @@ def test_bundled_company_has_enough_intents_phrasings_and_held_out_share() -> No
     assert len(company.intents) >= 12
     for intent in company.intents:
         total = len(intent.phrasings) + len(intent.held_out)
-        assert total >= 8, intent.name
-        assert len(intent.held_out) / total >= 0.2, intent.name
+        assert len(intent.phrasings) >= 20, intent.name
+        assert len(intent.held_out) / total >= 0.25, intent.name
     assert company.shop.name in company.shop.system_prompt
     assert len(company.personas) >= 4
 
@@ -59,9 +59,21 @@ def test_answer_missing_its_key_fact_is_rejected_with_the_reason(tmp_path: Path)
 
 def test_held_out_phrasing_reused_for_training_is_rejected(tmp_path: Path) -> None:
     def edit(intents: list[dict]) -> None:
-        intents[1]["phrasings"].append(intents[0]["held_out"][0])
+        intents[1]["phrasings"].append(load_company().intents[0].held_out[0])
 
     with pytest.raises(CompanyDataError, match="appears twice"):
+        load_company(_broken_copy(tmp_path, edit))
+
+
+def test_phrasing_templates_expand_over_every_slot_value(tmp_path: Path) -> None:
+    assert expand_phrasings(["Where is my {thing}?", "hi"], {"thing": ["order", "parcel"]}) == [
+        "Where is my order?", "Where is my parcel?", "hi"]
+    assert expand_phrasings(["{a} {b}"], {"a": ["1", "2"], "b": ["x", "y"]}) == ["1 x", "1 y", "2 x", "2 y"]
+
+    def edit(intents: list[dict]) -> None:
+        intents[0]["phrasings"].append("Where is my {gadget}?")
+
+    with pytest.raises(CompanyDataError, match="unknown slots.*gadget"):
         load_company(_broken_copy(tmp_path, edit))
 
 
