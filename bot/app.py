@@ -12,7 +12,7 @@ from flask import Flask, Response, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
-from bot import auth, chat, errors, expert, openapi, operator, widget
+from bot import auth, chat, errors, expert, observability, openapi, operator, widget
 from bot.services import EXTENSION, Services
 from feedback_store import FeedbackStore
 from feedback_store.connection import resolve_redis_url
@@ -39,7 +39,9 @@ def create_app(settings: Settings | None = None, engine=None, store: FeedbackSto
 
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=settings.max_request_bytes, JSON_SORT_KEYS=False)
-    app.extensions[EXTENSION] = Services(settings=settings, store=store, engine=engine)
+    app.extensions[EXTENSION] = Services(settings=settings, store=store, engine=engine,
+                                         metrics=observability.Metrics(store, engine))
+    observability.init_app(app)
     errors.init_app(app)
     auth.init_app(app, settings)
     for blueprint in (chat.bp, widget.bp, openapi.bp, expert.bp, operator.bp):
@@ -58,6 +60,7 @@ def _init_rate_limits(app: Flask, settings: Settings) -> Limiter:
         storage_options={"key_prefix": Keys(settings.key_prefix).rate_limits()},
         strategy="moving-window",
         headers_enabled=True,
+        swallow_errors=True,  # Redis down: limits fail open and the request meets the store's 503
     )
     limiter.shared_limit(lambda: settings.rate_limit_per_ip, scope="ip", exempt_when=_is_preflight)(chat.bp)
     endpoint = "chat.post_message"

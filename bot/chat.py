@@ -79,6 +79,7 @@ def _answer(svc: Services, conv: Conversation, messages: list[dict],
             on_text: Callable[[str], None] | None = None) -> Reply:
     """Generate the reply on the pinned adapter and log it as a bot turn."""
     gen = svc.engine.generate(messages, conv.adapter_version, on_text=on_text)
+    svc.metrics.observe_generation(gen)
     turn = svc.store.conversations.append_bot(conv.id, BotTurn(
         index=0, text=gen.text, context=gen.context, prompt_token_ids=gen.prompt_token_ids,
         reply_token_ids=gen.reply_token_ids, logprobs=gen.logprobs,

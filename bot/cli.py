@@ -21,7 +21,10 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
     """Serve the bot: demo shop at /, chat API under /api, consoles at /expert and /operator."""
     from loopdesk.cli import settings_or_exit
 
+    from bot.observability import configure_json_logging
+
     settings = settings_or_exit()
+    configure_json_logging()
     if workers:
         _serve_gunicorn(settings, host, port, workers, threads)
     else:

@@ -2,7 +2,7 @@
 
 feedback_store's typed errors carry their status; request problems raise ``ApiError``;
 werkzeug's HTTP errors (413 body too large, 429 rate limited, 404, 405) get the same shape, and
-a model runtime failure is a 503.
+a model runtime failure or an unreachable Redis is a 503.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 
 from flask import Flask, Response, current_app, jsonify
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException
 
 from bot.runtime import GenerationError
@@ -36,6 +38,9 @@ _STORE_CODES: dict[type[FeedbackStoreError], str] = {
 }
 
 
+STORE_UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
+
+
 class ApiError(Exception):
     """A request the API refuses, with its status, a stable code and a readable message."""
 
@@ -52,6 +57,8 @@ def describe(exc: Exception) -> tuple[int, str, str]:
         return exc.status, exc.code, exc.message
     if isinstance(exc, GenerationError):
         return 503, "generation_failed", f"no reply could be generated: {exc}"
+    if isinstance(exc, STORE_UNREACHABLE):
+        return 503, "store_unavailable", "the feedback store cannot be reached right now; retry shortly"
     if isinstance(exc, FeedbackStoreError):
         code = next((_STORE_CODES[k] for k in type(exc).__mro__ if k in _STORE_CODES), "refused")
         return exc.http_status, code, str(exc)
@@ -85,5 +92,5 @@ def _handle(exc: Exception) -> tuple[Response, int]:
 
 def init_app(app: Flask) -> None:
     """Register the JSON error handlers."""
-    for kind in (ApiError, FeedbackStoreError, GenerationError, HTTPException):
+    for kind in (ApiError, FeedbackStoreError, GenerationError, HTTPException, *STORE_UNREACHABLE):
         app.register_error_handler(kind, _handle)

@@ -11,6 +11,7 @@ from feedback_store import FeedbackStore
 from loopdesk.config import Settings
 
 if TYPE_CHECKING:
+    from bot.observability import Metrics
     from bot.runtime import Engine
 
 EXTENSION = "loopdesk"
@@ -23,6 +24,7 @@ class Services:
     settings: Settings
     store: FeedbackStore
     engine: "Engine"
+    metrics: "Metrics"
 
 
 def services() -> Services:

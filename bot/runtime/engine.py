@@ -108,6 +108,14 @@ class Engine:
         """Adapter versions requests can be served with now (``base`` is the adapter-free model)."""
         return self._worker.loaded_versions() if self._worker else []
 
+    def refused_versions(self) -> dict[str, str]:
+        """Adapter versions this engine refused to serve, with the reason."""
+        return dict(self._adapters.refused) if self._adapters else {}
+
+    def queue_depth(self) -> int:
+        """Replies waiting for the generation worker (not yet decoding)."""
+        return self._worker.queue_depth() if self._worker else 0
+
     def choose_version(self) -> str:
         """The version a NEW conversation is pinned to: active, or canary with the canary share."""
         return self._running_adapters().choose_version()

@@ -133,6 +133,10 @@ class GenerationWorker:
         with self._lock:
             return self._routing.fallback
 
+    def queue_depth(self) -> int:
+        """Requests submitted but not yet decoding (approximate: read without stopping the worker)."""
+        return self._requests.qsize() + sum(len(q) for q in list(self._waiting.values()))
+
     # the worker thread ----------------------------------------------------------------------
     def _run(self) -> None:
         torch.set_grad_enabled(False)

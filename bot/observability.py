@@ -1,0 +1,230 @@
+"""What operators watch: ``/healthz``, ``/readyz``, Prometheus ``/metrics`` and one JSON log line per request.
+
+Each app has its own Prometheus registry (tests build several apps in one process). Request
+counts and durations are labelled by endpoint (the Flask view, never the raw path, so the label
+set stays bounded); CSAT per adapter version and training runs by outcome are read from the
+store at scrape time over a bounded window. Every response carries an ``X-Request-ID``: the
+client's when it sent a sane one, else a fresh one; the JSON access log line names it too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections import Counter as Tally
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Iterator
+
+from flask import Blueprint, Flask, Response, g, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from redis.exceptions import RedisError
+
+from bot.services import services
+from feedback_store import FeedbackStore
+
+if TYPE_CHECKING:
+    from bot.runtime import Engine, Generation
+
+bp = Blueprint("observability", __name__)
+access_log = logging.getLogger("bot.access")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+CSAT_WINDOW_S = 7 * 86400  # CSAT gauges cover conversations started in the last week…
+CSAT_MAX_CONVERSATIONS = 1000  # …at most this many per version (newest first)
+RUNS_WINDOW = 200  # training-run outcomes are counted over the newest runs
+RUN_STATUSES = ("queued", "running", "succeeded", "rejected", "failed")
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+TOKENS_PER_S_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+
+
+class StoreCollector:
+    """CSAT by adapter version (active and canary) and training runs by outcome, read at scrape."""
+
+    def __init__(self, store: FeedbackStore):
+        self.store = store
+
+    def describe(self) -> list[Metric]:
+        return []  # nothing to read from Redis when the collector is registered
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("loopdesk_redis_up", "1 if the store answered this scrape, else 0")
+        try:
+            families = [self._csat(), self._runs()]
+        except RedisError:
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        for family in families:
+            yield from family
+
+    def _csat(self) -> list[Metric]:
+        mean = GaugeMetricFamily("loopdesk_csat_mean", "mean CSAT (1-5) of rated conversations of the last "
+                                 "7 days per adapter version and role", labels=["version", "role"])
+        rated = GaugeMetricFamily("loopdesk_csat_ratings", "rated conversations behind loopdesk_csat_mean",
+                                  labels=["version", "role"])
+        adapters = self.store.adapters
+        since = time.time() - CSAT_WINDOW_S
+        for role, version in (("active", adapters.active()), ("canary", adapters.canary())):
+            if not version:
+                continue
+            conversations = self.store.conversations.for_adapter(version, since=since, limit=CSAT_MAX_CONVERSATIONS)
+            scores = [c.csat for c in conversations if c.csat is not None]
+            rated.add_metric([version, role], len(scores))
+            if scores:
+                mean.add_metric([version, role], sum(scores) / len(scores))
+        return [mean, rated]
+
+    def _runs(self) -> list[Metric]:
+        runs = GaugeMetricFamily("loopdesk_training_runs", f"training runs by status among the newest {RUNS_WINDOW}",
+                                 labels=["status"])
+        counts = Tally(run.status for run in self.store.runs.list(limit=RUNS_WINDOW))
+        for status in RUN_STATUSES:
+            runs.add_metric([status], counts.get(status, 0))
+        return [runs]
+
+
+class Metrics:
+    """One app's Prometheus registry and the series the web layer and the engine feed."""
+
+    def __init__(self, store: FeedbackStore, engine: "Engine"):
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("loopdesk_http_requests", "HTTP requests answered",
+                                ["endpoint", "method", "status"], registry=r)
+        self.errors = Counter("loopdesk_http_errors", "HTTP requests answered with a server error (5xx)",
+                              ["endpoint", "status"], registry=r)
+        self.duration = Histogram("loopdesk_http_request_duration_seconds",
+                                  "time from request to the last byte of the response (streams included)",
+                                  ["endpoint"], registry=r)
+        self.ttft = Histogram("loopdesk_time_to_first_token_seconds", "time from a reply request to its first token",
+                              buckets=TTFT_BUCKETS, registry=r)
+        self.tokens_per_s = Histogram("loopdesk_reply_tokens_per_second", "reply tokens / reply latency",
+                                      buckets=TOKENS_PER_S_BUCKETS, registry=r)
+        queue = Gauge("loopdesk_generation_queue_depth", "replies waiting for the generation worker", registry=r)
+        queue.set_function(lambda: float(engine.queue_depth()))
+        r.register(StoreCollector(store))
+
+    def observe_generation(self, generation: "Generation") -> None:
+        """Record one reply's time to first token and its tokens per second."""
+        self.ttft.observe(generation.ttft_ms / 1000)
+        if generation.latency_ms > 0:
+            self.tokens_per_s.observe(len(generation.reply_token_ids) / (generation.latency_ms / 1000))
+
+    def observe_request(self, endpoint: str, method: str, status: int) -> None:
+        self.requests.labels(endpoint, method, str(status)).inc()
+        if status >= 500:
+            self.errors.labels(endpoint, str(status)).inc()
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """The process is alive and answering (no dependency is checked)."""
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    """200 when Redis answers, the model is loaded and every adapter the registry names is settled."""
+    svc = services()
+    missing: list[str] = []
+    wanted: dict[str, str] = {}
+    try:
+        svc.store.ping()
+        redis_ok = True
+        wanted = {role: v for role, v in (("active", svc.store.adapters.active()),
+                                          ("canary", svc.store.adapters.canary())) if v}
+    except RedisError as exc:
+        redis_ok = False
+        missing.append(f"redis: {exc}")
+    model_ok = svc.engine.ready()
+    if not model_ok:
+        missing.append("model: the generation worker is not running")
+    loaded, refused = svc.engine.loaded_versions(), svc.engine.refused_versions()
+    for role, version in wanted.items():
+        if version not in loaded and version not in refused:
+            missing.append(f"adapter: the {role} version {version} is not loaded yet")
+    body = {
+        "ready": not missing,
+        "missing": missing,
+        "checks": {"redis": redis_ok, "model": model_ok,
+                   "adapters": {"wanted": wanted, "loaded": loaded, "refused": refused}},
+    }
+    return jsonify(body), 200 if not missing else 503
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus text exposition of this app's registry."""
+    return Response(generate_latest(metrics_of_app().registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+def metrics_of_app() -> Metrics:
+    """The current app's metrics."""
+    return services().metrics
+
+
+def _begin() -> None:
+    offered = request.headers.get(REQUEST_ID_HEADER, "")
+    g.request_id = offered if SANE_REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+    g.started = time.perf_counter()
+
+
+def _finish(response: Response) -> Response:
+    """Count the answer, echo the request id, and log once the body is sent (streams included)."""
+    request_id = g.get("request_id") or uuid.uuid4().hex
+    started = g.get("started") or time.perf_counter()
+    endpoint = request.url_rule.endpoint if request.url_rule else "unmatched"
+    method, path, status = request.method, request.path, response.status_code
+    metrics = metrics_of_app()
+    metrics.observe_request(endpoint, method, status)
+    response.headers[REQUEST_ID_HEADER] = request_id
+
+    def done() -> None:
+        elapsed = time.perf_counter() - started
+        metrics.duration.labels(endpoint).observe(elapsed)
+        access_log.info("request", extra={"fields": {
+            "method": method, "path": path, "endpoint": endpoint, "status": status,
+            "duration_ms": round(1000 * elapsed, 2), "request_id": request_id}})
+
+    response.call_on_close(done)
+    return response
+
+
+def init_app(app: Flask) -> None:
+    """Register the routes and the request hooks (call first, so the hooks run before any other)."""
+    app.register_blueprint(bp)
+    app.before_request(_begin)
+    app.after_request(_finish)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and any ``extra={"fields": {...}}``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname, "logger": record.name, "message": record.getMessage(),
+        }
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_json_logging(level: int = logging.INFO) -> None:
+    """Send the ``bot`` and ``feedback_store`` loggers to stderr as JSON lines (for ``loopdesk serve``)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    for name in ("bot", "feedback_store"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level)
+        logger.propagate = False
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the access log above replaces werkzeug's
