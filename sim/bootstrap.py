@@ -6,8 +6,9 @@ Chat format (one line per message, no separators; ``<|eos|>`` ends every assista
 
 A prompt for a new reply is the chat rendered with ``add_generation_prompt=True`` (it ends
 with ``<|assistant|>``); generation stops at ``<|eos|>``. Loss is on assistant tokens only.
-The manifest ``loopdesk_base.json`` records the build; its ``eos_share_t1`` is the share of 32
-replies to held-out phrasings, sampled at temperature 1.0 within 64 tokens, that end with EOS.
+The manifest ``loopdesk_base.json`` records the build and its ``intent_probe`` (``sim/probe.py``:
+replies sampled at temperature 1.0 within 64 tokens to seen and held-out phrasings: shares on
+intent, stating every key fact, ending with EOS); ``eos_share_t1`` is the held-out EOS share.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 from sim.company import load_company
 from sim.corpus import CorpusConfig, Message, generate_corpus
+from sim.probe import as_dict, intent_probe
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
@@ -46,6 +48,7 @@ class ModelSize:
     ``threads`` is torch's CPU thread count while building: on a busy 2-core machine a second
     thread made steps up to 8x slower (threads spin waiting for each other), so one is default.
     ``max_length`` is the longest chat trained on and the model's declared context.
+    ``probe_per_intent`` is how many replies per intent and phrasing split the intent probe samples.
     """
 
     vocab_size: int
@@ -59,13 +62,14 @@ class ModelSize:
     learning_rate: float
     threads: int = 1
     max_length: int = 320
+    probe_per_intent: int = 8
 
 
 SIZES: dict[str, ModelSize] = {
     "test": ModelSize(vocab_size=1024, hidden=48, layers=2, heads=2, intermediate=96,
-                      n_dialogues=240, epochs=2, batch_size=16, learning_rate=1e-2),
+                      n_dialogues=240, epochs=2, batch_size=16, learning_rate=1e-2, probe_per_intent=2),
     "default": ModelSize(vocab_size=2048, hidden=128, layers=4, heads=4, intermediate=384,
-                         n_dialogues=2400, epochs=4, batch_size=16, learning_rate=3e-3),
+                         n_dialogues=12800, epochs=1, batch_size=8, learning_rate=3e-3),
 }
 
 
@@ -181,7 +185,7 @@ def build_base_model(out_dir: Path, size: str = "default", seed: int = 0, progre
         loss = sft(model, tokenizer, chats, shape, seed, tmp / "trainer", progress)
         train_seconds, cpu_seconds = time.monotonic() - started, time.process_time() - cpu_started
         model.eval()
-        samples = sample_replies(model, tokenizer, held_out_prompts(32))
+        probe = as_dict(intent_probe(model, tokenizer, shape.probe_per_intent, seed))
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -190,7 +194,7 @@ def build_base_model(out_dir: Path, size: str = "default", seed: int = 0, progre
             "train_seconds": round(train_seconds, 1), "train_cpu_seconds": round(cpu_seconds, 1),
             "threads": shape.threads, "final_loss": round(loss, 4),
             "corpus_dialogues": len(chats), "vocab_size": len(tokenizer),
-            "eos_share_t1": sum(ended for _, ended in samples) / len(samples),
+            "eos_share_t1": probe["held_out"]["eos"], "intent_probe": probe,
             "system_prompt": load_company().shop.system_prompt, "shape": asdict(shape),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

@@ -1,4 +1,4 @@
-"""The bootstrapped test-size base model: builds fast, loads with Auto classes, chats, stops."""
+"""The bootstrapped test-size base model: builds fast, loads with Auto classes, chats, stops, is probed."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sim.bootstrap import MANIFEST, build_base_model, held_out_prompts, sample_replies
 from sim.cli import bootstrap
+from sim.company import load_company
+from sim.probe import reply_intent
 
 ENV = {"LOOPDESK_BASE_MODEL": ""}
 
@@ -85,3 +87,19 @@ def test_generation_stops_at_eos_at_least_sometimes(base_model_dir: Path, tokeni
 def test_unknown_size_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown size"):
         build_base_model(tmp_path / "m", size="huge")
+
+
+def test_probe_names_the_intent_a_reply_answers() -> None:
+    company = load_company()
+    for intent in company.intents:
+        assert reply_intent(company, intent.canonical_reply) == intent.name
+        assert reply_intent(company, company.styles.vague[0].format(topic=intent.topic)) == intent.name
+    assert reply_intent(company, company.styles.off_topic[0]) is None
+
+
+def test_manifest_records_the_intent_probe_on_seen_and_held_out_phrasings(base_model_dir: Path) -> None:
+    probe = json.loads((base_model_dir / MANIFEST).read_text())["intent_probe"]
+    assert set(probe) == {"seen", "held_out"}
+    for result in probe.values():
+        assert result["n"] == 2 * len(load_company().intents)
+        assert all(0 <= result[k] <= 1 for k in ("on_intent", "all_facts", "eos"))
