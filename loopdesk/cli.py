@@ -20,6 +20,7 @@ COMMANDS = [
     ("trainer.cli", "scheduler"),
     ("sim.cli", "bootstrap"),
     ("sim.simulate_cli", "simulate"),
+    ("sim.loop_cli", "loop"),
 ]
 
 

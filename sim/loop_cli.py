@@ -1,0 +1,54 @@
+"""``loopdesk loop``: simulated traffic, training rounds and hot-swaps in a loop, with a report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.command("loop")
+@click.option("--rounds", type=click.IntRange(0), default=3, show_default=True,
+              help="Training rounds after the round-0 measurement.")
+@click.option("--customers-per-round", type=click.IntRange(1), default=100, show_default=True,
+              help="Simulated customers per round (seen and held-out phrasings together).")
+@click.option("--concurrency", type=click.IntRange(1), default=4, show_default=True,
+              help="Chats running at the same time.")
+@click.option("--experts/--no-experts", default=True, show_default=True,
+              help="A simulated expert annotates the chats rated <= 3 after each round's traffic.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the customers (per round: seed + 1000 r).")
+@click.option("--held-out-share", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
+              help="Share of customers opening with held-out phrasings (measured in a sandbox, never trained on).")
+@click.option("--round-config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="JSON file of training-round overrides (trainer.config.RoundConfig fields, nested).")
+@click.option("--round-timeout", type=click.FloatRange(1), default=3600.0, show_default=True,
+              help="Seconds one training round may take.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("docs/loop-report"),
+              show_default=True, help="Where report.md, report.json and the plots go (the worker's log: <data_dir>/loop/worker.log).")
+def loop(rounds: int, customers_per_round: int, concurrency: int, experts: bool, seed: int, held_out_share: float,
+         round_config: Path | None, round_timeout: float, out: Path) -> None:
+    """Run the closed loop on this data directory: round 0 measures the active adapter; each later
+    round trains (a 'loopdesk worker' subprocess runs the queued round: reward model, PPO, gate,
+    publish as active), waits for the bot to serve the new version, and measures again.
+
+    \b
+        loopdesk loop --rounds 3 --customers-per-round 100 --out docs/loop-report
+    """
+    from loopdesk.cli import settings_or_exit
+    from sim.loop import LoopConfig, LoopError, run_loop
+    from sim.report import write_report
+
+    try:
+        config = LoopConfig(rounds=rounds, customers_per_round=customers_per_round, concurrency=concurrency,
+                            experts=experts, held_out_share=held_out_share, seed=seed, round_timeout_s=round_timeout,
+                            round_config=json.loads(round_config.read_text(encoding="utf-8")) if round_config else {})
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    settings = settings_or_exit()
+    try:
+        report = run_loop(settings, config, settings.data_dir / "loop", echo=lambda line: click.echo(line, err=True))
+    except LoopError as exc:
+        raise click.ClickException(str(exc)) from None
+    for path in write_report(report, out):
+        click.echo(f"wrote {path}")

@@ -1,0 +1,45 @@
+"""The closed loop in miniature: real bot over HTTP, a real ``loopdesk worker`` subprocess, simulated
+customers and expert, on the test-size model. It proves every stage runs, not that CSAT improves."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sim.loop import LoopConfig, run_loop
+from sim.report import PLOTS, write_report
+from tests.trainer_helpers import small_round_config, trainer_settings
+
+
+@pytest.mark.slow
+def test_miniature_loop_rates_trains_publishes_and_serves_the_new_version(settings, store, tmp_path,
+                                                                          base_model_dir, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the worker subprocess: tiny models on busy cores
+    loop_settings = trainer_settings(settings, tmp_path / "data", base_model_dir)
+    config = LoopConfig(rounds=1, customers_per_round=8, concurrency=4, held_out_share=0.25, seed=3,
+                        round_config=small_round_config().to_dict(), round_timeout_s=300, progress=False)
+
+    report = run_loop(loop_settings, config, tmp_path / "logs", echo=lambda line: None)
+
+    before, after = report["rounds"]
+    rated = [c for c in store.conversations.recent(limit=100) if c.csat is not None]
+    assert before["version"] == "base" and before["csat"]["n"] >= 1 and len(rated) >= before["csat"]["n"]
+    assert before["turns_annotated"] > 0 and before["held_out_csat"]["n"] + before["seen_csat"]["n"] >= 1
+
+    training = after["training"]
+    run = store.runs.get(training["run_id"])
+    assert run.status == "succeeded"  # the miniature's gate always passes
+    assert run.trigger == "loop" and {"rm_eval_accuracy", "ppo", "gate_candidate_kl"} <= set(run.metrics)
+    version = run.adapter_version
+    assert store.adapters.get(version).status == "active" and store.adapters.active() == version
+
+    assert after["version"] == version and after["served_versions"] == [version]
+    served = [c for c in store.conversations.for_adapter(version) if c.n_turns > 0]
+    assert served and all(c.meta.get("source") != "loop-swap-probe" for c in served)
+    assert training["timings"]["swap_s"] >= 0
+
+    written = write_report(report, tmp_path / "report")
+    assert {p.name for p in written} == {"report.json", "report.md", *PLOTS.values()}
+    assert all(p.stat().st_size > 0 for p in written)
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["rounds"][1]["version"] == version
