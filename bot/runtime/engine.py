@@ -133,7 +133,7 @@ class Engine:
         worker = self._running_worker()
         prompt = self._builder.build(messages)
         max_new = min(self.settings.max_reply_tokens, self._max_positions - len(prompt.token_ids))
-        request = Request(adapter_version, Row(prompt.token_ids, max_new))
+        request = Request(adapter_version, Row(prompt.token_ids, max_new), stream=on_text is not None)
         request.row.owner = request
         worker.submit(request)
         streamed = ""

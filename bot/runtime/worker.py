@@ -31,11 +31,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Request:
-    """One reply asked of the worker; ``events`` receives ``"token"`` after each token, then ``"done"``."""
+    """One reply asked of the worker; ``events`` receives ``"token"`` after each token if
+    ``stream``, then ``"done"``."""
 
     version: str
     row: Row
     strict: bool = False  # serve exactly ``version`` even before it is routable (adapter probes)
+    stream: bool = False
     events: "queue.SimpleQueue[str]" = field(default_factory=queue.SimpleQueue)
     submitted_at: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
@@ -215,7 +217,8 @@ class GenerationWorker:
     def _emit(self, version: str) -> None:
         batch = self._batches[version]
         for row in batch.rows:
-            row.owner.events.put("token")
+            if row.owner.stream:
+                row.owner.events.put("token")
         for row in batch.drop_done():
             row.owner.events.put("done")
         if not batch.rows:
