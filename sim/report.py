@@ -20,6 +20,10 @@ def _num(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
+def _intents(rounds: list[dict[str, Any]]) -> list[str]:
+    return sorted({intent for r in rounds for intent in r["per_intent"]})
+
+
 def _plot(report: dict[str, Any], out: Path) -> None:
     import matplotlib
 
@@ -37,17 +41,18 @@ def _plot(report: dict[str, Any], out: Path) -> None:
                   [_num(r[key]["high"]) - m for m, r in zip(means, rounds)]]
         ax.errorbar([v + offset for v in x], means, yerr=errors, marker="o", capsize=4, label=label)
     ax.plot(x, [_num(r["rubric"]["mean"]) for r in rounds], "k--", marker="s", label="rubric (expert view)")
-    ax.set(xlabel="round", ylabel="stars (1-5)", title="Mean CSAT per round, 95% bootstrap CI", xticks=x)
+    ax.set(xlabel="round", ylabel="stars (1-5)", title="Mean CSAT per round, 95% bootstrap CI", xticks=x,
+           ylim=(0.9, 5.1))
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / PLOTS["csat"], dpi=110)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for intent in sorted(rounds[0]["per_intent"]):
+    for intent in _intents(rounds):
         ax.plot(x, [_num(r["per_intent"].get(intent, {}).get("csat", {}).get("mean")) for r in rounds],
                 marker="o", label=intent)
-    ax.set(xlabel="round", ylabel="mean CSAT", title="CSAT per intent", xticks=x)
+    ax.set(xlabel="round", ylabel="mean CSAT", title="CSAT per intent", xticks=x, ylim=(0.9, 5.1))
     ax.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     fig.savefig(out / PLOTS["per_intent"], dpi=110)
@@ -109,11 +114,10 @@ def markdown(report: dict[str, Any]) -> str:
         trained = f"{t['run_id']} {t['status']} → {t['adapter_version'] or '–'}" if t else "–"
         lines.append(f"| {r['round']} | {r['version']} | {trained} | {_ci(r['csat'])} | {_ci(r['seen_csat'])} | "
                      f"{_ci(r['held_out_csat'])} | {_fmt(r['rubric']['mean'])} | {_fmt(r['unrated_share'], '.0%')} |")
-    intents = sorted(rounds[0]["per_intent"])
     lines += ["", "## Per intent (mean CSAT / rubric)", "", f"![CSAT per intent]({PLOTS['per_intent']})", "",
               "| intent | " + " | ".join(f"round {r['round']}" for r in rounds) + " |",
               "| --- |" + " --- |" * len(rounds)]
-    for intent in intents:
+    for intent in _intents(rounds):
         cells = [r["per_intent"].get(intent) for r in rounds]
         lines.append(f"| {intent} | " + " | ".join(
             f"{_fmt(c['csat']['mean'])} / {_fmt(c['rubric'])}" if c else "–" for c in cells) + " |")
