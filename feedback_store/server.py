@@ -63,7 +63,10 @@ def _free_port() -> int:
 
 
 def _port_is_free(port: int) -> bool:
+    """Nothing listens on ``port`` (connections of a killed server lingering in TIME_WAIT don't count,
+    as redis-server binds with SO_REUSEADDR too)."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
