@@ -58,14 +58,14 @@ class PanelResult:
 
 def _sandbox_registry(store: Any, real: Any, candidate_dir: Path, active: str) -> str:
     """Register the active version (as active) and the candidate (as canary); return the candidate's name."""
-    from bot.runtime.adapters import MANIFEST_FILE
+    from loopdesk.adapter_format import read_manifest
     from feedback_store.records import BASE_VERSION, AdapterVersion
 
     if active != BASE_VERSION:
         record = real.adapters.get(active)
         store.adapters.register(record.model_copy(update={"status": "candidate"}))
         store.adapters.promote(active, "panel: the active version")
-    manifest = json.loads((candidate_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
+    manifest = read_manifest(candidate_dir)
     version = manifest["version"]
     now = time.time()
     store.adapters.register(AdapterVersion(

@@ -22,8 +22,6 @@ Directory format (what ``bot.runtime.adapters.read_verified`` checks): peft's
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import secrets
 import shutil
@@ -34,11 +32,9 @@ from typing import Any
 from feedback_store import FeedbackStore
 from feedback_store.records import AdapterVersion
 
+from loopdesk.adapter_format import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, write_manifest
 from trainer.policy import VALUE_HEAD_FILE
 
-WEIGHTS_FILE = "adapter_model.safetensors"
-CONFIG_FILE = "adapter_config.json"
-MANIFEST_FILE = "manifest.json"
 ADAPTER_FILES = (WEIGHTS_FILE, CONFIG_FILE, VALUE_HEAD_FILE)
 TEMP_PREFIX = ".tmp-"
 ORPHAN_REASON = "orphaned: the run that published it stopped before deciding its status"
@@ -46,15 +42,6 @@ ORPHAN_REASON = "orphaned: the run that published it stopped before deciding its
 
 class PublishError(RuntimeError):
     """Publishing failed; nothing was left registered as a candidate."""
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -66,15 +53,16 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _stage(source_dir: Path, target: Path, manifest: dict[str, Any]) -> None:
-    """Write the adapter files and the manifest into ``target`` and fsync them."""
+def _stage(source_dir: Path, target: Path, **manifest: Any) -> str:
+    """Write the adapter files and the manifest into ``target``, fsync them; return the sha256."""
     target.mkdir()
     for name in ADAPTER_FILES:
         shutil.copyfile(source_dir / name, target / name)
-    (target / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    sha = write_manifest(target, **manifest)["sha256"]
     for name in (*ADAPTER_FILES, MANIFEST_FILE):
         _fsync(target / name)
     _fsync(target)
+    return sha
 
 
 def publish(store: FeedbackStore, adapters_dir: Path, source_dir: Path, *, version: str, base_model: str,
@@ -97,10 +85,8 @@ def publish(store: FeedbackStore, adapters_dir: Path, source_dir: Path, *, versi
         adapters_dir.mkdir(parents=True, exist_ok=True)
         if final.exists():
             raise FileExistsError(f"{final} already exists")
-        sha = sha256_file(source_dir / WEIGHTS_FILE)
-        manifest = {"version": version, "sha256": sha, "base_model": base_model, "parent": parent,
-                    "created_at": now, "metrics": metrics, "data_watermark": data_watermark}
-        _stage(source_dir, temp, manifest)
+        sha = _stage(source_dir, temp, version=version, base_model=base_model, parent=parent,
+                     created_at=now, metrics=metrics, data_watermark=data_watermark)
         os.rename(temp, final)
         renamed = True
         _fsync(adapters_dir)

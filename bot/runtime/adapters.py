@@ -1,21 +1,10 @@
-"""The published adapter directory format, its writer, and its verification before serving.
-
-An adapter version lives in one directory::
-
-    adapter_model.safetensors   LoRA weights, as peft's ``save_pretrained`` writes them
-    adapter_config.json         peft's LoraConfig, same origin
-    manifest.json               {"version", "sha256", "base_model", "parent", "created_at"}
-
-``sha256`` is the hex digest of ``adapter_model.safetensors``; ``base_model`` is the
-``Settings.base_model_ref`` the adapter was trained on (two local paths naming the same
-directory match). Extra manifest keys (metrics, data watermark) are allowed and ignored here.
+"""Writing adapters in the published format (``loopdesk.adapter_format``) and verifying them
+before serving: checksum against manifest and registry, same base model (two local paths naming
+the same directory match), finite weights of the right shapes.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +12,7 @@ import torch
 from peft import LoraConfig, PeftModel
 from safetensors.torch import load_file
 
-WEIGHTS_FILE = "adapter_model.safetensors"
-CONFIG_FILE = "adapter_config.json"
-MANIFEST_FILE = "manifest.json"
+from loopdesk.adapter_format import CONFIG_FILE, WEIGHTS_FILE, read_manifest, sha256_file, write_manifest
 
 
 class AdapterRefused(Exception):
@@ -39,15 +26,6 @@ class VerifiedAdapter:
     version: str
     config: LoraConfig
     weights: dict[str, torch.Tensor]
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def same_base_model(a: str, b: str) -> bool:
@@ -69,11 +47,7 @@ def write_adapter(model: PeftModel, out_dir: str | Path, version: str, base_mode
         for name in (WEIGHTS_FILE, CONFIG_FILE):
             (saved / name).replace(out / name)
         saved.rmdir()
-    sha = sha256_file(out / WEIGHTS_FILE)
-    manifest = {"version": version, "sha256": sha, "base_model": base_model,
-                "parent": parent, "created_at": time.time()}
-    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    return sha
+    return write_manifest(out, version, base_model, parent)["sha256"]
 
 
 def read_verified(path: str | Path, version: str, base_model: str,
@@ -86,7 +60,7 @@ def read_verified(path: str | Path, version: str, base_model: str,
     """
     directory = Path(path)
     try:
-        manifest = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
+        manifest = read_manifest(directory)
         config = LoraConfig.from_pretrained(str(directory))
     except (OSError, ValueError, TypeError) as exc:
         raise AdapterRefused(f"{version}: unreadable adapter directory {directory}: {exc}") from exc
