@@ -10,7 +10,6 @@ is paired. The score is the panel's mean CSAT.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from contextlib import ExitStack
