@@ -3,7 +3,6 @@ canary decision."""
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 

@@ -20,7 +20,6 @@ from bot.runtime.adapters import AdapterRefused, read_verified
 from bot.runtime.batching import Row
 from bot.runtime.worker import GenerationWorker, Request
 from feedback_store import FeedbackStore, NotFoundError
-from feedback_store.records import BASE_VERSION
 
 log = logging.getLogger(__name__)
 
