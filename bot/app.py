@@ -31,9 +31,9 @@ def create_app(settings: Settings | None = None, engine=None, store: FeedbackSto
     settings = settings or load_settings()
     store = store or FeedbackStore.from_settings(settings)
     if engine is None:
-        from bot.runtime import Engine
+        from bot.runtime import make_engine
 
-        engine = Engine(settings, store)
+        engine = make_engine(settings, store)
         engine.start()
         atexit.register(engine.stop)
 

@@ -35,11 +35,11 @@ def _serve_werkzeug(settings, host: str, port: int) -> None:
     from werkzeug.serving import make_server
 
     from bot.app import create_app
-    from bot.runtime import Engine
+    from bot.runtime import make_engine
     from feedback_store import FeedbackStore
 
     store = FeedbackStore.from_settings(settings)
-    engine = Engine(settings, store)
+    engine = make_engine(settings, store)
     engine.start()
     try:
         server = make_server(host, port, create_app(settings, engine, store), threaded=True)

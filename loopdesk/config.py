@@ -58,6 +58,10 @@ class Settings:
         rate_limit_per_conversation (str, default "20/minute"): messages allowed per conversation.
         rate_limit_login (str, default "10/minute"): console sign-in attempts allowed per client IP.
         cors_origins (str, default "*"): comma-separated origins allowed to call the chat API.
+        vllm_url (str, default ""): base URL of a vLLM OpenAI-compatible server to generate
+            replies with (see bot.runtime.vllm_backend); empty: the in-process model.
+        vllm_model (str, default ""): the name vLLM serves the base model under; empty: the
+            base model reference.
     """
 
     redis_url: str = ""
@@ -82,6 +86,8 @@ class Settings:
     rate_limit_per_conversation: str = "20/minute"
     rate_limit_login: str = "10/minute"
     cors_origins: str = "*"
+    vllm_url: str = ""
+    vllm_model: str = ""
 
     @property
     def base_model_dir(self) -> Path:

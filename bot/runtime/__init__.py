@@ -2,6 +2,22 @@
 adapter hot-swap with verification. The web layer uses ``Engine`` and ``Generation`` only."""
 
 from bot.runtime.adapters import AdapterRefused, write_adapter
+from typing import TYPE_CHECKING
+
 from bot.runtime.engine import Engine, Generation, GenerationError
 
-__all__ = ["Engine", "Generation", "GenerationError", "AdapterRefused", "write_adapter"]
+if TYPE_CHECKING:
+    from bot.runtime.vllm_backend import VllmEngine
+    from feedback_store import FeedbackStore
+    from loopdesk.config import Settings
+
+__all__ = ["Engine", "Generation", "GenerationError", "AdapterRefused", "write_adapter", "make_engine"]
+
+
+def make_engine(settings: "Settings", store: "FeedbackStore") -> "Engine | VllmEngine":
+    """The engine the settings ask for: a vLLM server's (``vllm_url`` set) or the in-process model's."""
+    if settings.vllm_url:
+        from bot.runtime.vllm_backend import VllmEngine
+
+        return VllmEngine(settings, store)
+    return Engine(settings, store)
