@@ -13,6 +13,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from bot.app import create_app
 from feedback_store import FeedbackStore
+from feedback_store.records import BotTurn
 from tests.console_helpers import PASSWORD, add_accounts, register_real_adapter, seed_conversation
 from tests.test_widget_browser import CHROMIUM, CHROMIUM_ARGS
 from tests.web_helpers import GENEROUS_LIMIT, live_server, running_engine, web_settings
@@ -179,3 +180,52 @@ def test_operator_promotes_an_adapter_and_the_next_conversation_is_pinned_to_it(
         assert time.monotonic() < deadline, f"new conversations still go to {pinned}"
         time.sleep(0.2)
     assert adapter.version in engine.loaded_versions()
+
+
+PAYLOADS = [
+    "<script>window.__pwned = 'script'</script>",
+    '<img src=x onerror="window.__pwned = \'img\'">',
+    '<a href="javascript:window.__pwned = \'link\'">track my order</a>',
+    "</textarea><script>window.__pwned = 'textarea'</script><textarea>",
+    '"><svg onload="alert(1)"></svg><iframe src="javascript:alert(2)"></iframe>',
+]
+
+
+def test_a_transcript_full_of_script_and_html_renders_inert_in_the_expert_console(site, new_page):
+    _, store, _, url = site
+    conv, token = store.conversations.start("base")
+    texts = []
+    for i, payload in enumerate(PAYLOADS):
+        store.conversations.append_customer(conv.id, token, payload)
+        reply = PAYLOADS[(i + 1) % len(PAYLOADS)]
+        store.conversations.append_bot(conv.id, BotTurn(
+            index=0, text=reply, context="", prompt_token_ids=[1], reply_token_ids=[2], logprobs=[-1.0],
+            adapter_version="base", latency_ms=1.0, finished=True, created_at=time.time()))
+        texts += [payload, reply]
+    store.conversations.end(conv.id, token)
+    store.ratings.rate(conv.id, token, 1, PAYLOADS[0])
+    store.annotations.annotate(conv.id, 1, "erin", -1, corrected_reply=PAYLOADS[3], note=PAYLOADS[1])
+
+    page = new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    sign_in(page, url, "/expert", "erin")
+    page.goto(f"{url.rstrip('/')}/expert#c={conv.id}")
+    page.reload()
+    expect(page.get_by_label("Bot reply, turn 1")).to_be_visible()
+    page.wait_for_timeout(500)  # give onerror/onload handlers the chance to fire
+
+    expect(page.locator("#turns .cn-text")).to_have_text(texts)
+    expect(page.locator("#transcript-comment")).to_have_text(f"Customer's comment: {PAYLOADS[0]}")
+    turn = page.get_by_label("Bot reply, turn 1")
+    expect(turn.locator(".cn-correction")).to_have_text(f"Correction: {PAYLOADS[3]}")
+    expect(turn.locator(".cn-note")).to_have_text(f"Note: {PAYLOADS[1]}")
+    expect(turn.get_by_label("Corrected reply")).to_have_value(PAYLOADS[3])
+    injected = page.evaluate("""() => ({
+        elements: document.querySelectorAll('#transcript img, #transcript svg, #transcript iframe, '
+                                            + '#transcript script, a[href^="javascript:"]').length,
+        scripts: Array.from(document.scripts).filter(s => s.text.includes('__pwned')).length,
+        pwned: window.__pwned === undefined ? null : window.__pwned,
+    })""")
+    assert injected == {"elements": 0, "scripts": 0, "pwned": None}
+    assert dialogs == []

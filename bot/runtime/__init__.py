@@ -1,9 +1,9 @@
 """The model runtime: one generation worker per process, dynamic batching by adapter version,
-adapter hot-swap with verification. The web layer uses ``Engine`` and ``Generation`` only."""
+adapter hot-swap with verification. The web layer uses ``make_engine`` (``Engine``, or ``VllmEngine`` with a vLLM server) and ``Generation``."""
 
-from bot.runtime.adapters import AdapterRefused, write_adapter
 from typing import TYPE_CHECKING
 
+from bot.runtime.adapters import AdapterRefused, write_adapter
 from bot.runtime.engine import Engine, Generation, GenerationError
 
 if TYPE_CHECKING:
