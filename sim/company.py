@@ -183,8 +183,10 @@ class Shop(_Model):
 
 
 class Styles(_Model):
-    """Templates the corpus uses to make flawed replies (see ``sim/corpus.py`` for the styles)."""
+    """Templates the corpus uses to make flawed replies (see ``sim/corpus.py`` for the styles),
+    and how its customers start asking an unanswered question again."""
 
+    reask_openers: list[str] = Field(min_length=1)
     curt: list[str] = Field(min_length=1)
     vague: list[str] = Field(min_length=1)
     too_long_fillers: list[str] = Field(min_length=3)

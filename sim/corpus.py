@@ -13,6 +13,8 @@ The tiny base model learns from this corpus, so its mix sets how good the base b
 - ``flattering``: compliments the customer and says nothing (bait for reward hacking).
 
 The default mix (28% good) makes the base policy mediocre. Held-out phrasings never appear.
+A customer whose opening question went unanswered (styles in ``UNANSWERED``) asks it again,
+as simulated customers do; the reply to that re-ask has a style of its own, drawn to the mix.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ DEFAULT_MIX: dict[str, float] = {
     "flattering": 0.06,
 }
 STYLES = tuple(DEFAULT_MIX)
+UNANSWERED = ("vague", "wrong_facts", "off_topic", "flattering")
 
 
 @dataclass(frozen=True)
@@ -46,11 +49,14 @@ class CorpusConfig:
         follow_up_share (float, default 0.5): share of chats with a second customer question.
         mix (dict[str, float], default DEFAULT_MIX): share of assistant turns per style; keys
             from ``STYLES``, values summing to 1.
+        reask_share (float, default 1.0): share of chats with an unanswered opening (styles in
+            ``UNANSWERED``) where the customer asks again before any follow-up.
         seed (int, default 0): seed of every random choice; the same config gives the same corpus.
     """
 
     n_dialogues: int = 2400
     follow_up_share: float = 0.5
+    reask_share: float = 1.0
     mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
     seed: int = 0
 
@@ -60,16 +66,20 @@ class CorpusConfig:
             raise ValueError(f"unknown reply styles {sorted(unknown)}; known: {list(STYLES)}")
         if any(v < 0 for v in self.mix.values()) or abs(sum(self.mix.values()) - 1) > 1e-6:
             raise ValueError(f"mix shares must be non-negative and sum to 1, got {self.mix}")
-        if self.n_dialogues < 1 or not 0 <= self.follow_up_share <= 1:
-            raise ValueError("n_dialogues must be >= 1 and follow_up_share within [0, 1]")
+        if self.n_dialogues < 1 or not (0 <= self.follow_up_share <= 1 and 0 <= self.reask_share <= 1):
+            raise ValueError("n_dialogues must be >= 1, follow_up_share and reask_share within [0, 1]")
 
 
 @dataclass(frozen=True)
 class Dialogue:
-    """One generated chat and what it was made of."""
+    """One generated chat and what it was made of: per customer turn, its kind and the reply's style.
+
+    ``questions`` holds ``"opening"``, ``"reask"`` (the opening asked again) or ``"follow_up"``.
+    """
 
     intent: str
     persona: str
+    questions: tuple[str, ...]
     styles: tuple[str, ...]
     messages: list[Message]
 
@@ -115,29 +125,48 @@ def render_reply(company: Company, intent: Intent, style: str, follow_up: bool,
     raise ValueError(f"unknown reply style {style!r}; known: {list(STYLES)}")
 
 
+def _drawn_styles(mix: dict[str, float], total: int, rng: random.Random) -> list[str]:
+    """``total`` styles in exact quota proportions, shuffled."""
+    styles = [style for style, n in quotas(mix, total).items() for _ in range(n)]
+    rng.shuffle(styles)
+    return styles
+
+
 def generate_corpus(config: CorpusConfig = CorpusConfig(),
                     company: Company | None = None) -> list[Dialogue]:
-    """Make the corpus: chats cycling through intents, personas drawn by weight, styles by quota."""
+    """Make the corpus: chats cycling through intents, personas drawn by weight, styles by quota.
+
+    Opening and follow-up replies share one quota draw, re-ask replies another, so each part
+    of the corpus follows the mix.
+    """
     company = company or load_company()
     rng = random.Random(config.seed)
     n_follow = round(config.follow_up_share * config.n_dialogues)
     has_follow = [True] * n_follow + [False] * (config.n_dialogues - n_follow)
     rng.shuffle(has_follow)
-    styles = [s for s, n in quotas(config.mix, config.n_dialogues + n_follow).items() for _ in range(n)]
-    rng.shuffle(styles)
-    turn_styles = iter(styles)
+    styles = iter(_drawn_styles(config.mix, config.n_dialogues + n_follow, rng))
+    plans = []
+    for follow in has_follow:
+        opening = next(styles)
+        reask = opening in UNANSWERED and rng.random() < config.reask_share
+        plans.append((opening, reask, next(styles) if follow else None))
+    reask_styles = iter(_drawn_styles(config.mix, sum(reask for _, reask, _ in plans), rng))
     weights = [p.weight for p in company.personas]
     dialogues = []
-    for index, follow in enumerate(has_follow):
+    for index, (opening, reask, follow_style) in enumerate(plans):
         intent = company.intents[index % len(company.intents)]
         persona = rng.choices(company.personas, weights)[0]
+        turns = [("opening", persona.phrase(rng.choice(intent.phrasings), rng), opening)]
+        if reask:
+            again = rng.choice(company.styles.reask_openers) + rng.choice(intent.phrasings)
+            turns.append(("reask", again, next(reask_styles)))
+        if follow_style is not None:
+            turns.append(("follow_up", persona.phrase(rng.choice(intent.follow_up.questions), rng), follow_style))
         messages = [{"role": "system", "content": company.shop.system_prompt}]
-        used = []
-        for question in [rng.choice(intent.phrasings)] + ([rng.choice(intent.follow_up.questions)] if follow else []):
-            style = next(turn_styles)
-            used.append(style)
-            messages.append({"role": "user", "content": persona.phrase(question, rng)})
+        for kind, question, style in turns:
+            messages.append({"role": "user", "content": question})
             messages.append({"role": "assistant",
-                             "content": render_reply(company, intent, style, len(used) > 1, rng)})
-        dialogues.append(Dialogue(intent.name, persona.name, tuple(used), messages))
+                             "content": render_reply(company, intent, style, kind == "follow_up", rng)})
+        dialogues.append(Dialogue(intent.name, persona.name, tuple(k for k, _, _ in turns),
+                                  tuple(s for _, _, s in turns), messages))
     return dialogues

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from sim.company import load_company
-from sim.corpus import DEFAULT_MIX, STYLES, CorpusConfig, generate_corpus, quotas
+from sim.corpus import DEFAULT_MIX, STYLES, UNANSWERED, CorpusConfig, generate_corpus, quotas
 
 
 def _normal(text: str) -> str:
@@ -26,13 +26,26 @@ def test_held_out_phrasings_never_appear_in_the_corpus() -> None:
 
 def test_style_mix_matches_configured_proportions() -> None:
     config = CorpusConfig(n_dialogues=1000, follow_up_share=0.4)
-    turns = Counter(style for d in generate_corpus(config) for style in d.styles)
-    assert sum(turns.values()) == 1400
+    corpus = generate_corpus(config)
+    first_try = Counter(s for d in corpus for q, s in zip(d.questions, d.styles) if q != "reask")
+    again = Counter(s for d in corpus for q, s in zip(d.questions, d.styles) if q == "reask")
+    assert sum(first_try.values()) == 1400
     for style, share in DEFAULT_MIX.items():
-        assert abs(turns[style] / 1400 - share) <= 1 / 1400, style
+        assert abs(first_try[style] / 1400 - share) <= 1 / 1400, style
+        assert abs(again[style] / sum(again.values()) - share) <= 1 / sum(again.values()), style
 
-    custom = CorpusConfig(n_dialogues=100, follow_up_share=0.0, mix={"good": 0.5, "vague": 0.5})
+    custom = CorpusConfig(n_dialogues=100, follow_up_share=0.0, reask_share=0.0, mix={"good": 0.5, "vague": 0.5})
     assert Counter(s for d in generate_corpus(custom) for s in d.styles) == {"good": 50, "vague": 50}
+
+
+def test_customers_ask_again_exactly_when_the_opening_went_unanswered() -> None:
+    corpus = generate_corpus(CorpusConfig(n_dialogues=600, follow_up_share=0.5))
+    for dialogue in corpus:
+        asked_again = "reask" in dialogue.questions
+        assert asked_again == (dialogue.styles[0] in UNANSWERED), dialogue
+        assert dialogue.questions == ("opening",) + ("reask",) * asked_again + ("follow_up",) * (
+            len(dialogue.questions) - 1 - asked_again)
+    assert not any("reask" in d.questions for d in generate_corpus(CorpusConfig(n_dialogues=200, reask_share=0.0)))
 
 
 def test_quotas_always_sum_to_the_total() -> None:
@@ -52,9 +65,9 @@ def test_chats_are_well_formed_and_styles_show() -> None:
         assert roles == ["system"] + ["user", "assistant"] * len(dialogue.styles)
         assert dialogue.messages[0]["content"] == company.shop.system_prompt
         intent = company.intent(dialogue.intent)
-        for turn, style in enumerate(dialogue.styles):
+        for turn, (question, style) in enumerate(zip(dialogue.questions, dialogue.styles)):
             reply = dialogue.messages[2 + 2 * turn]["content"]
-            follow_up = turn == 1
+            follow_up = question == "follow_up"
             if style in ("good", "curt", "too_long", "over_apologetic"):
                 assert intent.missing_facts(reply, follow_up) == [], (style, reply)
             if style == "wrong_facts":
@@ -73,3 +86,5 @@ def test_corpus_is_deterministic_per_seed() -> None:
 def test_invalid_mix_is_rejected(mix: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         CorpusConfig(mix=mix)
+    with pytest.raises(ValueError):
+        CorpusConfig(reask_share=1.5)
