@@ -63,6 +63,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--kl-coef", type=float, default=0.05, help="KL coefficient (loopdesk: initial, adaptive)")
     parser.add_argument("--lora-r", type=int, default=4)
     parser.add_argument("--rloo-generations", type=int, default=4, help="RLOO replies per prompt")
+    parser.add_argument("--eval-prompts", type=int, default=128,
+                        help="prompts (evenly spaced over the training phrasings) the trained policies answer")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in every contender")
     parser.add_argument("--seed", type=int, default=0, help="seed of repeat 0 (repeat k uses seed + k)")
     parser.add_argument("--base-model", type=Path, default=None,
@@ -91,9 +93,10 @@ def write_task(args: argparse.Namespace, base_dir: Path, reward_dir: Path, seed:
                                            add_generation_prompt=True, tokenize=False)
              for intent in company.intents for phrasing in intent.phrasings]
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    n_eval = min(args.eval_prompts, len(ids))
     task = {
-        "base_dir": str(base_dir), "reward_dir": str(reward_dir),
-        "train_prompt_texts": texts, "train_prompts": ids, "eval_prompts": ids, "eval_seed": 1234,
+        "base_dir": str(base_dir), "reward_dir": str(reward_dir), "train_prompt_texts": texts,
+        "train_prompts": ids, "eval_prompts": [ids[i * len(ids) // n_eval] for i in range(n_eval)], "eval_seed": 1234,
         "tokens": {"pad": tokenizer.pad_token_id, "eos": tokenizer.eos_token_id},
         "episodes": args.episodes, "batch_size": args.batch_size, "mini_batch_size": args.mini_batch_size,
         "max_new_tokens": args.max_new_tokens, "temperature": 1.0, "learning_rate": args.learning_rate,
@@ -191,7 +194,8 @@ def main() -> None:
     reward_dir = OUT / "reward-model"
     probe = build_reward_model(base_dir, reward_dir)
     print(f"base model {base_dir}; reward model: probe, held-out pairwise accuracy "
-          f"{probe['probe_pairwise_accuracy']:.2f}; {args.episodes} episodes × {args.repeats} runs each")
+          f"{probe['probe_pairwise_accuracy']:.2f}; {args.episodes} episodes × {args.repeats} runs each; "
+          f"{len(load_company().intents)} intents")
     results: dict[str, list[dict]] = {name: [] for name in names}
     start_reward = None
     for run in range(args.repeats):

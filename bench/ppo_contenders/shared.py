@@ -25,10 +25,11 @@ def quiet_transformers() -> None:
 
 
 def load_task(path: str) -> dict[str, Any]:
-    """The task file, and torch limited to its thread count (the same for every contender)."""
+    """The task file; torch limited to its thread count and seeded with its seed (before any LoRA init)."""
     quiet_transformers()
     task = json.loads(Path(path).read_text(encoding="utf-8"))
     torch.set_num_threads(task["threads"])
+    torch.manual_seed(task["seed"])
     return task
 
 
