@@ -34,7 +34,9 @@ class PolicyWithValueHead(nn.Module):
 
     @classmethod
     def with_new_adapter(cls, base: PreTrainedModel, config: PPOConfig) -> "PolicyWithValueHead":
-        """Wrap ``base`` (modified in place) with a fresh LoRA adapter and a zero value head."""
+        """Wrap ``base`` (modified in place) with a fresh LoRA adapter (initialised from
+        ``config.seed``, so a round is reproducible) and a zero value head."""
+        torch.manual_seed(config.seed)
         lora = LoraConfig(
             r=config.lora_r,
             lora_alpha=config.lora_alpha,
