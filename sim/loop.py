@@ -182,9 +182,8 @@ def train_round(store: Any, worker: subprocess.Popen, config: dict[str, Any], ti
             for event_id, event in store.runs.progress(run.id, after=last):
                 last = event_id
                 bar.total = int(event.get("total") or 0) or None
-                bar.n = int(event.get("step") or bar.n)
-                bar.set_description(f"training {run.id}: {event.get('stage')}")
-                bar.refresh()
+                bar.set_description(f"training {run.id}: {event.get('stage')}", refresh=False)
+                bar.update(1)  # one event per stage step (a worker's own bar is off, so "step" stays 0)
             run = store.runs.get(run.id)
             if run.status in FINISHED:
                 return run

@@ -106,6 +106,10 @@ def markdown(report: dict[str, Any]) -> str:
              f"{'on' if cfg['experts'] else 'off'}, seed {cfg['seed']}; wall time {report['wall_s']:.0f} s.",
              "Round 0 measures the starting adapter; round r measures what is served after the r-th training "
              "round. A candidate that passes the gate becomes active at once (see `sim/loop.py`).", "",
+             f"Reproduce: `loopdesk loop --rounds {cfg['rounds']} --customers-per-round {cfg['customers_per_round']} "
+             f"--concurrency {cfg['concurrency']} --{'' if cfg['experts'] else 'no-'}experts --seed {cfg['seed']} "
+             f"--held-out-share {cfg['held_out_share']}` (plus `--round-config` for any overrides in report.json).",
+             "",
              "## CSAT and the expert view", "", f"![CSAT per round]({PLOTS['csat']})", "",
              "| round | version | training | CSAT (95% CI) | seen phrasings | held-out phrasings | rubric | unrated |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
