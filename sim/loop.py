@@ -36,7 +36,7 @@ from loopdesk.config import Settings
 from sim.client import ChatClient, ExpertAPI
 from sim.company import Company
 from sim.customers import ChatResult, CustomerConfig
-from sim.serving import SIMULATOR_RATE_LIMIT, serve
+from sim.serving import bot_engine, serve
 from sim.simulate import MeanCI, run_customers, summarize
 
 FINISHED = ("succeeded", "rejected", "failed")
@@ -131,18 +131,12 @@ class Bot:
 def running_bot(settings: Settings) -> Iterator[Bot]:
     """Start the engine and the chat app (rate limits lifted), plus the held-out sandbox app."""
     from bot.app import create_app
-    from bot.runtime import Engine
     from feedback_store import FeedbackStore
     from feedback_store.server import stop_embedded_redis
     from sim.panel import PinnedEngine
 
-    settings = settings.replace(rate_limit_per_ip=SIMULATOR_RATE_LIMIT,
-                                rate_limit_per_conversation=SIMULATOR_RATE_LIMIT)
     with ExitStack() as stack:
-        store = FeedbackStore.from_settings(settings, announce=False)
-        engine = Engine(settings, store)
-        engine.start()
-        stack.callback(engine.stop)
+        settings, store, engine = stack.enter_context(bot_engine(settings))
         url = stack.enter_context(serve(create_app(settings, engine, store)))
         sandbox = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="loopdesk-heldout-")))
         stack.callback(stop_embedded_redis, sandbox)

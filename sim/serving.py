@@ -37,13 +37,12 @@ def serve(app: Callable[..., Any]) -> Iterator[str]:
 
 
 @contextmanager
-def local_bot(settings: Settings) -> Iterator[str]:
-    """Start the real bot (store, engine, app) in this process; yield its URL; stop it after.
+def bot_engine(settings: Settings) -> Iterator[tuple[Settings, Any, Any]]:
+    """Start the real bot's store and engine in this process; yield (settings, store, engine).
 
-    Its per-IP and per-conversation rate limits are lifted: every simulated customer comes from
-    127.0.0.1, and the simulator is the only client of this private instance.
+    The yielded settings lift the per-IP and per-conversation rate limits: every simulated
+    customer comes from 127.0.0.1, and the simulator is the only client of this instance.
     """
-    from bot.app import create_app
     from bot.runtime import Engine
     from feedback_store import FeedbackStore
 
@@ -53,7 +52,15 @@ def local_bot(settings: Settings) -> Iterator[str]:
     engine = Engine(settings, store)
     engine.start()
     try:
-        with serve(create_app(settings, engine, store)) as url:
-            yield url
+        yield settings, store, engine
     finally:
         engine.stop()
+
+
+@contextmanager
+def local_bot(settings: Settings) -> Iterator[str]:
+    """Start the real bot (store, engine, app) in this process; yield its URL; stop it after."""
+    from bot.app import create_app
+
+    with bot_engine(settings) as (settings, store, engine), serve(create_app(settings, engine, store)) as url:
+        yield url
