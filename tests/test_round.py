@@ -93,8 +93,10 @@ def test_round_trains_gates_and_publishes_a_canary(tsettings, store, base_model_
     metrics = run.metrics
     assert 0 < metrics["pairs_correction"] <= 8 and 0.0 <= metrics["rm_eval_accuracy"] <= 1.0
     assert metrics["gate_passed"] and metrics["gate_contexts"] >= 1
-    stages = [e["stage"] for _, e in store.runs.progress(run.id)]
-    assert stages == ["export", "rewards", "reward_model", "ppo_logged", "ppo_rollout", "gate", "publish", "done"]
+    events = [e for _, e in store.runs.progress(run.id)]
+    assert [e["stage"] for e in events] == ["export", "rewards", "reward_model", "ppo_logged", "ppo_rollout",
+                                            "gate", "publish", "done"]
+    assert [e["step"] for e in events] == list(range(1, len(events) + 1))  # counted without a visible bar
     assert store.runs.training_watermark() == run.watermark_to > 0
     assert (tsettings.data_dir / "runs" / run.id / "reward_model" / "adapter_model.safetensors").is_file()
     store.runs.lock().acquire().release()

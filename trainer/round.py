@@ -110,6 +110,7 @@ class Round:
                  keeper: LockKeeper, bar: tqdm) -> None:
         self.settings, self.store, self.config, self.run = settings, store, config, run
         self.keeper, self.bar = keeper, bar
+        self.step = 0  # counted here: a disabled bar (worker) does not count
         self.dir = Path(settings.data_dir) / RUNS_DIR / run.id
         self.metrics: dict[str, Any] = {}
 
@@ -118,7 +119,8 @@ class Round:
         self.keeper.check()
         self.bar.set_description(stage)
         self.bar.update(1)
-        self.store.runs.report(self.run.id, stage=stage, step=self.bar.n, total=self.bar.total, **fields)
+        self.step += 1
+        self.store.runs.report(self.run.id, stage=stage, step=self.step, total=self.bar.total, **fields)
 
     def train(self) -> tuple[str, str | None, int]:
         """Stages after the run started; returns (run status, adapter version, watermark reached)."""
@@ -248,7 +250,8 @@ def run_round(settings, store: FeedbackStore, run_id: str | None = None, config:
                 run = store.runs.finish(run.id, status, metrics=state.metrics, adapter_version=version,
                                         watermark_to=watermark_to)
                 bar.update(1)
-                store.runs.report(run.id, stage="done", step=bar.n, total=bar.total, status=status, version=version)
+                store.runs.report(run.id, stage="done", step=state.step + 1, total=bar.total, status=status,
+                                  version=version)
             return run
     finally:
         lock.release()
