@@ -65,8 +65,8 @@ class ModelSize:
     probe_per_intent: int = 8
 
 
-# default: one epoch over 10000 fresh chats (625 steps of 16) beat 4 epochs over 2400 in the same CPU
-# time; ~400 CPU-seconds with one thread (the manifest's train_cpu_seconds), under 10 minutes on 2 idle cores.
+# default: one epoch over 10000 fresh chats (625 steps of 16), ~400 CPU-seconds with one thread (the
+# manifest's train_cpu_seconds; 507 s wall on a busy 2-core machine), so under 10 minutes on 2 idle cores.
 SIZES: dict[str, ModelSize] = {
     "test": ModelSize(vocab_size=1024, hidden=48, layers=2, heads=2, intermediate=96,
                       n_dialogues=240, epochs=2, batch_size=16, learning_rate=1e-2, probe_per_intent=2),
