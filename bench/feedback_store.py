@@ -5,7 +5,7 @@ For each AOF fsync policy (``always``, ``everysec``) it starts a fresh embedded 
 (and writing ratings) through ``feedback_store`` on the same server, and prints throughput and
 p99 latency with the ratio to SET.
 
-Run:  python bench/feedback_store.py [--clients 8] [--ops 4000]
+Run:  python bench/feedback_store.py [--clients 2] [--ops 4000]
 Needs redis-benchmark (Debian: apt-get install redis-tools).
 """
 
@@ -89,7 +89,7 @@ def _redis_set(port: int, clients: int, ops: int) -> tuple[float, float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", type=int, default=8, help="concurrent clients on each side")
+    parser.add_argument("--clients", type=int, default=2, help="concurrent clients on each side (default: one per core here)")
     parser.add_argument("--ops", type=int, default=4000, help="operations per measurement")
     args = parser.parse_args()
     if shutil.which("redis-benchmark") is None:
