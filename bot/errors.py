@@ -7,9 +7,11 @@ a model runtime failure or an unreachable Redis is a 503.
 
 from __future__ import annotations
 
+import logging
+
 import re
 
-from flask import Flask, Response, current_app, jsonify
+from flask import Flask, Response, current_app, jsonify, request
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException
@@ -26,6 +28,8 @@ from feedback_store.errors import (
     RatingLockedError,
     ValidationFailed,
 )
+
+log = logging.getLogger(__name__)
 
 _STORE_CODES: dict[type[FeedbackStoreError], str] = {
     RatingLockedError: "rating_locked",
@@ -84,6 +88,8 @@ def error_payload(exc: Exception) -> tuple[int, dict]:
 
 def _handle(exc: Exception) -> tuple[Response, int]:
     status, body = error_payload(exc)
+    if status >= 500:
+        log.warning("%s %s answered %d: %s: %s", request.method, request.path, status, type(exc).__name__, exc)
     response = jsonify(body)
     if isinstance(exc, HTTPException) and exc.code == 405 and exc.valid_methods:
         response.headers["Allow"] = ", ".join(exc.valid_methods)
