@@ -57,7 +57,8 @@ def _init_rate_limits(app: Flask, settings: Settings) -> Limiter:
         get_remote_address,
         app=app,
         storage_uri=resolve_redis_url(settings, announce=False),
-        storage_options={"key_prefix": Keys(settings.key_prefix).rate_limits()},
+        storage_options={"key_prefix": Keys(settings.key_prefix).rate_limits(),
+                         "max_connections": settings.redis_pool_size},
         strategy="moving-window",
         headers_enabled=True,
         swallow_errors=True,  # Redis down: limits fail open and the request meets the store's 503

@@ -36,15 +36,26 @@ def resolve_redis_url(settings, announce: bool = True) -> str:
     return url
 
 
+POOL_WAIT_S = 10.0
+
+
 def connect(settings, announce: bool = True) -> redis.Redis:
-    """A client that decodes strings and retries briefly on connection errors (for restarts)."""
+    """A client that decodes strings and retries briefly on connection errors (for restarts).
+
+    Its pool holds up to ``settings.redis_pool_size`` connections; a thread that finds them all
+    busy waits up to ``POOL_WAIT_S`` for one instead of failing (redis-py's default pool stops
+    at 100 and raises, which 200 concurrent chats reach).
+    """
     url = resolve_redis_url(settings, announce=announce)
     retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=8)
-    return redis.Redis.from_url(
+    pool = redis.BlockingConnectionPool.from_url(
         url,
+        max_connections=settings.redis_pool_size,
+        timeout=POOL_WAIT_S,
         decode_responses=True,
         retry=retry,
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         health_check_interval=30,
         socket_timeout=10,
     )
+    return redis.Redis.from_pool(pool)

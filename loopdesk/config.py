@@ -31,6 +31,8 @@ class Settings:
             one fsync per event-loop round) or ``everysec`` (survives kill -9 of Redis except
             for writes acknowledged while a background fsync stalls; at most ~1 s lost on
             power loss).
+        redis_pool_size (int, default 512): most Redis connections one process opens; a request
+            that finds them all busy waits for one.
         key_prefix (str, default "loopdesk"): every Redis key starts with ``<prefix>:``.
         base_model (str, default ""): a local path or hub id of a causal LM. Empty: use the
             tiny model ``loopdesk bootstrap`` builds in ``data_dir/base-model``.
@@ -67,6 +69,7 @@ class Settings:
     redis_url: str = ""
     data_dir: Path = Path("var")
     redis_appendfsync: str = "always"
+    redis_pool_size: int = 512
     key_prefix: str = "loopdesk"
     base_model: str = ""
     rating_correction_window_s: int = 900
