@@ -270,3 +270,15 @@ def test_training_round_is_queued_with_its_run_record(store):
     assert store.training.pending() == 1
     job = store.training.queue.jobs[0]
     assert job.func_name == "trainer.jobs.run_round" and job.args == (run.id,)
+
+
+def test_more_concurrent_requests_than_redis_py_default_pool_all_succeed(store):
+    """redis-py 8's default pool raises beyond 100 connections; ours holds more and waits when full."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    conv, token = store.conversations.start("base")
+    # each call holds its connection for 0.3 s, so 150 calls need 150 connections at once
+    with ThreadPoolExecutor(max_workers=150) as pool:
+        results = list(pool.map(lambda i: store.redis.blpop([store.keys.lock("pool-test")], timeout=0.3), range(150)))
+    assert results == [None] * 150
+    assert store.conversations.check_token(conv.id, token).id == conv.id
