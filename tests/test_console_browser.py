@@ -9,13 +9,12 @@ from typing import Callable, Iterator
 
 import pytest
 import requests
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from bot.app import create_app
 from feedback_store import FeedbackStore
 from feedback_store.records import BotTurn
 from tests.console_helpers import PASSWORD, add_accounts, register_real_adapter, seed_conversation
-from tests.test_widget_browser import CHROMIUM, CHROMIUM_ARGS
 from tests.web_helpers import GENEROUS_LIMIT, live_server, running_engine, web_settings
 
 pytestmark = pytest.mark.browser
@@ -32,14 +31,6 @@ def site(data_dir: Path, base_model_dir: Path, tmp_path_factory: pytest.TempPath
     add_accounts(store)
     with running_engine(settings, store) as engine, live_server(create_app(settings, engine, store)) as url:
         yield settings, store, engine, url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

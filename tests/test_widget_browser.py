@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from bot.app import create_app
 from feedback_store import FeedbackStore
@@ -15,8 +15,6 @@ from tests.web_helpers import live_server, running_engine, web_settings
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 OPEN_CHAT = "Open chat: Northwind Outfitters help"
 SCREENSHOTS = Path("/tmp")
 
@@ -40,14 +38,6 @@ def site(data_dir: Path, base_model_dir: Path) -> Iterator[tuple[FeedbackStore, 
     store = FeedbackStore.from_settings(settings, announce=False)
     with running_engine(settings, store) as engine, live_server(create_app(settings, engine, store)) as url:
         yield store, url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -4,17 +4,15 @@ the app on a live HTTP server, and a reader for server-sent events."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
-
-from werkzeug.serving import make_server
+from typing import Any, Iterable, Iterator
 
 from feedback_store import FeedbackStore
 from loopdesk.config import Settings, load_settings
+from sim.serving import serve as live_server  # noqa: F401 (re-exported for the web tests)
 
 GENEROUS_LIMIT = "100000/minute"
 
@@ -44,19 +42,6 @@ def running_engine(settings: Settings, store: FeedbackStore, timeout_s: float = 
         yield engine
     finally:
         engine.stop()
-
-
-@contextmanager
-def live_server(app: Callable) -> Iterator[str]:
-    """Serve the WSGI ``app`` on 127.0.0.1 with a free port in a thread; yield its base URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/"
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
 
 
 def parse_sse(chunks: Iterable[bytes]) -> list[tuple[str, dict]]:
