@@ -63,6 +63,9 @@ def review_transcript(company: Company, turns: list[dict[str, Any]],
     return reviews
 
 
+PAGE = 100  # the queue API's largest page
+
+
 class SimulatedExpert:
     """Works through the expert queue (low CSAT first) and annotates each bot turn over HTTP."""
 
@@ -75,11 +78,17 @@ class SimulatedExpert:
 
     def work(self, limit: int = 25) -> int:
         """Annotate up to ``limit`` unannotated conversations rated ``csat_max`` or lower; returns turns annotated."""
-        annotated = 0
-        for item in self.api.queue(csat_max=self.csat_max, limit=limit, include_annotated=False):
-            transcript = self.api.transcript(item["id"])
-            for review in review_transcript(self.company, transcript["turns"], self.weights):
-                self.api.annotate(item["id"], review.turn_index, review.score, review.tags,
-                                  review.corrected_reply, review.note)
-                annotated += 1
+        annotated, seen = 0, set()
+        while len(seen) < limit:
+            page = self.api.queue(csat_max=self.csat_max, limit=min(PAGE, limit - len(seen)), include_annotated=False)
+            fresh = [item for item in page if item["id"] not in seen]  # one with nothing to annotate stays queued
+            if not fresh:
+                break
+            for item in fresh:
+                seen.add(item["id"])
+                transcript = self.api.transcript(item["id"])
+                for review in review_transcript(self.company, transcript["turns"], self.weights):
+                    self.api.annotate(item["id"], review.turn_index, review.score, review.tags,
+                                      review.corrected_reply, review.note)
+                    annotated += 1
         return annotated

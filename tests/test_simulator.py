@@ -126,13 +126,15 @@ def test_expert_review_scores_tags_and_corrects_each_bot_turn():
     assert bad.corrected_reply == intent.canonical_follow_up_reply and "wrong facts" in bad.note
 
 
-def test_expert_annotates_rated_chats_through_the_console_api(bot, chats):
+def test_expert_annotates_rated_chats_through_the_console_api(bot, chats, monkeypatch):
     url, store = bot
     rated = [result for _, result in chats if result.rating is not None]
     store.users.add("sim-expert-test", "expert", "correct horse battery")
     api = ExpertAPI(url)
     api.login("sim-expert-test", "correct horse battery")
-    assert SimulatedExpert(COMPANY, api, csat_max=5).work(limit=100) >= sum(len(r.replies) for r in rated)
+    assert len(rated) > 2
+    monkeypatch.setattr("sim.experts.PAGE", 2)  # the queue API pages at 100; more chats than one page
+    assert SimulatedExpert(COMPANY, api, csat_max=5).work(limit=1000) >= sum(len(r.replies) for r in rated)
     for _, left in filter(lambda chat: chat[1].rating is None, chats):
         assert store.annotations.for_conversation(left.conversation_id) == {}, "unrated chats are not queued"
     for result in rated:
