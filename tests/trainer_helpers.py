@@ -84,9 +84,11 @@ def generated_replies(base_model_dir: Path, n: int, seed: int, max_new_tokens: i
 
 
 def seed_conversations(store: FeedbackStore, base_model_dir: Path, n: int = 24, seed: int = 0,
-                       max_new_tokens: int = 12) -> list[str]:
-    """``n`` one-exchange conversations answered by the real tiny model and rated 1-5 at random;
-    every third turn is annotated with a correction. Returns the conversation ids."""
+                       max_new_tokens: int = 12, stars: tuple[int, int] = (1, 5),
+                       correct_every: int = 3) -> list[str]:
+    """``n`` one-exchange conversations answered by the real tiny model and rated at random within
+    ``stars``; every ``correct_every``-th turn (0: none) is annotated with a correction. Returns the
+    conversation ids."""
     rng = random.Random(seed)
     ids = []
     for i, (question, context, prompt_ids, reply_ids, logprobs, text, finished) in enumerate(
@@ -96,8 +98,8 @@ def seed_conversations(store: FeedbackStore, base_model_dir: Path, n: int = 24, 
         turn = store.conversations.append_bot(conv.id, BotTurn(
             index=0, text=text, context=context, prompt_token_ids=prompt_ids, reply_token_ids=reply_ids,
             logprobs=logprobs, adapter_version="base", latency_ms=5.0, finished=finished, created_at=time.time()))
-        store.ratings.rate(conv.id, token, rng.randint(1, 5))
-        if i % 3 == 0:
+        store.ratings.rate(conv.id, token, rng.randint(*stars))
+        if correct_every and i % correct_every == 0:
             store.annotations.annotate(conv.id, turn.index, "expert1", rng.choice([-2, -1]),
                                        tags=["unhelpful"], corrected_reply=CORRECTION)
         ids.append(conv.id)

@@ -205,13 +205,84 @@ class GateConfig:
 
 
 @dataclass
-class RoundConfig:
-    """One training round: which data, how much PPO, and the configs of every stage.
+class BaselineConfig:
+    """The baseline policy updates a round can run instead of PPO (see ``trainer.baselines``): SFT on
+    well-rated replies and expert corrections, or KTO on thumbs derived from the rewards. Both train
+    the policy's LoRA (rank, alpha, targets from ``PPOConfig``) with TRL, starting from the active
+    adapter, on the round's logged turns only (no rollouts: the reward model serves only the gate).
 
     Parameters:
+        learning_rate (float, default 1e-3): AdamW learning rate of the LoRA, decayed linearly to 0
+            over the update (TRL's default schedule); the range that worked for PPO's LoRA.
+        epochs (float, default 3.0): passes over the examples, unless the method's step cap ends
+            the update first.
+        sft_max_steps (int, default 50): most SFT optimizer steps per round (0: no cap). The caps
+            keep a baseline's compute bounded as logged data grow, as PPO's is (``rollout_steps``
+            · ``ppo.batch_size`` episodes), and match the default PPO update's wall time on the
+            default base model: about 10 s on 2 shared cores for 5 PPO steps, 50 SFT steps or 24
+            KTO steps (a KTO step runs four forward passes, SFT's one).
+        kto_max_steps (int, default 24): most KTO optimizer steps per round (0: no cap).
+        batch_size (int, default 8): examples per optimizer step; KTO needs at least 2 (its KL
+            estimate pairs each prompt with another example's reply in the same batch).
+        max_length (int, default 512): longest prompt + reply in tokens; longer prompts lose their
+            oldest tokens, the reply is kept.
+        sft_min_reward (float, default 0.5): SFT trains on logged replies whose built reward is at
+            least this (CSAT ≥ 4 where no expert scored the turn), plus every expert correction.
+        kto_up (float, default 0.5): KTO labels a logged reply desirable when its reward is at
+            least this; expert corrections are desirable too.
+        kto_down (float, default -0.5): KTO labels a logged reply undesirable when its reward is at
+            most this; a reply an expert corrected is undesirable whatever its reward.
+        kto_beta (float, default 0.1): KTO's β, the strength of the pull toward the reference (the
+            base model, adapter disabled, as PPO's KL penalty).
+        kto_balance (bool, default True): down-weight the more numerous of the desirable and
+            undesirable examples by the ratio of the counts, so both sides weigh the same (the KTO
+            paper's eq. 8 range); False weighs every example 1.
+        seed (int, default 0): seed of the trainer (TRL ``set_seed``) and of the example order; a
+            new adapter is initialised from ``PPOConfig.seed``, as PPO's.
+    """
+
+    learning_rate: float = 1e-3
+    epochs: float = 3.0
+    sft_max_steps: int = 50
+    kto_max_steps: int = 24
+    batch_size: int = 8
+    max_length: int = 512
+    sft_min_reward: float = 0.5
+    kto_up: float = 0.5
+    kto_down: float = -0.5
+    kto_beta: float = 0.1
+    kto_balance: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.learning_rate <= 0 or self.epochs <= 0:
+            raise ValueError("learning_rate and epochs must be positive")
+        if min(self.sft_max_steps, self.kto_max_steps) < 0:
+            raise ValueError("sft_max_steps and kto_max_steps must be 0 (no cap) or positive")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be at least 2 (KTO's KL estimate needs two), got {self.batch_size}")
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be at least 2, got {self.max_length}")
+        if self.kto_down >= self.kto_up:
+            raise ValueError(f"kto_down ({self.kto_down}) must lie below kto_up ({self.kto_up})")
+        if self.kto_beta <= 0:
+            raise ValueError(f"kto_beta must be positive, got {self.kto_beta}")
+
+
+METHODS = ("ppo", "sft", "kto")
+
+
+@dataclass
+class RoundConfig:
+    """One training round: which data, which policy update, and the configs of every stage.
+
+    Parameters:
+        method (str, default "ppo"): the policy update: ``ppo`` (LoRA PPO on logged turns and
+            rollouts), or a baseline on the same logged turns, ``sft`` or ``kto`` (``baseline``).
         reward_builder (RewardBuilderConfig): how feedback becomes rewards.
         reward_model (RewardModelConfig): the reward model's training.
-        ppo (PPOConfig): the policy update.
+        ppo (PPOConfig): the PPO update, and the LoRA shape every method uses.
+        baseline (BaselineConfig): the SFT and KTO updates.
         gate (GateConfig): the evaluation gate and canary rule.
         rollout_steps (int, default 4): PPO steps on fresh replies to logged prompts, scored by
             the reward model (``ppo.batch_size`` prompts each).
@@ -223,9 +294,11 @@ class RoundConfig:
         max_episodes (int, default 10000): most episodes exported per round.
     """
 
+    method: str = "ppo"
     reward_builder: RewardBuilderConfig = field(default_factory=RewardBuilderConfig)
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     rollout_steps: int = 4
     logged_steps: int = 1
@@ -233,12 +306,21 @@ class RoundConfig:
     min_episodes: int = 8
     max_episodes: int = 10_000
 
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
+
+    @property
+    def update_events(self) -> int:
+        """Progress events of the policy update: one per PPO step, one for a baseline."""
+        return self.logged_steps + self.rollout_steps if self.method == "ppo" else 1
+
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "RoundConfig":
         """Build from a plain dict (as stored in a run record or job); unknown keys are errors."""
         data = dict(data or {})
         nested = {"reward_builder": RewardBuilderConfig, "reward_model": RewardModelConfig,
-                  "ppo": PPOConfig, "gate": GateConfig}
+                  "ppo": PPOConfig, "baseline": BaselineConfig, "gate": GateConfig}
         for name, kind in nested.items():
             data[name] = kind(**data.get(name, {}))
         return cls(**data)

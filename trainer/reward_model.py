@@ -49,6 +49,13 @@ def message_key(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().lower()
 
 
+def correction_ids(ep: StoredEpisode, tokenizer) -> list[list[int]]:
+    """The distinct expert corrections of the episode's reply as finished replies (token ids + EOS),
+    in a stable order; empty corrections and those equal to the reply are left out."""
+    texts = sorted({a.corrected_reply.strip() for a in ep.annotations} - {"", ep.turn.text.strip()})
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
+
+
 def build_pairs(episodes: Sequence[StoredEpisode], rewards: dict[tuple[str, int], float],
                 tokenizer, config: RewardModelConfig) -> list[PreferencePair]:
     """Preference pairs from corrections and reward-ranked same-message turns (module docstring)."""
@@ -59,8 +66,7 @@ def build_pairs(episodes: Sequence[StoredEpisode], rewards: dict[tuple[str, int]
         bot = (list(turn.prompt_token_ids), list(turn.reply_token_ids))
         if not bot[0] or not bot[1]:
             continue
-        for correction in {a.corrected_reply.strip() for a in ep.annotations} - {"", turn.text.strip()}:
-            ids = tokenizer(correction, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        for ids in correction_ids(ep, tokenizer):
             pairs.append(PreferencePair((bot[0], ids), bot, "correction"))
         reward = rewards.get((ep.conversation_id, turn.index))
         if reward is not None and ep.customer_text:

@@ -1,8 +1,9 @@
 """One training round, end to end, as one readable sequence (``run_round``):
 
 lock → recover from killed runs → run record → export feedback after the training watermark →
-rewards → reward model → PPO (logged turns + fresh rollouts scored by the reward model) → gate →
-publish → finish the run.
+rewards → reward model → policy update (``RoundConfig.method``: PPO on logged turns + fresh rollouts
+scored by the reward model, or an SFT / KTO baseline on the logged turns) → gate → publish →
+finish the run.
 
 The lock is extended by a background thread while the round works; every stage checks it is
 still held. Any exception marks the run failed (the watermark stays, so the data is used again)
@@ -122,15 +123,66 @@ class Round:
         self.step += 1
         self.store.runs.report(self.run.id, stage=stage, step=self.step, total=self.bar.total, **fields)
 
-    def train(self) -> tuple[str, str | None, int]:
-        """Stages after the run started; returns (run status, adapter version, watermark reached)."""
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    def update_ppo(self, active_dir: Path | None, tokenizer, train_eps: list[StoredEpisode],
+                   rewards: dict[tuple[str, int], float], reward_model) -> None:
+        """LoRA PPO from the active adapter: steps on logged turns, then on rollouts the reward model scores."""
+        from transformers import AutoModelForCausalLM
 
-        from trainer import gate
         from trainer.episodes import LoggedEpisode
         from trainer.policy import PolicyWithValueHead
         from trainer.ppo import PPOTrainer
+
+        cfg, base_ref = self.config, self.settings.base_model_ref
+        base = AutoModelForCausalLM.from_pretrained(base_ref)
+        policy = (PolicyWithValueHead.with_new_adapter(base, cfg.ppo) if active_dir is None
+                  else PolicyWithValueHead.from_pretrained(base, active_dir))
+        ppo = PPOTrainer(policy, cfg.ppo, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        rng = random.Random(cfg.ppo.seed)
+        logged = [LoggedEpisode(e.turn.prompt_token_ids, e.turn.reply_token_ids, e.turn.logprobs,
+                                rewards[(e.conversation_id, e.turn.index)], e.turn.adapter_version,
+                                e.turn.created_at)
+                  for e in train_eps if (e.conversation_id, e.turn.index) in rewards]
+        prompts = list({tuple(e.turn.prompt_token_ids): None for e in train_eps})
+        history: list[dict[str, float]] = []
+        for step in range(cfg.logged_steps):
+            stats = ppo.step_on_logged(rng.sample(logged, min(len(logged), cfg.ppo.batch_size)))
+            history.append(stats)
+            self.report("ppo_logged", ppo_step=step, **stats)
+        for step in range(cfg.rollout_steps):
+            chosen = [list(p) for p in rng.choices(prompts, k=cfg.ppo.batch_size)]
+            stats = ppo.step_on_prompts(chosen, reward_model.score_ids)
+            history.append(stats)
+            self.report("ppo_rollout", ppo_step=step, **stats)
+        ppo.save(str(self.dir / "candidate"))
+        self.metrics["ppo"] = {k: sum(h.get(k, 0.0) for h in history) / max(1, len(history))
+                               for k in ("kl", "reward_mean", "policy_loss", "eos_share", "reply_length")}
+
+    def update_baseline(self, active_dir: Path | None, tokenizer, train_eps: list[StoredEpisode],
+                        rewards: dict[tuple[str, int], float]) -> None:
+        """SFT or KTO from the active adapter on the logged turns (``trainer.baselines``)."""
+        from trainer import baselines
+
+        cfg = self.config
+        select, update = {"sft": (baselines.sft_examples, baselines.sft_update),
+                          "kto": (baselines.kto_examples, baselines.kto_update)}[cfg.method]
+        examples = select(train_eps, rewards, tokenizer, cfg.baseline)
+        if not examples:
+            b = cfg.baseline
+            wanted = (f"reward >= {b.sft_min_reward}" if cfg.method == "sft"
+                      else f"reward >= {b.kto_up} or <= {b.kto_down}")
+            raise NotEnoughFeedback(f"no {cfg.method} examples: none of {len(rewards)} rewarded turns has an expert "
+                                    f"correction or {wanted} (baseline thresholds)")
+        stats = update(self.settings.base_model_ref, active_dir, examples, cfg.baseline, cfg.ppo,
+                       self.dir / "candidate")
+        self.metrics["baseline"] = stats
+        self.report(cfg.method, **stats)
+
+    def train(self) -> tuple[str, str | None, int]:
+        """Stages after the run started; returns (run status, adapter version, watermark reached)."""
+        import torch
+        from transformers import AutoTokenizer
+
+        from trainer import gate
         from trainer.reward_model import RewardModel, build_pairs, split_pairs
 
         cfg, store, base_ref = self.config, self.store, self.settings.base_model_ref
@@ -165,30 +217,10 @@ class Round:
 
         active = store.adapters.active()
         active_dir = None if active == BASE_VERSION else Path(store.adapters.get(active).path)
-        base = AutoModelForCausalLM.from_pretrained(base_ref)
-        policy = (PolicyWithValueHead.with_new_adapter(base, cfg.ppo) if active_dir is None
-                  else PolicyWithValueHead.from_pretrained(base, active_dir))
-        ppo = PPOTrainer(policy, cfg.ppo, tokenizer.eos_token_id, tokenizer.pad_token_id)
-        rng = random.Random(cfg.ppo.seed)
-        logged = [LoggedEpisode(e.turn.prompt_token_ids, e.turn.reply_token_ids, e.turn.logprobs,
-                                rewards[(e.conversation_id, e.turn.index)], e.turn.adapter_version,
-                                e.turn.created_at)
-                  for e in train_eps if (e.conversation_id, e.turn.index) in rewards]
-        prompts = list({tuple(e.turn.prompt_token_ids): None for e in train_eps})
-        history: list[dict[str, float]] = []
-        for step in range(cfg.logged_steps):
-            stats = ppo.step_on_logged(rng.sample(logged, min(len(logged), cfg.ppo.batch_size)))
-            history.append(stats)
-            self.report("ppo_logged", ppo_step=step, **stats)
-        for step in range(cfg.rollout_steps):
-            chosen = [list(p) for p in rng.choices(prompts, k=cfg.ppo.batch_size)]
-            stats = ppo.step_on_prompts(chosen, reward_model.score_ids)
-            history.append(stats)
-            self.report("ppo_rollout", ppo_step=step, **stats)
-        ppo.save(str(self.dir / "candidate"))
-        self.metrics["ppo"] = {k: sum(h.get(k, 0.0) for h in history) / max(1, len(history))
-                               for k in ("kl", "reward_mean", "policy_loss", "eos_share", "reply_length")}
-        del ppo, policy, base
+        if cfg.method == "ppo":
+            self.update_ppo(active_dir, tokenizer, train_eps, rewards, reward_model)
+        else:
+            self.update_baseline(active_dir, tokenizer, train_eps, rewards)
         torch.manual_seed(cfg.gate.seed)
 
         verdict = gate.evaluate(base_ref, self.dir / "candidate", active_dir, active,
@@ -235,7 +267,7 @@ def run_round(settings, store: FeedbackStore, run_id: str | None = None, config:
             recovered = recover(store, settings.adapters_dir, current_run=run_id)
             run_id = run_id or store.runs.create(config.to_dict(), trigger=trigger).id
             run = store.runs.start(run_id, store.runs.training_watermark())
-            steps = 6 + config.logged_steps + config.rollout_steps
+            steps = 6 + config.update_events
             with tqdm(total=steps, desc="start", disable=not show_progress, unit="stage") as bar:
                 state = Round(settings, store, config, run, keeper, bar)
                 state.metrics |= {"recovered": recovered, "config": config.to_dict()}
