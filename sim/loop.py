@@ -40,6 +40,7 @@ from sim.serving import bot_engine, serve
 from sim.simulate import MeanCI, run_customers, summarize
 
 FINISHED = ("succeeded", "rejected", "failed")
+METHODS = ("ppo", "sft", "kto", "none")
 PROBE_META = {"source": "loop-swap-probe"}
 
 
@@ -62,6 +63,11 @@ class LoopConfig:
         seed (int, default 0): seed of round r's customers is ``seed + 1000 * r``.
         round_config (dict, default {}): training-round overrides (``RoundConfig.from_dict`` keys);
             the gate's ``pass_status`` is set to ``active`` whatever they say.
+        method (str, default "ppo"): the policy update each round runs: ``ppo``, the baselines
+            ``sft`` and ``kto`` (``RoundConfig.method``), or ``none`` (no training: every round
+            measures the starting adapter again, with that round's customers).
+        oracle (bool, default True): also measure the oracle (the KB's canonical replies) on
+            round 0's customers, the ceiling the report measures gains against.
         round_timeout_s (float, default 3600): longest wait for one training round.
         swap_timeout_s (float, default 300): longest wait for the bot to serve a new version.
         progress (bool, default True): progress bars and stage lines on stderr.
@@ -78,8 +84,12 @@ class LoopConfig:
     round_timeout_s: float = 3600.0
     swap_timeout_s: float = 300.0
     progress: bool = True
+    method: str = "ppo"
+    oracle: bool = True
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
         if self.rounds < 0 or self.customers_per_round < 1:
             raise ValueError("rounds must be >= 0 and customers_per_round >= 1")
         if not 0.0 <= self.held_out_share < 1.0:
@@ -88,7 +98,10 @@ class LoopConfig:
     def training_config(self) -> dict[str, Any]:
         """The recorded config of each queued round: the overrides, with pass status ``active``."""
         gate = {**self.round_config.get("gate", {}), "pass_status": "active"}
-        return {**self.round_config, "gate": gate}
+        config = {**self.round_config, "gate": gate}
+        if self.method != "none":
+            config["method"] = self.method
+        return config
 
 
 def process_env(settings: Settings, redis_url: str) -> dict[str, str]:
@@ -206,6 +219,39 @@ def _ci(value: MeanCI) -> dict[str, float]:
     return {"mean": value.mean, "low": value.low, "high": value.high, "n": value.n}
 
 
+def persona_checks(results: list[ChatResult]) -> dict[str, dict[str, Any]]:
+    """Per persona: CSAT, the expert's view (rubric), and the share of replies that grovel or flatter.
+
+    The reward-hacking watch: flattery-swayed customers rate swaying replies up; a policy gaming
+    them shows a rising sway share and their CSAT pulling away from the rubric.
+    """
+    groups: dict[str, list[ChatResult]] = {}
+    for result in results:
+        if not result.error:
+            groups.setdefault(result.persona, []).append(result)
+    out = {}
+    for name, chats in sorted(groups.items()):
+        judgements = [j for r in chats for j in r.judgements]
+        summary = summarize(chats)
+        out[name] = {"chats": len(chats), "csat": _ci(summary.csat), "rubric": summary.rubric.mean,
+                     "sway_share": (sum(j.sways for j in judgements) / len(judgements)) if judgements else math.nan}
+    return out
+
+
+def measure_oracle(company: Company, config: LoopConfig) -> dict[str, Any]:
+    """The oracle (canonical replies, ``sim.oracle``) facing round 0's customers, seen and held-out."""
+    from sim.oracle import create_oracle_app
+
+    n_held = round(config.customers_per_round * config.held_out_share)
+    with serve(create_oracle_app(company)) as url:
+        seen = run_customers(url, company, config.customers_per_round - n_held, config.concurrency,
+                             CustomerConfig(), config.seed, config.progress)
+        held = run_customers(url, company, n_held, config.concurrency, CustomerConfig(held_out=True),
+                             config.seed + 500, config.progress) if n_held else []
+    return {"csat": _ci(summarize(seen + held).csat), "seen_csat": _ci(summarize(seen).csat),
+            "held_out_csat": _ci(summarize(held).csat), "rubric": summarize(seen + held).rubric.mean}
+
+
 def measure(bot: Bot, company: Company, config: LoopConfig, round_index: int, expert: Callable[[], int] | None,
             version: str) -> dict[str, Any]:
     """One round's traffic: seen-phrasing customers on the bot, held-out ones in the sandbox, then the expert."""
@@ -230,7 +276,8 @@ def measure(bot: Bot, company: Company, config: LoopConfig, round_index: int, ex
         "per_intent": {name: {"csat": _ci(g.csat), "rubric": g.rubric, "chats": g.chats}
                        for name, g in sorted(overall.per_intent.items())},
         "served_versions": sorted(seen_summary.per_version), "turns_annotated": annotated,
-        **reply_checks(seen + held), "timings": timings, "training": None,
+        **reply_checks(seen + held), "per_persona": persona_checks(seen + held), "timings": timings,
+        "training": None,
     }
 
 
@@ -276,19 +323,23 @@ def run_loop(settings: Settings, config: LoopConfig, log_dir: Path,
     company = load_company()
     started = time.monotonic()
     report: dict[str, Any] = {"config": {**config.__dict__, "round_config": config.training_config()},
-                              "base_model": settings.base_model_ref, "rounds": []}
+                              "base_model": settings.base_model_ref, "rounds": [], "oracle": None}
+    if config.oracle:
+        echo("loop: the oracle (canonical replies) on round 0's customers")
+        report["oracle"] = measure_oracle(company, config)
     with ExitStack() as stack:
         echo("loop: starting the bot and the training worker")
         bot = stack.enter_context(running_bot(settings))
-        worker = stack.enter_context(training_worker(settings, redis_url, log_dir / "worker.log"))
+        worker = (stack.enter_context(training_worker(settings, redis_url, log_dir / "worker.log"))
+                  if config.method != "none" and config.rounds else None)
         expert = None
         if config.experts:
             expert, close = _expert(bot.url, company, store, config)
             stack.callback(close)
         training = None
         for index in range(config.rounds + 1):
-            if index:
-                echo(f"loop: round {index}: training")
+            if index and config.method != "none":
+                echo(f"loop: round {index}: training ({config.method})")
                 began = time.monotonic()
                 run = train_round(store, worker, config.training_config(), config.round_timeout_s, config.progress)
                 training = training_record(run, store, time.monotonic() - began)

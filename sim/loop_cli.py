@@ -24,31 +24,56 @@ import click
               help="JSON file of training-round overrides (trainer.config.RoundConfig fields, nested).")
 @click.option("--round-timeout", type=click.FloatRange(1), default=3600.0, show_default=True,
               help="Seconds one training round may take.")
+@click.option("--method", "methods", multiple=True, type=click.Choice(["ppo", "sft", "kto", "none"]),
+              default=("ppo",), show_default=True,
+              help="Policy update of each round (repeat to compare: each method runs its own loop on its own "
+                   "data under <data_dir>/loop/<method>, same customers, and one comparison report is written).")
+@click.option("--oracle/--no-oracle", default=True, show_default=True,
+              help="Also measure the oracle (canonical replies) on round 0's customers.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("docs/loop-report"),
               show_default=True, help="Where report.md, report.json and the plots go (the worker's log: <data_dir>/loop/worker.log).")
 def loop(rounds: int, customers_per_round: int, concurrency: int, experts: bool, seed: int, held_out_share: float,
-         round_config: Path | None, round_timeout: float, out: Path) -> None:
+         round_config: Path | None, round_timeout: float, methods: tuple[str, ...], oracle: bool, out: Path) -> None:
     """Run the closed loop on this data directory: round 0 measures the active adapter; each later
     round trains (a 'loopdesk worker' subprocess runs the queued round: reward model, PPO, gate,
     publish as active), waits for the bot to serve the new version, and measures again.
 
     \b
         loopdesk loop --rounds 3 --customers-per-round 100 --out docs/loop-report
+        loopdesk loop --method ppo --method sft --method kto --method none --out docs/loop-report
     """
     from loopdesk.cli import settings_or_exit
     from sim.loop import LoopConfig, LoopError, run_loop
-    from sim.report import write_report
+    from sim.report import write_comparison, write_report
 
+    methods = tuple(dict.fromkeys(methods))
     try:
-        config = LoopConfig(rounds=rounds, customers_per_round=customers_per_round, concurrency=concurrency,
-                            experts=experts, held_out_share=held_out_share, seed=seed, round_timeout_s=round_timeout,
-                            round_config=json.loads(round_config.read_text(encoding="utf-8")) if round_config else {})
+        overrides = json.loads(round_config.read_text(encoding="utf-8")) if round_config else {}
+        configs = {m: LoopConfig(rounds=rounds, customers_per_round=customers_per_round, concurrency=concurrency,
+                                 experts=experts, held_out_share=held_out_share, seed=seed,
+                                 round_timeout_s=round_timeout, round_config=overrides, method=m,
+                                 oracle=oracle and i == 0) for i, m in enumerate(methods)}
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     settings = settings_or_exit()
-    try:
-        report = run_loop(settings, config, settings.data_dir / "loop", echo=lambda line: click.echo(line, err=True))
-    except LoopError as exc:
-        raise click.ClickException(str(exc)) from None
-    for path in write_report(report, out):
+    echo = lambda line: click.echo(line, err=True)  # noqa: E731
+    reports = {}
+    for method, config in configs.items():
+        own = settings if len(methods) == 1 else method_settings(settings, method)
+        try:
+            reports[method] = run_loop(own, config, own.data_dir / "loop", echo=echo)
+        except LoopError as exc:
+            raise click.ClickException(f"{method}: {exc}") from None
+    written = (write_report(reports[methods[0]], out) if len(methods) == 1
+               else write_comparison(reports, out))
+    for path in written:
         click.echo(f"wrote {path}")
+
+
+def method_settings(settings, method: str):
+    """One compared method's own data: a data dir under ``<data_dir>/loop/<method>`` (its own embedded
+    Redis), or its own key prefix on an external Redis."""
+    changes = {"data_dir": settings.data_dir / "loop" / method}
+    if settings.redis_url:
+        changes["key_prefix"] = f"{settings.key_prefix}-{method}"
+    return settings.replace(**changes)

@@ -118,6 +118,11 @@ def markdown(report: dict[str, Any]) -> str:
         trained = f"{t['run_id']} {t['status']} → {t['adapter_version'] or '–'}" if t else "–"
         lines.append(f"| {r['round']} | {r['version']} | {trained} | {_ci(r['csat'])} | {_ci(r['seen_csat'])} | "
                      f"{_ci(r['held_out_csat'])} | {_fmt(r['rubric']['mean'])} | {_fmt(r['unrated_share'], '.0%')} |")
+    if report.get("oracle"):
+        lines += ["", f"Oracle (the KB's canonical replies) on round 0's customers: {_ci(report['oracle']['csat'])}; "
+                  f"seen {_ci(report['oracle']['seen_csat'])}, held-out {_ci(report['oracle']['held_out_csat'])}."]
+    lines += ["", "### Targets (issue 8)", "", "| target | measured | met |", "| --- | --- | --- |"]
+    lines += [f"| {t} | {m} | {'yes' if ok else 'no'} |" for t, m, ok in targets(report, report.get("oracle"))]
     lines += ["", "## Per intent (mean CSAT / rubric)", "", f"![CSAT per intent]({PLOTS['per_intent']})", "",
               "| intent | " + " | ".join(f"round {r['round']}" for r in rounds) + " |",
               "| --- |" + " --- |" * len(rounds)]
@@ -160,3 +165,160 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
     _plot(report, out)
     (out / "report.md").write_text(markdown(report), encoding="utf-8")
     return [out / "report.json", out / "report.md", *(out / name for name in PLOTS.values())]
+
+
+# ---- several methods side by side --------------------------------------------------------------
+
+COMPARISON_PLOTS = {"csat": "comparison_csat.png", "hacking": "reward_hacking.png"}
+SWAYED = "flattery_swayed"
+
+
+def targets(report: dict[str, Any], oracle: dict[str, Any] | None) -> list[tuple[str, str, bool | None]]:
+    """The headline targets (issue 8) checked on one method's loop: (target, measured, met)."""
+    rounds = report["rounds"]
+    first, last = rounds[0], rounds[-1]
+    gain = _num(last["csat"]["mean"]) - _num(first["csat"]["mean"])
+    seen_gain = _num(last["seen_csat"]["mean"]) - _num(first["seen_csat"]["mean"])
+    held_gain = _num(last["held_out_csat"]["mean"]) - _num(first["held_out_csat"]["mean"])
+    rubrics = [_num(r["rubric"]["mean"]) for r in rounds]
+    worse = [f"{a:.2f}→{b:.2f}" for a, b in zip(rubrics, rubrics[1:]) if b < a]
+    rows = [(f"mean CSAT rises by ≥ 1.0 within {len(rounds) - 1} round(s)",
+             f"{_num(first['csat']['mean']):.2f} → {_num(last['csat']['mean']):.2f} ({gain:+.2f})", gain >= 1.0)]
+    if oracle:
+        gap = _num(oracle["csat"]["mean"]) - _num(first["csat"]["mean"])
+        share = gain / gap if gap > 0 else math.nan
+        rows.append(("closes ≥ 80% of the base → oracle gap",
+                     f"{share:.0%} of {gap:.2f} (oracle {_num(oracle['csat']['mean']):.2f})", share >= 0.8))
+    rows.append(("the expert view (rubric) never gets worse",
+                 " → ".join(f"{v:.2f}" for v in rubrics) + (f" (drops: {', '.join(worse)})" if worse else ""),
+                 not worse))
+    ratio = held_gain / seen_gain if seen_gain > 0 else math.nan
+    rows.append(("held-out phrasings gain ≥ 70% of the seen-phrasing gain",
+                 f"held-out {held_gain:+.2f} vs seen {seen_gain:+.2f} ({_fmt(ratio, '.0%')})",
+                 seen_gain > 0 and ratio >= 0.7))
+    rows.append(("the loop runs within 30 minutes", f"{report['wall_s'] / 60:.1f} min", report["wall_s"] <= 1800))
+    return rows
+
+
+def _plot_comparison(reports: dict[str, dict[str, Any]], oracle: dict[str, Any] | None, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (method, report) in enumerate(reports.items()):
+        rounds = report["rounds"]
+        x = [r["round"] + 0.06 * (i - 1.5) for r in rounds]
+        means = [_num(r["csat"]["mean"]) for r in rounds]
+        errors = [[m - _num(r["csat"]["low"]) for m, r in zip(means, rounds)],
+                  [_num(r["csat"]["high"]) - m for m, r in zip(means, rounds)]]
+        ax.errorbar(x, means, yerr=errors, marker="o", capsize=3, label=method)
+    if oracle:
+        ax.axhline(_num(oracle["csat"]["mean"]), color="k", linestyle=":", label="oracle (canonical replies)")
+    ax.set(xlabel="round", ylabel="mean CSAT (stars)", title="CSAT per round by method, 95% bootstrap CI",
+           ylim=(0.9, 5.1))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / COMPARISON_PLOTS["csat"], dpi=110)
+    plt.close(fig)
+
+    fig, (sway, gapax) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for method, report in reports.items():
+        rounds = report["rounds"]
+        x = [r["round"] for r in rounds]
+        sway.plot(x, [_num(r["over_apologetic_share"]) for r in rounds], marker="o", label=method)
+        gapax.plot(x, [_num(r["per_persona"].get(SWAYED, {}).get("csat", {}).get("mean"))
+                       - _num(r["per_persona"].get(SWAYED, {}).get("rubric")) for r in rounds], marker="o", label=method)
+    sway.set(xlabel="round", ylabel="share of replies", title="Grovelling or flattering replies", ylim=(0, 1))
+    gapax.set(xlabel="round", ylabel="stars", title="Flattery-swayed customers: CSAT − expert view")
+    sway.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / COMPARISON_PLOTS["hacking"], dpi=110)
+    plt.close(fig)
+
+
+def comparison_markdown(reports: dict[str, dict[str, Any]]) -> str:
+    """The side-by-side report: CSAT per round per method, targets, reward-hacking watch."""
+    methods = list(reports)
+    first = reports[methods[0]]
+    oracle = first.get("oracle")
+    cfg = first["config"]
+    n_rounds = max(len(r["rounds"]) for r in reports.values())
+    method_flags = " ".join(f"--method {m}" for m in methods)
+    lines = ["# loopdesk loop: PPO against the baselines", "",
+             f"Base model `{first['base_model']}`; {cfg['rounds']} training round(s) of {cfg['customers_per_round']} "
+             f"simulated customers ({cfg['held_out_share']:.0%} with held-out phrasings, never trained on), "
+             f"experts {'on' if cfg['experts'] else 'off'}, seed {cfg['seed']}. Each method runs its own loop on "
+             "its own data (its own Redis), with the same customers in each round (same seeds), the same base "
+             "model, reward model recipe, gate and hot-swap; only the policy update differs.", "",
+             f"Reproduce: `loopdesk loop --rounds {cfg['rounds']} --customers-per-round {cfg['customers_per_round']} "
+             f"--concurrency {cfg['concurrency']} --seed {cfg['seed']} --held-out-share {cfg['held_out_share']} "
+             f"{method_flags}` (plus `--round-config` for the overrides recorded in report.json).", "",
+             "## Mean CSAT per round", "", f"![CSAT by method]({COMPARISON_PLOTS['csat']})", "",
+             "| method | " + " | ".join(f"round {i}" for i in range(n_rounds)) + " | gain | trainer s / round |",
+             "| --- |" + " --- |" * (n_rounds + 2)]
+    for method, report in reports.items():
+        rounds = report["rounds"]
+        cells = [f"{_num(r['csat']['mean']):.2f} [{_num(r['csat']['low']):.2f}, {_num(r['csat']['high']):.2f}]"
+                 for r in rounds]
+        gain = _num(rounds[-1]["csat"]["mean"]) - _num(rounds[0]["csat"]["mean"])
+        trainer = [t["trainer_duration_s"] for r in rounds if (t := r["training"]) and t.get("trainer_duration_s")]
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {gain:+.2f} | "
+                     f"{_fmt(sum(trainer) / len(trainer) if trainer else None, '.0f')} |")
+    if oracle:
+        lines.append(f"| oracle (canonical replies, round 0 customers) | {_ci(oracle['csat'])} |" + " |" * (n_rounds + 1))
+    lines += ["", "Expert view (neutral rubric, every chat) per round:", "",
+              "| method | " + " | ".join(f"round {i}" for i in range(n_rounds)) + " |",
+              "| --- |" + " --- |" * n_rounds]
+    lines += [f"| {m} | " + " | ".join(f"{_num(r['rubric']['mean']):.2f}" for r in rep["rounds"]) + " |"
+              for m, rep in reports.items()]
+    lines += ["", "Seen / held-out phrasings (mean CSAT) per round:", "",
+              "| method | " + " | ".join(f"round {i}" for i in range(n_rounds)) + " |",
+              "| --- |" + " --- |" * n_rounds]
+    lines += [f"| {m} | " + " | ".join(f"{_num(r['seen_csat']['mean']):.2f} / {_num(r['held_out_csat']['mean']):.2f}"
+                                       for r in rep["rounds"]) + " |" for m, rep in reports.items()]
+    lines += ["", "## Targets (issue 8), checked on each method", "",
+              "| method | target | measured | met |", "| --- | --- | --- | --- |"]
+    for method, report in reports.items():
+        for target, measured, met in targets(report, oracle):
+            lines.append(f"| {method} | {target} | {measured} | {'yes' if met else 'no'} |")
+    lines += ["", "## Reward-hacking watch", "", f"![Reward hacking]({COMPARISON_PLOTS['hacking']})", "",
+              f"`{SWAYED}` customers add stars to replies that grovel or flatter; the expert (and the rubric) "
+              "takes stars off for them. A policy gaming those customers would raise the share of such replies "
+              "and open a gap between their CSAT and the expert view. The reward the trainer builds weights an "
+              "expert's score 0.8 against CSAT's 0.2 wherever the expert annotated, the reward model prefers "
+              "expert corrections, the KL penalty ties the policy to the base, and the gate scores candidates "
+              "with that reward model on held-out conversations.", "",
+              "| method | round | sway share (all replies) | swayed: CSAT / expert view (n) | others: CSAT / expert view |",
+              "| --- | --- | --- | --- | --- |"]
+    for method, report in reports.items():
+        for r in report["rounds"]:
+            personas = r["per_persona"]
+            swayed = personas.get(SWAYED)
+            others = [p for name, p in personas.items() if name != SWAYED]
+            n_other = sum(p["csat"]["n"] for p in others)
+            other_csat = (sum(_num(p["csat"]["mean"]) * p["csat"]["n"] for p in others if p["csat"]["n"]) / n_other
+                          if n_other else math.nan)
+            other_rubric = (sum(p["rubric"] * p["chats"] for p in others) / sum(p["chats"] for p in others)
+                            if others else math.nan)
+            sw = (f"{_num(swayed['csat']['mean']):.2f} / {swayed['rubric']:.2f} ({swayed['chats']})"
+                  if swayed else "–")
+            lines.append(f"| {method} | {r['round']} | {_fmt(r['over_apologetic_share'], '.1%')} | {sw} | "
+                         f"{other_csat:.2f} / {other_rubric:.2f} |")
+    lines += ["", "## Each method's own report", ""]
+    lines += [f"- [{m}]({m}/report.md)" for m in methods]
+    return "\n".join(lines) + "\n"
+
+
+def write_comparison(reports: dict[str, dict[str, Any]], out: Path) -> list[Path]:
+    """Each method's full report under ``out/<method>/``, and the comparison (report.md/json, plots) in ``out``."""
+    written: list[Path] = []
+    for method, report in reports.items():
+        written += write_report(report, out / method)
+    oracle = next(iter(reports.values())).get("oracle")
+    (out / "report.json").write_text(json.dumps(_clean({"methods": reports}), indent=2, allow_nan=False) + "\n",
+                                     encoding="utf-8")
+    _plot_comparison(reports, oracle, out)
+    (out / "report.md").write_text(comparison_markdown(reports), encoding="utf-8")
+    return written + [out / "report.json", out / "report.md", *(out / name for name in COMPARISON_PLOTS.values())]

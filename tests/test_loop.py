@@ -8,7 +8,8 @@ import json
 import pytest
 
 from sim.loop import LoopConfig, run_loop
-from sim.report import PLOTS, write_report
+from sim.loop_cli import method_settings
+from sim.report import COMPARISON_PLOTS, PLOTS, write_comparison, write_report
 from tests.trainer_helpers import small_round_config, trainer_settings
 
 
@@ -43,3 +44,21 @@ def test_miniature_loop_rates_trains_publishes_and_serves_the_new_version(settin
     assert {p.name for p in written} == {"report.json", "report.md", *PLOTS.values()}
     assert all(p.stat().st_size > 0 for p in written)
     assert json.loads((tmp_path / "report" / "report.json").read_text())["rounds"][1]["version"] == version
+
+    # The comparison: a "none" loop (no training, no worker) on the same customers, then one report.
+    own = method_settings(loop_settings, "none")  # its own key prefix on the shared test Redis
+    assert own.key_prefix != loop_settings.key_prefix and own.data_dir == loop_settings.data_dir / "loop" / "none"
+    still = run_loop(own,
+                     LoopConfig(rounds=1, customers_per_round=8, concurrency=4, held_out_share=0.25, seed=3,
+                                method="none", oracle=False, progress=False), tmp_path / "logs-none",
+                     echo=lambda line: None)
+    assert [r["version"] for r in still["rounds"]] == ["base", "base"] and still["rounds"][1]["training"] is None
+    assert report["oracle"]["csat"]["n"] >= 1 and report["oracle"]["csat"]["mean"] >= 4.0  # canonical replies
+    personas = after["per_persona"]
+    assert sum(p["chats"] for p in personas.values()) == after["chats"] - after["errors"]
+    assert all(0 <= p["sway_share"] <= 1 for p in personas.values())
+    written = write_comparison({"ppo": report, "none": still}, tmp_path / "compare")
+    assert {p.name for p in written} >= {"report.md", "report.json", *COMPARISON_PLOTS.values()}
+    md = (tmp_path / "compare" / "report.md").read_text()
+    assert "| ppo | 0" in md and "| none | 1" in md and "closes ≥ 80% of the base → oracle gap" in md
+    assert (tmp_path / "compare" / "ppo" / "report.md").is_file() and (tmp_path / "compare" / "none" / "csat.png").is_file()

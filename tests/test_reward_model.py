@@ -43,6 +43,26 @@ def test_pairs_prefer_corrections_and_higher_reward_on_the_same_message(base_mod
     # b (1.0) and c (0.9) both beat a (-0.5); b vs c differ by < 0.25; d answers another message
     assert by_reward == {(20, 10), (30, 10)}
     assert message_key("  where IS my   order? ") == message_key("Where is my order?")
+    assert not [p for p in pairs if p.source == "cross"], "one correction alone has no other question's to beat"
+
+
+def test_each_correction_beats_other_questions_corrections_after_its_own_prompt(base_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    texts = ["It ships today.", "Refunds take 5 days.", "Returns are free.", "It ships today."]
+    episodes = [_episode(f"c{i}", f"question {i}", [1, 50 + i], [60 + i], correction=t) for i, t in enumerate(texts)]
+    ids = {t: tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in texts}
+    pairs = build_pairs(episodes, {}, tokenizer, RewardModelConfig(cross_negatives=2))
+    cross = [p for p in pairs if p.source == "cross"]
+    assert len(cross) == 4 * 2
+    for pair in cross:
+        prompt, chosen = pair.chosen
+        own = texts[prompt[1] - 50]
+        assert pair.rejected[0] == prompt and chosen == ids[own]
+        assert pair.rejected[1] != chosen and pair.rejected[1] in ids.values()  # a different question's answer
+    assert not [p for p in build_pairs(episodes, {}, tokenizer, RewardModelConfig(cross_negatives=0))
+                if p.source == "cross"]
+    with pytest.raises(ValueError, match="cross_negatives"):
+        RewardModelConfig(cross_negatives=-1)
 
 
 def test_split_holds_out_a_share_and_at_least_one_pair():

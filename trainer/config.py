@@ -129,6 +129,8 @@ class RewardModelConfig:
     Parameters:
         lora_r (int, default 8): LoRA rank of the reward model's adapter.
         lora_alpha (int, default 16): LoRA scaling numerator (scale = alpha / r).
+        lora_target_modules (list[str] | str | None, default "all-linear"): layers the adapter
+            adapts (peft's ``target_modules``; None: peft's default, attention q/v only).
         learning_rate (float, default 1e-3): AdamW learning rate (TRL's RewardTrainer).
         epochs (float, default 3.0): passes over the training pairs.
         batch_size (int, default 8): pairs per gradient step.
@@ -140,11 +142,14 @@ class RewardModelConfig:
             message, so one frequent question does not dominate.
         max_length (int, default 512): longest prompt + reply in tokens; longer prompts lose
             their oldest tokens.
+        cross_negatives (int, default 2): other turns' corrections each correction is preferred
+            to after its own prompt (0 turns the rule off; see ``trainer.reward_model``).
         seed (int, default 0): seed of the pair split, head initialisation and shuffling.
     """
 
     lora_r: int = 8
     lora_alpha: int = 16
+    lora_target_modules: list[str] | str | None = "all-linear"
     learning_rate: float = 1e-3
     epochs: float = 3.0
     batch_size: int = 8
@@ -152,7 +157,12 @@ class RewardModelConfig:
     min_reward_gap: float = 0.25
     max_pairs_per_message: int = 16
     max_length: int = 512
+    cross_negatives: int = 2
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.cross_negatives < 0:
+            raise ValueError(f"cross_negatives must be >= 0, got {self.cross_negatives}")
 
 
 @dataclass
@@ -292,6 +302,9 @@ class RoundConfig:
         min_episodes (int, default 8): fewer rewarded turns than this fails the round without
             consuming the data.
         max_episodes (int, default 10000): most episodes exported per round.
+        reward_model_history (bool, default True): the reward model learns from all feedback up to
+            this round's watermark (held-out conversations still excluded), not only the new
+            feedback PPO's logged steps use; preference data accumulates as in InstructGPT.
     """
 
     method: str = "ppo"
@@ -305,6 +318,7 @@ class RoundConfig:
     holdout_share: float = 0.2
     min_episodes: int = 8
     max_episodes: int = 10_000
+    reward_model_history: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

@@ -5,7 +5,13 @@ gave them:
 
 1. **Corrections.** Every expert's corrected reply to a bot turn is *chosen* over the bot's reply,
    both after the turn's exact prompt context. A correction equal to the reply is skipped.
-2. **Same customer message, different reward.** Bot turns answering the same customer message
+2. **Another question's correction.** An expert's correction is also *chosen* over up to
+   ``cross_negatives`` corrections written for other turns (different text, drawn at random),
+   after this turn's prompt: the right answer beats a good answer to a different question. Without
+   these pairs the model learns what a corrected reply looks like, not whether it answers the
+   question (on the first default-model loop round it preferred the right intent's canonical reply
+   to another intent's only 46% of the time).
+3. **Same customer message, different reward.** Bot turns answering the same customer message
    (compared with case and whitespace folded: the trainer knows no intents, so the message stands
    in for one) are paired when their rewards differ by at least ``min_reward_gap``; the higher
    reward is *chosen*. Each reply keeps its own prompt context. At most ``max_pairs_per_message``
@@ -61,13 +67,17 @@ def build_pairs(episodes: Sequence[StoredEpisode], rewards: dict[tuple[str, int]
     """Preference pairs from corrections and reward-ranked same-message turns (module docstring)."""
     pairs: list[PreferencePair] = []
     groups: dict[str, list[tuple[float, TokenPair]]] = defaultdict(list)
+    corrected: list[tuple[list[int], list[list[int]]]] = []  # (prompt, its corrections)
     for ep in episodes:
         turn = ep.turn
         bot = (list(turn.prompt_token_ids), list(turn.reply_token_ids))
         if not bot[0] or not bot[1]:
             continue
-        for ids in correction_ids(ep, tokenizer):
+        corrections = correction_ids(ep, tokenizer)
+        for ids in corrections:
             pairs.append(PreferencePair((bot[0], ids), bot, "correction"))
+        if corrections:
+            corrected.append((bot[0], corrections))
         reward = rewards.get((ep.conversation_id, turn.index))
         if reward is not None and ep.customer_text:
             groups[message_key(ep.customer_text)].append((reward, bot))
@@ -80,6 +90,20 @@ def build_pairs(episodes: Sequence[StoredEpisode], rewards: dict[tuple[str, int]
         for _, a, b in ranked:
             high, low = (a, b) if a[0] > b[0] else (b, a)
             pairs.append(PreferencePair(high[1], low[1], "reward"))
+    return pairs + cross_pairs(corrected, config.cross_negatives, config.seed)
+
+
+def cross_pairs(corrected: list[tuple[list[int], list[list[int]]]], per_correction: int,
+                seed: int) -> list[PreferencePair]:
+    """Rule 2: each correction chosen over other turns' distinct corrections, after its own prompt."""
+    pool = sorted({tuple(ids) for _, corrections in corrected for ids in corrections})
+    rng = random.Random(seed)
+    pairs = []
+    for prompt, corrections in corrected:
+        others = [list(ids) for ids in pool if list(ids) not in corrections]
+        for ids in corrections:
+            for other in rng.sample(others, min(per_correction, len(others))):
+                pairs.append(PreferencePair((prompt, ids), (prompt, other), "cross"))
     return pairs
 
 
@@ -143,7 +167,8 @@ class RewardModel:
             report_to="none", disable_tqdm=True, logging_steps=1_000_000, seed=config.seed,
             dataloader_num_workers=0, dataloader_pin_memory=False,
         )
-        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, task_type="SEQ_CLS")
+        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
+                          target_modules=config.lora_target_modules, task_type="SEQ_CLS")
         trainer = RewardTrainer(model=model, args=args, train_dataset=dataset,
                                 processing_class=tokenizer, peft_config=lora)
         trainer.train()

@@ -144,8 +144,11 @@ class Round:
                   for e in train_eps if (e.conversation_id, e.turn.index) in rewards]
         prompts = list({tuple(e.turn.prompt_token_ids): None for e in train_eps})
         history: list[dict[str, float]] = []
+        rng.shuffle(logged)  # consecutive batches: every logged turn is used before any is used twice
         for step in range(cfg.logged_steps):
-            stats = ppo.step_on_logged(rng.sample(logged, min(len(logged), cfg.ppo.batch_size)))
+            start = step * cfg.ppo.batch_size
+            stats = ppo.step_on_logged([logged[(start + i) % len(logged)]
+                                        for i in range(min(len(logged), cfg.ppo.batch_size))])
             history.append(stats)
             self.report("ppo_logged", ppo_step=step, **stats)
         for step in range(cfg.rollout_steps):
@@ -202,7 +205,14 @@ class Round:
         self.report("rewards", rewarded=len(rewards))
 
         tokenizer = AutoTokenizer.from_pretrained(base_ref)
-        pairs = build_pairs(train_eps, rewards, tokenizer, cfg.reward_model)
+        rm_eps, rm_rewards = train_eps, rewards
+        if cfg.reward_model_history and self.run.watermark_from > 0:  # all feedback so far, same hold-out rule
+            history, _ = store.episodes.export(after=0, until=watermark_to, limit=cfg.max_episodes)
+            kept_out = held_out({e.conversation_id for e in history}, cfg.holdout_share)
+            rm_eps = [e for e in history if e.turn.reply_token_ids and e.conversation_id not in kept_out]
+            rm_rewards = {(r.conversation_id, r.turn_index): r.reward
+                          for r in build_rewards(map(feedback_turn, rm_eps), cfg.reward_builder)}
+        pairs = build_pairs(rm_eps, rm_rewards, tokenizer, cfg.reward_model)
         train_pairs, eval_pairs = split_pairs(pairs, cfg.reward_model.eval_share, cfg.reward_model.seed)
         if not train_pairs:
             raise NotEnoughFeedback("no preference pairs: no corrections and no reward gaps on one customer message")
