@@ -100,3 +100,19 @@ def test_round_trains_gates_and_publishes_a_canary(tsettings, store, base_model_
     assert store.runs.training_watermark() == run.watermark_to > 0
     assert (tsettings.data_dir / "runs" / run.id / "reward_model" / "adapter_model.safetensors").is_file()
     store.runs.lock().acquire().release()
+
+
+def test_the_reward_model_learns_from_all_feedback_so_far(tsettings, store, base_model_dir):
+    def corrected_kept(ids: list[str], every: set[str]) -> int:
+        return len([c for c in every if c not in held_out(set(ids), small_round_config().holdout_share)])
+
+    first_ids = seed_conversations(store, base_model_dir, n=12, seed=0)
+    first = run_round(tsettings, store, config=small_round_config(), show_progress=False)
+    second_ids = seed_conversations(store, base_model_dir, n=12, seed=1)
+    second = run_round(tsettings, store, config=small_round_config(), show_progress=False)
+    corrected = set(first_ids[::3]) | set(second_ids[::3])  # seed_conversations corrects every 3rd chat
+    assert first.metrics["pairs_correction"] == corrected_kept(first_ids, set(first_ids[::3]))
+    assert second.metrics["episodes"] == 12  # PPO's logged steps see the new feedback only ...
+    # ... while the reward model's pairs come from both rounds' feedback
+    assert second.metrics["pairs_correction"] == corrected_kept(first_ids + second_ids, corrected)
+    assert second.metrics["pairs_correction"] > corrected_kept(second_ids, set(second_ids[::3]))
