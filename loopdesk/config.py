@@ -51,7 +51,7 @@ class Settings:
             candidate (see trainer.config.GateConfig.evaluator); empty: none.
         gate_pass_status (str, default "canary"): what a candidate that passes the gate becomes
             (``canary`` or ``active``).
-        rollout_steps (int, default 4): PPO steps on fresh rollouts per training round.
+        rollout_steps (int, default 30): PPO steps on fresh rollouts per training round.
         run_lock_ttl_s (int, default 3600): expiry of the one-training-run-at-a-time lock.
         secret_key (str, default ""): Flask session signing key; empty: a random one is
             generated and kept in ``data_dir/secret_key``.
@@ -81,7 +81,7 @@ class Settings:
     torch_threads: int = 1
     gate_evaluator: str = ""
     gate_pass_status: str = "canary"
-    rollout_steps: int = 4
+    rollout_steps: int = 30
     run_lock_ttl_s: int = 3600
     secret_key: str = field(default="", repr=False)
     max_request_bytes: int = 65536

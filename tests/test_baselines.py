@@ -212,7 +212,7 @@ def test_an_unknown_method_or_inconsistent_thresholds_are_clear_errors():
         RoundConfig.from_dict({"method": "SFT"})
     config = RoundConfig.from_dict({"method": "kto", "baseline": {"kto_beta": 0.2, "kto_max_steps": 0}})
     assert config.baseline == BaselineConfig(kto_beta=0.2, kto_max_steps=0) and config.update_events == 1
-    assert RoundConfig.from_dict(config.to_dict()) == config and RoundConfig().update_events == 5
+    assert RoundConfig.from_dict(config.to_dict()) == config and RoundConfig().update_events == RoundConfig().logged_steps + RoundConfig().rollout_steps
     with pytest.raises(ValueError, match="kto_down"):
         BaselineConfig(kto_up=0.5, kto_down=0.5)
     with pytest.raises(ValueError, match="batch_size"):

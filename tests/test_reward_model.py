@@ -95,3 +95,19 @@ def test_reward_model_ranks_held_out_pairs_and_survives_save_and_load(base_model
     model.save(tmp_path / "saved")
     again = RewardModel.load(str(base_model_dir), tmp_path / "saved")
     assert again.score([prompt, prompt], [good[0], bad[0]]) == pytest.approx(scores, abs=1e-5)
+
+
+def test_rated_turns_of_different_messages_pair_when_their_rewards_differ_enough(base_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    rewards = {("a", 1): 1.0, ("b", 1): 0.5, ("c", 1): -0.2, ("d", 1): -1.0}
+    episodes = [_episode(c, f"message {c}", [1, 70 + i], [80 + i]) for i, c in enumerate("abcd")]
+    reward_of = {80 + i: rewards[(c, 1)] for i, c in enumerate("abcd")}
+    pairs = [p for p in build_pairs(episodes, rewards, tokenizer, RewardModelConfig(rated_pairs=5, rated_gap=1.0))
+             if p.source == "rated"]
+    got = {(p.chosen[1][0], p.rejected[1][0]) for p in pairs}
+    assert got == {(80, 82), (80, 83), (81, 83)}  # every pair ≥ 1.0 apart, higher reward chosen, no others
+    assert all(reward_of[c] - reward_of[r] >= 1.0 for c, r in got) and len(pairs) == len(got)
+    assert all(p.chosen[0] == [1, 70 + p.chosen[1][0] - 80] for p in pairs)  # each reply keeps its own prompt
+    one_each = [p for p in build_pairs(episodes, rewards, tokenizer, RewardModelConfig(rated_pairs=1))
+                if p.source == "rated"]
+    assert len(one_each) == 2  # a and b pick one later partner each; c and d have none left (d is 0.8 from c)
