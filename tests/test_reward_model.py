@@ -111,3 +111,5 @@ def test_rated_turns_of_different_messages_pair_when_their_rewards_differ_enough
     one_each = [p for p in build_pairs(episodes, rewards, tokenizer, RewardModelConfig(rated_pairs=1))
                 if p.source == "rated"]
     assert len(one_each) == 2  # a and b pick one later partner each; c and d have none left (d is 0.8 from c)
+    capped = build_pairs(episodes, rewards, tokenizer, RewardModelConfig(rated_pairs=5, max_pairs=2))
+    assert len(capped) == 2 and all(p.source == "rated" for p in capped)

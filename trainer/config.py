@@ -137,7 +137,7 @@ class RewardModelConfig:
         lora_target_modules (list[str] | str | None, default "all-linear"): layers the adapter
             adapts (peft's ``target_modules``; None: peft's default, attention q/v only).
         learning_rate (float, default 1e-3): AdamW learning rate (TRL's RewardTrainer).
-        epochs (float, default 3.0): passes over the training pairs.
+        epochs (float, default 2.0): passes over the training pairs.
         batch_size (int, default 8): pairs per gradient step.
         eval_share (float, default 0.2): share of pairs held out to report pairwise accuracy
             (at least one pair once there are two).
@@ -153,6 +153,8 @@ class RewardModelConfig:
             message whose reward differs by at least ``rated_gap`` (rule 4; 0 turns it off).
         rated_gap (float, default 1.0): smallest reward difference of such a pair (1.0 is two
             CSAT stars on the reward builder's scale).
+        max_pairs (int, default 1000): most pairs a round trains on (a seeded random subset
+            beyond it), so the growing history keeps a round's reward-model time bounded.
         seed (int, default 0): seed of the pair split, head initialisation and shuffling.
     """
 
@@ -160,13 +162,14 @@ class RewardModelConfig:
     lora_alpha: int = 16
     lora_target_modules: list[str] | str | None = "all-linear"
     learning_rate: float = 1e-3
-    epochs: float = 3.0
+    epochs: float = 2.0
     batch_size: int = 8
     eval_share: float = 0.2
     min_reward_gap: float = 0.25
     max_pairs_per_message: int = 16
     rated_pairs: int = 2
     rated_gap: float = 1.0
+    max_pairs: int = 1000
     max_length: int = 512
     cross_negatives: int = 2
     seed: int = 0
@@ -175,6 +178,8 @@ class RewardModelConfig:
         if self.cross_negatives < 0 or self.rated_pairs < 0:
             raise ValueError(f"cross_negatives and rated_pairs must be >= 0, got {self.cross_negatives}, "
                              f"{self.rated_pairs}")
+        if self.max_pairs < 1:
+            raise ValueError(f"max_pairs must be at least 1, got {self.max_pairs}")
         if self.rated_gap <= 0:
             raise ValueError(f"rated_gap must be positive, got {self.rated_gap}")
 
@@ -189,8 +194,10 @@ class GateConfig:
         temperature (float, default 1.0): sampling temperature (the serving temperature).
         margin (float, default 0.0): the candidate's mean reward-model score must be at least
             the active adapter's plus this.
-        kl_budget (float, default 8.0): largest allowed KL of the candidate to the base model,
-            nats per reply (total drift across all rounds).
+        kl_budget (float, default 20.0): largest allowed KL of the candidate to the base model,
+            nats per reply (total drift across all rounds). The tiny base is a deliberate mix of
+            flawed styles sampled at temperature 1: the first default-model round that raised CSAT
+            (+0.33) already drifted 6.8 nats (≈0.2 per reply token), so 8 blocked every later round.
         max_unfinished_share (float, default 0.25): largest allowed share of replies cut off
             without an end-of-sequence token.
         evaluator (str, default ""): optional external evaluator command line; it gets
@@ -213,7 +220,7 @@ class GateConfig:
     max_new_tokens: int = 64
     temperature: float = 1.0
     margin: float = 0.0
-    kl_budget: float = 8.0
+    kl_budget: float = 20.0
     max_unfinished_share: float = 0.25
     evaluator: str = ""
     evaluator_timeout_s: float = 900.0

@@ -23,7 +23,7 @@ gave them:
    rarely repeat word for word, so rule 3 alone leaves most ratings unused (3 pairs from a
    150-conversation round, against 330 from this rule).
 
-Training uses TRL's ``RewardTrainer`` (Bradley–Terry loss −log σ(r_chosen − r_rejected)) on
+Beyond ``max_pairs`` a seeded random subset is kept. Training uses TRL's ``RewardTrainer`` (Bradley–Terry loss −log σ(r_chosen − r_rejected)) on
 pre-tokenized ``chosen_ids``/``rejected_ids``. A share of pairs is held out and the held-out
 pairwise accuracy (share of pairs where chosen outscores rejected) is reported each run.
 A sequence is the prompt's token ids followed by the reply's; a finished reply ends with EOS.
@@ -99,8 +99,9 @@ def build_pairs(episodes: Sequence[StoredEpisode], rewards: dict[tuple[str, int]
         for _, a, b in ranked:
             high, low = (a, b) if a[0] > b[0] else (b, a)
             pairs.append(PreferencePair(high[1], low[1], "reward"))
-    return (pairs + cross_pairs(corrected, config.cross_negatives, config.seed)
-            + rated_pairs(rated, config.rated_pairs, config.rated_gap, config.seed))
+    pairs += cross_pairs(corrected, config.cross_negatives, config.seed)
+    pairs += rated_pairs(rated, config.rated_pairs, config.rated_gap, config.seed)
+    return pairs if len(pairs) <= config.max_pairs else random.Random(config.seed).sample(pairs, config.max_pairs)
 
 
 def rated_pairs(rated: list[tuple[float, TokenPair]], per_turn: int, gap: float, seed: int) -> list[PreferencePair]:
