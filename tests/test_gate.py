@@ -3,6 +3,7 @@ canary decision."""
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 
@@ -70,6 +71,26 @@ def test_gate_fails_with_reasons_over_kl_budget_and_unfinished_limit(base_model_
                             untrained_reward_model, config)
     assert not verdict.passed
     assert any("KL" in r for r in verdict.reasons) and any("unfinished" in r for r in verdict.reasons)
+
+
+def test_a_candidate_not_significantly_ahead_is_rejected_with_the_p_value(base_model_dir, candidate_dir, prompts,
+                                                                          untrained_reward_model):
+    # A fresh LoRA is the base: equal scores, not ahead; the mean check alone (>=) would pass it.
+    config = GateConfig(max_new_tokens=8, max_unfinished_share=1.0)
+    verdict = gate.evaluate(str(base_model_dir), candidate_dir, None, "base", prompts, untrained_reward_model, config)
+    assert verdict.candidate.rm_score == pytest.approx(verdict.active.rm_score, abs=1e-4)
+    assert not verdict.passed and verdict.p_value > config.alpha and verdict.metrics()["gate_p_value"] > 0.05
+    assert any("paired p" in r for r in verdict.reasons)
+    with pytest.raises(ValueError, match="alpha"):
+        GateConfig(alpha=0.0)
+
+
+def test_paired_p_value_is_one_sided_and_counts_the_margin():
+    ahead = gate.paired_p_value([1.5, 2.0, 2.5, 1.0], [1.0, 1.0, 1.0, 1.0])  # diffs .5 1 1.5 0: mean .75, sd .645
+    assert ahead == pytest.approx(0.5 * math.erfc(0.75 / (0.6455 / 2) / math.sqrt(2)), rel=1e-3) and ahead < 0.05
+    assert gate.paired_p_value([1.0, 1.0, 1.0, 1.0], [1.5, 2.0, 2.5, 1.0]) > 0.95
+    assert gate.paired_p_value([1.5, 2.0, 2.5, 1.0], [1.0, 1.0, 1.0, 1.0], margin=2.0) > 0.95
+    assert gate.paired_p_value([2.0, 2.0], [1.0, 1.0]) == 0.0 and gate.paired_p_value([1.0], [1.0]) == 1.0
 
 
 def test_external_evaluator_failures_become_gate_reasons(tmp_path):

@@ -189,11 +189,15 @@ class GateConfig:
     """The evaluation gate before publishing, and the live canary decision after it.
 
     Parameters:
-        contexts (int, default 32): held-out logged prompts each adapter answers.
+        contexts (int, default 64): held-out logged prompts each adapter answers.
         max_new_tokens (int, default 64): longest reply sampled (the serving limit).
         temperature (float, default 1.0): sampling temperature (the serving temperature).
         margin (float, default 0.0): the candidate's mean reward-model score must be at least
             the active adapter's plus this.
+        alpha (float, default 0.05): and a one-sided paired test of the per-context score
+            differences must put the candidate more than ``margin`` ahead at this level (1.0: no
+            test). Without it a default-model loop promoted a third-round candidate whose mean
+            score was 0.1 above the active one on 32 contexts, and CSAT fell from 3.22 to 2.75.
         kl_budget (float, default 20.0): largest allowed KL of the candidate to the base model,
             nats per reply (total drift across all rounds). The tiny base is a deliberate mix of
             flawed styles sampled at temperature 1: the first default-model round that raised CSAT
@@ -216,10 +220,11 @@ class GateConfig:
         seed (int, default 0): seed of the gate's reply sampling.
     """
 
-    contexts: int = 32
+    contexts: int = 64
     max_new_tokens: int = 64
     temperature: float = 1.0
     margin: float = 0.0
+    alpha: float = 0.05
     kl_budget: float = 20.0
     max_unfinished_share: float = 0.25
     evaluator: str = ""
@@ -231,6 +236,8 @@ class GateConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.alpha <= 1.0:
+            raise ValueError(f"alpha must lie in (0, 1], got {self.alpha}")
         if self.pass_status not in ("canary", "active"):
             raise ValueError(f"pass_status must be 'canary' or 'active', got {self.pass_status!r}")
 

@@ -5,7 +5,9 @@ training) at the serving temperature. Measured per adapter: mean reward-model sc
 reference (the base, adapter disabled; Σ_t log π(y_t) − log π_ref(y_t) over each sampled reply,
 averaged over replies), mean reply length in tokens, and the share of replies cut off without EOS.
 
-Pass rule (``GateConfig``): candidate score ≥ active score + ``margin``, candidate KL ≤
+Pass rule (``GateConfig``): candidate score ≥ active score + ``margin`` and, with ``alpha`` < 1,
+a one-sided paired test on the per-context score differences (both adapters answer the same
+contexts) shows the candidate ahead by more than ``margin`` at level ``alpha``; candidate KL ≤
 ``kl_budget``, candidate unfinished share ≤ ``max_unfinished_share``, and — when an external
 evaluator command is configured — its verdict ``pass``. The evaluator runs as a subprocess (the
 trainer never imports the simulator) with ``--candidate DIR --active VERSION`` appended and prints
@@ -16,6 +18,7 @@ line of its stdout.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -59,10 +62,12 @@ class GateVerdict:
     external: dict[str, Any] | None = None
     contexts: int = 0
     checks: dict[str, bool] = field(default_factory=dict)
+    p_value: float = 1.0
 
     def metrics(self) -> dict[str, Any]:
         """Flat metrics for the adapter record and the run."""
-        out: dict[str, Any] = {"gate_passed": self.passed, "gate_contexts": self.contexts}
+        out: dict[str, Any] = {"gate_passed": self.passed, "gate_contexts": self.contexts,
+                               "gate_p_value": self.p_value}
         for side, stats in ((CANDIDATE, self.candidate), (ACTIVE, self.active)):
             out |= {f"gate_{side}_{k}": v for k, v in asdict(stats).items()}
         if self.external is not None:
@@ -85,10 +90,26 @@ def _reply_logprobs(model, episodes: list[Episode], pad_id: int, eos_id: int, te
     return (picked * batch.reply_mask).sum(1).cpu()
 
 
+def paired_p_value(candidate: list[float], active: list[float], margin: float = 0.0) -> float:
+    """One-sided p-value of "the candidate scores more than ``margin`` above the active adapter" from
+    per-context pairs: the paired t statistic of the differences, normal approximation (≥ 30 pairs
+    in a default gate)."""
+    diffs = [c - a - margin for c, a in zip(candidate, active, strict=True)]
+    n = len(diffs)
+    if n == 0:
+        return 1.0
+    mean = sum(diffs) / n
+    var = sum((d - mean) ** 2 for d in diffs) / (n - 1) if n > 1 else 0.0
+    if var == 0.0:
+        return 0.0 if mean > 0 else 1.0
+    return 0.5 * math.erfc(mean / math.sqrt(var / n) / math.sqrt(2))
+
+
 @torch.no_grad()
 def measure(model, adapter: str | None, prompts: list[list[int]], reward_model: RewardModel,
-            config: GateConfig, pad_id: int, eos_id: int, batch_size: int = 16) -> PolicyStats:
-    """Sample replies with ``adapter`` (None: the base) and measure them (module docstring)."""
+            config: GateConfig, pad_id: int, eos_id: int, batch_size: int = 16) -> tuple[PolicyStats, list[float]]:
+    """Sample replies with ``adapter`` (None: the base) and measure them (module docstring); also
+    returns each context's reward-model score."""
     torch.manual_seed(config.seed)
     episodes: list[Episode] = []
     kls: list[float] = []
@@ -116,13 +137,14 @@ def measure(model, adapter: str | None, prompts: list[list[int]], reward_model: 
         episodes.extend(batch_eps)
     scores = reward_model.score_ids([(e.prompt_ids, e.reply_ids) for e in episodes])
     n = len(episodes)
-    return PolicyStats(
+    stats = PolicyStats(
         rm_score=sum(scores) / n,
         kl=sum(kls) / n,
         reply_length=sum(len(e.reply_ids) for e in episodes) / n,
         unfinished_share=sum(e.reply_ids[-1] != eos_id for e in episodes) / n,
         replies=n,
     )
+    return stats, scores
 
 
 def run_evaluator(command: str, candidate_dir: Path, active_version: str, timeout_s: float) -> dict[str, Any]:
@@ -162,17 +184,19 @@ def evaluate(base_model_ref: str, candidate_dir: Path, active_dir: Path | None, 
     if active_dir is not None:
         model.load_adapter(str(active_dir), adapter_name=ACTIVE)
     ids = (tokenizer.pad_token_id, tokenizer.eos_token_id)
-    candidate = measure(model, CANDIDATE, prompts, reward_model, config, *ids)
-    active = measure(model, ACTIVE if active_dir is not None else None, prompts, reward_model, config, *ids)
+    candidate, candidate_scores = measure(model, CANDIDATE, prompts, reward_model, config, *ids)
+    active, active_scores = measure(model, ACTIVE if active_dir is not None else None, prompts, reward_model,
+                                    config, *ids)
+    p_value = paired_p_value(candidate_scores, active_scores, config.margin)
     checks = {
-        "reward": candidate.rm_score >= active.rm_score + config.margin,
+        "reward": candidate.rm_score >= active.rm_score + config.margin and (config.alpha >= 1 or p_value <= config.alpha),
         "kl": candidate.kl <= config.kl_budget,
         "unfinished": candidate.unfinished_share <= config.max_unfinished_share,
     }
     reasons = []
     if not checks["reward"]:
-        reasons.append(f"reward-model score {candidate.rm_score:.4f} < active {active.rm_score:.4f} "
-                       f"+ margin {config.margin}")
+        reasons.append(f"reward-model score {candidate.rm_score:.4f} vs active {active.rm_score:.4f}: not ahead by "
+                       f"more than margin {config.margin} (paired p = {p_value:.3f}, alpha {config.alpha})")
     if not checks["kl"]:
         reasons.append(f"KL to base {candidate.kl:.3f} nats > budget {config.kl_budget}")
     if not checks["unfinished"]:
@@ -190,4 +214,4 @@ def evaluate(base_model_ref: str, candidate_dir: Path, active_dir: Path | None, 
             checks["external"] = False
             reasons.append(str(exc))
     return GateVerdict(passed=all(checks.values()), reasons=reasons, candidate=candidate, active=active,
-                       external=external, contexts=len(prompts), checks=checks)
+                       external=external, contexts=len(prompts), checks=checks, p_value=p_value)
