@@ -30,10 +30,14 @@ import click
                    "data under <data_dir>/loop/<method>, same customers, and one comparison report is written).")
 @click.option("--oracle/--no-oracle", default=True, show_default=True,
               help="Also measure the oracle (canonical replies) on round 0's customers.")
+@click.option("--combine", "combine", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Run nothing: write one comparison from these report.json files (single- or multi-method, "
+                   "e.g. methods run as separate commands on the same commit).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("docs/loop-report"),
               show_default=True, help="Where report.md, report.json and the plots go (the worker's log: <data_dir>/loop/worker.log).")
 def loop(rounds: int, customers_per_round: int, concurrency: int, experts: bool, seed: int, held_out_share: float,
-         round_config: Path | None, round_timeout: float, methods: tuple[str, ...], oracle: bool, out: Path) -> None:
+         round_config: Path | None, round_timeout: float, methods: tuple[str, ...], oracle: bool,
+         combine: tuple[Path, ...], out: Path) -> None:
     """Run the closed loop on this data directory: round 0 measures the active adapter; each later
     round trains (a 'loopdesk worker' subprocess runs the queued round: reward model, PPO, gate,
     publish as active), waits for the bot to serve the new version, and measures again.
@@ -46,6 +50,10 @@ def loop(rounds: int, customers_per_round: int, concurrency: int, experts: bool,
     from sim.loop import LoopConfig, LoopError, run_loop
     from sim.report import write_comparison, write_report
 
+    if combine:
+        for path in write_comparison(combined_reports(combine), out):
+            click.echo(f"wrote {path}")
+        return
     methods = tuple(dict.fromkeys(methods))
     try:
         overrides = json.loads(round_config.read_text(encoding="utf-8")) if round_config else {}
@@ -77,3 +85,20 @@ def method_settings(settings, method: str):
     if settings.redis_url:
         changes["key_prefix"] = f"{settings.key_prefix}-{method}"
     return settings.replace(**changes)
+
+
+def combined_reports(paths: tuple[Path, ...]) -> dict:
+    """Method → loop report from report.json files; a method met twice, or a file that is neither
+    format, is a usage error."""
+    reports: dict = {}
+    for path in paths:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            found = data["methods"] if "methods" in data else {data["config"].get("method", "ppo"): data}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise click.UsageError(f"{path} is not a loop report.json ({exc})") from None
+        for method, report in found.items():
+            if method in reports:
+                raise click.UsageError(f"method {method!r} appears in more than one report")
+            reports[method] = report
+    return reports

@@ -62,3 +62,16 @@ def test_miniature_loop_rates_trains_publishes_and_serves_the_new_version(settin
     md = (tmp_path / "compare" / "report.md").read_text()
     assert "| ppo | 0" in md and "| none | 1" in md and "closes ≥ 80% of the base → oracle gap" in md
     assert (tmp_path / "compare" / "ppo" / "report.md").is_file() and (tmp_path / "compare" / "none" / "csat.png").is_file()
+
+    # The same comparison from the report.json files of separate runs (loopdesk loop --combine).
+    from click.testing import CliRunner
+
+    from sim.loop_cli import loop as loop_command
+
+    parts = [str(tmp_path / "compare" / m / "report.json") for m in ("ppo", "none")]
+    done = CliRunner().invoke(loop_command, ["--combine", parts[0], "--combine", parts[1], "--out",
+                                             str(tmp_path / "combined")])
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "combined" / "report.md").read_text() == md  # same data, same report
+    twice = CliRunner().invoke(loop_command, ["--combine", parts[0], "--combine", parts[0]])
+    assert twice.exit_code != 0 and "more than one report" in twice.output
