@@ -181,7 +181,10 @@ def targets(report: dict[str, Any], oracle: dict[str, Any] | None) -> list[tuple
     seen_gain = _num(last["seen_csat"]["mean"]) - _num(first["seen_csat"]["mean"])
     held_gain = _num(last["held_out_csat"]["mean"]) - _num(first["held_out_csat"]["mean"])
     rubrics = [_num(r["rubric"]["mean"]) for r in rounds]
-    worse = [f"{a:.2f}→{b:.2f}" for a, b in zip(rubrics, rubrics[1:]) if b < a]
+    # worse: the round's whole 95% CI below the previous round's mean (the same adapter measured
+    # twice moved 0.14 in a default-model run, so a plain drop of the mean is noise)
+    worse = [f"{_num(a['rubric']['mean']):.2f}→{_num(b['rubric']['mean']):.2f}"
+             for a, b in zip(rounds, rounds[1:]) if _num(b["rubric"]["high"]) < _num(a["rubric"]["mean"])]
     rows = [(f"mean CSAT rises by ≥ 1.0 within {len(rounds) - 1} round(s)",
              f"{_num(first['csat']['mean']):.2f} → {_num(last['csat']['mean']):.2f} ({gain:+.2f})", gain >= 1.0)]
     if oracle:
@@ -189,8 +192,8 @@ def targets(report: dict[str, Any], oracle: dict[str, Any] | None) -> list[tuple
         share = gain / gap if gap > 0 else math.nan
         rows.append(("closes ≥ 80% of the base → oracle gap",
                      f"{share:.0%} of {gap:.2f} (oracle {_num(oracle['csat']['mean']):.2f})", share >= 0.8))
-    rows.append(("the expert view (rubric) never gets worse",
-                 " → ".join(f"{v:.2f}" for v in rubrics) + (f" (drops: {', '.join(worse)})" if worse else ""),
+    rows.append(("the expert view (rubric) never gets worse (a round's 95% CI wholly below the last mean)",
+                 " → ".join(f"{v:.2f}" for v in rubrics) + (f" (worse: {', '.join(worse)})" if worse else ""),
                  not worse))
     ratio = held_gain / seen_gain if seen_gain > 0 else math.nan
     rows.append(("held-out phrasings gain ≥ 70% of the seen-phrasing gain",
