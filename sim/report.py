@@ -293,7 +293,8 @@ def comparison_markdown(reports: dict[str, dict[str, Any]]) -> str:
               "expert's score 0.8 against CSAT's 0.2 wherever the expert annotated, the reward model prefers "
               "expert corrections, the KL penalty ties the policy to the base, and the gate scores candidates "
               "with that reward model on held-out conversations.", "",
-              "| method | round | sway share (all replies) | swayed: CSAT / expert view (n) | others: CSAT / expert view |",
+              "| method | round | sway share: all / to swayed / to others | swayed: CSAT / expert view (n) | "
+              "others: CSAT / expert view |",
               "| --- | --- | --- | --- | --- |"]
     for method, report in reports.items():
         for r in report["rounds"]:
@@ -307,7 +308,10 @@ def comparison_markdown(reports: dict[str, dict[str, Any]]) -> str:
                             if others else math.nan)
             sw = (f"{_num(swayed['csat']['mean']):.2f} / {swayed['rubric']:.2f} ({swayed['chats']})"
                   if swayed else "–")
-            lines.append(f"| {method} | {r['round']} | {_fmt(r['over_apologetic_share'], '.1%')} | {sw} | "
+            other_sway = (sum(p["sway_share"] * p["chats"] for p in others) / sum(p["chats"] for p in others)
+                          if others else math.nan)  # chats as weights: near the per-reply share
+            lines.append(f"| {method} | {r['round']} | {_fmt(r['over_apologetic_share'], '.1%')} / "
+                         f"{_fmt(swayed['sway_share'] if swayed else None, '.1%')} / {_fmt(other_sway, '.1%')} | {sw} | "
                          f"{other_csat:.2f} / {other_rubric:.2f} |")
     lines += ["", "## Each method's own report", ""]
     lines += [f"- [{m}]({m}/report.md)" for m in methods]
