@@ -271,6 +271,15 @@ def comparison_markdown(reports: dict[str, dict[str, Any]]) -> str:
                      f"{_fmt(sum(trainer) / len(trainer) if trainer else None, '.0f')} |")
     if oracle:
         lines.append(f"| oracle (canonical replies, round 0 customers) | {_ci(oracle['csat'])} |" + " |" * (n_rounds + 1))
+    if "none" in reports and len(reports) > 1:  # same customers each round: the fairest contrast
+        still = reports["none"]["rounds"]
+        lines += ["", "Difference from no training in the same round (same customers; round 0 is the same base "
+                  "measured twice, so it shows the sampling noise):", "",
+                  "| method | " + " | ".join(f"round {i}" for i in range(n_rounds)) + " |",
+                  "| --- |" + " --- |" * n_rounds]
+        lines += [f"| {m} | " + " | ".join(f"{_num(r['csat']['mean']) - _num(n['csat']['mean']):+.2f}"
+                                           for r, n in zip(rep["rounds"], still)) + " |"
+                  for m, rep in reports.items() if m != "none"]
     lines += ["", "Expert view (neutral rubric, every chat) per round:", "",
               "| method | " + " | ".join(f"round {i}" for i in range(n_rounds)) + " |",
               "| --- |" + " --- |" * n_rounds]
