@@ -48,6 +48,7 @@ def loop(rounds: int, customers_per_round: int, concurrency: int, experts: bool,
     """
     from loopdesk.cli import settings_or_exit
     from sim.loop import LoopConfig, LoopError, run_loop
+    from feedback_store.server import stop_embedded_redis
     from sim.report import write_comparison, write_report
 
     if combine:
@@ -72,6 +73,9 @@ def loop(rounds: int, customers_per_round: int, concurrency: int, experts: bool,
             reports[method] = run_loop(own, config, own.data_dir / "loop", echo=echo)
         except LoopError as exc:
             raise click.ClickException(f"{method}: {exc}") from None
+        finally:
+            if own is not settings and not settings.redis_url:  # this method's own embedded Redis
+                stop_embedded_redis(own.data_dir)
     written = (write_report(reports[methods[0]], out) if len(methods) == 1
                else write_comparison(reports, out))
     for path in written:

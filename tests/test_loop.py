@@ -75,3 +75,24 @@ def test_miniature_loop_rates_trains_publishes_and_serves_the_new_version(settin
     assert (tmp_path / "combined" / "report.md").read_text() == md  # same data, same report
     twice = CliRunner().invoke(loop_command, ["--combine", parts[0], "--combine", parts[0]])
     assert twice.exit_code != 0 and "more than one report" in twice.output
+
+
+@pytest.mark.slow
+def test_comparing_methods_runs_each_on_its_own_embedded_redis_and_stops_it(tmp_path, base_model_dir):
+    from click.testing import CliRunner
+
+    from feedback_store.server import embedded_redis_pid
+    from sim.loop_cli import loop as loop_command
+
+    env = {"LOOPDESK_DATA_DIR": str(tmp_path / "data"), "LOOPDESK_BASE_MODEL": str(base_model_dir),
+           "REDIS_URL": "", "LOOPDESK_REDIS_URL": "", "OMP_NUM_THREADS": "1"}
+    done = CliRunner().invoke(loop_command, ["--rounds", "0", "--customers-per-round", "4", "--no-experts",
+                                             "--no-oracle", "--method", "none", "--method", "sft",
+                                             "--out", str(tmp_path / "out")], env=env)
+    assert done.exit_code == 0, done.output
+    for method in ("none", "sft"):
+        own = tmp_path / "data" / "loop" / method
+        assert (own / "redis").is_dir() and embedded_redis_pid(own) is None  # its own server, stopped after
+        assert json.loads((tmp_path / "out" / method / "report.json").read_text())["rounds"][0]["chats"] == 4
+    table = (tmp_path / "out" / "report.md").read_text()
+    assert "| none | " in table and "| sft | " in table
