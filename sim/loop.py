@@ -11,6 +11,11 @@ so each round measures one version on all of its traffic. The canary path needs 
 chats on each side before it decides, which at the loop's traffic would stretch one promotion
 over many rounds; the gate's checks stay in force, a rejected candidate is simply not served.
 
+Methods: each round's policy update is PPO or a baseline (SFT, KTO: ``RoundConfig.method``), or
+none at all (``LoopConfig.method``); ``loopdesk loop --method ...`` runs one loop per method on its
+own data, with the same customers each round, and ``sim.report.write_comparison`` sets them side by
+side against the oracle (canonical replies) measured on round 0's customers.
+
 Held-out phrasings: a share of each round's customers open with phrasings never in any corpus.
 They chat with the same engine pinned to the active version, but through a second app backed by
 a private sandbox Redis, so their conversations never reach training and stay held out.
