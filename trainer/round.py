@@ -208,7 +208,7 @@ class Round:
         rm_eps, rm_rewards = train_eps, rewards
         if cfg.reward_model_history and self.run.watermark_from > 0:  # all feedback so far, same hold-out rule
             history, _ = store.episodes.export(after=0, until=watermark_to, limit=cfg.max_episodes)
-            kept_out = held_out({e.conversation_id for e in history}, cfg.holdout_share)
+            kept_out = held_out({e.conversation_id for e in history}, cfg.holdout_share) | holdout  # never a gate context
             rm_eps = [e for e in history if e.turn.reply_token_ids and e.conversation_id not in kept_out]
             rm_rewards = {(r.conversation_id, r.turn_index): r.reward
                           for r in build_rewards(map(feedback_turn, rm_eps), cfg.reward_builder)}
