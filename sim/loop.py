@@ -247,27 +247,32 @@ def measure_oracle(company: Company, config: LoopConfig) -> dict[str, Any]:
     """The oracle (canonical replies, ``sim.oracle``) facing round 0's customers, seen and held-out."""
     from sim.oracle import create_oracle_app
 
-    n_held = round(config.customers_per_round * config.held_out_share)
     with serve(create_oracle_app(company)) as url:
-        seen = run_customers(url, company, config.customers_per_round - n_held, config.concurrency,
-                             CustomerConfig(), config.seed, config.progress)
-        held = run_customers(url, company, n_held, config.concurrency, CustomerConfig(held_out=True),
-                             config.seed + 500, config.progress) if n_held else []
-    return {"csat": _ci(summarize(seen + held).csat), "seen_csat": _ci(summarize(seen).csat),
-            "held_out_csat": _ci(summarize(held).csat), "rubric": summarize(seen + held).rubric.mean}
+        seen, held = play_customers(url, url, company, config, config.seed)
+    overall = summarize(seen + held)
+    return {"csat": _ci(overall.csat), "seen_csat": _ci(summarize(seen).csat),
+            "held_out_csat": _ci(summarize(held).csat), "rubric": overall.rubric.mean}
+
+
+def play_customers(seen_url: str, held_out_url: str, company: Company, config: LoopConfig,
+                   seed: int) -> tuple[list[ChatResult], list[ChatResult]]:
+    """One round's customers: seen-phrasing ones at ``seen_url`` (seed ``seed``), the held-out share
+    at ``held_out_url`` (seed ``seed + 500``)."""
+    n_held = round(config.customers_per_round * config.held_out_share)
+    seen = run_customers(seen_url, company, config.customers_per_round - n_held, config.concurrency,
+                         CustomerConfig(), seed, config.progress)
+    held = run_customers(held_out_url, company, n_held, config.concurrency, CustomerConfig(held_out=True),
+                         seed + 500, config.progress) if n_held else []
+    return seen, held
 
 
 def measure(bot: Bot, company: Company, config: LoopConfig, round_index: int, expert: Callable[[], int] | None,
             version: str) -> dict[str, Any]:
     """One round's traffic: seen-phrasing customers on the bot, held-out ones in the sandbox, then the expert."""
     seed = config.seed + 1000 * round_index
-    n_held = round(config.customers_per_round * config.held_out_share)
-    n_seen = config.customers_per_round - n_held
     timings: dict[str, float] = {}
     started = time.monotonic()
-    seen = run_customers(bot.url, company, n_seen, config.concurrency, CustomerConfig(), seed, config.progress)
-    held = run_customers(bot.held_out_url, company, n_held, config.concurrency, CustomerConfig(held_out=True),
-                         seed + 500, config.progress) if n_held else []
+    seen, held = play_customers(bot.url, bot.held_out_url, company, config, seed)
     timings["simulate_s"] = time.monotonic() - started
     started = time.monotonic()
     annotated = expert() if expert else 0
