@@ -15,6 +15,7 @@ from trainer import gate
 from trainer.canary import check_canary, decide, mann_whitney
 from trainer.config import GateConfig, PPOConfig
 from trainer.policy import PolicyWithValueHead
+from trainer.references import ExpertReferences
 from trainer.reward_model import RewardModel
 from tests.trainer_helpers import one_torch_thread  # noqa: F401 (fixture)
 
@@ -154,3 +155,29 @@ def test_live_canary_better_than_base_is_promoted(store):
     assert check_canary(store, GateConfig(canary_min_samples=10)).action == "promote"
     assert store.adapters.active() == "v0001"
     assert check_canary(store, GateConfig()) is None
+
+
+def test_the_expert_view_is_measured_on_reviewed_contexts_and_can_refuse(base_model_dir, candidate_dir, prompts,
+                                                                          untrained_reward_model):
+    tokenizer = untrained_reward_model.tokenizer
+    references = ExpertReferences(tokenizer, {tuple(prompts[0]): ["You can follow your order at northwind.example/track."],
+                                              tuple(prompts[1]): ["Start your return at northwind.example/returns."]})
+    lenient = GateConfig(max_new_tokens=8, margin=-1.0, alpha=1.0, max_unfinished_share=1.0)
+    verdict = gate.evaluate(str(base_model_dir), candidate_dir, None, "base", prompts, untrained_reward_model,
+                            lenient, references, reference_weight=1.0)
+    # a fresh LoRA samples what the base samples: the same agreement on the 2 reviewed contexts of 3
+    assert verdict.candidate.reference_replies == verdict.active.reference_replies == 2
+    assert verdict.candidate.reference_score == pytest.approx(verdict.active.reference_score)
+    assert -1.0 <= verdict.candidate.reference_score <= 1.0
+    assert verdict.passed and verdict.checks["expert_view"], verdict.reasons
+    assert verdict.metrics()["gate_candidate_reference_score"] == verdict.candidate.reference_score
+
+    strict = GateConfig(max_new_tokens=8, margin=-1.0, alpha=1.0, max_unfinished_share=1.0, reference_tolerance=-0.5)
+    refused = gate.evaluate(str(base_model_dir), candidate_dir, None, "base", prompts, untrained_reward_model,
+                            strict, references, reference_weight=1.0)
+    assert not refused.passed and not refused.checks["expert_view"]
+    assert any("expert view worse" in r for r in refused.reasons)
+
+    unreviewed = gate.evaluate(str(base_model_dir), candidate_dir, None, "base", prompts, untrained_reward_model,
+                               strict, ExpertReferences(tokenizer, {}), reference_weight=1.0)
+    assert "expert_view" not in unreviewed.checks and unreviewed.candidate.reference_score is None

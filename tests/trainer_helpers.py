@@ -44,7 +44,7 @@ def small_round_config(**changes) -> RoundConfig:
         reward_model=RewardModelConfig(epochs=2, batch_size=8, learning_rate=3e-3),
         ppo=PPOConfig(batch_size=8, mini_batch_size=4, max_new_tokens=12),
         gate=GateConfig(contexts=8, max_new_tokens=12, margin=-10.0, alpha=1.0, kl_budget=100.0,
-                        max_unfinished_share=1.0),
+                        max_unfinished_share=1.0, reference_tolerance=2.0),
         rollout_steps=1, logged_steps=1, min_episodes=4,
     )
     for key, value in changes.items():

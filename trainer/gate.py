@@ -5,10 +5,17 @@ training) at the serving temperature. Measured per adapter: mean reward-model sc
 reference (the base, adapter disabled; Σ_t log π(y_t) − log π_ref(y_t) over each sampled reply,
 averaged over replies), mean reply length in tokens, and the share of replies cut off without EOS.
 
+A context's score is the reward model's, plus ``reference_weight`` × the expert-reference score
+(``trainer.references``) where an expert reviewed that held-out context: the same reward PPO's
+rollouts get. The expert view is also measured on its own: mean agreement with the experts'
+corrections on the reviewed contexts.
+
 Pass rule (``GateConfig``): candidate score ≥ active score + ``margin`` and, with ``alpha`` < 1,
 a one-sided paired test on the per-context score differences (both adapters answer the same
 contexts) shows the candidate ahead by more than ``margin`` at level ``alpha``; candidate KL ≤
-``kl_budget``, candidate unfinished share ≤ ``max_unfinished_share``, and — when an external
+``kl_budget``, candidate unfinished share ≤ ``max_unfinished_share``; where reviewed contexts
+exist, the candidate's expert-reference agreement ≥ the active's − ``reference_tolerance``
+(the expert view never gets worse); and — when an external
 evaluator command is configured — its verdict ``pass``. The evaluator runs as a subprocess (the
 trainer never imports the simulator) with ``--candidate DIR --active VERSION`` appended and prints
 ``{"pass": bool, "candidate_score": float, "active_score": float, "details": {...}}`` as the last
@@ -31,6 +38,7 @@ import torch
 
 from trainer.config import GateConfig
 from trainer.episodes import Episode, collate, left_pad
+from trainer.references import ExpertReferences, with_references
 from trainer.reward_model import RewardModel
 
 CANDIDATE, ACTIVE = "candidate", "active"
@@ -49,6 +57,8 @@ class PolicyStats:
     reply_length: float
     unfinished_share: float
     replies: int
+    reference_score: float | None = None
+    reference_replies: int = 0
 
 
 @dataclass
@@ -107,9 +117,12 @@ def paired_p_value(candidate: list[float], active: list[float], margin: float = 
 
 @torch.no_grad()
 def measure(model, adapter: str | None, prompts: list[list[int]], reward_model: RewardModel,
-            config: GateConfig, pad_id: int, eos_id: int, batch_size: int = 16) -> tuple[PolicyStats, list[float]]:
+            config: GateConfig, pad_id: int, eos_id: int, batch_size: int = 16,
+            references: ExpertReferences | None = None, reference_weight: float = 0.0
+            ) -> tuple[PolicyStats, list[float]]:
     """Sample replies with ``adapter`` (None: the base) and measure them (module docstring); also
-    returns each context's reward-model score."""
+    returns each context's score: the reward model's, plus ``reference_weight`` × the expert-reference
+    score where an expert reviewed the context."""
     torch.manual_seed(config.seed)
     episodes: list[Episode] = []
     kls: list[float] = []
@@ -135,14 +148,19 @@ def measure(model, adapter: str | None, prompts: list[list[int]], reward_model: 
                 reference = _reply_logprobs(model, batch_eps, pad_id, eos_id, config.temperature)
             kls.extend((policy - reference).tolist())
         episodes.extend(batch_eps)
-    scores = reward_model.score_ids([(e.prompt_ids, e.reply_ids) for e in episodes])
+    pairs = [(e.prompt_ids, e.reply_ids) for e in episodes]
+    rm_scores = reward_model.score_ids(pairs)
+    scores, refs = with_references(rm_scores, pairs, references, reference_weight)
+    found = [r for r in refs if r is not None]
     n = len(episodes)
     stats = PolicyStats(
-        rm_score=sum(scores) / n,
+        rm_score=sum(rm_scores) / n,
         kl=sum(kls) / n,
         reply_length=sum(len(e.reply_ids) for e in episodes) / n,
         unfinished_share=sum(e.reply_ids[-1] != eos_id for e in episodes) / n,
         replies=n,
+        reference_score=sum(found) / len(found) if found else None,
+        reference_replies=len(found),
     )
     return stats, scores
 
@@ -170,8 +188,10 @@ def run_evaluator(command: str, candidate_dir: Path, active_version: str, timeou
 
 
 def evaluate(base_model_ref: str, candidate_dir: Path, active_dir: Path | None, active_version: str,
-             prompts: list[list[int]], reward_model: RewardModel, config: GateConfig) -> GateVerdict:
-    """Load the base with both adapters, measure each on ``prompts`` and apply the pass rule."""
+             prompts: list[list[int]], reward_model: RewardModel, config: GateConfig,
+             references: ExpertReferences | None = None, reference_weight: float = 0.0) -> GateVerdict:
+    """Load the base with both adapters, measure each on ``prompts`` and apply the pass rule;
+    ``references`` (experts' corrections of the held-out contexts) add the expert view."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -184,19 +204,29 @@ def evaluate(base_model_ref: str, candidate_dir: Path, active_dir: Path | None, 
     if active_dir is not None:
         model.load_adapter(str(active_dir), adapter_name=ACTIVE)
     ids = (tokenizer.pad_token_id, tokenizer.eos_token_id)
-    candidate, candidate_scores = measure(model, CANDIDATE, prompts, reward_model, config, *ids)
+    scoring = dict(references=references, reference_weight=reference_weight)
+    candidate, candidate_scores = measure(model, CANDIDATE, prompts, reward_model, config, *ids, **scoring)
     active, active_scores = measure(model, ACTIVE if active_dir is not None else None, prompts, reward_model,
-                                    config, *ids)
+                                    config, *ids, **scoring)
     p_value = paired_p_value(candidate_scores, active_scores, config.margin)
+    mean_gain = (sum(candidate_scores) - sum(active_scores)) / len(prompts)
     checks = {
-        "reward": candidate.rm_score >= active.rm_score + config.margin and (config.alpha >= 1 or p_value <= config.alpha),
+        "reward": mean_gain >= config.margin and (config.alpha >= 1 or p_value <= config.alpha),
         "kl": candidate.kl <= config.kl_budget,
         "unfinished": candidate.unfinished_share <= config.max_unfinished_share,
     }
+    expert_view = candidate.reference_score is not None and active.reference_score is not None
+    if expert_view:
+        checks["expert_view"] = candidate.reference_score >= active.reference_score - config.reference_tolerance
     reasons = []
     if not checks["reward"]:
-        reasons.append(f"reward-model score {candidate.rm_score:.4f} vs active {active.rm_score:.4f}: not ahead by "
-                       f"more than margin {config.margin} (paired p = {p_value:.3f}, alpha {config.alpha})")
+        reasons.append(f"score {mean_gain:+.4f} against the active adapter (reward model {candidate.rm_score:.4f} vs "
+                       f"{active.rm_score:.4f}): not ahead by more than margin {config.margin} "
+                       f"(paired p = {p_value:.3f}, alpha {config.alpha})")
+    if expert_view and not checks["expert_view"]:
+        reasons.append(f"expert view worse: reference agreement {candidate.reference_score:.4f} vs active "
+                       f"{active.reference_score:.4f} on {candidate.reference_replies} reviewed contexts "
+                       f"(tolerance {config.reference_tolerance})")
     if not checks["kl"]:
         reasons.append(f"KL to base {candidate.kl:.3f} nats > budget {config.kl_budget}")
     if not checks["unfinished"]:

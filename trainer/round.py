@@ -124,13 +124,15 @@ class Round:
         self.store.runs.report(self.run.id, stage=stage, step=self.step, total=self.bar.total, **fields)
 
     def update_ppo(self, active_dir: Path | None, tokenizer, train_eps: list[StoredEpisode],
-                   rewards: dict[tuple[str, int], float], reward_model) -> None:
-        """LoRA PPO from the active adapter: steps on logged turns, then on rollouts the reward model scores."""
+                   rewards: dict[tuple[str, int], float], reward_model, references) -> None:
+        """LoRA PPO from the active adapter: steps on logged turns, then on rollouts scored by the reward
+        model plus the expert-reference reward (``trainer.references``) where an expert reviewed the context."""
         from transformers import AutoModelForCausalLM
 
         from trainer.episodes import LoggedEpisode
         from trainer.policy import PolicyWithValueHead
         from trainer.ppo import PPOTrainer
+        from trainer.references import with_references
 
         cfg, base_ref = self.config, self.settings.base_model_ref
         base = AutoModelForCausalLM.from_pretrained(base_ref)
@@ -142,8 +144,18 @@ class Round:
                                 rewards[(e.conversation_id, e.turn.index)], e.turn.adapter_version,
                                 e.turn.created_at)
                   for e in train_eps if (e.conversation_id, e.turn.index) in rewards]
-        prompts = list({tuple(e.turn.prompt_token_ids): None for e in train_eps})
+        prompts = list({tuple(p): None for p in [e.turn.prompt_token_ids for e in train_eps] + references.contexts()})
         history: list[dict[str, float]] = []
+
+        reference_stats: dict[str, float] = {}
+
+        def rollout_rewards(pairs):
+            scores, refs = with_references(reward_model.score_ids(pairs), pairs, references, cfg.reference_weight)
+            found = [r for r in refs if r is not None]
+            reference_stats.update(reference_share=len(found) / len(refs),
+                                   reference_score=sum(found) / len(found) if found else 0.0)
+            return scores
+
         rng.shuffle(logged)  # consecutive batches: every logged turn is used before any is used twice
         for step in range(cfg.logged_steps):
             start = step * cfg.ppo.batch_size
@@ -153,12 +165,16 @@ class Round:
             self.report("ppo_logged", ppo_step=step, **stats)
         for step in range(cfg.rollout_steps):
             chosen = [list(p) for p in rng.choices(prompts, k=cfg.ppo.batch_size)]
-            stats = ppo.step_on_prompts(chosen, reward_model.score_ids)
+            stats = ppo.step_on_prompts(chosen, rollout_rewards) | reference_stats
             history.append(stats)
             self.report("ppo_rollout", ppo_step=step, **stats)
         ppo.save(str(self.dir / "candidate"))
         self.metrics["ppo"] = {k: sum(h.get(k, 0.0) for h in history) / max(1, len(history))
                                for k in ("kl", "reward_mean", "policy_loss", "eos_share", "reply_length")}
+        rollouts = history[cfg.logged_steps:]
+        self.metrics["ppo"] |= {"reference_contexts": len(references),
+                                **{k: sum(h.get(k, 0.0) for h in rollouts) / max(1, len(rollouts))
+                                   for k in ("reference_share", "reference_score")}}
 
     def update_baseline(self, active_dir: Path | None, tokenizer, train_eps: list[StoredEpisode],
                         rewards: dict[tuple[str, int], float]) -> None:
@@ -186,6 +202,7 @@ class Round:
         from transformers import AutoTokenizer
 
         from trainer import gate
+        from trainer.references import ExpertReferences
         from trainer.reward_model import RewardModel, build_pairs, split_pairs
 
         cfg, store, base_ref = self.config, self.store, self.settings.base_model_ref
@@ -225,16 +242,23 @@ class Round:
                          "rm_eval_accuracy": rm_accuracy}
         self.report("reward_model", pairs=len(pairs), rm_eval_accuracy=rm_accuracy)
 
+        # the expert view by context: training contexts for PPO's rollouts, held-out ones for the gate
+        references = ExpertReferences.from_episodes(rm_eps, tokenizer)
+        gate_references = ExpertReferences.from_episodes([e for e in episodes if e.conversation_id in holdout],
+                                                         tokenizer)
+        self.metrics |= {"reference_contexts": len(references), "gate_reference_contexts": len(gate_references)}
+
         active = store.adapters.active()
         active_dir = None if active == BASE_VERSION else Path(store.adapters.get(active).path)
         if cfg.method == "ppo":
-            self.update_ppo(active_dir, tokenizer, train_eps, rewards, reward_model)
+            self.update_ppo(active_dir, tokenizer, train_eps, rewards, reward_model, references)
         else:
             self.update_baseline(active_dir, tokenizer, train_eps, rewards)
         torch.manual_seed(cfg.gate.seed)
 
         verdict = gate.evaluate(base_ref, self.dir / "candidate", active_dir, active,
-                                [list(p) for p in test_prompts], reward_model, cfg.gate)
+                                [list(p) for p in test_prompts], reward_model, cfg.gate,
+                                gate_references, cfg.reference_weight)
         self.metrics |= verdict.metrics()
         self.report("gate", passed=verdict.passed, reasons=verdict.reasons)
 
