@@ -160,11 +160,14 @@ class ExpertAPI:
         self.csrf_token = body["csrf_token"]
         return body
 
-    def queue(self, csat_max: int | None = 3, limit: int = 25, include_annotated: bool = False) -> list[dict[str, Any]]:
-        """``GET /api/expert/queue?csat_max=&limit=&include_annotated=``: the ``conversations`` list."""
-        params: dict[str, Any] = {"limit": limit, "include_annotated": int(include_annotated)}
+    def queue(self, csat_max: int | None = 3, limit: int = 25, include_annotated: bool = False,
+              csat_min: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
+        """``GET /api/expert/queue?csat_min=&csat_max=&offset=&limit=&include_annotated=``: the ``conversations`` list."""
+        params: dict[str, Any] = {"limit": limit, "include_annotated": int(include_annotated), "offset": offset}
         if csat_max is not None:
             params["csat_max"] = csat_max
+        if csat_min is not None:
+            params["csat_min"] = csat_min
         return self.http.call("GET", f"{EXPERT_API}/queue", params=params, headers=self._headers()).json()["conversations"]
 
     def transcript(self, conv_id: str) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The simulated expert: annotates low-rated transcripts turn by turn through the expert console's API.
+"""The simulated expert: annotates low-rated transcripts turn by turn through the expert console's API,
+and audits a sample of the highly rated ones.
 
 For every bot turn it finds the question being answered (the KB phrasing the customer's
 message contains; otherwise the chat's intent so far), judges the reply with the neutral
@@ -8,6 +9,7 @@ canonical reply as the correction (unless the reply was already right) and a sho
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -66,8 +68,14 @@ def review_transcript(company: Company, turns: list[dict[str, Any]],
 PAGE = 100  # the queue API's largest page
 
 
+def audited(conv_id: str, share: float) -> bool:
+    """Whether the audit picks this conversation: a stable hash of its id below ``share``."""
+    return int(hashlib.sha256(f"audit:{conv_id}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share
+
+
 class SimulatedExpert:
-    """Works through the expert queue (low CSAT first) and annotates each bot turn over HTTP."""
+    """Works through the expert queue (low CSAT first) and annotates each bot turn over HTTP; can also
+    audit a sample of the highly rated chats that queue never reaches."""
 
     def __init__(self, company: Company, api: ExpertAPI, csat_max: int = 3,
                  weights: RubricWeights = NEUTRAL):
@@ -75,6 +83,15 @@ class SimulatedExpert:
         self.api = api
         self.csat_max = csat_max
         self.weights = weights
+
+    def review(self, conv_id: str) -> int:
+        """Annotate every bot turn of one conversation; returns the turns annotated."""
+        transcript = self.api.transcript(conv_id)
+        reviews = review_transcript(self.company, transcript["turns"], self.weights)
+        for review in reviews:
+            self.api.annotate(conv_id, review.turn_index, review.score, review.tags, review.corrected_reply,
+                              review.note)
+        return len(reviews)
 
     def work(self, limit: int = 25) -> int:
         """Annotate up to ``limit`` unannotated conversations rated ``csat_max`` or lower; returns turns annotated."""
@@ -86,9 +103,24 @@ class SimulatedExpert:
                 break
             for item in fresh:
                 seen.add(item["id"])
-                transcript = self.api.transcript(item["id"])
-                for review in review_transcript(self.company, transcript["turns"], self.weights):
-                    self.api.annotate(item["id"], review.turn_index, review.score, review.tags,
-                                      review.corrected_reply, review.note)
-                    annotated += 1
+                annotated += self.review(item["id"])
         return annotated
+
+    def audit(self, share: float) -> int:
+        """Annotate the share ``share`` (picked by a stable hash of the id) of the unannotated conversations
+        rated above ``csat_max``: flattery that pleased a swayed customer is only found there. Returns
+        turns annotated; conversations left unannotated are paged past."""
+        if share <= 0 or self.csat_max >= 5:
+            return 0
+        annotated, passed, seen = 0, 0, set()
+        while True:
+            page = self.api.queue(csat_min=self.csat_max + 1, csat_max=5, limit=PAGE, include_annotated=False,
+                                  offset=passed)
+            fresh = [item for item in page if item["id"] not in seen]
+            if not fresh:
+                return annotated
+            for item in fresh:
+                seen.add(item["id"])
+                done = self.review(item["id"]) if audited(item["id"], share) else 0
+                passed += done == 0  # still unannotated: the next page starts after it
+                annotated += done

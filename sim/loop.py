@@ -63,6 +63,9 @@ class LoopConfig:
         concurrency (int, default 4): chats running at the same time.
         experts (bool, default True): a simulated expert annotates chats rated ``csat_max`` or lower.
         csat_max (int, default 3): the expert reviews chats rated this or lower.
+        audit_share (float, default 0.25): and also audits this share of the chats rated higher
+            (``SimulatedExpert.audit``: picked by a stable hash of the id), where flattery that
+            pleased a swayed customer hides; 0 reviews only the low-rated queue.
         held_out_share (float, default 0.2): share of customers opening with held-out phrasings
             (measured in a sandbox, never trained on).
         seed (int, default 0): seed of round r's customers is ``seed + 1000 * r``.
@@ -83,6 +86,7 @@ class LoopConfig:
     concurrency: int = 4
     experts: bool = True
     csat_max: int = 3
+    audit_share: float = 0.25
     held_out_share: float = 0.2
     seed: int = 0
     round_config: dict[str, Any] = field(default_factory=dict)
@@ -97,6 +101,8 @@ class LoopConfig:
             raise ValueError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
         if self.rounds < 0 or self.customers_per_round < 1:
             raise ValueError("rounds must be >= 0 and customers_per_round >= 1")
+        if not 0.0 <= self.audit_share <= 1.0:
+            raise ValueError(f"audit_share must lie within [0, 1], got {self.audit_share}")
         if not 0.0 <= self.held_out_share < 1.0:
             raise ValueError(f"held_out_share must lie in [0, 1), got {self.held_out_share}")
 
@@ -317,7 +323,7 @@ def _expert(url: str, company: Company, store: Any, config: LoopConfig) -> tuple
     api = ExpertAPI(url)
     api.login(name, password)
     reviewer = SimulatedExpert(company, api, config.csat_max)
-    return (lambda: reviewer.work(limit=config.customers_per_round)), api.close
+    return (lambda: reviewer.work(limit=config.customers_per_round) + reviewer.audit(config.audit_share)), api.close
 
 
 def run_loop(settings: Settings, config: LoopConfig, log_dir: Path,

@@ -17,6 +17,8 @@ import click
               help="Chats running at the same time.")
 @click.option("--experts/--no-experts", default=True, show_default=True,
               help="A simulated expert annotates the chats rated <= 3 after each round's traffic.")
+@click.option("--audit-share", type=click.FloatRange(0, 1), default=0.25, show_default=True,
+              help="The expert also audits this share of the chats rated 4-5 (0: only the low-rated queue).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the customers (per round: seed + 1000 r).")
 @click.option("--held-out-share", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
               help="Share of customers opening with held-out phrasings (measured in a sandbox, never trained on).")
@@ -35,7 +37,8 @@ import click
                    "e.g. methods run as separate commands on the same commit).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("docs/loop-report"),
               show_default=True, help="Where report.md, report.json and the plots go (the worker's log: <data_dir>/loop/worker.log).")
-def loop(rounds: int, customers_per_round: int, concurrency: int, experts: bool, seed: int, held_out_share: float,
+def loop(rounds: int, customers_per_round: int, concurrency: int, experts: bool, audit_share: float, seed: int,
+         held_out_share: float,
          round_config: Path | None, round_timeout: float, methods: tuple[str, ...], oracle: bool,
          combine: tuple[Path, ...], out: Path) -> None:
     """Run the closed loop on this data directory: round 0 measures the active adapter; each later
@@ -59,7 +62,7 @@ def loop(rounds: int, customers_per_round: int, concurrency: int, experts: bool,
     try:
         overrides = json.loads(round_config.read_text(encoding="utf-8")) if round_config else {}
         configs = {m: LoopConfig(rounds=rounds, customers_per_round=customers_per_round, concurrency=concurrency,
-                                 experts=experts, held_out_share=held_out_share, seed=seed,
+                                 experts=experts, audit_share=audit_share, held_out_share=held_out_share, seed=seed,
                                  round_timeout_s=round_timeout, round_config=overrides, method=m,
                                  oracle=oracle and i == 0) for i, m in enumerate(methods)}
     except ValueError as exc:

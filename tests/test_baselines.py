@@ -181,7 +181,7 @@ def tsettings(settings, tmp_path, base_model_dir):
 @pytest.mark.parametrize("method", ["sft", "kto"])
 def test_a_baseline_round_publishes_a_candidate_the_bot_can_serve(method, tsettings, store, base_model_dir):
     seed_conversations(store, base_model_dir)
-    config = small_round_config(method=method, baseline=BaselineConfig(sft_max_steps=4, kto_max_steps=4, batch_size=4))
+    config = small_round_config(method=method, baseline=BaselineConfig(batch_size=4))  # PPO's compute
     run = run_round(tsettings, store, config=config, show_progress=False)
     assert run.status == "succeeded" and run.adapter_version == "v0001"
     adapter = store.adapters.get("v0001")
@@ -190,7 +190,9 @@ def test_a_baseline_round_publishes_a_candidate_the_bot_can_serve(method, tsetti
     PolicyWithValueHead.from_pretrained(base_lm(base_model_dir), adapter.path)
 
     stats = run.metrics["baseline"]
-    assert stats["method"] == method and stats["steps"] == 4 and stats["examples"] > 0
+    # PPO's round here: (1 logged + 1 rollout step) x 8 episodes x 4 epochs = 64 gradient passes = 16 steps of 4
+    assert config.baseline_steps() == 16 and stats["max_steps"] == stats["steps"] == 16
+    assert stats["method"] == method and stats["examples"] > 0
     assert stats["train_s"] > 0 and stats["loss_final"] is not None and "ppo" not in run.metrics
     events = [e for _, e in store.runs.progress(run.id)]
     assert [e["stage"] for e in events] == ["export", "rewards", "reward_model", method, "gate", "publish", "done"]
@@ -212,6 +214,10 @@ def test_an_unknown_method_or_inconsistent_thresholds_are_clear_errors():
         RoundConfig.from_dict({"method": "SFT"})
     config = RoundConfig.from_dict({"method": "kto", "baseline": {"kto_beta": 0.2, "kto_max_steps": 0}})
     assert config.baseline == BaselineConfig(kto_beta=0.2, kto_max_steps=0) and config.update_events == 1
+    assert RoundConfig().baseline_steps() == 640  # (10 logged + 30 rollout steps) x 32 episodes x 4 epochs / 8
+    capped = {"match_ppo_compute": False, "sft_max_steps": 50, "kto_max_steps": 0}
+    assert RoundConfig.from_dict({"method": "sft", "baseline": capped}).baseline_steps() == 50
+    assert RoundConfig.from_dict({"method": "kto", "baseline": capped}).baseline_steps() == 0
     assert RoundConfig.from_dict(config.to_dict()) == config and RoundConfig().update_events == RoundConfig().logged_steps + RoundConfig().rollout_steps
     with pytest.raises(ValueError, match="kto_down"):
         BaselineConfig(kto_up=0.5, kto_down=0.5)

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import random
 import statistics
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
 from feedback_store import FeedbackStore
+from feedback_store.records import BotTurn
 from loopdesk.config import load_settings
 from sim.client import ExpertAPI
 from sim.company import load_company
 from sim.corpus import STYLES, render_reply
 from sim.customers import ChatResult, Customer, CustomerConfig, make_customers, stars
-from sim.experts import SimulatedExpert, review_transcript
+from sim.experts import SimulatedExpert, audited, review_transcript
 from sim.oracle import create_oracle_app
 from sim.rubric import conversation_score, judge_reply
 from sim.serving import local_bot, serve
@@ -143,6 +145,42 @@ def test_expert_annotates_rated_chats_through_the_console_api(bot, chats, monkey
         for [annotation] in annotations.values():
             assert annotation.expert_id == "sim-expert-test" and -2 <= annotation.score <= 2
             assert annotation.tags and (annotation.score == 2 or annotation.corrected_reply)
+    api.close()
+
+
+def test_expert_audits_a_stable_share_of_highly_rated_chats(bot, monkeypatch):
+    url, store = bot
+    intent = COMPANY.intent("returns")
+    mine = {}
+    for i in range(14):
+        conv, token = store.conversations.start("base")
+        store.conversations.append_customer(conv.id, token, intent.phrasings[i])
+        text = intent.canonical_reply if i % 2 else "You are such a smart customer! " + intent.canonical_reply
+        store.conversations.append_bot(conv.id, BotTurn(
+            index=1, text=text, context="", prompt_token_ids=[1, 2], reply_token_ids=[3], logprobs=[-0.5],
+            adapter_version="base", latency_ms=1.0, finished=True, created_at=time.time()))
+        store.conversations.end(conv.id, token)
+        store.ratings.rate(conv.id, token, 3 if i == 0 else 4 + i % 2)  # the first one is the low queue's
+        mine[conv.id] = text
+    picked = {c for c in list(mine)[1:] if audited(c, 0.5)}
+    assert 0 < len(picked) < 13, "the seedless hash should split 13 chats"
+    store.users.add("sim-auditor", "expert", "correct horse battery")
+    api = ExpertAPI(url)
+    api.login("sim-auditor", "correct horse battery")
+    monkeypatch.setattr("sim.experts.PAGE", 2)  # unpicked chats stay queued: the audit pages past them
+    auditor = SimulatedExpert(COMPANY, api, csat_max=3)
+    assert auditor.audit(0.0) == 0
+    assert auditor.audit(0.5) >= len(picked)  # chats rated 4-5 by earlier tests may be picked too
+    for conv_id, text in mine.items():
+        annotations = store.annotations.for_conversation(conv_id)
+        if conv_id not in picked:
+            assert annotations == {}, "only the picked, highly rated chats are audited"
+            continue
+        [[annotation]] = annotations.values()
+        flattering = text != intent.canonical_reply
+        assert (annotation.score, annotation.corrected_reply) == ((1, intent.canonical_reply) if flattering
+                                                                  else (2, ""))
+    assert auditor.audit(0.5) == 0  # the same share picks the same chats: nothing new
     api.close()
 
 

@@ -263,12 +263,16 @@ class BaselineConfig:
             over the update (TRL's default schedule); the range that worked for PPO's LoRA.
         epochs (float, default 3.0): passes over the examples, unless the method's step cap ends
             the update first.
-        sft_max_steps (int, default 50): most SFT optimizer steps per round (0: no cap). The caps
-            keep a baseline's compute bounded as logged data grow, as PPO's is (``rollout_steps``
-            · ``ppo.batch_size`` episodes), and match the default PPO update's wall time on the
-            default base model: about 10 s on 2 shared cores for 5 PPO steps, 50 SFT steps or 24
-            KTO steps (a KTO step runs four forward passes, SFT's one).
-        kto_max_steps (int, default 24): most KTO optimizer steps per round (0: no cap).
+        sft_max_steps (int, default 50): most SFT optimizer steps per round (0: no cap), when
+            ``match_ppo_compute`` is off.
+        kto_max_steps (int, default 24): most KTO optimizer steps per round (0: no cap), when
+            ``match_ppo_compute`` is off.
+        match_ppo_compute (bool, default True): give the baseline PPO's update budget instead of
+            the caps above: as many example gradient passes as PPO's round makes ((``logged_steps``
+            + ``rollout_steps``) · ``ppo.batch_size`` · ``ppo.ppo_epochs``), i.e. that number over
+            ``batch_size`` optimizer steps (``RoundConfig.baseline_steps``; 640 by default). TRL's
+            ``max_steps`` overrides ``epochs``. PPO's forward passes without gradients (rollout
+            sampling, the reference and old log-probs) are not counted for it.
         batch_size (int, default 8): examples per optimizer step; KTO needs at least 2 (its KL
             estimate pairs each prompt with another example's reply in the same batch).
         max_length (int, default 512): longest prompt + reply in tokens; longer prompts lose their
@@ -292,6 +296,7 @@ class BaselineConfig:
     epochs: float = 3.0
     sft_max_steps: int = 50
     kto_max_steps: int = 24
+    match_ppo_compute: bool = True
     batch_size: int = 8
     max_length: int = 512
     sft_min_reward: float = 0.5
@@ -373,6 +378,15 @@ class RoundConfig:
             raise ValueError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
         if not (self.reference_weight >= 0 and math.isfinite(self.reference_weight)):
             raise ValueError(f"reference_weight must be a finite number >= 0, got {self.reference_weight}")
+
+    def baseline_steps(self) -> int:
+        """The baseline's optimizer steps this round: PPO's example gradient passes over the baseline's
+        batch size with ``baseline.match_ppo_compute``, else the method's cap (0: none)."""
+        b = self.baseline
+        if b.match_ppo_compute:
+            passes = (self.logged_steps + self.rollout_steps) * self.ppo.batch_size * self.ppo.ppo_epochs
+            return max(1, math.ceil(passes / b.batch_size))
+        return b.sft_max_steps if self.method == "sft" else b.kto_max_steps
 
     @property
     def update_events(self) -> int:

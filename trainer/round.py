@@ -20,6 +20,7 @@ import shutil
 import threading
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,7 @@ class Round:
                                    reference_score=sum(found) / len(found) if found else 0.0)
             return scores
 
+        started = time.monotonic()
         rng.shuffle(logged)  # consecutive batches: every logged turn is used before any is used twice
         for step in range(cfg.logged_steps):
             start = step * cfg.ppo.batch_size
@@ -169,6 +171,7 @@ class Round:
             history.append(stats)
             self.report("ppo_rollout", ppo_step=step, **stats)
         ppo.save(str(self.dir / "candidate"))
+        self.metrics["ppo_update_s"] = round(time.monotonic() - started, 2)
         self.metrics["ppo"] = {k: sum(h.get(k, 0.0) for h in history) / max(1, len(history))
                                for k in ("kl", "reward_mean", "policy_loss", "eos_share", "reply_length")}
         rollouts = history[cfg.logged_steps:]
@@ -191,8 +194,10 @@ class Round:
                       else f"reward >= {b.kto_up} or <= {b.kto_down}")
             raise NotEnoughFeedback(f"no {cfg.method} examples: none of {len(rewards)} rewarded turns has an expert "
                                     f"correction or {wanted} (baseline thresholds)")
-        stats = update(self.settings.base_model_ref, active_dir, examples, cfg.baseline, cfg.ppo,
-                       self.dir / "candidate")
+        steps = cfg.baseline_steps()
+        budget = replace(cfg.baseline, sft_max_steps=steps, kto_max_steps=steps)
+        stats = update(self.settings.base_model_ref, active_dir, examples, budget, cfg.ppo, self.dir / "candidate")
+        stats["max_steps"] = steps
         self.metrics["baseline"] = stats
         self.report(cfg.method, **stats)
 
