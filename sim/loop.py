@@ -310,6 +310,10 @@ def training_record(run: Any, store: Any, train_s: float) -> dict[str, Any]:
             "gate_candidate_kl": metrics.get("gate_candidate_kl"),
             "gate_candidate_rm_score": metrics.get("gate_candidate_rm_score"),
             "gate_active_rm_score": metrics.get("gate_active_rm_score"),
+            "gate_candidate_reference_score": metrics.get("gate_candidate_reference_score"),
+            "gate_active_reference_score": metrics.get("gate_active_reference_score"),
+            "reference_contexts": metrics.get("reference_contexts"),
+            "update_s": metrics.get("ppo_update_s", (metrics.get("baseline") or {}).get("update_s")),
             "gate_reasons": metrics.get("gate_reasons", []), "trainer_duration_s": metrics.get("duration_s"),
             "timings": {"train_s": train_s}}
 

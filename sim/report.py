@@ -138,7 +138,8 @@ def markdown(report: dict[str, Any]) -> str:
               f"{r['turns_annotated']} |" for r in rounds]
     lines += ["", "## Training", "", f"![Training]({PLOTS['training']})", "",
               "| round | run | status | adapter | RM held-out accuracy (pairs) | KL to base (gate) | PPO KL | "
-              "gate RM score cand./active | reasons |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "gate RM score cand./active | gate expert view cand./active | reviewed contexts | reasons |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rounds:
         t = r["training"]
         if t:
@@ -146,15 +147,17 @@ def markdown(report: dict[str, Any]) -> str:
                          f"({t['adapter_status'] or '–'}) | {_fmt(t['rm_eval_accuracy'])} ({_fmt(t['pairs_eval'], 'd')}) | "
                          f"{_fmt(t['gate_candidate_kl'])} | {_fmt(t['ppo_kl'])} | "
                          f"{_fmt(t['gate_candidate_rm_score'])} / {_fmt(t['gate_active_rm_score'])} | "
+                         f"{_fmt(t.get('gate_candidate_reference_score'))} / {_fmt(t.get('gate_active_reference_score'))} | "
+                         f"{_fmt(t.get('reference_contexts'), 'd')} | "
                          f"{'; '.join(t['gate_reasons']) or t['error'] or '–'} |")
     lines += ["", "## Stage timings (seconds)", "",
-              "| round | simulate | expert | train (queue → finished) | of which trainer | hot-swap |",
-              "| --- | --- | --- | --- | --- | --- |"]
+              "| round | simulate | expert | train (queue → finished) | of which trainer | of which policy update | "
+              "hot-swap |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rounds:
         t = r["training"] or {"timings": {}}
         lines.append(f"| {r['round']} | {r['timings']['simulate_s']:.1f} | {r['timings']['expert_s']:.1f} | "
                      f"{_fmt(t['timings'].get('train_s'), '.1f')} | {_fmt(t.get('trainer_duration_s'), '.1f')} | "
-                     f"{_fmt(t['timings'].get('swap_s'), '.1f')} |")
+                     f"{_fmt(t.get('update_s'), '.1f')} | {_fmt(t['timings'].get('swap_s'), '.1f')} |")
     return "\n".join(lines) + "\n"
 
 
