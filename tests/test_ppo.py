@@ -39,7 +39,9 @@ def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
 
 
 def make_trainer(**overrides) -> PPOTrainer:
-    config = PPOConfig(**({"max_new_tokens": 6, "missing_eos_penalty": 0.0} | overrides))
+    # one pass per step at 2e-3: the mechanics below count updates and ratios of a single pass
+    config = PPOConfig(**({"max_new_tokens": 6, "missing_eos_penalty": 0.0, "ppo_epochs": 1, "learning_rate": 2e-3}
+                          | overrides))
     policy = PolicyWithValueHead.with_new_adapter(tiny_llama(), config)
     return PPOTrainer(policy, config, eos_token_id=EOS, pad_token_id=PAD)
 
