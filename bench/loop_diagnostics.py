@@ -3,8 +3,9 @@ and how far PPO gets when the reward is perfect.
 
     python bench/loop_diagnostics.py replies var/base-model [ADAPTER_DIR]
     python bench/loop_diagnostics.py reward-model var/base-model RUN_DIR/reward_model
+    python bench/loop_diagnostics.py reference var/base-model
     python bench/loop_diagnostics.py ppo-ceiling var/base-model --steps 60 --out /tmp/ceiling \
-        --set learning_rate=2e-3 --set lora_target_modules=all-linear
+        [--reward rubric|reference] [--set learning_rate=1e-3 --set ppo_epochs=1]
 
 ``replies``: 12 opening questions per intent (training phrasings, then held-out ones), one reply each
 sampled at temperature 1 as the bot serves; the neutral rubric's mean score and the share of replies
@@ -12,8 +13,13 @@ with all key facts, wrong facts, off topic, grovelling/flattery, and on the aske
 ``reward-model``: the same base-model replies scored by a round's reward model; Spearman correlation
 with the rubric, and how often it prefers the asked intent's canonical reply to the sampled reply and
 to the next intent's canonical reply (chance: 50%).
-``ppo-ceiling``: PPO (``trainer.ppo``) from the base with the rubric itself as the reward, on opening
-questions: the most a perfect reward model could give in that many steps.
+``reference``: the expert-reference reward (``trainer.references``: word F1 against the asked intent's
+canonical reply, what the simulated expert writes as a correction) on the same base replies; its
+Spearman correlation with the rubric, to compare with a reward model's.
+``ppo-ceiling``: PPO (``trainer.ppo``, default ``PPOConfig`` unless ``--set``) from the base on opening
+questions, with the rubric itself as the reward (the most a perfect reward model could give in that
+many steps) or, with ``--reward reference``, the expert-reference reward as if every context had been
+corrected; every 5 steps it prints the rubric's mean stars of the last 5 steps' rollouts.
 Seeded; one torch thread.
 """
 
@@ -98,12 +104,26 @@ def reward_model(args) -> None:
     print(f"asked intent's canonical reply scored above the next intent's: {sum(c > o for c, o in zip(canonical, other)) / n:.0%}")
 
 
+def reference(args) -> None:
+    from scipy.stats import spearmanr
+    from trainer.references import word_f1, words
+
+    tokenizer, model = load(args.base, None)
+    company = load_company()
+    torch.manual_seed(0)
+    rows = sampled(model, tokenizer, held_out=False)
+    f1 = [2 * word_f1(words(text), words(intent.canonical_reply)) - 1 for intent, _, text in rows]
+    rubric = [judge_reply(company, intent, text).score() for intent, _, text in rows]
+    print(f"Spearman(expert-reference reward, rubric) on {len(rows)} base replies: {spearmanr(f1, rubric).statistic:.2f}")
+
+
 def ppo_ceiling(args) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trainer.config import PPOConfig
     from trainer.policy import PolicyWithValueHead
     from trainer.ppo import PPOTrainer
+    from trainer.references import word_f1, words
 
     overrides = {}
     for item in args.set:
@@ -119,19 +139,27 @@ def ppo_ceiling(args) -> None:
     prompts = [tokenizer(tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False),
                          add_special_tokens=False)["input_ids"] for _, c in chats]
     intent_of = {tuple(p): intent for p, (intent, _) in zip(prompts, chats)}
+    judged: list[float] = []
 
-    def rubric_reward(pairs):
-        return [(judge_reply(company, intent_of[tuple(p)], tokenizer.decode(r, skip_special_tokens=True)).score() - 3) / 2
-                for p, r in pairs]
+    def reward(pairs):
+        judged.clear()
+        out = []
+        for p, r in pairs:
+            intent, text = intent_of[tuple(p)], tokenizer.decode(r, skip_special_tokens=True)
+            judged.append(judge_reply(company, intent, text).score())
+            out.append((judged[-1] - 3) / 2 if args.reward == "rubric"
+                       else 2 * word_f1(words(text), words(intent.canonical_reply)) - 1)
+        return out
 
     policy = PolicyWithValueHead.with_new_adapter(AutoModelForCausalLM.from_pretrained(args.base), config)
     ppo = PPOTrainer(policy, config, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    rng, started = random.Random(0), time.monotonic()
+    rng, started, stars = random.Random(0), time.monotonic(), []
     for step in range(args.steps):
-        stats = ppo.step_on_prompts([list(p) for p in rng.choices(prompts, k=config.batch_size)], rubric_reward)
-        if step % 5 == 0 or step == args.steps - 1:
-            print(f"step {step:3d}  reward {stats['reward_mean']:+.3f}  KL {stats['kl']:.2f}  "
-                  f"{time.monotonic() - started:.0f} s", flush=True)
+        stats = ppo.step_on_prompts([list(p) for p in rng.choices(prompts, k=config.batch_size)], reward)
+        stars.append(sum(judged) / len(judged))
+        if step % 5 == 4 or step == args.steps - 1:
+            print(f"step {step + 1:3d}  rubric (last 5 steps) {sum(stars[-5:]) / len(stars[-5:]):.2f}  "
+                  f"KL {stats['kl']:.2f}  {time.monotonic() - started:.0f} s", flush=True)
     ppo.save(args.out)
     print(f"adapter in {args.out}; measure it with: python bench/loop_diagnostics.py replies {args.base} {args.out}")
 
@@ -148,8 +176,12 @@ def main() -> None:
     p.add_argument("base")
     p.add_argument("reward_model")
     p.set_defaults(run=reward_model)
+    p = commands.add_parser("reference")
+    p.add_argument("base")
+    p.set_defaults(run=reference)
     p = commands.add_parser("ppo-ceiling")
     p.add_argument("base")
+    p.add_argument("--reward", choices=["rubric", "reference"], default="rubric")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--out", required=True)
     p.add_argument("--set", action="append", default=[], help="PPOConfig field=value (JSON values)")
