@@ -102,6 +102,22 @@ def test_round_trains_gates_and_publishes_a_canary(tsettings, store, base_model_
     store.runs.lock().acquire().release()
 
 
+def test_a_warm_started_ppo_round_runs_sft_on_the_demonstrations_first(tsettings, store, base_model_dir):
+    seed_conversations(store, base_model_dir)  # every third turn has an expert correction
+    config = small_round_config(warm_start_steps=3)
+    config.baseline.batch_size = 4
+    run = run_round(tsettings, store, config=config, show_progress=False)
+    assert run.status == "succeeded"
+    warm = run.metrics["warm_start"]
+    assert warm["method"] == "sft" and warm["steps"] == 3 and warm["corrections"] > 0
+    assert run.metrics["ppo_update_s"] >= warm["update_s"] > 0  # the warm start is part of PPO's update
+    events = [e["stage"] for _, e in store.runs.progress(run.id)]
+    assert events == ["export", "rewards", "reward_model", "sft_warm_start", "ppo_logged", "ppo_rollout",
+                      "gate", "publish", "done"]
+    # the baselines' budget counts the warm start: (1 + 1) PPO steps x 8 episodes x 4 epochs + 3 x 4 = 76 passes
+    assert config.baseline_steps() == 19 and config.update_events == 3
+
+
 def test_the_reward_model_learns_from_all_feedback_so_far(tsettings, store, base_model_dir):
     def corrected_kept(ids: list[str], every: set[str]) -> int:
         return len([c for c in every if c not in held_out(set(ids), small_round_config().holdout_share)])

@@ -269,7 +269,8 @@ class BaselineConfig:
             ``match_ppo_compute`` is off.
         match_ppo_compute (bool, default True): give the baseline PPO's update budget instead of
             the caps above: as many example gradient passes as PPO's round makes ((``logged_steps``
-            + ``rollout_steps``) · ``ppo.batch_size`` · ``ppo.ppo_epochs``), i.e. that number over
+            + ``rollout_steps``) · ``ppo.batch_size`` · ``ppo.ppo_epochs``, plus ``warm_start_steps``
+            · ``batch_size``), i.e. that number over
             ``batch_size`` optimizer steps (``RoundConfig.baseline_steps``; 640 by default). TRL's
             ``max_steps`` overrides ``epochs``. PPO's forward passes without gradients (rollout
             sampling, the reference and old log-probs) are not counted for it.
@@ -357,6 +358,11 @@ class RoundConfig:
             (the first loop reward model: 0.28-0.41), and PPO on it alone reached 3.9 rubric stars
             on opening questions against 4.0-4.1 with the rubric as the reward. On a round's
             reward model the scores' spread is about 1.0 and the reference's 0.57, hence 2.
+        warm_start_steps (int, default 0): PPO only: this many SFT steps (``baseline.batch_size``
+            examples each, ``trainer.baselines.sft_examples``: expert corrections and replies
+            rewarded ≥ ``baseline.sft_min_reward``) before the PPO steps, which start from that
+            adapter: InstructGPT's order, demonstrations first, then RL against the reward. The KL
+            reference stays the base model. Counted in the baselines' budget (``baseline_steps``).
     """
 
     method: str = "ppo"
@@ -372,10 +378,13 @@ class RoundConfig:
     max_episodes: int = 10_000
     reward_model_history: bool = True
     reference_weight: float = 2.0
+    warm_start_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
+        if self.warm_start_steps < 0:
+            raise ValueError(f"warm_start_steps must be >= 0, got {self.warm_start_steps}")
         if not (self.reference_weight >= 0 and math.isfinite(self.reference_weight)):
             raise ValueError(f"reference_weight must be a finite number >= 0, got {self.reference_weight}")
 
@@ -384,14 +393,15 @@ class RoundConfig:
         batch size with ``baseline.match_ppo_compute``, else the method's cap (0: none)."""
         b = self.baseline
         if b.match_ppo_compute:
-            passes = (self.logged_steps + self.rollout_steps) * self.ppo.batch_size * self.ppo.ppo_epochs
+            passes = ((self.logged_steps + self.rollout_steps) * self.ppo.batch_size * self.ppo.ppo_epochs
+                      + self.warm_start_steps * b.batch_size)
             return max(1, math.ceil(passes / b.batch_size))
         return b.sft_max_steps if self.method == "sft" else b.kto_max_steps
 
     @property
     def update_events(self) -> int:
         """Progress events of the policy update: one per PPO step, one for a baseline."""
-        return self.logged_steps + self.rollout_steps if self.method == "ppo" else 1
+        return self.logged_steps + self.rollout_steps + (self.warm_start_steps > 0) if self.method == "ppo" else 1
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "RoundConfig":

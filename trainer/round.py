@@ -135,7 +135,19 @@ class Round:
         from trainer.ppo import PPOTrainer
         from trainer.references import with_references
 
-        cfg, base_ref = self.config, self.settings.base_model_ref
+        cfg, base_ref, started = self.config, self.settings.base_model_ref, time.monotonic()
+        if cfg.warm_start_steps > 0:  # demonstrations first (InstructGPT's SFT → PPO), then RL from there
+            from trainer import baselines
+
+            examples = baselines.sft_examples(train_eps, rewards, tokenizer, cfg.baseline)
+            if examples:
+                steps = replace(cfg.baseline, sft_max_steps=cfg.warm_start_steps)
+                stats = baselines.sft_update(base_ref, active_dir, examples, steps, cfg.ppo, self.dir / "warm_start")
+                active_dir = self.dir / "warm_start"
+            else:
+                stats = {"examples": 0, "steps": 0}
+            self.metrics["warm_start"] = stats
+            self.report("sft_warm_start", **stats)
         base = AutoModelForCausalLM.from_pretrained(base_ref)
         policy = (PolicyWithValueHead.with_new_adapter(base, cfg.ppo) if active_dir is None
                   else PolicyWithValueHead.from_pretrained(base, active_dir))
@@ -157,7 +169,6 @@ class Round:
                                    reference_score=sum(found) / len(found) if found else 0.0)
             return scores
 
-        started = time.monotonic()
         rng.shuffle(logged)  # consecutive batches: every logged turn is used before any is used twice
         for step in range(cfg.logged_steps):
             start = step * cfg.ppo.batch_size
