@@ -2,8 +2,9 @@
 
 lock → recover from killed runs → run record → export feedback after the training watermark →
 rewards → reward model → policy update (``RoundConfig.method``: PPO on logged turns + fresh rollouts
-scored by the reward model, or an SFT / KTO baseline on the logged turns) → gate → publish →
-finish the run.
+scored by the reward model plus the expert-reference reward, optionally after an SFT warm start on
+the demonstrations; or an SFT / KTO baseline on the logged turns with PPO's budget) → gate (reward
+model, expert view, KL) → publish → finish the run.
 
 The lock is extended by a background thread while the round works; every stage checks it is
 still held. Any exception marks the run failed (the watermark stays, so the data is used again)
@@ -159,7 +160,6 @@ class Round:
                   for e in train_eps if (e.conversation_id, e.turn.index) in rewards]
         prompts = list({tuple(p): None for p in [e.turn.prompt_token_ids for e in train_eps] + references.contexts()})
         history: list[dict[str, float]] = []
-
         reference_stats: dict[str, float] = {}
 
         def rollout_rewards(pairs):
