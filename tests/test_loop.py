@@ -30,7 +30,7 @@ def test_miniature_loop_rates_trains_publishes_and_serves_the_new_version(settin
 
     training = after["training"]
     run = store.runs.get(training["run_id"])
-    assert run.status == "succeeded"  # the miniature's gate always passes
+    assert run.status == "succeeded", run.error  # the miniature's gate always passes
     assert run.trigger == "loop" and {"rm_eval_accuracy", "ppo", "gate_candidate_kl"} <= set(run.metrics)
     version = run.adapter_version
     assert store.adapters.get(version).status == "active" and store.adapters.active() == version
