@@ -58,7 +58,7 @@ def test_gate_measures_both_adapters_and_passes_within_budget(base_model_dir, ca
                   "'active_score': 4.0, 'details': {'active': sys.argv[-1]}}))\n"))
     verdict = gate.evaluate(str(base_model_dir), candidate_dir, None, "base", prompts, untrained_reward_model, config)
     assert verdict.passed, verdict.reasons
-    assert verdict.candidate.replies == verdict.active.replies == 3
+    assert verdict.candidate.replies == verdict.active.replies == 3 * config.samples_per_context
     assert abs(verdict.candidate.kl) < 1e-4  # a fresh LoRA (B = 0) is the base model
     assert verdict.external["details"] == {"active": "base"}
     metrics = verdict.metrics()
@@ -84,6 +84,23 @@ def test_a_candidate_not_significantly_ahead_is_rejected_with_the_p_value(base_m
     assert any("paired p" in r for r in verdict.reasons)
     with pytest.raises(ValueError, match="alpha"):
         GateConfig(alpha=0.0)
+
+
+def test_each_context_scores_the_mean_of_its_sampled_replies(base_model_dir, candidate_dir, prompts,
+                                                            untrained_reward_model):
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model_dir), str(candidate_dir),
+                                      adapter_name=gate.CANDIDATE).eval()
+    config = GateConfig(max_new_tokens=8, samples_per_context=3)
+    tokenizer = untrained_reward_model.tokenizer
+    stats, scores = gate.measure(model, None, prompts, untrained_reward_model, config,
+                                 tokenizer.pad_token_id, tokenizer.eos_token_id)
+    assert stats.replies == 9 and len(scores) == 3  # three replies per context, one score per context
+    assert sum(scores) / 3 == pytest.approx(stats.rm_score, abs=1e-5)
+    assert len(set(scores)) > 1  # contexts differ, so they are not averaged together
+    with pytest.raises(ValueError, match="samples_per_context"):
+        GateConfig(samples_per_context=0)
 
 
 def test_paired_p_value_is_one_sided_and_counts_the_margin():
@@ -166,7 +183,7 @@ def test_the_expert_view_is_measured_on_reviewed_contexts_and_can_refuse(base_mo
     verdict = gate.evaluate(str(base_model_dir), candidate_dir, None, "base", prompts, untrained_reward_model,
                             lenient, references, reference_weight=1.0)
     # a fresh LoRA samples what the base samples: the same agreement on the 2 reviewed contexts of 3
-    assert verdict.candidate.reference_replies == verdict.active.reference_replies == 2
+    assert verdict.candidate.reference_replies == verdict.active.reference_replies == 2 * lenient.samples_per_context
     assert verdict.candidate.reference_score == pytest.approx(verdict.active.reference_score)
     assert -1.0 <= verdict.candidate.reference_score <= 1.0
     assert verdict.passed and verdict.checks["expert_view"], verdict.reasons

@@ -1,11 +1,11 @@
 """The evaluation gate: a candidate adapter must beat the active one on held-out logged prompts.
 
 Both adapters answer the same held-out prompts (logged contexts of conversations kept out of
-training) at the serving temperature. Measured per adapter: mean reward-model score, KL to the
+training) at the serving temperature, ``samples_per_context`` replies each. Measured per adapter: mean reward-model score, KL to the
 reference (the base, adapter disabled; Σ_t log π(y_t) − log π_ref(y_t) over each sampled reply,
 averaged over replies), mean reply length in tokens, and the share of replies cut off without EOS.
 
-A context's score is the reward model's, plus ``reference_weight`` × the expert-reference score
+A context's score is the mean over its replies of the reward model's score, plus ``reference_weight`` × the expert-reference score
 (``trainer.references``) where an expert reviewed that held-out context: the same reward PPO's
 rollouts get. The expert view is also measured on its own: mean agreement with the experts'
 corrections on the reviewed contexts.
@@ -117,13 +117,16 @@ def paired_p_value(candidate: list[float], active: list[float], margin: float = 
 
 @torch.no_grad()
 def measure(model, adapter: str | None, prompts: list[list[int]], reward_model: RewardModel,
-            config: GateConfig, pad_id: int, eos_id: int, batch_size: int = 16,
+            config: GateConfig, pad_id: int, eos_id: int, batch_size: int = 64,
             references: ExpertReferences | None = None, reference_weight: float = 0.0
             ) -> tuple[PolicyStats, list[float]]:
-    """Sample replies with ``adapter`` (None: the base) and measure them (module docstring); also
-    returns each context's score: the reward model's, plus ``reference_weight`` × the expert-reference
-    score where an expert reviewed the context."""
+    """Sample ``config.samples_per_context`` replies per prompt with ``adapter`` (None: the base) and
+    measure them (module docstring); also returns each context's score: the mean over its replies of
+    the reward model's score plus ``reference_weight`` × the expert-reference score where an expert
+    reviewed the context."""
     torch.manual_seed(config.seed)
+    k = config.samples_per_context
+    contexts, prompts = len(prompts), [p for p in prompts for _ in range(k)]
     episodes: list[Episode] = []
     kls: list[float] = []
     for start in range(0, len(prompts), batch_size):
@@ -162,7 +165,7 @@ def measure(model, adapter: str | None, prompts: list[list[int]], reward_model: 
         reference_score=sum(found) / len(found) if found else None,
         reference_replies=len(found),
     )
-    return stats, scores
+    return stats, [sum(scores[i * k:(i + 1) * k]) / k for i in range(contexts)]
 
 
 def run_evaluator(command: str, candidate_dir: Path, active_version: str, timeout_s: float) -> dict[str, Any]:
@@ -225,7 +228,7 @@ def evaluate(base_model_ref: str, candidate_dir: Path, active_dir: Path | None, 
                        f"(paired p = {p_value:.3f}, alpha {config.alpha})")
     if expert_view and not checks["expert_view"]:
         reasons.append(f"expert view worse: reference agreement {candidate.reference_score:.4f} vs active "
-                       f"{active.reference_score:.4f} on {candidate.reference_replies} reviewed contexts "
+                       f"{active.reference_score:.4f} on {candidate.reference_replies} replies to reviewed contexts "
                        f"(tolerance {config.reference_tolerance})")
     if not checks["kl"]:
         reasons.append(f"KL to base {candidate.kl:.3f} nats > budget {config.kl_budget}")
