@@ -1,14 +1,15 @@
 """The evaluation gate: a candidate adapter must beat the active one on held-out logged prompts.
 
 Both adapters answer the same held-out prompts (logged contexts of conversations kept out of
-training) at the serving temperature, ``samples_per_context`` replies each. Measured per adapter: mean reward-model score, KL to the
-reference (the base, adapter disabled; Σ_t log π(y_t) − log π_ref(y_t) over each sampled reply,
-averaged over replies), mean reply length in tokens, and the share of replies cut off without EOS.
+training) at the serving temperature, ``samples_per_context`` replies each. Measured per adapter:
+mean reward-model score, KL to the reference (the base, adapter disabled; Σ_t log π(y_t) −
+log π_ref(y_t) over each sampled reply, averaged over replies), mean reply length in tokens, and
+the share of replies cut off without EOS.
 
-A context's score is the mean over its replies of the reward model's score, plus ``reference_weight`` × the expert-reference score
-(``trainer.references``) where an expert reviewed that held-out context: the same reward PPO's
-rollouts get. The expert view is also measured on its own: mean agreement with the experts'
-corrections on the reviewed contexts.
+A context's score is the mean over its replies of the reward model's score plus
+``reference_weight`` × the expert-reference score (``trainer.references``) where an expert reviewed
+that held-out context: the same reward PPO's rollouts get. The expert view is also measured on its
+own: mean agreement with the experts' corrections on the reviewed contexts.
 
 Pass rule (``GateConfig``): candidate score ≥ active score + ``margin`` and, with ``alpha`` < 1,
 a one-sided paired test on the per-context score differences (both adapters answer the same
