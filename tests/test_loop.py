@@ -18,7 +18,10 @@ def test_miniature_loop_rates_trains_publishes_and_serves_the_new_version(settin
                                                                           base_model_dir, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the worker subprocess: tiny models on busy cores
     loop_settings = trainer_settings(settings, tmp_path / "data", base_model_dir)
-    config = LoopConfig(rounds=1, customers_per_round=8, concurrency=4, held_out_share=0.25, seed=3,
+    # 16 customers: 12 on the bot, of which the round holds out ~20% by a hash of the (random) conversation
+    # ids. With 8 (6 on the bot) the hash held out 3 or more in ~10% of runs, which left fewer rewarded
+    # turns than min_episodes (CI: "NotEnoughFeedback: 3 rewarded turns ...; a round needs 4").
+    config = LoopConfig(rounds=1, customers_per_round=16, concurrency=4, held_out_share=0.25, seed=3,
                         round_config=small_round_config().to_dict(), round_timeout_s=300, progress=False)
 
     report = run_loop(loop_settings, config, tmp_path / "logs", echo=lambda line: None)
@@ -49,7 +52,7 @@ def test_miniature_loop_rates_trains_publishes_and_serves_the_new_version(settin
     own = method_settings(loop_settings, "none")  # its own key prefix on the shared test Redis
     assert own.key_prefix != loop_settings.key_prefix and own.data_dir == loop_settings.data_dir / "loop" / "none"
     still = run_loop(own,
-                     LoopConfig(rounds=1, customers_per_round=8, concurrency=4, held_out_share=0.25, seed=3,
+                     LoopConfig(rounds=1, customers_per_round=16, concurrency=4, held_out_share=0.25, seed=3,
                                 method="none", oracle=False, progress=False), tmp_path / "logs-none",
                      echo=lambda line: None)
     assert [r["version"] for r in still["rounds"]] == ["base", "base"] and still["rounds"][1]["training"] is None
