@@ -4,6 +4,7 @@ customers and expert, on the test-size model. It proves every stage runs, not th
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -51,9 +52,7 @@ def test_miniature_loop_rates_trains_publishes_and_serves_the_new_version(settin
     # The comparison: a "none" loop (no training, no worker) on the same customers, then one report.
     own = method_settings(loop_settings, "none")  # its own key prefix on the shared test Redis
     assert own.key_prefix != loop_settings.key_prefix and own.data_dir == loop_settings.data_dir / "loop" / "none"
-    still = run_loop(own,
-                     LoopConfig(rounds=1, customers_per_round=16, concurrency=4, held_out_share=0.25, seed=3,
-                                method="none", oracle=False, progress=False), tmp_path / "logs-none",
+    still = run_loop(own, replace(config, method="none", oracle=False), tmp_path / "logs-none",
                      echo=lambda line: None)
     assert [r["version"] for r in still["rounds"]] == ["base", "base"] and still["rounds"][1]["training"] is None
     assert report["oracle"]["csat"]["n"] >= 1 and report["oracle"]["csat"]["mean"] >= 4.0  # canonical replies
