@@ -219,6 +219,8 @@ def test_an_unknown_method_or_inconsistent_thresholds_are_clear_errors():
     assert RoundConfig.from_dict({"method": "sft", "baseline": capped}).baseline_steps() == 50
     assert RoundConfig.from_dict({"method": "kto", "baseline": capped}).baseline_steps() == 0
     assert RoundConfig.from_dict(config.to_dict()) == config and RoundConfig().update_events == RoundConfig().logged_steps + RoundConfig().rollout_steps
+    with pytest.raises(ValueError, match="kl_reference must be one of base, start; got 'sft'"):
+        RoundConfig(kl_reference="sft")
     with pytest.raises(ValueError, match="kto_down"):
         BaselineConfig(kto_up=0.5, kto_down=0.5)
     with pytest.raises(ValueError, match="batch_size"):

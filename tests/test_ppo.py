@@ -157,3 +157,45 @@ def test_adapter_and_value_head_round_trip(tmp_path):
     assert torch.allclose(expected[0], got[0], atol=1e-6)
     assert torch.allclose(expected[1], got[1], atol=1e-6)
     assert expected[1].abs().sum() > 0  # the value head was trained, not zero
+
+
+def test_a_frozen_adapter_as_reference_stays_put_while_the_policy_moves(tmp_path):
+    # The start adapter: one trained step away from the base, saved, then loaded twice: as the
+    # trained policy and as the frozen KL reference (InstructGPT's KL to its SFT model).
+    start = make_trainer(learning_rate=1e-2)
+    start.step_on_prompts(random_prompts(32, torch.Generator().manual_seed(6)), contains_target)
+    start.save(str(tmp_path / "start"))
+    policy = PolicyWithValueHead.from_pretrained(tiny_llama(), tmp_path / "start")
+    policy.freeze_reference(tmp_path / "start")
+    config = PPOConfig(max_new_tokens=6, missing_eos_penalty=0.0, ppo_epochs=1, learning_rate=1e-2)
+    trainer = PPOTrainer(policy, config, eos_token_id=EOS, pad_token_id=PAD)
+    ids, mask = torch.tensor([[BOS, 5, 6, 7, 8]]), torch.ones(1, 5, dtype=torch.long)
+
+    def logits(reference: bool = False, base: bool = False) -> torch.Tensor:
+        with torch.no_grad():
+            if base:
+                with policy.lm.disable_adapter():
+                    return policy(ids, mask)[0]
+            if reference:
+                with policy.reference():
+                    return policy(ids, mask)[0]
+            return policy(ids, mask)[0]
+
+    start_logits = logits()
+    assert torch.allclose(logits(reference=True), start_logits, atol=1e-6)
+    assert not torch.allclose(logits(base=True), start_logits, atol=1e-3)  # the reference is not the base
+    first = trainer.step_on_prompts(random_prompts(32, torch.Generator().manual_seed(7)), contains_target)
+    assert first["kl"] == pytest.approx(0.0, abs=1e-5)  # rollouts of the start policy: no drift from it yet
+    for seed in (8, 9):
+        stats = trainer.step_on_prompts(random_prompts(32, torch.Generator().manual_seed(seed)), contains_target)
+    assert stats["kl"] > 0.0
+    assert torch.allclose(logits(reference=True), start_logits, atol=1e-6)  # frozen: not trained
+    assert not torch.allclose(logits(), start_logits, atol=1e-3)  # the policy moved
+    trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
+    assert trainable and not any(".reference." in n for n in trainable)
+
+    trainer.save(str(tmp_path / "candidate"))  # the trained adapter alone, in the published layout
+    assert not (tmp_path / "candidate" / "reference").exists()
+    loaded = PolicyWithValueHead.from_pretrained(tiny_llama(), tmp_path / "candidate").eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids, mask)[0], logits(), atol=1e-6)

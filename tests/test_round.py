@@ -102,12 +102,15 @@ def test_round_trains_gates_and_publishes_a_canary(tsettings, store, base_model_
     store.runs.lock().acquire().release()
 
 
-def test_a_warm_started_ppo_round_runs_sft_on_the_demonstrations_first(tsettings, store, base_model_dir):
+def test_a_warm_started_ppo_round_runs_sft_on_the_demonstrations_first_and_keeps_it_as_reference(tsettings, store, base_model_dir):
     seed_conversations(store, base_model_dir)  # every third turn has an expert correction
-    config = small_round_config(warm_start_steps=3)
+    config = small_round_config(warm_start_steps=3, kl_reference="start")
     config.baseline.batch_size = 4
     run = run_round(tsettings, store, config=config, show_progress=False)
     assert run.status == "succeeded"
+    first_ppo_step = next(e for _, e in store.runs.progress(run.id) if e["stage"] == "ppo_logged")
+    assert first_ppo_step["kl"] == pytest.approx(0.0, abs=1e-4)  # the KL reference is the warm-started adapter
+    assert run.metrics["gate_candidate_kl"] > 0.0  # while the gate's KL budget still measures from the base
     warm = run.metrics["warm_start"]
     assert warm["method"] == "sft" and warm["steps"] == 3 and warm["corrections"] > 0
     assert run.metrics["ppo_update_s"] >= warm["update_s"] > 0  # the warm start is part of PPO's update

@@ -331,6 +331,7 @@ class BaselineConfig:
 
 
 METHODS = ("ppo", "sft", "kto")
+KL_REFERENCES = ("base", "start")
 
 
 @dataclass
@@ -370,7 +371,13 @@ class RoundConfig:
             examples each, ``trainer.baselines.sft_examples``: expert corrections and replies
             rewarded ≥ ``baseline.sft_min_reward``) before the PPO steps, which start from that
             adapter: InstructGPT's order, demonstrations first, then RL against the reward. The KL
-            reference stays the base model. Counted in the baselines' budget (``baseline_steps``).
+            reference is ``kl_reference``'s. Counted in the baselines' budget (``baseline_steps``).
+        kl_reference (str, default "base"): PPO only: the model the per-token KL penalty pulls toward.
+            ``base``: the base model (adapter disabled), so the penalty bounds the total drift across
+            rounds. ``start``: the adapter this round's PPO starts from, frozen (the warm-started one
+            with ``warm_start_steps``, as InstructGPT's KL to its SFT model; else the active adapter;
+            the base when none is active), so it bounds this round's move and keeps what the
+            demonstrations taught. The gate's ``kl_budget`` bounds the drift from the base either way.
     """
 
     method: str = "ppo"
@@ -387,10 +394,13 @@ class RoundConfig:
     reward_model_history: bool = True
     reference_weight: float = 2.0
     warm_start_steps: int = 0
+    kl_reference: str = "base"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
+        if self.kl_reference not in KL_REFERENCES:
+            raise ValueError(f"kl_reference must be one of {', '.join(KL_REFERENCES)}; got {self.kl_reference!r}")
         if self.warm_start_steps < 0:
             raise ValueError(f"warm_start_steps must be >= 0, got {self.warm_start_steps}")
         if not (self.reference_weight >= 0 and math.isfinite(self.reference_weight)):

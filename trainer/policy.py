@@ -1,13 +1,15 @@
 """The policy PPO trains: a causal LM with a LoRA adapter plus a value head on the same trunk.
 
 The reference model is the same network with the adapter disabled (``reference()``), so only
-one copy of the base weights is ever in memory. One forward pass yields both the next-token
-logits and a value per position.
+one copy of the base weights is ever in memory; ``freeze_reference`` makes a frozen second LoRA
+adapter on the same trunk the reference instead (InstructGPT's KL to the SFT policy). One forward
+pass yields both the next-token logits and a value per position.
 """
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
+from typing import Iterator
 from pathlib import Path
 
 import torch
@@ -19,6 +21,8 @@ from transformers import PreTrainedModel
 from trainer.config import PPOConfig
 
 VALUE_HEAD_FILE = "value_head.safetensors"
+POLICY_ADAPTER = "default"  # peft's name of the adapter a PeftModel is created or loaded with
+REFERENCE_ADAPTER = "reference"
 
 
 class PolicyWithValueHead(nn.Module):
@@ -31,6 +35,7 @@ class PolicyWithValueHead(nn.Module):
         self.v_head = nn.Linear(hidden_size, 1)
         nn.init.zeros_(self.v_head.weight)
         nn.init.zeros_(self.v_head.bias)
+        self.has_reference_adapter = False
 
     @classmethod
     def with_new_adapter(cls, base: PreTrainedModel, config: PPOConfig) -> "PolicyWithValueHead":
@@ -58,13 +63,28 @@ class PolicyWithValueHead(nn.Module):
     def save_pretrained(self, path: str | Path) -> None:
         """Write the LoRA adapter (peft's safetensors + config) and the value head."""
         Path(path).mkdir(parents=True, exist_ok=True)
-        self.lm.save_pretrained(str(path))
+        self.lm.save_pretrained(str(path), selected_adapters=[POLICY_ADAPTER])
         state = {k: v.detach().contiguous().cpu() for k, v in self.v_head.state_dict().items()}
         save_file(state, str(Path(path) / VALUE_HEAD_FILE))
 
+    def freeze_reference(self, path: str | Path) -> None:
+        """Make the adapter written at ``path`` the KL reference, frozen beside the trained one (LoRA
+        weights only: the base weights stay one copy)."""
+        self.lm.load_adapter(str(path), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+        self.has_reference_adapter = True
+
     def reference(self) -> AbstractContextManager:
-        """Context in which forward passes run the base model: the KL reference."""
-        return self.lm.disable_adapter()
+        """Context in which forward passes run the KL reference: the base model, or the adapter
+        ``freeze_reference`` loaded."""
+        return self._frozen_reference() if self.has_reference_adapter else self.lm.disable_adapter()
+
+    @contextmanager
+    def _frozen_reference(self) -> Iterator[None]:
+        self.lm.set_adapter(REFERENCE_ADAPTER, inference_mode=True)
+        try:
+            yield
+        finally:  # the policy's adapter active and trainable again, the reference frozen
+            self.lm.set_adapter(POLICY_ADAPTER)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor

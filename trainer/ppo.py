@@ -3,7 +3,8 @@
 Two sources of episodes feed the same update: ``step_on_prompts`` samples fresh replies and scores
 them with a reward function (classic RLHF); ``step_on_logged`` replays served bot turns with their
 human rewards and their serving-time log-probs as the behaviour policy (off-policy, ratio-clipped).
-The reference for the KL penalty is the base model (adapter disabled); PPO's clip bounds each step.
+The reference for the KL penalty is the policy's ``reference()``: the base model (adapter disabled),
+or a frozen adapter it starts from; PPO's clip bounds each step.
 Runs on CPU as one process and unchanged under ``accelerate launch`` (each process gets its own
 episodes; gradients, the KL coefficient and the early stop are synchronised).
 """

@@ -152,6 +152,8 @@ class Round:
         base = AutoModelForCausalLM.from_pretrained(base_ref)
         policy = (PolicyWithValueHead.with_new_adapter(base, cfg.ppo) if active_dir is None
                   else PolicyWithValueHead.from_pretrained(base, active_dir))
+        if cfg.kl_reference == "start" and active_dir is not None:
+            policy.freeze_reference(active_dir)
         ppo = PPOTrainer(policy, cfg.ppo, tokenizer.eos_token_id, tokenizer.pad_token_id)
         rng = random.Random(cfg.ppo.seed)
         logged = [LoggedEpisode(e.turn.prompt_token_ids, e.turn.reply_token_ids, e.turn.logprobs,
