@@ -10,7 +10,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from trainer.config import PPOConfig
-from trainer.episodes import LoggedEpisode
+from trainer.episodes import Episode, LoggedEpisode, collate
 from trainer.policy import PolicyWithValueHead
 from trainer.ppo import PPOTrainer, gae
 
@@ -199,3 +199,28 @@ def test_a_frozen_adapter_as_reference_stays_put_while_the_policy_moves(tmp_path
     loaded = PolicyWithValueHead.from_pretrained(tiny_llama(), tmp_path / "candidate").eval()
     with torch.no_grad():
         assert torch.allclose(loaded(ids, mask)[0], logits(), atol=1e-6)
+
+
+def test_ptx_term_makes_every_update_imitate_the_demonstrations():
+    # No reward signal at all (every reply scores 0): only the ptx term can teach the demonstration.
+    demonstration = ([BOS, 5, 6], [TARGET, TARGET, 9, EOS])
+    prompts = [[BOS, 5, 6]] * 16
+
+    def demonstration_logprob(trainer: PPOTrainer) -> float:
+        episode = Episode(*demonstration, [0.0] * len(demonstration[1]))
+        logprobs, _, _ = trainer._score(collate([episode], PAD, EOS, trainer.accelerator.device), grad=False)
+        return float(logprobs.sum())
+
+    def zero(episodes):
+        return [0.0] * len(episodes)
+
+    moved = {}
+    for coef in (0.0, 1.0):
+        trainer = make_trainer(batch_size=16, mini_batch_size=8, ptx_coef=coef, ptx_batch_size=4)
+        trainer.add_demonstrations([demonstration])
+        before = demonstration_logprob(trainer)
+        for _ in range(5):
+            stats = trainer.step_on_prompts(prompts, zero)
+        moved[coef] = demonstration_logprob(trainer) - before
+        assert ("ptx_loss" in stats) == (coef > 0)
+    assert moved[1.0] > 2.0 and moved[1.0] > moved[0.0] + 2.0, moved  # nats of the 4-token demonstration

@@ -93,6 +93,11 @@ class PPOConfig:
         stop_kl (float, default 0.1): stop the step's remaining updates once the approximate
             KL (per token) between the policy and the policy at the start of the step
             exceeds this bound.
+        ptx_coef (float, default 0.0): weight of the demonstrations' mean negative log-likelihood per
+            reply token added to every minibatch's loss (InstructGPT's PPO-ptx, with the round's
+            demonstrations, ``trainer.baselines.sft_examples``, in place of pretraining text); 0 turns
+            it off. Keeps what the demonstrations teach while the reward moves the policy.
+        ptx_batch_size (int, default 8): demonstrations per minibatch update when ``ptx_coef`` > 0.
         max_episode_age_s (float, default 604800): logged episodes older than this many
             seconds (7 days) are skipped: their behaviour policy is too far from the current.
         seed (int, default 0): seed of rollout sampling and minibatch shuffling.
@@ -121,12 +126,16 @@ class PPOConfig:
     missing_eos_penalty: float = 1.0
     max_grad_norm: float = 1.0
     stop_kl: float = 0.1
+    ptx_coef: float = 0.0
+    ptx_batch_size: int = 8
     max_episode_age_s: float = 7 * 24 * 3600.0
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.mini_batch_size < 1 or self.batch_size < 1:
-            raise ValueError("batch_size and mini_batch_size must be at least 1")
+        if self.mini_batch_size < 1 or self.batch_size < 1 or self.ptx_batch_size < 1:
+            raise ValueError("batch_size, mini_batch_size and ptx_batch_size must be at least 1")
+        if not (self.ptx_coef >= 0 and math.isfinite(self.ptx_coef)):
+            raise ValueError(f"ptx_coef must be a finite number >= 0, got {self.ptx_coef}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
 
@@ -277,8 +286,9 @@ class BaselineConfig:
             ``match_ppo_compute`` is off.
         match_ppo_compute (bool, default True): give the baseline PPO's update budget instead of
             the caps above: as many example gradient passes as PPO's round makes ((``logged_steps``
-            + ``rollout_steps``) · ``ppo.batch_size`` · ``ppo.ppo_epochs``, plus ``warm_start_steps``
-            · ``batch_size``), i.e. that number over
+            + ``rollout_steps``) · ``ppo.batch_size`` · ``ppo.ppo_epochs``, plus ``ppo.ptx_batch_size``
+            per minibatch update with ``ppo.ptx_coef`` > 0, plus ``warm_start_steps`` · ``batch_size``),
+            i.e. that number over
             ``batch_size`` optimizer steps (``RoundConfig.baseline_steps``; 640 by default). TRL's
             ``max_steps`` overrides ``epochs``. PPO's forward passes without gradients (rollout
             sampling, the reference and old log-probs) are not counted for it.
@@ -411,7 +421,10 @@ class RoundConfig:
         batch size with ``baseline.match_ppo_compute``, else the method's cap (0: none)."""
         b = self.baseline
         if b.match_ppo_compute:
-            passes = ((self.logged_steps + self.rollout_steps) * self.ppo.batch_size * self.ppo.ppo_epochs
+            ppo = self.ppo
+            updates = (self.logged_steps + self.rollout_steps) * math.ceil(ppo.batch_size / ppo.mini_batch_size) * ppo.ppo_epochs
+            passes = ((self.logged_steps + self.rollout_steps) * ppo.batch_size * ppo.ppo_epochs
+                      + (updates * ppo.ptx_batch_size if ppo.ptx_coef > 0 else 0)
                       + self.warm_start_steps * b.batch_size)
             return max(1, math.ceil(passes / b.batch_size))
         return b.sft_max_steps if self.method == "sft" else b.kto_max_steps

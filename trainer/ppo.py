@@ -3,6 +3,7 @@
 Two sources of episodes feed the same update: ``step_on_prompts`` samples fresh replies and scores
 them with a reward function (classic RLHF); ``step_on_logged`` replays served bot turns with their
 human rewards and their serving-time log-probs as the behaviour policy (off-policy, ratio-clipped).
+With ``ptx_coef`` > 0 every update also imitates demonstrations (``add_demonstrations``: PPO-ptx).
 The reference for the KL penalty is the policy's ``reference()``: the base model (adapter disabled),
 or a frozen adapter it starts from; PPO's clip bounds each step.
 Runs on CPU as one process and unchanged under ``accelerate launch`` (each process gets its own
@@ -98,6 +99,25 @@ class PPOTrainer:
         self.kl_ctl = AdaptiveKLController(
             config.init_kl_coef, config.kl_target, config.kl_horizon, config.adaptive_kl
         )
+        self.demonstrations: list[Episode] = []
+        self._demonstration_order: list[int] = []
+
+    def add_demonstrations(self, demonstrations: Sequence[tuple[list[int], list[int]]]) -> None:
+        """Replies to imitate in every update, (prompt ids, reply ids) each: PPO-ptx's term, weighted by
+        ``config.ptx_coef`` (with 0 they are not used)."""
+        self.demonstrations += [Episode(list(p), list(r), [0.0] * len(r)) for p, r in demonstrations]
+
+    def _ptx_loss(self) -> torch.Tensor:
+        """Mean negative log-likelihood per reply token of the next ``ptx_batch_size`` demonstrations
+        (a reshuffled pass over all of them before any repeats)."""
+        picked = []
+        while len(picked) < self.config.ptx_batch_size:
+            if not self._demonstration_order:
+                self._demonstration_order = torch.randperm(len(self.demonstrations)).tolist()
+            picked.append(self.demonstrations[self._demonstration_order.pop()])
+        batch = collate(picked, self.pad_token_id, self.eos_token_id, self.accelerator.device)
+        logprobs, _, _ = self._score(batch, grad=True)
+        return -masked_mean(logprobs, batch.reply_mask)
 
     @property
     def unwrapped(self) -> PolicyWithValueHead:
@@ -223,7 +243,11 @@ class PPOTrainer:
                 v_clipped = old_v + (values - old_v).clamp(-cfg.cliprange_value, cfg.cliprange_value)
                 vf_loss = 0.5 * masked_mean(torch.max((values - ret) ** 2, (v_clipped - ret) ** 2), mb_mask)
 
-                self.accelerator.backward(pg_loss + cfg.vf_coef * vf_loss)
+                loss = pg_loss + cfg.vf_coef * vf_loss
+                ptx_loss = self._ptx_loss() if cfg.ptx_coef > 0 and self.demonstrations else None
+                if ptx_loss is not None:
+                    loss = loss + cfg.ptx_coef * ptx_loss
+                self.accelerator.backward(loss)
                 self.accelerator.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad()
@@ -242,7 +266,7 @@ class PPOTrainer:
                         "approx_kl": approx_kl,
                         "ratio_mean": float(masked_mean(ratio, mb_mask)),
                         "entropy": float(masked_mean(entropy, mb_mask)),
-                    })
+                    } | ({"ptx_loss": float(ptx_loss)} if ptx_loss is not None else {}))
                 if approx_kl > cfg.stop_kl:
                     early_stopped = True
                     break

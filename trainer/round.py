@@ -155,6 +155,13 @@ class Round:
         if cfg.kl_reference == "start" and active_dir is not None:
             policy.freeze_reference(active_dir)
         ppo = PPOTrainer(policy, cfg.ppo, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        if cfg.ppo.ptx_coef > 0:
+            from trainer.baselines import fit, sft_examples
+
+            demonstrations = [fit(e, cfg.baseline.max_length)
+                              for e in sft_examples(train_eps, rewards, tokenizer, cfg.baseline)]
+            ppo.add_demonstrations(demonstrations)
+            self.metrics["ptx_demonstrations"] = len(demonstrations)
         rng = random.Random(cfg.ppo.seed)
         logged = [LoggedEpisode(e.turn.prompt_token_ids, e.turn.reply_token_ids, e.turn.logprobs,
                                 rewards[(e.conversation_id, e.turn.index)], e.turn.adapter_version,
@@ -186,7 +193,8 @@ class Round:
         ppo.save(str(self.dir / "candidate"))
         self.metrics["ppo_update_s"] = round(time.monotonic() - started, 2)
         self.metrics["ppo"] = {k: sum(h.get(k, 0.0) for h in history) / max(1, len(history))
-                               for k in ("kl", "reward_mean", "policy_loss", "eos_share", "reply_length")}
+                               for k in ("kl", "reward_mean", "policy_loss", "eos_share", "reply_length", "ptx_loss")
+                               if any(k in h for h in history)}
         rollouts = history[cfg.logged_steps:]
         self.metrics["ppo"] |= {"reference_contexts": len(references),
                                 **{k: sum(h.get(k, 0.0) for h in rollouts) / max(1, len(rollouts))
