@@ -214,13 +214,14 @@ def test_an_unknown_method_or_inconsistent_thresholds_are_clear_errors():
         RoundConfig.from_dict({"method": "SFT"})
     config = RoundConfig.from_dict({"method": "kto", "baseline": {"kto_beta": 0.2, "kto_max_steps": 0}})
     assert config.baseline == BaselineConfig(kto_beta=0.2, kto_max_steps=0) and config.update_events == 1
-    assert RoundConfig().baseline_steps() == 640  # (10 logged + 30 rollout steps) x 32 episodes x 4 epochs / 8
+    # (10 logged + 30 rollout steps) x 32 episodes x 4 epochs = 5120 passes, and PPO-ptx's 40 steps x 4 minibatch
+    # updates x 4 epochs x 8 demonstrations = 5120 more: 1280 steps of 8
+    assert RoundConfig().baseline_steps() == 1280
+    assert RoundConfig.from_dict({"ppo": {"ptx_coef": 0}}).baseline_steps() == 640
     capped = {"match_ppo_compute": False, "sft_max_steps": 50, "kto_max_steps": 0}
     assert RoundConfig.from_dict({"method": "sft", "baseline": capped}).baseline_steps() == 50
     assert RoundConfig.from_dict({"method": "kto", "baseline": capped}).baseline_steps() == 0
     assert RoundConfig.from_dict(config.to_dict()) == config and RoundConfig().update_events == RoundConfig().logged_steps + RoundConfig().rollout_steps
-    # PPO-ptx: 40 steps x 4 minibatch updates x 4 epochs x 8 demonstrations = 5120 more passes, 640 more steps
-    assert RoundConfig.from_dict({"ppo": {"ptx_coef": 0.5}}).baseline_steps() == 1280
     with pytest.raises(ValueError, match="ptx_coef must be a finite number >= 0"):
         RoundConfig.from_dict({"ppo": {"ptx_coef": -1}})
     with pytest.raises(ValueError, match="kl_reference must be one of base, start; got 'sft'"):

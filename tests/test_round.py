@@ -117,8 +117,10 @@ def test_a_warm_started_ppo_round_runs_sft_on_the_demonstrations_first_and_keeps
     events = [e["stage"] for _, e in store.runs.progress(run.id)]
     assert events == ["export", "rewards", "reward_model", "sft_warm_start", "ppo_logged", "ppo_rollout",
                       "gate", "publish", "done"]
-    # the baselines' budget counts the warm start: (1 + 1) PPO steps x 8 episodes x 4 epochs + 3 x 4 = 76 passes
-    assert config.baseline_steps() == 19 and config.update_events == 3
+    # the baselines' budget counts the warm start and PPO-ptx's demonstrations: (1 + 1) PPO steps x 8 episodes
+    # x 4 epochs + (1 + 1) x 2 minibatch updates x 4 epochs x 8 demonstrations + 3 warm-start steps x 4 = 204 passes
+    assert config.baseline_steps() == 51 and config.update_events == 3
+    assert run.metrics["ptx_demonstrations"] == warm["examples"] and run.metrics["ppo"]["ptx_loss"] > 0
 
 
 def test_the_reward_model_learns_from_all_feedback_so_far(tsettings, store, base_model_dir):
