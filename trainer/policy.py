@@ -9,8 +9,8 @@ pass yields both the next-token logits and a value per position.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, contextmanager
-from typing import Iterator
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
