@@ -190,8 +190,9 @@ def test_a_baseline_round_publishes_a_candidate_the_bot_can_serve(method, tsetti
     PolicyWithValueHead.from_pretrained(base_lm(base_model_dir), adapter.path)
 
     stats = run.metrics["baseline"]
-    # PPO's round here: (1 logged + 1 rollout step) x 8 episodes x 4 epochs = 64 gradient passes = 16 steps of 4
-    assert config.baseline_steps() == 16 and stats["max_steps"] == stats["steps"] == 16
+    # PPO's round here: (1 logged + 1 rollout step) x 8 episodes x 4 epochs = 64 gradient passes, plus PPO-ptx's
+    # 2 steps x 2 minibatch updates x 4 epochs x 8 demonstrations = 128: 192 passes = 48 steps of 4
+    assert config.baseline_steps() == 48 and stats["max_steps"] == stats["steps"] == 48
     assert stats["method"] == method and stats["examples"] > 0
     assert stats["train_s"] > 0 and stats["loss_final"] is not None and "ppo" not in run.metrics
     events = [e for _, e in store.runs.progress(run.id)]
