@@ -61,11 +61,12 @@ def train_variant(source: Path, work: Path, base_model: str, overrides: dict) ->
     started = time.monotonic()
     try:
         run = run_round(settings, store, config=config, show_progress=False)
+        path = store.adapters.get(run.adapter_version).path
     finally:
         stop_embedded_redis(work)
     m = run.metrics
     update = m.get("ppo_update_s") or (m.get("baseline") or {}).get("update_s")
-    return {"status": run.status, "path": f"{work}/adapters/{run.adapter_version}", "round_s": round(time.monotonic() - started),
+    return {"status": run.status, "path": path, "round_s": round(time.monotonic() - started),
             "update_s": update, "gate_kl": m.get("gate_candidate_kl"),
             "gate_reference_score": m.get("gate_candidate_reference_score"), "rm_eval_accuracy": m.get("rm_eval_accuracy")}
 

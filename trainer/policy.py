@@ -35,7 +35,6 @@ class PolicyWithValueHead(nn.Module):
         self.v_head = nn.Linear(hidden_size, 1)
         nn.init.zeros_(self.v_head.weight)
         nn.init.zeros_(self.v_head.bias)
-        self.has_reference_adapter = False
 
     @classmethod
     def with_new_adapter(cls, base: PreTrainedModel, config: PPOConfig) -> "PolicyWithValueHead":
@@ -71,12 +70,11 @@ class PolicyWithValueHead(nn.Module):
         """Make the adapter written at ``path`` the KL reference, frozen beside the trained one (LoRA
         weights only: the base weights stay one copy)."""
         self.lm.load_adapter(str(path), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
-        self.has_reference_adapter = True
 
     def reference(self) -> AbstractContextManager:
         """Context in which forward passes run the KL reference: the base model, or the adapter
         ``freeze_reference`` loaded."""
-        return self._frozen_reference() if self.has_reference_adapter else self.lm.disable_adapter()
+        return self._frozen_reference() if REFERENCE_ADAPTER in self.lm.peft_config else self.lm.disable_adapter()
 
     @contextmanager
     def _frozen_reference(self) -> Iterator[None]:

@@ -131,16 +131,17 @@ class Round:
         model plus the expert-reference reward (``trainer.references``) where an expert reviewed the context."""
         from transformers import AutoModelForCausalLM
 
+        from trainer import baselines
         from trainer.episodes import LoggedEpisode
         from trainer.policy import PolicyWithValueHead
         from trainer.ppo import PPOTrainer
         from trainer.references import with_references
 
         cfg, base_ref, started = self.config, self.settings.base_model_ref, time.monotonic()
+        # the demonstrations, for the warm start and for PPO-ptx's term
+        examples = (baselines.sft_examples(train_eps, rewards, tokenizer, cfg.baseline)
+                    if cfg.warm_start_steps > 0 or cfg.ppo.ptx_coef > 0 else [])
         if cfg.warm_start_steps > 0:  # demonstrations first (InstructGPT's SFT → PPO), then RL from there
-            from trainer import baselines
-
-            examples = baselines.sft_examples(train_eps, rewards, tokenizer, cfg.baseline)
             if examples:
                 steps = replace(cfg.baseline, sft_max_steps=cfg.warm_start_steps)
                 stats = baselines.sft_update(base_ref, active_dir, examples, steps, cfg.ppo, self.dir / "warm_start")
@@ -156,12 +157,8 @@ class Round:
             policy.freeze_reference(active_dir)
         ppo = PPOTrainer(policy, cfg.ppo, tokenizer.eos_token_id, tokenizer.pad_token_id)
         if cfg.ppo.ptx_coef > 0:
-            from trainer.baselines import fit, sft_examples
-
-            demonstrations = [fit(e, cfg.baseline.max_length)
-                              for e in sft_examples(train_eps, rewards, tokenizer, cfg.baseline)]
-            ppo.add_demonstrations(demonstrations)
-            self.metrics["ptx_demonstrations"] = len(demonstrations)
+            ppo.add_demonstrations([baselines.fit(e, cfg.baseline.max_length) for e in examples])
+            self.metrics["ptx_demonstrations"] = len(examples)
         rng = random.Random(cfg.ppo.seed)
         logged = [LoggedEpisode(e.turn.prompt_token_ids, e.turn.reply_token_ids, e.turn.logprobs,
                                 rewards[(e.conversation_id, e.turn.index)], e.turn.adapter_version,
@@ -193,8 +190,10 @@ class Round:
         ppo.save(str(self.dir / "candidate"))
         self.metrics["ppo_update_s"] = round(time.monotonic() - started, 2)
         self.metrics["ppo"] = {k: sum(h.get(k, 0.0) for h in history) / max(1, len(history))
-                               for k in ("kl", "reward_mean", "policy_loss", "eos_share", "reply_length", "ptx_loss")
-                               if any(k in h for h in history)}
+                               for k in ("kl", "reward_mean", "policy_loss", "eos_share", "reply_length")}
+        if cfg.ppo.ptx_coef > 0:
+            with_ptx = [h["ptx_loss"] for h in history if "ptx_loss" in h]
+            self.metrics["ppo"]["ptx_loss"] = sum(with_ptx) / max(1, len(with_ptx))
         rollouts = history[cfg.logged_steps:]
         self.metrics["ppo"] |= {"reference_contexts": len(references),
                                 **{k: sum(h.get(k, 0.0) for h in rollouts) / max(1, len(rollouts))
