@@ -11,7 +11,7 @@ from bot.runtime.adapters import read_verified
 from feedback_store.errors import LockHeldError
 from feedback_store.records import AdapterVersion
 from trainer.publish import ORPHAN_REASON
-from trainer.round import INTERRUPTED, NotEnoughFeedback, held_out, recover, run_round
+from trainer.round import INTERRUPTED, NotEnoughFeedback, hash_position, held_out, recover, run_round
 from tests.trainer_helpers import one_torch_thread  # noqa: F401 (fixture)
 from tests.trainer_helpers import seed_conversations, small_round_config, trainer_settings
 
@@ -137,3 +137,19 @@ def test_the_reward_model_learns_from_all_feedback_so_far(tsettings, store, base
     # ... while the reward model's pairs come from both rounds' feedback
     assert second.metrics["pairs_correction"] == corrected_kept(first_ids + second_ids, corrected)
     assert second.metrics["pairs_correction"] > corrected_kept(second_ids, set(second_ids[::3]))
+
+
+@pytest.mark.parametrize("gate_history", [True, False])
+def test_the_gate_judges_on_the_held_out_conversations_of_every_round_so_far(tsettings, store, base_model_dir,
+                                                                             gate_history):
+    share = small_round_config().holdout_share
+    first_ids = seed_conversations(store, base_model_dir, n=12, seed=0)
+    first = run_round(tsettings, store, config=small_round_config(), show_progress=False)
+    second_ids = seed_conversations(store, base_model_dir, n=12, seed=1)
+    second = run_round(tsettings, store, config=small_round_config(gate_history=gate_history), show_progress=False)
+    assert first.metrics["gate_conversations"] == len(held_out(set(first_ids), share))
+    this_round = held_out(set(second_ids), share)
+    earlier = {c for c in first_ids if hash_position(c) < share}  # held out by the first round too: never trained on
+    assert earlier <= held_out(set(first_ids), share) and earlier
+    expected = this_round | earlier if gate_history else this_round
+    assert second.metrics["gate_conversations"] == len(expected)

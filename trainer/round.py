@@ -78,13 +78,15 @@ class LockKeeper:
             raise LockLostError("the training lock expired while this run worked; another run may have started")
 
 
+def hash_position(conv_id: str) -> float:
+    """A conversation's stable place in [0, 1]: below the hold-out share, every round keeps it out."""
+    return int(hashlib.sha256(conv_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
 def held_out(conversation_ids: set[str], share: float) -> set[str]:
     """Conversations kept out of training: a stable hash below ``share`` (at least one of two or more)."""
-    def position(conv_id: str) -> float:
-        return int(hashlib.sha256(conv_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-
-    ranked = sorted(conversation_ids, key=position)
-    chosen = {c for c in ranked if position(c) < share}
+    ranked = sorted(conversation_ids, key=hash_position)
+    chosen = {c for c in ranked if hash_position(c) < share}
     if not chosen and share > 0 and len(ranked) >= 2:
         chosen = {ranked[0]}
     return chosen
@@ -234,8 +236,6 @@ class Round:
         episodes, watermark_to = store.episodes.export(after=self.run.watermark_from, limit=cfg.max_episodes)
         holdout = held_out({e.conversation_id for e in episodes}, cfg.holdout_share)
         train_eps = [e for e in episodes if e.conversation_id not in holdout and e.turn.reply_token_ids]
-        test_prompts = list({tuple(e.turn.prompt_token_ids): None
-                             for e in episodes if e.conversation_id in holdout})
         self.report("export", episodes=len(episodes), watermark_to=watermark_to, held_out=len(holdout))
 
         rewards = {(r.conversation_id, r.turn_index): r.reward
@@ -247,10 +247,12 @@ class Round:
         self.report("rewards", rewarded=len(rewards))
 
         tokenizer = AutoTokenizer.from_pretrained(base_ref)
-        rm_eps, rm_rewards = train_eps, rewards
-        if cfg.reward_model_history and self.run.watermark_from > 0:  # all feedback so far, same hold-out rule
+        history: list[StoredEpisode] = []  # all feedback so far: every round held out the same conversations
+        if self.run.watermark_from > 0 and (cfg.reward_model_history or cfg.gate_history):
             history, _ = store.episodes.export(after=0, until=watermark_to, limit=cfg.max_episodes)
-            kept_out = held_out({e.conversation_id for e in history}, cfg.holdout_share) | holdout  # never a gate context
+        kept_out = held_out({e.conversation_id for e in history}, cfg.holdout_share) | holdout  # never trained on
+        rm_eps, rm_rewards = train_eps, rewards
+        if cfg.reward_model_history and history:
             rm_eps = [e for e in history if e.turn.reply_token_ids and e.conversation_id not in kept_out]
             rm_rewards = {(r.conversation_id, r.turn_index): r.reward
                           for r in build_rewards(map(feedback_turn, rm_eps), cfg.reward_builder)}
@@ -269,9 +271,15 @@ class Round:
 
         # the expert view by context: training contexts for PPO's rollouts, held-out ones for the gate
         references = ExpertReferences.from_episodes(rm_eps, tokenizer)
-        gate_references = ExpertReferences.from_episodes([e for e in episodes if e.conversation_id in holdout],
-                                                         tokenizer)
-        self.metrics |= {"reference_contexts": len(references), "gate_reference_contexts": len(gate_references)}
+        if cfg.gate_history and history:  # earlier rounds' held-out conversations too: never trained on by any round
+            gate_eps = [e for e in history
+                        if e.conversation_id in holdout or hash_position(e.conversation_id) < cfg.holdout_share]
+        else:
+            gate_eps = [e for e in episodes if e.conversation_id in holdout]
+        gate_references = ExpertReferences.from_episodes(gate_eps, tokenizer)
+        test_prompts = list({tuple(e.turn.prompt_token_ids): None for e in reversed(gate_eps)})  # newest first
+        self.metrics |= {"reference_contexts": len(references), "gate_reference_contexts": len(gate_references),
+                         "gate_conversations": len({e.conversation_id for e in gate_eps})}
 
         active = store.adapters.active()
         active_dir = None if active == BASE_VERSION else Path(store.adapters.get(active).path)
