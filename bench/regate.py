@@ -35,15 +35,14 @@ CAPS = (64, 128)
 
 def held_out_sets(store, run, share: float) -> dict[str, list]:
     """The three held-out episode sets (module docstring) of ``run``."""
-    from trainer.round import hash_position, held_out
+    from trainer.round import held_out, never_trained
 
     episodes, _ = store.episodes.export(after=run.watermark_from, until=run.watermark_to, limit=100_000)
     history, _ = store.episodes.export(after=0, until=run.watermark_to, limit=100_000)
     everything, _ = store.episodes.export(after=0, limit=100_000)
     own = held_out({e.conversation_id for e in episodes}, share)
-    return {"round": [e for e in episodes if e.conversation_id in own],
-            "history": [e for e in history if e.conversation_id in own or hash_position(e.conversation_id) < share],
-            "all": [e for e in everything if e.conversation_id in own or hash_position(e.conversation_id) < share]}
+    return {name: never_trained(eps, own, share)
+            for name, eps in (("round", episodes), ("history", history), ("all", everything))}
 
 
 def main() -> None:
@@ -64,6 +63,7 @@ def main() -> None:
     from trainer.config import RoundConfig
     from trainer.references import ExpertReferences
     from trainer.reward_model import RewardModel
+    from trainer.round import newest_contexts
 
     if embedded_redis_pid(args.data_dir) is not None:
         parser.error(f"{args.data_dir}'s Redis is running: stop it first (LOOPDESK_DATA_DIR={args.data_dir} loopdesk redis stop)")
@@ -81,7 +81,7 @@ def main() -> None:
         reward_model = RewardModel.load(settings.base_model_ref, rm_dir)
         sets = held_out_sets(store, run, RoundConfig.from_dict(run.config).holdout_share)
         for name, episodes in sets.items():
-            prompts = [list(p) for p in {tuple(e.turn.prompt_token_ids): None for e in reversed(episodes)}]
+            prompts = newest_contexts(episodes)
             references = ExpertReferences.from_episodes(episodes, reward_model.tokenizer)
             for cap in CAPS:
                 if cap > CAPS[0] and len(prompts) <= CAPS[0]:

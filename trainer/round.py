@@ -92,6 +92,17 @@ def held_out(conversation_ids: set[str], share: float) -> set[str]:
     return chosen
 
 
+def never_trained(episodes: list[StoredEpisode], holdout: set[str], share: float) -> list[StoredEpisode]:
+    """The episodes no round trained on: of this round's ``holdout`` conversations, or hashed below ``share``
+    (every round held those out)."""
+    return [e for e in episodes if e.conversation_id in holdout or hash_position(e.conversation_id) < share]
+
+
+def newest_contexts(episodes: list[StoredEpisode]) -> list[list[int]]:
+    """The episodes' distinct prompts, newest first: the gate's contexts in the order it takes them."""
+    return [list(p) for p in {tuple(e.turn.prompt_token_ids): None for e in reversed(episodes)}]
+
+
 def feedback_turn(ep: StoredEpisode) -> FeedbackTurn:
     """The reward builder's view of one stored episode."""
     return FeedbackTurn(ep.conversation_id, ep.turn.index, csat=ep.csat,
@@ -271,13 +282,9 @@ class Round:
 
         # the expert view by context: training contexts for PPO's rollouts, held-out ones for the gate
         references = ExpertReferences.from_episodes(rm_eps, tokenizer)
-        if cfg.gate_history and history:  # earlier rounds' held-out conversations too: never trained on by any round
-            gate_eps = [e for e in history
-                        if e.conversation_id in holdout or hash_position(e.conversation_id) < cfg.holdout_share]
-        else:
-            gate_eps = [e for e in episodes if e.conversation_id in holdout]
+        # this round's held-out conversations, and with gate_history the earlier rounds' too
+        gate_eps = never_trained(history if cfg.gate_history and history else episodes, holdout, cfg.holdout_share)
         gate_references = ExpertReferences.from_episodes(gate_eps, tokenizer)
-        test_prompts = list({tuple(e.turn.prompt_token_ids): None for e in reversed(gate_eps)})  # newest first
         self.metrics |= {"reference_contexts": len(references), "gate_reference_contexts": len(gate_references),
                          "gate_conversations": len({e.conversation_id for e in gate_eps})}
 
@@ -290,7 +297,7 @@ class Round:
         torch.manual_seed(cfg.gate.seed)
 
         verdict = gate.evaluate(base_ref, self.dir / "candidate", active_dir, active,
-                                [list(p) for p in test_prompts], reward_model, cfg.gate,
+                                newest_contexts(gate_eps), reward_model, cfg.gate,
                                 gate_references, cfg.reference_weight)
         self.metrics |= verdict.metrics()
         self.report("gate", passed=verdict.passed, reasons=verdict.reasons)
