@@ -143,7 +143,12 @@ def test_the_reward_model_learns_from_all_feedback_so_far(tsettings, store, base
 def test_the_gate_judges_on_the_held_out_conversations_of_every_round_so_far(tsettings, store, base_model_dir,
                                                                              gate_history):
     share = small_round_config().holdout_share
-    first_ids = seed_conversations(store, base_model_dir, n=12, seed=0)
+    first_ids: list[str] = []
+    # conversation ids are random: seed until one hashes below the share, so the first round holds out a
+    # conversation that every later round holds out too (12 ids miss it with probability 0.8^12, about 7%)
+    while not any(hash_position(c) < share for c in first_ids):
+        assert len(first_ids) < 96, "no conversation id hashed below the hold-out share"
+        first_ids += seed_conversations(store, base_model_dir, n=12, seed=len(first_ids))
     first = run_round(tsettings, store, config=small_round_config(), show_progress=False)
     second_ids = seed_conversations(store, base_model_dir, n=12, seed=1)
     second = run_round(tsettings, store, config=small_round_config(gate_history=gate_history), show_progress=False)
