@@ -343,7 +343,8 @@ def run_loop(settings: Settings, config: LoopConfig, log_dir: Path,
     company = load_company()
     started = time.monotonic()
     report: dict[str, Any] = {"config": {**config.__dict__, "round_config": config.training_config()},
-                              "base_model": settings.base_model_ref, "rounds": [], "oracle": None}
+                              "base_model": settings.base_model_ref, "temperature": settings.temperature,
+                              "rounds": [], "oracle": None}
     if config.oracle:
         echo("loop: the oracle (canonical replies) on round 0's customers")
         report["oracle"] = measure_oracle(company, config)

@@ -95,8 +95,8 @@ def method_settings(settings, method: str):
 
 
 def combined_reports(paths: tuple[Path, ...]) -> dict:
-    """Method → loop report from report.json files; a method met twice, or a file that is neither
-    format, is a usage error."""
+    """Method → loop report from report.json files; a method met twice, a file that is neither
+    format, or reports served at different temperatures are a usage error."""
     reports: dict = {}
     for path in paths:
         try:
@@ -108,4 +108,8 @@ def combined_reports(paths: tuple[Path, ...]) -> dict:
             if method in reports:
                 raise click.UsageError(f"method {method!r} appears in more than one report")
             reports[method] = report
+    temperatures = {report.get("temperature") for report in reports.values()}
+    if len(temperatures) > 1:
+        raise click.UsageError(f"the reports were served at different temperatures {sorted(map(str, temperatures))}: "
+                               "their CSAT is not comparable")
     return reports

@@ -96,17 +96,27 @@ def _ci(stats: dict[str, Any]) -> str:
     return f"{stats['mean']:.2f} [{stats['low']:.2f}, {stats['high']:.2f}] (n={stats['n']})"
 
 
+def _serving(report: dict[str, Any]) -> tuple[str, str]:
+    """The report's serving temperature as a phrase and as the reproduce command's prefix (reports
+    written before the loop recorded it have neither)."""
+    if "temperature" not in report:
+        return "", ""
+    t = report["temperature"]
+    return f", served and sampled at temperature {t:g}", f"LOOPDESK_TEMPERATURE={t:g} "
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The human-readable report."""
     rounds, cfg = report["rounds"], report["config"]
+    served, env = _serving(report)
     lines = ["# loopdesk loop report", "",
-             f"Base model `{report['base_model']}`; {cfg['rounds']} training round(s), "
+             f"Base model `{report['base_model']}`{served}; {cfg['rounds']} training round(s), "
              f"{cfg['customers_per_round']} simulated customers per round ({cfg['held_out_share']:.0%} with "
              f"held-out phrasings, measured in a sandbox and never trained on), experts "
              f"{'on' if cfg['experts'] else 'off'}, seed {cfg['seed']}; wall time {report['wall_s']:.0f} s.",
              "Round 0 measures the starting adapter; round r measures what is served after the r-th training "
              "round. A candidate that passes the gate becomes active at once (see `sim/loop.py`).", "",
-             f"Reproduce: `loopdesk loop --rounds {cfg['rounds']} --customers-per-round {cfg['customers_per_round']} "
+             f"Reproduce: `{env}loopdesk loop --rounds {cfg['rounds']} --customers-per-round {cfg['customers_per_round']} "
              f"--concurrency {cfg['concurrency']} --{'' if cfg['experts'] else 'no-'}experts --seed {cfg['seed']} "
              f"--held-out-share {cfg['held_out_share']}` (plus `--round-config` for any overrides in report.json).",
              "",
@@ -252,13 +262,14 @@ def comparison_markdown(reports: dict[str, dict[str, Any]]) -> str:
     cfg = first["config"]
     n_rounds = max(len(r["rounds"]) for r in reports.values())
     method_flags = " ".join(f"--method {m}" for m in methods)
+    served, env = _serving(first)
     lines = ["# loopdesk loop: PPO against the baselines", "",
-             f"Base model `{first['base_model']}`; {cfg['rounds']} training round(s) of {cfg['customers_per_round']} "
+             f"Base model `{first['base_model']}`{served}; {cfg['rounds']} training round(s) of {cfg['customers_per_round']} "
              f"simulated customers ({cfg['held_out_share']:.0%} with held-out phrasings, never trained on), "
              f"experts {'on' if cfg['experts'] else 'off'}, seed {cfg['seed']}. Each method runs its own loop on "
              "its own data (its own Redis), with the same customers in each round (same seeds), the same base "
              "model, reward model recipe, gate and hot-swap; only the policy update differs.", "",
-             f"Reproduce: `loopdesk loop --rounds {cfg['rounds']} --customers-per-round {cfg['customers_per_round']} "
+             f"Reproduce: `{env}loopdesk loop --rounds {cfg['rounds']} --customers-per-round {cfg['customers_per_round']} "
              f"--concurrency {cfg['concurrency']} --seed {cfg['seed']} --held-out-share {cfg['held_out_share']} "
              f"{method_flags}` (plus `--round-config` for the overrides recorded in report.json).", "",
              "## Mean CSAT per round", "", f"![CSAT by method]({COMPARISON_PLOTS['csat']})", "",

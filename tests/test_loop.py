@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -77,6 +78,14 @@ def test_miniature_loop_rates_trains_publishes_and_serves_the_new_version(settin
     assert (tmp_path / "combined" / "report.md").read_text() == md  # same data, same report
     twice = CliRunner().invoke(loop_command, ["--combine", parts[0], "--combine", parts[0]])
     assert twice.exit_code != 0 and "more than one report" in twice.output
+    # the serving temperature is recorded and reproduced; reports served at different ones do not combine
+    t = loop_settings.temperature
+    assert report["temperature"] == t and f"`LOOPDESK_TEMPERATURE={t:g} loopdesk loop --rounds 1" in md
+    hotter = json.loads(Path(parts[1]).read_text())
+    hotter["temperature"] = t + 0.3
+    (tmp_path / "hotter.json").write_text(json.dumps(hotter))
+    mixed = CliRunner().invoke(loop_command, ["--combine", parts[0], "--combine", str(tmp_path / "hotter.json")])
+    assert mixed.exit_code != 0 and "different temperatures" in mixed.output
 
 
 @pytest.mark.slow

@@ -13,9 +13,9 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def test_environment_variables_fill_typed_settings():
-    s = load_settings({"LOOPDESK_MAX_REPLY_TOKENS": "12", "LOOPDESK_TEMPERATURE": "0.7",
+    s = load_settings({"LOOPDESK_MAX_REPLY_TOKENS": "12", "LOOPDESK_TEMPERATURE": "0.9",
                        "REDIS_URL": "redis://example:6379/0", "LOOPDESK_DATA_DIR": "/srv/x"})
-    assert (s.max_reply_tokens, s.temperature, s.redis_url, s.data_dir) == (12, 0.7, "redis://example:6379/0", Path("/srv/x"))
+    assert (s.max_reply_tokens, s.temperature, s.redis_url, s.data_dir) == (12, 0.9, "redis://example:6379/0", Path("/srv/x"))
     assert load_settings({"REDIS_URL": "redis://a", "LOOPDESK_REDIS_URL": "redis://b"}).redis_url == "redis://b"
 
 

@@ -67,11 +67,13 @@ def generated_replies(base_model_dir: Path, n: int, seed: int, max_new_tokens: i
                                               tokenize=False) for q in questions]
     tokenizer.padding_side = "left"
     batch = tokenizer(contexts, return_tensors="pt", padding=True, add_special_tokens=False)
-    out = model.generate(**batch, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+    temperature = Settings().temperature  # the serving temperature, so logged log-probs are the bot's
+    out = model.generate(**batch, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
                          max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, return_dict_in_generate=True, output_logits=True)
     replies = out.sequences[:, batch["input_ids"].shape[1]:]
-    logprobs = torch.log_softmax(torch.stack(out.logits, 1).float(), -1).gather(-1, replies.unsqueeze(-1)).squeeze(-1)
+    logits = torch.stack(out.logits, 1).float() / temperature  # output_logits are the raw, untempered logits
+    logprobs = torch.log_softmax(logits, -1).gather(-1, replies.unsqueeze(-1)).squeeze(-1)
     eos = tokenizer.eos_token_id
     rows = []
     for i in range(n):
