@@ -10,6 +10,8 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from loopdesk.config import Settings
+
 
 def _default_tag_penalties() -> dict[str, float]:
     return {
@@ -69,7 +71,7 @@ class PPOConfig:
         ppo_epochs (int, default 4): passes over a step's episodes; with ``learning_rate``
             5e-4 steadier than one pass at 2e-3 (above), for 4x the update compute of a step.
         max_new_tokens (int, default 64): longest reply sampled in a rollout.
-        temperature (float, default 0.7): sampling temperature of rollouts and of every
+        temperature (float, default ``Settings.temperature``, 0.7): sampling temperature of rollouts and of every
             log-prob; must equal the serving temperature so logged log-probs are comparable.
         init_kl_coef (float, default 0.03): initial coefficient of the per-token KL penalty
             to the reference (the base model, adapter disabled). In the first 150-customer loop
@@ -114,7 +116,7 @@ class PPOConfig:
     mini_batch_size: int = 8
     ppo_epochs: int = 4
     max_new_tokens: int = 64
-    temperature: float = 0.7
+    temperature: float = Settings.temperature  # the serving default; serving() sets the actual one
     init_kl_coef: float = 0.03
     adaptive_kl: bool = True
     kl_target: float = 1.0
@@ -212,7 +214,7 @@ class GateConfig:
             policy hid real gains: a default-model loop's round-3 candidate, ahead on both the score
             and the expert view, was refused at p = 0.15 on 64 contexts.
         max_new_tokens (int, default 64): longest reply sampled (the serving limit).
-        temperature (float, default 0.7): sampling temperature (the serving temperature).
+        temperature (float, default ``Settings.temperature``, 0.7): sampling temperature (the serving temperature).
         margin (float, default 0.0): the candidate's mean score (reward model, plus the weighted
             expert-reference reward on reviewed contexts: ``RoundConfig.reference_weight``) must be
             at least the active adapter's plus this.
@@ -248,7 +250,7 @@ class GateConfig:
     contexts: int = 128
     samples_per_context: int = 4
     max_new_tokens: int = 64
-    temperature: float = 0.7
+    temperature: float = Settings.temperature  # the serving default; serving() sets the actual one
     margin: float = 0.0
     alpha: float = 0.05
     kl_budget: float = 20.0
