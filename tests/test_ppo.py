@@ -115,7 +115,7 @@ def test_value_head_explained_variance_rises_on_a_fixed_task():
 
 
 def test_logged_episodes_skip_stale_and_clip_off_policy_ratios():
-    trainer = make_trainer(batch_size=16, mini_batch_size=16)
+    trainer = make_trainer(batch_size=16, mini_batch_size=16, train_temperature=None)  # trains as it serves
     now = time.time()
     episodes = trainer.rollout(random_prompts(16, torch.Generator().manual_seed(4)))
     stale_age = trainer.config.max_episode_age_s + 60
@@ -136,6 +136,36 @@ def test_logged_episodes_skip_stale_and_clip_off_policy_ratios():
     assert stats["ratio_min"] == pytest.approx(math.exp(0.5), rel=1e-4)
     assert stats["ratio_max"] == pytest.approx(math.exp(0.5), rel=1e-4)
     assert 0.2 < stats["clipfrac"] < 0.8
+    assert stats["behaviour_rescored"] == 0.0
+
+
+def test_trained_hotter_than_served_rollouts_and_logged_steps_use_the_training_temperature():
+    trainer = make_trainer(batch_size=16, mini_batch_size=16, temperature=0.5, train_temperature=1.0)
+    episodes = trainer.rollout(random_prompts(16, torch.Generator().manual_seed(5)))
+    batch = collate(episodes, PAD, EOS, torch.device("cpu"))
+    with torch.no_grad():
+        logits, _ = trainer.policy(batch.input_ids, batch.attention_mask)
+    start, end = batch.prompt_width - 1, batch.input_ids.shape[1] - 1
+    tokens = batch.reply_ids.unsqueeze(-1)
+    at = {t: torch.log_softmax(logits[:, start:end] / t, -1).gather(-1, tokens).squeeze(-1) * batch.reply_mask
+          for t in (1.0, 0.5)}
+    # rollouts record the policy's log-probs at the training temperature, not the serving one
+    assert torch.allclose(batch.behaviour_logprobs, at[1.0], atol=1e-5)
+    assert not torch.allclose(batch.behaviour_logprobs, at[0.5], atol=1e-2)
+    served = [LoggedEpisode(e.prompt_ids, e.reply_ids, at[0.5][i, : len(e.reply_ids)].tolist(), float(i % 2), "v1",
+                            timestamp=time.time()) for i, e in enumerate(episodes)]
+    stats = trainer.step_on_logged(served)
+    # the serving-temperature log-probs are recomputed at 1.0 with the policy before the step: ratio 1
+    assert stats["behaviour_rescored"] == 1.0 and stats["updates"] == 1
+    assert stats["ratio_min"] == pytest.approx(1.0, abs=1e-5) and stats["ratio_max"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_train_temperature_must_be_positive_or_none():
+    assert PPOConfig(train_temperature=None, temperature=0.6).policy_temperature == 0.6
+    assert PPOConfig(train_temperature=1.3, temperature=0.6).policy_temperature == 1.3
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="train_temperature"):
+            PPOConfig(train_temperature=bad)
 
 
 def test_all_stale_logged_episodes_make_no_update():

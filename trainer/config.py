@@ -71,8 +71,15 @@ class PPOConfig:
         ppo_epochs (int, default 4): passes over a step's episodes; with ``learning_rate``
             5e-4 steadier than one pass at 2e-3 (above), for 4x the update compute of a step.
         max_new_tokens (int, default 64): longest reply sampled in a rollout.
-        temperature (float, default ``Settings.temperature``, 0.7): sampling temperature of rollouts and of every
-            log-prob; must equal the serving temperature so logged log-probs are comparable.
+        temperature (float, default ``Settings.temperature``, 0.7): the serving temperature, at which the
+            logged turns were sampled and their log-probs recorded (``RoundConfig.serving`` sets it).
+        train_temperature (float | None, default 1.0): the temperature of the policy PPO trains: its
+            rollouts sample at it and every log-prob it optimises (policy, reference, demonstrations) is
+            taken at it; None trains at ``temperature``. Where it differs from ``temperature`` a logged
+            step's behaviour log-probs are recomputed at it with the policy before the step (the
+            recorded ones are at the serving temperature), so the clip bounds the step from there.
+            Trained at 1.0 and served at 0.7, the policy is sharper when served than the one it
+            learned (its demonstrations too).
         init_kl_coef (float, default 0.03): initial coefficient of the per-token KL penalty
             to the reference (the base model, adapter disabled). In the first 150-customer loop
             runs 0.1 held a policy already ~4 nats from the base in place in its second round (the
@@ -117,6 +124,7 @@ class PPOConfig:
     ppo_epochs: int = 4
     max_new_tokens: int = 64
     temperature: float = Settings.temperature  # the serving default; serving() sets the actual one
+    train_temperature: float | None = 1.0
     init_kl_coef: float = 0.03
     adaptive_kl: bool = True
     kl_target: float = 1.0
@@ -142,6 +150,13 @@ class PPOConfig:
             raise ValueError(f"ptx_coef must be a finite number >= 0, got {self.ptx_coef}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.train_temperature is not None and not (self.train_temperature > 0 and math.isfinite(self.train_temperature)):
+            raise ValueError(f"train_temperature must be a positive number or None, got {self.train_temperature}")
+
+    @property
+    def policy_temperature(self) -> float:
+        """The temperature PPO samples and scores at: ``train_temperature``, or the serving one."""
+        return self.temperature if self.train_temperature is None else self.train_temperature
 
 
 @dataclass
@@ -472,7 +487,8 @@ class RoundConfig:
         return asdict(self)
 
     def serving(self, temperature: float, max_new_tokens: int) -> "RoundConfig":
-        """A copy whose rollouts and gate sample like the bot serves (DESIGN: train as you serve)."""
+        """A copy whose logged log-probs, rollout length and gate are the bot's (PPO's own temperature,
+        ``PPOConfig.train_temperature``, stays)."""
         ppo = replace(self.ppo, temperature=temperature, max_new_tokens=max_new_tokens)
         gate = replace(self.gate, temperature=temperature, max_new_tokens=max_new_tokens)
         return replace(self, ppo=ppo, gate=gate)

@@ -2,7 +2,9 @@
 
 Two sources of episodes feed the same update: ``step_on_prompts`` samples fresh replies and scores
 them with a reward function (classic RLHF); ``step_on_logged`` replays served bot turns with their
-human rewards and their serving-time log-probs as the behaviour policy (off-policy, ratio-clipped).
+human rewards and their serving-time log-probs as the behaviour policy (off-policy, ratio-clipped);
+trained at another temperature than served (``PPOConfig.train_temperature``), the policy before the
+step is the behaviour policy instead.
 With ``ptx_coef`` > 0 every update also imitates demonstrations (``add_demonstrations``: PPO-ptx).
 The reference for the KL penalty is the policy's ``reference()``: the base model (adapter disabled),
 or a frozen adapter it starts from; PPO's clip bounds each step.
@@ -126,7 +128,7 @@ class PPOTrainer:
 
     @torch.no_grad()
     def rollout(self, prompts: list[list[int]]) -> list[Episode]:
-        """Sample one reply per prompt at the serving temperature, recording its log-probs.
+        """Sample one reply per prompt at the policy's temperature, recording its log-probs.
 
         Replies are cut after their first EOS; a reply without one hit ``max_new_tokens``.
         """
@@ -136,7 +138,7 @@ class PPOTrainer:
             input_ids=ids.to(self.accelerator.device),
             attention_mask=mask.to(self.accelerator.device),
             do_sample=True,
-            temperature=self.config.temperature,
+            temperature=self.config.policy_temperature,
             top_k=0,
             top_p=1.0,
             max_new_tokens=self.config.max_new_tokens,
@@ -146,7 +148,7 @@ class PPOTrainer:
             output_logits=True,
         )
         replies = out.sequences[:, ids.shape[1] :].cpu()
-        logits = torch.stack(out.logits, dim=1).float().cpu() / self.config.temperature
+        logits = torch.stack(out.logits, dim=1).float().cpu() / self.config.policy_temperature
         logprobs = torch.log_softmax(logits, dim=-1).gather(-1, replies.unsqueeze(-1)).squeeze(-1)
         episodes = []
         for prompt, reply, logp in zip(prompts, replies.tolist(), logprobs.tolist()):
@@ -163,12 +165,18 @@ class PPOTrainer:
         return self.step(episodes)
 
     def step_on_logged(self, logged: list[LoggedEpisode], now: float | None = None) -> dict[str, float]:
-        """One PPO step on served turns; those older than ``max_episode_age_s`` are skipped."""
+        """One PPO step on served turns; those older than ``max_episode_age_s`` are skipped.
+
+        Their recorded log-probs are the serving temperature's; trained at another temperature
+        (``PPOConfig.train_temperature``) the step recomputes them with the policy before it.
+        """
         now = time.time() if now is None else now
         fresh = [e for e in logged if now - e.timestamp <= self.config.max_episode_age_s]
         stats = {"skipped_stale": float(len(logged) - len(fresh))}
         if fresh:
-            stats |= self.step([e.to_episode() for e in fresh])
+            rescore = self.config.policy_temperature != self.config.temperature
+            stats |= self.step([e.to_episode() for e in fresh], behaviour_from_policy=rescore)
+            stats["behaviour_rescored"] = float(rescore)
         return stats
 
     def _score(self, batch: Batch, *, grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -176,7 +184,7 @@ class PPOTrainer:
         with torch.set_grad_enabled(grad):
             logits, values = self.policy(batch.input_ids, batch.attention_mask)
         start, end = batch.prompt_width - 1, batch.input_ids.shape[1] - 1  # logits at t predict t+1
-        logp_all = torch.log_softmax(logits[:, start:end].float() / self.config.temperature, dim=-1)
+        logp_all = torch.log_softmax(logits[:, start:end].float() / self.config.policy_temperature, dim=-1)
         logprobs = logp_all.gather(-1, batch.reply_ids.unsqueeze(-1)).squeeze(-1)
         entropy = -(logp_all.exp() * logp_all).sum(-1)
         return logprobs, values[:, start:end].float(), entropy
@@ -198,8 +206,12 @@ class PPOTrainer:
         perm = torch.randperm(n, device=self.accelerator.device)
         return list(perm.split(self.config.mini_batch_size))
 
-    def step(self, episodes: list[Episode]) -> dict[str, float]:
-        """One PPO step on episodes carrying rewards and behaviour log-probs; returns its stats."""
+    def step(self, episodes: list[Episode], behaviour_from_policy: bool = False) -> dict[str, float]:
+        """One PPO step on episodes carrying rewards and behaviour log-probs; returns its stats.
+
+        ``behaviour_from_policy`` replaces the episodes' behaviour log-probs with the policy's before
+        the step (the ratio then starts at 1, as for a fresh rollout).
+        """
         cfg = self.config
         if not episodes:
             raise ValueError("a PPO step needs at least one episode")
@@ -209,6 +221,8 @@ class PPOTrainer:
         # 1. Score: the policy now (old log-probs, values) and the reference, no gradients.
         self.policy.eval()
         old_logprobs, old_values, ref_logprobs = self._score_without_grad(batch)
+        if behaviour_from_policy:
+            batch.behaviour_logprobs = old_logprobs * mask
 
         # 2. Rewards: per-token KL penalty; whitened score (minus the no-EOS penalty) on the last token.
         kl = (old_logprobs - ref_logprobs) * mask  # k1 estimate of KL(π‖π_ref) per token
