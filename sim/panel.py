@@ -56,7 +56,9 @@ class PanelResult:
 
 
 def _sandbox_registry(store: Any, real: Any, candidate_dir: Path, active: str) -> str:
-    """Register the active version (as active) and the candidate (as canary); return the candidate's name."""
+    """Register the active version (as active) and the candidate (as canary); return the candidate's name:
+    its manifest's version, with ``-candidate`` appended where that is the active version's name (an
+    adapter from another data directory)."""
     from loopdesk.adapter_format import read_manifest
     from feedback_store.records import BASE_VERSION, AdapterVersion
 
@@ -66,6 +68,8 @@ def _sandbox_registry(store: Any, real: Any, candidate_dir: Path, active: str) -
         store.adapters.promote(active, "panel: the active version")
     manifest = read_manifest(candidate_dir)
     version = manifest["version"]
+    if version == active:
+        version = f"{version[:54]}-candidate"
     now = time.time()
     store.adapters.register(AdapterVersion(
         version=version, path=str(candidate_dir.resolve()), sha256=manifest["sha256"],

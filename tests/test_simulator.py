@@ -3,6 +3,7 @@ the rubric against the corpus generator's reply styles, and the summary statisti
 
 from __future__ import annotations
 
+import json
 import random
 import statistics
 import time
@@ -233,3 +234,33 @@ def test_panel_compares_a_candidate_adapter_with_the_active_version(data_dir, ba
     assert details["candidate_stats"]["rated"] == details["active_stats"]["rated"] == 4
     assert verdict.passed == (verdict.candidate_score >= verdict.active_score)
     assert FeedbackStore.from_settings(settings, announce=False).conversations.recent() == []
+
+
+def test_panel_faces_an_adapter_named_like_the_active_version(data_dir, base_model_dir, tmp_path):
+    # two data directories both have a v0001: the panel compares them without a name clash
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from bot.runtime import write_adapter
+    from feedback_store.records import AdapterVersion
+    from sim.panel import run_panel
+
+    paths = {}
+    for name in ("ours", "theirs"):
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_model_dir),
+                               LoraConfig(r=1, lora_alpha=2, target_modules=["q_proj", "v_proj"]))
+        paths[name] = tmp_path / name / "v0001"
+        write_adapter(model, paths[name], "v0001", base_model=str(base_model_dir))
+    settings = load_settings({}, data_dir=data_dir, key_prefix=f"p{uuid.uuid4().hex[:12]}",
+                             base_model=str(base_model_dir), max_reply_tokens=8)
+    store = FeedbackStore.from_settings(settings, announce=False)
+    sha = json.loads((paths["ours"] / "manifest.json").read_text())["sha256"]
+    store.adapters.register(AdapterVersion(version="v0001", path=str(paths["ours"]), sha256=sha,
+                                           base_model=str(base_model_dir), parent="base",
+                                           created_at=time.time(), updated_at=time.time()))
+    store.adapters.promote("v0001", "test: the active version")
+    verdict = run_panel(settings, COMPANY, paths["theirs"], "v0001", 3, 3,
+                        CustomerConfig(leave_share=0.0, rating_noise=0.0), tolerance=0.0)
+    details = verdict.to_dict()["details"]
+    assert (details["candidate"], details["active"]) == ("v0001-candidate", "v0001")
+    assert details["candidate_stats"]["rated"] == details["active_stats"]["rated"] == 3
