@@ -41,8 +41,9 @@ class Settings:
         max_message_chars (int, default 2000): longest customer message accepted.
         max_reply_tokens (int, default 64): longest bot reply generated.
         temperature (float, default 0.7): sampling temperature of the bot (and of the gate's
-            samples; PPO trains at its own, PPOConfig.train_temperature). 0.7 garbles the tiny model's facts less than 1.0: the same
-            base scored 3.84 against 3.21 on a 300-customer panel (docs/loop-report/FINDINGS.md).
+            samples; PPO trains at its own, PPOConfig.train_temperature). 0.7 garbles the tiny
+            model's facts less than 1.0: the same base scored 3.84 against 3.21 on a 300-customer
+            panel (docs/loop-report/FINDINGS.md).
         canary_share (float, default 0.1): share of new conversations pinned to the canary
             adapter when one exists.
         max_batch_size (int, default 32): most replies one generation worker decodes together.

@@ -152,7 +152,8 @@ class PPOConfig:
             raise ValueError(f"ptx_coef must be a finite number >= 0, got {self.ptx_coef}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
-        if self.train_temperature is not None and not (self.train_temperature > 0 and math.isfinite(self.train_temperature)):
+        train = self.train_temperature
+        if train is not None and not (train > 0 and math.isfinite(train)):
             raise ValueError(f"train_temperature must be a positive number or None, got {self.train_temperature}")
 
     @property
