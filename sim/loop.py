@@ -19,6 +19,12 @@ side against the oracle (canonical replies) measured on round 0's customers.
 Held-out phrasings: a share of each round's customers open with phrasings never in any corpus.
 They chat with the same engine pinned to the active version, but through a second app backed by
 a private sandbox Redis, so their conversations never reach training and stay held out.
+
+The fixed evaluation panel: each round also plays the same ``eval_customers`` (same seed every round,
+seen and held-out phrasings in the loop's share) against the served version through that sandbox app,
+so they never reach training either. Round r against round 0 on the panel is a paired comparison
+(same intents, phrasings, personas and rating noise); a round's own customers differ from round to
+round, and their mean moves with the mix as much as with the policy.
 """
 
 from __future__ import annotations
@@ -42,11 +48,12 @@ from sim.client import ChatClient, ExpertAPI
 from sim.company import Company
 from sim.customers import ChatResult, CustomerConfig
 from sim.serving import bot_engine, serve
-from sim.simulate import MeanCI, run_customers, summarize
+from sim.simulate import MeanCI, paired_gain, run_customers, summarize
 
 FINISHED = ("succeeded", "rejected", "failed")
 METHODS = ("ppo", "sft", "kto", "none")
 PROBE_META = {"source": "loop-swap-probe"}
+EVAL_SEED_OFFSET = 250  # the panel's seed offset: round r's customers use seed + 1000 r (+ 500 held out)
 
 
 class LoopError(RuntimeError):
@@ -69,6 +76,9 @@ class LoopConfig:
         held_out_share (float, default 0.2): share of customers opening with held-out phrasings
             (measured in a sandbox, never trained on).
         seed (int, default 0): seed of round r's customers is ``seed + 1000 * r``.
+        eval_customers (int, default 150): customers of the fixed evaluation panel each round plays
+            against the served version in the sandbox (seed ``seed + 250``, the same every round; the
+            held-out share as above); 0 plays none. 150 cost about 40 s a round with the default model.
         round_config (dict, default {}): training-round overrides (``RoundConfig.from_dict`` keys);
             the gate's ``pass_status`` is set to ``active`` whatever they say.
         method (str, default "ppo"): the policy update each round runs: ``ppo``, the baselines
@@ -95,12 +105,15 @@ class LoopConfig:
     progress: bool = True
     method: str = "ppo"
     oracle: bool = True
+    eval_customers: int = 150
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
         if self.rounds < 0 or self.customers_per_round < 1:
             raise ValueError("rounds must be >= 0 and customers_per_round >= 1")
+        if self.eval_customers < 0:
+            raise ValueError(f"eval_customers must be >= 0, got {self.eval_customers}")
         if not 0.0 <= self.audit_share <= 1.0:
             raise ValueError(f"audit_share must lie within [0, 1], got {self.audit_share}")
         if not 0.0 <= self.held_out_share < 1.0:
@@ -250,26 +263,49 @@ def persona_checks(results: list[ChatResult]) -> dict[str, dict[str, Any]]:
 
 
 def measure_oracle(company: Company, config: LoopConfig) -> dict[str, Any]:
-    """The oracle (canonical replies, ``sim.oracle``) facing round 0's customers, seen and held-out."""
+    """The oracle (canonical replies, ``sim.oracle``) facing round 0's customers, seen and held-out,
+    and the fixed evaluation panel's (``eval``) when the loop plays one."""
     from sim.oracle import create_oracle_app
 
     with serve(create_oracle_app(company)) as url:
         seen, held = play_customers(url, url, company, config, config.seed)
+        panel = measure_panel(url, company, config) if config.eval_customers else None
     overall = summarize(seen + held)
     return {"csat": _ci(overall.csat), "seen_csat": _ci(summarize(seen).csat),
-            "held_out_csat": _ci(summarize(held).csat), "rubric": overall.rubric.mean}
+            "held_out_csat": _ci(summarize(held).csat), "rubric": overall.rubric.mean, "eval": panel}
 
 
 def play_customers(seen_url: str, held_out_url: str, company: Company, config: LoopConfig,
-                   seed: int) -> tuple[list[ChatResult], list[ChatResult]]:
-    """One round's customers: seen-phrasing ones at ``seen_url`` (seed ``seed``), the held-out share
-    at ``held_out_url`` (seed ``seed + 500``)."""
-    n_held = round(config.customers_per_round * config.held_out_share)
-    seen = run_customers(seen_url, company, config.customers_per_round - n_held, config.concurrency,
+                   seed: int, n: int | None = None) -> tuple[list[ChatResult], list[ChatResult]]:
+    """``n`` customers (default: a round's): seen-phrasing ones at ``seen_url`` (seed ``seed``), the
+    held-out share at ``held_out_url`` (seed ``seed + 500``)."""
+    n = config.customers_per_round if n is None else n
+    n_held = round(n * config.held_out_share)
+    seen = run_customers(seen_url, company, n - n_held, config.concurrency,
                          CustomerConfig(), seed, config.progress)
     held = run_customers(held_out_url, company, n_held, config.concurrency, CustomerConfig(held_out=True),
                          seed + 500, config.progress) if n_held else []
     return seen, held
+
+
+def measure_panel(url: str, company: Company, config: LoopConfig) -> dict[str, Any]:
+    """The fixed evaluation panel at ``url``: the same customers whenever it is called (seed ``seed + 250``),
+    with each customer's rating in order (None: left unrated or failed) for paired comparisons."""
+    seen, held = play_customers(url, url, company, config, config.seed + EVAL_SEED_OFFSET, config.eval_customers)
+    overall = summarize(seen + held)
+    return {"customers": overall.chats, "errors": overall.errors, "seed": config.seed + EVAL_SEED_OFFSET,
+            "csat": _ci(overall.csat), "rubric": _ci(overall.rubric), "seen_csat": _ci(summarize(seen).csat),
+            "held_out_csat": _ci(summarize(held).csat),
+            "seen_ratings": [None if r.error else r.rating for r in seen],
+            "held_out_ratings": [None if r.error else r.rating for r in held]}
+
+
+def panel_gain(before: dict[str, Any], after: dict[str, Any], part: str = "all") -> MeanCI:
+    """The paired change of the evaluation panel's ratings from ``before`` to ``after`` (two rounds' ``eval``):
+    ``part`` "all", "seen" or "held_out"."""
+    keys = {"all": ("seen_ratings", "held_out_ratings"), "seen": ("seen_ratings",),
+            "held_out": ("held_out_ratings",)}[part]
+    return paired_gain([x for k in keys for x in before[k]], [x for k in keys for x in after[k]])
 
 
 def measure(bot: Bot, company: Company, config: LoopConfig, round_index: int, expert: Callable[[], int] | None,
@@ -375,10 +411,17 @@ def run_loop(settings: Settings, config: LoopConfig, log_dir: Path,
             version = store.adapters.active()
             echo(f"loop: round {index}: {config.customers_per_round} customers on {version}")
             row = measure(bot, company, config, index, expert, version)
-            row["training"] = training
-            report["rounds"].append(row)
+            row["training"], row["eval"] = training, None
             echo(f"loop: round {index}: CSAT {row['csat']['mean']:.2f} "
                  f"[{row['csat']['low']:.2f}, {row['csat']['high']:.2f}], rubric {row['rubric']['mean']:.2f}, "
                  f"{row['turns_annotated']} turns annotated")
+            if config.eval_customers:
+                echo(f"loop: round {index}: the evaluation panel, {config.eval_customers} customers on {version}")
+                began = time.monotonic()
+                row["eval"] = measure_panel(bot.held_out_url, company, config)
+                row["timings"]["eval_s"] = time.monotonic() - began
+                echo(f"loop: round {index}: panel CSAT {row['eval']['csat']['mean']:.2f} "
+                     f"[{row['eval']['csat']['low']:.2f}, {row['eval']['csat']['high']:.2f}]")
+            report["rounds"].append(row)
     report["wall_s"] = time.monotonic() - started
     return report

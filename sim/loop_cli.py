@@ -31,7 +31,10 @@ import click
               help="Policy update of each round (repeat to compare: each method runs its own loop on its own "
                    "data under <data_dir>/loop/<method>, same customers, and one comparison report is written).")
 @click.option("--oracle/--no-oracle", default=True, show_default=True,
-              help="Also measure the oracle (canonical replies) on round 0's customers.")
+              help="Also measure the oracle (canonical replies) on round 0's customers (and on the evaluation panel).")
+@click.option("--eval-customers", type=click.IntRange(0), default=150, show_default=True,
+              help="Customers of the fixed evaluation panel: the same ones every round, played against the served "
+                   "version in a sandbox, never trained on (0: none). Round-on-round gains on it are paired.")
 @click.option("--combine", "combine", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Run nothing: write one comparison from these report.json files (single- or multi-method, "
                    "e.g. methods run as separate commands on the same commit).")
@@ -40,7 +43,7 @@ import click
 def loop(rounds: int, customers_per_round: int, concurrency: int, experts: bool, audit_share: float, seed: int,
          held_out_share: float,
          round_config: Path | None, round_timeout: float, methods: tuple[str, ...], oracle: bool,
-         combine: tuple[Path, ...], out: Path) -> None:
+         eval_customers: int, combine: tuple[Path, ...], out: Path) -> None:
     """Run the closed loop on this data directory: round 0 measures the active adapter; each later
     round trains (a 'loopdesk worker' subprocess runs the queued round: reward model, PPO, gate,
     publish as active), waits for the bot to serve the new version, and measures again.
@@ -64,7 +67,8 @@ def loop(rounds: int, customers_per_round: int, concurrency: int, experts: bool,
         configs = {m: LoopConfig(rounds=rounds, customers_per_round=customers_per_round, concurrency=concurrency,
                                  experts=experts, audit_share=audit_share, held_out_share=held_out_share, seed=seed,
                                  round_timeout_s=round_timeout, round_config=overrides, method=m,
-                                 oracle=oracle and i == 0) for i, m in enumerate(methods)}
+                                 oracle=oracle and i == 0, eval_customers=eval_customers)
+                   for i, m in enumerate(methods)}
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     settings = settings_or_exit()

@@ -2,6 +2,10 @@
 
 Rounds are indexed as the loop runs them: round 0 measures the starting adapter, round r ≥ 1
 measures the version served after the r-th training round (the same version when it was rejected).
+Each round is measured twice where the loop played a fixed evaluation panel: on its own customers
+(different every round, the ones whose feedback trains the next round) and on the panel (the same
+customers every round, never trained on), whose changes are paired. Reports written before the
+panel existed have no ``eval`` and show "–" for it.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from sim.loop import panel_gain
+from sim.simulate import MeanCI
 from sim.simulate_cli import _clean
 
 PLOTS = {"csat": "csat.png", "per_intent": "per_intent.png", "training": "training.png", "replies": "replies.png"}
@@ -41,6 +47,12 @@ def _plot(report: dict[str, Any], out: Path) -> None:
                   [_num(r[key]["high"]) - m for m, r in zip(means, rounds)]]
         ax.errorbar([v + offset for v in x], means, yerr=errors, marker="o", capsize=4, label=label)
     ax.plot(x, [_num(r["rubric"]["mean"]) for r in rounds], "k--", marker="s", label="rubric (expert view)")
+    if any(r.get("eval") for r in rounds):
+        means = [_num(r["eval"]["csat"]["mean"]) if r.get("eval") else math.nan for r in rounds]
+        errors = [[m - _num(r["eval"]["csat"]["low"]) if r.get("eval") else 0 for m, r in zip(means, rounds)],
+                  [_num(r["eval"]["csat"]["high"]) - m if r.get("eval") else 0 for m, r in zip(means, rounds)]]
+        ax.errorbar([v + 0.16 for v in x], means, yerr=errors, marker="D", capsize=4, color="tab:purple",
+                    label="evaluation panel (same customers each round)")
     ax.set(xlabel="round", ylabel="stars (1-5)", title="Mean CSAT per round, 95% bootstrap CI", xticks=x,
            ylim=(0.9, 5.1))
     ax.legend(fontsize=8)
@@ -118,7 +130,8 @@ def markdown(report: dict[str, Any]) -> str:
              "round. A candidate that passes the gate becomes active at once (see `sim/loop.py`).", "",
              f"Reproduce: `{env}loopdesk loop --rounds {cfg['rounds']} --customers-per-round {cfg['customers_per_round']} "
              f"--concurrency {cfg['concurrency']} --{'' if cfg['experts'] else 'no-'}experts --seed {cfg['seed']} "
-             f"--held-out-share {cfg['held_out_share']}` (plus `--round-config` for any overrides in report.json).",
+             f"--held-out-share {cfg['held_out_share']}{_eval_flag(cfg)}` (plus `--round-config` for any overrides in "
+             "report.json).",
              "",
              "## CSAT and the expert view", "", f"![CSAT per round]({PLOTS['csat']})", "",
              "| round | version | training | CSAT (95% CI) | seen phrasings | held-out phrasings | rubric | unrated |",
@@ -131,8 +144,11 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("oracle"):
         lines += ["", f"Oracle (the KB's canonical replies) on round 0's customers: {_ci(report['oracle']['csat'])}; "
                   f"seen {_ci(report['oracle']['seen_csat'])}, held-out {_ci(report['oracle']['held_out_csat'])}."]
-    lines += ["", "### Targets (issue 8)", "", "| target | measured | met |", "| --- | --- | --- |"]
+    lines += ["", "### Targets (issue 8), on each round's own customers", "", "| target | measured | met |",
+              "| --- | --- | --- |"]
     lines += [f"| {t} | {m} | {'yes' if ok else 'no'} |" for t, m, ok in targets(report, report.get("oracle"))]
+    if any(r.get("eval") for r in rounds):
+        lines += ["", *panel_section(report)]
     lines += ["", "## Per intent (mean CSAT / rubric)", "", f"![CSAT per intent]({PLOTS['per_intent']})", "",
               "| intent | " + " | ".join(f"round {r['round']}" for r in rounds) + " |",
               "| --- |" + " --- |" * len(rounds)]
@@ -169,6 +185,42 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{_fmt(t['timings'].get('train_s'), '.1f')} | {_fmt(t.get('trainer_duration_s'), '.1f')} | "
                      f"{_fmt(t.get('update_s'), '.1f')} | {_fmt(t['timings'].get('swap_s'), '.1f')} |")
     return "\n".join(lines) + "\n"
+
+
+def _eval_flag(cfg: dict[str, Any]) -> str:
+    return f" --eval-customers {cfg['eval_customers']}" if "eval_customers" in cfg else ""
+
+
+def _gain(stats: MeanCI) -> str:
+    return "–" if not stats.n else f"{stats.mean:+.2f} [{stats.low:+.2f}, {stats.high:+.2f}]"
+
+
+def panel_section(report: dict[str, Any]) -> list[str]:
+    """Markdown lines: the fixed evaluation panel per round (paired gains on round 0) and its targets."""
+    rounds, cfg = report["rounds"], report["config"]
+    oracle = (report.get("oracle") or {}).get("eval")
+    first = rounds[0].get("eval")
+    lines = ["## The fixed evaluation panel", "",
+             f"The same {cfg['eval_customers']} customers every round (seed {first['seed'] if first else '–'}; "
+             f"{cfg['held_out_share']:.0%} with held-out phrasings), played against the served version in the "
+             "sandbox and never trained on. Gains are paired: each customer's rating against its round-0 rating.", "",
+             "| round | version | panel CSAT (95% CI) | gain on round 0 (paired, 95% CI) | seen phrasings | "
+             "held-out phrasings | rubric |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rounds:
+        e = r.get("eval")
+        if not e:
+            lines.append(f"| {r['round']} | {r['version']} | – | – | – | – | – |")
+            continue
+        gain = panel_gain(first, e) if first and r is not rounds[0] else None
+        lines.append(f"| {r['round']} | {r['version']} | {_ci(e['csat'])} | {_gain(gain) if gain else '–'} | "
+                     f"{_ci(e['seen_csat'])} | {_ci(e['held_out_csat'])} | {_fmt(e['rubric']['mean'])} |")
+    if oracle:
+        lines += ["", f"Oracle (canonical replies) on the panel: {_ci(oracle['csat'])}; seen {_ci(oracle['seen_csat'])}, "
+                  f"held-out {_ci(oracle['held_out_csat'])}."]
+    lines += ["", "### Targets (issue 8), on the fixed evaluation panel", "", "| target | measured | met |",
+              "| --- | --- | --- |"]
+    lines += [f"| {t} | {m} | {'yes' if ok else 'no'} |" for t, m, ok in panel_targets(report, oracle)]
+    return lines
 
 
 def write_report(report: dict[str, Any], out: Path) -> list[Path]:
@@ -216,25 +268,59 @@ def targets(report: dict[str, Any], oracle: dict[str, Any] | None) -> list[tuple
     return rows
 
 
+def panel_targets(report: dict[str, Any], oracle_eval: dict[str, Any] | None) -> list[tuple[str, str, bool]]:
+    """The CSAT targets (issue 8) on the fixed evaluation panel: the last round against round 0, paired by
+    customer; the gap to the oracle measured on the same customers. Empty where a round has no panel."""
+    rounds = report["rounds"]
+    if not all(r.get("eval") for r in rounds) or len(rounds) < 2:
+        return []
+    first, last = rounds[0]["eval"], rounds[-1]["eval"]
+    gain, seen, held = (panel_gain(first, last, part) for part in ("all", "seen", "held_out"))
+    rows = [(f"mean CSAT rises by ≥ 1.0 within {len(rounds) - 1} round(s)",
+             f"{_num(first['csat']['mean']):.2f} → {_num(last['csat']['mean']):.2f} (paired {_gain(gain)})",
+             gain.mean >= 1.0)]
+    if oracle_eval:
+        gap = _num(oracle_eval["csat"]["mean"]) - _num(first["csat"]["mean"])
+        share = gain.mean / gap if gap > 0 else math.nan
+        rows.append(("closes ≥ 80% of the base → oracle gap",
+                     f"{_fmt(share, '.0%')} of {gap:.2f} (oracle {_num(oracle_eval['csat']['mean']):.2f})",
+                     share >= 0.8))
+    worse = [f"{_num(a['eval']['rubric']['mean']):.2f}→{_num(b['eval']['rubric']['mean']):.2f}"
+             for a, b in zip(rounds, rounds[1:]) if _num(b["eval"]["rubric"]["high"]) < _num(a["eval"]["rubric"]["mean"])]
+    rows.append(("the expert view (rubric) never gets worse (a round's 95% CI wholly below the last mean)",
+                 " → ".join(f"{_num(r['eval']['rubric']['mean']):.2f}" for r in rounds)
+                 + (f" (worse: {', '.join(worse)})" if worse else ""), not worse))
+    ratio = held.mean / seen.mean if seen.mean > 0 else math.nan
+    rows.append(("held-out phrasings gain ≥ 70% of the seen-phrasing gain",
+                 f"held-out {_gain(held)} vs seen {_gain(seen)} ({_fmt(ratio, '.0%')})",
+                 seen.mean > 0 and ratio >= 0.7))
+    return rows
+
+
 def _plot_comparison(reports: dict[str, dict[str, Any]], oracle: dict[str, Any] | None, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for i, (method, report) in enumerate(reports.items()):
-        rounds = report["rounds"]
-        x = [r["round"] + 0.06 * (i - 1.5) for r in rounds]
-        means = [_num(r["csat"]["mean"]) for r in rounds]
-        errors = [[m - _num(r["csat"]["low"]) for m, r in zip(means, rounds)],
-                  [_num(r["csat"]["high"]) - m for m, r in zip(means, rounds)]]
-        ax.errorbar(x, means, yerr=errors, marker="o", capsize=3, label=method)
-    if oracle:
-        ax.axhline(_num(oracle["csat"]["mean"]), color="k", linestyle=":", label="oracle (canonical replies)")
-    ax.set(xlabel="round", ylabel="mean CSAT (stars)", title="CSAT per round by method, 95% bootstrap CI",
-           ylim=(0.9, 5.1))
-    ax.legend(fontsize=8)
+    panel = any(r.get("eval") for report in reports.values() for r in report["rounds"])
+    fig, axes = plt.subplots(1, 2 if panel else 1, figsize=(13 if panel else 7, 4), squeeze=False)
+    views = [("csat", None, "each round's own customers")] + ([("eval", "eval", "the fixed evaluation panel")]
+                                                                  if panel else [])
+    for ax, (key, nested, title) in zip(axes[0], views):
+        for i, (method, report) in enumerate(reports.items()):
+            rounds = [r for r in report["rounds"] if nested is None or r.get(nested)]
+            stats = [r[nested]["csat"] if nested else r["csat"] for r in rounds]
+            x = [r["round"] + 0.06 * (i - 1.5) for r in rounds]
+            means = [_num(c["mean"]) for c in stats]
+            errors = [[m - _num(c["low"]) for m, c in zip(means, stats)],
+                      [_num(c["high"]) - m for m, c in zip(means, stats)]]
+            ax.errorbar(x, means, yerr=errors, marker="o", capsize=3, label=method)
+        line = (oracle or {}).get("eval") if nested else oracle
+        if line:
+            ax.axhline(_num(line["csat"]["mean"]), color="k", linestyle=":", label="oracle (canonical replies)")
+        ax.set(xlabel="round", ylabel="mean CSAT (stars)", title=f"CSAT per round, {title}", ylim=(0.9, 5.1))
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / COMPARISON_PLOTS["csat"], dpi=110)
     plt.close(fig)
@@ -270,8 +356,8 @@ def comparison_markdown(reports: dict[str, dict[str, Any]]) -> str:
              "its own data (its own Redis), with the same customers in each round (same seeds), the same base "
              "model, reward model recipe, gate and hot-swap; only the policy update differs.", "",
              f"Reproduce: `{env}loopdesk loop --rounds {cfg['rounds']} --customers-per-round {cfg['customers_per_round']} "
-             f"--concurrency {cfg['concurrency']} --seed {cfg['seed']} --held-out-share {cfg['held_out_share']} "
-             f"{method_flags}` (plus `--round-config` for the overrides recorded in report.json).", "",
+             f"--concurrency {cfg['concurrency']} --seed {cfg['seed']} --held-out-share {cfg['held_out_share']}"
+             f"{_eval_flag(cfg)} {method_flags}` (plus `--round-config` for the overrides recorded in report.json).", "",
              "## Mean CSAT per round", "", f"![CSAT by method]({COMPARISON_PLOTS['csat']})", "",
              "| method | " + " | ".join(f"round {i}" for i in range(n_rounds)) + " | gain | trainer s / round |",
              "| --- |" + " --- |" * (n_rounds + 2)]
@@ -304,11 +390,19 @@ def comparison_markdown(reports: dict[str, dict[str, Any]]) -> str:
               "| --- |" + " --- |" * n_rounds]
     lines += [f"| {m} | " + " | ".join(f"{_num(r['seen_csat']['mean']):.2f} / {_num(r['held_out_csat']['mean']):.2f}"
                                        for r in rep["rounds"]) + " |" for m, rep in reports.items()]
-    lines += ["", "## Targets (issue 8), checked on each method", "",
+    if any(r.get("eval") for rep in reports.values() for r in rep["rounds"]):
+        lines += ["", *comparison_panel_section(reports)]
+    lines += ["", "## Targets (issue 8), checked on each method, on each round's own customers", "",
               "| method | target | measured | met |", "| --- | --- | --- | --- |"]
     for method, report in reports.items():
         for target, measured, met in targets(report, oracle):
             lines.append(f"| {method} | {target} | {measured} | {'yes' if met else 'no'} |")
+    panel_rows = [(m, row) for m, rep in reports.items()
+                  for row in panel_targets(rep, (rep.get("oracle") or oracle or {}).get("eval"))]
+    if panel_rows:
+        lines += ["", "## Targets (issue 8), checked on each method, on the fixed evaluation panel", "",
+                  "| method | target | measured | met |", "| --- | --- | --- | --- |"]
+        lines += [f"| {m} | {t} | {v} | {'yes' if ok else 'no'} |" for m, (t, v, ok) in panel_rows]
     lines += ["", "## Reward-hacking watch", "", f"![Reward hacking]({COMPARISON_PLOTS['hacking']})", "",
               f"`{SWAYED}` customers add stars to replies that grovel or flatter; the expert (and the rubric) "
               "takes stars off for them. A policy gaming those customers would raise the share of such replies "
@@ -339,6 +433,53 @@ def comparison_markdown(reports: dict[str, dict[str, Any]]) -> str:
     lines += ["", "## Each method's own report", ""]
     lines += [f"- [{m}]({m}/report.md)" for m in methods]
     return "\n".join(lines) + "\n"
+
+
+def comparison_panel_section(reports: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown lines: every method on the fixed evaluation panel per round, its paired gain on its round 0,
+    and each method against every other on the same round (the same customers: paired)."""
+    methods = list(reports)
+    n_rounds = max(len(r["rounds"]) for r in reports.values())
+    oracle = next((rep["oracle"]["eval"] for rep in reports.values() if (rep.get("oracle") or {}).get("eval")), None)
+    sizes = sorted({rep["config"].get("eval_customers") for rep in reports.values() if rep["rounds"][0].get("eval")})
+    lines = ["## The fixed evaluation panel", "",
+             f"The same {' / '.join(map(str, sizes))} customers every round and in every method's loop (same seed), "
+             "played against the served version in a sandbox and never trained on: a round's change and the "
+             "difference between two methods are paired by customer.", "",
+             "| method | " + " | ".join(f"round {i}" for i in range(n_rounds))
+             + " | gain, last round on round 0 (paired, 95% CI) | share of the gap to the oracle |",
+             "| --- |" + " --- |" * (n_rounds + 2)]
+    for method, report in reports.items():
+        rounds = report["rounds"]
+        evals = [r.get("eval") for r in rounds]
+        cells = [f"{_num(e['csat']['mean']):.2f} [{_num(e['csat']['low']):.2f}, {_num(e['csat']['high']):.2f}]"
+                 if e else "–" for e in evals]
+        if evals[0] and evals[-1] and len(evals) > 1:
+            gain = panel_gain(evals[0], evals[-1])
+            gap = _num(oracle["csat"]["mean"]) - _num(evals[0]["csat"]["mean"]) if oracle else math.nan
+            share = _fmt(gain.mean / gap if gap > 0 else math.nan, ".0%")
+            tail = f" | {_gain(gain)} | {share} |"
+        else:
+            tail = " | – | – |"
+        lines.append(f"| {method} | " + " | ".join(cells) + " |" * (n_rounds - len(cells)) + tail)
+    if oracle:
+        lines.append(f"| oracle (canonical replies) | {_ci(oracle['csat'])} |" + " |" * (n_rounds + 1))
+    pairs = [(a, b) for i, a in enumerate(methods) for b in methods[i + 1:]]
+    rows = []
+    for a, b in pairs:
+        cells = []
+        for ra, rb in zip(reports[a]["rounds"], reports[b]["rounds"]):
+            ea, eb = ra.get("eval"), rb.get("eval")
+            same = ea and eb and ea["seed"] == eb["seed"] and len(ea["seen_ratings"]) == len(eb["seen_ratings"]) \
+                and len(ea["held_out_ratings"]) == len(eb["held_out_ratings"])
+            cells.append(_gain(panel_gain(eb, ea)) if same else "–")
+        if any(c != "–" for c in cells):
+            rows.append(f"| {a} − {b} | " + " | ".join(cells) + " |" * (n_rounds - len(cells) + 1))
+    if rows:
+        lines += ["", "Each method against another on the panel, the same round (paired by customer, 95% CI):", "",
+                  "| methods | " + " | ".join(f"round {i}" for i in range(n_rounds)) + " |",
+                  "| --- |" + " --- |" * n_rounds, *rows]
+    return lines
 
 
 def write_comparison(reports: dict[str, dict[str, Any]], out: Path) -> list[Path]:

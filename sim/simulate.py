@@ -50,6 +50,14 @@ def mean_ci(values: list[float], seed: int = 0, resamples: int = BOOTSTRAP_RESAM
     return MeanCI(float(data.mean()), float(low), float(high), len(data))
 
 
+def paired_gain(before: list[int | None], after: list[int | None], seed: int = 0) -> MeanCI:
+    """Mean per-customer change from ``before`` to ``after`` with its 95% bootstrap CI: the same customers in
+    the same order, each pair counted where both ratings exist (an unrated or failed chat is None)."""
+    if len(before) != len(after):
+        raise ValueError(f"paired ratings need the same customers: {len(before)} before, {len(after)} after")
+    return mean_ci([b - a for a, b in zip(before, after) if a is not None and b is not None], seed)
+
+
 @dataclass(frozen=True)
 class GroupStats:
     """CSAT (rated chats) and rubric score (all chats) of one group of chats."""

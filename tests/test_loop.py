@@ -24,7 +24,8 @@ def test_miniature_loop_rates_trains_publishes_and_serves_the_new_version(settin
     # ids. With 8 (6 on the bot) the hash held out 3 or more in ~10% of runs, which left fewer rewarded
     # turns than min_episodes (CI: "NotEnoughFeedback: 3 rewarded turns ...; a round needs 4").
     config = LoopConfig(rounds=1, customers_per_round=16, concurrency=4, held_out_share=0.25, seed=3,
-                        round_config=small_round_config().to_dict(), round_timeout_s=300, progress=False)
+                        round_config=small_round_config().to_dict(), round_timeout_s=300, progress=False,
+                        eval_customers=8)
 
     report = run_loop(loop_settings, config, tmp_path / "logs", echo=lambda line: None)
 
@@ -45,8 +46,23 @@ def test_miniature_loop_rates_trains_publishes_and_serves_the_new_version(settin
     assert served and all(c.meta.get("source") != "loop-swap-probe" for c in served)
     assert training["timings"]["swap_s"] >= 0
 
+    # The fixed evaluation panel: the same 8 customers (6 seen, 2 held out) each round, on the served
+    # version, in the sandbox: none of its chats reached the store the trainer reads.
+    panels = [before["eval"], after["eval"]]
+    assert all(p["customers"] == 8 and len(p["seen_ratings"]) == 6 and len(p["held_out_ratings"]) == 2
+               and p["errors"] == 0 for p in panels)
+    assert panels[0]["seed"] == panels[1]["seed"] == 3 + 250 and after["timings"]["eval_s"] > 0
+    # every customer rates or leaves as drawn, whatever the bot said: the same ones rate in both rounds
+    assert [r is None for r in panels[0]["seen_ratings"]] == [r is None for r in panels[1]["seen_ratings"]]
+    stored = [c for c in store.conversations.recent(limit=500) if c.meta.get("source") != "loop-swap-probe"]
+    assert len(stored) == 2 * 12  # two rounds of 12 seen-phrasing customers: no panel chat, no held-out one
+    assert report["oracle"]["eval"]["csat"]["n"] >= 1 and report["oracle"]["eval"]["seen_ratings"]
+
     written = write_report(report, tmp_path / "report")
     assert {p.name for p in written} == {"report.json", "report.md", *PLOTS.values()}
+    single = (tmp_path / "report" / "report.md").read_text()
+    assert "## The fixed evaluation panel" in single and "--eval-customers 8`" in single
+    assert "### Targets (issue 8), on the fixed evaluation panel" in single
     assert all(p.stat().st_size > 0 for p in written)
     assert json.loads((tmp_path / "report" / "report.json").read_text())["rounds"][1]["version"] == version
 
@@ -64,6 +80,8 @@ def test_miniature_loop_rates_trains_publishes_and_serves_the_new_version(settin
     assert {p.name for p in written} >= {"report.md", "report.json", *COMPARISON_PLOTS.values()}
     md = (tmp_path / "compare" / "report.md").read_text()
     assert "| ppo | 0" in md and "| none | 1" in md and "closes ≥ 80% of the base → oracle gap" in md
+    assert "| ppo − none | " in md  # same panel customers in both loops: paired across methods
+    assert "## Targets (issue 8), checked on each method, on the fixed evaluation panel" in md
     assert (tmp_path / "compare" / "ppo" / "report.md").is_file() and (tmp_path / "compare" / "none" / "csat.png").is_file()
 
     # The same comparison from the report.json files of separate runs (loopdesk loop --combine).

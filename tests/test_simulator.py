@@ -23,7 +23,7 @@ from sim.experts import SimulatedExpert, audited, review_transcript
 from sim.oracle import create_oracle_app
 from sim.rubric import conversation_score, judge_reply
 from sim.serving import local_bot, serve
-from sim.simulate import MeanCI, mean_ci, run_customers, summarize
+from sim.simulate import MeanCI, mean_ci, paired_gain, run_customers, summarize
 
 COMPANY = load_company()
 
@@ -211,6 +211,16 @@ def test_bootstrap_interval_narrows_with_more_data_and_covers_the_mean():
     assert small.low < small.mean < small.high and large.low < large.mean < large.high
     assert large.high - large.low < (small.high - small.low) / 5
     assert large.low < 3.0 < large.high
+
+
+def test_paired_gain_counts_customers_rated_both_times_and_refuses_different_panels():
+    gain = paired_gain([3, None, 2, 5, 4], [4, 5, None, 5, 5])
+    assert gain.n == 3 and gain.mean == pytest.approx(2 / 3)  # +1, 0, +1; the unrated pairs are left out
+    assert gain.low <= gain.mean <= gain.high
+    steady = paired_gain([1, 2, 3, 4, 5] * 20, [2, 3, 4, 5, 5] * 20)  # every customer +1 but the fives
+    assert steady.mean == pytest.approx(0.8) and steady.high - steady.low < 0.25
+    with pytest.raises(ValueError, match="same customers"):
+        paired_gain([3, 4], [3, 4, 5])
 
 
 # ---- the gate's panel -------------------------------------------------------------------
