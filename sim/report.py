@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.loop import panel_gain
-from sim.simulate import MeanCI
+from sim.simulate import MeanCI, paired_gain
 from sim.simulate_cli import _clean
 
 PLOTS = {"csat": "csat.png", "per_intent": "per_intent.png", "training": "training.png", "replies": "replies.png"}
@@ -191,6 +191,12 @@ def _eval_flag(cfg: dict[str, Any]) -> str:
     return f" --eval-customers {cfg['eval_customers']}" if "eval_customers" in cfg else ""
 
 
+def same_panel(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    """Whether two evaluation-panel records faced the same customers (seed and sizes), so pairing them holds."""
+    return bool(a and b) and a["seed"] == b["seed"] and len(a["seen_ratings"]) == len(b["seen_ratings"]) \
+        and len(a["held_out_ratings"]) == len(b["held_out_ratings"])
+
+
 def _gain(stats: MeanCI) -> str:
     return "–" if not stats.n else f"{stats.mean:+.2f} [{stats.low:+.2f}, {stats.high:+.2f}]"
 
@@ -275,6 +281,7 @@ def panel_targets(report: dict[str, Any], oracle_eval: dict[str, Any] | None) ->
     if not all(r.get("eval") for r in rounds) or len(rounds) < 2:
         return []
     first, last = rounds[0]["eval"], rounds[-1]["eval"]
+    oracle_eval = oracle_eval if same_panel(oracle_eval, first) else None
     gain, seen, held = (panel_gain(first, last, part) for part in ("all", "seen", "held_out"))
     rows = [(f"mean CSAT rises by ≥ 1.0 within {len(rounds) - 1} round(s)",
              f"{_num(first['csat']['mean']):.2f} → {_num(last['csat']['mean']):.2f} (paired {_gain(gain)})",
@@ -435,6 +442,48 @@ def comparison_markdown(reports: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pooled_base(reports: dict[str, dict[str, Any]]) -> tuple[list[float | None], int]:
+    """Each panel customer's mean rating over every measurement of the starting adapter in these loops (round 0
+    of each, and every later round that still served it), and the number of measurements; ([], 0) when the
+    loops did not face one panel. One measurement is one draw of the adapter's sampled replies."""
+    starts = {rep["rounds"][0]["version"] for rep in reports.values()}
+    records = [r["eval"] for rep in reports.values() for r in rep["rounds"]
+               if r.get("eval") and len(starts) == 1 and r["version"] in starts]
+    if not records or not all(same_panel(records[0], e) for e in records):
+        return [], 0
+    columns = [e["seen_ratings"] + e["held_out_ratings"] for e in records]
+    means = []
+    for ratings in zip(*columns):
+        rated = [x for x in ratings if x is not None]
+        means.append(sum(rated) / len(rated) if rated else None)
+    return means, len(records)
+
+
+def _pooled_base_lines(reports: dict[str, dict[str, Any]], oracle: dict[str, Any] | None) -> list[str]:
+    base, k = pooled_base(reports)
+    if k < 2:
+        return []
+    rated = [x for x in base if x is not None]
+    mean = sum(rated) / len(rated)
+    gap = _num(oracle["csat"]["mean"]) - mean if oracle else math.nan
+    draws = [_num(r["eval"]["csat"]["mean"]) for rep in reports.values() for r in rep["rounds"]
+             if r.get("eval") and r["version"] == rep["rounds"][0]["version"]]
+    lines = ["", f"The starting adapter faced the panel {k} times across these loops (round 0 of each, and every "
+             f"round that still served it): {mean:.2f} on average, from {min(draws):.2f} to {max(draws):.2f}, as each "
+             "time its replies are sampled anew. A gain on a loop's own round 0 carries that draw; against the "
+             "average, per customer:", "",
+             "| method | last round | gain on the averaged start (paired, 95% CI) | share of the gap to the oracle |",
+             "| --- | --- | --- | --- |"]
+    for method, report in reports.items():
+        last = report["rounds"][-1].get("eval")
+        if len(report["rounds"]) < 2 or not last or len(last["seen_ratings"]) + len(last["held_out_ratings"]) != len(base):
+            continue
+        gain = paired_gain(base, last["seen_ratings"] + last["held_out_ratings"])
+        share = gain.mean / gap if gap > 0 and same_panel(oracle, last) else math.nan
+        lines.append(f"| {method} | {_num(last['csat']['mean']):.2f} | {_gain(gain)} | {_fmt(share, '.0%')} |")
+    return lines
+
+
 def comparison_panel_section(reports: dict[str, dict[str, Any]]) -> list[str]:
     """Markdown lines: every method on the fixed evaluation panel per round, its paired gain on its round 0,
     and each method against every other on the same round (the same customers: paired)."""
@@ -456,7 +505,8 @@ def comparison_panel_section(reports: dict[str, dict[str, Any]]) -> list[str]:
                  if e else "–" for e in evals]
         if evals[0] and evals[-1] and len(evals) > 1:
             gain = panel_gain(evals[0], evals[-1])
-            gap = _num(oracle["csat"]["mean"]) - _num(evals[0]["csat"]["mean"]) if oracle else math.nan
+            gap = (_num(oracle["csat"]["mean"]) - _num(evals[0]["csat"]["mean"]) if same_panel(oracle, evals[0])
+                   else math.nan)
             share = _fmt(gain.mean / gap if gap > 0 else math.nan, ".0%")
             tail = f" | {_gain(gain)} | {share} |"
         else:
@@ -464,15 +514,14 @@ def comparison_panel_section(reports: dict[str, dict[str, Any]]) -> list[str]:
         lines.append(f"| {method} | " + " | ".join(cells) + " |" * (n_rounds - len(cells)) + tail)
     if oracle:
         lines.append(f"| oracle (canonical replies) | {_ci(oracle['csat'])} |" + " |" * (n_rounds + 1))
+    lines += _pooled_base_lines(reports, oracle)
     pairs = [(a, b) for i, a in enumerate(methods) for b in methods[i + 1:]]
     rows = []
     for a, b in pairs:
         cells = []
         for ra, rb in zip(reports[a]["rounds"], reports[b]["rounds"]):
             ea, eb = ra.get("eval"), rb.get("eval")
-            same = ea and eb and ea["seed"] == eb["seed"] and len(ea["seen_ratings"]) == len(eb["seen_ratings"]) \
-                and len(ea["held_out_ratings"]) == len(eb["held_out_ratings"])
-            cells.append(_gain(panel_gain(eb, ea)) if same else "–")
+            cells.append(_gain(panel_gain(eb, ea)) if same_panel(ea, eb) else "–")
         if any(c != "–" for c in cells):
             rows.append(f"| {a} − {b} | " + " | ".join(cells) + " |" * (n_rounds - len(cells) + 1))
     if rows:

@@ -81,6 +81,7 @@ def test_miniature_loop_rates_trains_publishes_and_serves_the_new_version(settin
     md = (tmp_path / "compare" / "report.md").read_text()
     assert "| ppo | 0" in md and "| none | 1" in md and "closes ≥ 80% of the base → oracle gap" in md
     assert "| ppo − none | " in md  # same panel customers in both loops: paired across methods
+    assert "faced the panel 3 times" in md  # the base: ppo's round 0 and both rounds of none, averaged
     assert "## Targets (issue 8), checked on each method, on the fixed evaluation panel" in md
     assert (tmp_path / "compare" / "ppo" / "report.md").is_file() and (tmp_path / "compare" / "none" / "csat.png").is_file()
 
