@@ -326,7 +326,8 @@ def _plot_comparison(reports: dict[str, dict[str, Any]], oracle: dict[str, Any] 
         line = (oracle or {}).get("eval") if nested else oracle
         if line:
             ax.axhline(_num(line["csat"]["mean"]), color="k", linestyle=":", label="oracle (canonical replies)")
-        ax.set(xlabel="round", ylabel="mean CSAT (stars)", title=f"CSAT per round, {title}", ylim=(0.9, 5.1))
+        ax.set(xlabel="round", ylabel="mean CSAT (stars)", title=f"CSAT per round, {title}", ylim=(0.9, 5.1),
+               xticks=range(max(len(report["rounds"]) for report in reports.values())))
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / COMPARISON_PLOTS["csat"], dpi=110)
