@@ -178,12 +178,13 @@ def markdown(report: dict[str, Any]) -> str:
                          f"{'; '.join(t['gate_reasons']) or t['error'] or '–'} |")
     lines += ["", "## Stage timings (seconds)", "",
               "| round | simulate | expert | train (queue → finished) | of which trainer | of which policy update | "
-              "hot-swap |", "| --- | --- | --- | --- | --- | --- | --- |"]
+              "hot-swap | evaluation panel |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rounds:
         t = r["training"] or {"timings": {}}
         lines.append(f"| {r['round']} | {r['timings']['simulate_s']:.1f} | {r['timings']['expert_s']:.1f} | "
                      f"{_fmt(t['timings'].get('train_s'), '.1f')} | {_fmt(t.get('trainer_duration_s'), '.1f')} | "
-                     f"{_fmt(t.get('update_s'), '.1f')} | {_fmt(t['timings'].get('swap_s'), '.1f')} |")
+                     f"{_fmt(t.get('update_s'), '.1f')} | {_fmt(t['timings'].get('swap_s'), '.1f')} | "
+                     f"{_fmt(r['timings'].get('eval_s'), '.1f')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -221,8 +222,8 @@ def panel_section(report: dict[str, Any]) -> list[str]:
         lines.append(f"| {r['round']} | {r['version']} | {_ci(e['csat'])} | {_gain(gain) if gain else '–'} | "
                      f"{_ci(e['seen_csat'])} | {_ci(e['held_out_csat'])} | {_fmt(e['rubric']['mean'])} |")
     if oracle:
-        lines += ["", f"Oracle (canonical replies) on the panel: {_ci(oracle['csat'])}; seen {_ci(oracle['seen_csat'])}, "
-                  f"held-out {_ci(oracle['held_out_csat'])}."]
+        lines += ["", f"Oracle (canonical replies) on the panel: {_ci(oracle['csat'])}; "
+                  f"seen {_ci(oracle['seen_csat'])}, held-out {_ci(oracle['held_out_csat'])}."]
     lines += ["", "### Targets (issue 8), on the fixed evaluation panel", "", "| target | measured | met |",
               "| --- | --- | --- |"]
     lines += [f"| {t} | {m} | {'yes' if ok else 'no'} |" for t, m, ok in panel_targets(report, oracle)]
@@ -292,8 +293,9 @@ def panel_targets(report: dict[str, Any], oracle_eval: dict[str, Any] | None) ->
         rows.append(("closes ≥ 80% of the base → oracle gap",
                      f"{_fmt(share, '.0%')} of {gap:.2f} (oracle {_num(oracle_eval['csat']['mean']):.2f})",
                      share >= 0.8))
-    worse = [f"{_num(a['eval']['rubric']['mean']):.2f}→{_num(b['eval']['rubric']['mean']):.2f}"
-             for a, b in zip(rounds, rounds[1:]) if _num(b["eval"]["rubric"]["high"]) < _num(a["eval"]["rubric"]["mean"])]
+    rubrics = [r["eval"]["rubric"] for r in rounds]
+    worse = [f"{_num(a['mean']):.2f}→{_num(b['mean']):.2f}"
+             for a, b in zip(rubrics, rubrics[1:]) if _num(b["high"]) < _num(a["mean"])]
     rows.append(("the expert view (rubric) never gets worse (a round's 95% CI wholly below the last mean)",
                  " → ".join(f"{_num(r['eval']['rubric']['mean']):.2f}" for r in rounds)
                  + (f" (worse: {', '.join(worse)})" if worse else ""), not worse))
@@ -312,9 +314,8 @@ def _plot_comparison(reports: dict[str, dict[str, Any]], oracle: dict[str, Any] 
 
     panel = any(r.get("eval") for report in reports.values() for r in report["rounds"])
     fig, axes = plt.subplots(1, 2 if panel else 1, figsize=(13 if panel else 7, 4), squeeze=False)
-    views = [("csat", None, "each round's own customers")] + ([("eval", "eval", "the fixed evaluation panel")]
-                                                                  if panel else [])
-    for ax, (key, nested, title) in zip(axes[0], views):
+    views = [(None, "each round's own customers")] + ([("eval", "the fixed evaluation panel")] if panel else [])
+    for ax, (nested, title) in zip(axes[0], views):
         for i, (method, report) in enumerate(reports.items()):
             rounds = [r for r in report["rounds"] if nested is None or r.get(nested)]
             stats = [r[nested]["csat"] if nested else r["csat"] for r in rounds]
@@ -365,7 +366,8 @@ def comparison_markdown(reports: dict[str, dict[str, Any]]) -> str:
              "model, reward model recipe, gate and hot-swap; only the policy update differs.", "",
              f"Reproduce: `{env}loopdesk loop --rounds {cfg['rounds']} --customers-per-round {cfg['customers_per_round']} "
              f"--concurrency {cfg['concurrency']} --seed {cfg['seed']} --held-out-share {cfg['held_out_share']}"
-             f"{_eval_flag(cfg)} {method_flags}` (plus `--round-config` for the overrides recorded in report.json).", "",
+             f"{_eval_flag(cfg)} {method_flags}` (plus `--round-config` for the overrides recorded in report.json).",
+             "",
              "## Mean CSAT per round", "", f"![CSAT by method]({COMPARISON_PLOTS['csat']})", "",
              "| method | " + " | ".join(f"round {i}" for i in range(n_rounds)) + " | gain | trainer s / round |",
              "| --- |" + " --- |" * (n_rounds + 2)]
@@ -477,7 +479,8 @@ def _pooled_base_lines(reports: dict[str, dict[str, Any]], oracle: dict[str, Any
              "| --- | --- | --- | --- |"]
     for method, report in reports.items():
         last = report["rounds"][-1].get("eval")
-        if len(report["rounds"]) < 2 or not last or len(last["seen_ratings"]) + len(last["held_out_ratings"]) != len(base):
+        if len(report["rounds"]) < 2 or not same_panel(last, report["rounds"][0].get("eval")) \
+                or len(last["seen_ratings"]) + len(last["held_out_ratings"]) != len(base):
             continue
         gain = paired_gain(base, last["seen_ratings"] + last["held_out_ratings"])
         share = gain.mean / gap if gap > 0 and same_panel(oracle, last) else math.nan
