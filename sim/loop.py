@@ -300,12 +300,17 @@ def measure_panel(url: str, company: Company, config: LoopConfig) -> dict[str, A
             "held_out_ratings": [None if r.error else r.rating for r in held]}
 
 
+def panel_ratings(panel: dict[str, Any], part: str = "all") -> list[int | None]:
+    """One panel record's ratings in customer order: ``part`` "all" (seen, then held-out), "seen" or "held_out"."""
+    keys = {"all": ("seen_ratings", "held_out_ratings"), "seen": ("seen_ratings",),
+            "held_out": ("held_out_ratings",)}[part]
+    return [x for k in keys for x in panel[k]]
+
+
 def panel_gain(before: dict[str, Any], after: dict[str, Any], part: str = "all") -> MeanCI:
     """The paired change of the evaluation panel's ratings from ``before`` to ``after`` (two rounds' ``eval``):
     ``part`` "all", "seen" or "held_out"."""
-    keys = {"all": ("seen_ratings", "held_out_ratings"), "seen": ("seen_ratings",),
-            "held_out": ("held_out_ratings",)}[part]
-    return paired_gain([x for k in keys for x in before[k]], [x for k in keys for x in after[k]])
+    return paired_gain(panel_ratings(before, part), panel_ratings(after, part))
 
 
 def measure(bot: Bot, company: Company, config: LoopConfig, round_index: int, expert: Callable[[], int] | None,

@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sim.loop import panel_gain
+from sim.loop import panel_gain, panel_ratings
 from sim.simulate import MeanCI, paired_gain
 from sim.simulate_cli import _clean
 
@@ -445,46 +445,42 @@ def comparison_markdown(reports: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def pooled_base(reports: dict[str, dict[str, Any]]) -> tuple[list[float | None], int]:
-    """Each panel customer's mean rating over every measurement of the starting adapter in these loops (round 0
-    of each, and every later round that still served it), and the number of measurements; ([], 0) when the
-    loops did not face one panel. One measurement is one draw of the adapter's sampled replies."""
+def base_draws(reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every panel measurement of the starting adapter in these loops (round 0 of each, and every later round
+    that still served it): each one draw of its sampled replies. Empty when the loops started from different
+    adapters or did not face one panel."""
     starts = {rep["rounds"][0]["version"] for rep in reports.values()}
-    records = [r["eval"] for rep in reports.values() for r in rep["rounds"]
-               if r.get("eval") and len(starts) == 1 and r["version"] in starts]
-    if not records or not all(same_panel(records[0], e) for e in records):
-        return [], 0
-    columns = [e["seen_ratings"] + e["held_out_ratings"] for e in records]
-    means = []
-    for ratings in zip(*columns):
-        rated = [x for x in ratings if x is not None]
-        means.append(sum(rated) / len(rated) if rated else None)
-    return means, len(records)
+    if len(starts) != 1:
+        return []
+    records = [r["eval"] for rep in reports.values() for r in rep["rounds"] if r.get("eval") and r["version"] in starts]
+    return records if records and all(same_panel(records[0], e) for e in records) else []
 
 
 def _pooled_base_lines(reports: dict[str, dict[str, Any]], oracle: dict[str, Any] | None) -> list[str]:
-    base, k = pooled_base(reports)
-    if k < 2:
+    draws = base_draws(reports)
+    if len(draws) < 2:
         return []
+    base = []  # each customer's mean rating over the draws
+    for ratings in zip(*(panel_ratings(e) for e in draws)):
+        rated = [x for x in ratings if x is not None]
+        base.append(sum(rated) / len(rated) if rated else None)
     rated = [x for x in base if x is not None]
     mean = sum(rated) / len(rated)
-    gap = _num(oracle["csat"]["mean"]) - mean if oracle else math.nan
-    draws = [_num(r["eval"]["csat"]["mean"]) for rep in reports.values() for r in rep["rounds"]
-             if r.get("eval") and r["version"] == rep["rounds"][0]["version"]]
-    lines = ["", f"The starting adapter faced the panel {k} times across these loops (round 0 of each, and every "
-             f"round that still served it): {mean:.2f} on average, from {min(draws):.2f} to {max(draws):.2f}, as each "
-             "time its replies are sampled anew. A gain on a loop's own round 0 carries that draw; against the "
+    gap = _num(oracle["csat"]["mean"]) - mean if same_panel(oracle, draws[0]) else math.nan
+    means = [_num(e["csat"]["mean"]) for e in draws]
+    lines = ["", f"The starting adapter faced the panel {len(draws)} times across these loops (round 0 of each, and "
+             f"every round that still served it): {mean:.2f} on average, from {min(means):.2f} to {max(means):.2f}, as "
+             "each time its replies are sampled anew. A gain on a loop's own round 0 carries that draw; against the "
              "average, per customer:", "",
              "| method | last round | gain on the averaged start (paired, 95% CI) | share of the gap to the oracle |",
              "| --- | --- | --- | --- |"]
     for method, report in reports.items():
         last = report["rounds"][-1].get("eval")
-        if len(report["rounds"]) < 2 or not same_panel(last, report["rounds"][0].get("eval")) \
-                or len(last["seen_ratings"]) + len(last["held_out_ratings"]) != len(base):
+        if len(report["rounds"]) < 2 or not same_panel(last, draws[0]):
             continue
-        gain = paired_gain(base, last["seen_ratings"] + last["held_out_ratings"])
-        share = gain.mean / gap if gap > 0 and same_panel(oracle, last) else math.nan
-        lines.append(f"| {method} | {_num(last['csat']['mean']):.2f} | {_gain(gain)} | {_fmt(share, '.0%')} |")
+        gain = paired_gain(base, panel_ratings(last))
+        lines.append(f"| {method} | {_num(last['csat']['mean']):.2f} | {_gain(gain)} | "
+                     f"{_fmt(gain.mean / gap if gap > 0 else math.nan, '.0%')} |")
     return lines
 
 

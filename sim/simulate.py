@@ -50,7 +50,7 @@ def mean_ci(values: list[float], seed: int = 0, resamples: int = BOOTSTRAP_RESAM
     return MeanCI(float(data.mean()), float(low), float(high), len(data))
 
 
-def paired_gain(before: list[int | None], after: list[int | None], seed: int = 0) -> MeanCI:
+def paired_gain(before: list[float | None], after: list[float | None], seed: int = 0) -> MeanCI:
     """Mean per-customer change from ``before`` to ``after`` with its 95% bootstrap CI: the same customers in
     the same order, each pair counted where both ratings exist (an unrated or failed chat is None)."""
     if len(before) != len(after):
