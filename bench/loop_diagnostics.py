@@ -1,4 +1,4 @@
-"""Diagnostics behind docs/loop-report/FINDINGS.md: what a policy says, what a reward model rewards,
+"""Diagnostics behind docs/findings.md: what a policy says, what a reward model rewards,
 and how far PPO gets when the reward is perfect.
 
     python bench/loop_diagnostics.py replies var/base-model [ADAPTER_DIR]
