@@ -66,7 +66,8 @@ class PPOConfig:
         mini_batch_size (int, default 8): episodes per gradient update.
         ppo_epochs (int, default 4): passes over a step's episodes (each pass is one more update
             compute of the step; see docs/tuning.md#ppo).
-        max_new_tokens (int, default 64): longest reply sampled in a rollout.
+        max_new_tokens (int, default 64): longest reply sampled in a rollout (the bot's
+            ``LOOPDESK_MAX_REPLY_TOKENS``, set by ``RoundConfig.serving``).
         temperature (float, default ``Settings.temperature``, 0.7): the serving temperature, at which the
             logged turns were sampled and their log-probs recorded (``RoundConfig.serving`` sets it from
             ``LOOPDESK_TEMPERATURE``).
@@ -219,7 +220,8 @@ class GateConfig:
             ``RoundConfig.gate_history``; see docs/tuning.md#gate).
         samples_per_context (int, default 4): replies each adapter samples per context; a context's
             score is their mean (see docs/tuning.md#gate).
-        max_new_tokens (int, default 64): longest reply sampled (the serving limit).
+        max_new_tokens (int, default 64): longest reply sampled (the bot's ``LOOPDESK_MAX_REPLY_TOKENS``,
+            set by ``RoundConfig.serving``).
         temperature (float, default ``Settings.temperature``, 0.7): sampling temperature (the serving
             temperature, set by ``RoundConfig.serving``).
         margin (float, default 0.0): the candidate's mean score (reward model, plus the weighted

@@ -211,7 +211,7 @@ def _parsed(name: str, raw: str, kind: Any) -> Any:
     return convert(name, raw, kind)
 
 
-def _settable(section: str | None, name: str, where: str) -> None:
+def _refuse_serving_field(section: str | None, name: str, where: str) -> None:
     if (section, name) in SERVING_FIELDS:
         raise SettingsError(f"{where}: {section}.{name} follows the bot's serving setting "
                             f"{SERVING_FIELDS[section, name]}; set that instead")
@@ -227,7 +227,7 @@ def env_overrides(variables: Mapping[str, str]) -> dict[str, Any]:
             raise SettingsError(f"unknown variable {name}: a round field is {ROUND_PREFIX}<FIELD> or "
                                 f"{ROUND_PREFIX}<SECTION>__<FIELD> (`loopdesk settings --round` lists them)")
         section, field_name, kind = known[name]
-        _settable(section, field_name, name)
+        _refuse_serving_field(section, field_name, name)
         (overrides.setdefault(section, {}) if section else overrides)[field_name] = _parsed(name, raw, kind)
     return overrides
 
@@ -251,7 +251,7 @@ def file_overrides(path: Path) -> dict[str, Any]:
             for name in value:
                 if name not in kinds:
                     raise SettingsError(f"{where}: unknown field {key}.{name}")
-                _settable(key, name, where)
+                _refuse_serving_field(key, name, where)
             overrides[key] = {name: _checked(f"{where}: {key}.{name}", v, kinds[name]) for name, v in value.items()}
         elif key in top:
             overrides[key] = _checked(f"{where}: {key}", value, top[key])
