@@ -60,7 +60,7 @@ def main() -> None:
     from feedback_store.server import embedded_redis_pid, stop_embedded_redis
     from loopdesk.config import load_settings
     from trainer import gate
-    from trainer.config import RoundConfig
+    from trainer.round_config import RoundConfig
     from trainer.references import ExpertReferences
     from trainer.reward_model import RewardModel
     from trainer.round import newest_contexts

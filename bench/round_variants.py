@@ -49,7 +49,7 @@ def train_variant(source: Path, work: Path, base_model: str, overrides: dict) ->
     from feedback_store import FeedbackStore
     from feedback_store.server import stop_embedded_redis
     from loopdesk.config import load_settings
-    from trainer.config import RoundConfig
+    from trainer.round_config import RoundConfig
     from trainer.round import run_round
 
     if work.exists():

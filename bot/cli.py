@@ -19,7 +19,7 @@ import click
               help="request threads per gunicorn worker (streamed replies hold one each)")
 def serve(host: str, port: int, workers: int, threads: int) -> None:
     """Serve the bot: demo shop at /, chat API under /api, consoles at /expert and /operator."""
-    from loopdesk.cli import settings_or_exit
+    from loopdesk.cli_support import settings_or_exit
 
     from bot.observability import configure_json_logging
 

@@ -19,7 +19,7 @@ def users() -> None:
 def add(name: str, role: str, password: str) -> None:
     """Create the account NAME with ROLE; the password is prompted and stored only as a hash."""
     from feedback_store import FeedbackStore, FeedbackStoreError
-    from loopdesk.cli import settings_or_exit
+    from loopdesk.cli_support import settings_or_exit
 
     store = FeedbackStore.from_settings(settings_or_exit(), announce=False)
     try:
@@ -33,7 +33,7 @@ def add(name: str, role: str, password: str) -> None:
 def list_users() -> None:
     """Show every account and its role."""
     from feedback_store import FeedbackStore
-    from loopdesk.cli import settings_or_exit
+    from loopdesk.cli_support import settings_or_exit
 
     store = FeedbackStore.from_settings(settings_or_exit(), announce=False)
     for user in store.users.list():

@@ -13,7 +13,7 @@ def redis_group() -> None:
 @redis_group.command("start")
 def start() -> None:
     """Start the embedded server if it is not running, and print its URL."""
-    from loopdesk.cli import settings_or_exit
+    from loopdesk.cli_support import settings_or_exit
     from feedback_store.connection import resolve_redis_url
 
     click.echo(resolve_redis_url(settings_or_exit()))
@@ -22,7 +22,7 @@ def start() -> None:
 @redis_group.command("status")
 def status() -> None:
     """Say which Redis loopdesk uses and whether it answers."""
-    from loopdesk.cli import settings_or_exit
+    from loopdesk.cli_support import settings_or_exit
     from feedback_store.store import FeedbackStore
 
     store = FeedbackStore.from_settings(settings_or_exit())
@@ -34,7 +34,7 @@ def status() -> None:
 @redis_group.command("stop")
 def stop() -> None:
     """Stop the embedded server (its data stays in the data directory)."""
-    from loopdesk.cli import settings_or_exit
+    from loopdesk.cli_support import settings_or_exit
     from feedback_store.server import stop_embedded_redis
 
     settings = settings_or_exit()

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 
 import click
 
-from loopdesk.config import SettingsError, load_settings
+from loopdesk.cli_support import round_config_option, round_config_or_exit, settings_or_exit
 
 # (module, command attribute): every area's commands, in the order --help lists them.
 COMMANDS = [
@@ -30,20 +31,30 @@ def main() -> None:
     """loopdesk: a customer-service chatbot that learns from its customers' ratings."""
 
 
-def settings_or_exit(**overrides):
-    """Settings from the environment, or a clear error and exit status 2."""
-    try:
-        return load_settings(**overrides)
-    except SettingsError as exc:
-        raise click.UsageError(str(exc)) from None
-
-
 @main.command("settings")
-def settings_command() -> None:
-    """Print every setting (environment variable, default, meaning) as a Markdown table."""
-    from loopdesk.config import settings_table
+@click.option("--defaults", is_flag=True, help="Only defaults and meanings: the README's table.")
+@click.option("--round", "round_", is_flag=True,
+              help="The effective training-round config instead (LOOPDESK_ROUND_* variables applied).")
+@round_config_option
+def settings_command(defaults: bool, round_: bool, round_config: Path | None) -> None:
+    """Print every setting as a Markdown table: environment variable, effective value (this
+    environment's, secrets masked), default and meaning; with --round (or --round-config), every
+    training-round field the same way."""
+    from loopdesk.config import effective_settings_table, settings_table
 
-    click.echo(settings_table())
+    if defaults:
+        if round_ or round_config:
+            raise click.UsageError("--defaults prints the settings table; the round table has a default column")
+        click.echo(settings_table())
+        return
+    settings = settings_or_exit()
+    if round_ or round_config:
+        from trainer.round_config import round_table
+
+        config = round_config_or_exit(round_config).serving(settings.temperature, settings.max_reply_tokens)
+        click.echo(round_table(config))
+        return
+    click.echo(effective_settings_table(settings))
 
 
 for module_name, attribute in COMMANDS:

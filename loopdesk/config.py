@@ -1,20 +1,32 @@
 """Settings for every loopdesk process, filled from ``LOOPDESK_*`` environment variables.
 
-This is the one place that reads the environment (STYLE rule 3). Each field's comment is the
-reference the README settings table is made from.
+This is the one place that reads the environment (STYLE rule 3): ``load_settings`` for the
+settings, ``round_variables`` for a training round's ``LOOPDESK_ROUND_*`` variables (parsed by
+``trainer.round_config``). Each field's comment is the reference the README settings table is
+made from; the measurements behind the defaults are in docs/tuning.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+ROUND_PREFIX = "LOOPDESK_ROUND_"
+# Variables that were settings and are now training-round fields: naming the new one beats ignoring them.
+MOVED = {"LOOPDESK_ROLLOUT_STEPS": "LOOPDESK_ROUND_ROLLOUT_STEPS",
+         "LOOPDESK_GATE_EVALUATOR": "LOOPDESK_ROUND_GATE__EVALUATOR",
+         "LOOPDESK_GATE_PASS_STATUS": "LOOPDESK_ROUND_GATE__PASS_STATUS"}
+SECRETS = ("secret_key",)
 
 
 class SettingsError(ValueError):
-    """An environment variable holds a value of the wrong type or range."""
+    """A setting or round-config value (environment variable, file, flag) has the wrong name, type or range."""
 
 
 @dataclass(frozen=True)
@@ -41,19 +53,12 @@ class Settings:
         max_message_chars (int, default 2000): longest customer message accepted.
         max_reply_tokens (int, default 64): longest bot reply generated.
         temperature (float, default 0.7): sampling temperature of the bot (and of the gate's
-            samples; PPO trains at its own, PPOConfig.train_temperature). 0.7 garbles the tiny
-            model's facts less than 1.0: the same base scored 3.84 against 3.21 on a 300-customer
-            panel (docs/loop-report/FINDINGS.md).
+            samples; PPO trains at its own, PPOConfig.train_temperature); see docs/tuning.md#serving.
         canary_share (float, default 0.1): share of new conversations pinned to the canary
             adapter when one exists.
         max_batch_size (int, default 32): most replies one generation worker decodes together.
         torch_threads (int, default 1): torch intra-op threads of a serving process (1 suits
             small models beside web threads; 0 keeps torch's default of one per core).
-        gate_evaluator (str, default ""): external evaluator command line the gate runs for a
-            candidate (see trainer.config.GateConfig.evaluator); empty: none.
-        gate_pass_status (str, default "canary"): what a candidate that passes the gate becomes
-            (``canary`` or ``active``).
-        rollout_steps (int, default 30): PPO steps on fresh rollouts per training round.
         run_lock_ttl_s (int, default 3600): expiry of the one-training-run-at-a-time lock.
         secret_key (str, default ""): Flask session signing key; empty: a random one is
             generated and kept in ``data_dir/secret_key``.
@@ -81,9 +86,6 @@ class Settings:
     canary_share: float = 0.1
     max_batch_size: int = 32
     torch_threads: int = 1
-    gate_evaluator: str = ""
-    gate_pass_status: str = "canary"
-    rollout_steps: int = 30
     run_lock_ttl_s: int = 3600
     secret_key: str = field(default="", repr=False)
     max_request_bytes: int = 65536
@@ -114,7 +116,8 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-def _convert(name: str, raw: str, kind: Any) -> Any:
+def convert(name: str, raw: str, kind: Any) -> Any:
+    """``raw``, the value of variable ``name``, as a ``kind`` (int, float, bool, Path or str)."""
     try:
         if kind in (int, "int"):
             return int(raw)
@@ -136,11 +139,14 @@ def _convert(name: str, raw: str, kind: Any) -> Any:
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Build settings from ``LOOPDESK_<FIELD>`` variables (and ``REDIS_URL``), then overrides."""
     env = os.environ if environ is None else environ
+    for old, new in MOVED.items():
+        if old in env:
+            raise SettingsError(f"{old} is a training-round field now: set {new} (see `loopdesk settings --round`)")
     values: dict[str, Any] = {}
     for f in fields(Settings):
         name = f"LOOPDESK_{f.name.upper()}"
         if name in env:
-            values[f.name] = _convert(name, env[name], f.type)
+            values[f.name] = convert(name, env[name], f.type)
     if "redis_url" not in values and env.get("REDIS_URL"):
         values["redis_url"] = env["REDIS_URL"]
     values.update({k: v for k, v in overrides.items() if v is not None})
@@ -149,33 +155,72 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         raise SettingsError(f"LOOPDESK_CANARY_SHARE must be within [0, 1], got {settings.canary_share}")
     if settings.redis_appendfsync not in ("always", "everysec"):
         raise SettingsError(f"LOOPDESK_REDIS_APPENDFSYNC must be 'always' or 'everysec', got {settings.redis_appendfsync!r}")
-    if settings.gate_pass_status not in ("canary", "active"):
-        raise SettingsError(f"LOOPDESK_GATE_PASS_STATUS must be 'canary' or 'active', got {settings.gate_pass_status!r}")
     if not settings.key_prefix or ":" in settings.key_prefix:
         raise SettingsError("LOOPDESK_KEY_PREFIX must be non-empty and contain no ':'")
     return settings
 
 
-def documented_settings() -> dict[str, tuple[str, str]]:
-    """``{field: (default, meaning)}`` parsed from the ``Parameters:`` block of ``Settings``."""
-    import re
+def round_variables(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The ``LOOPDESK_ROUND_*`` variables: a training round's config (``trainer.round_config``)."""
+    env = os.environ if environ is None else environ
+    return {name: value for name, value in env.items() if name.startswith(ROUND_PREFIX)}
 
-    block = (Settings.__doc__ or "").split("Parameters:", 1)[1]
-    entries = re.split(r"\n\s{8}(?=\w+ \()", "\n" + block)
+
+def documented_fields(cls: type) -> dict[str, tuple[str, str]]:
+    """``{field: (default, meaning)}`` parsed from the ``Parameters:`` block of ``cls``'s docstring
+    (default "" where an entry names none)."""
+    block = (cls.__doc__ or "").split("Parameters:", 1)[1]
     documented = {}
-    for entry in filter(str.strip, entries):
-        match = re.match(r"\s*(\w+) \(([^,]+), default ([^)]*)\):\s*(.*)", entry, re.S)
+    for entry in filter(str.strip, re.split(r"\n\s{8}(?=\w+ \()", "\n" + block)):
+        match = re.match(r"\s*(\w+) \((.*?)\):\s*(.*)", entry, re.S)
         if match:
-            name, _kind, default, meaning = match.groups()
+            name, kind_and_default, meaning = match.groups()
+            default = kind_and_default.split(", default ", 1)[1] if ", default " in kind_and_default else ""
             documented[name] = (default, " ".join(meaning.split()))
     return documented
 
 
+def documented_settings() -> dict[str, tuple[str, str]]:
+    """``{field: (default, meaning)}`` of ``Settings``."""
+    return documented_fields(Settings)
+
+
+def shown(value: Any) -> str:
+    """A value as a variable would spell it: strings, lists and dicts as JSON, the rest as ``str``."""
+    return json.dumps(value) if isinstance(value, (str, list, dict)) else str(value)
+
+
+def masked(name: str, value: Any) -> str:
+    """``shown(value)`` with secrets hidden: a set secret as ``***``, a URL's password as ``***``."""
+    if name in SECRETS and value:
+        return "***"
+    if isinstance(value, str) and "://" in value:
+        parts = urlsplit(value)
+        if parts.password:
+            host = parts.netloc.rsplit("@", 1)[1]
+            value = parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
+    return shown(value)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table; ``|`` in a cell is escaped."""
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _variable(name: str) -> str:
+    return "`REDIS_URL` / `LOOPDESK_REDIS_URL`" if name == "redis_url" else f"`LOOPDESK_{name.upper()}`"
+
+
 def settings_table() -> str:
     """The README's settings table: every environment variable, its default and meaning."""
-    rows = ["| environment variable | default | meaning |", "| --- | --- | --- |"]
-    for name, (default, meaning) in documented_settings().items():
-        env = "`REDIS_URL` / `LOOPDESK_REDIS_URL`" if name == "redis_url" else f"`LOOPDESK_{name.upper()}`"
-        cell = meaning.replace("|", "\\|")
-        rows.append(f"| {env} | `{default}` | {cell} |")
-    return "\n".join(rows)
+    rows = [[_variable(name), f"`{default}`", meaning] for name, (default, meaning) in documented_settings().items()]
+    return markdown_table(["environment variable", "default", "meaning"], rows)
+
+
+def effective_settings_table(settings: Settings) -> str:
+    """Every environment variable with its value in ``settings`` (secrets masked), default and meaning."""
+    rows = [[_variable(name), f"`{masked(name, getattr(settings, name))}`", f"`{default}`", meaning]
+            for name, (default, meaning) in documented_settings().items()]
+    return markdown_table(["environment variable", "effective value", "default", "meaning"], rows)

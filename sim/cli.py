@@ -19,7 +19,7 @@ from sim.bootstrap import MANIFEST, SIZES
 @click.option("--force", is_flag=True, help="Rebuild even if the directory already holds a model.")
 def bootstrap(size: str, out: Path | None, seed: int, force: bool) -> None:
     """Train the demo base model (tokenizer + small Llama) unless a base model is configured."""
-    from loopdesk.cli import settings_or_exit
+    from loopdesk.cli_support import settings_or_exit
     from sim.bootstrap import build_base_model
 
     settings = settings_or_exit()

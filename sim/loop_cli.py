@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from loopdesk.cli_support import round_config_option
+
 
 @click.command("loop")
 @click.option("--rounds", type=click.IntRange(0), default=3, show_default=True,
@@ -22,8 +24,7 @@ import click
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the customers (per round: seed + 1000 r).")
 @click.option("--held-out-share", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
               help="Share of customers opening with held-out phrasings (measured in a sandbox, never trained on).")
-@click.option("--round-config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="JSON file of training-round overrides (trainer.config.RoundConfig fields, nested).")
+@round_config_option
 @click.option("--round-timeout", type=click.FloatRange(1), default=3600.0, show_default=True,
               help="Seconds one training round may take.")
 @click.option("--method", "methods", multiple=True, type=click.Choice(["ppo", "sft", "kto", "none"]),
@@ -52,7 +53,7 @@ def loop(rounds: int, customers_per_round: int, concurrency: int, experts: bool,
         loopdesk loop --rounds 3 --customers-per-round 100 --out docs/loop-report
         loopdesk loop --method ppo --method sft --method kto --method none --out docs/loop-report
     """
-    from loopdesk.cli import settings_or_exit
+    from loopdesk.cli_support import round_overrides_or_exit, settings_or_exit
     from sim.loop import LoopConfig, LoopError, run_loop
     from feedback_store.server import stop_embedded_redis
     from sim.report import write_comparison, write_report
@@ -62,8 +63,8 @@ def loop(rounds: int, customers_per_round: int, concurrency: int, experts: bool,
             click.echo(f"wrote {path}")
         return
     methods = tuple(dict.fromkeys(methods))
+    overrides = round_overrides_or_exit(round_config)
     try:
-        overrides = json.loads(round_config.read_text(encoding="utf-8")) if round_config else {}
         configs = {m: LoopConfig(rounds=rounds, customers_per_round=customers_per_round, concurrency=concurrency,
                                  experts=experts, audit_share=audit_share, held_out_share=held_out_share, seed=seed,
                                  round_timeout_s=round_timeout, round_config=overrides, method=m,

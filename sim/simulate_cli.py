@@ -90,7 +90,7 @@ def simulate(n: int, concurrency: int, url: str | None, held_out: bool, oracle: 
     \b
         loopdesk simulate --panel --candidate-dir DIR [--active VERSION] [--customers 60] [--seed 0]
     """
-    from loopdesk.cli import settings_or_exit
+    from loopdesk.cli_support import settings_or_exit
     from sim.client import ChatAPIError, ExpertAPI
     from sim.company import load_company
     from sim.customers import CustomerConfig

@@ -15,7 +15,8 @@ from bot.runtime.adapters import read_verified
 from feedback_store.records import Annotation, BotTurn, Episode
 from trainer.baselines import (Example, kto_examples, kto_trainer, kto_update, load_policy, sft_examples,
                                sft_trainer, sft_update)
-from trainer.config import BaselineConfig, PPOConfig, RewardBuilderConfig, RoundConfig
+from trainer.config import BaselineConfig, PPOConfig, RewardBuilderConfig
+from trainer.round_config import RoundConfig
 from trainer.policy import VALUE_HEAD_FILE, PolicyWithValueHead
 from trainer.rewards import build_rewards
 from trainer.round import NotEnoughFeedback, feedback_turn, run_round

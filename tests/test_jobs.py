@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from feedback_store.connection import resolve_redis_url
 from feedback_store.errors import LockHeldError
-from trainer.cli import scheduler as scheduler_command
+from trainer.cli import scheduler as scheduler_command, worker as worker_command
 from trainer.config import GateConfig
 from trainer.round import INTERRUPTED, run_round
 from trainer.scheduler import tick
@@ -44,6 +44,25 @@ def test_scheduler_command_prints_what_it_enqueues(settings, store, monkeypatch)
     assert result.exit_code == 0, result.output
     assert "enqueued training run r00001 (schedule:" in result.output
     assert store.runs.get("r00001").config["gate"]["pass_status"] == "active"
+
+
+def test_scheduler_records_its_own_round_overrides_only(settings, store, monkeypatch, tmp_path):
+    store.schedules.add("* * * * *")
+    path = tmp_path / "round.json"
+    path.write_text('{"rollout_steps": 4, "gate": {"contexts": 16}}')
+    monkeypatch.setenv("LOOPDESK_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("LOOPDESK_KEY_PREFIX", settings.key_prefix)
+    monkeypatch.setenv("LOOPDESK_ROUND_ROLLOUT_STEPS", "2")
+    monkeypatch.setattr("trainer.scheduler.time.time", lambda: 4_102_444_800.0)
+    result = CliRunner().invoke(scheduler_command, ["--once", "--round-config", str(path), "--pass-status", "active"])
+    assert result.exit_code == 0, result.output
+    assert store.runs.get("r00001").config == {"rollout_steps": 2, "gate": {"contexts": 16, "pass_status": "active"}}
+
+
+def test_worker_refuses_an_unknown_round_variable(monkeypatch):
+    monkeypatch.setenv("LOOPDESK_ROUND_GATE__EVALUTOR", "panel")
+    result = CliRunner().invoke(worker_command, ["--burst"])
+    assert result.exit_code == 2 and "unknown variable LOOPDESK_ROUND_GATE__EVALUTOR" in result.output
 
 
 def _wait_for(condition, timeout_s: float, what: str) -> None:

@@ -15,7 +15,8 @@ from feedback_store import FeedbackStore
 from feedback_store.connection import resolve_redis_url
 from feedback_store.records import BotTurn
 from loopdesk.config import Settings
-from trainer.config import GateConfig, PPOConfig, RewardModelConfig, RoundConfig
+from trainer.config import GateConfig, PPOConfig, RewardModelConfig
+from trainer.round_config import RoundConfig
 
 QUESTIONS = ["Where is my order?", "How do I return a jacket?", "Can I change my address?",
              "Why was I charged twice?"]

@@ -1,45 +1,62 @@
 """``loopdesk train`` (one round in the foreground), ``loopdesk worker`` (runs queued rounds) and
-``loopdesk scheduler`` (enqueues rounds on cron schedules, applies the canary decision)."""
+``loopdesk scheduler`` (enqueues rounds on cron schedules, applies the canary decision).
+
+Each builds its own round config from the defaults, ``--round-config FILE``, the ``LOOPDESK_ROUND_*``
+variables and the flags below, in that order (``trainer.round_config``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import click
+
+from loopdesk.cli_support import round_config_option
 
 PASS_STATUSES = click.Choice(["canary", "active"])
 
 
 def round_options(command: Callable) -> Callable:
-    """Options shared by the commands that configure a round; each overrides a LOOPDESK_ setting."""
+    """The round-config options of the commands that run or queue rounds; the flags go over the file and
+    the ``LOOPDESK_ROUND_*`` variables."""
     options = [
+        round_config_option,
         click.option("--gate-evaluator", default=None,
                      help="external evaluator command line, run with --candidate DIR --active VERSION "
-                          "appended; prints a JSON verdict on its last line [setting gate_evaluator]"),
-        click.option("--pass-status", "gate_pass_status", type=PASS_STATUSES, default=None,
-                     help="what a candidate that passes the gate becomes [setting gate_pass_status]"),
+                          "appended; prints a JSON verdict on its last line [LOOPDESK_ROUND_GATE__EVALUATOR]"),
+        click.option("--pass-status", type=PASS_STATUSES, default=None,
+                     help="what a candidate that passes the gate becomes [LOOPDESK_ROUND_GATE__PASS_STATUS]"),
         click.option("--rollout-steps", type=click.IntRange(0), default=None,
-                     help="PPO steps on fresh rollouts per round [setting rollout_steps]"),
+                     help="PPO steps on fresh rollouts per round [LOOPDESK_ROUND_ROLLOUT_STEPS]"),
     ]
     for option in reversed(options):
         command = option(command)
     return command
 
 
+def round_flags(gate_evaluator: str | None, pass_status: str | None, rollout_steps: int | None) -> dict[str, Any]:
+    """The round fields the flags given set, nested as ``RoundConfig.from_dict`` takes them."""
+    gate = {k: v for k, v in {"evaluator": gate_evaluator, "pass_status": pass_status}.items() if v is not None}
+    flags: dict[str, Any] = {"gate": gate} if gate else {}
+    if rollout_steps is not None:
+        flags["rollout_steps"] = rollout_steps
+    return flags
+
+
 @click.command("train")
 @round_options
-def train(**options: Any) -> None:
+def train(round_config: Path | None, **flags: Any) -> None:
     """Run one training round now, in the foreground, with a progress bar."""
     from feedback_store import FeedbackStore
-    from loopdesk.cli import settings_or_exit
-    from trainer.config import RoundConfig
     from feedback_store.errors import LockHeldError
+    from loopdesk.cli_support import round_config_or_exit, settings_or_exit
     from trainer.round import NotEnoughFeedback, run_round
 
-    settings = settings_or_exit(**options)
+    settings = settings_or_exit()
+    config = round_config_or_exit(round_config, round_flags(**flags))
     store = FeedbackStore.from_settings(settings)
     try:
-        run = run_round(settings, store, config=RoundConfig.for_settings(settings), trigger="cli")
+        run = run_round(settings, store, config=config, trigger="cli")
     except (LockHeldError, NotEnoughFeedback) as exc:
         raise click.ClickException(str(exc)) from None
     metrics = run.metrics
@@ -50,15 +67,19 @@ def train(**options: Any) -> None:
 
 @click.command("worker")
 @click.option("--burst", is_flag=True, help="exit once the queue is empty")
-def worker(burst: bool) -> None:
-    """Run queued training rounds (an RQ worker on the training queue)."""
+@round_options
+def worker(burst: bool, round_config: Path | None, **flags: Any) -> None:
+    """Run queued training rounds (an RQ worker on the training queue) with this worker's round config;
+    what a queued run recorded goes over it."""
     from feedback_store import FeedbackStore
-    from loopdesk.cli import settings_or_exit
+    from loopdesk.cli_support import round_config_or_exit, settings_or_exit
     from trainer.worker import work
 
-    store = FeedbackStore.from_settings(settings_or_exit())
+    settings = settings_or_exit()
+    config = round_config_or_exit(round_config, round_flags(**flags))
+    store = FeedbackStore.from_settings(settings)
     click.echo(f"loopdesk: training worker on queue {store.training.queue.name}")
-    work(store, burst=burst)
+    work(store, settings, config, burst=burst)
 
 
 @click.command("scheduler")
@@ -66,15 +87,16 @@ def worker(burst: bool) -> None:
               help="seconds between checks of the schedules and the canary")
 @click.option("--once", is_flag=True, help="check once and exit")
 @round_options
-def scheduler(interval: float, once: bool, **options: Any) -> None:
-    """Enqueue a training round whenever a cron schedule is due; promote or roll back the canary."""
+def scheduler(interval: float, once: bool, round_config: Path | None, **flags: Any) -> None:
+    """Enqueue a training round whenever a cron schedule is due (recording this scheduler's round
+    overrides with it); promote or roll back the canary."""
     from feedback_store import FeedbackStore
-    from loopdesk.cli import settings_or_exit
-    from trainer.config import RoundConfig
+    from loopdesk.cli_support import round_overrides_or_exit, settings_or_exit
+    from trainer.round_config import RoundConfig
     from trainer.scheduler import loop
 
-    settings = settings_or_exit(**options)
+    settings = settings_or_exit()
+    overrides = round_overrides_or_exit(round_config, round_flags(**flags))
     store = FeedbackStore.from_settings(settings)
-    config = RoundConfig.for_settings(settings)
     click.echo(f"loopdesk: scheduler checking every {interval:g} s")
-    loop(store, config.gate, interval, round_config=config.to_dict(), echo=click.echo, once=once)
+    loop(store, RoundConfig.from_dict(overrides).gate, interval, round_config=overrides, echo=click.echo, once=once)

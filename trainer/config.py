@@ -1,14 +1,14 @@
 """Configuration dataclasses of the trainer, one per stage (TRL style).
 
 Each class's docstring ``Parameters:`` block is the reference for its fields: type, default,
-meaning. Defaults follow DESIGN.md ("What a feasibility run showed").
+meaning. What the measured runs showed behind the defaults is in docs/tuning.md. The round that
+holds one of each, and where its values come from, is ``trainer.round_config``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field
 
 from loopdesk.config import Settings
 
@@ -53,39 +53,32 @@ class PPOConfig:
     """LoRA PPO on the policy (see ``trainer.ppo``).
 
     Parameters:
-        lora_r (int, default 4): LoRA rank (rank 1 did as well as 8 in the feasibility run).
+        lora_r (int, default 4): LoRA rank (see docs/tuning.md#ppo).
         lora_alpha (int, default 8): LoRA scaling numerator (scale = alpha / r).
         lora_dropout (float, default 0.0): dropout on the LoRA input; 0 keeps the on-policy
             ratio exactly 1 at the first minibatch.
         lora_target_modules (list[str] | str | None, default "all-linear"): module names to
             adapt (peft's ``target_modules``); "all-linear" adapts every linear layer but the
-            output head; None uses peft's default (attention q/v only for Llama), which moved the
-            tiny default model far too slowly (KL < 0.3 nats after 60 steps with a perfect reward).
+            output head; None uses peft's default (attention q/v only for Llama).
         learning_rate (float, default 5e-4): AdamW learning rate of the LoRA and value head
-            (the feasibility run: 5e-4 to 2e-3 work, 1e-4 barely moves). With the rubric itself
-            as the reward on the default model (``bench/loop_diagnostics.py ppo-ceiling``), 2e-3 with
-            one epoch peaked near 3.7-4.3 stars and fell back as KL jumped; 5e-4 with four epochs
-            climbed steadily to about 4.0-4.1 stars in 35 steps.
+            (see docs/tuning.md#ppo).
         batch_size (int, default 32): episodes per PPO step (prompts rolled out per step).
         mini_batch_size (int, default 8): episodes per gradient update.
-        ppo_epochs (int, default 4): passes over a step's episodes; with ``learning_rate``
-            5e-4 steadier than one pass at 2e-3 (above), for 4x the update compute of a step.
-        max_new_tokens (int, default 64): longest reply sampled in a rollout.
+        ppo_epochs (int, default 4): passes over a step's episodes (each pass is one more update
+            compute of the step; see docs/tuning.md#ppo).
+        max_new_tokens (int, default 64): longest reply sampled in a rollout (the bot's
+            ``LOOPDESK_MAX_REPLY_TOKENS``, set by ``RoundConfig.serving``).
         temperature (float, default ``Settings.temperature``, 0.7): the serving temperature, at which the
-            logged turns were sampled and their log-probs recorded (``RoundConfig.serving`` sets it).
+            logged turns were sampled and their log-probs recorded (``RoundConfig.serving`` sets it from
+            ``LOOPDESK_TEMPERATURE``).
         train_temperature (float | None, default 1.0): the temperature of the policy PPO trains: its
             rollouts sample at it and every log-prob it optimises (policy, reference, demonstrations) is
             taken at it; None trains at ``temperature``. Where it differs from ``temperature`` a logged
-            step's behaviour log-probs are recomputed at it with the policy before the step (the
-            recorded ones are at the serving temperature), so the clip bounds the step from there.
-            Trained at 1.0 and served at 0.7, the policy is sharper when served than the one it
-            learned (its demonstrations too). One round on the same feedback, then 300 panel customers
-            at 0.7: trained at 1.0 4.52 stars (+0.70 on the base in its panel), at 0.7 4.43 (+0.51)
-            (docs/loop-report/train-temperature/).
-        init_kl_coef (float, default 0.03): initial coefficient of the per-token KL penalty
-            to the reference (the base model, adapter disabled). In the first 150-customer loop
-            runs 0.1 held a policy already ~4 nats from the base in place in its second round (the
-            penalty outweighed the whitened reward); the gate's ``kl_budget`` bounds total drift.
+            step's behaviour log-probs are recomputed at it with the policy before the step, so the
+            clip bounds the step from there (see docs/tuning.md#ppo).
+        init_kl_coef (float, default 0.03): initial coefficient of the per-token KL penalty to the
+            reference (``RoundConfig.kl_reference``); the gate's ``kl_budget`` bounds total drift
+            (see docs/tuning.md#ppo).
         adaptive_kl (bool, default True): adjust the coefficient toward ``kl_target``
             (Ziegler et al. proportional controller); False keeps it fixed.
         kl_target (float, default 1.0): target KL to the reference, nats per reply.
@@ -107,9 +100,7 @@ class PPOConfig:
         ptx_coef (float, default 1.0): weight of the demonstrations' mean negative log-likelihood per
             reply token added to every minibatch's loss (InstructGPT's PPO-ptx, with the round's
             demonstrations, ``trainer.baselines.sft_examples``, in place of pretraining text); 0 turns
-            it off. Keeps what the demonstrations teach while the reward moves the policy. One round
-            on the same default-model feedback, then 300 panel customers: PPO 3.65 stars, PPO-ptx 3.92,
-            SFT with PPO-ptx's budget 3.76 (docs/loop-report/FINDINGS.md, session 5).
+            it off (see docs/tuning.md#ppo).
         ptx_batch_size (int, default 8): demonstrations per minibatch update when ``ptx_coef`` > 0.
         max_episode_age_s (float, default 604800): logged episodes older than this many
             seconds (7 days) are skipped: their behaviour policy is too far from the current.
@@ -189,7 +180,8 @@ class RewardModelConfig:
         rated_gap (float, default 1.0): smallest reward difference of such a pair (1.0 is two
             CSAT stars on the reward builder's scale).
         max_pairs (int, default 1000): most pairs a round trains on (a seeded random subset
-            beyond it), so the growing history keeps a round's reward-model time bounded.
+            beyond it), so the growing history keeps a round's reward-model time bounded
+            (see docs/tuning.md#reward-model).
         seed (int, default 0): seed of the pair split, head initialisation and shuffling.
     """
 
@@ -225,25 +217,21 @@ class GateConfig:
 
     Parameters:
         contexts (int, default 128): most held-out logged prompts each adapter answers (newest first;
-            ``RoundConfig.gate_history``). A round of 150 conversations holds out 35-40; at 64, 35 and
-            78 contexts the gate took 18, 31 and 35 s on 2 cores.
+            ``RoundConfig.gate_history``; see docs/tuning.md#gate).
         samples_per_context (int, default 4): replies each adapter samples per context; a context's
-            score is their mean. With one reply per context the sampling noise of a temperature-1
-            policy hid real gains: a default-model loop's round-3 candidate, ahead on both the score
-            and the expert view, was refused at p = 0.15 on 64 contexts.
-        max_new_tokens (int, default 64): longest reply sampled (the serving limit).
-        temperature (float, default ``Settings.temperature``, 0.7): sampling temperature (the serving temperature).
+            score is their mean (see docs/tuning.md#gate).
+        max_new_tokens (int, default 64): longest reply sampled (the bot's ``LOOPDESK_MAX_REPLY_TOKENS``,
+            set by ``RoundConfig.serving``).
+        temperature (float, default ``Settings.temperature``, 0.7): sampling temperature (the serving
+            temperature, set by ``RoundConfig.serving``).
         margin (float, default 0.0): the candidate's mean score (reward model, plus the weighted
             expert-reference reward on reviewed contexts: ``RoundConfig.reference_weight``) must be
             at least the active adapter's plus this.
         alpha (float, default 0.05): and a one-sided paired test of the per-context score
             differences must put the candidate more than ``margin`` ahead at this level (1.0: no
-            test). Without it a default-model loop promoted a third-round candidate whose mean
-            score was 0.1 above the active one on 32 contexts, and CSAT fell from 3.22 to 2.75.
+            test; see docs/tuning.md#gate).
         kl_budget (float, default 20.0): largest allowed KL of the candidate to the base model,
-            nats per reply (total drift across all rounds). The tiny base is a deliberate mix of
-            flawed styles sampled at temperature 1: the first default-model round that raised CSAT
-            (+0.33) already drifted 6.8 nats (≈0.2 per reply token), so 8 blocked every later round.
+            nats per reply (total drift across all rounds; see docs/tuning.md#gate).
         max_unfinished_share (float, default 0.25): largest allowed share of replies cut off
             without an end-of-sequence token.
         reference_tolerance (float, default 0.0): the expert view: on held-out contexts an expert
@@ -301,7 +289,7 @@ class BaselineConfig:
 
     Parameters:
         learning_rate (float, default 1e-3): AdamW learning rate of the LoRA, decayed linearly to 0
-            over the update (TRL's default schedule); the range that worked for PPO's LoRA.
+            over the update (TRL's default schedule; see docs/tuning.md#baselines).
         epochs (float, default 3.0): passes over the examples, unless the method's step cap ends
             the update first.
         sft_max_steps (int, default 50): most SFT optimizer steps per round (0: no cap), when
@@ -362,136 +350,3 @@ class BaselineConfig:
             raise ValueError(f"kto_down ({self.kto_down}) must lie below kto_up ({self.kto_up})")
         if self.kto_beta <= 0:
             raise ValueError(f"kto_beta must be positive, got {self.kto_beta}")
-
-
-METHODS = ("ppo", "sft", "kto")
-KL_REFERENCES = ("base", "start")
-
-
-@dataclass
-class RoundConfig:
-    """One training round: which data, which policy update, and the configs of every stage.
-
-    Parameters:
-        method (str, default "ppo"): the policy update: ``ppo`` (LoRA PPO on logged turns and
-            rollouts), or a baseline on the same logged turns, ``sft`` or ``kto`` (``baseline``).
-        reward_builder (RewardBuilderConfig): how feedback becomes rewards.
-        reward_model (RewardModelConfig): the reward model's training.
-        ppo (PPOConfig): the PPO update, and the LoRA shape every method uses.
-        baseline (BaselineConfig): the SFT and KTO updates.
-        gate (GateConfig): the evaluation gate and canary rule.
-        rollout_steps (int, default 30): PPO steps on fresh replies to logged prompts, scored by
-            the reward model (``ppo.batch_size`` prompts each); ``LOOPDESK_ROLLOUT_STEPS``.
-        logged_steps (int, default 10): PPO steps on the logged turns with their human rewards,
-            in consecutive batches (10 × 32 covers a 150-conversation round's rewarded turns).
-        holdout_share (float, default 0.2): share of conversations (by a stable hash of their
-            id) kept out of training; their prompts are the gate's held-out contexts.
-        min_episodes (int, default 8): fewer rewarded turns than this fails the round without
-            consuming the data.
-        max_episodes (int, default 10000): most episodes exported per round.
-        reward_model_history (bool, default True): the reward model learns from all feedback up to
-            this round's watermark (held-out conversations still excluded), not only the new
-            feedback PPO's logged steps use; preference data accumulates as in InstructGPT.
-        gate_history (bool, default True): the gate's held-out contexts (and the expert view on them)
-            come from the held-out conversations of all feedback so far, newest first up to
-            ``gate.contexts``, not only this round's (35-40 contexts from 150 conversations). No
-            round trained on them: every round holds out the same hashed conversations. Measured:
-            with this round's alone, a later round's candidate ahead by +0.43 on the score was
-            refused at p = 0.09 on 35 contexts, and the expert view compared 26 contexts.
-        reference_weight (float, default 2.0): weight of the expert-reference reward
-            (``trainer.references``: word F1 against an expert's correction or approved reply,
-            in [-1, 1]) added to the reward-model score of a rollout, and of a gate reply, whose
-            context an expert reviewed; 0 scores with the reward model alone. PPO's rollouts draw
-            from this round's logged contexts and every reviewed context so far. Measured: word F1
-            against the canonical reply tracks the rubric at Spearman 0.61 on the base's replies
-            (the first loop reward model: 0.28-0.41), and PPO on it alone reached 3.9 rubric stars
-            on opening questions against 4.0-4.1 with the rubric as the reward. On a round's
-            reward model the scores' spread is about 1.0 and the reference's 0.57, hence 2.
-        warm_start_steps (int, default 0): PPO only: this many SFT steps (``baseline.batch_size``
-            examples each, ``trainer.baselines.sft_examples``: expert corrections and replies
-            rewarded ≥ ``baseline.sft_min_reward``) before the PPO steps, which start from that
-            adapter: InstructGPT's order, demonstrations first, then RL against the reward. The KL
-            reference is ``kl_reference``'s. Counted in the baselines' budget (``baseline_steps``).
-        kl_reference (str, default "base"): PPO only: the model the per-token KL penalty pulls toward.
-            ``base``: the base model (adapter disabled), so the penalty bounds the total drift across
-            rounds. ``start``: the adapter this round's PPO starts from, frozen (the warm-started one
-            with ``warm_start_steps``, as InstructGPT's KL to its SFT model; else the active adapter;
-            the base when none is active), so it bounds this round's move and keeps what the
-            demonstrations taught. The gate's ``kl_budget`` bounds the drift from the base either way.
-    """
-
-    method: str = "ppo"
-    reward_builder: RewardBuilderConfig = field(default_factory=RewardBuilderConfig)
-    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
-    ppo: PPOConfig = field(default_factory=PPOConfig)
-    baseline: BaselineConfig = field(default_factory=BaselineConfig)
-    gate: GateConfig = field(default_factory=GateConfig)
-    rollout_steps: int = 30
-    logged_steps: int = 10
-    holdout_share: float = 0.2
-    min_episodes: int = 8
-    max_episodes: int = 10_000
-    reward_model_history: bool = True
-    gate_history: bool = True
-    reference_weight: float = 2.0
-    warm_start_steps: int = 0
-    kl_reference: str = "base"
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
-        if self.kl_reference not in KL_REFERENCES:
-            raise ValueError(f"kl_reference must be one of {', '.join(KL_REFERENCES)}; got {self.kl_reference!r}")
-        if self.warm_start_steps < 0:
-            raise ValueError(f"warm_start_steps must be >= 0, got {self.warm_start_steps}")
-        if not (self.reference_weight >= 0 and math.isfinite(self.reference_weight)):
-            raise ValueError(f"reference_weight must be a finite number >= 0, got {self.reference_weight}")
-
-    def baseline_steps(self) -> int:
-        """The baseline's optimizer steps this round: PPO's example gradient passes over the baseline's
-        batch size with ``baseline.match_ppo_compute``, else the method's cap (0: none)."""
-        b = self.baseline
-        if b.match_ppo_compute:
-            ppo = self.ppo
-            updates = (self.logged_steps + self.rollout_steps) * math.ceil(ppo.batch_size / ppo.mini_batch_size) * ppo.ppo_epochs
-            passes = ((self.logged_steps + self.rollout_steps) * ppo.batch_size * ppo.ppo_epochs
-                      + (updates * ppo.ptx_batch_size if ppo.ptx_coef > 0 else 0)
-                      + self.warm_start_steps * b.batch_size)
-            return max(1, math.ceil(passes / b.batch_size))
-        return b.sft_max_steps if self.method == "sft" else b.kto_max_steps
-
-    @property
-    def update_events(self) -> int:
-        """Progress events of the policy update: one per PPO step, one for a baseline."""
-        return self.logged_steps + self.rollout_steps + (self.warm_start_steps > 0) if self.method == "ppo" else 1
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "RoundConfig":
-        """Build from a plain dict (as stored in a run record or job); unknown keys are errors."""
-        data = dict(data or {})
-        nested = {"reward_builder": RewardBuilderConfig, "reward_model": RewardModelConfig,
-                  "ppo": PPOConfig, "baseline": BaselineConfig, "gate": GateConfig}
-        for name, kind in nested.items():
-            data[name] = kind(**data.get(name, {}))
-        return cls(**data)
-
-    @classmethod
-    def for_settings(cls, settings, recorded: dict[str, Any] | None = None) -> "RoundConfig":
-        """The round the settings describe (gate evaluator, pass status, rollout steps), with a
-        run's recorded config over it, sampling as the bot serves."""
-        data: dict[str, Any] = {"rollout_steps": settings.rollout_steps}
-        data.update(recorded or {})
-        data["gate"] = {"evaluator": settings.gate_evaluator, "pass_status": settings.gate_pass_status,
-                        **(recorded or {}).get("gate", {})}
-        return cls.from_dict(data).serving(settings.temperature, settings.max_reply_tokens)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able values (recorded with the run)."""
-        return asdict(self)
-
-    def serving(self, temperature: float, max_new_tokens: int) -> "RoundConfig":
-        """A copy whose logged log-probs, rollout length and gate are the bot's (PPO's own temperature,
-        ``PPOConfig.train_temperature``, stays)."""
-        ppo = replace(self.ppo, temperature=temperature, max_new_tokens=max_new_tokens)
-        gate = replace(self.gate, temperature=temperature, max_new_tokens=max_new_tokens)
-        return replace(self, ppo=ppo, gate=gate)

@@ -5,14 +5,28 @@ from __future__ import annotations
 
 from typing import Any
 
+from loopdesk.config import Settings
+from trainer.round_config import RoundConfig
+
+_worker: tuple[Settings, RoundConfig] | None = None
+
+
+def use_worker_config(settings: Settings, round_config: RoundConfig) -> None:
+    """Run this process's jobs with the worker's own settings and round config (``trainer.worker.work``)."""
+    global _worker
+    _worker = (settings, round_config)
+
 
 def run_round(run_id: str) -> dict[str, Any]:
-    """Run the queued training round ``run_id`` with this process's settings; returns its outcome."""
+    """Run the queued training round ``run_id`` with this worker's settings and round config (the run's
+    recorded overrides over it); returns its outcome."""
     from feedback_store import FeedbackStore
-    from loopdesk.config import load_settings
     from trainer.round import run_round as run_training_round
 
-    settings = load_settings()
+    if _worker is None:
+        raise RuntimeError("trainer.jobs.run_round runs in a training worker (trainer.worker.work), "
+                           "which gives it the worker's settings and round config")
+    settings, own = _worker
     store = FeedbackStore.from_settings(settings, announce=False)
-    run = run_training_round(settings, store, run_id=run_id, show_progress=False)
+    run = run_training_round(settings, store, run_id=run_id, config=own, show_progress=False)
     return {"run": run.id, "status": run.status, "adapter_version": run.adapter_version}

@@ -32,7 +32,7 @@ from feedback_store.records import BASE_VERSION, Episode as StoredEpisode, Train
 from feedback_store.errors import LockHeldError
 from feedback_store.runs import RunLock
 
-from trainer.config import RoundConfig
+from trainer.round_config import RoundConfig, run_config
 from trainer.publish import publish, reject_orphans, remove_temp_dirs
 from trainer.rewards import FeedbackTurn, build_rewards
 
@@ -316,9 +316,10 @@ def run_round(settings, store: FeedbackStore, run_id: str | None = None, config:
               trigger: str = "manual", show_progress: bool = True) -> TrainingRun:
     """Run one training round under the run lock; returns the finished run record.
 
-    ``run_id`` names a queued run (``store.training.enqueue_round``) whose recorded config is
-    used over the settings' defaults; without it a run is created from ``config``. Either way rollouts and the gate sample
-    at the serving temperature and reply length of ``settings``.
+    ``config`` is this process's own round config (default: the defaults). ``run_id`` names a queued
+    run (``store.training.enqueue_round``) whose recorded overrides go over it (``run_config``); without
+    it a run is created from ``config``. Either way rollouts and the gate sample at the serving
+    temperature and reply length of ``settings``.
 
     Raises:
         LockHeldError: another round holds the lock (a queued run is marked failed).
@@ -327,10 +328,10 @@ def run_round(settings, store: FeedbackStore, run_id: str | None = None, config:
     """
     lock = store.runs.lock()
     try:
-        if config is None:
-            config = RoundConfig.for_settings(settings, store.runs.get(run_id).config if run_id else None)
-        else:
-            config = config.serving(settings.temperature, settings.max_reply_tokens)
+        config = config if config is not None else RoundConfig()
+        if run_id:
+            config = run_config(config, store.runs.get(run_id).config)
+        config = config.serving(settings.temperature, settings.max_reply_tokens)
         lock.acquire()
     except (LockHeldError, TypeError, ValueError) as exc:
         if run_id:

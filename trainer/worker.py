@@ -10,6 +10,9 @@ from __future__ import annotations
 from rq import SimpleWorker
 
 from feedback_store import FeedbackStore
+from loopdesk.config import Settings
+from trainer.jobs import use_worker_config
+from trainer.round_config import RoundConfig
 
 
 def make_worker(store: FeedbackStore, name: str | None = None) -> SimpleWorker:
@@ -17,6 +20,8 @@ def make_worker(store: FeedbackStore, name: str | None = None) -> SimpleWorker:
     return SimpleWorker([store.training.queue], connection=store.training.connection, name=name)
 
 
-def work(store: FeedbackStore, burst: bool = False) -> bool:
-    """Process training jobs until stopped (or, with ``burst``, until the queue is empty)."""
+def work(store: FeedbackStore, settings: Settings, round_config: RoundConfig, burst: bool = False) -> bool:
+    """Process training jobs with these settings and this round config (the worker's own; a queued run's
+    recorded overrides go over it) until stopped, or with ``burst`` until the queue is empty."""
+    use_worker_config(settings, round_config)
     return make_worker(store).work(burst=burst, with_scheduler=False)
