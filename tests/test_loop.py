@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from sim.loop import LoopConfig, run_loop
-from sim.loop_cli import method_settings
-from sim.report import COMPARISON_PLOTS, PLOTS, write_comparison, write_report
+from harness.loop import LoopConfig, run_loop
+from harness.loop_cli import method_settings
+from harness.report import COMPARISON_PLOTS, PLOTS, write_comparison, write_report
 from tests.trainer_helpers import small_round_config, trainer_settings
 
 
@@ -88,7 +88,7 @@ def test_miniature_loop_rates_trains_publishes_and_serves_the_new_version(settin
     # The same comparison from the report.json files of separate runs (loopdesk loop --combine).
     from click.testing import CliRunner
 
-    from sim.loop_cli import loop as loop_command
+    from harness.loop_cli import loop as loop_command
 
     parts = [str(tmp_path / "compare" / m / "report.json") for m in ("ppo", "none")]
     done = CliRunner().invoke(loop_command, ["--combine", parts[0], "--combine", parts[1], "--out",
@@ -112,7 +112,7 @@ def test_comparing_methods_runs_each_on_its_own_embedded_redis_and_stops_it(tmp_
     from click.testing import CliRunner
 
     from feedback_store.server import embedded_redis_pid
-    from sim.loop_cli import loop as loop_command
+    from harness.loop_cli import loop as loop_command
 
     env = {"LOOPDESK_DATA_DIR": str(tmp_path / "data"), "LOOPDESK_BASE_MODEL": str(base_model_dir),
            "REDIS_URL": "", "LOOPDESK_REDIS_URL": "", "OMP_NUM_THREADS": "1"}

@@ -12,7 +12,7 @@ from typing import Any, Iterable, Iterator
 
 from feedback_store import FeedbackStore
 from loopdesk.config import Settings, load_settings
-from sim.serving import serve as live_server  # noqa: F401 (re-exported for the web tests)
+from harness.serving import serve as live_server  # noqa: F401 (re-exported for the web tests)
 
 GENEROUS_LIMIT = "100000/minute"
 

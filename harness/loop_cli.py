@@ -53,9 +53,9 @@ def loop(rounds: int, customers_per_round: int, concurrency: int, experts: bool,
         loopdesk loop --method ppo --method sft --method kto --method none --out docs/loop-report
     """
     from loopdesk.cli import settings_or_exit
-    from sim.loop import LoopConfig, LoopError, run_loop
+    from harness.loop import LoopConfig, LoopError, run_loop
     from feedback_store.server import stop_embedded_redis
-    from sim.report import write_comparison, write_report
+    from harness.report import write_comparison, write_report
 
     if combine:
         for path in write_comparison(combined_reports(combine), out):

@@ -96,7 +96,7 @@ def simulate(n: int, concurrency: int, url: str | None, held_out: bool, oracle: 
     from sim.customers import CustomerConfig
     from sim.experts import SimulatedExpert
     from sim.oracle import create_oracle_app
-    from sim.serving import local_bot, serve
+    from harness.serving import local_bot, serve
     from sim.simulate import run_customers, summarize
 
     if oracle and (url or experts):
@@ -107,7 +107,7 @@ def simulate(n: int, concurrency: int, url: str | None, held_out: bool, oracle: 
     config = CustomerConfig(held_out=held_out, follow_up_share=follow_up_share, leave_share=leave_share,
                             rating_noise=rating_noise)
     if panel:
-        from sim.panel import run_panel
+        from harness.panel import run_panel
 
         verdict = run_panel(settings_or_exit(), company, candidate_dir, active, n, concurrency, config, seed, tolerance)
         click.echo(_clean_json(verdict.to_dict()))

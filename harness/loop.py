@@ -13,7 +13,7 @@ over many rounds; the gate's checks stay in force, a rejected candidate is simpl
 
 Methods: each round's policy update is PPO or a baseline (SFT, KTO: ``RoundConfig.method``), or
 none at all (``LoopConfig.method``); ``loopdesk loop --method ...`` runs one loop per method on its
-own data, with the same customers each round, and ``sim.report.write_comparison`` sets them side by
+own data, with the same customers each round, and ``harness.comparison.write_comparison`` sets them side by
 side against the oracle (canonical replies) measured on round 0's customers.
 
 Held-out phrasings: a share of each round's customers open with phrasings never in any corpus.
@@ -47,7 +47,7 @@ from loopdesk.config import Settings
 from sim.client import ChatClient, ExpertAPI
 from sim.company import Company
 from sim.customers import ChatResult, CustomerConfig
-from sim.serving import bot_engine, serve
+from harness.serving import bot_engine, serve
 from sim.simulate import MeanCI, paired_gain, run_customers, summarize
 
 FINISHED = ("succeeded", "rejected", "failed")
@@ -170,7 +170,7 @@ def running_bot(settings: Settings) -> Iterator[Bot]:
     from bot.app import create_app
     from feedback_store import FeedbackStore
     from feedback_store.server import stop_embedded_redis
-    from sim.panel import PinnedEngine
+    from harness.panel import PinnedEngine
 
     with ExitStack() as stack:
         settings, store, engine = stack.enter_context(bot_engine(settings))
@@ -373,7 +373,7 @@ def _expert(url: str, company: Company, store: Any, config: LoopConfig) -> tuple
 
 def run_loop(settings: Settings, config: LoopConfig, log_dir: Path,
              echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the loop; returns the report data (``sim.report`` writes it). ``log_dir`` gets ``worker.log``."""
+    """Run the loop; returns the report data (``harness.report`` writes it). ``log_dir`` gets ``worker.log``."""
     from feedback_store import FeedbackStore
     from feedback_store.connection import resolve_redis_url
     from sim.company import load_company

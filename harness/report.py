@@ -15,9 +15,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sim.loop import panel_gain, panel_ratings
+from harness.loop import panel_gain, panel_ratings
 from sim.simulate import MeanCI, paired_gain
-from sim.simulate_cli import _clean
+from harness.simulate_cli import _clean
 
 PLOTS = {"csat": "csat.png", "per_intent": "per_intent.png", "training": "training.png", "replies": "replies.png"}
 
@@ -127,7 +127,7 @@ def markdown(report: dict[str, Any]) -> str:
              f"held-out phrasings, measured in a sandbox and never trained on), experts "
              f"{'on' if cfg['experts'] else 'off'}, seed {cfg['seed']}; wall time {report['wall_s']:.0f} s.",
              "Round 0 measures the starting adapter; round r measures what is served after the r-th training "
-             "round. A candidate that passes the gate becomes active at once (see `sim/loop.py`).", "",
+             "round. A candidate that passes the gate becomes active at once (see `harness/loop.py`).", "",
              f"Reproduce: `{env}loopdesk loop --rounds {cfg['rounds']} --customers-per-round {cfg['customers_per_round']} "
              f"--concurrency {cfg['concurrency']} --{'' if cfg['experts'] else 'no-'}experts --seed {cfg['seed']} "
              f"--held-out-share {cfg['held_out_share']}{_eval_flag(cfg)}` (plus `--round-config` for any overrides in "
