@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import secrets
 from contextlib import ExitStack
 from pathlib import Path
@@ -11,21 +10,12 @@ from typing import Any
 
 import click
 
-
-def _clean(value: Any) -> Any:
-    """JSON-safe copy: NaN becomes null."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
+from harness.report_format import json_safe
 
 
 def _clean_json(value: dict[str, Any]) -> str:
     """One line of strict JSON."""
-    return json.dumps(_clean(value), allow_nan=False)
+    return json.dumps(json_safe(value), allow_nan=False)
 
 
 def _expert_password(settings: Any, name: str) -> str:
