@@ -19,7 +19,6 @@ from trainer.config import BaselineConfig, PPOConfig, RewardBuilderConfig, Round
 from trainer.policy import VALUE_HEAD_FILE, PolicyWithValueHead
 from trainer.rewards import build_rewards
 from trainer.round import NotEnoughFeedback, feedback_turn, run_round
-from tests.trainer_helpers import one_torch_thread  # noqa: F401 (fixture)
 from tests.trainer_helpers import (CORRECTION, generated_replies, seed_conversations, small_round_config,
                                    trainer_settings)
 
