@@ -12,13 +12,12 @@ import logging
 import re
 
 from flask import Flask, Response, current_app, jsonify, request
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException
 
 from bot.runtime import GenerationError
 from bot.schemas import ErrorDetail, ErrorOut
 from feedback_store.errors import (
+    STORE_UNREACHABLE,
     ConflictError,
     FeedbackStoreError,
     ForbiddenError,
@@ -40,9 +39,6 @@ _STORE_CODES: dict[type[FeedbackStoreError], str] = {
     ForbiddenError: "forbidden",
     ValidationFailed: "invalid_request",
 }
-
-
-STORE_UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
 
 
 class ApiError(Exception):

@@ -20,8 +20,8 @@ COMMANDS = [
     ("trainer.cli", "worker"),
     ("trainer.cli", "scheduler"),
     ("sim.cli", "bootstrap"),
-    ("sim.simulate_cli", "simulate"),
-    ("sim.loop_cli", "loop"),
+    ("harness.simulate_cli", "simulate"),
+    ("harness.loop_cli", "loop"),
 ]
 
 

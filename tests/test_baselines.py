@@ -20,7 +20,6 @@ from trainer.round_config import RoundConfig
 from trainer.policy import VALUE_HEAD_FILE, PolicyWithValueHead
 from trainer.rewards import build_rewards
 from trainer.round import NotEnoughFeedback, feedback_turn, run_round
-from tests.trainer_helpers import one_torch_thread  # noqa: F401 (fixture)
 from tests.trainer_helpers import (CORRECTION, generated_replies, seed_conversations, small_round_config,
                                    trainer_settings)
 

@@ -15,7 +15,6 @@ from bot.runtime.adapters import read_verified
 from trainer.config import PPOConfig
 from trainer.policy import PolicyWithValueHead
 from trainer.publish import PublishError, publish, remove_temp_dirs
-from tests.trainer_helpers import one_torch_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -10,7 +10,6 @@ from transformers import AutoTokenizer
 from feedback_store.records import Annotation, BotTurn, Episode
 from trainer.config import RewardModelConfig
 from trainer.reward_model import PreferencePair, RewardModel, build_pairs, message_key, split_pairs
-from tests.trainer_helpers import one_torch_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

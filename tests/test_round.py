@@ -12,7 +12,6 @@ from feedback_store.errors import LockHeldError
 from feedback_store.records import AdapterVersion
 from trainer.publish import ORPHAN_REASON
 from trainer.round import INTERRUPTED, NotEnoughFeedback, hash_position, held_out, recover, run_round
-from tests.trainer_helpers import one_torch_thread  # noqa: F401 (fixture)
 from tests.trainer_helpers import seed_conversations, small_round_config, trainer_settings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -17,8 +17,8 @@ from flask import Flask, Response, request
 
 from bot.runtime import GenerationError, make_engine
 from bot.runtime.vllm_backend import Completion, VllmEngine, completion_request, sse_chunks, token_id
+from harness.serving import serve
 from tests.test_runtime_hotswap import publish, wait_for
-from tests.web_helpers import live_server
 
 # What vLLM streams for a two-token reply ending in EOS (id 2), as its OpenAI-compatible server sends it.
 RECORDED_STREAM = [
@@ -91,7 +91,7 @@ def test_engine_streams_from_vllm_and_loads_a_promoted_adapter_by_name(settings,
 
     eos = AutoTokenizer.from_pretrained(base_model_dir).eos_token_id
     vllm = StandInVllm(eos)
-    with live_server(vllm.app) as url:
+    with serve(vllm.app) as url:
         engine = make_engine(settings.replace(base_model=str(base_model_dir), vllm_url=url), store)
         assert isinstance(engine, VllmEngine)
         engine.start()
@@ -117,7 +117,7 @@ def test_engine_streams_from_vllm_and_loads_a_promoted_adapter_by_name(settings,
 
 def test_a_corrupt_adapter_is_refused_before_vllm_sees_it(settings, store, base_model_dir: Path, tmp_path: Path):
     vllm = StandInVllm(eos_id=2)
-    with live_server(vllm.app) as url:
+    with serve(vllm.app) as url:
         engine = VllmEngine(settings.replace(base_model=str(base_model_dir), vllm_url=url), store, resync_s=0.1)
         engine.start()
         try:

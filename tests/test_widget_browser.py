@@ -11,7 +11,8 @@ from playwright.sync_api import Browser, Page, expect
 
 from bot.app import create_app
 from feedback_store import FeedbackStore
-from tests.web_helpers import live_server, running_engine, web_settings
+from harness.serving import serve
+from tests.web_helpers import running_engine, web_settings
 
 pytestmark = pytest.mark.browser
 
@@ -36,7 +37,7 @@ def site(data_dir: Path, base_model_dir: Path) -> Iterator[tuple[FeedbackStore, 
     """(store, base URL) of the app served over real HTTP."""
     settings = web_settings(data_dir, base_model_dir)
     store = FeedbackStore.from_settings(settings, announce=False)
-    with running_engine(settings, store) as engine, live_server(create_app(settings, engine, store)) as url:
+    with running_engine(settings, store) as engine, serve(create_app(settings, engine, store)) as url:
         yield store, url
 
 
@@ -163,7 +164,7 @@ def test_widget_works_embedded_in_another_origin(site, new_page):
         start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
         return [html.encode()]
 
-    with live_server(other_shop) as shop_url:
+    with serve(other_shop) as shop_url:
         page = new_page()
         page.goto(shop_url.replace("127.0.0.1", "localhost"))
         page.get_by_role("button", name="Open chat: Help").click()

@@ -1,5 +1,5 @@
 """Shared pieces of the web tests: settings for the real test-size model, a started engine,
-the app on a live HTTP server, and a reader for server-sent events."""
+and a reader for server-sent events (the tests serve the app with ``harness.serving.serve``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from typing import Any, Iterable, Iterator
 
 from feedback_store import FeedbackStore
 from loopdesk.config import Settings, load_settings
-from sim.serving import serve as live_server  # noqa: F401 (re-exported for the web tests)
 
 GENEROUS_LIMIT = "100000/minute"
 

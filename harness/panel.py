@@ -20,7 +20,7 @@ from typing import Any
 from loopdesk.config import Settings
 from sim.company import Company
 from sim.customers import CustomerConfig
-from sim.serving import SIMULATOR_RATE_LIMIT, serve
+from harness.serving import SIMULATOR_RATE_LIMIT, serve
 from sim.simulate import Summary, run_customers, summarize
 
 LOAD_TIMEOUT_S = 300.0
