@@ -13,6 +13,7 @@ from loopdesk.config import SettingsError, load_settings
 # (module, command attribute): every area's commands, in the order --help lists them.
 COMMANDS = [
     ("feedback_store.cli", "redis_group"),
+    ("feedback_store.knowledge_cli", "kb_group"),
     ("bot.cli", "serve"),
     ("bot.users_cli", "users"),
     ("trainer.cli", "train"),
