@@ -199,8 +199,9 @@ def export_articles(articles: Iterable[ArticleDraft], path: Path, fmt: FileForma
     Refuses to overwrite anything; the files appear all at once (written aside, then renamed).
     """
     path = Path(path)
-    if path.exists() and (path.is_file() or any(path.iterdir())):
-        raise ValidationFailed(f"{path} already exists and is not empty: export to a new path")
+    if path.exists() and (fmt == "jsonl" or path.is_file() or any(path.iterdir())):
+        raise ValidationFailed(f"{path} already exists{'' if fmt == 'jsonl' else ' and is not empty'}: "
+                               "export to a new path")
     path.parent.mkdir(parents=True, exist_ok=True)
     articles = list(articles)
     if fmt == "jsonl":

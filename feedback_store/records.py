@@ -152,6 +152,8 @@ class ArticleDraft(Record):
     def _body(cls, body: Any) -> Any:
         if isinstance(body, str):
             body = body.replace("\r\n", "\n").replace("\r", "\n").strip()
+            if not body:
+                raise ValueError("the body is empty")
             if len(body) > MAX_ARTICLE_CHARS:
                 raise ValueError(f"the body has {len(body):,} characters; the most is {MAX_ARTICLE_CHARS:,}")
         return body
