@@ -23,7 +23,8 @@ def kb_group() -> None:
 @kb_group.command("import")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--by", "by", default="import", show_default=True, help="Name recorded as the author of new versions.")
-def import_command(path: Path, by: str) -> None:
+@click.option("--if-empty", is_flag=True, help="Do nothing when the knowledge base already has articles.")
+def import_command(path: Path, by: str, if_empty: bool) -> None:
     """Import a folder of Markdown files, one .md file or a .jsonl file: all articles or none.
 
     New ids are created, changed articles get a new version, unchanged ones stay as they are.
@@ -31,9 +32,14 @@ def import_command(path: Path, by: str) -> None:
     from feedback_store.errors import FeedbackStoreError
     from feedback_store.knowledge_files import read_articles
 
+    store = _store()
+    if if_empty and store.knowledge.revision():
+        click.echo(f"the knowledge base already has articles (revision {store.knowledge.revision()}): "
+                   "nothing imported")
+        return
     try:
         drafts = read_articles(path)
-        result = _store().knowledge.import_articles(drafts, by=by)
+        result = store.knowledge.import_articles(drafts, by=by)
     except FeedbackStoreError as exc:
         raise click.ClickException(f"nothing was imported. {exc}") from None
     click.echo(f"imported {len(drafts)} articles from {path}: {len(result.created)} new, "

@@ -22,8 +22,8 @@ to 0.82 gives the same split, the highest that keeps 99% of the held-out phrasin
 person/assistant question. It keeps 0.985 of the seen and 0.992 of the held-out phrasings and
 rejects 0.812 of the out-of-scope questions (26 of 32). A real question turned away costs the
 customer an answer; an odd one let through only puts one unrelated article in the context.
-Search takes 0.14 ms (p50) on a generated 1,000-article knowledge base, p99 0.34 ms on idle
-cores and 4.4 ms on 2 busy shared ones (where the bare ``bm25s`` call shows the same 4.2 ms);
+Search takes 0.11-0.14 ms (p50) on a generated 1,000-article knowledge base, p99 0.20-0.34 ms
+on idle cores and 4.4 ms on 2 busy shared ones (where the bare ``bm25s`` call shows 4.2 ms);
 indexing it takes 0.1-0.2 s.
 """
 

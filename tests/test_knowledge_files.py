@@ -148,6 +148,10 @@ def test_kb_commands_import_list_and_export(cli, store, tmp_path):
     assert [d.id for d in read_articles(tmp_path / "out.jsonl")] == ["refunds", "returns"]
     again = cli("import", str(tmp_path / "out.jsonl"))
     assert "0 new, 0 changed, 2 unchanged (revision 1)" in again.output
+    article_file(folder, "warranty")
+    skipped = cli("import", str(folder), "--if-empty")
+    assert skipped.exit_code == 0 and "already has articles" in skipped.output
+    assert [a.id for a in store.knowledge.list()] == ["refunds", "returns"]
 
 
 def test_kb_import_of_bad_files_fails_clearly_and_writes_nothing(cli, store, tmp_path):
