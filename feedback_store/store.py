@@ -10,6 +10,7 @@ from feedback_store.connection import connect
 from feedback_store.conversations import Conversations
 from feedback_store.episodes import Episodes
 from feedback_store.keys import Keys
+from feedback_store.knowledge import Knowledge
 from feedback_store.ratings import Ratings
 from feedback_store.runs import Runs
 from feedback_store.schedules import Schedules
@@ -33,6 +34,7 @@ class FeedbackStore:
         self.schedules = Schedules(client, self.keys)
         self.users = Users(client, self.keys)
         self.training = TrainingQueue(client, self.keys, self.runs)
+        self.knowledge = Knowledge(client, self.keys)
 
     @classmethod
     def from_settings(cls, settings, announce: bool = True) -> "FeedbackStore":
