@@ -61,7 +61,7 @@ def register_real_adapter(store: FeedbackStore, settings: Settings, out_dir: Pat
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from bot.runtime import write_adapter
+    from tests.adapter_helpers import write_adapter
 
     version = store.adapters.next_version()
     torch.manual_seed(0)

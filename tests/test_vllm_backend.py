@@ -2,14 +2,13 @@
 documented OpenAI-compatible API (``/v1/completions`` with ``logprobs`` and
 ``return_tokens_as_token_ids``, ``/v1/load_lora_adapter``), served by a stand-in HTTP server.
 
-These prove the translation and the adapter bookkeeping, not that a real vLLM on a GPU agrees:
-that check is still missing.
+These prove the translation, not that a real vLLM on a GPU agrees: that check is still missing.
+How the engine follows the registry (with ``StandInVllm`` here) is in test_adapter_follower.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from flask import Flask, Response, request
 
 from bot.runtime import GenerationError, make_engine
 from bot.runtime.vllm_backend import Completion, VllmEngine, completion_request, sse_chunks, token_id
-from tests.test_runtime_hotswap import publish, wait_for
+from tests.adapter_helpers import register_random_adapter, wait_for
 from tests.web_helpers import live_server
 
 # What vLLM streams for a two-token reply ending in EOS (id 2), as its OpenAI-compatible server sends it.
@@ -70,14 +69,20 @@ class StandInVllm:
         self.eos_id = eos_id
         self.completions: list[dict] = []
         self.loads: list[dict] = []
+        self.unloads: list[dict] = []
         self.app = Flask("stand-in-vllm")
         self.app.get("/health")(lambda: "")
         self.app.post("/v1/load_lora_adapter")(self._load)
+        self.app.post("/v1/unload_lora_adapter")(self._unload)
         self.app.post("/v1/completions")(self._complete)
 
     def _load(self) -> str:
         self.loads.append(request.json)
         return f"Success: LoRA adapter '{request.json['lora_name']}' added successfully."
+
+    def _unload(self) -> str:
+        self.unloads.append(request.json)
+        return f"Success: LoRA adapter '{request.json['lora_name']}' removed successfully."
 
     def _complete(self) -> Response:
         self.completions.append(request.json)
@@ -104,7 +109,7 @@ def test_engine_streams_from_vllm_and_loads_a_promoted_adapter_by_name(settings,
             assert streamed == ["It ships", " today."] and gen.adapter_version == "base"
             assert 0 <= gen.ttft_ms <= gen.latency_ms
 
-            version = publish(store, base_model_dir, tmp_path, seed=1)
+            version = register_random_adapter(store, base_model_dir, tmp_path, seed=1)
             store.adapters.promote(version)
             wait_for(lambda: engine.choose_version() == version)
             assert vllm.loads == [{"lora_name": version, "lora_path": str((tmp_path / version).resolve())}]
@@ -114,17 +119,3 @@ def test_engine_streams_from_vllm_and_loads_a_promoted_adapter_by_name(settings,
         finally:
             engine.stop()
 
-
-def test_a_corrupt_adapter_is_refused_before_vllm_sees_it(settings, store, base_model_dir: Path, tmp_path: Path):
-    vllm = StandInVllm(eos_id=2)
-    with live_server(vllm.app) as url:
-        engine = VllmEngine(settings.replace(base_model=str(base_model_dir), vllm_url=url), store, resync_s=0.1)
-        engine.start()
-        try:
-            version = publish(store, base_model_dir, tmp_path, seed=2, corrupt=True)
-            store.adapters.promote(version)
-            wait_for(lambda: version in engine.refused_versions())
-            time.sleep(0.2)
-            assert vllm.loads == [] and engine.choose_version() == "base"
-        finally:
-            engine.stop()
