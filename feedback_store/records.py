@@ -160,8 +160,9 @@ class Schedule(Record):
         return cron
 
 
-class Episode(Record):
-    """A bot turn with the feedback it received, as the trainer consumes it."""
+class TurnWithFeedback(Record):
+    """A bot turn with the feedback its conversation received (CSAT, the turn's annotations), as
+    exported for the trainer."""
 
     conversation_id: str
     turn: BotTurn
