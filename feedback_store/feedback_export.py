@@ -22,7 +22,8 @@ class FeedbackExport:
         """The newest feedback sequence number (0 when there is none)."""
         return int(self._r.get(self._keys.feedback_seq()) or 0)
 
-    def export(self, after: int = 0, until: int | None = None, limit: int = 10_000) -> tuple[list[TurnWithFeedback], int]:
+    def export(self, after: int = 0, until: int | None = None,
+               limit: int = 10_000) -> tuple[list[TurnWithFeedback], int]:
         """Bot turns of conversations whose rating or annotations changed in ``(after, until]``.
 
         Returns the turns and the watermark they reach; pass it as ``after`` next time.

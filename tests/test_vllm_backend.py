@@ -1,14 +1,18 @@
 """The vLLM backend's translation of requests and streamed answers, against payloads shaped like vLLM's
 documented OpenAI-compatible API (``/v1/completions`` with ``logprobs`` and
-``return_tokens_as_token_ids``, ``/v1/load_lora_adapter``), served by a stand-in HTTP server.
+``return_tokens_as_token_ids``, ``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``), served by a
+stand-in HTTP server.
 
-These prove the translation, not that a real vLLM on a GPU agrees: that check is still missing.
-How the engine follows the registry (with ``StandInVllm`` here) is in test_adapter_follower.
+These prove the translation and when an adapter is unloaded from vLLM, not that a real vLLM on a GPU
+agrees: that check is still missing. What the follower does with this engine (promotion, canary share,
+refusals) is in test_adapter_follower, against the ``StandInVllm`` here.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -70,6 +74,8 @@ class StandInVllm:
         self.completions: list[dict] = []
         self.loads: list[dict] = []
         self.unloads: list[dict] = []
+        self.replying = threading.Event()  # cleared: completions wait until it is set again
+        self.replying.set()
         self.app = Flask("stand-in-vllm")
         self.app.get("/health")(lambda: "")
         self.app.post("/v1/load_lora_adapter")(self._load)
@@ -86,6 +92,7 @@ class StandInVllm:
 
     def _complete(self) -> Response:
         self.completions.append(request.json)
+        self.replying.wait(timeout=30)
         chunks = json.loads(json.dumps(RECORDED_STREAM).replace('"token_id:2"', f'"token_id:{self.eos_id}"'))
         return Response("\n".join(sse_lines(chunks)) + "\n", mimetype="text/event-stream")
 
@@ -119,3 +126,31 @@ def test_engine_streams_from_vllm_and_loads_a_promoted_adapter_by_name(settings,
         finally:
             engine.stop()
 
+
+def test_a_rejected_adapter_leaves_vllm_only_after_the_reply_running_under_it(settings, store, base_model_dir: Path,
+                                                                              tmp_path: Path):
+    vllm = StandInVllm(eos_id=2)
+    with live_server(vllm.app) as url:
+        engine = VllmEngine(settings.replace(base_model=str(base_model_dir), vllm_url=url), store, resync_s=0.1)
+        engine.start()
+        try:
+            version = register_random_adapter(store, base_model_dir, tmp_path, seed=4)
+            store.adapters.send_to_canary(version)
+            wait_for(lambda: version in engine.loaded_versions())
+            served: list[str] = []
+            vllm.replying.clear()
+            reply = threading.Thread(target=lambda: served.append(
+                engine.generate([{"role": "user", "content": "hi"}], version).adapter_version))
+            reply.start()
+            wait_for(lambda: bool(vllm.completions))
+            store.adapters.reject(version, "canary CSAT fell")
+            wait_for(lambda: version not in engine.loaded_versions())  # no new replies under it
+            time.sleep(0.5)  # several syncs while the reply runs
+            assert vllm.unloads == []
+            vllm.replying.set()
+            reply.join(timeout=30)
+            wait_for(lambda: vllm.unloads == [{"lora_name": version}])
+            assert served == [version] and vllm.completions[-1]["model"] == version
+        finally:
+            vllm.replying.set()
+            engine.stop()
