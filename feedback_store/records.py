@@ -110,7 +110,7 @@ class Annotation(Record):
 
 
 class AdapterVersion(Record):
-    """A published LoRA adapter and where it stands."""
+    """A released LoRA adapter and where it stands."""
 
     version: str = Field(pattern=VERSION_PATTERN)
     path: str

@@ -13,10 +13,11 @@ Manifest keys (``MANIFEST_KEYS``, all required): ``version`` (the name it was re
 for none) and ``created_at`` (Unix seconds). A release adds ``metrics`` and ``data_watermark``;
 further keys are allowed.
 
-The trainer writes the first three files (``TRAINED_FILES``, ``PolicyWithValueHead.save_pretrained``);
-releasing copies them and writes the manifest (``write_manifest``). ``verify`` is the check every
-reader runs: the bot before it serves a version, the trainer before it starts from one, the gate's
-panel before customers meet one. This module imports neither torch nor peft.
+The trainer writes the first three files (``TRAINED_FILES``, ``PolicyWithValueHead.save_pretrained``)
+and, before its gate, a manifest naming the version the candidate will be released as; releasing
+copies the three files and writes the manifest anew (``write_manifest``). ``verify`` is the check
+every reader runs: the bot before it serves a version, the trainer before it starts from one, the
+gate's panel before customers meet one. This module imports neither torch nor peft.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ def register_record(store: FeedbackStore, version: str | None = None, path: str 
 
 def register_real_adapter(store: FeedbackStore, settings: Settings, out_dir: Path,
                           metrics: dict | None = None) -> AdapterVersion:
-    """A LoRA adapter of the test-size base model written in the published format, then registered."""
+    """A LoRA adapter of the test-size base model written in the released directory format, then registered."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM

@@ -224,7 +224,7 @@ def test_a_frozen_adapter_as_reference_stays_put_while_the_policy_moves(tmp_path
     trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
     assert trainable and not any(".reference." in n for n in trainable)
 
-    trainer.save(str(tmp_path / "candidate"))  # the trained adapter alone, in the published layout
+    trainer.save(str(tmp_path / "candidate"))  # the trained adapter alone, in the layout a release copies
     assert not (tmp_path / "candidate" / "reference").exists()
     loaded = PolicyWithValueHead.from_pretrained(tiny_llama(), tmp_path / "candidate").eval()
     with torch.no_grad():

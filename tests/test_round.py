@@ -3,6 +3,7 @@ release, watermark; failures leave no candidate; the next round cleans up after 
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -102,6 +103,23 @@ def test_round_trains_gates_and_releases_a_canary(tsettings, store, base_model_d
     assert store.runs.training_watermark() == run.watermark_to > 0
     assert (tsettings.data_dir / "runs" / run.id / "reward_model" / "adapter_model.safetensors").is_file()
     store.runs.lock().acquire().release()
+
+
+def test_the_gates_external_evaluator_gets_a_candidate_directory_that_verifies(tsettings, store, base_model_dir,
+                                                                               tmp_path):
+    seed_conversations(store, base_model_dir)
+    evaluator = tmp_path / "evaluator.py"
+    evaluator.write_text(
+        "import json, sys\n"
+        "from loopdesk.adapter_format import verify\n"
+        f"manifest = verify(sys.argv[sys.argv.index('--candidate') + 1], {str(base_model_dir)!r})\n"
+        "print(json.dumps({'pass': True, 'candidate_score': 0.0, 'active_score': 0.0,\n"
+        "                  'details': {'version': manifest['version'], 'parent': manifest['parent']}}))\n")
+    config = small_round_config()
+    config.gate.evaluator = f"{sys.executable} {evaluator}"
+    run = run_round(tsettings, store, config=config, show_progress=False)
+    assert run.status == "succeeded", run.metrics.get("gate_reasons")
+    assert run.metrics["gate_external"]["details"] == {"version": run.adapter_version, "parent": "base"}
 
 
 def test_a_round_does_not_start_from_an_active_adapter_that_fails_verification(tsettings, store, base_model_dir):

@@ -33,6 +33,7 @@ from feedback_store.records import TrainingRun, TurnWithFeedback
 from feedback_store.errors import LockHeldError
 from feedback_store.runs import RunLock
 
+from loopdesk.adapter_format import write_manifest
 from trainer.config import RoundConfig
 from trainer.release import reject_orphans, release_adapter, released_dir, remove_temp_dirs
 from trainer.rewards import FeedbackTurn, build_rewards
@@ -297,13 +298,14 @@ class Round:
             self.update_baseline(active_dir, tokenizer, train_turns, rewards)
         torch.manual_seed(cfg.gate.seed)
 
+        version = store.adapters.next_version()
+        write_manifest(self.dir / "candidate", version, base_ref, active)  # the gate's external evaluator reads it
         verdict = gate.evaluate(base_ref, self.dir / "candidate", active_dir, active,
                                 newest_contexts(gate_turns), reward_model, cfg.gate,
                                 gate_references, cfg.reference_weight)
         self.metrics |= verdict.metrics()
         self.report("gate", passed=verdict.passed, reasons=verdict.reasons)
 
-        version = store.adapters.next_version()
         status = cfg.gate.pass_status if verdict.passed else "rejected"
         self.keeper.check()
         release_adapter(store, self.settings.adapters_dir, self.dir / "candidate", version=version,
