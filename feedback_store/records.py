@@ -177,7 +177,7 @@ class Article(ArticleDraft):
 
 
 class AdapterVersion(Record):
-    """A published LoRA adapter and where it stands."""
+    """A released LoRA adapter and where it stands."""
 
     version: str = Field(pattern=VERSION_PATTERN)
     path: str
@@ -227,8 +227,9 @@ class Schedule(Record):
         return cron
 
 
-class Episode(Record):
-    """A bot turn with the feedback it received, as the trainer consumes it."""
+class TurnWithFeedback(Record):
+    """A bot turn with the feedback its conversation received (CSAT, the turn's annotations), as
+    exported for the trainer."""
 
     conversation_id: str
     turn: BotTurn

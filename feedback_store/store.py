@@ -8,7 +8,7 @@ from feedback_store.adapters import Adapters
 from feedback_store.annotations import Annotations
 from feedback_store.connection import connect
 from feedback_store.conversations import Conversations
-from feedback_store.episodes import Episodes
+from feedback_store.feedback_export import FeedbackExport
 from feedback_store.keys import Keys
 from feedback_store.knowledge import Knowledge
 from feedback_store.ratings import Ratings
@@ -28,7 +28,7 @@ class FeedbackStore:
         self.conversations = Conversations(client, self.keys)
         self.ratings = Ratings(client, self.keys, settings.rating_correction_window_s)
         self.annotations = Annotations(client, self.keys)
-        self.episodes = Episodes(client, self.keys, self.annotations)
+        self.feedback = FeedbackExport(client, self.keys, self.annotations)
         self.adapters = Adapters(client, self.keys, settings.canary_share)
         self.runs = Runs(client, self.keys, settings.run_lock_ttl_s)
         self.schedules = Schedules(client, self.keys)

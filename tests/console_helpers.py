@@ -56,12 +56,12 @@ def register_record(store: FeedbackStore, version: str | None = None, path: str 
 
 def register_real_adapter(store: FeedbackStore, settings: Settings, out_dir: Path,
                           metrics: dict | None = None) -> AdapterVersion:
-    """A LoRA adapter of the test-size base model written in the published format, then registered."""
+    """A LoRA adapter of the test-size base model written in the released directory format, then registered."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from bot.runtime import write_adapter
+    from tests.adapter_helpers import write_adapter
 
     version = store.adapters.next_version()
     torch.manual_seed(0)

@@ -43,7 +43,7 @@ def test_rating_survives_redis_kill9(tmp_path):
     restarted = FeedbackStore.from_settings(settings.replace(redis_url=url), announce=False)
     found = {c.id: c.csat for c in restarted.conversations.many(list(rated))}
     assert found == rated
-    assert restarted.episodes.watermark() == N_RATINGS
+    assert restarted.feedback.watermark() == N_RATINGS
     stop_embedded_redis(tmp_path)
 
 

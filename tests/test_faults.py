@@ -2,7 +2,7 @@
 rating, answers the outage with JSON 503s (never a hang) and serves again afterwards.
 
 The other faults have their own tests: a worker killed mid-run (test_jobs), corrupt or
-wrong-base adapters (test_runtime_hotswap), read-only and full disks (test_publish).
+wrong-base adapters (test_adapter_follower), read-only and full disks (test_release).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from tests.trainer_helpers import small_round_config, trainer_settings
 
 
 @pytest.mark.slow
-def test_miniature_loop_rates_trains_publishes_and_serves_the_new_version(settings, store, tmp_path,
+def test_miniature_loop_rates_trains_releases_and_serves_the_new_version(settings, store, tmp_path,
                                                                           base_model_dir, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the worker subprocess: tiny models on busy cores
     loop_settings = trainer_settings(settings, tmp_path / "data", base_model_dir)

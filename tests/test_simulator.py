@@ -229,7 +229,7 @@ def test_panel_compares_a_candidate_adapter_with_the_active_version(data_dir, ba
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from bot.runtime import write_adapter
+    from tests.adapter_helpers import write_adapter
     from harness.panel import run_panel
 
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_model_dir),
@@ -251,7 +251,7 @@ def test_panel_faces_an_adapter_named_like_the_active_version(data_dir, base_mod
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from bot.runtime import write_adapter
+    from tests.adapter_helpers import write_adapter
     from feedback_store.records import AdapterVersion
     from harness.panel import run_panel
 
