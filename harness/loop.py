@@ -2,12 +2,12 @@
 
 ``run_loop`` drives the real parts together. The bot (engine + chat app) serves on a free local
 port and is reached over HTTP only; a ``loopdesk worker`` subprocess runs each training round
-from the RQ queue (reward model, PPO, gate, publish); simulated customers and a simulated expert
+from the RQ queue (reward model, PPO, gate, release); simulated customers and a simulated expert
 supply the feedback. Round 0 measures the starting adapter; every later round first trains,
-waits until new conversations are pinned to the published version, then measures again. What
+waits until new conversations are pinned to the released version, then measures again. What
 the loop starts lives in ``harness.processes``, how a round is measured in ``harness.measure``.
 
-Promotion: the loop's rounds publish a passing candidate as ``active`` (gate ``pass_status``),
+Promotion: the loop's rounds release a passing candidate as ``active`` (gate ``pass_status``),
 so each round measures one version on all of its traffic. The canary path needs ≥ 30 rated
 chats on each side before it decides, which at the loop's traffic would stretch one promotion
 over many rounds; the gate's checks stay in force, a rejected candidate is simply not served.

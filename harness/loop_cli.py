@@ -47,7 +47,7 @@ def loop(rounds: int, customers_per_round: int, concurrency: int, experts: bool,
          eval_customers: int, combine: tuple[Path, ...], out: Path) -> None:
     """Run the closed loop on this data directory: round 0 measures the active adapter; each later
     round trains (a 'loopdesk worker' subprocess runs the queued round: reward model, PPO, gate,
-    publish as active), waits for the bot to serve the new version, and measures again.
+    release as active), waits for the bot to serve the new version, and measures again.
 
     \b
         loopdesk loop --rounds 3 --customers-per-round 100 --out docs/loop-report

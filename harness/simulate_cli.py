@@ -62,7 +62,7 @@ def _expert_password(settings: Any, name: str) -> str:
                    "customers in a private sandbox; the last stdout line is "
                    '{"pass": bool, "candidate_score": float, "active_score": float, "details": {...}}.')
 @click.option("--candidate-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="--panel: the candidate adapter directory (published format, with manifest.json).")
+              help="--panel: the candidate adapter directory (the adapter directory format of loopdesk.adapter_format, with manifest.json).")
 @click.option("--active", default=None,
               help="--panel: the version to beat [default: the registry's active version; 'base' = no adapter].")
 @click.option("--tolerance", type=click.FloatRange(0), default=0.1, show_default=True,

@@ -103,7 +103,7 @@ class Settings:
 
     @property
     def adapters_dir(self) -> Path:
-        """Directory holding one sub-directory per published adapter version."""
+        """Directory holding one sub-directory per released adapter version."""
         return self.data_dir / "adapters"
 
     @property

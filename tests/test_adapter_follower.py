@@ -15,7 +15,7 @@ from bot.runtime.vllm_backend import VllmEngine
 from feedback_store import FeedbackStore
 from loopdesk.config import Settings
 from tests.adapter_helpers import register_random_adapter, wait_for
-from tests.test_vllm_backend import StandInVllm
+from tests.vllm_helpers import StandInVllm
 from harness.serving import serve
 
 ASK = [{"role": "user", "content": "Where is my order?"}]

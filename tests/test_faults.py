@@ -19,7 +19,7 @@ from bot.app import create_app
 from feedback_store import FeedbackStore
 from feedback_store.server import embedded_redis_pid, ensure_embedded_redis, stop_embedded_redis
 from harness.serving import serve
-from tests.test_durability import _wait_dead
+from tests.store_helpers import wait_dead
 from tests.web_helpers import running_engine, web_settings
 
 N_CUSTOMERS = 4
@@ -89,7 +89,7 @@ def test_redis_restarted_during_active_chats_loses_no_acknowledged_rating(tmp_pa
                 time.sleep(2.0)
                 pid = embedded_redis_pid(tmp_path)
                 os.kill(pid, signal.SIGKILL)
-                _wait_dead(pid)
+                wait_dead(pid)
                 time.sleep(1.0)  # an outage the clients' retries cannot hide
                 assert ensure_embedded_redis(tmp_path) == url_before  # same port: clients reconnect
                 restarted_at = time.monotonic()

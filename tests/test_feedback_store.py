@@ -18,20 +18,7 @@ from feedback_store import (
 from feedback_store.annotations import QueueFilter
 from feedback_store.errors import LockHeldError
 from feedback_store.records import AdapterVersion, BotTurn
-
-
-def bot_turn(text: str = "Your order ships in 2 days.", version: str = "base") -> BotTurn:
-    return BotTurn(index=0, text=text, context="<ctx>", prompt_token_ids=[1, 2, 3],
-                   reply_token_ids=[4, 5], logprobs=[-0.1, -2.0], adapter_version=version,
-                   latency_ms=12.5, finished=True, created_at=time.time())
-
-
-def chat(store, version: str = "base", turns: int = 1):
-    conv, token = store.conversations.start(version)
-    for i in range(turns):
-        store.conversations.append_customer(conv.id, token, f"question {i}")
-        store.conversations.append_bot(conv.id, bot_turn(version=version))
-    return conv, token
+from tests.store_helpers import bot_turn, chat
 
 
 def test_conversation_lifecycle_keeps_turns_in_order(store):
