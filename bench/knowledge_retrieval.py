@@ -25,7 +25,7 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).re
 
 import numpy as np  # noqa: E402
 
-from feedback_store.records import Article  # noqa: E402
+from loopdesk.articles import VersionedArticle  # noqa: E402
 from loopdesk.knowledge import MIN_SCORE, KnowledgeIndex, plain_text, tokenize  # noqa: E402
 from sim.company import load_company  # noqa: E402
 from sim.knowledge_eval import KINDS, demo_index, evaluate  # noqa: E402
@@ -47,7 +47,7 @@ def accuracy(show_misses: bool) -> None:
     print(f"out-of-scope questions rejected (best score < {MIN_SCORE}): {1 - oos.share_at_least(MIN_SCORE):.3f}")
 
 
-def generated_articles(n: int, rng: random.Random) -> list[Article]:
+def generated_articles(n: int, rng: random.Random) -> list[VersionedArticle]:
     """The demo articles plus synthetic ones drawn from their words and made-up product names."""
     demo = list(demo_index().articles.values())
     words = re.findall(r"[A-Za-z][a-z]+", " ".join(plain_text(a.body) for a in demo))
@@ -55,9 +55,8 @@ def generated_articles(n: int, rng: random.Random) -> list[Article]:
     made = []
     for i in range(n - len(demo)):
         body = " ".join(rng.choice(words) for _ in range(rng.randint(60, 150)))
-        made.append(Article(id=f"generated-{i}", title=f"{products[i]} {rng.choice(words)}",
-                            body=f"The {products[i]} {body}.", tags=[], version=1, updated_at=0.0,
-                            updated_by="bench"))
+        made.append(VersionedArticle(id=f"generated-{i}", title=f"{products[i]} {rng.choice(words)}",
+                                     body=f"The {products[i]} {body}.", tags=[], version=1))
     return demo + made
 
 

@@ -20,7 +20,8 @@ from pydantic import ValidationError
 from feedback_store.errors import ConflictError, NotFoundError, ValidationFailed
 from feedback_store.keys import Keys
 from feedback_store.lua import Script
-from feedback_store.records import Article, ArticleDraft
+from feedback_store.records import Article
+from loopdesk.articles import ArticleDraft
 
 Action = Literal["create", "update", "retire", "revert", "import"]
 IMPORT_RETRIES = 3

@@ -30,7 +30,7 @@ def import_command(path: Path, by: str, if_empty: bool) -> None:
     New ids are created, changed articles get a new version, unchanged ones stay as they are.
     """
     from feedback_store.errors import FeedbackStoreError
-    from feedback_store.knowledge_files import read_articles
+    from loopdesk.knowledge_files import KnowledgeFileError, read_articles
 
     store = _store()
     if if_empty and store.knowledge.revision():
@@ -40,7 +40,7 @@ def import_command(path: Path, by: str, if_empty: bool) -> None:
     try:
         drafts = read_articles(path)
         result = store.knowledge.import_articles(drafts, by=by)
-    except FeedbackStoreError as exc:
+    except (KnowledgeFileError, FeedbackStoreError) as exc:
         raise click.ClickException(f"nothing was imported. {exc}") from None
     click.echo(f"imported {len(drafts)} articles from {path}: {len(result.created)} new, "
                f"{len(result.updated)} changed, {len(result.unchanged)} unchanged (revision {result.revision})")
@@ -54,13 +54,13 @@ def import_command(path: Path, by: str, if_empty: bool) -> None:
 def export_command(path: Path, fmt: str | None) -> None:
     """Write every article's current version (published and retired) to a new folder or file."""
     from feedback_store.errors import FeedbackStoreError
-    from feedback_store.knowledge_files import export_articles
+    from loopdesk.knowledge_files import export_articles
 
     fmt = fmt or ("jsonl" if path.suffix == ".jsonl" else "md")
     try:
         snapshot = _store().knowledge.snapshot()
         export_articles(snapshot.articles, path, fmt)
-    except FeedbackStoreError as exc:
+    except (FileExistsError, FeedbackStoreError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"exported {len(snapshot.articles)} articles to {path} ({fmt}, revision {snapshot.revision})")
 

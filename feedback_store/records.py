@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from loopdesk.articles import VersionedArticle, checked_tags
+
 MAX_TEXT = 8000
 MAX_COMMENT = 2000
-TAG_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 ConversationStatus = Literal["open", "ended"]
 AdapterStatus = Literal["candidate", "canary", "active", "retired", "rejected"]
 RunStatus = Literal["queued", "running", "succeeded", "rejected", "failed"]
-ArticleStatus = Literal["published", "retired"]
 BASE_VERSION = "base"
-MAX_ARTICLE_CHARS = 20000
-MAX_ARTICLE_TAGS = 16
-ARTICLE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
 
 
 class Record(BaseModel):
@@ -107,71 +103,12 @@ class Annotation(Record):
     @field_validator("tags")
     @classmethod
     def _tags(cls, tags: list[str]) -> list[str]:
-        return _checked_tags(tags, "wrong_info")
+        return checked_tags(tags, "wrong_info")
 
 
-def _checked_tags(tags: list[str], example: str) -> list[str]:
-    bad = [t for t in tags if not TAG_PATTERN.match(t)]
-    if bad:
-        raise ValueError(f"tags must be lowercase words like {example!r}, got {bad}")
-    return sorted(set(tags))
+class Article(VersionedArticle):
+    """One version of a knowledge article as stored: its content and number, who made it and when."""
 
-
-class ArticleDraft(Record):
-    """A knowledge article's content as an operator writes it (a file, a form): what a version holds.
-
-    The body is Markdown; its line endings are normalised and surrounding blank space dropped,
-    so a file read back after an export compares equal.
-    """
-
-    id: str = Field(pattern=ARTICLE_ID_PATTERN, description="slug: lowercase letters, digits and '-'")
-    title: str = Field(min_length=1, max_length=200)
-    body: str = Field(min_length=1, max_length=MAX_ARTICLE_CHARS)
-    tags: list[str] = Field(default_factory=list, max_length=MAX_ARTICLE_TAGS)
-    status: ArticleStatus = "published"
-
-    @field_validator("id", mode="before")
-    @classmethod
-    def _id(cls, article_id: Any) -> Any:
-        if isinstance(article_id, str) and not re.match(ARTICLE_ID_PATTERN, article_id):
-            raise ValueError("an article id is lowercase letters, digits and '-' (at most 64, "
-                             f"starting with a letter or digit) like 'refunds', got {article_id!r}")
-        return article_id
-
-    @field_validator("title", mode="before")
-    @classmethod
-    def _title(cls, title: Any) -> Any:
-        if isinstance(title, str):
-            title = title.strip()
-            if "\n" in title or "\r" in title:
-                raise ValueError("a title is one line")
-        return title
-
-    @field_validator("body", mode="before")
-    @classmethod
-    def _body(cls, body: Any) -> Any:
-        if isinstance(body, str):
-            body = body.replace("\r\n", "\n").replace("\r", "\n").strip()
-            if not body:
-                raise ValueError("the body is empty")
-            if len(body) > MAX_ARTICLE_CHARS:
-                raise ValueError(f"the body has {len(body):,} characters; the most is {MAX_ARTICLE_CHARS:,}")
-        return body
-
-    @field_validator("tags")
-    @classmethod
-    def _tags(cls, tags: list[str]) -> list[str]:
-        return _checked_tags(tags, "refunds")
-
-    def content(self) -> "ArticleDraft":
-        """Just the content (what an edit changes), without version bookkeeping."""
-        return ArticleDraft(**self.model_dump(include=set(ArticleDraft.model_fields)))
-
-
-class Article(ArticleDraft):
-    """One version of a knowledge article as stored: its content plus who made it and when."""
-
-    version: int = Field(ge=1)
     updated_at: float
     updated_by: str = Field(min_length=1, max_length=64)
 

@@ -61,7 +61,8 @@ _MARKDOWN = [
 
 
 class ArticleLike(Protocol):
-    """What the index needs of an article (``feedback_store.records.Article`` has it)."""
+    """What the index needs of an article (``loopdesk.articles.VersionedArticle`` and the stored
+    ``feedback_store.records.Article`` have it)."""
 
     id: str
     version: int

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from feedback_store.knowledge_files import render_markdown
-from feedback_store.records import ArticleDraft
+from loopdesk.articles import ArticleDraft
+from loopdesk.knowledge_files import render_markdown
 from loopdesk.knowledge import plain_text
 from sim.company import Company, CompanyDataError, Intent, load_company
 

@@ -13,9 +13,9 @@ from typing import Literal
 
 import numpy as np
 
-from feedback_store.knowledge_files import read_articles
-from feedback_store.records import Article
+from loopdesk.articles import VersionedArticle
 from loopdesk.knowledge import KnowledgeIndex, customer_query
+from loopdesk.knowledge_files import read_articles
 from sim.company import Company, load_company
 from sim.knowledge import KNOWLEDGE_DIR, load_templates, out_of_scope_questions, template_for
 
@@ -65,8 +65,7 @@ class KindReport:
 
 def demo_index() -> KnowledgeIndex:
     """A retrieval index of the shop's committed knowledge folder, every article at version 1."""
-    return KnowledgeIndex([Article(**d.model_dump(), version=1, updated_at=0.0, updated_by="import")
-                           for d in read_articles(KNOWLEDGE_DIR)])
+    return KnowledgeIndex([VersionedArticle(**d.model_dump(), version=1) for d in read_articles(KNOWLEDGE_DIR)])
 
 
 def probes(company: Company | None = None) -> list[Probe]:

@@ -8,16 +8,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from feedback_store import ValidationFailed
-from feedback_store.knowledge_files import (
+from loopdesk.articles import MAX_ARTICLE_CHARS
+from loopdesk.cli import main
+from loopdesk.knowledge_files import (
     KnowledgeFileError,
     export_articles,
     parse_markdown,
     read_articles,
     render_markdown,
 )
-from feedback_store.records import MAX_ARTICLE_CHARS
-from loopdesk.cli import main
 
 GOOD = """---
 id: refunds
@@ -118,7 +117,7 @@ def test_export_then_import_round_trips(store, tmp_path, fmt, name):
     revision = kb.revision()
     result = kb.import_articles(drafts)
     assert (result.created, result.updated, result.revision) == ([], [], revision)
-    with pytest.raises(ValidationFailed, match="already exists"):
+    with pytest.raises(FileExistsError, match="already exists"):
         export_articles(kb.snapshot().articles, tmp_path / name, fmt)
 
 
@@ -145,6 +144,8 @@ def test_kb_commands_import_list_and_export(cli, store, tmp_path):
     assert "returns" in cli("list", "--search", "RET").output
     exported = cli("export", str(tmp_path / "out.jsonl"))
     assert exported.exit_code == 0 and "exported 2 articles" in exported.output and "jsonl" in exported.output
+    again_there = cli("export", str(tmp_path / "out.jsonl"))
+    assert again_there.exit_code == 1 and "already exists: export to a new path" in again_there.output
     assert [d.id for d in read_articles(tmp_path / "out.jsonl")] == ["refunds", "returns"]
     again = cli("import", str(tmp_path / "out.jsonl"))
     assert "0 new, 0 changed, 2 unchanged (revision 1)" in again.output

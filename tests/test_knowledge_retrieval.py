@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from feedback_store.records import Article
+from loopdesk.articles import VersionedArticle
 from loopdesk.knowledge import (
     MIN_SCORE,
     NO_ARTICLE,
@@ -17,9 +17,9 @@ from loopdesk.knowledge import (
 from sim.knowledge_eval import demo_index, evaluate
 
 
-def article(article_id: str, title: str, body: str, version: int = 1, tags: tuple[str, ...] = ()) -> Article:
-    return Article(id=article_id, title=title, body=body, tags=list(tags), version=version,
-                   updated_at=0.0, updated_by="test")
+def article(article_id: str, title: str, body: str, version: int = 1,
+            tags: tuple[str, ...] = ()) -> VersionedArticle:
+    return VersionedArticle(id=article_id, title=title, body=body, tags=list(tags), version=version)
 
 
 @pytest.fixture(scope="module")

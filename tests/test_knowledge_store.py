@@ -9,7 +9,7 @@ import pytest
 
 from feedback_store import ConflictError, NotFoundError, ValidationFailed
 from feedback_store.knowledge import draft
-from feedback_store.records import MAX_ARTICLE_CHARS
+from loopdesk.articles import MAX_ARTICLE_CHARS
 
 REFUNDS = "Once your return reaches our warehouse, we refund it within 5-7 business days."
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from feedback_store.knowledge_files import read_articles
+from loopdesk.knowledge_files import read_articles
 from sim.company import load_company
 from sim.knowledge import (
     KNOWLEDGE_DIR,

@@ -12,6 +12,9 @@ Reading checks every file before anything is returned: all problems (not UTF-8, 
 unknown front matter, a missing id or title, an oversized body, a bad tag, an id used twice)
 come back together in one KnowledgeFileError naming each file and line, so an import either
 has every article or writes nothing. Export then import gives back the same articles.
+
+The format is shared: ``loopdesk kb`` imports and exports it, the demo shop renders its folder
+in it (``python -m sim.knowledge``) and reads it back.
 """
 
 from __future__ import annotations
@@ -26,8 +29,7 @@ from typing import Any, Iterable, Literal
 import yaml
 from pydantic import ValidationError
 
-from feedback_store.errors import ValidationFailed
-from feedback_store.records import MAX_ARTICLE_CHARS, ArticleDraft
+from loopdesk.articles import MAX_ARTICLE_CHARS, ArticleDraft
 
 FileFormat = Literal["md", "jsonl"]
 FRONT_MATTER_KEYS = ("id", "title", "tags", "status")
@@ -36,7 +38,7 @@ DELIMITER = "---"
 MAX_FILE_BYTES = 4 * MAX_ARTICLE_CHARS + 8192  # a Markdown file larger than this cannot hold a valid article
 
 
-class KnowledgeFileError(ValidationFailed):
+class KnowledgeFileError(ValueError):
     """Knowledge files that cannot be imported; ``problems`` has one ``file:line: what`` entry each."""
 
     def __init__(self, problems: list[str]):
@@ -196,12 +198,13 @@ def render_jsonl(articles: Iterable[ArticleDraft]) -> str:
 def export_articles(articles: Iterable[ArticleDraft], path: Path, fmt: FileFormat = "md") -> list[Path]:
     """Write the articles to a new folder (``md``: one ``<id>.md`` each) or a new ``.jsonl`` file.
 
-    Refuses to overwrite anything; the files appear all at once (written aside, then renamed).
+    Refuses to overwrite anything (FileExistsError); the files appear all at once (written aside,
+    then renamed).
     """
     path = Path(path)
     if path.exists() and (fmt == "jsonl" or path.is_file() or any(path.iterdir())):
-        raise ValidationFailed(f"{path} already exists{'' if fmt == 'jsonl' else ' and is not empty'}: "
-                               "export to a new path")
+        raise FileExistsError(f"{path} already exists{'' if fmt == 'jsonl' else ' and is not empty'}: "
+                              "export to a new path")
     path.parent.mkdir(parents=True, exist_ok=True)
     articles = list(articles)
     if fmt == "jsonl":
@@ -211,7 +214,7 @@ def export_articles(articles: Iterable[ArticleDraft], path: Path, fmt: FileForma
         os.replace(tmp.name, path)
         return [path]
     if fmt != "md":
-        raise ValidationFailed(f"unknown export format {fmt!r}: use 'md' or 'jsonl'")
+        raise ValueError(f"unknown export format {fmt!r}: use 'md' or 'jsonl'")
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         for article in articles:
