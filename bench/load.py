@@ -40,7 +40,7 @@ import requests  # noqa: E402
 
 LIFTED_LIMIT = "1000000/minute"
 DEMO_KNOWLEDGE = Path(__file__).resolve().parent.parent / "sim" / "northwind" / "knowledge"
-QUESTIONS = ["Where is my order?", "How do I return a damaged tent?", "Can I change my shipping address?",
+QUESTIONS = ["How do I track my order?", "How do I return a damaged tent?", "Can I change my shipping address?",
              "I was charged twice, please help.", "How long does a refund take?", "I forgot my password."]
 REQUEST_TIMEOUT_S = 120.0
 

@@ -126,7 +126,8 @@
       $("kb-editor").hidden = true;
       return openArticle(article.id).then(function () { $("kb-meta").prepend("Saved · "); });
     }, function (error) {
-      status("Not saved: " + error.message + (error.status === 409 ? " Your text is kept here." : ""), true);
+      status("Not saved: " + error.message + (error.status === 409 ? ". Your text is kept here." : ""), true);
+      if (error.status === 409) loadList();  // the list shows the version that was saved meanwhile
     });
   }
 
@@ -179,11 +180,12 @@
     if (!question) return;
     C.api("GET", "/api/kb/retrieve?q=" + encodeURIComponent(question)).then(function (data) {
       var used = data.results.filter(function (r) { return r.in_context; });
-      $("kb-retrieve-summary").textContent = data.fits
-        ? "A reply would have in its context: " + used.map(function (r) { return r.title + " (" + r.id + " v" + r.version + ")"; }).join(", ") +
-          " · index at revision " + data.revision
-        : "No article reaches " + data.min_score + ": the bot would not generate and would decline with the contact address" +
-          " · index at revision " + data.revision;
+      var verdict = !data.fits
+        ? "No article reaches " + data.min_score + ": the bot would not generate and would decline with the contact address"
+        : used.length ? "A reply would have in its context: " + used.map(function (r) {
+            return r.title + " (" + r.id + " v" + r.version + ")"; }).join(", ")
+          : "No article matches: the model would answer with none in its context";
+      $("kb-retrieve-summary").textContent = verdict + " · index at revision " + data.revision;
       var table = $("kb-retrieve-results"), body = table.querySelector("tbody");
       table.hidden = !data.results.length;
       body.replaceChildren.apply(body, data.results.map(function (r) {
