@@ -109,7 +109,8 @@ def decline(settings: Settings) -> str:
 def reply_when_nothing_fits(svc: Services, conv: Conversation,
                             on_text: Callable[[str], None] | None = None) -> Reply:
     """The branch taken when no help article fits: the model does not generate; the customer gets
-    ``decline`` (one delta when streamed), logged as a ``fallback`` turn that is never a PPO sample."""
+    ``decline`` (one delta when streamed), logged as a ``fallback`` turn that is never a PPO sample.
+    A handoff to a person belongs here too."""
     started = time.perf_counter()
     text = decline(svc.settings)
     if on_text is not None:

@@ -100,3 +100,29 @@ def test_a_rejected_adapter_leaves_vllm_only_after_the_reply_running_under_it(se
         finally:
             vllm.replying.set()
             engine.stop()
+
+
+def test_vllm_gets_the_prompt_the_in_process_engine_builds_with_the_help_articles(settings, store,
+                                                                                  base_model_dir: Path):
+    from transformers import AutoConfig, AutoTokenizer
+
+    from bot.runtime.prompts import prompt_builder
+    from loopdesk.articles import VersionedArticle
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    refunds = VersionedArticle(id="refunds", title="Refunds", version=4,
+                               body="Your money is back within 5 business days. " * 40)
+    messages = [{"role": "user", "content": "When do I get my money back?"}]
+    served = settings.replace(base_model=str(base_model_dir), kb_passage_chars=300)
+    vllm = StandInVllm(tokenizer.eos_token_id)
+    with serve(vllm.app) as url:
+        engine = VllmEngine(served.replace(vllm_url=url), store)
+        engine.start()
+        try:
+            gen = engine.generate(messages, "base", passages=[refunds])
+        finally:
+            engine.stop()
+    expected = prompt_builder(tokenizer, AutoConfig.from_pretrained(base_model_dir).max_position_embeddings,
+                              served).build(messages, [refunds])
+    assert vllm.completions[-1]["prompt"] == gen.prompt_token_ids == expected.token_ids
+    assert gen.context == expected.text and 'Help article "Refunds" (refunds v4): ' in gen.context
