@@ -19,7 +19,7 @@ from feedback_store import FeedbackStore
 from tests.console_helpers import PASSWORD, add_accounts
 from tests.web_helpers import GENEROUS_LIMIT, live_server, running_engine, web_settings
 
-CONSOLE_API = ("/api/expert/", "/api/operator/")
+CONSOLE_API = ("/api/expert/", "/api/operator/", "/api/admin/")
 SIGN_IN_OUT = ("/api/expert/login", "/api/expert/logout")
 
 
