@@ -59,7 +59,7 @@
 
   function actions(user) {
     var toggle = user.disabled ? "Enable" : "Disable";
-    return el("td", {className: "cn-row"}, [
+    return el("td", {}, [el("div", {className: "cn-row"}, [
       button(toggle, user, function () {
         confirmed(toggle + " " + user.name + "?" + (user.disabled ? "" : " Their sessions end."), function () {
           act(C.api("PUT", path(user, "/disabled"), {disabled: !user.disabled}));
@@ -76,7 +76,7 @@
           act(C.api("DELETE", path(user)));
         });
       }, "cn-danger"),
-    ]);
+    ])]);
   }
 
   function row(user) {
