@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None, engine=None, store: FeedbackSto
     observability.init_app(app)
     errors.init_app(app)
     sessions.init_app(app, settings)
-    auth.init_app(app)
+    auth.init_app(app, settings)
     widget.init_app(app, settings)
     for blueprint in (chat.bp, openapi.bp, expert.bp, operator.bp, admin.bp):
         app.register_blueprint(blueprint)

@@ -27,7 +27,7 @@ from bot.sessions import (SESSION_SCHEME, console_operation, csrf_ok, current_us
 from bot.validation import parse_body
 from feedback_store.errors import AccountDisabledError, AccountLockedError
 from feedback_store.users import User
-from loopdesk.config import Settings
+from loopdesk.config import Settings, SettingsError
 
 bp = Blueprint("auth", __name__)
 
@@ -42,8 +42,11 @@ class LoginIn(Body):
     password: str = Field(min_length=1, max_length=1024)
 
 
-def init_app(app: Flask) -> None:
-    """The login and logout routes."""
+def init_app(app: Flask, settings: Settings) -> None:
+    """The login and logout routes (the account lockout's durations are checked first)."""
+    if settings.login_lockout_failures > 0 and min(settings.login_lockout_window_s, settings.login_lockout_s) <= 0:
+        raise SettingsError("LOOPDESK_LOGIN_LOCKOUT_WINDOW_S and LOOPDESK_LOGIN_LOCKOUT_S must be positive seconds "
+                            "(LOOPDESK_LOGIN_LOCKOUT_FAILURES=0 turns the lockout off)")
     app.register_blueprint(bp)
 
 

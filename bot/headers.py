@@ -9,20 +9,12 @@ consoles, the login and every other route answer no CORS at all.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from flask import Flask, Response, request
 
 from loopdesk.config import Settings
 
-CONTENT_SECURITY_POLICY = "; ".join((
-    "default-src 'self'", "script-src 'self'", "style-src 'self'", "img-src 'self'", "connect-src 'self'",
-    "object-src 'none'", "base-uri 'none'", "form-action 'self'", "frame-ancestors 'none'",
-))
-SECURITY_HEADERS = {
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-}
 CORS_HEADERS = {
     "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
     "Access-Control-Allow-Headers": "Authorization, Content-Type, Accept",
@@ -32,13 +24,30 @@ CHAT_API = "/api/conversations"
 WIDGET_FILES = ("/static/widget.js", "/static/widget.css")
 
 
+def security_headers(settings: Settings) -> dict[str, str]:
+    """The headers every response gets; the widget may also call ``LOOPDESK_PUBLIC_URL``'s origin."""
+    connect = "connect-src 'self'"
+    if settings.public_url:
+        parts = urlsplit(settings.public_url)
+        connect += f" {parts.scheme}://{parts.netloc}"
+    policy = ("default-src 'self'", "script-src 'self'", "style-src 'self'", "img-src 'self'", connect,
+              "object-src 'none'", "base-uri 'none'", "form-action 'self'", "frame-ancestors 'none'")
+    return {
+        "Content-Security-Policy": "; ".join(policy),
+        "X-Frame-Options": "DENY",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "same-origin",
+    }
+
+
 def init_app(app: Flask, settings: Settings) -> None:
     """Add the security headers to every response and CORS headers where other origins may call."""
     allowed = {o.strip() for o in settings.cors_origins.split(",") if o.strip()}
+    headers = security_headers(settings)
 
     @app.after_request
     def add_headers(response: Response) -> Response:
-        for name, value in SECURITY_HEADERS.items():
+        for name, value in headers.items():
             response.headers.setdefault(name, value)
         if not _cross_origin_allowed(request.path):
             return response

@@ -5,7 +5,6 @@ files; the demo page never reflects the Host header; no page holds inline code t
 from __future__ import annotations
 
 import re
-import uuid
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from bot.app import create_app
-from bot.headers import SECURITY_HEADERS
+from bot.headers import security_headers
 from feedback_store import FeedbackStore
 from loopdesk.config import SettingsError
 from tests.console_helpers import add_accounts, sign_in
@@ -50,7 +49,7 @@ def admin(app: Flask) -> FlaskClient:
     return client
 
 
-def test_html_json_static_and_error_responses_all_carry_the_security_headers(app):
+def test_html_json_static_and_error_responses_all_carry_the_security_headers(web, app):
     client = admin(app)
     conversation = client.post("/api/conversations")
     responses = {
@@ -60,12 +59,15 @@ def test_html_json_static_and_error_responses_all_carry_the_security_headers(app
         "error": client.get("/api/conversations/nope"), "metrics": client.get("/metrics"),
     }
     assert responses["chat API"].status_code == 201 and responses["error"].status_code == 401
+    expected = security_headers(web[0])
     for what, response in responses.items():
-        for name, value in SECURITY_HEADERS.items():
+        for name, value in expected.items():
             assert response.headers.get(name) == value, f"{what}: {name}"
-    policy = SECURITY_HEADERS["Content-Security-Policy"]
-    assert "unsafe-inline" not in policy and "unsafe-eval" not in policy and "frame-ancestors 'none'" in policy
-    assert SECURITY_HEADERS["X-Frame-Options"] == "DENY"
+    policy = expected["Content-Security-Policy"].split("; ")
+    assert {"script-src 'self'", "style-src 'self'", "connect-src 'self'", "frame-ancestors 'none'"} <= set(policy)
+    assert not any("unsafe" in directive for directive in policy)
+    assert (expected["X-Frame-Options"], expected["X-Content-Type-Options"]) == ("DENY", "nosniff")
+    assert expected["Referrer-Policy"] == "same-origin"
 
 
 def cors(response) -> str | None:
@@ -119,15 +121,17 @@ def test_the_demo_page_never_reflects_the_host_header(web, app):
     assert 'data-bot-url="/"' in widget_tag(html) and 'src="/static/widget.js"' in widget_tag(html)
 
     configured = app_with(web, public_url="https://help.example.com/").test_client()
-    html = configured.get("/", base_url="http://evil.example").get_data(as_text=True)
+    page = configured.get("/", base_url="http://evil.example")
+    html = page.get_data(as_text=True)
     assert 'data-bot-url="https://help.example.com/"' in widget_tag(html) and "evil.example" not in html
+    assert "connect-src 'self' https://help.example.com;" in page.headers["Content-Security-Policy"]
 
 
 @pytest.mark.parametrize("url", ["help.example.com", "javascript:alert(1)", "https://", "https://h.example/?x=1",
                                  "ftp://h.example/"])
 def test_a_public_url_that_is_not_an_http_url_is_refused_at_start(web, url):
     with pytest.raises(SettingsError, match="LOOPDESK_PUBLIC_URL must be an http"):
-        app_with(web, public_url=url, key_prefix=f"p{uuid.uuid4().hex[:8]}")
+        app_with(web, public_url=url)
 
 
 INLINE_CODE = [

@@ -15,6 +15,7 @@ from flask.testing import FlaskClient
 
 from bot.app import create_app
 from feedback_store import FeedbackStore
+from loopdesk.config import SettingsError
 from tests.console_helpers import PASSWORD, add_accounts, login_form_token, sign_in
 from tests.web_helpers import GENEROUS_LIMIT, running_engine, web_settings
 
@@ -175,6 +176,14 @@ def test_unknown_names_answer_like_known_ones_and_store_nothing_when_malformed(w
     before = set(store.redis.scan_iter(f"{store.keys.prefix}:login:*"))
     assert login_from(client, "198.51.100.5", "no:such user*", "whatever").status_code == 401
     assert set(store.redis.scan_iter(f"{store.keys.prefix}:login:*")) == before
+
+
+def test_a_lockout_without_positive_durations_is_refused_at_start(web):
+    with pytest.raises(SettingsError, match="LOOPDESK_LOGIN_LOCKOUT_WINDOW_S and LOOPDESK_LOGIN_LOCKOUT_S must be"):
+        fresh_app(web, login_lockout_s=0)
+    app, _ = fresh_app(web, login_lockout_failures=0, login_lockout_s=0)
+    client = app.test_client()
+    assert [login_from(client, "198.51.100.6", "erin", "wrong password").status_code for _ in range(12)] == [401] * 12
 
 
 def test_session_cookie_is_secure_only_when_configured(web):

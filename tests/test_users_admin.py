@@ -55,7 +55,8 @@ def test_users_page_lists_accounts_for_admins_and_links_from_their_consoles(site
     sign_in(operator, "otto")
     assert 'href="/admin/users"' not in operator.get("/operator").get_data(as_text=True)
     refused = operator.get("/admin/users")
-    assert refused.status_code == 403 and "otto is an operator; this needs the admin role" in refused.get_data(as_text=True)
+    assert refused.status_code == 403
+    assert "otto is an operator; this needs the admin role" in refused.get_data(as_text=True)
     listed = {u["name"]: u for u in client.get(USERS).json["users"]}
     assert {n: (u["role"], u["disabled"]) for n, u in listed.items()} == {
         "ada": ("admin", False), "emil": ("expert", False), "erin": ("expert", False), "otto": ("operator", False)}

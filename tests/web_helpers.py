@@ -16,8 +16,8 @@ from loopdesk.config import Settings, load_settings
 from sim.serving import serve as live_server  # noqa: F401 (re-exported for the web tests)
 
 GENEROUS_LIMIT = "100000/minute"
-CSP_WATCH = """document.addEventListener('securitypolicyviolation',
-  e => window.__loopdeskCspViolation(e.violatedDirective + ' ' + (e.blockedURI || 'inline') + ' on ' + e.documentURI));"""
+CSP_WATCH = """document.addEventListener('securitypolicyviolation', e => window.__loopdeskCspViolation(
+  e.violatedDirective + ' ' + (e.blockedURI || 'inline') + ' on ' + e.documentURI));"""
 
 
 def web_settings(data_dir: Path, base_model_dir: Path, **changes: Any) -> Settings:
