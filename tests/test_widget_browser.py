@@ -20,14 +20,19 @@ OPEN_CHAT = "Open chat: Northwind Outfitters help"
 SCREENSHOTS = Path("/tmp")
 
 # Records every length the newest bot bubble had, so a test can tell a streamed reply from one
-# that arrived whole.
+# that arrived whole. Each delta replaces the bubble's text node; the observer reads every added
+# node's text, so deltas handled in one task (several events in one network read) still count.
 TRACK_REPLY_GROWTH = """
 window.__replyLengths = [];
 document.addEventListener('DOMContentLoaded', () => {
-  new MutationObserver(() => {
-    const bubbles = document.querySelectorAll('.ld-bot .ld-text');
-    if (bubbles.length) window.__replyLengths.push(bubbles[bubbles.length - 1].textContent.length);
-  }).observe(document.body, {subtree: true, childList: true, characterData: true});
+  new MutationObserver((records) => {
+    for (const record of records) {
+      if (!(record.target instanceof Element) || !record.target.matches('.ld-bot .ld-text')) continue;
+      for (const node of record.addedNodes) {
+        if (node.nodeType === Node.TEXT_NODE) window.__replyLengths.push(node.data.length);
+      }
+    }
+  }).observe(document.body, {subtree: true, childList: true});
 });
 """
 
