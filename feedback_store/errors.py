@@ -57,3 +57,17 @@ class InvalidTransitionError(ConflictError):
 
 class LockHeldError(ConflictError):
     """Another holder owns the lock (for example, a training run is already going)."""
+
+
+class AccountDisabledError(ForbiddenError):
+    """The console account exists but an admin has disabled it."""
+
+
+class AccountLockedError(FeedbackStoreError):
+    """Too many failed sign-ins for one account: it is locked for ``retry_after_s`` seconds."""
+
+    http_status = 429
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

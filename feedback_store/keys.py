@@ -105,6 +105,16 @@ class Keys:
     def users(self) -> str:
         return self._k("users")
 
+    def user_sessions(self, name: str) -> str:
+        """The account's session generation; kept after removal so a re-created name starts above it."""
+        return self._k("user", name, "sessions")
+
+    def login_failures(self, name: str) -> str:
+        return self._k("login", "failures", name)
+
+    def login_lock(self, name: str) -> str:
+        return self._k("login", "lock", name)
+
     # the knowledge base
     def kb_article(self, article_id: str) -> str:
         """The article's current version (JSON)."""

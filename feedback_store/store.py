@@ -15,7 +15,7 @@ from feedback_store.ratings import Ratings
 from feedback_store.runs import Runs
 from feedback_store.schedules import Schedules
 from feedback_store.training_queue import TrainingQueue
-from feedback_store.users import Users
+from feedback_store.users import Lockout, Users
 
 
 class FeedbackStore:
@@ -32,7 +32,8 @@ class FeedbackStore:
         self.adapters = Adapters(client, self.keys, settings.canary_share)
         self.runs = Runs(client, self.keys, settings.run_lock_ttl_s)
         self.schedules = Schedules(client, self.keys)
-        self.users = Users(client, self.keys)
+        self.users = Users(client, self.keys, Lockout(settings.login_lockout_failures,
+                                                     settings.login_lockout_window_s, settings.login_lockout_s))
         self.training = TrainingQueue(client, self.keys, self.runs)
         self.knowledge = Knowledge(client, self.keys)
 

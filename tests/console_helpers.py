@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -26,6 +27,12 @@ def sign_in(client: FlaskClient, name: str) -> str:
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.json["role"] == ACCOUNTS[name]
     return response.json["csrf_token"]
+
+
+def login_form_token(client: FlaskClient, path: str = "/login") -> str:
+    """The CSRF token the login page's form carries for ``client``'s (anonymous) session."""
+    html = client.get(path).get_data(as_text=True)
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
 
 
 def seed_conversation(store: FeedbackStore, csat: int | None = None, version: str = "base",
