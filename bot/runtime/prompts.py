@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-BASE_MANIFEST = "loopdesk_base.json"
+from loopdesk.base_models import MANIFEST as BASE_MANIFEST
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,9 @@ class Prompt:
 
 
 def system_prompt(model_dir: str | Path) -> str | None:
-    """The ``system_prompt`` of a bootstrapped base model's manifest, if it has one."""
+    """The ``system_prompt`` of a base model's manifest, if it has one: the tiny model's (the prompt it was
+    trained with) or a converted pretrained model's (``loopdesk bootstrap --system-prompt``, by default the
+    demo shop's); a model directory without a manifest gets none."""
     manifest = Path(model_dir) / BASE_MANIFEST
     if not manifest.is_file():
         return None
