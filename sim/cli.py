@@ -33,8 +33,8 @@ def bootstrap(base: str | None, gguf: Path | None, name: str | None, system_prom
               out: Path | None, seed: int, force: bool) -> None:
     """Get the base model ready and make it the one the bot and trainer use.
 
-    Without options: the base already chosen (re-installed if it went missing), else the tiny demo
-    model (trained in <data_dir>/base-model). Each base keeps its own directory, so switching is
+    Without options: the base already chosen (a known one is fetched again if it went missing), else
+    the tiny demo model (trained in <data_dir>/base-model). Each base keeps its own directory, so switching is
     instant (`loopdesk bootstrap --base tiny` goes back; adapters trained on another base are
     refused). Bot and worker pick up a switch when restarted. LOOPDESK_BASE_MODEL, when set, wins
     over the choice.
@@ -57,7 +57,7 @@ def bootstrap(base: str | None, gguf: Path | None, name: str | None, system_prom
         if out is not None:
             raise click.UsageError("--out applies to the tiny model; pretrained bases go to <data_dir>/models/<name>")
         installed = target is not None and (model_dir(settings.data_dir, target) / "config.json").is_file()
-        if base is None and gguf is None and installed and not force:
+        if base is None and gguf is None and installed and system_prompt is None and not force:
             click.echo(f"The base model is {target} ({model_dir(settings.data_dir, target)}); nothing to bootstrap.")
             return
         _install_pretrained(settings, target, gguf, name, system_prompt, force)
@@ -69,7 +69,7 @@ def _bootstrap_tiny(settings, size: str, out: Path | None, seed: int, force: boo
     from loopdesk.base_models import choose
     from sim.bootstrap import build_base_model
 
-    if settings.base_model and out is None:
+    if settings.base_model and out is None and not choose_it:
         click.echo(f"LOOPDESK_BASE_MODEL is set ({settings.base_model}); nothing to bootstrap.")
         return
     target = out or settings.base_model_dir
@@ -87,28 +87,37 @@ def _bootstrap_tiny(settings, size: str, out: Path | None, seed: int, force: boo
     if choose_it and out is None:
         choose(settings.data_dir, TINY)
         click.echo(f"The base model is now the tiny one ({target}).")
+        _note_override(settings)
 
 
 def _install_pretrained(settings, known: str | None, gguf: Path | None, name: str | None,
                         system_prompt: str | None, force: bool) -> None:
-    from loopdesk.base_models import install_gguf, install_known, model_dir, name_for_file, read_manifest
+    from loopdesk.base_models import (choose, install_gguf, install_known, model_dir, name_for_file, read_manifest,
+                                      set_system_prompt)
     from sim.company import load_company
 
-    if gguf is None and known not in KNOWN_BASES:
-        raise click.ClickException(f"the chosen base {known!r}, converted from a local GGUF file, is missing: "
-                                   f"convert it again with --from-gguf FILE --name {known}, or go back with "
-                                   f"--base {TINY}")
     name = (name or name_for_file(gguf)) if gguf is not None else known
+    directory = model_dir(settings.data_dir, name)
     if system_prompt is None:  # the one an installed model has, else the demo shop's
-        installed = read_manifest(model_dir(settings.data_dir, name))
-        system_prompt = installed.get("system_prompt", load_company().shop.system_prompt)
+        system_prompt = read_manifest(directory).get("system_prompt", load_company().shop.system_prompt)
     if gguf is not None:
         path = install_gguf(settings.data_dir, gguf, name=name, system_prompt=system_prompt, force=force,
                             progress=click.echo)
-    else:
+    elif name in KNOWN_BASES:
         path = install_known(settings.data_dir, name, system_prompt=system_prompt, force=force, progress=click.echo)
+    elif (directory / "config.json").is_file() and not force:  # converted from a local file before
+        if read_manifest(directory).get("system_prompt") != system_prompt:
+            set_system_prompt(directory, system_prompt)
+        path = choose(settings.data_dir, name)
+    else:
+        raise click.ClickException(f"the chosen base {name!r} was converted from a local GGUF file: convert it "
+                                   f"again with --from-gguf FILE --name {name}, or go back with --base {TINY}")
     manifest = read_manifest(path)
     click.echo(f"The base model is now {manifest['name']} ({manifest['params']:,} parameters, "
                f"licence {manifest['licence'] or 'not stated'}) -> {path}")
+    _note_override(settings)
+
+
+def _note_override(settings) -> None:
     if settings.base_model:
         click.echo(f"Note: LOOPDESK_BASE_MODEL is set ({settings.base_model}) and wins over this choice until unset.")

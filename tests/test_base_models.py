@@ -142,6 +142,11 @@ def test_switching_to_a_converted_base_and_back_needs_no_rebuild(gguf_file: Path
     unchanged = runner.invoke(bootstrap, [], env=env)
     assert unchanged.exit_code == 0 and "nothing to bootstrap" in unchanged.output
     assert system_prompt(data_dir / "models" / "mine") == "Be Acme's helper."
+    reworded = runner.invoke(bootstrap, ["--system-prompt", "Be brief, Acme."], env=env)  # the chosen base's
+    assert reworded.exit_code == 0 and system_prompt(data_dir / "models" / "mine") == "Be brief, Acme."
+
+    overridden = runner.invoke(bootstrap, ["--base", "tiny"], env={**env, "LOOPDESK_BASE_MODEL": "some/model"})
+    assert overridden.exit_code == 0 and "wins over this choice" in overridden.output and ref(data_dir) == tiny
 
 
 def test_loopdesk_base_model_wins_over_the_choice(gguf_file: Path, tmp_path: Path, base_model_dir: Path) -> None:
@@ -160,7 +165,7 @@ def test_a_settings_object_keeps_the_base_it_first_named(gguf_file: Path, data_d
 
 def test_a_choice_naming_a_missing_model_or_an_unreadable_choice_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / CHOICE_FILE).write_text(json.dumps({"name": "gone"}))
-    with pytest.raises(BaseModelError, match="bootstrap --base gone"):
+    with pytest.raises(BaseModelError, match="bootstrap --from-gguf FILE --name gone"):
         ref(tmp_path)
     result = CliRunner().invoke(bootstrap, [], env={"LOOPDESK_DATA_DIR": str(tmp_path), "LOOPDESK_BASE_MODEL": ""})
     assert result.exit_code == 1 and "--from-gguf FILE --name gone" in result.output
@@ -176,6 +181,12 @@ def test_model_names_are_checked() -> None:
             check_name(bad)
     with pytest.raises(BaseModelError, match="unknown base model"):
         install_known(Path("unused"), "gpt-17")
+
+
+def test_a_local_file_cannot_take_a_known_base_name(gguf_file: Path, tmp_path: Path) -> None:
+    with pytest.raises(BaseModelError, match="names a known base"):
+        install_gguf(tmp_path, gguf_file, name="smollm2-135m-instruct")
+    assert not (tmp_path / "models").exists()
 
 
 def test_the_bot_serves_a_converted_base_with_its_system_prompt(

@@ -32,7 +32,7 @@ NAME = "smollm2-135m-instruct"
 PASSAGE = ('Help article "Returns" (returns v1): You can return unused items within 30 days of delivery. '
            "Start a return from Orders in your account and we email you a prepaid label. The refund goes to "
            "your original payment method within 5 business days of the parcel reaching our warehouse.")
-QUESTIONS = ["How long do I have to send back a tent I bought?", "When do I get my money back after a return?"]
+QUESTIONS = ["How long do I have to send back a tent I bought?", "Hi! Can you help me with a return?"]
 
 
 @pytest.fixture
@@ -94,6 +94,8 @@ def test_bootstrap_serve_and_one_ppo_step_on_smollm2(tmp_path: Path, settings: S
     timings["PPO step"] = time.perf_counter() - started
     assert stats["episodes"] == 2 and stats["updates"] == 1
     assert all(math.isfinite(value) for value in stats.values()), stats
-    moved = [name for name, p in trainer.unwrapped.named_parameters() if name in lora and not torch.equal(p, lora[name])]
-    assert lora and moved
+    after = dict(trainer.unwrapped.named_parameters())
+    moved = {name for name, before in lora.items() if not torch.equal(after[name], before)}
+    # LoRA's B starts at zero, so the first update moves every B (A's gradient is zero until B is not)
+    assert moved and moved >= {name for name in lora if "lora_B" in name}
     print("timings (s): " + ", ".join(f"{part} {seconds:.1f}" for part, seconds in timings.items()))
