@@ -11,6 +11,7 @@ COPY feedback_store feedback_store
 COPY bot bot
 COPY trainer trainer
 COPY sim sim
+COPY harness harness
 COPY scripts scripts
 RUN pip install .
 VOLUME ["/data"]

@@ -34,15 +34,15 @@ CAPS = (64, 128)
 
 
 def held_out_sets(store, run, share: float) -> dict[str, list]:
-    """The three held-out episode sets (module docstring) of ``run``."""
+    """The three held-out sets of bot turns (module docstring) of ``run``."""
     from trainer.round import held_out, never_trained
 
-    episodes, _ = store.episodes.export(after=run.watermark_from, until=run.watermark_to, limit=100_000)
-    history, _ = store.episodes.export(after=0, until=run.watermark_to, limit=100_000)
-    everything, _ = store.episodes.export(after=0, limit=100_000)
-    own = held_out({e.conversation_id for e in episodes}, share)
-    return {name: never_trained(eps, own, share)
-            for name, eps in (("round", episodes), ("history", history), ("all", everything))}
+    turns, _ = store.feedback.export(after=run.watermark_from, until=run.watermark_to, limit=100_000)
+    history, _ = store.feedback.export(after=0, until=run.watermark_to, limit=100_000)
+    everything, _ = store.feedback.export(after=0, limit=100_000)
+    own = held_out({t.conversation_id for t in turns}, share)
+    return {name: never_trained(part, own, share)
+            for name, part in (("round", turns), ("history", history), ("all", everything))}
 
 
 def main() -> None:
@@ -58,6 +58,7 @@ def main() -> None:
 
     from feedback_store import FeedbackStore
     from feedback_store.server import embedded_redis_pid, stop_embedded_redis
+    from loopdesk.adapter_format import InvalidAdapterError, verify
     from loopdesk.config import load_settings
     from trainer import gate
     from trainer.round_config import RoundConfig
@@ -78,11 +79,17 @@ def main() -> None:
         run = store.runs.get(args.run_id)
         if run.watermark_to is None:
             parser.error(f"run {args.run_id} has not finished ({run.status})")
+        try:
+            for version, path in adapters.items():
+                verify(path, settings.base_model_ref, version=version,
+                       expected_sha256=store.adapters.get(version).sha256)
+        except InvalidAdapterError as exc:
+            parser.error(str(exc))
         reward_model = RewardModel.load(settings.base_model_ref, rm_dir)
         sets = held_out_sets(store, run, RoundConfig.from_dict(run.config).holdout_share)
-        for name, episodes in sets.items():
-            prompts = newest_contexts(episodes)
-            references = ExpertReferences.from_episodes(episodes, reward_model.tokenizer)
+        for name, turns in sets.items():
+            prompts = newest_contexts(turns)
+            references = ExpertReferences.from_turns(turns, reward_model.tokenizer)
             for cap in CAPS:
                 if cap > CAPS[0] and len(prompts) <= CAPS[0]:
                     continue  # the same contexts as the smaller cap

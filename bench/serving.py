@@ -2,7 +2,7 @@
 
 Runs the engine in-process (no HTTP): C simulated customers each send R requests back to back.
 Baseline: the same engine with ``max_batch_size=1``. Then, with batching on, an adapter is
-published mid-run and the largest extra gap between two streamed pieces of any reply in
+promoted mid-run and the largest extra gap between two streamed pieces of any reply in
 flight during the swap is compared to the median decode step.
 
     python bench/serving.py                       # settings' base model (bootstrapped if missing)
@@ -81,14 +81,15 @@ def swap_cost(engine, store, model_dir: Path, out_dir: Path, concurrency: int) -
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from bot.runtime import write_adapter
     from feedback_store.records import AdapterVersion
+    from loopdesk.adapter_format import write_manifest
 
     torch.manual_seed(0)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     adapter = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), lora)
     version = store.adapters.next_version()
-    sha = write_adapter(adapter, out_dir / version, version, str(model_dir))
+    adapter.save_pretrained(str(out_dir / version))
+    sha = write_manifest(out_dir / version, version, str(model_dir), "base")["sha256"]
     now = time.time()
     store.adapters.register(AdapterVersion(version=version, path=str(out_dir / version), sha256=sha,
                                            base_model=str(model_dir), created_at=now, updated_at=now))

@@ -8,17 +8,17 @@ a model runtime failure or an unreachable Redis is a 503.
 from __future__ import annotations
 
 import logging
-
 import re
 
 from flask import Flask, Response, current_app, jsonify, request
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException
 
 from bot.runtime import GenerationError
 from bot.schemas import ErrorDetail, ErrorOut
 from feedback_store.errors import (
+    AccountDisabledError,
+    AccountLockedError,
+    STORE_UNREACHABLE,
     ConflictError,
     FeedbackStoreError,
     ForbiddenError,
@@ -32,6 +32,8 @@ from feedback_store.errors import (
 log = logging.getLogger(__name__)
 
 _STORE_CODES: dict[type[FeedbackStoreError], str] = {
+    AccountDisabledError: "account_disabled",
+    AccountLockedError: "account_locked",
     RatingLockedError: "rating_locked",
     InvalidTransitionError: "invalid_transition",
     LockHeldError: "lock_held",
@@ -40,9 +42,6 @@ _STORE_CODES: dict[type[FeedbackStoreError], str] = {
     ForbiddenError: "forbidden",
     ValidationFailed: "invalid_request",
 }
-
-
-STORE_UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
 
 
 class ApiError(Exception):
@@ -93,6 +92,8 @@ def _handle(exc: Exception) -> tuple[Response, int]:
     response = jsonify(body)
     if isinstance(exc, HTTPException) and exc.code == 405 and exc.valid_methods:
         response.headers["Allow"] = ", ".join(exc.valid_methods)
+    if isinstance(exc, AccountLockedError):
+        response.headers["Retry-After"] = str(exc.retry_after_s)
     return response, status
 
 

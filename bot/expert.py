@@ -14,13 +14,13 @@ from typing import Any, Iterator
 from flask import Blueprint, Response, jsonify, render_template, request
 from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 
-from bot.auth import console_operation, current_user, guard
+from bot.sessions import console_operation, current_user, guard
 from bot.errors import ApiError
 from bot.schemas import Body
 from bot.services import services
 from bot.validation import parse_body
 from feedback_store.annotations import QueueFilter
-from feedback_store.episodes import Episodes
+from feedback_store.feedback_export import FeedbackExport
 from feedback_store.records import Annotation, BotTurn, Conversation
 
 bp = Blueprint("expert", __name__)
@@ -154,19 +154,19 @@ def annotate(conv_id: str, index: int) -> tuple[Response, int]:
 @bp.get("/api/expert/export.jsonl")
 def export() -> Response:
     """Every annotation as one JSON line, with the turn, the customer's message and the CSAT."""
-    return Response(_export_lines(services().store.episodes), mimetype="application/x-ndjson",
+    return Response(_export_lines(services().store.feedback), mimetype="application/x-ndjson",
                     headers={"Content-Disposition": 'attachment; filename="annotations.jsonl"'})
 
 
-def _export_lines(episodes: Episodes) -> Iterator[str]:
-    until, after = episodes.watermark(), 0
+def _export_lines(feedback: FeedbackExport) -> Iterator[str]:
+    until, after = feedback.watermark(), 0
     while after < until:
-        page, reached = episodes.export(after=after, until=until, limit=EXPORT_PAGE)
-        for episode in page:
-            for ann in episode.annotations:
+        page, reached = feedback.export(after=after, until=until, limit=EXPORT_PAGE)
+        for turn in page:
+            for ann in turn.annotations:
                 yield json.dumps({
-                    **ann.model_dump(), "bot_reply": episode.turn.text, "customer_text": episode.customer_text,
-                    "adapter_version": episode.turn.adapter_version, "csat": episode.csat,
+                    **ann.model_dump(), "bot_reply": turn.turn.text, "customer_text": turn.customer_text,
+                    "adapter_version": turn.turn.adapter_version, "csat": turn.csat,
                 }) + "\n"
         if reached <= after:
             return

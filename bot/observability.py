@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any, Iterator
 from flask import Blueprint, Flask, Response, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
-from redis.exceptions import RedisError
 
 from bot.services import services
 from feedback_store import FeedbackStore
+from feedback_store.errors import RedisError
 
 if TYPE_CHECKING:
     from bot.runtime import Engine, Generation

@@ -13,7 +13,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, render_template, request
 from pydantic import Field, ValidationError
 
-from bot.auth import console_operation, current_user, guard
+from bot.sessions import console_operation, current_user, guard
 from bot.charts import BUCKETS, compare_metrics, csat_by_version
 from bot.errors import ApiError
 from bot.schemas import Body

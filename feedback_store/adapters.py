@@ -54,7 +54,7 @@ class Adapters:
         return f"v{self._r.incr(self._keys.adapter_seq()):04d}"
 
     def register(self, adapter: AdapterVersion) -> AdapterVersion:
-        """Record a freshly published adapter as a candidate (its files must already be in place)."""
+        """Record a freshly released adapter as a candidate (its files must already be in place)."""
         if adapter.status != "candidate":
             raise ValidationFailed("a new adapter is registered as a candidate")
         fields = adapter.model_dump()

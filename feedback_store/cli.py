@@ -28,7 +28,7 @@ def status() -> None:
     store = FeedbackStore.from_settings(settings_or_exit())
     info = store.redis.info("persistence")
     click.echo(f"ping ok; aof_enabled={info.get('aof_enabled')} "
-               f"watermark={store.episodes.watermark()} active_adapter={store.adapters.active()}")
+               f"watermark={store.feedback.watermark()} active_adapter={store.adapters.active()}")
 
 
 @redis_group.command("stop")

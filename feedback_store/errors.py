@@ -1,6 +1,20 @@
-"""Typed errors raised by feedback_store; the HTTP layer maps each to one status code."""
+"""Typed errors raised by feedback_store; the HTTP layer maps each to one status code.
+
+The Redis failures callers may catch are named here too (``RedisError``, ``STORE_UNREACHABLE``),
+so that no package but this one imports ``redis``.
+"""
 
 from __future__ import annotations
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+__all__ = ["RedisError", "STORE_UNREACHABLE", "FeedbackStoreError", "ValidationFailed", "NotFoundError",
+           "ForbiddenError", "ConflictError", "RatingLockedError", "InvalidTransitionError", "LockHeldError"]
+
+STORE_UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
+"""The Redis failures that mean the store cannot be reached right now (retry later; HTTP 503)."""
 
 
 class FeedbackStoreError(Exception):
@@ -43,3 +57,17 @@ class InvalidTransitionError(ConflictError):
 
 class LockHeldError(ConflictError):
     """Another holder owns the lock (for example, a training run is already going)."""
+
+
+class AccountDisabledError(ForbiddenError):
+    """The console account exists but an admin has disabled it."""
+
+
+class AccountLockedError(FeedbackStoreError):
+    """Too many failed sign-ins for one account: it is locked for ``retry_after_s`` seconds."""
+
+    http_status = 429
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -105,6 +105,35 @@ class Keys:
     def users(self) -> str:
         return self._k("users")
 
+    def user_sessions(self, name: str) -> str:
+        """The account's session generation; kept after removal so a re-created name starts above it."""
+        return self._k("user", name, "sessions")
+
+    def login_failures(self, name: str) -> str:
+        return self._k("login", "failures", name)
+
+    def login_lock(self, name: str) -> str:
+        return self._k("login", "lock", name)
+
+    # the knowledge base
+    def kb_article(self, article_id: str) -> str:
+        """The article's current version (JSON)."""
+        return self._k("kb", "article", article_id)
+
+    def kb_versions(self, article_id: str) -> str:
+        """Every version of the article (JSON list; index = version - 1)."""
+        return self._k("kb", "article", article_id, "versions")
+
+    def kb_ids(self) -> str:
+        return self._k("kb", "ids")
+
+    def kb_revision(self) -> str:
+        """+1 on every change of the knowledge base; an index compares it with its own."""
+        return self._k("kb", "revision")
+
+    def kb_changes_channel(self) -> str:
+        return self._k("kb", "changes")
+
     def rate_limits(self) -> str:
         """Prefix under which the HTTP rate limiter keeps its counters."""
         return self._k("ratelimit")

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from loopdesk.articles import VersionedArticle, checked_tags
+
 MAX_TEXT = 8000
 MAX_COMMENT = 2000
-TAG_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
@@ -103,14 +103,18 @@ class Annotation(Record):
     @field_validator("tags")
     @classmethod
     def _tags(cls, tags: list[str]) -> list[str]:
-        bad = [t for t in tags if not TAG_PATTERN.match(t)]
-        if bad:
-            raise ValueError(f"tags must be lowercase words like 'wrong_info', got {bad}")
-        return sorted(set(tags))
+        return checked_tags(tags, "wrong_info")
+
+
+class Article(VersionedArticle):
+    """One version of a knowledge article as stored: its content and number, who made it and when."""
+
+    updated_at: float
+    updated_by: str = Field(min_length=1, max_length=64)
 
 
 class AdapterVersion(Record):
-    """A published LoRA adapter and where it stands."""
+    """A released LoRA adapter and where it stands."""
 
     version: str = Field(pattern=VERSION_PATTERN)
     path: str
@@ -160,8 +164,9 @@ class Schedule(Record):
         return cron
 
 
-class Episode(Record):
-    """A bot turn with the feedback it received, as the trainer consumes it."""
+class TurnWithFeedback(Record):
+    """A bot turn with the feedback its conversation received (CSAT, the turn's annotations), as
+    exported for the trainer."""
 
     conversation_id: str
     turn: BotTurn

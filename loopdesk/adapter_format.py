@@ -1,14 +1,23 @@
-"""The published adapter directory format, shared by its writer (the trainer) and its reader (the bot).
+"""The adapter directory: what a released adapter version holds, and the one check of it.
 
 An adapter version lives in one directory::
 
     adapter_model.safetensors   LoRA weights, as peft's ``save_pretrained`` writes them
     adapter_config.json         peft's LoraConfig, same origin
-    manifest.json               {"version", "sha256", "base_model", "parent", "created_at", ...}
+    value_head.safetensors      the PPO value head (the trainer resumes from it; a bot ignores it)
+    manifest.json               what the directory is: the keys below
 
-``sha256`` is the hex digest of ``adapter_model.safetensors``; ``base_model`` is the
-``Settings.base_model_ref`` the adapter was trained on. Extra manifest keys (metrics, data
-watermark) are allowed.
+Manifest keys (``MANIFEST_KEYS``, all required): ``version`` (the name it was released as),
+``sha256`` (hex digest of ``adapter_model.safetensors``), ``base_model`` (the
+``Settings.base_model_ref`` it was trained on), ``parent`` (the version it started from, ``base``
+for none) and ``created_at`` (Unix seconds). A release adds ``metrics`` and ``data_watermark``;
+further keys are allowed.
+
+The trainer writes the first three files (``TRAINED_FILES``, ``PolicyWithValueHead.save_pretrained``)
+and, before its gate, a manifest naming the version the candidate will be released as; releasing
+copies the three files and writes the manifest anew (``write_manifest``). ``verify`` is the check
+every reader runs: the bot before it serves a version, the trainer before it starts from one, the
+gate's panel before customers meet one. This module imports neither torch nor peft.
 """
 
 from __future__ import annotations
@@ -21,7 +30,14 @@ from typing import Any
 
 WEIGHTS_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
+VALUE_HEAD_FILE = "value_head.safetensors"
 MANIFEST_FILE = "manifest.json"
+TRAINED_FILES = (WEIGHTS_FILE, CONFIG_FILE, VALUE_HEAD_FILE)
+MANIFEST_KEYS = ("version", "sha256", "base_model", "parent", "created_at")
+
+
+class InvalidAdapterError(Exception):
+    """An adapter that must not be used (broken files, another base model); the message says why."""
 
 
 def sha256_file(path: Path) -> str:
@@ -31,6 +47,14 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def same_base_model(a: str, b: str) -> bool:
+    """Whether two base model references name the same model (hub ids equal, or one local dir)."""
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
 
 
 def write_manifest(directory: Path, version: str, base_model: str, parent: str, **extra: Any) -> dict[str, Any]:
@@ -44,3 +68,43 @@ def write_manifest(directory: Path, version: str, base_model: str, parent: str, 
 def read_manifest(directory: Path) -> dict[str, Any]:
     """The manifest of an adapter directory (raises OSError / ValueError when unreadable)."""
     return json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
+
+
+def verify(directory: str | Path, base_model: str, *, version: str | None = None,
+           expected_sha256: str | None = None, value_head: bool = False) -> dict[str, Any]:
+    """Check an adapter directory against the contract above; return its manifest.
+
+    Args:
+        directory: the adapter directory.
+        base_model: the base model reference it must have been trained on.
+        version: the name it goes by, for the messages (default: the directory's name).
+        expected_sha256: the weights' digest the registry recorded, checked as the manifest's is.
+        value_head: also require ``value_head.safetensors`` (a trainer resuming PPO from it).
+
+    Raises:
+        InvalidAdapterError: a missing file, an unreadable or incomplete manifest, weights whose
+            sha256 differs from the manifest's (or ``expected_sha256``), or another base model.
+    """
+    directory = Path(directory)
+    name = version or directory.name
+    required = (WEIGHTS_FILE, CONFIG_FILE, *((VALUE_HEAD_FILE,) if value_head else ()), MANIFEST_FILE)
+    missing = [file for file in required if not (directory / file).is_file()]
+    if missing:
+        raise InvalidAdapterError(f"{name}: {directory} lacks {', '.join(missing)}")
+    try:
+        manifest = read_manifest(directory)
+    except (OSError, ValueError) as exc:
+        raise InvalidAdapterError(f"{name}: unreadable {MANIFEST_FILE} in {directory}: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise InvalidAdapterError(f"{name}: {MANIFEST_FILE} in {directory} is not a JSON object")
+    absent = [key for key in MANIFEST_KEYS if manifest.get(key) in (None, "")]
+    if absent:
+        raise InvalidAdapterError(f"{name}: {MANIFEST_FILE} in {directory} has no {', '.join(absent)}")
+    actual = sha256_file(directory / WEIGHTS_FILE)
+    for source, expected in (("manifest", manifest["sha256"]), ("registry", expected_sha256)):
+        if expected is not None and expected != actual:
+            raise InvalidAdapterError(f"{name}: sha256 of {WEIGHTS_FILE} is {actual}, {source} says {expected}")
+    if not same_base_model(str(manifest["base_model"]), base_model):
+        raise InvalidAdapterError(
+            f"{name}: trained on base model {manifest['base_model']!r}, not on {base_model!r}")
+    return manifest

@@ -14,14 +14,15 @@ from loopdesk.cli_support import round_config_option, round_config_or_exit, sett
 # (module, command attribute): every area's commands, in the order --help lists them.
 COMMANDS = [
     ("feedback_store.cli", "redis_group"),
+    ("feedback_store.knowledge_cli", "kb_group"),
     ("bot.cli", "serve"),
     ("bot.users_cli", "users"),
     ("trainer.cli", "train"),
     ("trainer.cli", "worker"),
     ("trainer.cli", "scheduler"),
     ("sim.cli", "bootstrap"),
-    ("sim.simulate_cli", "simulate"),
-    ("sim.loop_cli", "loop"),
+    ("harness.simulate_cli", "simulate"),
+    ("harness.loop_cli", "loop"),
 ]
 
 

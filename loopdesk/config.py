@@ -69,7 +69,19 @@ class Settings:
         rate_limit_per_ip (str, default "120/minute"): chat API requests allowed per client IP.
         rate_limit_per_conversation (str, default "20/minute"): messages allowed per conversation.
         rate_limit_login (str, default "10/minute"): console sign-in attempts allowed per client IP.
-        cors_origins (str, default "*"): comma-separated origins allowed to call the chat API.
+        cors_origins (str, default "*"): comma-separated origins allowed to call the chat API
+            (``/api/conversations...``) and fetch the widget's files; no other route answers CORS.
+        login_lockout_failures (int, default 10): failed sign-ins for one account, from any IP,
+            that lock it (0: never lock).
+        login_lockout_window_s (int, default 900): seconds from an account's first failed sign-in
+            within which those failures count.
+        login_lockout_s (int, default 900): seconds a locked account refuses every sign-in, even
+            with the right password.
+        secure_cookies (bool, default false): mark the console session cookie ``Secure`` (sent
+            over HTTPS only); turn on wherever the bot is served behind TLS.
+        public_url (str, default ""): the bot's public base URL (``https://help.example.com/``),
+            written into the demo page's widget tag; empty: the page uses a same-origin relative
+            URL (the request's ``Host`` header is never used).
         vllm_url (str, default ""): base URL of a vLLM OpenAI-compatible server to generate
             replies with (see bot.runtime.vllm_backend); empty: the in-process model.
         vllm_model (str, default ""): the name vLLM serves the base model under; empty: the
@@ -96,6 +108,11 @@ class Settings:
     rate_limit_per_conversation: str = "20/minute"
     rate_limit_login: str = "10/minute"
     cors_origins: str = "*"
+    login_lockout_failures: int = 10
+    login_lockout_window_s: int = 900
+    login_lockout_s: int = 900
+    secure_cookies: bool = False
+    public_url: str = ""
     vllm_url: str = ""
     vllm_model: str = ""
 
@@ -106,7 +123,7 @@ class Settings:
 
     @property
     def adapters_dir(self) -> Path:
-        """Directory holding one sub-directory per published adapter version."""
+        """Directory holding one sub-directory per released adapter version."""
         return self.data_dir / "adapters"
 
     @cached_property

@@ -1,4 +1,4 @@
-"""The bundled demo company: typed, validated view of the JSON files in ``sim/company/``.
+"""The bundled demo company, Northwind Outfitters: typed, validated view of the JSON files in ``sim/northwind/``.
 
 The data (shop, intents with facts and phrasings, personas, reply-style templates) lives in
 JSON so it can be read and edited without touching code; this module checks it on load.
@@ -17,11 +17,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-DATA_DIR = Path(__file__).parent / "company"
+DATA_DIR = Path(__file__).parent / "northwind"
 
 
 class CompanyDataError(ValueError):
-    """A file under ``sim/company/`` is missing, not JSON, or breaks a rule of the schema."""
+    """A file under ``sim/northwind/`` is missing, not JSON, or breaks a rule of the schema."""
 
 
 class _Model(BaseModel):

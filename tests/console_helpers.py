@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -26,6 +27,12 @@ def sign_in(client: FlaskClient, name: str) -> str:
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.json["role"] == ACCOUNTS[name]
     return response.json["csrf_token"]
+
+
+def login_form_token(client: FlaskClient, path: str = "/login") -> str:
+    """The CSRF token the login page's form carries for ``client``'s (anonymous) session."""
+    html = client.get(path).get_data(as_text=True)
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
 
 
 def seed_conversation(store: FeedbackStore, csat: int | None = None, version: str = "base",
@@ -56,12 +63,12 @@ def register_record(store: FeedbackStore, version: str | None = None, path: str 
 
 def register_real_adapter(store: FeedbackStore, settings: Settings, out_dir: Path,
                           metrics: dict | None = None) -> AdapterVersion:
-    """A LoRA adapter of the test-size base model written in the published format, then registered."""
+    """A LoRA adapter of the test-size base model written in the released directory format, then registered."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from bot.runtime import write_adapter
+    from tests.adapter_helpers import write_adapter
 
     version = store.adapters.next_version()
     torch.manual_seed(0)

@@ -1,6 +1,6 @@
 """The SFT and KTO baselines (``trainer.baselines``) with the real test-size model: what they train on,
 that TRL computes the loss we mean (reply tokens only; KTO's reference = the base model), that the
-updates move log-probs the right way, and that a round run with either publishes a servable adapter."""
+updates move log-probs the right way, and that a round run with either releases a servable adapter."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bot.runtime.adapters import read_verified
-from feedback_store.records import Annotation, BotTurn, Episode
+from feedback_store.records import Annotation, BotTurn, TurnWithFeedback
 from trainer.baselines import (Example, kto_examples, kto_trainer, kto_update, load_policy, sft_examples,
                                sft_trainer, sft_update)
 from trainer.config import BaselineConfig, PPOConfig, RewardBuilderConfig
 from trainer.round_config import RoundConfig
-from trainer.policy import VALUE_HEAD_FILE, PolicyWithValueHead
+from loopdesk.adapter_format import VALUE_HEAD_FILE
+from trainer.policy import PolicyWithValueHead
 from trainer.rewards import build_rewards
 from trainer.round import NotEnoughFeedback, feedback_turn, run_round
-from tests.trainer_helpers import one_torch_thread  # noqa: F401 (fixture)
 from tests.trainer_helpers import (CORRECTION, generated_replies, seed_conversations, small_round_config,
                                    trainer_settings)
 
@@ -31,7 +31,7 @@ FAST = BaselineConfig(learning_rate=1e-2, sft_max_steps=30, kto_max_steps=30, ba
 
 
 @pytest.fixture
-def episodes(base_model_dir) -> list[Episode]:
+def turns(base_model_dir) -> list[TurnWithFeedback]:
     """16 logged turns of the real tiny model, rated by ``STARS``, every fourth (2 stars) corrected."""
     out = []
     for i, (question, context, prompt, reply, logprobs, text, finished) in enumerate(
@@ -42,15 +42,15 @@ def episodes(base_model_dir) -> list[Episode]:
                        created_at=0.0)
         notes = [Annotation(conversation_id=conv, turn_index=0, expert_id="expert1", score=-1,
                             corrected_reply=CORRECTION)] if i % 4 == 1 else []
-        out.append(Episode(conversation_id=conv, turn=turn, customer_text=question, csat=STARS[i % 4],
-                           annotations=notes, conversation_started_at=0.0))
+        out.append(TurnWithFeedback(conversation_id=conv, turn=turn, customer_text=question,
+                                    csat=STARS[i % 4], annotations=notes, conversation_started_at=0.0))
     return out
 
 
 @pytest.fixture
-def rewards(episodes) -> dict[tuple[str, int], float]:
+def rewards(turns) -> dict[tuple[str, int], float]:
     return {(r.conversation_id, r.turn_index): r.reward
-            for r in build_rewards(map(feedback_turn, episodes), RewardBuilderConfig())}
+            for r in build_rewards(map(feedback_turn, turns), RewardBuilderConfig())}
 
 
 @pytest.fixture
@@ -79,26 +79,26 @@ def mean(values) -> float:
     return sum(values) / len(values)
 
 
-def test_examples_come_from_good_replies_corrections_and_corrected_replies(episodes, rewards, tokenizer):
+def test_examples_come_from_good_replies_corrections_and_corrected_replies(turns, rewards, tokenizer):
     correction = tokenizer(CORRECTION, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     by_star = {s: [(list(e.turn.prompt_token_ids), list(e.turn.reply_token_ids))
-                   for i, e in enumerate(episodes) if STARS[i % 4] == s] for s in STARS}
-    corrections = [(list(e.turn.prompt_token_ids), correction) for i, e in enumerate(episodes) if i % 4 == 1]
+                   for i, e in enumerate(turns) if STARS[i % 4] == s] for s in STARS}
+    corrections = [(list(e.turn.prompt_token_ids), correction) for i, e in enumerate(turns) if i % 4 == 1]
 
-    sft = sft_examples(episodes, rewards, tokenizer, BaselineConfig())
+    sft = sft_examples(turns, rewards, tokenizer, BaselineConfig())
     assert all(e.desirable for e in sft)
     assert sorted((e.prompt, e.reply) for e in sft) == sorted(by_star[5] + by_star[4] + corrections)
     assert sorted((e.prompt, e.reply) for e in sft if e.source == "correction") == sorted(corrections)
 
-    kto = kto_examples(episodes, rewards, tokenizer, BaselineConfig())
+    kto = kto_examples(turns, rewards, tokenizer, BaselineConfig())
     assert sorted((e.prompt, e.reply) for e in kto if e.desirable) == sorted(by_star[5] + by_star[4] + corrections)
     assert sorted((e.prompt, e.reply) for e in kto if not e.desirable) == sorted(by_star[2] + by_star[1])
-    strict = kto_examples(episodes, rewards, tokenizer, BaselineConfig(kto_up=0.9, kto_down=-0.9))
+    strict = kto_examples(turns, rewards, tokenizer, BaselineConfig(kto_up=0.9, kto_down=-0.9))
     assert len(strict) == len(kto) - len(by_star[4])  # 4 stars (0.5) is no longer a thumb up
 
 
-def test_sft_puts_the_loss_on_reply_tokens_only(base_model_dir, episodes, rewards, tokenizer, tmp_path):
-    examples = sft_examples(episodes, rewards, tokenizer, BaselineConfig())
+def test_sft_puts_the_loss_on_reply_tokens_only(base_model_dir, turns, rewards, tokenizer, tmp_path):
+    examples = sft_examples(turns, rewards, tokenizer, BaselineConfig())
     policy = load_policy(str(base_model_dir), None, PPOConfig())
     trainer = sft_trainer(policy.lm, tokenizer, examples, FAST, str(tmp_path))
     rows = sorted((r["input_ids"], r["labels"]) for r in trainer.train_dataset)
@@ -111,9 +111,9 @@ def test_sft_puts_the_loss_on_reply_tokens_only(base_model_dir, episodes, reward
     assert trainer.compute_loss(trainer.model, batch).item() == pytest.approx(ours.item(), rel=1e-4)
 
 
-def test_sft_raises_the_log_prob_of_good_replies_and_corrections(base_model_dir, episodes, rewards, tokenizer,
+def test_sft_raises_the_log_prob_of_good_replies_and_corrections(base_model_dir, turns, rewards, tokenizer,
                                                                   tmp_path):
-    examples = sft_examples(episodes, rewards, tokenizer, BaselineConfig())
+    examples = sft_examples(turns, rewards, tokenizer, BaselineConfig())
     stats = sft_update(str(base_model_dir), None, examples, FAST, PPOConfig(), tmp_path / "candidate")
     assert stats["steps"] == FAST.sft_max_steps and stats["examples"] == len(examples) == 12
     assert stats["corrections"] == 4 and stats["train_s"] > 0 and stats["loss_final"] < stats["loss_mean"] + 1
@@ -140,8 +140,8 @@ def active_adapter(base_model_dir, path: Path) -> Path:
 
 
 def test_kto_scores_the_reference_with_the_base_model_when_starting_from_an_active_adapter(
-        base_model_dir, episodes, rewards, tokenizer, tmp_path):
-    examples = kto_examples(episodes, rewards, tokenizer, BaselineConfig())
+        base_model_dir, turns, rewards, tokenizer, tmp_path):
+    examples = kto_examples(turns, rewards, tokenizer, BaselineConfig())
     policy = load_policy(str(base_model_dir), active_adapter(base_model_dir, tmp_path / "active"), PPOConfig())
     trainer = kto_trainer(policy.lm, tokenizer, examples, FAST, str(tmp_path / "work"))
     assert list(trainer.model.peft_config) == ["default"]  # TRL's copy of the loaded adapter is gone
@@ -157,13 +157,13 @@ def test_kto_scores_the_reference_with_the_base_model_when_starting_from_an_acti
     assert mean(abs(reply_logprob(policy.lm, e) - r) for e, r in zip(sequences, reference.tolist())) > 0.5
 
 
-def test_kto_raises_desirable_and_lowers_undesirable_log_prob_margins(base_model_dir, episodes, tokenizer, tmp_path):
+def test_kto_raises_desirable_and_lowers_undesirable_log_prob_margins(base_model_dir, turns, tokenizer, tmp_path):
     """A thumb up for one reply and a thumb down for another after each logged prompt: the margins
     log π/π_base move apart, the good one's up and the bad one's down."""
     good, bad = (tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
                  for text in (CORRECTION, "No idea, ask someone else."))
     examples = [Example(list(e.turn.prompt_token_ids), reply, reply is good)
-                for e in episodes for reply in (good, bad)]
+                for e in turns for reply in (good, bad)]
     stats = kto_update(str(base_model_dir), None, examples, FAST, PPOConfig(), tmp_path / "candidate")
     assert (stats["desirable"], stats["undesirable"], stats["steps"]) == (16, 16, FAST.kto_max_steps)
     assert stats["kl_final"] is not None and stats["reward_margin_final"] > 0 and stats["train_s"] > 0
@@ -180,7 +180,7 @@ def tsettings(settings, tmp_path, base_model_dir):
 
 
 @pytest.mark.parametrize("method", ["sft", "kto"])
-def test_a_baseline_round_publishes_a_candidate_the_bot_can_serve(method, tsettings, store, base_model_dir):
+def test_a_baseline_round_releases_a_candidate_the_bot_can_serve(method, tsettings, store, base_model_dir):
     seed_conversations(store, base_model_dir)
     config = small_round_config(method=method, baseline=BaselineConfig(batch_size=4))  # PPO's compute
     run = run_round(tsettings, store, config=config, show_progress=False)
@@ -191,13 +191,13 @@ def test_a_baseline_round_publishes_a_candidate_the_bot_can_serve(method, tsetti
     PolicyWithValueHead.from_pretrained(base_lm(base_model_dir), adapter.path)
 
     stats = run.metrics["baseline"]
-    # PPO's round here: (1 logged + 1 rollout step) x 8 episodes x 4 epochs = 64 gradient passes, plus PPO-ptx's
+    # PPO's round here: (1 logged + 1 rollout step) x 8 samples x 4 epochs = 64 gradient passes, plus PPO-ptx's
     # 2 steps x 2 minibatch updates x 4 epochs x 8 demonstrations = 128: 192 passes = 48 steps of 4
     assert config.baseline_steps() == 48 and stats["max_steps"] == stats["steps"] == 48
     assert stats["method"] == method and stats["examples"] > 0
     assert stats["train_s"] > 0 and stats["loss_final"] is not None and "ppo" not in run.metrics
     events = [e for _, e in store.runs.progress(run.id)]
-    assert [e["stage"] for e in events] == ["export", "rewards", "reward_model", method, "gate", "publish", "done"]
+    assert [e["stage"] for e in events] == ["export", "rewards", "reward_model", method, "gate", "release", "done"]
     assert all(e["total"] == len(events) for e in events) and events[-1]["step"] == len(events)
 
 
@@ -216,7 +216,7 @@ def test_an_unknown_method_or_inconsistent_thresholds_are_clear_errors():
         RoundConfig.from_dict({"method": "SFT"})
     config = RoundConfig.from_dict({"method": "kto", "baseline": {"kto_beta": 0.2, "kto_max_steps": 0}})
     assert config.baseline == BaselineConfig(kto_beta=0.2, kto_max_steps=0) and config.update_events == 1
-    # (10 logged + 30 rollout steps) x 32 episodes x 4 epochs = 5120 passes, and PPO-ptx's 40 steps x 4 minibatch
+    # (10 logged + 30 rollout steps) x 32 samples x 4 epochs = 5120 passes, and PPO-ptx's 40 steps x 4 minibatch
     # updates x 4 epochs x 8 demonstrations = 5120 more: 1280 steps of 8
     assert RoundConfig().baseline_steps() == 1280
     assert RoundConfig.from_dict({"ppo": {"ptx_coef": 0}}).baseline_steps() == 640

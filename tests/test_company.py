@@ -41,7 +41,7 @@ def test_wrong_fact_answers_miss_a_key_fact_and_are_detected() -> None:
 
 
 def _broken_copy(tmp_path: Path, edit) -> Path:
-    directory = tmp_path / "company"
+    directory = tmp_path / "northwind"
     shutil.copytree(DATA_DIR, directory)
     intents = json.loads((directory / "intents.json").read_text())
     edit(intents)
@@ -84,5 +84,5 @@ def test_unknown_fact_and_missing_file_are_reported(tmp_path: Path) -> None:
     with pytest.raises(CompanyDataError, match="unknown facts.*phone"):
         load_company(_broken_copy(tmp_path, edit))
     with pytest.raises(CompanyDataError, match="personas.json is missing"):
-        (tmp_path / "company" / "personas.json").unlink()
-        load_company(tmp_path / "company")
+        (tmp_path / "northwind" / "personas.json").unlink()
+        load_company(tmp_path / "northwind")

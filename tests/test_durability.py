@@ -6,24 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 from feedback_store import FeedbackStore
 from feedback_store.server import embedded_redis_pid, ensure_embedded_redis, stop_embedded_redis
 from loopdesk.config import load_settings
+from tests.store_helpers import wait_dead
 
 N_RATINGS = 300
-
-
-def _wait_dead(pid: int, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"redis-server {pid} still alive after SIGKILL")
 
 
 def test_rating_survives_redis_kill9(tmp_path):
@@ -36,14 +25,14 @@ def test_rating_survives_redis_kill9(tmp_path):
         rated[conv.id] = 1 + i % 5
     pid = embedded_redis_pid(tmp_path)
     os.kill(pid, signal.SIGKILL)  # no chance to flush anything on the way out
-    _wait_dead(pid)
+    wait_dead(pid)
 
     url = ensure_embedded_redis(tmp_path)
     assert embedded_redis_pid(tmp_path) != pid
     restarted = FeedbackStore.from_settings(settings.replace(redis_url=url), announce=False)
     found = {c.id: c.csat for c in restarted.conversations.many(list(rated))}
     assert found == rated
-    assert restarted.episodes.watermark() == N_RATINGS
+    assert restarted.feedback.watermark() == N_RATINGS
     stop_embedded_redis(tmp_path)
 
 

@@ -2,7 +2,7 @@
 rating, answers the outage with JSON 503s (never a hang) and serves again afterwards.
 
 The other faults have their own tests: a worker killed mid-run (test_jobs), corrupt or
-wrong-base adapters (test_runtime_hotswap), read-only and full disks (test_publish).
+wrong-base adapters (test_adapter_follower), read-only and full disks (test_release).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import requests
 from bot.app import create_app
 from feedback_store import FeedbackStore
 from feedback_store.server import embedded_redis_pid, ensure_embedded_redis, stop_embedded_redis
-from tests.test_durability import _wait_dead
-from tests.web_helpers import live_server, running_engine, web_settings
+from harness.serving import serve
+from tests.store_helpers import wait_dead
+from tests.web_helpers import running_engine, web_settings
 
 N_CUSTOMERS = 4
 CLIENT_TIMEOUT_S = 30.0
@@ -83,12 +84,12 @@ def test_redis_restarted_during_active_chats_loses_no_acknowledged_rating(tmp_pa
     url_before = ensure_embedded_redis(tmp_path)
     store = FeedbackStore.from_settings(settings, announce=False)
     try:
-        with running_engine(settings, store) as engine, live_server(create_app(settings, engine, store)) as url:
+        with running_engine(settings, store) as engine, serve(create_app(settings, engine, store)) as url:
             with Customers(url) as customers:
                 time.sleep(2.0)
                 pid = embedded_redis_pid(tmp_path)
                 os.kill(pid, signal.SIGKILL)
-                _wait_dead(pid)
+                wait_dead(pid)
                 time.sleep(1.0)  # an outage the clients' retries cannot hide
                 assert ensure_embedded_redis(tmp_path) == url_before  # same port: clients reconnect
                 restarted_at = time.monotonic()

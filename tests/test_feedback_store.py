@@ -18,20 +18,7 @@ from feedback_store import (
 from feedback_store.annotations import QueueFilter
 from feedback_store.errors import LockHeldError
 from feedback_store.records import AdapterVersion, BotTurn
-
-
-def bot_turn(text: str = "Your order ships in 2 days.", version: str = "base") -> BotTurn:
-    return BotTurn(index=0, text=text, context="<ctx>", prompt_token_ids=[1, 2, 3],
-                   reply_token_ids=[4, 5], logprobs=[-0.1, -2.0], adapter_version=version,
-                   latency_ms=12.5, finished=True, created_at=time.time())
-
-
-def chat(store, version: str = "base", turns: int = 1):
-    conv, token = store.conversations.start(version)
-    for i in range(turns):
-        store.conversations.append_customer(conv.id, token, f"question {i}")
-        store.conversations.append_bot(conv.id, bot_turn(version=version))
-    return conv, token
+from tests.store_helpers import bot_turn, chat
 
 
 def test_conversation_lifecycle_keeps_turns_in_order(store):
@@ -77,9 +64,9 @@ def test_rating_needs_token_is_idempotent_and_correctable(store):
     with pytest.raises(ValidationFailed, match="comment"):
         store.ratings.rate(conv.id, token, 3, "c" * 3000)
     assert store.ratings.rate(conv.id, token, 2, "slow") is True
-    seq = store.episodes.watermark()
+    seq = store.feedback.watermark()
     assert store.ratings.rate(conv.id, token, 2, "slow") is False
-    assert store.episodes.watermark() == seq  # a repeat is not new feedback
+    assert store.feedback.watermark() == seq  # a repeat is not new feedback
     assert store.ratings.rate(conv.id, token, 4, "actually fine") is True
     got = store.conversations.get(conv.id)
     assert (got.csat, got.csat_comment) == (4, "actually fine")
@@ -139,17 +126,17 @@ def test_annotation_queue_orders_unannotated_then_lowest_csat_and_filters(store)
     assert store.annotations.queue(QueueFilter(since=time.time() + 60)).conversations == []
 
 
-def test_episode_export_after_watermark(store):
+def test_turns_with_feedback_export_after_watermark(store):
     a, ta = chat(store, turns=2)
     b, tb = chat(store)
     store.ratings.rate(a.id, ta, 5)
-    episodes, mark = store.episodes.export(0)
-    assert [(e.conversation_id, e.turn.index, e.csat) for e in episodes] == [(a.id, 1, 5), (a.id, 3, 5)]
-    assert episodes[1].customer_text == "question 1"
+    turns, mark = store.feedback.export(0)
+    assert [(t.conversation_id, t.turn.index, t.csat) for t in turns] == [(a.id, 1, 5), (a.id, 3, 5)]
+    assert turns[1].customer_text == "question 1"
     store.annotations.annotate(b.id, 1, "alice", 2)
-    later, mark2 = store.episodes.export(mark)
+    later, mark2 = store.feedback.export(mark)
     assert [e.conversation_id for e in later] == [b.id] and later[0].annotations[0].score == 2
-    assert mark2 > mark and store.episodes.export(mark2) == ([], mark2)
+    assert mark2 > mark and store.feedback.export(mark2) == ([], mark2)
 
 
 def register(store, version: str, parent: str = "base") -> AdapterVersion:

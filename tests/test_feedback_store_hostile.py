@@ -44,7 +44,7 @@ def test_ratings_accept_only_one_to_five(store, score, comment):
 def test_annotations_validate_every_field(store, score, tags, note, expert, conv_id):
     conv, token = store.conversations.start("base")
     store.conversations.append_customer(conv.id, token, "hi")
-    from tests.test_feedback_store import bot_turn
+    from tests.store_helpers import bot_turn
 
     store.conversations.append_bot(conv.id, bot_turn())
     target = conv.id if conv_id is None else conv_id

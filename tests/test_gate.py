@@ -17,7 +17,6 @@ from trainer.config import GateConfig, PPOConfig
 from trainer.policy import PolicyWithValueHead
 from trainer.references import ExpertReferences
 from trainer.reward_model import RewardModel
-from tests.trainer_helpers import one_torch_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

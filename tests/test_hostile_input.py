@@ -16,10 +16,11 @@ from hypothesis import HealthCheck, settings
 
 from bot.app import create_app
 from feedback_store import FeedbackStore
+from harness.serving import serve
 from tests.console_helpers import PASSWORD, add_accounts
-from tests.web_helpers import GENEROUS_LIMIT, live_server, running_engine, web_settings
+from tests.web_helpers import GENEROUS_LIMIT, running_engine, web_settings
 
-CONSOLE_API = ("/api/expert/", "/api/operator/")
+CONSOLE_API = ("/api/expert/", "/api/operator/", "/api/admin/")
 SIGN_IN_OUT = ("/api/expert/login", "/api/expert/logout")
 
 
@@ -29,7 +30,7 @@ def live_bot(data_dir: Path, base_model_dir: Path):
     config = web_settings(data_dir, base_model_dir, max_reply_tokens=8, rate_limit_login=GENEROUS_LIMIT)
     store = FeedbackStore.from_settings(config, announce=False)
     add_accounts(store)
-    with running_engine(config, store) as engine, live_server(create_app(config, engine, store)) as url:
+    with running_engine(config, store) as engine, serve(create_app(config, engine, store)) as url:
         admin = requests.Session()
         signed_in = admin.post(url + "api/expert/login", json={"name": "ada", "password": PASSWORD}, timeout=30)
         admin.headers["X-CSRF-Token"] = signed_in.json()["csrf_token"]

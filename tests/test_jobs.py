@@ -18,7 +18,6 @@ from trainer.cli import scheduler as scheduler_command, worker as worker_command
 from trainer.config import GateConfig
 from trainer.round import INTERRUPTED, run_round
 from trainer.scheduler import tick
-from tests.trainer_helpers import one_torch_thread  # noqa: F401 (fixture)
 from tests.trainer_helpers import seed_conversations, small_round_config, trainer_settings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -9,14 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from sim.loop import LoopConfig, run_loop
-from sim.loop_cli import method_settings
-from sim.report import COMPARISON_PLOTS, PLOTS, write_comparison, write_report
+from harness.comparison import write_comparison
+from harness.loop import LoopConfig, run_loop
+from harness.loop_cli import method_settings
+from harness.plots import COMPARISON_PLOTS, PLOTS
+from harness.report import write_report
 from tests.trainer_helpers import small_round_config, trainer_settings
 
 
 @pytest.mark.slow
-def test_miniature_loop_rates_trains_publishes_and_serves_the_new_version(settings, store, tmp_path,
+def test_miniature_loop_rates_trains_releases_and_serves_the_new_version(settings, store, tmp_path,
                                                                           base_model_dir, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the worker subprocess: tiny models on busy cores
     loop_settings = trainer_settings(settings, tmp_path / "data", base_model_dir)
@@ -62,7 +64,7 @@ def test_miniature_loop_rates_trains_publishes_and_serves_the_new_version(settin
     assert {p.name for p in written} == {"report.json", "report.md", *PLOTS.values()}
     single = (tmp_path / "report" / "report.md").read_text()
     assert "## The fixed evaluation panel" in single and "--eval-customers 8`" in single
-    assert "### Targets (issue 8), on the fixed evaluation panel" in single
+    assert "### Targets, on the fixed evaluation panel" in single
     assert all(p.stat().st_size > 0 for p in written)
     assert json.loads((tmp_path / "report" / "report.json").read_text())["rounds"][1]["version"] == version
 
@@ -82,13 +84,13 @@ def test_miniature_loop_rates_trains_publishes_and_serves_the_new_version(settin
     assert "| ppo | 0" in md and "| none | 1" in md and "closes ≥ 80% of the base → oracle gap" in md
     assert "| ppo − none | " in md  # same panel customers in both loops: paired across methods
     assert "faced the panel 3 times" in md  # the base: ppo's round 0 and both rounds of none, averaged
-    assert "## Targets (issue 8), checked on each method, on the fixed evaluation panel" in md
+    assert "## Targets, checked on each method, on the fixed evaluation panel" in md
     assert (tmp_path / "compare" / "ppo" / "report.md").is_file() and (tmp_path / "compare" / "none" / "csat.png").is_file()
 
     # The same comparison from the report.json files of separate runs (loopdesk loop --combine).
     from click.testing import CliRunner
 
-    from sim.loop_cli import loop as loop_command
+    from harness.loop_cli import loop as loop_command
 
     parts = [str(tmp_path / "compare" / m / "report.json") for m in ("ppo", "none")]
     done = CliRunner().invoke(loop_command, ["--combine", parts[0], "--combine", parts[1], "--out",
@@ -112,7 +114,7 @@ def test_comparing_methods_runs_each_on_its_own_embedded_redis_and_stops_it(tmp_
     from click.testing import CliRunner
 
     from feedback_store.server import embedded_redis_pid
-    from sim.loop_cli import loop as loop_command
+    from harness.loop_cli import loop as loop_command
 
     env = {"LOOPDESK_DATA_DIR": str(tmp_path / "data"), "LOOPDESK_BASE_MODEL": str(base_model_dir),
            "REDIS_URL": "", "LOOPDESK_REDIS_URL": "", "OMP_NUM_THREADS": "1"}

@@ -18,8 +18,8 @@ from bot.app import create_app
 from bot.observability import JsonFormatter
 from bot.runtime import Engine
 from feedback_store import FeedbackStore
+from tests.adapter_helpers import wait_for
 from tests.console_helpers import register_record
-from tests.test_runtime_hotswap import wait_for
 from tests.web_helpers import running_engine, web_settings
 
 API = "/api/conversations"

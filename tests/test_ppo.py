@@ -10,7 +10,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from trainer.config import PPOConfig
-from trainer.episodes import Episode, LoggedEpisode, collate
+from trainer.samples import LoggedSample, Sample, collate
 from trainer.policy import PolicyWithValueHead
 from trainer.ppo import PPOTrainer, gae
 
@@ -56,8 +56,8 @@ def random_prompts(n: int, generator: torch.Generator, first: int | None = None)
     return prompts
 
 
-def contains_target(episodes: list[tuple[list[int], list[int]]]) -> list[float]:
-    return [float(TARGET in reply) for _, reply in episodes]
+def contains_target(samples: list[tuple[list[int], list[int]]]) -> list[float]:
+    return [float(TARGET in reply) for _, reply in samples]
 
 
 def test_gae_matches_hand_computation():
@@ -101,8 +101,8 @@ def test_value_head_explained_variance_rises_on_a_fixed_task():
     trainer = make_trainer(learning_rate=1e-2, init_kl_coef=0.0, max_new_tokens=4)
     generator = torch.Generator().manual_seed(3)
 
-    def by_marker(episodes):
-        return [float(prompt[0] == 3) for prompt, _ in episodes]
+    def by_marker(samples):
+        return [float(prompt[0] == 3) for prompt, _ in samples]
 
     ev = []
     for step in range(20):
@@ -114,19 +114,19 @@ def test_value_head_explained_variance_rises_on_a_fixed_task():
     assert late > 0.5 and late > early + 0.2, ev
 
 
-def test_logged_episodes_skip_stale_and_clip_off_policy_ratios():
+def test_logged_samples_skip_stale_and_clip_off_policy_ratios():
     trainer = make_trainer(batch_size=16, mini_batch_size=16, train_temperature=None)  # trains as it serves
     now = time.time()
-    episodes = trainer.rollout(random_prompts(16, torch.Generator().manual_seed(4)))
+    samples = trainer.rollout(random_prompts(16, torch.Generator().manual_seed(4)))
     stale_age = trainer.config.max_episode_age_s + 60
     logged = [
-        LoggedEpisode(
+        LoggedSample(
             e.prompt_ids, e.reply_ids,
             [lp - 0.5 for lp in e.behaviour_logprobs],  # the serving adapter liked these less
             reward=float(i % 2), adapter_version="v1",
             timestamp=now - (stale_age if i % 4 == 0 else 60),
         )
-        for i, e in enumerate(episodes)
+        for i, e in enumerate(samples)
     ]
     stats = trainer.step_on_logged(logged, now=now)
     assert stats["skipped_stale"] == 4
@@ -141,8 +141,8 @@ def test_logged_episodes_skip_stale_and_clip_off_policy_ratios():
 
 def test_trained_hotter_than_served_rollouts_and_logged_steps_use_the_training_temperature():
     trainer = make_trainer(batch_size=16, mini_batch_size=16, temperature=0.5, train_temperature=1.0)
-    episodes = trainer.rollout(random_prompts(16, torch.Generator().manual_seed(5)))
-    batch = collate(episodes, PAD, EOS, torch.device("cpu"))
+    samples = trainer.rollout(random_prompts(16, torch.Generator().manual_seed(5)))
+    batch = collate(samples, PAD, EOS, torch.device("cpu"))
     with torch.no_grad():
         logits, _ = trainer.policy(batch.input_ids, batch.attention_mask)
     start, end = batch.prompt_width - 1, batch.input_ids.shape[1] - 1
@@ -152,8 +152,8 @@ def test_trained_hotter_than_served_rollouts_and_logged_steps_use_the_training_t
     # rollouts record the policy's log-probs at the training temperature, not the serving one
     assert torch.allclose(batch.behaviour_logprobs, at[1.0], atol=1e-5)
     assert not torch.allclose(batch.behaviour_logprobs, at[0.5], atol=1e-2)
-    served = [LoggedEpisode(e.prompt_ids, e.reply_ids, at[0.5][i, : len(e.reply_ids)].tolist(), float(i % 2), "v1",
-                            timestamp=time.time()) for i, e in enumerate(episodes)]
+    served = [LoggedSample(e.prompt_ids, e.reply_ids, at[0.5][i, : len(e.reply_ids)].tolist(), float(i % 2), "v1",
+                           timestamp=time.time()) for i, e in enumerate(samples)]
     stats = trainer.step_on_logged(served)
     # the serving-temperature log-probs are recomputed at 1.0 with the policy before the step: ratio 1
     assert stats["behaviour_rescored"] == 1.0 and stats["updates"] == 1
@@ -168,10 +168,10 @@ def test_train_temperature_must_be_positive_or_none():
             PPOConfig(train_temperature=bad)
 
 
-def test_all_stale_logged_episodes_make_no_update():
+def test_all_stale_logged_samples_make_no_update():
     trainer = make_trainer()
-    episode = LoggedEpisode([5, 6], [8, EOS], [-1.0, -1.0], 1.0, "v1", timestamp=0.0)
-    assert trainer.step_on_logged([episode], now=1e9) == {"skipped_stale": 1.0}
+    sample = LoggedSample([5, 6], [8, EOS], [-1.0, -1.0], 1.0, "v1", timestamp=0.0)
+    assert trainer.step_on_logged([sample], now=1e9) == {"skipped_stale": 1.0}
 
 
 def test_adapter_and_value_head_round_trip(tmp_path):
@@ -224,7 +224,7 @@ def test_a_frozen_adapter_as_reference_stays_put_while_the_policy_moves(tmp_path
     trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
     assert trainable and not any(".reference." in n for n in trainable)
 
-    trainer.save(str(tmp_path / "candidate"))  # the trained adapter alone, in the published layout
+    trainer.save(str(tmp_path / "candidate"))  # the trained adapter alone, in the layout a release copies
     assert not (tmp_path / "candidate" / "reference").exists()
     loaded = PolicyWithValueHead.from_pretrained(tiny_llama(), tmp_path / "candidate").eval()
     with torch.no_grad():
@@ -237,12 +237,12 @@ def test_ptx_term_makes_every_update_imitate_the_demonstrations():
     prompts = [[BOS, 5, 6]] * 16
 
     def demonstration_logprob(trainer: PPOTrainer) -> float:
-        episode = Episode(*demonstration, [0.0] * len(demonstration[1]))
-        logprobs, _, _ = trainer._score(collate([episode], PAD, EOS, trainer.accelerator.device), grad=False)
+        sample = Sample(*demonstration, [0.0] * len(demonstration[1]))
+        logprobs, _, _ = trainer._score(collate([sample], PAD, EOS, trainer.accelerator.device), grad=False)
         return float(logprobs.sum())
 
-    def zero(episodes):
-        return [0.0] * len(episodes)
+    def zero(samples):
+        return [0.0] * len(samples)
 
     moved = {}
     for coef in (0.0, 1.0):

@@ -7,20 +7,20 @@ import time
 import pytest
 from transformers import AutoTokenizer
 
-from feedback_store.records import Annotation, BotTurn, Episode
+from feedback_store.records import Annotation, BotTurn, TurnWithFeedback
 from trainer.references import ExpertReferences, reference_texts, with_references, word_f1, words
 
 CANONICAL = "Standard shipping takes 3-5 business days and is free on orders over $50."
 
 
-def _episode(prompt: list[int], reply: str, *annotations: tuple[int, str], conv: str = "c1") -> Episode:
+def _turn(prompt: list[int], reply: str, *annotations: tuple[int, str], conv: str = "c1") -> TurnWithFeedback:
     now = time.time()
     turn = BotTurn(index=1, text=reply, context="", prompt_token_ids=prompt, reply_token_ids=[5, 6],
                    logprobs=[-1.0, -1.0], adapter_version="base", latency_ms=1.0, finished=True, created_at=now)
     notes = [Annotation(conversation_id=conv, turn_index=1, expert_id="e1", score=score, corrected_reply=fix,
                         created_at=now) for score, fix in annotations]
-    return Episode(conversation_id=conv, turn=turn, customer_text="?", csat=2, annotations=notes,
-                   conversation_started_at=now)
+    return TurnWithFeedback(conversation_id=conv, turn=turn, customer_text="?", csat=2, annotations=notes,
+                            conversation_started_at=now)
 
 
 def test_words_keep_figures_prices_and_addresses_whole():
@@ -42,18 +42,18 @@ def test_word_f1_rewards_the_facts_and_punishes_filler_and_wrong_figures():
 
 def test_references_are_corrections_and_replies_approved_with_the_top_score():
     prompt = [1, 2, 3]
-    assert reference_texts(_episode(prompt, "meh", (-1, CANONICAL))) == [CANONICAL]
-    assert reference_texts(_episode(prompt, CANONICAL, (2, ""))) == [CANONICAL]  # approved as it stands
-    assert reference_texts(_episode(prompt, "meh", (1, ""))) == []  # a middling score with no correction
-    assert reference_texts(_episode(prompt, "bad", (-2, "Fix A."), (-1, "Fix B."))) == ["Fix A.", "Fix B."]
+    assert reference_texts(_turn(prompt, "meh", (-1, CANONICAL))) == [CANONICAL]
+    assert reference_texts(_turn(prompt, CANONICAL, (2, ""))) == [CANONICAL]  # approved as it stands
+    assert reference_texts(_turn(prompt, "meh", (1, ""))) == []  # a middling score with no correction
+    assert reference_texts(_turn(prompt, "bad", (-2, "Fix A."), (-1, "Fix B."))) == ["Fix A.", "Fix B."]
 
 
 def test_score_uses_the_closest_reference_of_the_exact_context(base_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
-    episodes = [_episode([1, 2, 3], "meh", (-1, CANONICAL)),
-                _episode([1, 2, 3], "other", (-2, "Express takes 1-2 business days."), conv="c2"),
-                _episode([7, 8], "meh", (0, ""), conv="c3")]  # no reference: not a context
-    refs = ExpertReferences.from_episodes(episodes, tokenizer)
+    turns = [_turn([1, 2, 3], "meh", (-1, CANONICAL)),
+             _turn([1, 2, 3], "other", (-2, "Express takes 1-2 business days."), conv="c2"),
+             _turn([7, 8], "meh", (0, ""), conv="c3")]  # no reference: not a context
+    refs = ExpertReferences.from_turns(turns, tokenizer)
     assert len(refs) == 1 and refs.contexts() == [[1, 2, 3]] and refs.has([1, 2, 3]) and not refs.has([7, 8])
     exact = tokenizer(CANONICAL, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     other = tokenizer("Express takes 1-2 business days.", add_special_tokens=False)["input_ids"]

@@ -1,18 +1,20 @@
 """One training round end to end with the real test-size model and real Redis: progress, gate,
-publishing, watermark; failures leave no candidate; the next round cleans up after a killed one."""
+release, watermark; failures leave no candidate; the next round cleans up after a killed one."""
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from bot.runtime.adapters import read_verified
 from feedback_store.errors import LockHeldError
 from feedback_store.records import AdapterVersion
-from trainer.publish import ORPHAN_REASON
+from loopdesk.adapter_format import WEIGHTS_FILE, InvalidAdapterError
+from trainer.release import ORPHAN_REASON
 from trainer.round import INTERRUPTED, NotEnoughFeedback, hash_position, held_out, recover, run_round
-from tests.trainer_helpers import one_torch_thread  # noqa: F401 (fixture)
 from tests.trainer_helpers import seed_conversations, small_round_config, trainer_settings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -83,7 +85,7 @@ def test_recovery_fails_stale_runs_rejects_orphans_and_removes_temp_dirs(store, 
     assert store.adapters.get("v0001").reason == ORPHAN_REASON and list(tmp_path.iterdir()) == []
 
 
-def test_round_trains_gates_and_publishes_a_canary(tsettings, store, base_model_dir):
+def test_round_trains_gates_and_releases_a_canary(tsettings, store, base_model_dir):
     seed_conversations(store, base_model_dir)
     run = run_round(tsettings, store, config=small_round_config(), show_progress=False)
     assert run.status == "succeeded" and run.adapter_version == "v0001"
@@ -95,11 +97,43 @@ def test_round_trains_gates_and_publishes_a_canary(tsettings, store, base_model_
     assert metrics["gate_passed"] and metrics["gate_contexts"] >= 1
     events = [e for _, e in store.runs.progress(run.id)]
     assert [e["stage"] for e in events] == ["export", "rewards", "reward_model", "ppo_logged", "ppo_rollout",
-                                            "gate", "publish", "done"]
+                                            "gate", "release", "done"]
     assert [e["step"] for e in events] == list(range(1, len(events) + 1))  # counted without a visible bar
     assert store.runs.training_watermark() == run.watermark_to > 0
     assert (tsettings.data_dir / "runs" / run.id / "reward_model" / "adapter_model.safetensors").is_file()
     store.runs.lock().acquire().release()
+
+
+def test_the_gates_external_evaluator_gets_a_candidate_directory_that_verifies(tsettings, store, base_model_dir,
+                                                                               tmp_path):
+    seed_conversations(store, base_model_dir)
+    evaluator = tmp_path / "evaluator.py"
+    evaluator.write_text(
+        "import json, sys\n"
+        "from loopdesk.adapter_format import verify\n"
+        f"manifest = verify(sys.argv[sys.argv.index('--candidate') + 1], {str(base_model_dir)!r})\n"
+        "print(json.dumps({'pass': True, 'candidate_score': 0.0, 'active_score': 0.0,\n"
+        "                  'details': {'version': manifest['version'], 'parent': manifest['parent']}}))\n")
+    config = small_round_config()
+    config.gate.evaluator = f"{sys.executable} {evaluator}"
+    run = run_round(tsettings, store, config=config, show_progress=False)
+    assert run.status == "succeeded", run.metrics.get("gate_reasons")
+    assert run.metrics["gate_external"]["details"] == {"version": run.adapter_version, "parent": "base"}
+
+
+def test_a_round_does_not_start_from_an_active_adapter_that_fails_verification(tsettings, store, base_model_dir):
+    seed_conversations(store, base_model_dir)
+    config = small_round_config()
+    config.gate.pass_status = "active"
+    first = run_round(tsettings, store, config=config, show_progress=False)
+    assert store.adapters.active() == first.adapter_version == "v0001"
+    weights = Path(store.adapters.get("v0001").path) / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\1\2\3\4")
+    with pytest.raises(InvalidAdapterError, match="sha256"):
+        run_round(tsettings, store, config=config, show_progress=False)
+    second = store.runs.list(limit=1)[0]
+    assert second.id != first.id and second.status == "failed" and "sha256" in second.error
+    assert [a.version for a in store.adapters.list()] == ["v0001"]
 
 
 def test_a_warm_started_ppo_round_runs_sft_on_the_demonstrations_first_and_keeps_it_as_reference(tsettings, store, base_model_dir):
@@ -116,8 +150,8 @@ def test_a_warm_started_ppo_round_runs_sft_on_the_demonstrations_first_and_keeps
     assert run.metrics["ppo_update_s"] >= warm["update_s"] > 0  # the warm start is part of PPO's update
     events = [e["stage"] for _, e in store.runs.progress(run.id)]
     assert events == ["export", "rewards", "reward_model", "sft_warm_start", "ppo_logged", "ppo_rollout",
-                      "gate", "publish", "done"]
-    # the baselines' budget counts the warm start and PPO-ptx's demonstrations: (1 + 1) PPO steps x 8 episodes
+                      "gate", "release", "done"]
+    # the baselines' budget counts the warm start and PPO-ptx's demonstrations: (1 + 1) PPO steps x 8 samples
     # x 4 epochs + (1 + 1) x 2 minibatch updates x 4 epochs x 8 demonstrations + 3 warm-start steps x 4 = 204 passes
     assert config.baseline_steps() == 51 and config.update_events == 3
     assert run.metrics["ptx_demonstrations"] == warm["examples"] and run.metrics["ppo"]["ptx_loss"] > 0

@@ -1,23 +1,21 @@
-"""Adapter hot-swap on the real test-size model: swaps under load, rollback, refused adapters."""
+"""Adapter hot-swap into the in-process worker on the real test-size model: swaps and a rollback under
+load fail no request, and replies and their log-probs are the adapter's. What the follower does with
+either engine (promotion, canary share, refusals) is in test_adapter_follower."""
 
 from __future__ import annotations
 
-import json
-import logging
 import threading
-import time
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from bot.runtime import Engine, write_adapter
+from bot.runtime import Engine
 from feedback_store import FeedbackStore
-from feedback_store.records import AdapterVersion
 from loopdesk.config import Settings
+from tests.adapter_helpers import register_random_adapter, wait_for
 
 ASK = [{"role": "user", "content": "Where is my order?"}]
 
@@ -29,34 +27,6 @@ def engine(settings: Settings, store: FeedbackStore, base_model_dir: Path) -> En
     engine.start()
     yield engine
     engine.stop()
-
-
-def publish(store: FeedbackStore, base_model_dir: Path, out: Path, *, seed: int,
-            base_model: str | None = None, corrupt: bool = False, parent: str = "base") -> str:
-    """Write a random LoRA adapter in the published format and register it as a candidate."""
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_model_dir)
-    lora = LoraConfig(r=2, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    peft_model = get_peft_model(model, lora)
-    version = store.adapters.next_version()
-    path = out / version
-    sha = write_adapter(peft_model, path, version, base_model or str(base_model_dir), parent=parent)
-    if corrupt:
-        with open(path / "adapter_model.safetensors", "r+b") as fh:
-            fh.seek(-4, 2)
-            fh.write(b"\0\0\0\0")
-    now = time.time()
-    store.adapters.register(AdapterVersion(version=version, path=str(path), sha256=sha,
-                                           base_model=json.loads((path / "manifest.json").read_text())["base_model"],
-                                           parent=parent, created_at=now, updated_at=now))
-    return version
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_adapter_swaps_under_load_fail_no_request(engine: Engine, store: FeedbackStore, base_model_dir: Path,
@@ -78,7 +48,7 @@ def test_adapter_swaps_under_load_fail_no_request(engine: Engine, store: Feedbac
     try:
         previous = "base"
         for seed in range(3):
-            version = publish(store, base_model_dir, tmp_path, seed=seed, parent=previous)
+            version = register_random_adapter(store, base_model_dir, tmp_path, seed=seed, parent=previous)
             store.adapters.promote(version)
             wait_for(lambda: engine.choose_version() == version)
             assert engine.generate(ASK, engine.choose_version()).adapter_version == version
@@ -97,7 +67,7 @@ def test_adapter_swaps_under_load_fail_no_request(engine: Engine, store: Feedbac
 
 def test_adapter_changes_replies_and_logprobs_match_it(engine: Engine, store: FeedbackStore,
                                                       base_model_dir: Path, tmp_path: Path) -> None:
-    version = publish(store, base_model_dir, tmp_path, seed=7)
+    version = register_random_adapter(store, base_model_dir, tmp_path, seed=7)
     store.adapters.send_to_canary(version)
     wait_for(lambda: version in engine.loaded_versions())
     gen = engine.generate(ASK, version)
@@ -115,21 +85,3 @@ def test_adapter_changes_replies_and_logprobs_match_it(engine: Engine, store: Fe
     assert gen.logprobs != pytest.approx(under_base, abs=1e-3)
     assert engine.generate(ASK, "base").adapter_version == "base"
 
-
-@pytest.mark.parametrize("problem", ["bad_sha256", "wrong_base"])
-def test_bad_adapter_is_refused_and_the_old_one_keeps_serving(
-        problem: str, engine: Engine, store: FeedbackStore, base_model_dir: Path, tmp_path: Path,
-        caplog: pytest.LogCaptureFixture) -> None:
-    good = publish(store, base_model_dir, tmp_path, seed=1)
-    store.adapters.promote(good)
-    wait_for(lambda: engine.choose_version() == good)
-    bad = publish(store, base_model_dir, tmp_path, seed=2, parent=good, corrupt=problem == "bad_sha256",
-                  base_model="someone/else-7b" if problem == "wrong_base" else None)
-    with caplog.at_level(logging.ERROR, logger="bot.runtime"):
-        store.adapters.promote(bad)
-        wait_for(lambda: any("refused" in r.getMessage() for r in caplog.records))
-    reason = next(r.getMessage() for r in caplog.records if "refused" in r.getMessage())
-    assert ("sha256" if problem == "bad_sha256" else "base model") in reason
-    assert bad not in engine.loaded_versions()
-    assert engine.choose_version() == good
-    assert engine.generate(ASK, bad).adapter_version == good

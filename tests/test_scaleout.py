@@ -11,7 +11,7 @@ import requests
 from bench.load import loopdesk_serve, serve_env
 from feedback_store import FeedbackStore
 from loopdesk.config import load_settings
-from tests.test_runtime_hotswap import publish
+from tests.adapter_helpers import register_random_adapter
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +41,7 @@ def test_two_bot_processes_pin_new_conversations_to_a_promoted_adapter(data_dir:
         bots = (werkzeug_bot, gunicorn_bot)
         assert {start_conversation(url)["adapter_version"] for url in bots} == {"base"}
 
-        version = publish(store, base_model_dir, tmp_path, seed=3)
+        version = register_random_adapter(store, base_model_dir, tmp_path, seed=3)
         store.adapters.promote(version)
 
         for url in bots:

@@ -22,7 +22,7 @@ from sim.customers import ChatResult, Customer, CustomerConfig, make_customers, 
 from sim.experts import SimulatedExpert, audited, review_transcript
 from sim.oracle import create_oracle_app
 from sim.rubric import conversation_score, judge_reply
-from sim.serving import local_bot, serve
+from harness.serving import local_bot, serve
 from sim.simulate import MeanCI, mean_ci, paired_gain, run_customers, summarize
 
 COMPANY = load_company()
@@ -229,8 +229,8 @@ def test_panel_compares_a_candidate_adapter_with_the_active_version(data_dir, ba
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from bot.runtime import write_adapter
-    from sim.panel import run_panel
+    from tests.adapter_helpers import write_adapter
+    from harness.panel import run_panel
 
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_model_dir),
                            LoraConfig(r=1, lora_alpha=2, target_modules=["q_proj", "v_proj"]))
@@ -251,9 +251,9 @@ def test_panel_faces_an_adapter_named_like_the_active_version(data_dir, base_mod
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from bot.runtime import write_adapter
+    from tests.adapter_helpers import write_adapter
     from feedback_store.records import AdapterVersion
-    from sim.panel import run_panel
+    from harness.panel import run_panel
 
     paths = {}
     for name in ("ours", "theirs"):

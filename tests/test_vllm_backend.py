@@ -1,45 +1,25 @@
 """The vLLM backend's translation of requests and streamed answers, against payloads shaped like vLLM's
 documented OpenAI-compatible API (``/v1/completions`` with ``logprobs`` and
-``return_tokens_as_token_ids``, ``/v1/load_lora_adapter``), served by a stand-in HTTP server.
+``return_tokens_as_token_ids``, ``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``), served by a
+stand-in HTTP server.
 
-These prove the translation and the adapter bookkeeping, not that a real vLLM on a GPU agrees:
-that check is still missing.
+These prove the translation and when an adapter is unloaded from vLLM, not that a real vLLM on a GPU
+agrees: that check is still missing. What the follower does with this engine (promotion, canary share,
+refusals) is in test_adapter_follower, against the ``StandInVllm`` here.
 """
 
 from __future__ import annotations
 
-import json
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from flask import Flask, Response, request
-
 from bot.runtime import GenerationError, make_engine
 from bot.runtime.vllm_backend import Completion, VllmEngine, completion_request, sse_chunks, token_id
-from tests.test_runtime_hotswap import publish, wait_for
-from tests.web_helpers import live_server
-
-# What vLLM streams for a two-token reply ending in EOS (id 2), as its OpenAI-compatible server sends it.
-RECORDED_STREAM = [
-    {"id": "cmpl-1", "object": "text_completion", "created": 1700000000, "model": "MODEL",
-     "choices": [{"index": 0, "text": "It ships", "logprobs": {
-         "text_offset": [0], "token_logprobs": [-0.25], "tokens": ["token_id:17"],
-         "top_logprobs": [{"token_id:17": -0.25}]}, "finish_reason": None, "stop_reason": None}], "usage": None},
-    {"id": "cmpl-1", "object": "text_completion", "created": 1700000000, "model": "MODEL",
-     "choices": [{"index": 0, "text": " today.", "logprobs": {
-         "text_offset": [8], "token_logprobs": [-1.5], "tokens": ["token_id:42"],
-         "top_logprobs": [{"token_id:42": -1.5}]}, "finish_reason": None, "stop_reason": None}], "usage": None},
-    {"id": "cmpl-1", "object": "text_completion", "created": 1700000000, "model": "MODEL",
-     "choices": [{"index": 0, "text": "", "logprobs": {
-         "text_offset": [15], "token_logprobs": [-0.01], "tokens": ["token_id:2"],
-         "top_logprobs": [{"token_id:2": -0.01}]}, "finish_reason": "stop", "stop_reason": None}], "usage": None},
-]
-
-
-def sse_lines(chunks: list[dict]) -> list[str]:
-    return [line for c in chunks for line in (f"data: {json.dumps(c)}", "")] + ["data: [DONE]", ""]
-
+from harness.serving import serve
+from tests.adapter_helpers import register_random_adapter, wait_for
+from tests.vllm_helpers import RECORDED_STREAM, StandInVllm, sse_lines
 
 def test_completion_request_asks_for_token_ids_and_logprobs_of_a_streamed_reply():
     body = completion_request("v0003", [1, 5, 9], 64, 1.0)
@@ -63,35 +43,13 @@ def test_answers_without_token_ids_or_with_an_error_are_generation_errors():
         list(sse_chunks(['data: {"error": {"message": "out of memory", "code": 500}}']))
 
 
-class StandInVllm:
-    """An HTTP server answering like vLLM's OpenAI-compatible server, recording what it was sent."""
-
-    def __init__(self, eos_id: int):
-        self.eos_id = eos_id
-        self.completions: list[dict] = []
-        self.loads: list[dict] = []
-        self.app = Flask("stand-in-vllm")
-        self.app.get("/health")(lambda: "")
-        self.app.post("/v1/load_lora_adapter")(self._load)
-        self.app.post("/v1/completions")(self._complete)
-
-    def _load(self) -> str:
-        self.loads.append(request.json)
-        return f"Success: LoRA adapter '{request.json['lora_name']}' added successfully."
-
-    def _complete(self) -> Response:
-        self.completions.append(request.json)
-        chunks = json.loads(json.dumps(RECORDED_STREAM).replace('"token_id:2"', f'"token_id:{self.eos_id}"'))
-        return Response("\n".join(sse_lines(chunks)) + "\n", mimetype="text/event-stream")
-
-
 def test_engine_streams_from_vllm_and_loads_a_promoted_adapter_by_name(settings, store, base_model_dir: Path,
                                                                        tmp_path: Path):
     from transformers import AutoTokenizer
 
     eos = AutoTokenizer.from_pretrained(base_model_dir).eos_token_id
     vllm = StandInVllm(eos)
-    with live_server(vllm.app) as url:
+    with serve(vllm.app) as url:
         engine = make_engine(settings.replace(base_model=str(base_model_dir), vllm_url=url), store)
         assert isinstance(engine, VllmEngine)
         engine.start()
@@ -104,7 +62,7 @@ def test_engine_streams_from_vllm_and_loads_a_promoted_adapter_by_name(settings,
             assert streamed == ["It ships", " today."] and gen.adapter_version == "base"
             assert 0 <= gen.ttft_ms <= gen.latency_ms
 
-            version = publish(store, base_model_dir, tmp_path, seed=1)
+            version = register_random_adapter(store, base_model_dir, tmp_path, seed=1)
             store.adapters.promote(version)
             wait_for(lambda: engine.choose_version() == version)
             assert vllm.loads == [{"lora_name": version, "lora_path": str((tmp_path / version).resolve())}]
@@ -115,16 +73,30 @@ def test_engine_streams_from_vllm_and_loads_a_promoted_adapter_by_name(settings,
             engine.stop()
 
 
-def test_a_corrupt_adapter_is_refused_before_vllm_sees_it(settings, store, base_model_dir: Path, tmp_path: Path):
+def test_a_rejected_adapter_leaves_vllm_only_after_the_reply_running_under_it(settings, store, base_model_dir: Path,
+                                                                              tmp_path: Path):
     vllm = StandInVllm(eos_id=2)
-    with live_server(vllm.app) as url:
+    with serve(vllm.app) as url:
         engine = VllmEngine(settings.replace(base_model=str(base_model_dir), vllm_url=url), store, resync_s=0.1)
         engine.start()
         try:
-            version = publish(store, base_model_dir, tmp_path, seed=2, corrupt=True)
-            store.adapters.promote(version)
-            wait_for(lambda: version in engine.refused_versions())
-            time.sleep(0.2)
-            assert vllm.loads == [] and engine.choose_version() == "base"
+            version = register_random_adapter(store, base_model_dir, tmp_path, seed=4)
+            store.adapters.send_to_canary(version)
+            wait_for(lambda: version in engine.loaded_versions())
+            served: list[str] = []
+            vllm.replying.clear()
+            reply = threading.Thread(target=lambda: served.append(
+                engine.generate([{"role": "user", "content": "hi"}], version).adapter_version))
+            reply.start()
+            wait_for(lambda: bool(vllm.completions))
+            store.adapters.reject(version, "canary CSAT fell")
+            wait_for(lambda: version not in engine.loaded_versions())  # no new replies under it
+            time.sleep(0.5)  # several syncs while the reply runs
+            assert vllm.unloads == []
+            vllm.replying.set()
+            reply.join(timeout=30)
+            wait_for(lambda: vllm.unloads == [{"lora_name": version}])
+            assert served == [version] and vllm.completions[-1]["model"] == version
         finally:
+            vllm.replying.set()
             engine.stop()

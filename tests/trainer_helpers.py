@@ -8,7 +8,6 @@ import random
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from feedback_store import FeedbackStore
@@ -21,15 +20,6 @@ from trainer.round_config import RoundConfig
 QUESTIONS = ["Where is my order?", "How do I return a jacket?", "Can I change my address?",
              "Why was I charged twice?"]
 CORRECTION = "Your order ships within two days; the tracking link is in your email."
-
-
-@pytest.fixture
-def one_torch_thread():
-    """Tiny models run ~10x faster on one thread when the cores are busy (threads spin)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def trainer_settings(settings: Settings, tmp_path: Path, base_model_dir: Path, **changes) -> Settings:

@@ -1,1 +1,1 @@
-"""loopdesk trainer: rewards from human feedback, LoRA PPO, the evaluation gate, publishing."""
+"""loopdesk trainer: rewards from human feedback, LoRA PPO, the evaluation gate, releasing adapters."""

@@ -4,7 +4,7 @@ Both train the policy's LoRA with a TRL trainer on token ids (the logged prompt 
 bot saw them, then the reply ids; no decode and re-tokenize), starting from the active adapter or
 from a fresh one shaped like PPO's (``PPOConfig`` rank, alpha, dropout, targets), and write the
 candidate as PPO does (``PolicyWithValueHead.save_pretrained``: peft adapter + value head, the
-active adapter's head carried over, a zero head for a fresh adapter), so the gate, publishing, the
+active adapter's head carried over, a zero head for a fresh adapter), so the gate, the release, the
 bot's hot-swap and a later PPO round take it unchanged.
 
 Examples (``labelled_examples``), from the round's rewards (``trainer.rewards``; thresholds are on
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from datasets import Dataset
-from feedback_store.records import Episode as StoredEpisode
+from feedback_store.records import TurnWithFeedback
 from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
 from trl import KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
 
@@ -54,17 +54,17 @@ class Example:
     source: str = "logged"
 
 
-def labelled_examples(episodes: Sequence[StoredEpisode], rewards: dict[tuple[str, int], float], tokenizer,
+def labelled_examples(turns: Sequence[TurnWithFeedback], rewards: dict[tuple[str, int], float], tokenizer,
                       up: float, down: float) -> list[Example]:
     """Corrections (desirable) and logged replies labelled by reward or by being corrected (module docstring)."""
     examples: list[Example] = []
-    for ep in episodes:
-        prompt, reply = list(ep.turn.prompt_token_ids), list(ep.turn.reply_token_ids)
+    for feedback in turns:
+        prompt, reply = list(feedback.turn.prompt_token_ids), list(feedback.turn.reply_token_ids)
         if not prompt or not reply:
             continue
-        corrections = correction_ids(ep, tokenizer)
+        corrections = correction_ids(feedback, tokenizer)
         examples += [Example(prompt, ids, True, "correction") for ids in corrections]
-        reward = rewards.get((ep.conversation_id, ep.turn.index))
+        reward = rewards.get((feedback.conversation_id, feedback.turn.index))
         if corrections:
             examples.append(Example(prompt, reply, False))
         elif reward is not None and (reward >= up or reward <= down):
@@ -72,17 +72,17 @@ def labelled_examples(episodes: Sequence[StoredEpisode], rewards: dict[tuple[str
     return examples
 
 
-def sft_examples(episodes: Sequence[StoredEpisode], rewards: dict[tuple[str, int], float], tokenizer,
+def sft_examples(turns: Sequence[TurnWithFeedback], rewards: dict[tuple[str, int], float], tokenizer,
                  config: BaselineConfig) -> list[Example]:
     """What SFT imitates: replies rewarded at least ``sft_min_reward`` and every correction."""
-    return [e for e in labelled_examples(episodes, rewards, tokenizer, config.sft_min_reward, -math.inf)
+    return [e for e in labelled_examples(turns, rewards, tokenizer, config.sft_min_reward, -math.inf)
             if e.desirable]
 
 
-def kto_examples(episodes: Sequence[StoredEpisode], rewards: dict[tuple[str, int], float], tokenizer,
+def kto_examples(turns: Sequence[TurnWithFeedback], rewards: dict[tuple[str, int], float], tokenizer,
                  config: BaselineConfig) -> list[Example]:
     """KTO's thumbs: up at reward ≥ ``kto_up`` and for corrections, down at ≤ ``kto_down`` and when corrected."""
-    return labelled_examples(episodes, rewards, tokenizer, config.kto_up, config.kto_down)
+    return labelled_examples(turns, rewards, tokenizer, config.kto_up, config.kto_down)
 
 
 def fit(example: Example, max_length: int) -> tuple[list[int], list[int]]:

@@ -213,7 +213,7 @@ class RewardModelConfig:
 
 @dataclass
 class GateConfig:
-    """The evaluation gate before publishing, and the live canary decision after it.
+    """The evaluation gate before releasing, and the live canary decision after it.
 
     Parameters:
         contexts (int, default 128): most held-out logged prompts each adapter answers (newest first;

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from trainer.config import GateConfig
-from trainer.episodes import Episode, collate, left_pad
+from trainer.samples import Sample, collate, left_pad
 from trainer.references import ExpertReferences, with_references
 from trainer.reward_model import RewardModel
 
@@ -89,9 +89,9 @@ class GateVerdict:
 
 
 @torch.no_grad()
-def _reply_logprobs(model, episodes: list[Episode], pad_id: int, eos_id: int, temperature: float) -> torch.Tensor:
-    """Summed log-probs [B] of each episode's reply tokens under ``model`` as currently set."""
-    batch = collate(episodes, pad_id, eos_id, next(model.parameters()).device)
+def _reply_logprobs(model, samples: list[Sample], pad_id: int, eos_id: int, temperature: float) -> torch.Tensor:
+    """Summed log-probs [B] of each sample's reply tokens under ``model`` as currently set."""
+    batch = collate(samples, pad_id, eos_id, next(model.parameters()).device)
     position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                    position_ids=position_ids, use_cache=False).logits
@@ -128,7 +128,7 @@ def measure(model, adapter: str | None, prompts: list[list[int]], reward_model: 
     torch.manual_seed(config.seed)
     k = config.samples_per_context
     contexts, prompts = len(prompts), [p for p in prompts for _ in range(k)]
-    episodes: list[Episode] = []
+    samples: list[Sample] = []
     kls: list[float] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
@@ -140,28 +140,28 @@ def measure(model, adapter: str | None, prompts: list[list[int]], reward_model: 
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
                                  temperature=config.temperature, top_k=0, top_p=1.0,
                                  max_new_tokens=config.max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id)
-        batch_eps = []
+        batch_samples = []
         for prompt, reply in zip(chunk, out[:, ids.shape[1]:].tolist()):
             n = reply.index(eos_id) + 1 if eos_id in reply else len(reply)
-            batch_eps.append(Episode(list(prompt), reply[:n], [0.0] * n))
+            batch_samples.append(Sample(list(prompt), reply[:n], [0.0] * n))
         if adapter is None:
-            kls.extend([0.0] * len(batch_eps))
+            kls.extend([0.0] * len(batch_samples))
         else:
-            policy = _reply_logprobs(model, batch_eps, pad_id, eos_id, config.temperature)
+            policy = _reply_logprobs(model, batch_samples, pad_id, eos_id, config.temperature)
             with model.disable_adapter():
-                reference = _reply_logprobs(model, batch_eps, pad_id, eos_id, config.temperature)
+                reference = _reply_logprobs(model, batch_samples, pad_id, eos_id, config.temperature)
             kls.extend((policy - reference).tolist())
-        episodes.extend(batch_eps)
-    pairs = [(e.prompt_ids, e.reply_ids) for e in episodes]
+        samples.extend(batch_samples)
+    pairs = [(s.prompt_ids, s.reply_ids) for s in samples]
     rm_scores = reward_model.score_ids(pairs)
     scores, refs = with_references(rm_scores, pairs, references, reference_weight)
     found = [r for r in refs if r is not None]
-    n = len(episodes)
+    n = len(samples)
     stats = PolicyStats(
         rm_score=sum(rm_scores) / n,
         kl=sum(kls) / n,
-        reply_length=sum(len(e.reply_ids) for e in episodes) / n,
-        unfinished_share=sum(e.reply_ids[-1] != eos_id for e in episodes) / n,
+        reply_length=sum(len(s.reply_ids) for s in samples) / n,
+        unfinished_share=sum(s.reply_ids[-1] != eos_id for s in samples) / n,
         replies=n,
         reference_score=sum(found) / len(found) if found else None,
         reference_replies=len(found),

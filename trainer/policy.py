@@ -18,9 +18,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel
 
+from loopdesk.adapter_format import VALUE_HEAD_FILE
 from trainer.config import PPOConfig
 
-VALUE_HEAD_FILE = "value_head.safetensors"
 POLICY_ADAPTER = "default"  # peft's name of the adapter a PeftModel is created or loaded with
 REFERENCE_ADAPTER = "reference"
 

@@ -1,6 +1,6 @@
 """LoRA PPO: rollout → rewards → advantages → minibatch updates → stats, in ``PPOTrainer.step``.
 
-Two sources of episodes feed the same update: ``step_on_prompts`` samples fresh replies and scores
+Two sources of samples feed the same update: ``step_on_prompts`` samples fresh replies and scores
 them with a reward function (classic RLHF); ``step_on_logged`` replays served bot turns with their
 human rewards and their serving-time log-probs as the behaviour policy (off-policy, ratio-clipped);
 trained at another temperature than served (``PPOConfig.train_temperature``), the policy before the
@@ -9,7 +9,7 @@ With ``ptx_coef`` > 0 every update also imitates demonstrations (``add_demonstra
 The reference for the KL penalty is the policy's ``reference()``: the base model (adapter disabled),
 or a frozen adapter it starts from; PPO's clip bounds each step.
 Runs on CPU as one process and unchanged under ``accelerate launch`` (each process gets its own
-episodes; gradients, the KL coefficient and the early stop are synchronised).
+samples; gradients, the KL coefficient and the early stop are synchronised).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from trainer.config import PPOConfig
-from trainer.episodes import Batch, Episode, LoggedEpisode, collate, left_pad
+from trainer.samples import Batch, LoggedSample, Sample, collate, left_pad
 from trainer.policy import PolicyWithValueHead
 
 RewardFn = Callable[[list[tuple[list[int], list[int]]]], Sequence[float]]
@@ -69,11 +69,11 @@ class AdaptiveKLController:
     def __init__(self, init_coef: float, target: float, horizon: int, adaptive: bool) -> None:
         self.value, self.target, self.horizon, self.adaptive = init_coef, target, horizon, adaptive
 
-    def update(self, kl: float, n_episodes: int) -> None:
+    def update(self, kl: float, n_samples: int) -> None:
         """Move the coefficient after a step whose replies drifted ``kl`` nats from the reference."""
         if self.adaptive:
             error = min(max(kl / self.target - 1.0, -0.2), 0.2)
-            self.value *= 1.0 + error * n_episodes / self.horizon
+            self.value *= 1.0 + error * n_samples / self.horizon
 
 
 class PPOTrainer:
@@ -101,13 +101,13 @@ class PPOTrainer:
         self.kl_ctl = AdaptiveKLController(
             config.init_kl_coef, config.kl_target, config.kl_horizon, config.adaptive_kl
         )
-        self.demonstrations: list[Episode] = []
+        self.demonstrations: list[Sample] = []
         self._demonstration_order: list[int] = []
 
     def add_demonstrations(self, demonstrations: Sequence[tuple[list[int], list[int]]]) -> None:
         """Replies to imitate in every update, (prompt ids, reply ids) each: PPO-ptx's term, weighted by
         ``config.ptx_coef`` (with 0 they are not used)."""
-        self.demonstrations += [Episode(list(p), list(r), [0.0] * len(r)) for p, r in demonstrations]
+        self.demonstrations += [Sample(list(p), list(r), [0.0] * len(r)) for p, r in demonstrations]
 
     def _ptx_loss(self) -> torch.Tensor:
         """Mean negative log-likelihood per reply token of the next ``ptx_batch_size`` demonstrations
@@ -127,7 +127,7 @@ class PPOTrainer:
         return self.accelerator.unwrap_model(self.policy)
 
     @torch.no_grad()
-    def rollout(self, prompts: list[list[int]]) -> list[Episode]:
+    def rollout(self, prompts: list[list[int]]) -> list[Sample]:
         """Sample one reply per prompt at the policy's temperature, recording its log-probs.
 
         Replies are cut after their first EOS; a reply without one hit ``max_new_tokens``.
@@ -150,21 +150,21 @@ class PPOTrainer:
         replies = out.sequences[:, ids.shape[1] :].cpu()
         logits = torch.stack(out.logits, dim=1).float().cpu() / self.config.policy_temperature
         logprobs = torch.log_softmax(logits, dim=-1).gather(-1, replies.unsqueeze(-1)).squeeze(-1)
-        episodes = []
+        samples = []
         for prompt, reply, logp in zip(prompts, replies.tolist(), logprobs.tolist()):
             n = reply.index(self.eos_token_id) + 1 if self.eos_token_id in reply else len(reply)
-            episodes.append(Episode(list(prompt), reply[:n], logp[:n]))
-        return episodes
+            samples.append(Sample(list(prompt), reply[:n], logp[:n]))
+        return samples
 
     def step_on_prompts(self, prompts: list[list[int]], reward_fn: RewardFn) -> dict[str, float]:
         """One PPO step on fresh replies to ``prompts`` scored by ``reward_fn`` (e.g. a reward model)."""
-        episodes = self.rollout(prompts)
-        rewards = reward_fn([(e.prompt_ids, e.reply_ids) for e in episodes])
-        for episode, reward in zip(episodes, rewards, strict=True):
-            episode.reward = float(reward)
-        return self.step(episodes)
+        samples = self.rollout(prompts)
+        rewards = reward_fn([(s.prompt_ids, s.reply_ids) for s in samples])
+        for sample, reward in zip(samples, rewards, strict=True):
+            sample.reward = float(reward)
+        return self.step(samples)
 
-    def step_on_logged(self, logged: list[LoggedEpisode], now: float | None = None) -> dict[str, float]:
+    def step_on_logged(self, logged: list[LoggedSample], now: float | None = None) -> dict[str, float]:
         """One PPO step on served turns; those older than ``max_episode_age_s`` are skipped.
 
         Their recorded log-probs are the serving temperature's; trained at another temperature
@@ -175,7 +175,7 @@ class PPOTrainer:
         stats = {"skipped_stale": float(len(logged) - len(fresh))}
         if fresh:
             rescore = self.config.policy_temperature != self.config.temperature
-            stats |= self.step([e.to_episode() for e in fresh], behaviour_from_policy=rescore)
+            stats |= self.step([e.to_sample() for e in fresh], behaviour_from_policy=rescore)
             stats["behaviour_rescored"] = float(rescore)
         return stats
 
@@ -206,16 +206,16 @@ class PPOTrainer:
         perm = torch.randperm(n, device=self.accelerator.device)
         return list(perm.split(self.config.mini_batch_size))
 
-    def step(self, episodes: list[Episode], behaviour_from_policy: bool = False) -> dict[str, float]:
-        """One PPO step on episodes carrying rewards and behaviour log-probs; returns its stats.
+    def step(self, samples: list[Sample], behaviour_from_policy: bool = False) -> dict[str, float]:
+        """One PPO step on samples carrying rewards and behaviour log-probs; returns its stats.
 
-        ``behaviour_from_policy`` replaces the episodes' behaviour log-probs with the policy's before
+        ``behaviour_from_policy`` replaces the samples' behaviour log-probs with the policy's before
         the step (the ratio then starts at 1, as for a fresh rollout).
         """
         cfg = self.config
-        if not episodes:
-            raise ValueError("a PPO step needs at least one episode")
-        batch = collate(episodes, self.pad_token_id, self.eos_token_id, self.accelerator.device)
+        if not samples:
+            raise ValueError("a PPO step needs at least one sample")
+        batch = collate(samples, self.pad_token_id, self.eos_token_id, self.accelerator.device)
         mask = batch.reply_mask
 
         # 1. Score: the policy now (old log-probs, values) and the reference, no gradients.
@@ -227,12 +227,12 @@ class PPOTrainer:
         # 2. Rewards: per-token KL penalty; whitened score (minus the no-EOS penalty) on the last token.
         kl = (old_logprobs - ref_logprobs) * mask  # k1 estimate of KL(π‖π_ref) per token
         scores = batch.rewards
-        if cfg.whiten_rewards and len(episodes) > 1:
+        if cfg.whiten_rewards and len(samples) > 1:
             scores = (scores - scores.mean()) / (scores.std(unbiased=False) + 1e-8)
         scores = scores - cfg.missing_eos_penalty * (~batch.ended).float()
         token_rewards = -self.kl_ctl.value * kl
         last = mask.sum(1).long() - 1
-        token_rewards[torch.arange(len(episodes)), last] += scores
+        token_rewards[torch.arange(len(samples)), last] += scores
 
         # 3. Advantages: GAE, then whitened.
         advantages, returns = gae(token_rewards, old_values, mask, cfg.gamma, cfg.lam)
@@ -244,7 +244,7 @@ class PPOTrainer:
         early_stopped = False
         ratio_min, ratio_max = float("inf"), float("-inf")
         for _ in range(cfg.ppo_epochs):
-            for index in self._minibatches(len(episodes)):
+            for index in self._minibatches(len(samples)):
                 mb, mb_mask = batch.select(index), mask[index]
                 logprobs, values, entropy = self._score(mb, grad=True)
                 adv, ret, old_v = advantages[index], returns[index], old_values[index]
@@ -300,11 +300,11 @@ class PPOTrainer:
             "explained_variance": explained_variance(old_values, returns, mask),
             "reply_length": float(mask.sum(1).mean()),
             "eos_share": float(batch.ended.float().mean()),
-            "episodes": float(len(episodes)),
+            "episodes": float(len(samples)),
             "updates": float(len(logs)),
             "early_stopped": float(early_stopped),
         }
-        self.kl_ctl.update(kl_per_reply, len(episodes))
+        self.kl_ctl.update(kl_per_reply, len(samples))
         return stats
 
     def save(self, path: str) -> None:

@@ -19,7 +19,7 @@ import re
 from collections import Counter
 from typing import Sequence
 
-from feedback_store.records import Episode as StoredEpisode
+from feedback_store.records import TurnWithFeedback
 
 WORD = re.compile(r"[a-z0-9$%]+(?:[./-][a-z0-9$%]+)*")
 TOP_SCORE = 2  # the annotation scale's best mark: the reply needs no correction
@@ -36,12 +36,13 @@ def word_f1(reply: Counter[str], reference: Counter[str]) -> float:
     return 0.0 if common == 0 else 2 * common / (sum(reply.values()) + sum(reference.values()))
 
 
-def reference_texts(ep: StoredEpisode) -> list[str]:
-    """The episode's references: every non-empty correction, and the reply itself if an expert gave it
-    the top score without correcting it."""
-    texts = {a.corrected_reply.strip() for a in ep.annotations} - {""}
-    if any(a.score == TOP_SCORE and not a.corrected_reply.strip() for a in ep.annotations) and ep.turn.text.strip():
-        texts.add(ep.turn.text.strip())
+def reference_texts(feedback: TurnWithFeedback) -> list[str]:
+    """A turn's references: every non-empty correction, and the reply itself if an expert gave it the
+    top score without correcting it."""
+    texts = {a.corrected_reply.strip() for a in feedback.annotations} - {""}
+    top_without_correction = any(a.score == TOP_SCORE and not a.corrected_reply.strip() for a in feedback.annotations)
+    if top_without_correction and feedback.turn.text.strip():
+        texts.add(feedback.turn.text.strip())
     return sorted(texts)
 
 
@@ -53,13 +54,13 @@ class ExpertReferences:
         self._words = {context: [words(t) for t in texts] for context, texts in references.items() if texts}
 
     @classmethod
-    def from_episodes(cls, episodes: Sequence[StoredEpisode], tokenizer) -> "ExpertReferences":
-        """References of every annotated episode with a prompt; several episodes of one context pool theirs."""
+    def from_turns(cls, turns: Sequence[TurnWithFeedback], tokenizer) -> "ExpertReferences":
+        """References of every annotated turn with a prompt; several turns of one context pool theirs."""
         pooled: dict[tuple[int, ...], set[str]] = {}
-        for ep in episodes:
-            texts = reference_texts(ep)
-            if texts and ep.turn.prompt_token_ids:
-                pooled.setdefault(tuple(ep.turn.prompt_token_ids), set()).update(texts)
+        for feedback in turns:
+            texts = reference_texts(feedback)
+            if texts and feedback.turn.prompt_token_ids:
+                pooled.setdefault(tuple(feedback.turn.prompt_token_ids), set()).update(texts)
         return cls(tokenizer, {context: sorted(texts) for context, texts in pooled.items()})
 
     def __len__(self) -> int:

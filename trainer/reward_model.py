@@ -1,6 +1,6 @@
 """The reward model: the base model with a scalar head and its own LoRA, trained on preference pairs.
 
-Pairing rule (``build_pairs``), over the episodes of one round and the rewards the reward builder
+Pairing rule (``build_pairs``), over the bot turns of one round and the rewards the reward builder
 gave them:
 
 1. **Corrections.** Every expert's corrected reply to a bot turn is *chosen* over the bot's reply,
@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from feedback_store.records import Episode as StoredEpisode
+from feedback_store.records import TurnWithFeedback
 
 from trainer.config import RewardModelConfig
 
@@ -61,33 +61,33 @@ def message_key(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().lower()
 
 
-def correction_ids(ep: StoredEpisode, tokenizer) -> list[list[int]]:
-    """The distinct expert corrections of the episode's reply as finished replies (token ids + EOS),
-    in a stable order; empty corrections and those equal to the reply are left out."""
-    texts = sorted({a.corrected_reply.strip() for a in ep.annotations} - {"", ep.turn.text.strip()})
+def correction_ids(feedback: TurnWithFeedback, tokenizer) -> list[list[int]]:
+    """The distinct expert corrections of the turn's reply as finished replies (token ids + EOS), in a
+    stable order; empty corrections and those equal to the reply are left out."""
+    texts = sorted({a.corrected_reply.strip() for a in feedback.annotations} - {"", feedback.turn.text.strip()})
     return [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
 
 
-def build_pairs(episodes: Sequence[StoredEpisode], rewards: dict[tuple[str, int], float],
+def build_pairs(turns: Sequence[TurnWithFeedback], rewards: dict[tuple[str, int], float],
                 tokenizer, config: RewardModelConfig) -> list[PreferencePair]:
     """Preference pairs from corrections and reward-ranked same-message turns (module docstring)."""
     pairs: list[PreferencePair] = []
     groups: dict[str, list[tuple[float, TokenPair]]] = defaultdict(list)
     corrected: list[tuple[list[int], list[list[int]]]] = []  # (prompt, its corrections)
     rated: list[tuple[float, TokenPair]] = []
-    for ep in episodes:
-        turn = ep.turn
+    for feedback in turns:
+        turn = feedback.turn
         bot = (list(turn.prompt_token_ids), list(turn.reply_token_ids))
         if not bot[0] or not bot[1]:
             continue
-        corrections = correction_ids(ep, tokenizer)
+        corrections = correction_ids(feedback, tokenizer)
         for ids in corrections:
             pairs.append(PreferencePair((bot[0], ids), bot, "correction"))
         if corrections:
             corrected.append((bot[0], corrections))
-        reward = rewards.get((ep.conversation_id, turn.index))
-        if reward is not None and ep.customer_text:
-            groups[message_key(ep.customer_text)].append((reward, bot))
+        reward = rewards.get((feedback.conversation_id, turn.index))
+        if reward is not None and feedback.customer_text:
+            groups[message_key(feedback.customer_text)].append((reward, bot))
         if reward is not None:
             rated.append((reward, bot))
     for members in groups.values():

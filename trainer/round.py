@@ -1,10 +1,11 @@
 """One training round, end to end, as one readable sequence (``run_round``):
 
-lock → recover from killed runs → run record → export feedback after the training watermark →
-rewards → reward model → policy update (``RoundConfig.method``: PPO on logged turns + fresh rollouts
-scored by the reward model plus the expert-reference reward, optionally after an SFT warm start on
-the demonstrations; or an SFT / KTO baseline on the logged turns with PPO's budget) → gate (reward
-model, expert view, KL) → publish → finish the run.
+lock → recover from killed runs → run record → verify the active adapter the update starts from
+(``release.released_dir``) → export feedback after the training watermark → rewards → reward model →
+policy update (``RoundConfig.method``: PPO on logged turns + fresh rollouts scored by the reward
+model plus the expert-reference reward, optionally after an SFT warm start on the demonstrations; or
+an SFT / KTO baseline on the logged turns with PPO's budget) → gate (reward model, expert view, KL) →
+release → finish the run.
 
 The lock is extended by a background thread while the round works; every stage checks it is
 still held. Any exception marks the run failed (the watermark stays, so the data is used again)
@@ -28,12 +29,13 @@ from typing import Any
 from tqdm import tqdm
 
 from feedback_store import FeedbackStore
-from feedback_store.records import BASE_VERSION, Episode as StoredEpisode, TrainingRun
+from feedback_store.records import TrainingRun, TurnWithFeedback
 from feedback_store.errors import LockHeldError
 from feedback_store.runs import RunLock
 
+from loopdesk.adapter_format import write_manifest
 from trainer.round_config import RoundConfig, run_config
-from trainer.publish import publish, reject_orphans, remove_temp_dirs
+from trainer.release import reject_orphans, release_adapter, released_dir, remove_temp_dirs
 from trainer.rewards import FeedbackTurn, build_rewards
 
 RUNS_DIR = "runs"
@@ -92,22 +94,22 @@ def held_out(conversation_ids: set[str], share: float) -> set[str]:
     return chosen
 
 
-def never_trained(episodes: list[StoredEpisode], holdout: set[str], share: float) -> list[StoredEpisode]:
-    """The episodes no round trained on: of this round's ``holdout`` conversations, or hashed below ``share``
+def never_trained(turns: list[TurnWithFeedback], holdout: set[str], share: float) -> list[TurnWithFeedback]:
+    """The turns no round trained on: of this round's ``holdout`` conversations, or hashed below ``share``
     (every round held those out)."""
-    return [e for e in episodes if e.conversation_id in holdout or hash_position(e.conversation_id) < share]
+    return [t for t in turns if t.conversation_id in holdout or hash_position(t.conversation_id) < share]
 
 
-def newest_contexts(episodes: list[StoredEpisode]) -> list[list[int]]:
-    """The episodes' distinct prompts, newest first: the gate's contexts in the order it takes them."""
-    return [list(p) for p in {tuple(e.turn.prompt_token_ids): None for e in reversed(episodes)}]
+def newest_contexts(turns: list[TurnWithFeedback]) -> list[list[int]]:
+    """The turns' distinct prompts, newest first: the gate's contexts in the order it takes them."""
+    return [list(p) for p in {tuple(t.turn.prompt_token_ids): None for t in reversed(turns)}]
 
 
-def feedback_turn(ep: StoredEpisode) -> FeedbackTurn:
-    """The reward builder's view of one stored episode."""
-    return FeedbackTurn(ep.conversation_id, ep.turn.index, csat=ep.csat,
-                        expert_scores=[a.score for a in ep.annotations],
-                        tags=[tag for a in ep.annotations for tag in a.tags])
+def feedback_turn(feedback: TurnWithFeedback) -> FeedbackTurn:
+    """The reward builder's view of one exported turn."""
+    return FeedbackTurn(feedback.conversation_id, feedback.turn.index, csat=feedback.csat,
+                        expert_scores=[a.score for a in feedback.annotations],
+                        tags=[tag for a in feedback.annotations for tag in a.tags])
 
 
 def recover(store: FeedbackStore, adapters_dir: Path, current_run: str | None = None) -> dict[str, Any]:
@@ -138,21 +140,21 @@ class Round:
         self.step += 1
         self.store.runs.report(self.run.id, stage=stage, step=self.step, total=self.bar.total, **fields)
 
-    def update_ppo(self, active_dir: Path | None, tokenizer, train_eps: list[StoredEpisode],
+    def update_ppo(self, active_dir: Path | None, tokenizer, train_turns: list[TurnWithFeedback],
                    rewards: dict[tuple[str, int], float], reward_model, references) -> None:
         """LoRA PPO from the active adapter: steps on logged turns, then on rollouts scored by the reward
         model plus the expert-reference reward (``trainer.references``) where an expert reviewed the context."""
         from transformers import AutoModelForCausalLM
 
         from trainer import baselines
-        from trainer.episodes import LoggedEpisode
         from trainer.policy import PolicyWithValueHead
         from trainer.ppo import PPOTrainer
         from trainer.references import with_references
+        from trainer.samples import LoggedSample
 
         cfg, base_ref, started = self.config, self.settings.base_model_ref, time.monotonic()
         # the demonstrations, for the warm start and for PPO-ptx's term
-        examples = (baselines.sft_examples(train_eps, rewards, tokenizer, cfg.baseline)
+        examples = (baselines.sft_examples(train_turns, rewards, tokenizer, cfg.baseline)
                     if cfg.warm_start_steps > 0 or cfg.ppo.ptx_coef > 0 else [])
         if cfg.warm_start_steps > 0:  # demonstrations first (InstructGPT's SFT → PPO), then RL from there
             if examples:
@@ -173,11 +175,11 @@ class Round:
             ppo.add_demonstrations([baselines.fit(e, cfg.baseline.max_length) for e in examples])
             self.metrics["ptx_demonstrations"] = len(examples)
         rng = random.Random(cfg.ppo.seed)
-        logged = [LoggedEpisode(e.turn.prompt_token_ids, e.turn.reply_token_ids, e.turn.logprobs,
-                                rewards[(e.conversation_id, e.turn.index)], e.turn.adapter_version,
-                                e.turn.created_at)
-                  for e in train_eps if (e.conversation_id, e.turn.index) in rewards]
-        prompts = list({tuple(p): None for p in [e.turn.prompt_token_ids for e in train_eps] + references.contexts()})
+        logged = [LoggedSample(t.turn.prompt_token_ids, t.turn.reply_token_ids, t.turn.logprobs,
+                               rewards[(t.conversation_id, t.turn.index)], t.turn.adapter_version,
+                               t.turn.created_at)
+                  for t in train_turns if (t.conversation_id, t.turn.index) in rewards]
+        prompts = list({tuple(p): None for p in [t.turn.prompt_token_ids for t in train_turns] + references.contexts()})
         history: list[dict[str, float]] = []
         reference_stats: dict[str, float] = {}
 
@@ -212,7 +214,7 @@ class Round:
                                 **{k: sum(h.get(k, 0.0) for h in rollouts) / max(1, len(rollouts))
                                    for k in ("reference_share", "reference_score")}}
 
-    def update_baseline(self, active_dir: Path | None, tokenizer, train_eps: list[StoredEpisode],
+    def update_baseline(self, active_dir: Path | None, tokenizer, train_turns: list[TurnWithFeedback],
                         rewards: dict[tuple[str, int], float]) -> None:
         """SFT or KTO from the active adapter on the logged turns (``trainer.baselines``)."""
         from trainer import baselines
@@ -220,7 +222,7 @@ class Round:
         cfg = self.config
         select, update = {"sft": (baselines.sft_examples, baselines.sft_update),
                           "kto": (baselines.kto_examples, baselines.kto_update)}[cfg.method]
-        examples = select(train_eps, rewards, tokenizer, cfg.baseline)
+        examples = select(train_turns, rewards, tokenizer, cfg.baseline)
         if not examples:
             b = cfg.baseline
             wanted = (f"reward >= {b.sft_min_reward}" if cfg.method == "sft"
@@ -244,30 +246,32 @@ class Round:
         from trainer.reward_model import RewardModel, build_pairs, split_pairs
 
         cfg, store, base_ref = self.config, self.store, self.settings.base_model_ref
-        episodes, watermark_to = store.episodes.export(after=self.run.watermark_from, limit=cfg.max_episodes)
-        holdout = held_out({e.conversation_id for e in episodes}, cfg.holdout_share)
-        train_eps = [e for e in episodes if e.conversation_id not in holdout and e.turn.reply_token_ids]
-        self.report("export", episodes=len(episodes), watermark_to=watermark_to, held_out=len(holdout))
+        active = store.adapters.active()
+        active_dir = released_dir(store, active, base_ref)  # the adapter this round starts from, verified
+        turns, watermark_to = store.feedback.export(after=self.run.watermark_from, limit=cfg.max_episodes)
+        holdout = held_out({t.conversation_id for t in turns}, cfg.holdout_share)
+        train_turns = [t for t in turns if t.conversation_id not in holdout and t.turn.reply_token_ids]
+        self.report("export", episodes=len(turns), watermark_to=watermark_to, held_out=len(holdout))
 
         rewards = {(r.conversation_id, r.turn_index): r.reward
-                   for r in build_rewards(map(feedback_turn, train_eps), cfg.reward_builder)}
-        self.metrics |= {"episodes": len(episodes), "rewarded": len(rewards), "held_out_conversations": len(holdout)}
+                   for r in build_rewards(map(feedback_turn, train_turns), cfg.reward_builder)}
+        self.metrics |= {"episodes": len(turns), "rewarded": len(rewards), "held_out_conversations": len(holdout)}
         if len(rewards) < cfg.min_episodes:
             raise NotEnoughFeedback(f"{len(rewards)} rewarded turns after watermark {self.run.watermark_from}; "
                                     f"a round needs {cfg.min_episodes}")
         self.report("rewards", rewarded=len(rewards))
 
         tokenizer = AutoTokenizer.from_pretrained(base_ref)
-        history: list[StoredEpisode] = []  # all feedback so far: every round held out the same conversations
+        history: list[TurnWithFeedback] = []  # all feedback so far: every round held out the same conversations
         if self.run.watermark_from > 0 and (cfg.reward_model_history or cfg.gate_history):
-            history, _ = store.episodes.export(after=0, until=watermark_to, limit=cfg.max_episodes)
-        kept_out = held_out({e.conversation_id for e in history}, cfg.holdout_share) | holdout  # never trained on
-        rm_eps, rm_rewards = train_eps, rewards
+            history, _ = store.feedback.export(after=0, until=watermark_to, limit=cfg.max_episodes)
+        kept_out = held_out({t.conversation_id for t in history}, cfg.holdout_share) | holdout  # never trained on
+        rm_turns, rm_rewards = train_turns, rewards
         if cfg.reward_model_history and history:
-            rm_eps = [e for e in history if e.turn.reply_token_ids and e.conversation_id not in kept_out]
+            rm_turns = [t for t in history if t.turn.reply_token_ids and t.conversation_id not in kept_out]
             rm_rewards = {(r.conversation_id, r.turn_index): r.reward
-                          for r in build_rewards(map(feedback_turn, rm_eps), cfg.reward_builder)}
-        pairs = build_pairs(rm_eps, rm_rewards, tokenizer, cfg.reward_model)
+                          for r in build_rewards(map(feedback_turn, rm_turns), cfg.reward_builder)}
+        pairs = build_pairs(rm_turns, rm_rewards, tokenizer, cfg.reward_model)
         train_pairs, eval_pairs = split_pairs(pairs, cfg.reward_model.eval_share, cfg.reward_model.seed)
         if not train_pairs:
             raise NotEnoughFeedback("no preference pairs: no corrections and no reward gaps on one customer message")
@@ -281,34 +285,33 @@ class Round:
         self.report("reward_model", pairs=len(pairs), rm_eval_accuracy=rm_accuracy)
 
         # the expert view by context: training contexts for PPO's rollouts, held-out ones for the gate
-        references = ExpertReferences.from_episodes(rm_eps, tokenizer)
+        references = ExpertReferences.from_turns(rm_turns, tokenizer)
         # this round's held-out conversations, and with gate_history the earlier rounds' too
-        gate_eps = never_trained(history if cfg.gate_history and history else episodes, holdout, cfg.holdout_share)
-        gate_references = ExpertReferences.from_episodes(gate_eps, tokenizer)
+        gate_turns = never_trained(history if cfg.gate_history and history else turns, holdout, cfg.holdout_share)
+        gate_references = ExpertReferences.from_turns(gate_turns, tokenizer)
         self.metrics |= {"reference_contexts": len(references), "gate_reference_contexts": len(gate_references),
-                         "gate_conversations": len({e.conversation_id for e in gate_eps})}
+                         "gate_conversations": len({t.conversation_id for t in gate_turns})}
 
-        active = store.adapters.active()
-        active_dir = None if active == BASE_VERSION else Path(store.adapters.get(active).path)
         if cfg.method == "ppo":
-            self.update_ppo(active_dir, tokenizer, train_eps, rewards, reward_model, references)
+            self.update_ppo(active_dir, tokenizer, train_turns, rewards, reward_model, references)
         else:
-            self.update_baseline(active_dir, tokenizer, train_eps, rewards)
+            self.update_baseline(active_dir, tokenizer, train_turns, rewards)
         torch.manual_seed(cfg.gate.seed)
 
+        version = store.adapters.next_version()
+        write_manifest(self.dir / "candidate", version, base_ref, active)  # the gate's external evaluator reads it
         verdict = gate.evaluate(base_ref, self.dir / "candidate", active_dir, active,
-                                newest_contexts(gate_eps), reward_model, cfg.gate,
+                                newest_contexts(gate_turns), reward_model, cfg.gate,
                                 gate_references, cfg.reference_weight)
         self.metrics |= verdict.metrics()
         self.report("gate", passed=verdict.passed, reasons=verdict.reasons)
 
-        version = store.adapters.next_version()
         status = cfg.gate.pass_status if verdict.passed else "rejected"
         self.keeper.check()
-        publish(store, self.settings.adapters_dir, self.dir / "candidate", version=version,
-                base_model=base_ref, parent=active, metrics=self.metrics, data_watermark=watermark_to,
-                status=status, reason="passed the gate" if verdict.passed else "; ".join(verdict.reasons))
-        self.report("publish", version=version, status=status)
+        release_adapter(store, self.settings.adapters_dir, self.dir / "candidate", version=version,
+                        base_model=base_ref, parent=active, metrics=self.metrics, data_watermark=watermark_to,
+                        status=status, reason="passed the gate" if verdict.passed else "; ".join(verdict.reasons))
+        self.report("release", version=version, status=status)
         return ("succeeded" if verdict.passed else "rejected"), version, watermark_to
 
 

@@ -1,9 +1,9 @@
 """The model runtime: one generation worker per process, dynamic batching by adapter version,
-adapter hot-swap with verification. The web layer uses ``make_engine`` (``Engine``, or ``VllmEngine`` with a vLLM server) and ``Generation``."""
+adapter hot-swap with verification, following the registry (``follower``). The web layer uses
+``make_engine`` (``Engine``, or ``VllmEngine`` with a vLLM server) and ``Generation``."""
 
 from typing import TYPE_CHECKING
 
-from bot.runtime.adapters import AdapterRefused, write_adapter
 from bot.runtime.engine import Engine, Generation, GenerationError
 
 if TYPE_CHECKING:
@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from feedback_store import FeedbackStore
     from loopdesk.config import Settings
 
-__all__ = ["Engine", "Generation", "GenerationError", "AdapterRefused", "write_adapter", "make_engine"]
+__all__ = ["Engine", "Generation", "GenerationError", "make_engine"]
 
 
 def make_engine(settings: "Settings", store: "FeedbackStore") -> "Engine | VllmEngine":

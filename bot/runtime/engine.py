@@ -1,9 +1,10 @@
 """The model runtime the web layer calls: one engine per process, replies streamed and logged.
 
 ``Engine.start()`` loads the base model and tokenizer once, starts the generation worker
-(dynamic batching by adapter version) and the adapter hot-swap threads. ``generate`` blocks
-the calling thread until its reply is done, handing text deltas to ``on_text`` on that same
-thread as tokens arrive, and returns everything a logged ``BotTurn`` needs.
+(dynamic batching by adapter version) and the adapter follower (``bot.runtime.follower``) with
+the worker's hot-swap loader. ``generate`` blocks the calling thread until its reply is done,
+handing text deltas to ``on_text`` on that same thread as tokens arrive, and returns everything a
+logged ``BotTurn`` needs.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bot.runtime.batching import Row
-from bot.runtime.hotswap import AdapterManager
+from bot.runtime.follower import AdapterFollower
+from bot.runtime.hotswap import WorkerLoader
 from bot.runtime.prompts import PromptBuilder, system_prompt
 from bot.runtime.worker import GenerationWorker, Request
 from feedback_store import FeedbackStore
@@ -56,17 +58,17 @@ class Engine:
     """Serves chat replies from the base model plus hot-swapped LoRA adapters."""
 
     def __init__(self, settings: Settings, store: FeedbackStore, *, max_batch_size: int | None = None,
-                 idle_unload_s: float = 120.0):
+                 idle_unload_s: float = 120.0, resync_s: float = 30.0):
         if settings.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {settings.temperature}")
         self.settings = settings
         self.store = store
         self.max_batch_size = max_batch_size or settings.max_batch_size
-        self.idle_unload_s = idle_unload_s
+        self.idle_unload_s, self.resync_s = idle_unload_s, resync_s
         self.tokenizer = None
         self._builder: PromptBuilder | None = None
         self._worker: GenerationWorker | None = None
-        self._adapters: AdapterManager | None = None
+        self._adapters: AdapterFollower | None = None
         self._max_positions = 0
 
     def start(self) -> None:
@@ -88,8 +90,8 @@ class Engine:
                                         self.tokenizer.eos_token_id, self.settings.temperature,
                                         self.max_batch_size)
         self._worker.start()
-        self._adapters = AdapterManager(self.store, self._worker, ref,
-                                        self._builder.build(PROBE_MESSAGES).token_ids, self.idle_unload_s)
+        loader = WorkerLoader(self._worker, self._builder.build(PROBE_MESSAGES).token_ids)
+        self._adapters = AdapterFollower(self.store, loader, ref, self.idle_unload_s, self.resync_s)
         self._adapters.start()
         log.info("engine ready in %.1f s: %s, %d threads, serving %s", time.perf_counter() - started, ref,
                  torch.get_num_threads(), self.loaded_versions())
@@ -172,7 +174,7 @@ class Engine:
             raise GenerationError("the engine is not running")
         return self._worker
 
-    def _running_adapters(self) -> AdapterManager:
+    def _running_adapters(self) -> AdapterFollower:
         if self._adapters is None:
             raise GenerationError("the engine is not running")
         return self._adapters

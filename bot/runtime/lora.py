@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bot.runtime.adapters import AdapterRefused, VerifiedAdapter
+from bot.runtime.adapters import VerifiedAdapter
+from loopdesk.adapter_format import InvalidAdapterError
 
 PREFIX = "base_model.model."
 
@@ -32,7 +33,7 @@ def prepare(model: nn.Module, adapter: VerifiedAdapter) -> dict[str, LoraDelta]:
     """Match an adapter's weights to ``model``'s linear layers (read-only on the model).
 
     Raises:
-        AdapterRefused: an adapter feature this runtime does not serve, or weights that do not
+        InvalidAdapterError: an adapter feature this runtime does not serve, or weights that do not
             fit the model's layers.
     """
     config, version = adapter.config, adapter.version
@@ -41,11 +42,11 @@ def prepare(model: nn.Module, adapter: VerifiedAdapter) -> dict[str, LoraDelta]:
                                          ("alpha_pattern", bool(config.alpha_pattern)),
                                          ("modules_to_save", bool(config.modules_to_save))) if on]
     if unsupported:
-        raise AdapterRefused(f"{version}: LoRA features not served: {', '.join(unsupported)}")
+        raise InvalidAdapterError(f"{version}: LoRA features not served: {', '.join(unsupported)}")
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in adapter.weights.items():
         if not key.startswith(PREFIX) or not key.endswith((".lora_A.weight", ".lora_B.weight")):
-            raise AdapterRefused(f"{version}: unexpected tensor {key}")
+            raise InvalidAdapterError(f"{version}: unexpected tensor {key}")
         module, kind = key[len(PREFIX):].rsplit(".", 2)[0], key.rsplit(".", 2)[1]
         pairs.setdefault(module, {})[kind] = tensor
     deltas = {}
@@ -53,19 +54,19 @@ def prepare(model: nn.Module, adapter: VerifiedAdapter) -> dict[str, LoraDelta]:
         try:
             layer = model.get_submodule(name)
         except AttributeError:
-            raise AdapterRefused(f"{version}: the base model has no layer {name}") from None
+            raise InvalidAdapterError(f"{version}: the base model has no layer {name}") from None
         if not isinstance(layer, nn.Linear) or set(pair) != {"lora_A", "lora_B"}:
-            raise AdapterRefused(f"{version}: {name} is not a linear layer with lora_A and lora_B")
+            raise InvalidAdapterError(f"{version}: {name} is not a linear layer with lora_A and lora_B")
         a, b = pair["lora_A"], pair["lora_B"]
         rank = a.shape[0]
         if a.shape != (rank, layer.in_features) or b.shape != (layer.out_features, rank):
-            raise AdapterRefused(f"{version}: {name} shapes {tuple(a.shape)}/{tuple(b.shape)} do not fit "
+            raise InvalidAdapterError(f"{version}: {name} shapes {tuple(a.shape)}/{tuple(b.shape)} do not fit "
                                  f"{layer.in_features}->{layer.out_features}")
         scale = config.lora_alpha / (math.sqrt(rank) if config.use_rslora else rank)
         dtype = layer.weight.dtype
         deltas[name] = LoraDelta(a.t().contiguous().to(dtype), (b.t() * scale).contiguous().to(dtype))
     if not deltas:
-        raise AdapterRefused(f"{version}: no LoRA weights")
+        raise InvalidAdapterError(f"{version}: no LoRA weights")
     return deltas
 
 

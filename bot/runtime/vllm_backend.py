@@ -3,10 +3,11 @@
 Enabled by ``LOOPDESK_VLLM_URL`` (off by default). The bot still builds prompts with the base
 model's tokenizer, sends them as token ids to ``/v1/completions`` (streamed, ``logprobs=1``,
 ``return_tokens_as_token_ids``) and returns the same ``Generation`` as ``Engine``: reply token
-ids with their log-probs, so logged turns stay valid PPO samples. Adapters follow the registry as
-with ``Engine``: each active/canary version is verified locally, then loaded into vLLM with
-``/v1/load_lora_adapter`` (its directory must be readable at the same path on the vLLM host) and
-requested by name; versions no longer named are unloaded once idle.
+ids with their log-probs, so logged turns stay valid PPO samples. Adapters follow the registry
+through the same follower as ``Engine``'s (``bot.runtime.follower``), with this engine as its
+loader: a verified version is loaded into vLLM with ``/v1/load_lora_adapter`` (its directory must
+be readable at the same path on the vLLM host) and requested by name; one no longer named is
+unloaded with ``/v1/unload_lora_adapter`` once idle and no reply under it is running.
 
 The vLLM server must run with ``--enable-lora --max-lora-rank R``, ``--logprobs-mode
 processed_logprobs`` (log-probs at the sampling temperature, as PPO needs; vLLM's default is
@@ -17,19 +18,20 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import requests
 
-from bot.runtime.adapters import AdapterRefused, read_verified
+from bot.runtime.adapters import VerifiedAdapter
 from bot.runtime.engine import Generation, GenerationError
+from bot.runtime.follower import AdapterFollower
 from bot.runtime.prompts import PromptBuilder, system_prompt
-from feedback_store import FeedbackStore, NotFoundError
+from feedback_store import FeedbackStore
 from feedback_store.records import BASE_VERSION
 from loopdesk.config import Settings
 
@@ -97,7 +99,7 @@ class Completion:
 
 
 class VllmEngine:
-    """The ``Engine`` interface served by a vLLM server; adapters are loaded into it by name."""
+    """The ``Engine`` interface served by a vLLM server, and the follower's loader of adapters into it."""
 
     def __init__(self, settings: Settings, store: FeedbackStore, *, idle_unload_s: float = 120.0,
                  resync_s: float = 30.0, http: requests.Session | None = None):
@@ -109,15 +111,16 @@ class VllmEngine:
         self.http = http or requests.Session()
         self.tokenizer = None
         self._builder: PromptBuilder | None = None
+        self._follower: AdapterFollower | None = None
         self._max_positions = 0
-        self._loaded: dict[str, float] = {}  # version -> last used (monotonic)
-        self._refused: dict[str, str] = {}
-        self._fallback, self._canary = BASE_VERSION, None
+        self._loaded: set[str] = set()  # in vLLM, taking requests
+        self._draining: set[str] = set()  # in vLLM, no new requests, unloaded once none runs
+        self._last_used: dict[str, float] = {}  # version -> when a reply under it last ended (monotonic)
+        self._running: Counter[str] = Counter()
+        self._fallback = BASE_VERSION
         self._waiting = 0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._stopped = False
 
     def start(self) -> None:
         """Load the tokenizer, check the server, load the registry's adapters, then follow changes."""
@@ -130,18 +133,14 @@ class VllmEngine:
                                       system_prompt(ref) if Path(ref).is_dir() else None)
         if not self.ready():
             raise GenerationError(f"no vLLM server answers at {self.url}")
-        self.sync()
-        self._threads = [threading.Thread(target=self._listen, name="loopdesk-vllm-listener", daemon=True),
-                         threading.Thread(target=self._follow, name="loopdesk-vllm-sync", daemon=True)]
-        for thread in self._threads:
-            thread.start()
+        self._follower = AdapterFollower(self.store, self, ref, self.idle_unload_s, self.resync_s)
+        self._follower.start()
         log.info("vLLM backend at %s serving %s", self.url, self.loaded_versions())
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        for thread in self._threads:
-            thread.join(timeout=5)
+        self._stopped = True
+        if self._follower is not None:
+            self._follower.stop()
 
     def ready(self) -> bool:
         try:
@@ -154,30 +153,29 @@ class VllmEngine:
             return sorted({BASE_VERSION, *self._loaded})
 
     def refused_versions(self) -> dict[str, str]:
-        return dict(self._refused)
+        return dict(self._follower.refused) if self._follower else {}
 
     def queue_depth(self) -> int:
         """Replies sent to vLLM that have no first token yet."""
         return self._waiting
 
     def choose_version(self) -> str:
-        canary = self._canary
-        if canary and random.random() < self.store.adapters.canary_share():
-            return canary
-        return self._fallback
+        """The version a NEW conversation is pinned to: active, or canary with the canary share."""
+        if self._follower is None:
+            raise GenerationError("the engine is not running")
+        return self._follower.choose_version()
 
     def generate(self, messages: list[dict], adapter_version: str,
                  on_text: Callable[[str], None] | None = None) -> Generation:
         """Stream a reply from vLLM under ``adapter_version`` (or the active one if it is not loaded)."""
-        if self._builder is None or self._stop.is_set():
+        if self._builder is None or self._stopped:
             raise GenerationError("the engine is not running")
         started = time.perf_counter()
         prompt = self._builder.build(messages)
         with self._lock:
             version = adapter_version if adapter_version in self._loaded or adapter_version == BASE_VERSION \
                 else self._fallback
-            if version in self._loaded:
-                self._loaded[version] = time.monotonic()
+            self._running[version] += 1
         model = self.base_name if version == BASE_VERSION else version
         max_new = min(self.settings.max_reply_tokens, self._max_positions - len(prompt.token_ids))
         body = completion_request(model, prompt.token_ids, max_new, self.settings.temperature)
@@ -197,6 +195,9 @@ class VllmEngine:
         except requests.RequestException as exc:
             raise GenerationError(f"vLLM request failed: {exc}") from exc
         finally:
+            with self._lock:
+                self._running[version] -= 1
+                self._last_used[version] = time.monotonic()
             if first_token_at is None:
                 self._count_waiting(-1)
         done = time.perf_counter()
@@ -211,40 +212,42 @@ class VllmEngine:
         with self._lock:
             self._waiting += change
 
-    # adapters ------------------------------------------------------------------------------
-    def sync(self) -> None:
-        """Load what the registry names active/canary into vLLM; unload idle versions it no longer names."""
-        active, canary = self.store.adapters.active(), self.store.adapters.canary()
-        for version in (active, canary):
-            if version and version != BASE_VERSION and version not in self._loaded and version not in self._refused:
-                self._load(version)
+    # the follower's loader -------------------------------------------------------------------
+    def load(self, adapter: VerifiedAdapter) -> None:
+        """Load a verified adapter into vLLM under its version's name (raises ``GenerationError``
+        while vLLM is out of reach or busy: the follower tries again at its next sync)."""
+        self._post("load_lora_adapter", load_adapter_request(adapter.version, str(adapter.path)))
         with self._lock:
-            if active == BASE_VERSION or active in self._loaded:
-                self._fallback = active
-            self._canary = canary if canary in self._loaded else None
-            now = time.monotonic()
-            idle = [v for v, used in self._loaded.items() if v not in (self._fallback, self._canary)
-                    and now - used >= self.idle_unload_s]
-        for version in idle:
-            self._post("unload_lora_adapter", {"lora_name": version})
-            with self._lock:
-                self._loaded.pop(version, None)
+            self._draining.discard(adapter.version)
+            self._loaded.add(adapter.version)
+            self._last_used[adapter.version] = time.monotonic()
+        log.info("adapter %s loaded into vLLM", adapter.version)
 
-    def _load(self, version: str) -> None:
-        try:
-            record = self.store.adapters.get(version)
-            read_verified(record.path, version, self.settings.base_model_ref, expected_sha256=record.sha256)
-            self._post("load_lora_adapter", load_adapter_request(version, record.path))
-        except (AdapterRefused, NotFoundError) as exc:
-            self._refused[version] = str(exc)
-            log.error("adapter refused, still serving %s: %s", self._fallback, exc)
-            return
-        except GenerationError as exc:  # vLLM unreachable or busy: try again on the next sync
-            log.warning("adapter %s not loaded into vLLM yet: %s", version, exc)
-            return
+    def set_fallback(self, version: str) -> None:
         with self._lock:
-            self._loaded[version] = time.monotonic()
-        log.info("adapter %s loaded into vLLM", version)
+            self._fallback = version
+
+    def unload(self, version: str, idle_s: float) -> bool:
+        """Unload ``version`` from vLLM if no reply used it for ``idle_s`` and none runs under it now;
+        with ``idle_s`` 0 it takes no new requests from now on. False: not yet, ask again."""
+        with self._lock:
+            if version not in self._loaded and version not in self._draining:
+                return True
+            if idle_s > 0 and time.monotonic() - self._last_used.get(version, 0.0) < idle_s:
+                return False
+            self._loaded.discard(version)
+            self._draining.add(version)
+            if self._running[version]:
+                return False
+        try:
+            self._post("unload_lora_adapter", {"lora_name": version})
+        except GenerationError as exc:
+            log.warning("adapter %s not unloaded from vLLM yet: %s", version, exc)
+            return False
+        with self._lock:
+            self._draining.discard(version)
+        log.info("adapter %s unloaded from vLLM", version)
+        return True
 
     def _post(self, endpoint: str, body: dict[str, str]) -> None:
         try:
@@ -253,23 +256,3 @@ class VllmEngine:
             raise GenerationError(f"vLLM {endpoint} failed: {exc}") from exc
         if response.status_code != 200 and "already been loaded" not in response.text:
             raise GenerationError(f"vLLM {endpoint} answered {response.status_code}: {response.text[:300]}")
-
-    def _listen(self) -> None:
-        while not self._stop.is_set():
-            try:
-                for _ in self.store.adapters.listen(self._stop.is_set):
-                    self._wake.set()
-            except Exception:
-                log.exception("adapter announcements interrupted; resubscribing")
-                time.sleep(1.0)
-
-    def _follow(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(timeout=self.resync_s)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            try:
-                self.sync()
-            except Exception:
-                log.exception("adapter sync with vLLM failed; retrying on the next announcement")

@@ -104,7 +104,7 @@ class GenerationWorker:
         """Delete an adapter that failed its probe (on the worker thread, between steps)."""
         return self._call(lambda: self._delete(version))
 
-    def publish(self, version: str) -> None:
+    def make_routable(self, version: str) -> None:
         """Let new requests use ``version`` (after it was installed and probed)."""
         with self._lock:
             self._routing.routable.add(version)

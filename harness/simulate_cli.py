@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import secrets
 from contextlib import ExitStack
 from pathlib import Path
@@ -11,21 +10,12 @@ from typing import Any
 
 import click
 
-
-def _clean(value: Any) -> Any:
-    """JSON-safe copy: NaN becomes null."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
+from harness.report_format import json_safe
 
 
 def _clean_json(value: dict[str, Any]) -> str:
     """One line of strict JSON."""
-    return json.dumps(_clean(value), allow_nan=False)
+    return json.dumps(json_safe(value), allow_nan=False)
 
 
 def _expert_password(settings: Any, name: str) -> str:
@@ -72,7 +62,7 @@ def _expert_password(settings: Any, name: str) -> str:
                    "customers in a private sandbox; the last stdout line is "
                    '{"pass": bool, "candidate_score": float, "active_score": float, "details": {...}}.')
 @click.option("--candidate-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="--panel: the candidate adapter directory (published format, with manifest.json).")
+              help="--panel: the candidate adapter directory (the adapter directory format of loopdesk.adapter_format, with manifest.json).")
 @click.option("--active", default=None,
               help="--panel: the version to beat [default: the registry's active version; 'base' = no adapter].")
 @click.option("--tolerance", type=click.FloatRange(0), default=0.1, show_default=True,
@@ -96,7 +86,7 @@ def simulate(n: int, concurrency: int, url: str | None, held_out: bool, oracle: 
     from sim.customers import CustomerConfig
     from sim.experts import SimulatedExpert
     from sim.oracle import create_oracle_app
-    from sim.serving import local_bot, serve
+    from harness.serving import local_bot, serve
     from sim.simulate import run_customers, summarize
 
     if oracle and (url or experts):
@@ -107,7 +97,7 @@ def simulate(n: int, concurrency: int, url: str | None, held_out: bool, oracle: 
     config = CustomerConfig(held_out=held_out, follow_up_share=follow_up_share, leave_share=leave_share,
                             rating_noise=rating_noise)
     if panel:
-        from sim.panel import run_panel
+        from harness.panel import run_panel
 
         verdict = run_panel(settings_or_exit(), company, candidate_dir, active, n, concurrency, config, seed, tolerance)
         click.echo(_clean_json(verdict.to_dict()))

@@ -1,8 +1,9 @@
-"""Publishing an adapter: files in place atomically, then the registry, then the status change.
+"""Releasing an adapter: files in place atomically, then the registry, then the status change;
+and reading a released one back to start from.
 
-Steps, each undone if a later one fails:
+Steps of ``release_adapter``, each undone if a later one fails:
 
-1. copy the adapter files into ``<adapters_dir>/.tmp-<version>-<random>``, write ``manifest.json``,
+1. copy the trained files into ``<adapters_dir>/.tmp-<version>-<random>``, write ``manifest.json``,
    fsync every file and the directory;
 2. rename it to ``<adapters_dir>/<version>`` and fsync ``adapters_dir``;
 3. ``store.adapters.register`` (a candidate);
@@ -10,14 +11,12 @@ Steps, each undone if a later one fails:
    reasons.
 
 A failure before step 3 removes the directory; a failure in step 4 rejects the candidate (reason
-"publish failed: …"). A process killed between steps 3 and 4 leaves a candidate that the next
+"release failed: …"). A process killed between steps 3 and 4 leaves a candidate that the next
 round rejects (``reject_orphans``); temporary directories are removed by ``remove_temp_dirs``.
 
-Directory format (what ``bot.runtime.adapters.read_verified`` checks): peft's
-``adapter_model.safetensors`` + ``adapter_config.json``, the PPO value head
-``value_head.safetensors``, and ``manifest.json`` with ``version``, ``sha256`` (hex of
-``adapter_model.safetensors``), ``base_model``, ``parent``, ``created_at``, ``metrics`` and
-``data_watermark``.
+The directory is the one ``loopdesk.adapter_format`` describes: the trained files
+(``TRAINED_FILES``: peft's weights and config, the PPO value head) and a manifest with
+``metrics`` and ``data_watermark`` besides the required keys.
 """
 
 from __future__ import annotations
@@ -30,18 +29,16 @@ from pathlib import Path
 from typing import Any
 
 from feedback_store import FeedbackStore
-from feedback_store.records import AdapterVersion
+from feedback_store.records import BASE_VERSION, AdapterVersion
 
-from loopdesk.adapter_format import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, write_manifest
-from trainer.policy import VALUE_HEAD_FILE
+from loopdesk.adapter_format import MANIFEST_FILE, TRAINED_FILES, verify, write_manifest
 
-ADAPTER_FILES = (WEIGHTS_FILE, CONFIG_FILE, VALUE_HEAD_FILE)
 TEMP_PREFIX = ".tmp-"
-ORPHAN_REASON = "orphaned: the run that published it stopped before deciding its status"
+ORPHAN_REASON = "orphaned: the run that released it stopped before deciding its status"
 
 
-class PublishError(RuntimeError):
-    """Publishing failed; nothing was left registered as a candidate."""
+class ReleaseError(RuntimeError):
+    """Releasing failed; nothing was left registered as a candidate."""
 
 
 def _fsync(path: Path) -> None:
@@ -56,27 +53,27 @@ def _fsync(path: Path) -> None:
 def _stage(source_dir: Path, target: Path, **manifest: Any) -> str:
     """Write the adapter files and the manifest into ``target``, fsync them; return the sha256."""
     target.mkdir()
-    for name in ADAPTER_FILES:
+    for name in TRAINED_FILES:
         shutil.copyfile(source_dir / name, target / name)
     sha = write_manifest(target, **manifest)["sha256"]
-    for name in (*ADAPTER_FILES, MANIFEST_FILE):
+    for name in (*TRAINED_FILES, MANIFEST_FILE):
         _fsync(target / name)
     _fsync(target)
     return sha
 
 
-def publish(store: FeedbackStore, adapters_dir: Path, source_dir: Path, *, version: str, base_model: str,
-            parent: str, metrics: dict[str, Any], data_watermark: int, status: str,
-            reason: str = "") -> AdapterVersion:
-    """Publish the adapter in ``source_dir`` as ``version`` and give it ``status``.
+def release_adapter(store: FeedbackStore, adapters_dir: Path, source_dir: Path, *, version: str,
+                    base_model: str, parent: str, metrics: dict[str, Any], data_watermark: int, status: str,
+                    reason: str = "") -> AdapterVersion:
+    """Release the trained adapter in ``source_dir`` as ``version`` and give it ``status``.
 
     ``status`` is ``canary``, ``active`` or ``rejected`` (``reason`` then says why).
 
     Raises:
-        PublishError: a step failed; no candidate and no partial directory are left behind.
+        ReleaseError: a step failed; no candidate and no partial directory are left behind.
     """
     if status not in ("canary", "active", "rejected"):
-        raise ValueError(f"cannot publish an adapter as {status!r}")
+        raise ValueError(f"cannot release an adapter as {status!r}")
     final = adapters_dir / version
     temp = adapters_dir / f"{TEMP_PREFIX}{version}-{secrets.token_hex(4)}"
     now = time.time()
@@ -92,14 +89,14 @@ def publish(store: FeedbackStore, adapters_dir: Path, source_dir: Path, *, versi
         _fsync(adapters_dir)
     except Exception as exc:
         shutil.rmtree(final if renamed else temp, ignore_errors=True)
-        raise PublishError(f"could not write adapter {version} into {adapters_dir}: {exc}") from exc
+        raise ReleaseError(f"could not write adapter {version} into {adapters_dir}: {exc}") from exc
     try:
         store.adapters.register(AdapterVersion(
             version=version, path=str(final.resolve()), sha256=sha, base_model=base_model, parent=parent,
             metrics=metrics, data_watermark=data_watermark, created_at=now, updated_at=now))
     except Exception as exc:
         shutil.rmtree(final, ignore_errors=True)
-        raise PublishError(f"could not register adapter {version}: {exc}") from exc
+        raise ReleaseError(f"could not register adapter {version}: {exc}") from exc
     try:
         if status == "canary":
             return store.adapters.send_to_canary(version, reason)
@@ -107,8 +104,8 @@ def publish(store: FeedbackStore, adapters_dir: Path, source_dir: Path, *, versi
             return store.adapters.promote(version, reason)
         return store.adapters.reject(version, reason or "rejected by the gate")
     except Exception as exc:
-        store.adapters.reject(version, f"publish failed: {exc}"[:500])
-        raise PublishError(f"adapter {version} was registered but could not become {status}: {exc}") from exc
+        store.adapters.reject(version, f"release failed: {exc}"[:500])
+        raise ReleaseError(f"adapter {version} was registered but could not become {status}: {exc}") from exc
 
 
 def reject_orphans(store: FeedbackStore) -> list[str]:
@@ -127,3 +124,18 @@ def remove_temp_dirs(adapters_dir: Path) -> list[Path]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
+
+
+def released_dir(store: FeedbackStore, version: str, base_model: str) -> Path | None:
+    """The directory of released ``version`` to start a round from, checked against the contract and
+    the registry's sha256, value head included (None for ``base``: no adapter).
+
+    Raises:
+        InvalidAdapterError: the directory is not a released adapter of ``base_model`` (``verify``).
+        NotFoundError: the registry has no such version.
+    """
+    if version == BASE_VERSION:
+        return None
+    record = store.adapters.get(version)
+    verify(record.path, base_model, version=version, expected_sha256=record.sha256, value_head=True)
+    return Path(record.path)

@@ -1,7 +1,7 @@
-"""Episodes PPO learns from, and their padding into one batch of tensors.
+"""Samples PPO learns from, and their padding into one batch of tensors.
 
-An episode is one reply to one prompt, as token ids, with the log-probs its behaviour policy gave
-each reply token and a scalar reward. Fresh rollouts and logged bot turns both become episodes.
+A sample is one reply to one prompt, as token ids, with the log-probs its behaviour policy gave
+each reply token and a scalar reward. Fresh rollouts and logged bot turns both become samples.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 
 
 @dataclass
-class Episode:
-    """One sampled reply: the unit of a PPO step."""
+class Sample:
+    """One reply with its behaviour log-probs and reward: the unit of a PPO step."""
 
     prompt_ids: list[int]
     reply_ids: list[int]
@@ -22,7 +22,7 @@ class Episode:
 
     def __post_init__(self) -> None:
         if not self.prompt_ids or not self.reply_ids:
-            raise ValueError("an episode needs a non-empty prompt and reply")
+            raise ValueError("a sample needs a non-empty prompt and reply")
         if len(self.behaviour_logprobs) != len(self.reply_ids):
             raise ValueError(
                 f"{len(self.behaviour_logprobs)} behaviour log-probs for {len(self.reply_ids)} reply tokens"
@@ -30,7 +30,7 @@ class Episode:
 
 
 @dataclass
-class LoggedEpisode:
+class LoggedSample:
     """A bot turn as served: log-probs recorded by the serving adapter, reward from people.
 
     ``timestamp`` is when it was served (Unix seconds); too old ones are skipped by PPO.
@@ -43,14 +43,14 @@ class LoggedEpisode:
     adapter_version: str
     timestamp: float
 
-    def to_episode(self) -> Episode:
-        """The episode PPO trains on."""
-        return Episode(self.prompt_ids, self.reply_ids, self.behaviour_logprobs, self.reward)
+    def to_sample(self) -> Sample:
+        """The sample PPO trains on."""
+        return Sample(self.prompt_ids, self.reply_ids, self.behaviour_logprobs, self.reward)
 
 
 @dataclass
 class Batch:
-    """Episodes padded to [B, P + R]: prompts left-padded to P, replies right-padded to R."""
+    """Samples padded to [B, P + R]: prompts left-padded to P, replies right-padded to R."""
 
     input_ids: torch.Tensor  # [B, P + R]
     attention_mask: torch.Tensor  # [B, P + R]
@@ -89,24 +89,24 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
-def collate(episodes: list[Episode], pad_id: int, eos_id: int, device: torch.device) -> Batch:
-    """Pad episodes into one batch on ``device``."""
-    prompt_ids, prompt_mask = left_pad([e.prompt_ids for e in episodes], pad_id)
-    width = max(len(e.reply_ids) for e in episodes)
-    reply_ids = torch.full((len(episodes), width), pad_id, dtype=torch.long)
-    reply_mask = torch.zeros((len(episodes), width))
-    behaviour = torch.zeros((len(episodes), width))
-    for i, e in enumerate(episodes):
-        n = len(e.reply_ids)
-        reply_ids[i, :n] = torch.tensor(e.reply_ids)
+def collate(samples: list[Sample], pad_id: int, eos_id: int, device: torch.device) -> Batch:
+    """Pad samples into one batch on ``device``."""
+    prompt_ids, prompt_mask = left_pad([s.prompt_ids for s in samples], pad_id)
+    width = max(len(s.reply_ids) for s in samples)
+    reply_ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    reply_mask = torch.zeros((len(samples), width))
+    behaviour = torch.zeros((len(samples), width))
+    for i, sample in enumerate(samples):
+        n = len(sample.reply_ids)
+        reply_ids[i, :n] = torch.tensor(sample.reply_ids)
         reply_mask[i, :n] = 1.0
-        behaviour[i, :n] = torch.tensor(e.behaviour_logprobs)
+        behaviour[i, :n] = torch.tensor(sample.behaviour_logprobs)
     return Batch(
         input_ids=torch.cat([prompt_ids, reply_ids], dim=1).to(device),
         attention_mask=torch.cat([prompt_mask, reply_mask.long()], dim=1).to(device),
         reply_mask=reply_mask.to(device),
         behaviour_logprobs=behaviour.to(device),
-        rewards=torch.tensor([float(e.reward) for e in episodes], device=device),
-        ended=torch.tensor([e.reply_ids[-1] == eos_id for e in episodes], device=device),
+        rewards=torch.tensor([float(s.reward) for s in samples], device=device),
+        ended=torch.tensor([s.reply_ids[-1] == eos_id for s in samples], device=device),
         prompt_width=prompt_ids.shape[1],
     )

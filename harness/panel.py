@@ -20,7 +20,7 @@ from typing import Any
 from loopdesk.config import Settings
 from sim.company import Company
 from sim.customers import CustomerConfig
-from sim.serving import SIMULATOR_RATE_LIMIT, serve
+from harness.serving import SIMULATOR_RATE_LIMIT, serve
 from sim.simulate import Summary, run_customers, summarize
 
 LOAD_TIMEOUT_S = 300.0
@@ -55,18 +55,22 @@ class PanelResult:
                 "active_score": self.active_score, "details": self.details}
 
 
-def _sandbox_registry(store: Any, real: Any, candidate_dir: Path, active: str) -> str:
+def _sandbox_registry(store: Any, real: Any, candidate_dir: Path, active: str, base_model: str) -> str:
     """Register the active version (as active) and the candidate (as canary); return the candidate's name:
     its manifest's version, with ``-candidate`` appended where that is the active version's name (an
-    adapter from another data directory)."""
-    from loopdesk.adapter_format import read_manifest
+    adapter from another data directory).
+
+    Raises:
+        InvalidAdapterError: the candidate directory is no adapter of ``base_model`` (``verify``).
+    """
+    from loopdesk.adapter_format import verify
     from feedback_store.records import BASE_VERSION, AdapterVersion
 
     if active != BASE_VERSION:
         record = real.adapters.get(active)
         store.adapters.register(record.model_copy(update={"status": "candidate"}))
         store.adapters.promote(active, "panel: the active version")
-    manifest = read_manifest(candidate_dir)
+    manifest = verify(candidate_dir, base_model)
     version = manifest["version"]
     if version == active:
         version = f"{version[:54]}-candidate"
@@ -110,7 +114,7 @@ def run_panel(settings: Settings, company: Company, candidate_dir: Path, active:
             data_dir=sandbox, redis_url="", base_model=settings.base_model_ref,
             rate_limit_per_ip=SIMULATOR_RATE_LIMIT, rate_limit_per_conversation=SIMULATOR_RATE_LIMIT)
         store = FeedbackStore.from_settings(panel_settings, announce=False)
-        candidate = _sandbox_registry(store, real, candidate_dir, active)
+        candidate = _sandbox_registry(store, real, candidate_dir, active, settings.base_model_ref)
         engine = Engine(panel_settings, store)
         engine.start()
         stack.callback(engine.stop)

@@ -47,16 +47,18 @@ def loop(rounds: int, customers_per_round: int, concurrency: int, experts: bool,
          eval_customers: int, combine: tuple[Path, ...], out: Path) -> None:
     """Run the closed loop on this data directory: round 0 measures the active adapter; each later
     round trains (a 'loopdesk worker' subprocess runs the queued round: reward model, PPO, gate,
-    publish as active), waits for the bot to serve the new version, and measures again.
+    release as active), waits for the bot to serve the new version, and measures again.
 
     \b
         loopdesk loop --rounds 3 --customers-per-round 100 --out docs/loop-report
         loopdesk loop --method ppo --method sft --method kto --method none --out docs/loop-report
     """
-    from loopdesk.cli_support import round_overrides_or_exit, settings_or_exit
-    from sim.loop import LoopConfig, LoopError, run_loop
     from feedback_store.server import stop_embedded_redis
-    from sim.report import write_comparison, write_report
+    from harness.comparison import write_comparison
+    from harness.loop import LoopConfig, run_loop
+    from harness.processes import LoopError
+    from harness.report import write_report
+    from loopdesk.cli_support import round_overrides_or_exit, settings_or_exit
 
     if combine:
         for path in write_comparison(combined_reports(combine), out):

@@ -1,4 +1,4 @@
-"""Export of training episodes: bot turns of conversations whose feedback changed after a watermark."""
+"""The trainer's export: bot turns, with their feedback, of conversations whose feedback changed after a watermark."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import redis
 from feedback_store.annotations import Annotations
 from feedback_store.conversations import parse_conversation, parse_turn
 from feedback_store.keys import Keys
-from feedback_store.records import BotTurn, CustomerTurn, Episode
+from feedback_store.records import BotTurn, CustomerTurn, TurnWithFeedback
 
 
-class Episodes:
+class FeedbackExport:
     """The trainer's read side. The watermark is the feedback sequence number."""
 
     def __init__(self, client: redis.Redis, keys: Keys, annotations: Annotations):
@@ -22,22 +22,23 @@ class Episodes:
         """The newest feedback sequence number (0 when there is none)."""
         return int(self._r.get(self._keys.feedback_seq()) or 0)
 
-    def export(self, after: int = 0, until: int | None = None, limit: int = 10_000) -> tuple[list[Episode], int]:
-        """Episodes of conversations whose rating or annotations changed in ``(after, until]``.
+    def export(self, after: int = 0, until: int | None = None,
+               limit: int = 10_000) -> tuple[list[TurnWithFeedback], int]:
+        """Bot turns of conversations whose rating or annotations changed in ``(after, until]``.
 
-        Returns the episodes and the watermark they reach; pass it as ``after`` next time.
+        Returns the turns and the watermark they reach; pass it as ``after`` next time.
         """
         upper = "+inf" if until is None else until
         entries = self._r.zrangebyscore(self._keys.feedback_log(), f"({after}", upper,
                                         start=0, num=limit, withscores=True)
-        episodes: list[Episode] = []
+        turns: list[TurnWithFeedback] = []
         reached = after
         for conv_id, seq in entries:
             reached = max(reached, int(seq))
-            episodes.extend(self.for_conversation(conv_id))
-        return episodes, reached
+            turns.extend(self.for_conversation(conv_id))
+        return turns, reached
 
-    def for_conversation(self, conv_id: str) -> list[Episode]:
+    def for_conversation(self, conv_id: str) -> list[TurnWithFeedback]:
         """Every bot turn of one conversation with the feedback it has."""
         pipe = self._r.pipeline(transaction=False)
         pipe.hgetall(self._keys.conversation(conv_id))
@@ -47,15 +48,15 @@ class Episodes:
             return []
         conv = parse_conversation(fields)
         annotations = self._annotations.for_conversation(conv_id)
-        episodes, last_customer = [], ""
+        turns, last_customer = [], ""
         for index, raw in enumerate(raw_turns):
             turn = parse_turn(index, raw)
             if isinstance(turn, CustomerTurn):
                 last_customer = turn.text
             elif isinstance(turn, BotTurn):
-                episodes.append(Episode(
+                turns.append(TurnWithFeedback(
                     conversation_id=conv_id, turn=turn, customer_text=last_customer,
                     csat=conv.csat, annotations=annotations.get(index, []),
                     conversation_started_at=conv.created_at,
                 ))
-        return episodes
+        return turns

@@ -1,5 +1,6 @@
-"""Publishing is atomic: files fsynced and renamed into place, then registry, then status; any
-failure leaves no candidate and no partial directory."""
+"""Releasing an adapter is atomic: files fsynced and renamed into place, then registry, then status;
+any failure leaves no candidate and no partial directory. A released adapter is verified before a
+round starts from it."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from bot.runtime.adapters import read_verified
+from loopdesk.adapter_format import VALUE_HEAD_FILE, WEIGHTS_FILE, InvalidAdapterError
 from trainer.config import PPOConfig
 from trainer.policy import PolicyWithValueHead
-from trainer.publish import PublishError, publish, remove_temp_dirs
-from tests.trainer_helpers import one_torch_thread  # noqa: F401 (fixture)
+from trainer.release import ReleaseError, release_adapter, released_dir, remove_temp_dirs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -29,9 +30,10 @@ def adapter_source(base_model_dir, tmp_path_factory) -> Path:
     return path
 
 
-def _publish(store, adapters_dir: Path, source: Path, base_model_dir, status: str = "canary", version: str = "v0001"):
-    return publish(store, adapters_dir, source, version=version, base_model=str(base_model_dir), parent="base",
-                   metrics={"gate_passed": True}, data_watermark=7, status=status, reason="test")
+def _release(store, adapters_dir: Path, source: Path, base_model_dir, status: str = "canary", version: str = "v0001"):
+    return release_adapter(store, adapters_dir, source, version=version, base_model=str(base_model_dir),
+                           parent="base", metrics={"gate_passed": True}, data_watermark=7, status=status,
+                           reason="test")
 
 
 def _nothing_left(store, adapters_dir: Path) -> None:
@@ -39,10 +41,10 @@ def _nothing_left(store, adapters_dir: Path) -> None:
     assert not adapters_dir.exists() or list(adapters_dir.iterdir()) == []
 
 
-def test_published_adapter_is_in_place_registered_and_verifiable_by_the_bot(store, tmp_path, adapter_source,
+def test_released_adapter_is_in_place_registered_and_verifiable_by_the_bot(store, tmp_path, adapter_source,
                                                                            base_model_dir):
     adapters_dir = tmp_path / "adapters"
-    adapter = _publish(store, adapters_dir, adapter_source, base_model_dir)
+    adapter = _release(store, adapters_dir, adapter_source, base_model_dir)
     assert adapter.status == "canary" and store.adapters.canary() == "v0001"
     directory = adapters_dir / "v0001"
     assert sorted(os.listdir(adapters_dir)) == ["v0001"]
@@ -54,9 +56,9 @@ def test_published_adapter_is_in_place_registered_and_verifiable_by_the_bot(stor
     assert verified.version == "v0001"
 
 
-def test_rejected_publication_keeps_the_files_and_the_reason(store, tmp_path, adapter_source, base_model_dir):
-    adapter = publish(store, tmp_path, adapter_source, version="v0001", base_model=str(base_model_dir),
-                      parent="base", metrics={}, data_watermark=0, status="rejected", reason="KL over budget")
+def test_rejected_release_keeps_the_files_and_the_reason(store, tmp_path, adapter_source, base_model_dir):
+    adapter = release_adapter(store, tmp_path, adapter_source, version="v0001", base_model=str(base_model_dir),
+                              parent="base", metrics={}, data_watermark=0, status="rejected", reason="KL over budget")
     assert adapter.status == "rejected" and store.adapters.get("v0001").reason == "KL over budget"
     assert (tmp_path / "v0001" / "manifest.json").is_file()
 
@@ -64,8 +66,8 @@ def test_rejected_publication_keeps_the_files_and_the_reason(store, tmp_path, ad
 def test_unwritable_target_leaves_nothing(store, tmp_path, adapter_source, base_model_dir):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
-    with pytest.raises(PublishError, match="could not write"):
-        _publish(store, blocker / "adapters", adapter_source, base_model_dir)
+    with pytest.raises(ReleaseError, match="could not write"):
+        _release(store, blocker / "adapters", adapter_source, base_model_dir)
     assert store.adapters.list() == []
 
 
@@ -88,8 +90,8 @@ def tmpfs(tmp_path):
 
 def test_read_only_disk_leaves_nothing(store, tmpfs, adapter_source, base_model_dir):
     adapters_dir = tmpfs("readonly", "ro,size=1m")
-    with pytest.raises(PublishError, match="Read-only file system"):
-        _publish(store, adapters_dir, adapter_source, base_model_dir)
+    with pytest.raises(ReleaseError, match="Read-only file system"):
+        _release(store, adapters_dir, adapter_source, base_model_dir)
     _nothing_left(store, adapters_dir)
 
 
@@ -98,8 +100,8 @@ def test_full_disk_leaves_no_partial_directory(store, tmpfs, adapter_source, bas
     needed = sum(f.stat().st_size for f in adapter_source.iterdir())
     filler = adapters_dir / "filler"
     filler.write_bytes(b"\0" * (256 * 1024 - max(needed // 2, 4096)))  # less room than the adapter needs
-    with pytest.raises(PublishError, match="No space left"):
-        _publish(store, adapters_dir, adapter_source, base_model_dir)
+    with pytest.raises(ReleaseError, match="No space left"):
+        _release(store, adapters_dir, adapter_source, base_model_dir)
     filler.unlink()
     _nothing_left(store, adapters_dir)
 
@@ -109,17 +111,17 @@ def test_failed_status_change_rejects_the_candidate(store, tmp_path, adapter_sou
         raise ConnectionError("redis went away")
 
     monkeypatch.setattr(store.adapters, "send_to_canary", broken)
-    with pytest.raises(PublishError, match="could not become canary"):
-        _publish(store, tmp_path, adapter_source, base_model_dir)
+    with pytest.raises(ReleaseError, match="could not become canary"):
+        _release(store, tmp_path, adapter_source, base_model_dir)
     adapter = store.adapters.get("v0001")
-    assert adapter.status == "rejected" and "publish failed" in adapter.reason
+    assert adapter.status == "rejected" and "release failed" in adapter.reason
 
 
 def test_an_existing_version_directory_is_never_overwritten(store, tmp_path, adapter_source, base_model_dir):
     (tmp_path / "v0001").mkdir()
     (tmp_path / "v0001" / "keep").write_text("x")
-    with pytest.raises(PublishError, match="already exists"):
-        _publish(store, tmp_path, adapter_source, base_model_dir)
+    with pytest.raises(ReleaseError, match="already exists"):
+        _release(store, tmp_path, adapter_source, base_model_dir)
     assert (tmp_path / "v0001" / "keep").read_text() == "x" and store.adapters.list() == []
 
 
@@ -128,3 +130,21 @@ def test_leftover_temp_directories_are_removed(tmp_path):
     (tmp_path / "v0002").mkdir()
     assert [p.name for p in remove_temp_dirs(tmp_path)] == [".tmp-v0003-abcd"]
     assert os.listdir(tmp_path) == ["v0002"]
+
+
+def test_a_round_starts_only_from_a_released_adapter_that_verifies(store, tmp_path, adapter_source, base_model_dir):
+    base = str(base_model_dir)
+    _release(store, tmp_path, adapter_source, base_model_dir, status="active")
+    assert released_dir(store, "base", base) is None
+    assert released_dir(store, "v0001", base) == (tmp_path / "v0001").resolve()
+    with pytest.raises(InvalidAdapterError, match="base model"):
+        released_dir(store, "v0001", "someone/else-7b")
+    (tmp_path / "v0001" / VALUE_HEAD_FILE).rename(tmp_path / "value_head")
+    with pytest.raises(InvalidAdapterError, match=f"lacks {VALUE_HEAD_FILE}"):
+        released_dir(store, "v0001", base)
+    (tmp_path / "value_head").rename(tmp_path / "v0001" / VALUE_HEAD_FILE)
+    with open(tmp_path / "v0001" / WEIGHTS_FILE, "r+b") as fh:
+        fh.seek(-4, 2)
+        fh.write(b"\1\2\3\4")  # a fresh adapter's B matrices end in zeros
+    with pytest.raises(InvalidAdapterError, match="sha256"):
+        released_dir(store, "v0001", base)

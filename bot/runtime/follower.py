@@ -1,0 +1,172 @@
+"""Following the adapter registry: which versions an engine serves, and which one a new conversation gets.
+
+A listener thread wakes the follower at every registry announcement; a sync thread then syncs, and
+again every ``resync_s`` seconds, so an announcement missed while resubscribing is caught up. A
+sync loads every active or canary version not loaded yet: its files are verified
+(``read_verified``) on the sync thread and handed to the engine's loader while the engine keeps
+serving. A version that fails verification or loading is refused with a logged reason and not
+tried again by this process; what served before keeps serving. The active version, once loaded,
+serves requests pinned to versions that are not; versions neither active nor canary any more are
+unloaded once idle (rejected ones take no new requests at once). A new conversation gets the
+canary at the registry's canary share, the active version otherwise.
+
+The loader (``AdapterLoader``) is the engine's part: the in-process generation worker
+(``bot.runtime.hotswap``) or a vLLM server (``bot.runtime.vllm_backend``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from typing import Protocol
+
+from bot.runtime.adapters import VerifiedAdapter, read_verified
+from feedback_store import FeedbackStore, NotFoundError
+from feedback_store.records import BASE_VERSION
+from loopdesk.adapter_format import InvalidAdapterError
+
+log = logging.getLogger(__name__)
+
+SUBSCRIBE_TIMEOUT_S = 10.0
+
+
+class AdapterLoader(Protocol):
+    """What an engine does for the follower: load and unload adapters, and say which it serves."""
+
+    def load(self, adapter: VerifiedAdapter) -> None:
+        """Serve ``adapter.version`` from now on.
+
+        Raises:
+            InvalidAdapterError: this engine cannot serve it; the follower refuses it for good.
+            Exception: anything else passes (a server out of reach); the next sync tries again.
+        """
+
+    def set_fallback(self, version: str) -> None:
+        """Serve requests pinned to versions that are not loaded with ``version`` (the active one)."""
+
+    def unload(self, version: str, idle_s: float) -> bool:
+        """Stop serving ``version`` once no request used it for ``idle_s`` seconds (0: no new requests
+        from now on). True when the loader needs no further call for it; False: call again next sync."""
+
+    def loaded_versions(self) -> list[str]:
+        """The versions requests are served with now, ``base`` included."""
+
+
+class AdapterFollower:
+    """Keeps one engine's adapters in step with the registry and pins new conversations to a version."""
+
+    def __init__(self, store: FeedbackStore, loader: AdapterLoader, base_model: str, idle_unload_s: float,
+                 resync_s: float = 30.0):
+        self.store = store
+        self.loader = loader
+        self.base_model = base_model
+        self.idle_unload_s = idle_unload_s
+        self.resync_s = resync_s
+        self.refused: dict[str, str] = {}
+        self._active, self._canary = BASE_VERSION, None
+        self._unloading: set[str] = set()  # asked to unload, not done yet
+        self._sync_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._subscribed = threading.Event()
+        self._threads = [threading.Thread(target=self._listen, name="loopdesk-adapter-listener", daemon=True),
+                         threading.Thread(target=self._follow, name="loopdesk-adapter-sync", daemon=True)]
+
+    def start(self) -> None:
+        """Subscribe to announcements, load the current active/canary versions, then follow changes."""
+        self._threads[0].start()
+        if not self._subscribed.wait(timeout=SUBSCRIBE_TIMEOUT_S):
+            log.warning("adapter announcements: no subscription yet; relying on periodic resync")
+        self.sync()
+        self._threads[1].start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(timeout=5)
+
+    def choose_version(self) -> str:
+        """For a new conversation: the served active version, or the canary at the canary share."""
+        canary = self._canary
+        if canary and random.random() < self.store.adapters.canary_share():
+            return canary
+        return self._active
+
+    def sync(self) -> None:
+        """Load what the registry names active/canary; unload what it no longer names."""
+        with self._sync_lock:
+            active, canary = self.store.adapters.active(), self.store.adapters.canary()
+            for version in (active, canary):
+                if version and version not in self.loader.loaded_versions() and version not in self.refused:
+                    self._load(version)
+            loaded = set(self.loader.loaded_versions())
+            if active in loaded:
+                self._active = active
+                self.loader.set_fallback(active)
+            self._canary = canary if canary in loaded else None
+            retiring = (loaded | self._unloading) - {BASE_VERSION, self._active, self._canary}
+            self._unloading = {v for v in retiring if not self.loader.unload(v, self._idle_s(v))}
+
+    def _load(self, version: str) -> None:
+        started = time.perf_counter()
+        try:
+            record = self.store.adapters.get(version)
+        except NotFoundError as exc:
+            self._refuse(version, str(exc))
+            return
+        try:
+            adapter = read_verified(record.path, version, self.base_model, expected_sha256=record.sha256)
+        except Exception as exc:  # whatever is wrong with the files, this version is not served
+            self._refuse(version, str(exc) if isinstance(exc, InvalidAdapterError) else f"{version}: {exc!r}")
+            return
+        try:
+            self.loader.load(adapter)
+        except InvalidAdapterError as exc:
+            self._refuse(version, str(exc))
+            return
+        except Exception as exc:
+            log.warning("adapter %s not loaded yet, trying again at the next sync: %s", version, exc)
+            return
+        log.info("adapter %s loaded and verified in %.0f ms", version, 1000 * (time.perf_counter() - started))
+
+    def _refuse(self, version: str, reason: str) -> None:
+        self.refused[version] = reason
+        log.error("adapter refused, still serving %s: %s", self._active, reason)
+
+    def _idle_s(self, version: str) -> float:
+        """How long a version no longer named may stay idle before it goes: a rejected one, not at all."""
+        try:
+            rejected = self.store.adapters.get(version).status == "rejected"
+        except NotFoundError:
+            rejected = True
+        return 0.0 if rejected else self.idle_unload_s
+
+    def _listen(self) -> None:
+        def stop() -> bool:  # ``listen`` calls this after subscribing, before each wait
+            self._subscribed.set()
+            return self._stop.is_set()
+
+        while not self._stop.is_set():
+            try:
+                for announcement in self.store.adapters.listen(stop):
+                    log.info("adapter announcement: %s", announcement)
+                    self._wake.set()
+            except Exception:
+                log.exception("adapter announcements interrupted; resubscribing")
+                time.sleep(1.0)
+                self._wake.set()
+
+    def _follow(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(timeout=self.resync_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.sync()
+            except Exception:
+                log.exception("adapter sync failed; retrying at the next announcement")

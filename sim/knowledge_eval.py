@@ -1,0 +1,102 @@
+"""How well retrieval finds the demo shop's articles, measured on the shop's own questions.
+
+Probes: every seen and every held-out phrasing of every intent (expected: the intent's
+article), every follow-up question searched after each of its intent's opening phrasings (the
+query ``customer_query`` builds from the two), the questions of articles that answer no intent
+(``questions`` in ``articles.json``), and the out-of-scope questions, which should find nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from loopdesk.articles import VersionedArticle
+from loopdesk.knowledge import KnowledgeIndex, customer_query
+from loopdesk.knowledge_files import read_articles
+from sim.company import Company, load_company
+from sim.knowledge import KNOWLEDGE_DIR, load_templates, out_of_scope_questions, template_for
+
+Kind = Literal["seen", "held_out", "follow_up", "extra", "out_of_scope"]
+KINDS: tuple[Kind, ...] = ("seen", "held_out", "follow_up", "extra", "out_of_scope")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One question, the query searched for it, and the article that answers it (None: none does)."""
+
+    kind: Kind
+    question: str
+    query: str
+    expected: str | None
+
+
+@dataclass
+class KindReport:
+    """Ranks and top-1 scores of one kind of probe."""
+
+    kind: Kind
+    top1: int = 0
+    top3: int = 0
+    scores: list[float] = field(default_factory=list)
+    misses: list[tuple[Probe, list[str]]] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.scores)
+
+    @property
+    def top1_rate(self) -> float:
+        return self.top1 / self.n if self.n else 0.0
+
+    @property
+    def top3_rate(self) -> float:
+        return self.top3 / self.n if self.n else 0.0
+
+    def share_at_least(self, min_score: float) -> float:
+        """Share of probes whose best score reaches ``min_score`` (for in-scope: answered at all)."""
+        return float(np.mean([s >= min_score for s in self.scores])) if self.scores else 0.0
+
+    def quantile(self, q: float) -> float:
+        return float(np.quantile(self.scores, q)) if self.scores else 0.0
+
+
+def demo_index() -> KnowledgeIndex:
+    """A retrieval index of the shop's committed knowledge folder, every article at version 1."""
+    return KnowledgeIndex([VersionedArticle(**d.model_dump(), version=1) for d in read_articles(KNOWLEDGE_DIR)])
+
+
+def probes(company: Company | None = None) -> list[Probe]:
+    """Every probe of the demo shop, in a fixed order."""
+    company = company or load_company()
+    found: list[Probe] = []
+    for intent in company.intents:
+        article = template_for(intent.name).id
+        found += [Probe("seen", q, q, article) for q in intent.phrasings]
+        found += [Probe("held_out", q, q, article) for q in intent.held_out]
+        found += [Probe("follow_up", f"{opening} → {q}", customer_query([opening, q]), article)
+                  for q in intent.follow_up.questions for opening in intent.phrasings + intent.held_out]
+    for template in load_templates():
+        if template.intent is None:
+            found += [Probe("extra", q, q, template.id) for q in template.questions]
+    found += [Probe("out_of_scope", q, q, None) for q in out_of_scope_questions()]
+    return found
+
+
+def evaluate(index: KnowledgeIndex, company: Company | None = None) -> dict[Kind, KindReport]:
+    """Top-1 and top-3 hits of the expected article, and the top-1 score, for every probe."""
+    reports = {kind: KindReport(kind) for kind in KINDS}
+    for probe in probes(company):
+        hits = index.search(probe.query, k=3, min_score=0.0)
+        ranked = [h.id for h in hits]
+        report = reports[probe.kind]
+        report.scores.append(hits[0].score if hits else 0.0)
+        if probe.expected is None:
+            continue
+        report.top1 += ranked[:1] == [probe.expected]
+        report.top3 += probe.expected in ranked
+        if ranked[:1] != [probe.expected]:
+            report.misses.append((probe, ranked))
+    return reports
