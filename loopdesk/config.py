@@ -13,6 +13,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
@@ -46,8 +47,10 @@ class Settings:
         redis_pool_size (int, default 512): most Redis connections one process opens; a request
             that finds them all busy waits for one.
         key_prefix (str, default "loopdesk"): every Redis key starts with ``<prefix>:``.
-        base_model (str, default ""): a local path or hub id of a causal LM. Empty: use the
-            tiny model ``loopdesk bootstrap`` builds in ``data_dir/base-model``.
+        base_model (str, default ""): a local path or hub id of a causal LM; wins over the data
+            directory's choice. Empty: the base ``loopdesk bootstrap`` chose (``--base NAME`` or
+            ``--from-gguf FILE``, kept in ``data_dir/models/<name>``), else the tiny model it builds
+            in ``data_dir/base-model``.
         rating_correction_window_s (int, default 900): seconds during which a customer may
             change a rating already given.
         max_message_chars (int, default 2000): longest customer message accepted.
@@ -142,10 +145,16 @@ class Settings:
         """Directory holding one sub-directory per released adapter version."""
         return self.data_dir / "adapters"
 
-    @property
+    @cached_property
     def base_model_ref(self) -> str:
-        """What ``from_pretrained`` should load: the configured model or the bootstrapped one."""
-        return self.base_model or str(self.base_model_dir)
+        """What ``from_pretrained`` should load: ``base_model`` when set, else the data directory's
+        chosen base (``loopdesk.base_models``), read once per ``Settings`` so one process, or one
+        training round, never sees two bases."""
+        if self.base_model:
+            return self.base_model
+        from loopdesk.base_models import chosen_model_dir
+
+        return str(chosen_model_dir(self.data_dir))
 
     def replace(self, **changes: Any) -> "Settings":
         """A copy with some fields changed (used by CLI flags and tests)."""
