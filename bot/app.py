@@ -10,9 +10,8 @@ import atexit
 
 from flask import Flask, request
 from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
 
-from bot import admin, auth, chat, errors, expert, headers, observability, openapi, operator, sessions, widget
+from bot import admin, auth, chat, errors, expert, headers, observability, openapi, operator, raters, sessions, widget
 from bot.services import EXTENSION, Services
 from feedback_store import FeedbackStore
 from feedback_store.connection import resolve_redis_url
@@ -37,6 +36,7 @@ def create_app(settings: Settings | None = None, engine=None, store: FeedbackSto
     observability.init_app(app)
     errors.init_app(app)
     sessions.init_app(app, settings)
+    raters.init_app(app, settings)
     auth.init_app(app, settings)
     widget.init_app(app, settings)
     for blueprint in (chat.bp, openapi.bp, expert.bp, operator.bp, admin.bp):
@@ -47,9 +47,10 @@ def create_app(settings: Settings | None = None, engine=None, store: FeedbackSto
 
 
 def _init_rate_limits(app: Flask, settings: Settings) -> Limiter:
-    """Per-IP limits on the chat API and per-conversation limits on messages, counted in Redis."""
+    """Per-client limits on the chat API and per-conversation limits on messages, counted in Redis under
+    the hashed client address (``bot.raters``)."""
     limiter = Limiter(
-        get_remote_address,
+        raters.client_key,
         app=app,
         storage_uri=resolve_redis_url(settings, announce=False),
         storage_options={"key_prefix": Keys(settings.key_prefix).rate_limits(),
