@@ -28,7 +28,7 @@ timeline replaces its wall-clock ``rated_at`` in the records read back before de
 honest phase serves the canary to half the new conversations, only so that fewer chats fill both
 arms; the attack phase to the default 0.1.
 
-Run:  python bench/rating_flood.py [--honest 60 150] [--fakes 300] [--addresses 1 20] [--seed 0]
+Run:  python bench/rating_flood.py [--honest 60 150] [--fakes 300] [--addresses 1 20] [--seeds 0 1 2]
 """
 
 from __future__ import annotations
@@ -101,6 +101,7 @@ class Attack:
 class Row:
     """One rule's view of one scenario and attack."""
 
+    seed: int
     truth: str
     honest_n: int
     addresses: int
@@ -109,6 +110,8 @@ class Row:
     after: float | None
     decision_before: str
     decision_after: str
+    p_before: tuple[float | None, float | None] = (None, None)  # (p worse, p better)
+    p_after: tuple[float | None, float | None] = (None, None)
 
     @property
     def shift(self) -> float:
@@ -223,6 +226,7 @@ def run_scenario(settings, base_model_dir: Path, out_dir: Path, truth: str, n: i
     canary = register_random_adapter(store, base_model_dir, out_dir / settings.key_prefix, seed=seed + 1)
     store.adapters.send_to_canary(canary)
     rng = random.Random(seed)
+    random.seed(seed)  # the engine pins new conversations with the global generator: the same draws each run
     sign = 1 if truth == "better" else -1
     adverse = {canary: 1 if sign > 0 else 5, store.adapters.active(): 5 if sign > 0 else 1}
     with running_engine(settings, store) as engine:
@@ -236,18 +240,25 @@ def run_scenario(settings, base_model_dir: Path, out_dir: Path, truth: str, n: i
         for rule in RULES:
             before = decide_rule(store, canary, honest, t0, rule)
             after = decide_rule(store, canary, honest + attack.ratings, t0, rule)
-            rows.append(Row(truth, n, attack.addresses, rule, before.mean_canary, after.mean_canary,
-                            before.action, after.action))
+            rows.append(Row(seed, truth, n, attack.addresses, rule, before.mean_canary, after.mean_canary,
+                            before.action, after.action, (before.p_worse, before.p_better),
+                            (after.p_worse, after.p_better)))
     return rows, attacks
 
 
+def _p(pair: tuple[float | None, float | None]) -> str:
+    return "–" if pair[0] is None else f"{pair[0]:.3f}/{pair[1]:.3f}"
+
+
 def table(rows: list[Row]) -> str:
-    lines = ["| canary | honest n/side | addresses | rule | canary CSAT before | after | shift | decision before → after |",
-             "| --- | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
+    lines = ["| scenario seed | canary | honest n/side | addresses | rule | canary CSAT before | after | shift | "
+             "p worse/better before → after | decision before → after |",
+             "| ---: | --- | ---: | ---: | --- | ---: | ---: | ---: | --- | --- |"]
     for r in rows:
         flip = " **flipped**" if r.flipped else ""
-        lines.append(f"| {r.truth} | {r.honest_n} | {r.addresses} | {r.rule} | {r.before:.3f} | {r.after:.3f} | "
-                     f"{r.shift:+.3f} | {r.decision_before} → {r.decision_after}{flip} |")
+        lines.append(f"| {r.seed} | {r.truth} | {r.honest_n} | {r.addresses} | {r.rule} | {r.before:.3f} | "
+                     f"{r.after:.3f} | {r.shift:+.3f} | {_p(r.p_before)} → {_p(r.p_after)} | "
+                     f"{r.decision_before} → {r.decision_after}{flip} |")
     return "\n".join(lines)
 
 
@@ -256,7 +267,7 @@ def main() -> None:
     parser.add_argument("--honest", type=int, nargs="+", default=[60, 150], help="honest ratings per side")
     parser.add_argument("--fakes", type=int, default=300, help="fake ratings per attack")
     parser.add_argument("--addresses", type=int, nargs="+", default=[1, 20], help="attacker addresses per attack")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run of every scenario per seed")
     args = parser.parse_args()
 
     from feedback_store.server import ensure_embedded_redis, stop_embedded_redis
@@ -279,13 +290,14 @@ def main() -> None:
           f"{settings.csat_burst_share}\n")
     started, rows = time.monotonic(), []
     try:
-        for i, (truth, n) in enumerate((t, n) for n in args.honest for t in ("better", "worse")):
+        scenarios = [(seed, t, n) for seed in args.seeds for n in args.honest for t in ("better", "worse")]
+        for i, (seed, truth, n) in enumerate(scenarios):
             scenario_rows, attacks = run_scenario(settings, base, data_dir / "adapters", truth, n, args.fakes,
-                                                  tuple(args.addresses), args.seed + i)
+                                                  tuple(args.addresses), 1000 * seed + i)
             rows += scenario_rows
             for attack in attacks:
                 stored = sum(r.answered for r in attack.ratings)
-                print(f"{truth:6} n={n:3}: {attack.addresses:2} address(es): {stored} fakes stored, "
+                print(f"seed {seed} {truth:6} n={n:3}: {attack.addresses:2} address(es): {stored} fakes stored, "
                       f"{attack.refused}/{ZERO_TURN_TRIES} zero-turn attempts refused (409), {attack.requests} "
                       f"requests over {attack.duration_s / 60:.1f} simulated minutes")
     finally:
