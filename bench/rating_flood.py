@@ -177,7 +177,8 @@ def flood(app, store, canary: str, addresses: int, fakes: int, adverse: dict[str
             conv_id, token, version = customer.start()
             if tries:  # rate without chatting first: what the old app accepted
                 tries -= 1
-                attack.refused += customer.post(f"/{conv_id}/rating", token, {"score": adverse[version]}).status_code == 409
+                answer = customer.post(f"/{conv_id}/rating", token, {"score": adverse[version]})
+                attack.refused += answer.status_code == 409
                 answered = False
             elif quota[version] and (version == canary or not quota[canary]):  # canary first: the cap counts those
                 quota[version] -= 1
