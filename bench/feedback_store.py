@@ -59,6 +59,9 @@ def _worker(args: tuple[str, str, str, int]) -> list[float]:
             latencies.append(time.perf_counter() - t)
     else:
         convs = [store.conversations.start("base") for _ in range(n)]
+        for conv, token in convs:  # a rating needs a bot reply to rate
+            store.conversations.append_customer(conv.id, token, "Where is my order?")
+            store.conversations.append_bot(conv.id, turn)
         for i, (conv, token) in enumerate(convs):
             t = time.perf_counter()
             store.ratings.rate(conv.id, token, 1 + i % 5, "fine")

@@ -12,10 +12,9 @@ import atexit
 
 from flask import Flask, request
 from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
 
 from bot import (admin, auth, chat, errors, expert, headers, help_centre, knowledge_console, observability, openapi,
-                 operator, sessions, widget)
+                 operator, raters, sessions, widget)
 from bot.runtime.knowledge import LiveKnowledge
 from bot.services import EXTENSION, Services
 from feedback_store import FeedbackStore
@@ -44,6 +43,7 @@ def create_app(settings: Settings | None = None, engine=None, store: FeedbackSto
     observability.init_app(app)
     errors.init_app(app)
     sessions.init_app(app, settings)
+    raters.init_app(app, settings)
     auth.init_app(app, settings)
     widget.init_app(app, settings)
     for blueprint in (chat.bp, help_centre.bp, openapi.bp, expert.bp, operator.bp, admin.bp, knowledge_console.bp):
@@ -54,10 +54,10 @@ def create_app(settings: Settings | None = None, engine=None, store: FeedbackSto
 
 
 def _init_rate_limits(app: Flask, settings: Settings) -> Limiter:
-    """Per-IP limits on the chat API and (apart) the help centre, and per-conversation limits on messages,
-    counted in Redis."""
+    """Per-client limits on the chat API and (apart) the help centre, and per-conversation limits on messages,
+    counted in Redis under the hashed client address (``bot.raters``)."""
     limiter = Limiter(
-        get_remote_address,
+        raters.client_key,
         app=app,
         storage_uri=resolve_redis_url(settings, announce=False),
         storage_options={"key_prefix": Keys(settings.key_prefix).rate_limits(),

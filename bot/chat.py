@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 from flask import Blueprint, Response, request, url_for
 from pydantic import BaseModel
 
+from bot import raters
 from bot.errors import ApiError, error_payload
 from bot.openapi import Section, json_body, json_response, operation, ref
 from bot.schemas import (
@@ -167,10 +168,15 @@ def end(conv_id: str) -> Response:
 
 @bp.post("/<conv_id>/rating")
 def rate(conv_id: str) -> Response:
-    """Rate the conversation 1-5; repeating is harmless, changing works within the window."""
+    """Rate a conversation the bot answered, 1-5; repeating is harmless, changing works within the window.
+
+    The rating is stored with its provenance (``bot.raters``); one beyond the per-client cap is
+    acknowledged alike and stored with weight 0.
+    """
     token = bearer_token()
     body = parse_body(RatingIn)
-    changed = services().store.ratings.rate(conv_id, token, body.score, body.comment)
+    svc = services()
+    changed = svc.store.ratings.rate(conv_id, token, body.score, body.comment, raters.rating_source(svc.settings))
     return _json(RatingOut(conversation_id=conv_id, score=body.score, comment=body.comment, changed=changed))
 
 
@@ -219,7 +225,7 @@ def openapi_section() -> Section:
             "End the conversation (idempotent)", {"200": json_response(Ended, "the conversation's status")},
             *common, security=token)},
         f"{base}/{{conv_id}}/rating": {"post": operation(
-            "Rate the conversation; a rating may be corrected within the window",
+            "Rate the conversation (409 until the bot has answered); a rating may be corrected within the window",
             {"200": json_response(RatingOut, "the stored rating")}, *with_body, *common, 409,
             body=json_body(RatingIn), security=token)},
     }

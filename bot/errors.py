@@ -26,6 +26,7 @@ from feedback_store.errors import (
     LockHeldError,
     NotFoundError,
     RatingLockedError,
+    UnansweredError,
     ValidationFailed,
 )
 
@@ -35,6 +36,7 @@ _STORE_CODES: dict[type[FeedbackStoreError], str] = {
     AccountDisabledError: "account_disabled",
     AccountLockedError: "account_locked",
     RatingLockedError: "rating_locked",
+    UnansweredError: "not_answered",
     InvalidTransitionError: "invalid_transition",
     LockHeldError: "lock_held",
     ConflictError: "conflict",

@@ -2,7 +2,8 @@
 
 Each app has its own Prometheus registry (tests build several apps in one process). Request
 counts and durations are labelled by endpoint (the Flask view, never the raw path, so the label
-set stays bounded); CSAT per adapter version and training runs by outcome are read from the
+set stays bounded); CSAT per adapter version (weighted as the canary decision weighs it, with the
+effective sample size and the plain mean beside it) and training runs by outcome are read from the
 store at scrape time over a bounded window. Every response carries an ``X-Request-ID``: the
 client's when it sent a sane one, else a fresh one; the JSON access log line names it too.
 """
@@ -25,6 +26,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from bot.services import services
 from feedback_store import FeedbackStore
 from feedback_store.errors import RedisError
+from feedback_store.rating_weights import WeightRule, csat_stats, rating_weights
 
 if TYPE_CHECKING:
     from bot.runtime import Engine, Generation
@@ -65,21 +67,32 @@ class StoreCollector:
             yield from family
 
     def _csat(self) -> list[Metric]:
-        mean = GaugeMetricFamily("loopdesk_csat_mean", "mean CSAT (1-5) of rated conversations of the last "
-                                 "7 days per adapter version and role", labels=["version", "role"])
+        labels = ["version", "role"]
+        mean = GaugeMetricFamily("loopdesk_csat_mean", "weighted mean CSAT (1-5) of rated conversations of the "
+                                 "last 7 days per adapter version and role, as the canary decision weighs them",
+                                 labels=labels)
+        unweighted = GaugeMetricFamily("loopdesk_csat_unweighted_mean", "plain mean CSAT of every stored rating "
+                                       "behind loopdesk_csat_mean", labels=labels)
         rated = GaugeMetricFamily("loopdesk_csat_ratings", "rated conversations behind loopdesk_csat_mean",
-                                  labels=["version", "role"])
+                                  labels=labels)
+        effective = GaugeMetricFamily("loopdesk_csat_effective_ratings", "Kish effective sample size over "
+                                      "clients behind loopdesk_csat_mean", labels=labels)
         adapters = self.store.adapters
         since = time.time() - CSAT_WINDOW_S
-        for role, version in (("active", adapters.active()), ("canary", adapters.canary())):
-            if not version:
-                continue
-            conversations = self.store.conversations.for_adapter(version, since=since, limit=CSAT_MAX_CONVERSATIONS)
-            scores = [c.csat for c in conversations if c.csat is not None]
-            rated.add_metric([version, role], len(scores))
-            if scores:
-                mean.add_metric([version, role], sum(scores) / len(scores))
-        return [mean, rated]
+        roles = [(role, v) for role, v in (("active", adapters.active()), ("canary", adapters.canary())) if v]
+        arms = {v: [c for c in self.store.conversations.for_adapter(v, since=since, limit=CSAT_MAX_CONVERSATIONS)
+                    if c.csat is not None] for _, v in roles}
+        rule = WeightRule.of(self.store.settings)
+        weights = rating_weights([c for convs in arms.values() for c in convs], rule)
+        for role, version in roles:
+            stats = csat_stats(arms[version], weights, rule)
+            rated.add_metric([version, role], stats.ratings)
+            effective.add_metric([version, role], stats.n_eff)
+            if stats.mean is not None:
+                mean.add_metric([version, role], stats.mean)
+            if stats.unweighted_mean is not None:
+                unweighted.add_metric([version, role], stats.unweighted_mean)
+        return [mean, unweighted, rated, effective]
 
     def _runs(self) -> list[Metric]:
         runs = GaugeMetricFamily("loopdesk_training_runs", f"training runs by status among the newest {RUNS_WINDOW}",

@@ -16,10 +16,8 @@ field ``csrf_token``, JSON writes as the header ``X-CSRF-Token``. An admin may d
 from __future__ import annotations
 
 import hmac
-import os
 import secrets
 from datetime import timedelta
-from pathlib import Path
 from typing import Callable
 
 from flask import Flask, Response, g, redirect, render_template, request, session, url_for
@@ -29,7 +27,7 @@ from bot.schemas import Body
 from bot.services import services
 from feedback_store.errors import NotFoundError
 from feedback_store.users import User
-from loopdesk.config import Settings
+from loopdesk.config import Settings, kept_secret
 
 COOKIE = "loopdesk_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -40,17 +38,7 @@ UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 def secret_key(settings: Settings) -> str:
     """``settings.secret_key``, or the one kept in ``data_dir/secret_key`` (created 0600 on first use)."""
-    if settings.secret_key:
-        return settings.secret_key
-    path = Path(settings.data_dir) / "secret_key"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text(encoding="utf-8").strip()
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(secrets.token_hex(32))
-    return path.read_text(encoding="utf-8").strip()
+    return kept_secret(settings, "secret_key")
 
 
 def init_app(app: Flask, settings: Settings) -> None:

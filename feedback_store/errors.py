@@ -11,7 +11,8 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = ["RedisError", "STORE_UNREACHABLE", "FeedbackStoreError", "ValidationFailed", "NotFoundError",
-           "ForbiddenError", "ConflictError", "RatingLockedError", "InvalidTransitionError", "LockHeldError"]
+           "ForbiddenError", "ConflictError", "RatingLockedError", "UnansweredError", "InvalidTransitionError",
+           "LockHeldError"]
 
 STORE_UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
 """The Redis failures that mean the store cannot be reached right now (retry later; HTTP 503)."""
@@ -49,6 +50,10 @@ class ConflictError(FeedbackStoreError):
 
 class RatingLockedError(ConflictError):
     """The rating can no longer be corrected: its correction window has passed."""
+
+
+class UnansweredError(ConflictError):
+    """A rating for a conversation the bot has not answered yet: there is nothing to rate."""
 
 
 class InvalidTransitionError(ConflictError):

@@ -24,6 +24,10 @@ class Keys:
     def rating_history(self, conv_id: str) -> str:
         return self._k("conv", conv_id, "ratings")
 
+    def rater_ratings(self, rater: str) -> str:
+        """A rater's counted ratings within the per-client cap window (conversation id → rated at)."""
+        return self._k("rater", rater)
+
     def conversations_by_time(self) -> str:
         return self._k("convs", "by_time")
 

@@ -12,6 +12,7 @@ from feedback_store.errors import (
     ForbiddenError,
     NotFoundError,
     RatingLockedError,
+    UnansweredError,
     ValidationFailed,
 )
 
@@ -20,6 +21,7 @@ _ERRORS: dict[str, type[FeedbackStoreError]] = {
     "FORBIDDEN": ForbiddenError,
     "CONFLICT": ConflictError,
     "LOCKED": RatingLockedError,
+    "UNANSWERED": UnansweredError,
     "INVALID": ValidationFailed,
 }
 

@@ -26,7 +26,8 @@ class FeedbackStore:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self.conversations = Conversations(client, self.keys)
-        self.ratings = Ratings(client, self.keys, settings.rating_correction_window_s)
+        self.ratings = Ratings(client, self.keys, settings.rating_correction_window_s, settings.rating_client_cap,
+                               settings.rating_client_window_s)
         self.annotations = Annotations(client, self.keys)
         self.feedback = FeedbackExport(client, self.keys, self.annotations)
         self.adapters = Adapters(client, self.keys, settings.canary_share)

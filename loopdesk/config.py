@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import re
+import secrets
 from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
@@ -23,7 +24,8 @@ ROUND_PREFIX = "LOOPDESK_ROUND_"
 MOVED = {"LOOPDESK_ROLLOUT_STEPS": "LOOPDESK_ROUND_ROLLOUT_STEPS",
          "LOOPDESK_GATE_EVALUATOR": "LOOPDESK_ROUND_GATE__EVALUATOR",
          "LOOPDESK_GATE_PASS_STATUS": "LOOPDESK_ROUND_GATE__PASS_STATUS"}
-SECRETS = ("secret_key",)
+SECRETS = ("secret_key", "client_hash_key")
+RATER_IDENTITIES = ("address", "conversation")
 
 
 class SettingsError(ValueError):
@@ -53,6 +55,26 @@ class Settings:
             in ``data_dir/base-model``.
         rating_correction_window_s (int, default 900): seconds during which a customer may
             change a rating already given.
+        rating_client_cap (int, default 5): ratings counted per client (``rater_identity``) within
+            ``rating_client_window_s``; a later one is stored and acknowledged but weighs 0 (the
+            canary decision, the CSAT shown and training leave it out). 0: no cap.
+        rating_client_window_s (int, default 86400): the window of ``rating_client_cap``, seconds.
+        rater_identity (str, default "address"): who counts as one client for the cap and the
+            rating weights: ``address`` (the keyed hash of the client address, IPv6 by its /64) or
+            ``conversation`` (each conversation alone: for a bot whose customers all share one
+            address, as the simulator's local bot does).
+        trusted_proxies (int, default 0): reverse proxies in front of the bot whose
+            ``X-Forwarded-For`` entries are trusted (werkzeug's ProxyFix); the client address is the
+            one that many hops back. 0: the TCP peer (``request.remote_addr``). It serves the per-IP
+            rate limits too; set it only behind a proxy that overwrites the header.
+        client_hash_key (str, default ""): key of the HMAC-SHA256 that hashes client addresses and
+            user agents (in Redis only the hashes are kept); empty: a random one is generated and
+            kept in ``data_dir/client_hash_key``. Every bot replica needs the same one.
+        csat_burst_window_s (int, default 300): the rating weights' burst windows, seconds of rating
+            time: see ``feedback_store.rating_weights``.
+        csat_burst_share (float, default 0.02): most of a version's rating weight one burst window
+            may carry (heavier windows are scaled down); the canary decision waits until each arm's
+            ratings span ``1 / share`` windows. 1.0: no burst rule (see docs/tuning.md#ratings).
         max_message_chars (int, default 2000): longest customer message accepted.
         max_reply_tokens (int, default 64): longest bot reply generated.
         temperature (float, default 0.7): sampling temperature of the bot (and of the gate's
@@ -110,6 +132,13 @@ class Settings:
     key_prefix: str = "loopdesk"
     base_model: str = ""
     rating_correction_window_s: int = 900
+    rating_client_cap: int = 5
+    rating_client_window_s: int = 86400
+    rater_identity: str = "address"
+    trusted_proxies: int = 0
+    client_hash_key: str = field(default="", repr=False)
+    csat_burst_window_s: int = 300
+    csat_burst_share: float = 0.02
     max_message_chars: int = 2000
     max_reply_tokens: int = 64
     temperature: float = 0.7
@@ -209,7 +238,32 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     if not settings.contact_address.strip():
         raise SettingsError("LOOPDESK_CONTACT_ADDRESS must tell customers how to reach a person "
                             "(a phone line with its hours, an email address)")
+    if settings.rater_identity not in RATER_IDENTITIES:
+        raise SettingsError(f"LOOPDESK_RATER_IDENTITY must be one of {', '.join(RATER_IDENTITIES)}, "
+                            f"got {settings.rater_identity!r}")
+    if min(settings.rating_client_cap, settings.trusted_proxies) < 0 or settings.rating_client_window_s < 1:
+        raise SettingsError("LOOPDESK_RATING_CLIENT_CAP and LOOPDESK_TRUSTED_PROXIES must be >= 0 and "
+                            "LOOPDESK_RATING_CLIENT_WINDOW_S >= 1")
+    if settings.csat_burst_window_s < 1 or not 0 < settings.csat_burst_share <= 1:
+        raise SettingsError(f"LOOPDESK_CSAT_BURST_WINDOW_S must be >= 1 and LOOPDESK_CSAT_BURST_SHARE within "
+                            f"(0, 1], got {settings.csat_burst_window_s} and {settings.csat_burst_share}")
     return settings
+
+
+def kept_secret(settings: Settings, name: str) -> str:
+    """The secret setting ``name``, or the one kept in ``data_dir/<name>`` (created 0600 on first use)."""
+    configured = getattr(settings, name)
+    if configured:
+        return configured
+    path = Path(settings.data_dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text(encoding="utf-8").strip()
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(secrets.token_hex(32))
+    return path.read_text(encoding="utf-8").strip()
 
 
 def round_variables(environ: Mapping[str, str] | None = None) -> dict[str, str]:

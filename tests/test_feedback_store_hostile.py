@@ -6,6 +6,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from feedback_store import FeedbackStoreError
+from tests.store_helpers import chat
 
 ANY_TEXT = st.text(min_size=0, max_size=300) | st.sampled_from(
     ["<script>alert(1)</script>", "'; DROP TABLE x; --", "\x00\x01", "LD:NOTFOUND:fake", "🙂" * 50, " "])
@@ -27,7 +28,7 @@ def test_customer_text_round_trips_or_is_refused(store, text):
 @FUZZ
 @given(score=st.integers(-10, 10), comment=ANY_TEXT)
 def test_ratings_accept_only_one_to_five(store, score, comment):
-    conv, token = store.conversations.start("base")
+    conv, token = chat(store)
     try:
         store.ratings.rate(conv.id, token, score, comment)
     except FeedbackStoreError:

@@ -109,7 +109,8 @@ def feedback_turn(feedback: TurnWithFeedback) -> FeedbackTurn:
     """The reward builder's view of one exported turn."""
     return FeedbackTurn(feedback.conversation_id, feedback.turn.index, csat=feedback.csat,
                         expert_scores=[a.score for a in feedback.annotations],
-                        tags=[tag for a in feedback.annotations for tag in a.tags])
+                        tags=[tag for a in feedback.annotations for tag in a.tags],
+                        rater=feedback.rater, csat_weight=feedback.csat_weight)
 
 
 def recover(store: FeedbackStore, adapters_dir: Path, current_run: str | None = None) -> dict[str, Any]:
