@@ -3,14 +3,20 @@ worker killed mid-round leaves no candidate behind while the next round succeeds
 
 from __future__ import annotations
 
+import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
 import time
+import zlib
 
 import pytest
 from click.testing import CliRunner
+from rq import Callback, Queue
+from rq.job import Job
+from rq.serializers import JSONSerializer, PickleSerializer
 
 from feedback_store.connection import resolve_redis_url
 from feedback_store.errors import LockHeldError
@@ -18,6 +24,7 @@ from trainer.cli import scheduler as scheduler_command, worker as worker_command
 from trainer.config import GateConfig
 from trainer.round import INTERRUPTED, run_round
 from trainer.scheduler import tick
+from trainer.worker import make_worker
 from tests.trainer_helpers import seed_conversations, small_round_config, trainer_settings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -30,7 +37,9 @@ def test_scheduler_enqueues_a_round_for_each_due_schedule(store):
     assert [r.trigger for r in runs] == [f"schedule:{schedule.id}"] and canary is None
     assert store.runs.get(runs[0].id).status == "queued" and store.runs.get(runs[0].id).config == {"rollout_steps": 2}
     job = store.training.queue.jobs[0]
-    assert job.func_name == "trainer.jobs.run_round" and job.args == (runs[0].id,)
+    assert job.func_name == "trainer.jobs.run_round" and list(job.args) == [runs[0].id]
+    stored = store.training.connection.hget(job.key, "data")
+    assert json.loads(zlib.decompress(stored))[0] == "trainer.jobs.run_round"  # JSON, not pickle
     assert tick(store, GateConfig(), now=time.time() + 120)[0] == []  # already handled this minute
 
 
@@ -56,6 +65,45 @@ def test_scheduler_records_its_own_round_overrides_only(settings, store, monkeyp
     result = CliRunner().invoke(scheduler_command, ["--once", "--round-config", str(path), "--pass-status", "active"])
     assert result.exit_code == 0, result.output
     assert store.runs.get("r00001").config == {"rollout_steps": 2, "gate": {"contexts": 16, "pass_status": "active"}}
+
+
+class CreatesAFile:
+    """A pickle payload: unpickling it creates ``path`` (any code could run instead)."""
+
+    def __init__(self, path: pathlib.Path):
+        self.path = path
+
+    def __reduce__(self):
+        return pathlib.Path.touch, (self.path,)
+
+
+def _failed_without_running(store, job_id: str) -> str:
+    """Run the worker over the queue; return the job's recorded failure (it must have failed)."""
+    assert make_worker(store).work(burst=True) is True
+    job = Job.fetch(job_id, connection=store.training.connection, serializer=JSONSerializer)
+    assert job.get_status() == "failed" and store.training.pending() == 0
+    return job.latest_result().exc_string
+
+
+def test_a_pickled_job_written_into_redis_runs_nothing_in_the_worker(store, tmp_path):
+    marker = tmp_path / "pickle-ran"
+    raw = Queue(store.training.queue.name, connection=store.training.connection, serializer=PickleSerializer)
+    job = raw.enqueue("trainer.jobs.run_round", CreatesAFile(marker))  # what RQ's default serializer writes
+    error = _failed_without_running(store, job.id)
+    assert not marker.exists() and "DeserializationError" in error
+
+
+@pytest.mark.parametrize("call", ["other function", "callback"])
+def test_a_json_job_that_is_not_a_training_round_is_refused(store, tmp_path, call):
+    marker = tmp_path / "command-ran"
+    raw = Queue(store.training.queue.name, connection=store.training.connection, serializer=JSONSerializer)
+    if call == "other function":
+        job = raw.enqueue("os.system", f"touch {marker}")
+    else:
+        job = raw.enqueue("trainer.jobs.run_round", "r00001", on_failure=Callback("os.system"),
+                          on_success=Callback("os.system"))
+    error = _failed_without_running(store, job.id)
+    assert not marker.exists() and "RefusedJobError" in error and "is not a training round" in error
 
 
 def test_worker_refuses_an_unknown_round_variable(monkeypatch):
