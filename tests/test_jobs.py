@@ -24,7 +24,7 @@ from trainer.cli import scheduler as scheduler_command, worker as worker_command
 from trainer.config import GateConfig
 from trainer.round import INTERRUPTED, run_round
 from trainer.scheduler import tick
-from trainer.worker import make_worker
+from trainer.worker import make_worker, work
 from tests.trainer_helpers import seed_conversations, small_round_config, trainer_settings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -48,13 +48,16 @@ def test_scheduler_command_prints_what_it_enqueues(settings, store, monkeypatch)
     monkeypatch.setenv("LOOPDESK_DATA_DIR", str(settings.data_dir))
     monkeypatch.setenv("LOOPDESK_KEY_PREFIX", settings.key_prefix)
     monkeypatch.setattr("trainer.scheduler.time.time", lambda: 4_102_444_800.0)  # year 2100: due
-    result = CliRunner().invoke(scheduler_command, ["--once", "--pass-status", "active"])
+    result = CliRunner().invoke(scheduler_command, ["--once"])
     assert result.exit_code == 0, result.output
     assert "enqueued training run r00001 (schedule:" in result.output
-    assert store.runs.get("r00001").config["gate"]["pass_status"] == "active"
+    assert store.runs.get("r00001").config == {}
+    for flag in ("--pass-status", "--gate-evaluator"):  # the gate is the worker's: nothing to record
+        refused = CliRunner().invoke(scheduler_command, ["--once", flag, "active"])
+        assert refused.exit_code == 2 and f"No such option '{flag}'" in refused.output
 
 
-def test_scheduler_records_its_own_round_overrides_only(settings, store, monkeypatch, tmp_path):
+def test_scheduler_records_how_its_round_overrides_train_and_never_their_gate(settings, store, monkeypatch, tmp_path):
     store.schedules.add("* * * * *")
     path = tmp_path / "round.json"
     path.write_text('{"rollout_steps": 4, "gate": {"contexts": 16}}')
@@ -62,9 +65,9 @@ def test_scheduler_records_its_own_round_overrides_only(settings, store, monkeyp
     monkeypatch.setenv("LOOPDESK_KEY_PREFIX", settings.key_prefix)
     monkeypatch.setenv("LOOPDESK_ROUND_ROLLOUT_STEPS", "2")
     monkeypatch.setattr("trainer.scheduler.time.time", lambda: 4_102_444_800.0)
-    result = CliRunner().invoke(scheduler_command, ["--once", "--round-config", str(path), "--pass-status", "active"])
+    result = CliRunner().invoke(scheduler_command, ["--once", "--round-config", str(path)])
     assert result.exit_code == 0, result.output
-    assert store.runs.get("r00001").config == {"rollout_steps": 2, "gate": {"contexts": 16, "pass_status": "active"}}
+    assert store.runs.get("r00001").config == {"rollout_steps": 2}  # its gate section: its own canary check
 
 
 class CreatesAFile:
@@ -104,6 +107,19 @@ def test_a_json_job_that_is_not_a_training_round_is_refused(store, tmp_path, cal
                           on_success=Callback("os.system"))
     error = _failed_without_running(store, job.id)
     assert not marker.exists() and "RefusedJobError" in error and "is not a training round" in error
+
+
+def test_a_queued_run_that_records_a_gate_field_fails_and_runs_no_evaluator(settings, store, tmp_path,
+                                                                             base_model_dir):
+    marker = tmp_path / "evaluator-ran"
+    tsettings = trainer_settings(settings, tmp_path, base_model_dir)
+    run = store.training.enqueue_round(trigger="test", config={"rollout_steps": 1, "gate": {
+        "evaluator": f"touch {marker}", "margin": -10.0}})
+    work(store, tsettings, small_round_config(), burst=True)
+    failed = store.runs.get(run.id)
+    assert failed.status == "failed" and not marker.exists()
+    assert failed.error.startswith("WorkerOnlyFieldError: the run's recorded config sets gate.evaluator, gate.margin")
+    assert store.adapters.list() == []
 
 
 def test_worker_refuses_an_unknown_round_variable(monkeypatch):

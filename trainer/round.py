@@ -326,6 +326,7 @@ def run_round(settings, store: FeedbackStore, run_id: str | None = None, config:
 
     Raises:
         LockHeldError: another round holds the lock (a queued run is marked failed).
+        WorkerOnlyFieldError: the queued run's recorded config sets the gate (``run_config``; it is marked failed).
         TypeError, ValueError: the queued run's config is not a RoundConfig (it is marked failed).
         Exception: whatever failed the round, after the run was recorded as failed.
     """
