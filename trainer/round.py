@@ -247,7 +247,8 @@ class Round:
 
         cfg, store, base_ref = self.config, self.store, self.settings.base_model_ref
         active = store.adapters.active()
-        active_dir = released_dir(store, active, base_ref)  # the adapter this round starts from, verified
+        # what this round starts from and the gate measures against: inside adapters_dir, checksums verified
+        active_dir = released_dir(store, self.settings.adapters_dir, active, base_ref)
         turns, watermark_to = store.feedback.export(after=self.run.watermark_from, limit=cfg.max_episodes)
         holdout = held_out({t.conversation_id for t in turns}, cfg.holdout_share)
         train_turns = [t for t in turns if t.conversation_id not in holdout and t.turn.reply_token_ids]
