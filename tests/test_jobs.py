@@ -25,7 +25,7 @@ from trainer.config import GateConfig
 from trainer.round import INTERRUPTED, run_round
 from trainer.scheduler import tick
 from trainer.worker import make_worker, work
-from tests.trainer_helpers import seed_conversations, small_round_config, trainer_settings
+from tests.trainer_helpers import as_round_file, seed_conversations, small_round_config, trainer_settings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 LOCK_TTL_S = 2
@@ -153,8 +153,10 @@ def test_worker_killed_mid_round_leaves_no_candidate_and_the_next_round_succeeds
            "LOOPDESK_DATA_DIR": str(tmp_path), "LOOPDESK_KEY_PREFIX": settings.key_prefix,
            "LOOPDESK_BASE_MODEL": str(base_model_dir), "LOOPDESK_RUN_LOCK_TTL_S": str(LOCK_TTL_S),
            "LOOPDESK_MAX_REPLY_TOKENS": "12"}
-    killed = store.training.enqueue_round(trigger="test", config=small_round_config().to_dict())
-    worker = subprocess.Popen([sys.executable, "-m", "loopdesk.cli", "worker"], env=env,
+    own = tmp_path / "round.json"  # the worker's own round config: its gate is never a queued run's
+    own.write_text(json.dumps(as_round_file(small_round_config())))
+    killed = store.training.enqueue_round(trigger="test")
+    worker = subprocess.Popen([sys.executable, "-m", "loopdesk.cli", "worker", "--round-config", str(own)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for(lambda: any(e["stage"] == "rewards" for _, e in store.runs.progress(killed.id)), 120,
@@ -168,8 +170,8 @@ def test_worker_killed_mid_round_leaves_no_candidate_and_the_next_round_succeeds
     assert [a for a in store.adapters.list() if a.status == "candidate"] == []
     _wait_for(lambda: _lock_free(store), LOCK_TTL_S * 5, "the dead worker's lock to expire")
 
-    nxt = store.training.enqueue_round(trigger="test", config=small_round_config().to_dict())
-    run = run_round(tsettings, store, run_id=nxt.id, show_progress=False)
+    nxt = store.training.enqueue_round(trigger="test")
+    run = run_round(tsettings, store, run_id=nxt.id, config=small_round_config(), show_progress=False)
     assert run.status == "succeeded" and store.adapters.get(run.adapter_version).status == "canary"
     assert store.runs.get(killed.id).status == "failed" and store.runs.get(killed.id).error == INTERRUPTED
     assert [a.status for a in store.adapters.list()] == ["canary"]
