@@ -69,7 +69,8 @@ class LoopConfig:
             against the served version in the sandbox (seed ``seed + 250``, the same every round; the
             held-out share as above); 0 plays none. 150 took 32-38 s a round with the default model.
         round_config (dict, default {}): training-round overrides, as a ``--round-config`` file holds them
-            (the serving fields refused); the gate's ``pass_status`` is set to ``active`` whatever they say.
+            (the worker refuses a bad one, the serving fields among them, at its start); the gate's
+            ``pass_status`` is set to ``active`` whatever they say.
         method (str, default "ppo"): the policy update each round runs: ``ppo``, the baselines
             ``sft`` and ``kto`` (``RoundConfig.method``), or ``none`` (no training: every round
             measures the starting adapter again, with that round's customers).
@@ -107,9 +108,6 @@ class LoopConfig:
             raise ValueError(f"audit_share must lie within [0, 1], got {self.audit_share}")
         if not 0.0 <= self.held_out_share < 1.0:
             raise ValueError(f"held_out_share must lie in [0, 1), got {self.held_out_share}")
-        from trainer.round_config import RoundConfig, checked_overrides
-
-        RoundConfig.from_dict(checked_overrides(self.worker_config(), "the loop's round config"))
 
     def worker_config(self) -> dict[str, Any]:
         """The worker subprocess's own round config: the overrides, with pass status ``active`` and the method."""

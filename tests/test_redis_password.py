@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -46,6 +47,14 @@ def test_embedded_redis_requires_the_password_kept_in_the_data_dir(tmp_path: Pat
         stop_embedded_redis(tmp_path)
     assert ensure_embedded_redis(tmp_path) == url  # restarted: same port, same password
     stop_embedded_redis(tmp_path)
+
+
+def test_concurrent_first_starts_agree_on_one_password(tmp_path: Path) -> None:
+    code = f"from feedback_store.server import redis_password; print(redis_password({str(tmp_path)!r}))"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(6)]
+    passwords = {proc.communicate(timeout=60)[0].strip() for proc in procs}
+    assert len(passwords) == 1 and "" not in passwords
+    assert [p.name for p in redis_dir(tmp_path).iterdir()] == [PASSWORD_FILE]  # no temporary file left
 
 
 def test_a_passwordless_server_from_before_is_restarted_with_the_password_and_keeps_its_data(tmp_path: Path) -> None:

@@ -255,12 +255,6 @@ def file_overrides(path: Path) -> dict[str, Any]:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise SettingsError(f"{where}: {exc}") from None
-    return checked_overrides(data, where)
-
-
-def checked_overrides(data: Any, where: str) -> dict[str, Any]:
-    """``data`` as a ``--round-config`` file must hold it: an object of ``RoundConfig`` fields, each section
-    an object of its fields, every value of its type, no serving field; errors name ``where``."""
     if not isinstance(data, dict):
         raise SettingsError(f"{where} must hold a JSON object of RoundConfig fields")
     top = field_types(None)
