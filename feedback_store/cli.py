@@ -12,11 +12,13 @@ def redis_group() -> None:
 
 @redis_group.command("start")
 def start() -> None:
-    """Start the embedded server if it is not running, and print its URL."""
+    """Start the embedded server if it is not running, and print its URL (the password masked: it is kept
+    in <data_dir>/redis/password)."""
     from loopdesk.cli_support import settings_or_exit
+    from loopdesk.config import redacted_url
     from feedback_store.connection import resolve_redis_url
 
-    click.echo(resolve_redis_url(settings_or_exit()))
+    click.echo(redacted_url(resolve_redis_url(settings_or_exit())))
 
 
 @redis_group.command("status")

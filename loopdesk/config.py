@@ -296,15 +296,21 @@ def shown(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (str, list, dict)) else str(value)
 
 
+def redacted_url(url: str) -> str:
+    """``url`` with its password, if it has one, as ``***`` (for logs and printed settings)."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
+
+
 def masked(name: str, value: Any) -> str:
     """``shown(value)`` with secrets hidden: a set secret as ``***``, a URL's password as ``***``."""
     if name in SECRETS and value:
         return "***"
     if isinstance(value, str) and "://" in value:
-        parts = urlsplit(value)
-        if parts.password:
-            host = parts.netloc.rsplit("@", 1)[1]
-            value = parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
+        value = redacted_url(value)
     return shown(value)
 
 

@@ -144,10 +144,9 @@ def seed_run(store: FeedbackStore) -> str:
     return run.id
 
 
-def test_operator_promotes_an_adapter_and_the_next_conversation_is_pinned_to_it(site, new_page, monkeypatch,
-                                                                               tmp_path: Path):
+def test_operator_promotes_an_adapter_and_the_next_conversation_is_pinned_to_it(site, new_page, monkeypatch):
     settings, store, engine, url = site
-    adapter = register_real_adapter(store, settings, tmp_path, metrics={"held_out_reward": 0.4, "kl": 0.8})
+    adapter = register_real_adapter(store, settings, metrics={"held_out_reward": 0.4, "kl": 0.8})
     seed_history(store, ["base", adapter.version], monkeypatch)
     run_id = seed_run(store)
 

@@ -248,7 +248,8 @@ class Round:
 
         cfg, store, base_ref = self.config, self.store, self.settings.base_model_ref
         active = store.adapters.active()
-        active_dir = released_dir(store, active, base_ref)  # the adapter this round starts from, verified
+        # what this round starts from and the gate measures against: inside adapters_dir, checksums verified
+        active_dir = released_dir(store, self.settings.adapters_dir, active, base_ref)
         turns, watermark_to = store.feedback.export(after=self.run.watermark_from, limit=cfg.max_episodes)
         holdout = held_out({t.conversation_id for t in turns}, cfg.holdout_share)
         train_turns = [t for t in turns if t.conversation_id not in holdout and t.turn.reply_token_ids]
@@ -327,6 +328,7 @@ def run_round(settings, store: FeedbackStore, run_id: str | None = None, config:
 
     Raises:
         LockHeldError: another round holds the lock (a queued run is marked failed).
+        WorkerOnlyFieldError: the queued run's recorded config sets the gate (``run_config``; it is marked failed).
         TypeError, ValueError: the queued run's config is not a RoundConfig (it is marked failed).
         Exception: whatever failed the round, after the run was recorded as failed.
     """

@@ -15,7 +15,8 @@ from trainer.config import GateConfig
 
 def tick(store: FeedbackStore, gate: GateConfig, round_config: dict[str, Any] | None = None,
          now: float | None = None) -> tuple[list[TrainingRun], CanaryDecision | None]:
-    """One pass: enqueue a round per due schedule; decide on the canary. Returns what it did."""
+    """One pass: enqueue a round per due schedule, each recording ``round_config`` (how it trains: the worker
+    refuses a recorded gate, ``trainer.round_config.run_config``); decide on the canary. Returns what it did."""
     runs = [store.training.enqueue_round(trigger=f"schedule:{s.id}", config=round_config)
             for s in store.schedules.due(now)]
     return runs, check_canary(store, gate)
