@@ -4,8 +4,9 @@ Each app has its own Prometheus registry (tests build several apps in one proces
 counts and durations are labelled by endpoint (the Flask view, never the raw path, so the label
 set stays bounded); CSAT per adapter version (weighted as the canary decision weighs it, with the
 effective sample size and the plain mean beside it), training runs by outcome and Redis's memory
-use against its ``maxmemory`` are read from the store at scrape time over a bounded window. Every response carries an ``X-Request-ID``: the
-client's when it sent a sane one, else a fresh one; the JSON access log line names it too.
+use against its ``maxmemory`` are read from the store at scrape time over a bounded window. Every
+response carries an ``X-Request-ID``: the client's when it sent a sane one, else a fresh one; the
+JSON access log line names it too. Every string a JSON log line holds is PII masked.
 """
 
 from __future__ import annotations

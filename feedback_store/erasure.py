@@ -249,8 +249,9 @@ class Erasure:
                                    "tags": [t.rsplit(":", 1)[1] for t in stored.tag_keys]}
         if conv is not None:
             pipe = self._r.pipeline(transaction=False)
-            named = {"by_time": k.conversations_by_time(), "by_adapter": k.conversations_by_adapter(conv.adapter_version),
-                     "expert_queue": k.queue(), "expert_queue_by_adapter": k.queue_by_adapter(conv.adapter_version)}
+            version = conv.adapter_version
+            named = {"by_time": k.conversations_by_time(), "by_adapter": k.conversations_by_adapter(version),
+                     "expert_queue": k.queue(), "expert_queue_by_adapter": k.queue_by_adapter(version)}
             if conv.rater:
                 named["rater_counted_ratings"] = k.rater_ratings(conv.rater)
             for key in named.values():

@@ -11,9 +11,9 @@ from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["RedisError", "STORE_UNREACHABLE", "STORE_FULL", "StoreFullError", "FeedbackStoreError", "ValidationFailed", "NotFoundError",
-           "ForbiddenError", "ConflictError", "RatingLockedError", "UnansweredError", "InvalidTransitionError",
-           "LockHeldError"]
+__all__ = ["RedisError", "STORE_UNREACHABLE", "STORE_FULL", "StoreFullError", "FeedbackStoreError",
+           "ValidationFailed", "NotFoundError", "ForbiddenError", "ConflictError", "RatingLockedError",
+           "UnansweredError", "InvalidTransitionError", "LockHeldError"]
 
 STORE_UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
 """The Redis failures that mean the store cannot be reached right now (retry later; HTTP 503)."""

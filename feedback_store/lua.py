@@ -58,5 +58,6 @@ class Script:
                 _, code, message = text[text.index("LD:"):].split(":", 2)
                 raise _ERRORS.get(code, FeedbackStoreError)(message) from None
             if "-OOM " in text:  # Redis 6 refused the script's first write (so it wrote nothing); 7 raises OOM itself
-                raise StoreFullError("the feedback store is full (Redis reached maxmemory); nothing was written") from None
+                raise StoreFullError("the feedback store is full (Redis reached maxmemory): nothing was written") \
+                    from None
             raise

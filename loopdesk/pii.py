@@ -9,12 +9,13 @@ Three kinds are masked, in this order:
 - **phone numbers** → ``[phone]``: 9 to 15 digits (E.164's longest) in groups split by single
   spaces, dots or dashes, optionally after ``+`` and with a group in parentheses
   (``0800 555 0199``, ``+44 (0)20 7946 0958``, ``(555) 123-4567``, ``1-800-555-0199``). Without
-  a ``+``, every group has 2 or more digits except a leading ``1-``. A group that belongs to a time, a decimal or a date written with ``:``, ``,`` or
-  ``/`` beside it is not counted (``2024-01-15 10:30`` is a date and a time, not a phone number).
+  a ``+``, every group has 2 or more digits except a leading ``1-``. A group that belongs to a
+  time, a decimal or a date written with ``:``, ``,`` or ``/`` beside it is not counted
+  (``2024-01-15 10:30`` is a date and a time, not a phone number).
 
 Ordinary numbers stay: quantities (``30 days``), order numbers up to 8 digits or after ``#``,
-prices, dates, times. What is masked is a pattern, not a meaning: a 9-digit order number without
-``#`` is masked as a phone number, and a name or a postal address is not masked at all.
+prices under a million, dates, times. What is masked is a pattern, not a meaning: a 9-digit order
+number without ``#`` is masked as a phone number, and a name or a postal address is not masked.
 
 ``page_url`` drops the query string, fragment and credentials from a URL (or a path), where
 tokens and e-mail addresses travel.

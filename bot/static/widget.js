@@ -169,7 +169,8 @@
   function ensureConversation() {
     if (state.id) return Promise.resolve();
     /* the page without its query string and fragment, where tokens and e-mail addresses travel */
-    return call("", "POST", { meta: { page: (location.origin + location.pathname).slice(0, 500) } }).then(function (conv) {
+    var page = (location.origin + location.pathname).slice(0, 500);
+    return call("", "POST", { meta: { page: page } }).then(function (conv) {
       state = { id: conv.conversation_id, token: conv.token };
       save();
     });
