@@ -111,8 +111,14 @@ class Retention:
                                         start=kept_in_index, num=BATCH)
             if not ids:
                 break
+            pipe = self._r.pipeline(transaction=False)
             for conv_id in ids:
-                if dry_run:
+                pipe.zscore(self._keys.feedback_log(), conv_id)
+            unconsumed = {c for c, seq in zip(ids, pipe.execute()) if seq is not None and seq > watermark}
+            for conv_id in ids:
+                if conv_id in unconsumed:  # cheaply held here; ``decide`` checks again as it removes
+                    outcome = None
+                elif dry_run:
                     outcome = decide(self._erasure.read(conv_id, tag_keys))
                 else:
                     outcome = self._erasure.remove(conv_id, decide, tag_keys)

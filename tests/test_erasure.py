@@ -103,7 +103,8 @@ def test_export_prints_everything_stored_and_erase_leaves_only_the_record(store,
     assert exported.exit_code == 0, exported.output
     data = json.loads(exported.output)
     assert data["conversation"]["meta"] == {"page": "https://shop.example/orders"}
-    assert [t["text"] for t in data["turns"]] == ["Where is order 1234? My email is [email]", "Your order ships in 2 days."]
+    assert [t["text"] for t in data["turns"]] == ["Where is order 1234? My email is [email]",
+                                                  "Your order ships in 2 days."]
     assert data["turns"][1]["prompt_token_ids"] == [1, 2, 3] and data["turns"][1]["context"] == "<ctx>"
     assert [r["comment"] for r in data["rating_history"]] == ["useless"]
     assert data["annotations"]["1"][0]["note"] == "parcel lost"

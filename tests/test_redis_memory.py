@@ -62,7 +62,8 @@ def test_a_full_redis_answers_503_keeps_what_it_has_and_still_erases_and_prunes(
     consume_feedback(store)
     created = client.post(API).json
     conv_id, auth = created["conversation_id"], {"Authorization": f"Bearer {created['token']}"}
-    assert client.post(f"{API}/{conv_id}/messages", json={"text": "Where is my order?"}, headers=auth).status_code == 200
+    answered = client.post(f"{API}/{conv_id}/messages", json={"text": "Where is my order?"}, headers=auth)
+    assert answered.status_code == 200
     turns_before = store.conversations.turns(conv_id)
 
     fill(store)
