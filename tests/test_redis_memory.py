@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bot.app import create_app
+from bot.services import EXTENSION
 from feedback_store import FeedbackStore
 from feedback_store.errors import STORE_FULL
 from feedback_store.server import stop_embedded_redis
@@ -26,7 +27,9 @@ def capped(tmp_path: Path, base_model_dir: Path):
     store = FeedbackStore.from_settings(settings, announce=False)
     try:
         with running_engine(settings, store) as engine:
-            yield store, create_app(settings, engine, store)
+            app = create_app(settings, engine, store)
+            yield store, app
+            app.extensions[EXTENSION].knowledge.stop()  # it follows this Redis, which stops next
     finally:
         stop_embedded_redis(tmp_path)
 
