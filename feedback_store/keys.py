@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -34,6 +35,14 @@ class Keys:
     def conversations_by_adapter(self, version: str) -> str:
         return self._k("convs", "adapter", version)
 
+    def pruned(self) -> str:
+        """Conversation id → the numbers kept of a conversation with feedback after its retention period."""
+        return self._k("convs", "pruned")
+
+    def erased(self) -> str:
+        """Conversation id → the record that it was erased (no text), and which runs may have used it."""
+        return self._k("convs", "erased")
+
     # annotations and the expert queue
     def annotations(self, conv_id: str, turn_index: int) -> str:
         return self._k("ann", conv_id, turn_index)
@@ -49,6 +58,10 @@ class Keys:
 
     def tagged(self, tag: str) -> str:
         return self._k("tag", tag)
+
+    def tagged_pattern(self) -> str:
+        """A SCAN pattern that matches every tag set (and nothing else)."""
+        return re.sub(r"([*?\[\]\\])", r"\\\1", self._k("tag")) + ":*"
 
     # training data watermark
     def feedback_seq(self) -> str:
