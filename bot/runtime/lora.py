@@ -4,7 +4,9 @@ peft's ``PeftModel.add_adapter`` + ``set_adapter`` cost ~300 ms and ~20 ms of Py
 3 M-parameter model (module-tree walks), far more than a decode step, and would have to run on
 the generation thread. Here the adapter's matrices are prepared on the loader thread; adding
 one is a dict insert, and switching sets one attribute. The math is peft's eval-mode LoRA,
-``y = W x + (alpha / r) · B A x`` (``alpha / √r`` with rsLoRA), read from peft's own files.
+``y = W x + (alpha / r) · B A x`` (``alpha / √r`` with rsLoRA), read from peft's own files. A target
+layer is an ``nn.Linear`` or GPT-2's ``Conv1D`` (weight stored transposed, which peft's
+``fan_in_fan_out`` flag records; its A and B are stored as for a linear layer, so the update is the same).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from bot.runtime.adapters import VerifiedAdapter
 from loopdesk.adapter_format import InvalidAdapterError
@@ -38,7 +41,7 @@ def prepare(model: nn.Module, adapter: VerifiedAdapter) -> dict[str, LoraDelta]:
     """
     config, version = adapter.config, adapter.version
     unsupported = [name for name, on in (("DoRA", config.use_dora), ("bias", config.bias != "none"),
-                                         ("lora_bias", config.lora_bias), ("fan_in_fan_out", config.fan_in_fan_out),
+                                         ("lora_bias", config.lora_bias),
                                          ("alpha_pattern", bool(config.alpha_pattern)),
                                          ("modules_to_save", bool(config.modules_to_save))) if on]
     if unsupported:
@@ -55,19 +58,29 @@ def prepare(model: nn.Module, adapter: VerifiedAdapter) -> dict[str, LoraDelta]:
             layer = model.get_submodule(name)
         except AttributeError:
             raise InvalidAdapterError(f"{version}: the base model has no layer {name}") from None
-        if not isinstance(layer, nn.Linear) or set(pair) != {"lora_A", "lora_B"}:
+        features = _features(layer)
+        if features is None or set(pair) != {"lora_A", "lora_B"}:
             raise InvalidAdapterError(f"{version}: {name} is not a linear layer with lora_A and lora_B")
-        a, b = pair["lora_A"], pair["lora_B"]
+        (n_in, n_out), (a, b) = features, (pair["lora_A"], pair["lora_B"])
         rank = a.shape[0]
-        if a.shape != (rank, layer.in_features) or b.shape != (layer.out_features, rank):
+        if a.shape != (rank, n_in) or b.shape != (n_out, rank):
             raise InvalidAdapterError(f"{version}: {name} shapes {tuple(a.shape)}/{tuple(b.shape)} do not fit "
-                                 f"{layer.in_features}->{layer.out_features}")
+                                      f"{n_in}->{n_out}")
         scale = config.lora_alpha / (math.sqrt(rank) if config.use_rslora else rank)
         dtype = layer.weight.dtype
         deltas[name] = LoraDelta(a.t().contiguous().to(dtype), (b.t() * scale).contiguous().to(dtype))
     if not deltas:
         raise InvalidAdapterError(f"{version}: no LoRA weights")
     return deltas
+
+
+def _features(layer: nn.Module) -> tuple[int, int] | None:
+    """(in, out) features of a layer LoRA can target, None for any other layer."""
+    if isinstance(layer, nn.Linear):
+        return layer.in_features, layer.out_features
+    if isinstance(layer, Conv1D):  # y = x @ W + b, W stored [in, out]
+        return layer.weight.shape[0], layer.weight.shape[1]
+    return None
 
 
 class MultiLora:

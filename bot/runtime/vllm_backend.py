@@ -33,6 +33,7 @@ from bot.runtime.follower import AdapterFollower
 from bot.runtime.prompts import PromptBuilder, system_prompt
 from feedback_store import FeedbackStore
 from feedback_store.records import BASE_VERSION
+from loopdesk.causal_lm import context_length, load_tokenizer
 from loopdesk.config import Settings
 
 log = logging.getLogger(__name__)
@@ -124,11 +125,11 @@ class VllmEngine:
 
     def start(self) -> None:
         """Load the tokenizer, check the server, load the registry's adapters, then follow changes."""
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoConfig
 
         ref = self.settings.base_model_ref
-        self.tokenizer = AutoTokenizer.from_pretrained(ref)
-        self._max_positions = AutoConfig.from_pretrained(ref).max_position_embeddings
+        self.tokenizer = load_tokenizer(ref)
+        self._max_positions = context_length(AutoConfig.from_pretrained(ref))
         self._builder = PromptBuilder(self.tokenizer, self._max_positions - self.settings.max_reply_tokens,
                                       system_prompt(ref) if Path(ref).is_dir() else None)
         if not self.ready():
