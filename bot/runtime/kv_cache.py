@@ -1,0 +1,165 @@
+"""A KV cache that rows join and leave between decode steps without copying every row each step.
+
+transformers' ``DynamicCache`` appends a token by concatenation, so every decode step copies every row's
+keys and values, and so did merging newcomers and dropping finished rows: at 32 rows that was more than
+half of a tiny model's step. ``RowCache`` keeps each layer's keys and values in buffers with spare rows
+and columns, ``[rows, heads, columns, head_dim]``, and shows the model a view of the window in use:
+
+- a forward pass writes its new columns in place (``reserve`` first makes room);
+- rows are left-padded, each row's tokens ending at the window's last column; the 2-D attention mask
+  lives in a buffer of the same layout (``attention_mask``);
+- newcomers (a prefilled ``RowCache`` of their own) are copied into free rows (``append``), a finished
+  row is overwritten by the last live row (``remove``), and leading columns no live row attends to are
+  dropped by moving the window's start;
+- buffers are reallocated (doubling) only when rows or columns run out.
+
+Any cell of the window a row does not fill with its own tokens is zero and masked, so a masked cell can
+never carry a NaN into another row's attention.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+MIN_COLUMNS = 64
+
+
+class SlackLayer(DynamicLayer):
+    """One layer's keys and values in buffers with spare room; ``keys``/``values`` view the window."""
+
+    def __init__(self, cache: "RowCache"):
+        super().__init__()
+        self.cache = cache
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this pass's columns after the window; return the window including them."""
+        c = self.cache
+        if self.k is None:
+            self.k = self._zeros(key_states)
+            self.v = self._zeros(value_states)
+            self.device, self.is_initialized = key_states.device, True
+        end = c.end + key_states.shape[-2]
+        self.k[:c.rows, :, c.end:end] = key_states
+        self.v[:c.rows, :, c.end:end] = value_states
+        self.keys, self.values = self.k[:c.rows, :, c.start:end], self.v[:c.rows, :, c.start:end]
+        return self.keys, self.values
+
+    def _zeros(self, like: torch.Tensor) -> torch.Tensor:
+        c = self.cache
+        return like.new_zeros((c.row_capacity, like.shape[1], c.column_capacity, like.shape[3]))
+
+    def show(self) -> None:
+        """Point ``keys``/``values`` at the cache's current window."""
+        if self.k is not None:
+            c = self.cache
+            self.keys, self.values = self.k[:c.rows, :, c.start:c.end], self.v[:c.rows, :, c.start:c.end]
+
+
+class RowCache(Cache):
+    """The KV cache of one batch: ``rows`` rows over the columns ``[start, end)`` of every layer's buffers."""
+
+    def __init__(self, rows: int, columns: int):
+        self.rows, self.start, self.end = rows, 0, 0
+        self.row_capacity, self.column_capacity = rows, max(columns, MIN_COLUMNS)
+        self.mask = torch.zeros((self.row_capacity, self.column_capacity), dtype=torch.long)
+        super().__init__(layer_class_to_replicate=partial(SlackLayer, self))  # a layer per attention layer
+
+    @property
+    def width(self) -> int:
+        return self.end - self.start
+
+    def window_mask(self) -> torch.Tensor:
+        """The attention mask of the cached window, [rows, width]."""
+        return self.mask[:self.rows, self.start:self.end]
+
+    def attention_mask(self, new: torch.Tensor) -> torch.Tensor:
+        """Reserve ``new.shape[1]`` columns, set their mask to ``new`` and return the mask a forward pass
+        over them takes: the window's and theirs, [rows, width + new columns]."""
+        self.reserve(new.shape[1])
+        end = self.end + new.shape[1]
+        self.mask[:self.rows, self.end:end] = new
+        return self.mask[:self.rows, self.start:end]
+
+    def advance(self, columns: int) -> None:
+        """After a forward pass wrote ``columns`` new columns: they join the window."""
+        self.end += columns
+        self._show()
+
+    def reserve(self, columns: int) -> None:
+        """Make room for ``columns`` more columns after the window."""
+        if self.end + columns > self.column_capacity:
+            self._relayout(self.row_capacity, max(2 * (self.width + columns), MIN_COLUMNS), lead=0)
+
+    def append(self, other: "RowCache") -> None:
+        """Copy ``other``'s rows in after this cache's rows, right-aligned on the window's end."""
+        n, m, width = self.rows, other.rows, max(self.width, other.width)
+        rows_needed = n + m
+        if rows_needed > self.row_capacity or width - self.width > self.start:
+            capacity = max(rows_needed, 2 * self.row_capacity) if rows_needed > self.row_capacity else self.row_capacity
+            self._relayout(capacity, max(self.column_capacity, 2 * width), lead=width - self.width)
+        if width > self.width:  # widen to the left: zero what the window newly shows of the old rows
+            start = self.end - width
+            self.mask[:n, start:self.start] = 0
+            for layer in self._filled():
+                layer.k[:n, :, start:self.start] = 0
+                layer.v[:n, :, start:self.start] = 0
+            self.start = start
+        split = self.end - other.width  # newcomers' tokens from here; zeros before
+        self.mask[n:rows_needed, self.start:split] = 0
+        self.mask[n:rows_needed, split:self.end] = other.window_mask()
+        for mine, theirs in zip(self._filled(), other._filled(), strict=True):
+            mine.k[n:rows_needed, :, self.start:split] = 0
+            mine.v[n:rows_needed, :, self.start:split] = 0
+            mine.k[n:rows_needed, :, split:self.end] = theirs.keys
+            mine.v[n:rows_needed, :, split:self.end] = theirs.values
+        self.rows = rows_needed
+        self._show()
+
+    def remove(self, done: list[int]) -> list[int]:
+        """Drop the rows at ``done``: each is overwritten by a live row from the end. Returns the old index
+        of the row now at each index, then drops leading columns no row left attends to."""
+        keep = self.rows - len(done)
+        gone = set(done)
+        holes = [i for i in done if i < keep]
+        movers = [i for i in range(keep, self.rows) if i not in gone]
+        order = list(range(keep))
+        if holes:
+            to, src = torch.tensor(holes), torch.tensor(movers)
+            self.mask[to, self.start:self.end] = self.mask[src, self.start:self.end]
+            for layer in self._filled():
+                layer.k[to, :, self.start:self.end] = layer.k[src, :, self.start:self.end]
+                layer.v[to, :, self.start:self.end] = layer.v[src, :, self.start:self.end]
+            for hole, mover in zip(holes, movers):
+                order[hole] = mover
+        self.rows = keep
+        used = self.window_mask().any(dim=0).nonzero()
+        self.start += int(used[0]) if len(used) else self.width
+        self._show()
+        return order
+
+    def _relayout(self, row_capacity: int, column_capacity: int, lead: int) -> None:
+        """New zeroed buffers; the window is copied to start at column ``lead``."""
+        width, rows = self.width, self.rows
+        mask = torch.zeros((row_capacity, column_capacity), dtype=self.mask.dtype)
+        mask[:rows, lead:lead + width] = self.window_mask()
+        self.mask = mask
+        self.row_capacity, self.column_capacity = row_capacity, column_capacity
+        for layer in self._filled():
+            k, v = layer._zeros(layer.k), layer._zeros(layer.v)
+            k[:rows, :, lead:lead + width] = layer.k[:rows, :, self.start:self.end]
+            v[:rows, :, lead:lead + width] = layer.v[:rows, :, self.start:self.end]
+            layer.k, layer.v = k, v
+        self.start, self.end = lead, lead + width
+
+    def _filled(self) -> list[SlackLayer]:
+        return [layer for layer in self.layers if layer.k is not None]
+
+    def _show(self) -> None:
+        for layer in self.layers:
+            layer.show()

@@ -1,0 +1,99 @@
+"""Continuous batching on the real test-size model: rows that join a running batch (a longer prompt
+widens its cache), leave it (a later row moves into their place), outgrow its cache's room, and run
+under different adapters in the same forward passes, each keep the log-probs of its reply generated alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from bot.runtime.adapters import read_verified
+from bot.runtime.batching import Batch, Row, sample
+from bot.runtime.lora import MultiLora, prepare
+from tests.adapter_helpers import write_adapter
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+NEVER = -1  # an EOS id no sampled token has: rows end by their token budget only
+TEMPERATURE = 0.7
+
+
+def prompt(tokenizer, text: str) -> list[int]:
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                             tokenize=False)
+    return tokenizer(rendered, add_special_tokens=False).input_ids
+
+
+def replay(model: torch.nn.Module, row: Row) -> list[float]:
+    ids = torch.tensor([row.prompt_ids + row.reply_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float() / TEMPERATURE, dim=-1)
+    start = len(row.prompt_ids) - 1
+    return [logp[start + i, t].item() for i, t in enumerate(row.reply_ids)]
+
+
+def test_rows_joining_leaving_and_outgrowing_a_batch_under_two_adapters_keep_their_logprobs(
+        base_model_dir: Path, tmp_path: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    torch.manual_seed(3)
+    lora = LoraConfig(r=2, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    write_adapter(get_peft_model(AutoModelForCausalLM.from_pretrained(base_model_dir), lora), tmp_path / "v1", "v1",
+                  str(base_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(base_model_dir).eval()
+    adapters = MultiLora(model)
+    adapters.add("v1", prepare(model, read_verified(tmp_path / "v1", "v1", str(base_model_dir))))
+    version: dict[int, str | None] = {}
+    finished: list[Row] = []
+
+    def new(text: str, tokens: int, under: str | None) -> Row:
+        row = Row(prompt(tokenizer, text), tokens)
+        version[id(row)] = under
+        return row
+
+    def route(rows: list[Row]) -> None:
+        adapters.route([version[id(r)] for r in rows])
+
+    def join(rows: list[Row]) -> Batch:
+        route(rows)
+        return Batch.prefill(model, rows, tokenizer.pad_token_id, NEVER, TEMPERATURE)
+
+    def steps(batch: Batch, n: int) -> None:
+        for _ in range(n):
+            if not batch.rows:
+                return
+            route(batch.rows)
+            batch.step(model, NEVER, TEMPERATURE)
+            finished.extend(batch.drop_done())
+
+    with torch.inference_mode():
+        long_question = "I ordered a tent and two jackets last week and only the tent arrived. " * 2
+        batch = join([new(long_question, 4, "v1"), new("Hi", 140, None), new("Where is my order?", 40, "v1")])
+        steps(batch, 5)  # the long row leaves: the short rows move up, the window's padding goes
+        assert len(batch) == 2 and batch.cache.start > 0
+        batch.merge(join([new("How do I return a jacket that does not fit me?", 30, None)]))  # wider than the window
+        steps(batch, 3)
+        batch.merge(join([new(long_question * 2, 20, "v1"), new("Thanks", 12, "v1")]))  # needs new buffers
+        steps(batch, 200)  # the first row outgrows the columns its batch had room for
+    assert len(batch) == 0 and len(finished) == 6
+    policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model_dir), str(tmp_path / "v1")).eval()
+    base = AutoModelForCausalLM.from_pretrained(base_model_dir).eval()
+    for row in finished:
+        assert len(row.reply_ids) == row.max_new_tokens and not row.error
+        assert row.logprobs == pytest.approx(replay(policy if version[id(row)] else base, row), abs=1e-4)
+    with_adapter = next(r for r in finished if version[id(r)])
+    assert with_adapter.logprobs != pytest.approx(replay(base, with_adapter), abs=1e-3)
+
+
+def test_sampling_follows_the_distribution_and_flags_non_finite_rows() -> None:
+    torch.manual_seed(0)
+    logits = torch.tensor([[0.5, 0.3, 0.2, 1.0]]).log().repeat(20000, 1)
+    logits[:, 3] = -1e4  # finite, and probability 0 after the softmax
+    logits[0, 1] = float("nan")
+    tokens, logprobs, ok = sample(logits, temperature=1.0)
+    assert not ok[0] and ok[1:].all()
+    counts = torch.bincount(tokens[1:], minlength=4).float() / (len(tokens) - 1)
+    assert counts.tolist() == pytest.approx([0.5, 0.3, 0.2, 0.0], abs=0.015)
+    assert torch.allclose(logprobs[1:], torch.log(torch.tensor([0.5, 0.3, 0.2]))[tokens[1:]])
