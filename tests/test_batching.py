@@ -1,5 +1,5 @@
 """Continuous batching on the real test-size model: rows that join a running batch (a longer prompt
-widens its cache), leave it (a later row moves into their place), outgrow its cache's room, and run
+widens its cache, one joins without a prefill and reads its prompt a token per step), leave it (a later row moves into their place), outgrow its cache's room, and run
 under different adapters in the same forward passes, each keep the log-probs of its reply generated alone."""
 
 from __future__ import annotations
@@ -74,10 +74,12 @@ def test_rows_joining_leaving_and_outgrowing_a_batch_under_two_adapters_keep_the
         steps(batch, 5)  # the long row leaves: the short rows move up, the window's padding goes
         assert len(batch) == 2 and batch.cache.start > 0
         batch.merge(join([new("How do I return a jacket that does not fit me?", 30, None)]))  # wider than the window
+        reader = new("Do you ship to Canada?", 8, "v1")  # joins without a prefill: reads its prompt step by step
+        batch.merge(Batch.join([reader]))
         steps(batch, 3)
         batch.merge(join([new(long_question * 2, 20, "v1"), new("Thanks", 12, "v1")]))  # needs new buffers
         steps(batch, 200)  # the first row outgrows the columns its batch had room for
-    assert len(batch) == 0 and len(finished) == 6
+    assert len(batch) == 0 and len(finished) == 7
     policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model_dir), str(tmp_path / "v1")).eval()
     base = AutoModelForCausalLM.from_pretrained(base_model_dir).eval()
     for row in finished:
@@ -97,3 +99,68 @@ def test_sampling_follows_the_distribution_and_flags_non_finite_rows() -> None:
     counts = torch.bincount(tokens[1:], minlength=4).float() / (len(tokens) - 1)
     assert counts.tolist() == pytest.approx([0.5, 0.3, 0.2, 0.0], abs=0.015)
     assert torch.allclose(logprobs[1:], torch.log(torch.tensor([0.5, 0.3, 0.2]))[tokens[1:]])
+
+
+def test_a_prompt_that_starts_like_an_earlier_one_takes_its_keys_and_values(base_model_dir: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_model_dir).eval()
+    system = {"role": "system", "content": "You are the support assistant of Northwind Outfitters."}
+
+    def chat(text: str) -> list[int]:
+        rendered = tokenizer.apply_chat_template([system, {"role": "user", "content": text}],
+                                                 add_generation_prompt=True, tokenize=False)
+        return tokenizer(rendered, add_special_tokens=False).input_ids
+
+    torch.manual_seed(5)
+    with torch.inference_mode():
+        first = Row(chat("Where is my order?"), 4)
+        earlier = Batch.prefill(model, [first], tokenizer.pad_token_id, NEVER, TEMPERATURE).cache.cached_prompt(
+            0, first.prompt_ids)
+        rows = [Row(chat("How do I return a jacket?"), 12), Row(chat("Where is my order?"), 12),
+                Row(prompt(tokenizer, "Hi"), 12)]
+        shared = [earlier.shared(r.prompt_ids) for r in rows]
+        assert shared[0] > 10 and shared[1] == len(first.prompt_ids) - 1 and shared[2] == 0
+        batch = Batch.prefill(model, rows, tokenizer.pad_token_id, NEVER, TEMPERATURE, [earlier, earlier, None])
+        reader = Row(chat("Can I change my address?"), 12)
+        batch.merge(Batch.join([reader], [earlier]))  # reads only what it does not share with the earlier prompt
+        for _ in range(len(reader.prompt_ids) - shared[0] + 11):
+            batch.step(model, NEVER, TEMPERATURE)
+            batch.drop_done()
+    assert len(batch) == 0
+    for row in [*rows, reader]:
+        assert row.logprobs == pytest.approx(replay(model, row), abs=1e-4)
+
+
+def test_newcomers_read_their_prompts_through_a_streaming_batchs_steps(base_model_dir: Path, monkeypatch) -> None:
+    """While a reply streams, short newcomers join without a prefill pass; every reply keeps its log-probs."""
+    from bot.runtime import batching
+    from bot.runtime.worker import GenerationWorker, Request
+
+    joined: list[int] = []
+    join = batching.Batch.join.__func__
+    monkeypatch.setattr(batching.Batch, "join", classmethod(
+        lambda cls, rows, earlier=None: (joined.append(len(rows)), join(cls, rows, earlier))[1]))
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_model_dir).eval()
+    worker = GenerationWorker(model, tokenizer.pad_token_id, NEVER, TEMPERATURE, max_batch_size=8)
+    worker.start()
+
+    def submit(text: str, tokens: int, stream: bool = False) -> Request:
+        request = Request("base", Row(prompt(tokenizer, text), tokens), stream=stream)
+        request.row.owner = request
+        worker.submit(request)
+        return request
+
+    try:
+        streaming = submit("Tell me everything about returns.", 60, stream=True)
+        assert streaming.events.get(timeout=30) == "token"
+        newcomers = [submit(q, 8) for q in ("Tell me everything about refunds.", "Tell me about shipping.")]
+        for request in [streaming, *newcomers]:
+            while request.events.get(timeout=30) != "done":
+                pass
+    finally:
+        worker.stop()
+    assert joined == [2] or joined == [1, 1]
+    for request in [streaming, *newcomers]:
+        assert not request.row.error and len(request.row.reply_ids) == request.row.max_new_tokens
+        assert request.row.logprobs == pytest.approx(replay(model, request.row), abs=1e-4)

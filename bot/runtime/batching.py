@@ -2,8 +2,9 @@
 
 A ``Batch`` holds its rows' KV cache (``kv_cache.RowCache``: left-padded rows in buffers with spare room,
 and their 2-D attention mask) and, per row, the token that was sampled last and is not yet in the cache
-("pending"). Newcomers are prefilled as a batch of their own and merged in between steps; rows that
-finished are dropped. Position ids count real tokens only, as ``generate`` and the trainer's scoring do,
+("pending"). Newcomers are prefilled as a batch of their own and merged in between steps, or ``join``
+without a prefill pass and run their prompt through the next decode steps one token a step; the tokens a
+prompt shares with an earlier one are not run again. Rows that finished are dropped. Position ids count real tokens only, as ``generate`` and the trainer's scoring do,
 so logged log-probs match the policy's.
 """
 
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from bot.runtime.kv_cache import RowCache
+from bot.runtime.kv_cache import CachedPrompt, RowCache
 
 SLACK_COLUMNS = 64  # decode steps a new batch's cache has room for before it grows
 
@@ -31,6 +32,7 @@ class Row:
     logprobs: list[float] = field(default_factory=list)
     finished: bool = False
     error: str = ""
+    feed: list[int] = field(default_factory=list)  # prompt tokens still to run through decode steps (``join``)
 
     @property
     def done(self) -> bool:
@@ -55,6 +57,11 @@ def sample(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torc
     return tokens, logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), ok
 
 
+def shared_tokens(earlier: CachedPrompt | None, prompt_ids: list[int]) -> int:
+    """Leading tokens of ``prompt_ids`` whose keys and values ``earlier`` has (0 without one)."""
+    return earlier.shared(prompt_ids) if earlier is not None else 0
+
+
 class Batch:
     """Rows sharing one KV cache; every forward pass runs them all under the same adapter."""
 
@@ -68,23 +75,45 @@ class Batch:
         return len(self.rows)
 
     @classmethod
-    def prefill(cls, model: PreTrainedModel, rows: list[Row], pad_id: int, eos_id: int,
-                temperature: float) -> "Batch":
-        """Run the prompts of ``rows`` (left-padded) and sample each row's first reply token."""
-        width = max(len(r.prompt_ids) for r in rows)
+    def prefill(cls, model: PreTrainedModel, rows: list[Row], pad_id: int, eos_id: int, temperature: float,
+                earlier: list[CachedPrompt | None] | None = None) -> "Batch":
+        """Run the prompts of ``rows`` (left-padded) and sample each row's first reply token.
+
+        ``earlier[i]``, a prompt cached under the same adapter, gives row ``i`` the keys and values of the
+        leading tokens their prompts share; the forward pass runs over the rest.
+        """
+        earlier = earlier or [None] * len(rows)
+        shared = [shared_tokens(p, r.prompt_ids) for p, r in zip(earlier, rows, strict=True)]
+        rest = [r.prompt_ids[n:] for r, n in zip(rows, shared)]
+        width = max(map(len, rest))
         ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, width - len(row.prompt_ids):] = torch.tensor(row.prompt_ids)
-            mask[i, width - len(row.prompt_ids):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = RowCache(len(rows), width + SLACK_COLUMNS)
+        for i, tokens in enumerate(rest):
+            ids[i, width - len(tokens):] = torch.tensor(tokens)
+            mask[i, width - len(tokens):] = 1
+        positions = torch.tensor(shared).unsqueeze(-1) + (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = RowCache(len(rows), max(shared) + width + SLACK_COLUMNS)
+        if any(shared):
+            cache.preload(earlier, shared)
         out = model(input_ids=ids, attention_mask=cache.attention_mask(mask), position_ids=positions, cache=cache,
                     use_cache=True, logits_to_keep=1)
         cache.advance(width)
-        batch = cls(rows, cache, mask.sum(-1), ids[:, -1])
+        batch = cls(rows, cache, torch.tensor([len(r.prompt_ids) for r in rows]), ids[:, -1])
         batch._accept(out.logits[:, -1], eos_id, temperature)
         return batch
+
+    @classmethod
+    def join(cls, rows: list[Row], earlier: list[CachedPrompt | None] | None = None) -> "Batch":
+        """Rows that join a running batch with no prefill pass: the next steps run their prompts one token a
+        step (after the tokens ``earlier`` prompts share with theirs), then sample their replies."""
+        earlier = earlier or [None] * len(rows)
+        shared = [shared_tokens(p, r.prompt_ids) for p, r in zip(earlier, rows, strict=True)]
+        cache = RowCache(len(rows), max(shared) + SLACK_COLUMNS)
+        if any(shared):
+            cache.preload(earlier, shared)
+        for row, n in zip(rows, shared):
+            row.feed = row.prompt_ids[n + 1:]
+        return cls(rows, cache, torch.tensor(shared), torch.tensor([r.prompt_ids[n] for r, n in zip(rows, shared)]))
 
     def step(self, model: PreTrainedModel, eos_id: int, temperature: float) -> None:
         """Feed every row's pending token and sample the next one."""
@@ -97,14 +126,17 @@ class Batch:
 
     def _accept(self, logits: torch.Tensor, eos_id: int, temperature: float) -> None:
         tokens, logprobs, ok = sample(logits, temperature)
-        self.pending = tokens
-        for row, token, logprob, finite in zip(self.rows, tokens.tolist(), logprobs.tolist(), ok.tolist()):
+        pending = tokens.tolist()
+        for i, (row, logprob, finite) in enumerate(zip(self.rows, logprobs.tolist(), ok.tolist())):
             if not finite:
                 row.error = "the model produced non-finite logits"
-                continue
-            row.reply_ids.append(token)
-            row.logprobs.append(logprob)
-            row.finished = token == eos_id
+            elif row.feed:  # still reading its prompt: the next prompt token goes in, the sample is dropped
+                pending[i] = row.feed.pop(0)
+            else:
+                row.reply_ids.append(pending[i])
+                row.logprobs.append(logprob)
+                row.finished = pending[i] == eos_id
+        self.pending = torch.tensor(pending)
 
     def merge(self, other: "Batch") -> None:
         """Append ``other``'s rows (their cache is copied into free rows of this one)."""

@@ -8,23 +8,46 @@ and columns, ``[rows, heads, columns, head_dim]``, and shows the model a view of
 - a forward pass writes its new columns in place (``reserve`` first makes room);
 - rows are left-padded, each row's tokens ending at the window's last column; the 2-D attention mask
   lives in a buffer of the same layout (``attention_mask``);
-- newcomers (a prefilled ``RowCache`` of their own) are copied into free rows (``append``), a finished
+- newcomers (a prefilled ``RowCache`` of their own, or one with nothing cached yet) are copied into
+  free rows (``append``), a finished
   row is overwritten by the last live row (``remove``), and leading columns no live row attends to are
   dropped by moving the window's start;
 - buffers are reallocated (doubling) only when rows or columns run out.
 
 Any cell of the window a row does not fill with its own tokens is zero and masked, so a masked cell can
 never carry a NaN into another row's attention.
+
+A prompt's keys and values depend only on its tokens, so a new prompt that starts like an earlier one
+(the system prompt, the turns of the same chat) takes the earlier one's for those tokens
+(``CachedPrompt``, ``preload``) and its prefill runs over the rest alone.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 MIN_COLUMNS = 64
+MIN_SHARED = 4  # fewer leading tokens in common are not worth a copy
+
+
+@dataclass(frozen=True)
+class CachedPrompt:
+    """An earlier prompt's token ids and, per layer, its keys and values [heads, tokens, head_dim]."""
+
+    token_ids: list[int]
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+    def shared(self, prompt_ids: list[int]) -> int:
+        """How many leading tokens of ``prompt_ids`` (all but its last) can be taken from this prompt."""
+        n, limit = 0, min(len(prompt_ids) - 1, len(self.token_ids))
+        while n < limit and prompt_ids[n] == self.token_ids[n]:
+            n += 1
+        return n if n >= MIN_SHARED else 0
 
 
 class SlackLayer(DynamicLayer):
@@ -96,6 +119,35 @@ class RowCache(Cache):
         if self.end + columns > self.column_capacity:
             self._relayout(self.row_capacity, max(2 * (self.width + columns), MIN_COLUMNS), lead=0)
 
+    def preload(self, prompts: list[CachedPrompt | None], lengths: list[int]) -> None:
+        """Before the first forward pass: row ``i`` starts with the first ``lengths[i]`` tokens of
+        ``prompts[i]``, right-aligned on a window as wide as the longest."""
+        width = max(lengths)
+        donor = next(p for p in prompts if p is not None)
+        while len(self.layers) < len(donor.keys):
+            self.layers.append(self.layer_class_to_replicate())
+        for index, layer in enumerate(self.layers):
+            layer.k = donor.keys[index].new_zeros((self.row_capacity, donor.keys[index].shape[0],
+                                                   self.column_capacity, donor.keys[index].shape[2]))
+            layer.v = donor.values[index].new_zeros((self.row_capacity, donor.values[index].shape[0],
+                                                     self.column_capacity, donor.values[index].shape[2]))
+            layer.device, layer.is_initialized = layer.k.device, True
+            for row, (prompt, n) in enumerate(zip(prompts, lengths)):
+                if n:
+                    layer.k[row, :, width - n:width] = prompt.keys[index][:, :n]
+                    layer.v[row, :, width - n:width] = prompt.values[index][:, :n]
+        for row, n in enumerate(lengths):
+            self.mask[row, width - n:width] = 1
+        self.start, self.end = 0, width
+        self._show()
+
+    def cached_prompt(self, row: int, token_ids: list[int]) -> CachedPrompt:
+        """Row ``row``'s keys and values (its attended columns: ``token_ids``, its prompt so far)."""
+        columns = self.window_mask()[row].nonzero().squeeze(1) + self.start
+        layers = self._filled()
+        return CachedPrompt(list(token_ids), [layer.k[row, :, columns] for layer in layers],
+                            [layer.v[row, :, columns] for layer in layers])
+
     def append(self, other: "RowCache") -> None:
         """Copy ``other``'s rows in after this cache's rows, right-aligned on the window's end."""
         n, m, width = self.rows, other.rows, max(self.width, other.width)
@@ -113,11 +165,14 @@ class RowCache(Cache):
         split = self.end - other.width  # newcomers' tokens from here; zeros before
         self.mask[n:rows_needed, self.start:split] = 0
         self.mask[n:rows_needed, split:self.end] = other.window_mask()
-        for mine, theirs in zip(self._filled(), other._filled(), strict=True):
-            mine.k[n:rows_needed, :, self.start:split] = 0
-            mine.v[n:rows_needed, :, self.start:split] = 0
-            mine.k[n:rows_needed, :, split:self.end] = theirs.keys
-            mine.v[n:rows_needed, :, split:self.end] = theirs.values
+        ours = self._filled()
+        for layer in ours:
+            layer.k[n:rows_needed, :, self.start:split] = 0
+            layer.v[n:rows_needed, :, self.start:split] = 0
+        if other.width:  # else the newcomers have no tokens cached yet (``Batch.join``)
+            for mine, theirs in zip(ours, other._filled(), strict=True):
+                mine.k[n:rows_needed, :, split:self.end] = theirs.keys
+                mine.v[n:rows_needed, :, split:self.end] = theirs.values
         self.rows = rows_needed
         self._show()
 

@@ -2,10 +2,19 @@
 
 Requests queue to it; each loop it runs pending commands (adapter installs), prefills waiting requests
 together and merges them into the running batch (up to ``max_batch_size`` rows: continuous batching),
-then runs one decode step for the whole batch. Rows of different adapter versions share the batch and
-every forward pass: ``MultiLora.route`` gives each row its version's LoRA update, so a canary, a newly
-installed adapter's probe, or replies still finishing under the version just replaced cost no extra
-pass. Adapters no longer wanted are deleted once no request uses them.
+then runs one decode step for the whole batch.
+
+- Rows of different adapter versions share the batch and every forward pass (``MultiLora.route`` gives
+  each row its version's LoRA update), so a canary, a new adapter's probe, or replies still finishing
+  under the version just replaced cost no extra pass.
+- A prompt that starts like the newest one read under its version (the system prompt, earlier turns)
+  takes that one's keys and values for the shared tokens.
+- While replies stream from the batch, a newcomer with little left to read (``FEED_TOKENS``) joins it
+  without a prefill pass and reads its prompt one token per decode step: a prefill pass between two
+  steps would hold each streaming reply up for about a step; the newcomer's first token comes that many
+  steps later instead. Requests that do not stream are prefilled at once.
+
+Adapters no longer wanted are deleted once no request uses them.
 """
 
 from __future__ import annotations
@@ -23,11 +32,14 @@ import torch
 from transformers import PreTrainedModel
 
 from bot.runtime.adapters import VerifiedAdapter
-from bot.runtime.batching import Batch, Row
+from bot.runtime.batching import Batch, Row, shared_tokens
+from bot.runtime.kv_cache import CachedPrompt
 from bot.runtime.lora import MultiLora, prepare
 from feedback_store.records import BASE_VERSION
 
 log = logging.getLogger(__name__)
+
+FEED_TOKENS = 16  # at most this many prompt tokens left to run: a newcomer may join without a prefill pass
 
 
 @dataclass
@@ -38,6 +50,7 @@ class Request:
     version: str
     row: Row
     strict: bool = False  # serve exactly ``version`` even before it is routable (adapter probes)
+    feed: bool = False  # join by running the prompt through decode steps, however long (in no hurry: probes)
     stream: bool = False
     events: "queue.SimpleQueue[str]" = field(default_factory=queue.SimpleQueue)
     submitted_at: float = field(default_factory=time.perf_counter)
@@ -69,6 +82,7 @@ class GenerationWorker:
         self._commands: queue.SimpleQueue[tuple[Callable[[], Any], Future]] = queue.SimpleQueue()
         self._waiting: deque[Request] = deque()
         self._batch: Batch | None = None
+        self._prompts: dict[str, CachedPrompt] = {}  # per version, the newest prompt prefilled
         self._routing = _Routing()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -182,22 +196,44 @@ class GenerationWorker:
         newcomers = [self._waiting.popleft() for _ in range(min(len(self._waiting), room))]
         if not newcomers:
             return
+        earlier = [self._prompts.get(r.served_version) for r in newcomers]
+        streaming = self._batch is not None and any(row.owner.stream for row in self._batch.rows)
+        joining = [self._joins(r, p, streaming) for r, p in zip(newcomers, earlier)]
+        prefilled = self._prefill_now([(r, p) for r, p, j in zip(newcomers, earlier, joining) if not j])
+        fed = [(r, p) for r, p, j in zip(newcomers, earlier, joining) if j]
+        joined = Batch.join([r.row for r, _ in fed], [p for _, p in fed]) if fed else None
+        for batch in (prefilled, joined):
+            if batch is not None and self._batch is None:
+                self._batch = batch
+            elif batch is not None:
+                self._batch.merge(batch)
+        if prefilled is not None:
+            self._emit(prefilled.rows)
+
+    @staticmethod
+    def _joins(request: Request, earlier: CachedPrompt | None, streaming: bool) -> bool:
+        """Whether ``request`` joins by running its prompt through decode steps rather than a prefill pass:
+        asked to (a probe), nothing left to prefill, or a short rest while replies stream from the batch
+        (a prefill pass would hold each of them up for about a step)."""
+        rest = len(request.row.prompt_ids) - shared_tokens(earlier, request.row.prompt_ids)
+        return request.feed or rest == 1 or (streaming and rest <= FEED_TOKENS)
+
+    def _prefill_now(self, newcomers: list[tuple[Request, CachedPrompt | None]]) -> Batch | None:
+        """Prefill ``newcomers`` in one forward pass; None when there are none or it failed (they fail)."""
+        if not newcomers:
+            return None
+        requests = [r for r, _ in newcomers]
         try:
-            self._route(newcomers)
-            batch = Batch.prefill(self.model, [r.row for r in newcomers], self.pad_id, self.eos_id,
-                                  self.temperature)
+            self._route(requests)
+            batch = Batch.prefill(self.model, [r.row for r in requests], self.pad_id, self.eos_id,
+                                  self.temperature, [p for _, p in newcomers])
         except Exception:
-            log.exception("prefill under adapters %s failed", _versions(newcomers))
-            self._fail(newcomers, f"generation under adapter {'/'.join(_versions(newcomers))} failed")
-            return
-        first_token_at = time.perf_counter()
-        for request in newcomers:
-            request.first_token_at = first_token_at
-        if self._batch is None:
-            self._batch = batch
-        else:
-            self._batch.merge(batch)
-        self._emit(batch.rows)
+            log.exception("prefill under adapters %s failed", _versions(requests))
+            self._fail(requests, f"generation under adapter {'/'.join(_versions(requests))} failed")
+            return None
+        for i, request in {r.served_version: (i, r) for i, r in enumerate(requests)}.values():
+            self._prompts[request.served_version] = batch.cache.cached_prompt(i, request.row.prompt_ids)
+        return batch
 
     def _step(self) -> None:
         if self._batch is None:
@@ -211,11 +247,19 @@ class GenerationWorker:
             self._batch = None
             self._fail(requests, f"generation under adapter {'/'.join(_versions(requests))} failed")
             return
+        for i, request in enumerate(requests):  # a joined row just read its prompt: keep it for the next ones
+            if len(request.row.reply_ids) == 1:
+                self._prompts[request.served_version] = self._batch.cache.cached_prompt(i, request.row.prompt_ids)
         self._emit(self._batch.rows)
 
     def _emit(self, rows: list[Row]) -> None:
         """``token`` to the streaming requests of ``rows`` (just sampled), ``done`` to every finished row."""
+        sampled_at = time.perf_counter()
         for row in rows:
+            if not row.reply_ids:  # still reading its prompt
+                continue
+            if row.owner.first_token_at is None:
+                row.owner.first_token_at = sampled_at
             if row.owner.stream:
                 row.owner.events.put("token")
         batch = self._batch
@@ -244,6 +288,7 @@ class GenerationWorker:
         self.lora.route([None if r.served_version == BASE_VERSION else r.served_version for r in requests])
 
     def _delete(self, version: str) -> None:
+        self._prompts.pop(version, None)
         if version in self.lora:
             self.lora.remove(version)
             log.info("adapter %s unloaded", version)
