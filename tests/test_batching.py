@@ -164,3 +164,49 @@ def test_newcomers_read_their_prompts_through_a_streaming_batchs_steps(base_mode
     for request in [streaming, *newcomers]:
         assert not request.row.error and len(request.row.reply_ids) == request.row.max_new_tokens
         assert request.row.logprobs == pytest.approx(replay(model, request.row), abs=1e-4)
+
+
+def test_the_row_cache_keeps_each_rows_keys_through_moves_shifts_and_growth() -> None:
+    """RowCache alone, with random keys and values: what each row attends to stays its own tokens, in order."""
+    from bot.runtime.kv_cache import RowCache
+
+    torch.manual_seed(0)
+    heads, dim = 2, 3
+    own: list[list[torch.Tensor]] = []  # per row: its tokens' keys, oldest first
+
+    def forward(cache: RowCache, columns: int, mask: torch.Tensor | None = None) -> None:
+        mask = torch.ones((cache.rows, columns), dtype=torch.long) if mask is None else mask
+        cache.attention_mask(mask)
+        keys = torch.randn(cache.rows, heads, columns, dim)
+        cache.update(keys, keys.clone(), 0)
+        cache.advance(columns)
+        return keys
+
+    def check(cache: RowCache, rows: list[list[torch.Tensor]]) -> None:
+        layer = cache.layers[0]
+        assert layer.keys.shape[0] == len(rows) and torch.equal(layer.keys, layer.values)
+        for i, tokens in enumerate(rows):
+            attended = cache.window_mask()[i].bool()
+            assert torch.equal(layer.keys[i][:, attended], torch.stack(tokens, dim=1))
+            assert torch.isfinite(layer.keys[i]).all()  # masked cells too: no memory left uninitialised
+
+    cache = RowCache(2, 4)
+    keys = forward(cache, 3, torch.tensor([[0, 1, 1], [1, 1, 1]]))  # left-padded prefill
+    own = [[keys[0, :, 1], keys[0, :, 2]], [keys[1, :, j] for j in range(3)]]
+    check(cache, own)
+    for step in range(200):  # decode steps; rows leave and join; the window shifts and grows
+        keys = forward(cache, 1)
+        for i in range(cache.rows):
+            own[i].append(keys[i, :, 0])
+        if step % 4 == 3 and cache.rows > 1:  # the oldest row leaves: the window's start moves on
+            order = cache.remove([max(range(cache.rows), key=lambda i: len(own[i]))])
+            own = [own[i] for i in order]
+        if step % 5 == 0:
+            newcomer = RowCache(1, 4)
+            length = 1 + step % 9
+            keys = forward(newcomer, length)
+            cache.append(newcomer)
+            own.append([keys[0, :, j] for j in range(length)])
+        if step % 11 == 0:
+            cache.reserve_rows(cache.row_capacity + 1)
+        check(cache, own)

@@ -93,4 +93,3 @@ def test_long_conversation_is_cut_to_the_context_window(engine: Engine, base_mod
     huge = engine.generate(ask("x" * 5000 + " END"), "base")
     assert huge.context.endswith("END<|assistant|>")
     assert len(huge.prompt_token_ids) + engine.settings.max_reply_tokens <= positions
-

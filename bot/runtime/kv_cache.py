@@ -12,10 +12,12 @@ and columns, ``[rows, heads, columns, head_dim]``, and shows the model a view of
   free rows (``append``), a finished
   row is overwritten by the last live row (``remove``), and leading columns no live row attends to are
   dropped by moving the window's start;
-- buffers are reallocated (doubling) only when rows or columns run out.
+- when the columns run out, the window moves back to column 0, or to buffers twice as wide when it
+  fills half of them; the running batch has rows for ``max_batch_size`` from the start.
 
-Any cell of the window a row does not fill with its own tokens is zero and masked, so a masked cell can
-never carry a NaN into another row's attention.
+Buffers start zeroed and a cell the window newly shows is zeroed or written first, so a masked cell
+holds zero or a key the model computed (a prefill's padding), never uninitialised memory whose NaN
+would reach the attention through the zero weight the mask gives it.
 
 A prompt's keys and values depend only on its tokens, so a new prompt that starts like an earlier one
 (the system prompt, the turns of the same chat) takes the earlier one's for those tokens
@@ -115,8 +117,13 @@ class RowCache(Cache):
         self._show()
 
     def reserve(self, columns: int) -> None:
-        """Make room for ``columns`` more columns after the window."""
-        if self.end + columns > self.column_capacity:
+        """Make room for ``columns`` more columns after the window: move it back to column 0 while that
+        leaves half the buffers free, else into buffers twice as wide."""
+        if self.end + columns <= self.column_capacity:
+            return
+        if 2 * (self.width + columns) <= self.column_capacity:
+            self._shift()
+        else:
             self._relayout(self.row_capacity, max(2 * (self.width + columns), MIN_COLUMNS), lead=0)
 
     def preload(self, prompts: list[CachedPrompt | None], lengths: list[int]) -> None:
@@ -147,6 +154,11 @@ class RowCache(Cache):
         layers = self._filled()
         return CachedPrompt(list(token_ids), [layer.k[row, :, columns] for layer in layers],
                             [layer.v[row, :, columns] for layer in layers])
+
+    def reserve_rows(self, rows: int) -> None:
+        """Make room for ``rows`` rows in all (a batch that will grow to that many moves its buffers once)."""
+        if rows > self.row_capacity:
+            self._relayout(rows, self.column_capacity, lead=self.start)
 
     def append(self, other: "RowCache") -> None:
         """Copy ``other``'s rows in after this cache's rows, right-aligned on the window's end."""
@@ -211,6 +223,17 @@ class RowCache(Cache):
             v[:rows, :, lead:lead + width] = layer.v[:rows, :, self.start:self.end]
             layer.k, layer.v = k, v
         self.start, self.end = lead, lead + width
+
+    def _shift(self) -> None:
+        """Move the window to column 0 in place (the live rows' cells only; a cell past the window is
+        written before any row attends to it)."""
+        rows, width = self.rows, self.width
+        self.mask[:rows, :width] = self.window_mask().clone()
+        for layer in self._filled():
+            layer.k[:rows, :, :width] = layer.k[:rows, :, self.start:self.end].clone()
+            layer.v[:rows, :, :width] = layer.v[:rows, :, self.start:self.end].clone()
+        self.start, self.end = 0, width
+        self._show()
 
     def _filled(self) -> list[SlackLayer]:
         return [layer for layer in self.layers if layer.k is not None]

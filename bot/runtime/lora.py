@@ -131,7 +131,7 @@ class MultiLora:
                 if rows is None:
                     output = output + (x @ delta.down) @ delta.up
                 else:
-                    output = output.index_add(0, rows, (x[rows] @ delta.down) @ delta.up)
+                    output = output.index_add_(0, rows, (x[rows] @ delta.down) @ delta.up)  # a fresh tensor
             return output
 
         return add_delta

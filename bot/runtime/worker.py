@@ -204,6 +204,7 @@ class GenerationWorker:
         joined = Batch.join([r.row for r, _ in fed], [p for _, p in fed]) if fed else None
         for batch in (prefilled, joined):
             if batch is not None and self._batch is None:
+                batch.cache.reserve_rows(self.max_batch_size)  # the running batch: room for every row it may get
                 self._batch = batch
             elif batch is not None:
                 self._batch.merge(batch)
