@@ -13,11 +13,11 @@ and columns, ``[rows, heads, columns, head_dim]``, and shows the model a view of
   row is overwritten by the last live row (``remove``), and leading columns no live row attends to are
   dropped by moving the window's start;
 - when the columns run out, the window moves back to column 0, or to buffers twice as wide when it
-  fills half of them; the running batch has rows for ``max_batch_size`` from the start.
+  fills half of them; the running batch starts with twice the rows it has (at most ``max_batch_size``).
 
-Buffers start zeroed and a cell the window newly shows is zeroed or written first, so a masked cell
-holds zero or a key the model computed (a prefill's padding), never uninitialised memory whose NaN
-would reach the attention through the zero weight the mask gives it.
+A cell is written (computed, copied or zeroed) before the window shows it, so a masked cell holds zero
+or a key the model computed (a prefill's padding), never uninitialised memory whose NaN would reach the
+attention through the zero weight the mask gives it; buffers that are only moved to are not zeroed.
 
 A prompt's keys and values depend only on its tokens, so a new prompt that starts like an earlier one
 (the system prompt, the turns of the same chat) takes the earlier one's for those tokens
@@ -78,6 +78,10 @@ class SlackLayer(DynamicLayer):
     def _zeros(self, like: torch.Tensor) -> torch.Tensor:
         c = self.cache
         return like.new_zeros((c.row_capacity, like.shape[1], c.column_capacity, like.shape[3]))
+
+    def _empty(self, like: torch.Tensor) -> torch.Tensor:
+        c = self.cache
+        return like.new_empty((c.row_capacity, like.shape[1], c.column_capacity, like.shape[3]))
 
     def show(self) -> None:
         """Point ``keys``/``values`` at the cache's current window."""
@@ -211,14 +215,15 @@ class RowCache(Cache):
         return order
 
     def _relayout(self, row_capacity: int, column_capacity: int, lead: int) -> None:
-        """New zeroed buffers; the window is copied to start at column ``lead``."""
+        """New buffers (left unfilled: a cell is written before the window shows it); the window is copied
+        to start at column ``lead``."""
         width, rows = self.width, self.rows
         mask = torch.zeros((row_capacity, column_capacity), dtype=self.mask.dtype)
         mask[:rows, lead:lead + width] = self.window_mask()
         self.mask = mask
         self.row_capacity, self.column_capacity = row_capacity, column_capacity
         for layer in self._filled():
-            k, v = layer._zeros(layer.k), layer._zeros(layer.v)
+            k, v = layer._empty(layer.k), layer._empty(layer.v)
             k[:rows, :, lead:lead + width] = layer.k[:rows, :, self.start:self.end]
             v[:rows, :, lead:lead + width] = layer.v[:rows, :, self.start:self.end]
             layer.k, layer.v = k, v

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -39,6 +40,7 @@ from feedback_store.records import BASE_VERSION
 
 log = logging.getLogger(__name__)
 
+SWITCH_INTERVAL_S = 0.0005
 FEED_TOKENS = 16  # at most this many prompt tokens left to run: a newcomer may join without a prefill pass
 
 
@@ -90,6 +92,10 @@ class GenerationWorker:
 
     # called from other threads ------------------------------------------------------------
     def start(self) -> None:
+        # Every torch op lets go of the GIL; while another thread runs Python (an adapter being read,
+        # replies being decoded for streaming) taking it back waited up to CPython's 5 ms switch interval,
+        # a decode step's worth, each time. Process-wide, like torch's thread count.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self._thread.start()
 
     def stop(self) -> None:
@@ -204,7 +210,7 @@ class GenerationWorker:
         joined = Batch.join([r.row for r, _ in fed], [p for _, p in fed]) if fed else None
         for batch in (prefilled, joined):
             if batch is not None and self._batch is None:
-                batch.cache.reserve_rows(self.max_batch_size)  # the running batch: room for every row it may get
+                batch.cache.reserve_rows(min(self.max_batch_size, 2 * len(batch)))  # room to grow without a move
                 self._batch = batch
             elif batch is not None:
                 self._batch.merge(batch)
