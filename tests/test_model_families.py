@@ -17,7 +17,7 @@ from bot.runtime import Engine, Generation
 from feedback_store import FeedbackStore
 from loopdesk.causal_lm import context_length, load_tokenizer
 from loopdesk.config import Settings
-from tests.adapter_helpers import wait_for
+from tests.adapter_helpers import adapters_home, wait_for
 from tests.model_families import FAMILIES, IM_END
 from trainer.baselines import Example, kto_update, sft_trainer, sft_update
 from trainer.config import BaselineConfig, PPOConfig, RewardModelConfig
@@ -152,7 +152,7 @@ def test_a_ppo_trained_adapter_is_released_and_hot_swapped_into_the_serving_bot(
     try:
         wait_for(lambda: bool(served))
         version = store.adapters.next_version()
-        release_adapter(store, tmp_path / "adapters", candidate, version=version, base_model=str(model_dir),
+        release_adapter(store, adapters_home(store), candidate, version=version, base_model=str(model_dir),
                         parent="base", metrics={}, data_watermark=0, status="active")
         wait_for(lambda: engine.choose_version() == version or bool(engine.refused_versions()))
         assert engine.refused_versions() == {}
@@ -163,7 +163,7 @@ def test_a_ppo_trained_adapter_is_released_and_hot_swapped_into_the_serving_bot(
             c.join()
     assert failures == [] and {"base", version} <= set(served)
     served_policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir),
-                                              str(tmp_path / "adapters" / version)).eval()
+                                              str(adapters_home(store) / version)).eval()
     for gen in gens:
         assert gen.adapter_version == version
         assert gen.logprobs == pytest.approx(replayed(served_policy, gen, engine.settings.temperature), abs=1e-4)

@@ -48,6 +48,7 @@ def test_a_round_on_the_bots_own_replies_is_released_and_served(family, settings
                                                                 tmp_path: Path) -> None:
     model_dir = family_model_dir(family)
     tsettings = trainer_settings(settings, tmp_path, model_dir)
+    store = FeedbackStore.from_settings(tsettings, announce=False)  # its adapters directory is the round's
     engine = Engine(tsettings, store, idle_unload_s=0.0, resync_s=1.0)
     engine.start()
     try:
