@@ -8,6 +8,13 @@ does not generate: ``reply_when_nothing_fits`` sends an honest decline with the 
 (``contact_address``), logged as a ``fallback`` turn. The reply comes back as JSON, or as
 server-sent events (``delta`` chunks, then ``done`` or ``error``) when asked for; a decline is one
 ``delta``.
+
+Backpressure: a message first takes a place among the replies waiting for the model
+(``Engine.reserve``); when they are all taken it is refused with 503 ``overloaded`` and ``Retry-After``
+before anything of it is stored. A reply that misses its deadline, whose worker crashed, or whose
+streaming client went away (a stream with nothing to send writes a ``: waiting`` comment each second,
+so a client gone while its reply is queued is noticed too) is dropped from the batch and not logged: the customer's
+turn stays, without a bot turn after it.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from pydantic import BaseModel
 
 from bot import raters
 from bot.errors import ApiError, error_payload
+from bot.runtime.admission import Slot
+from bot.runtime.errors import GenerationError
 from bot.openapi import Section, json_body, json_response, operation, ref
 from bot.schemas import (
     ConversationCreated,
@@ -46,6 +55,7 @@ log = logging.getLogger(__name__)
 bp = Blueprint("chat", __name__, url_prefix="/api/conversations")
 
 DECLINE = "I'm sorry, I can't help with that here. You can reach our team at {contact}."
+HEARTBEAT_S = 1.0  # a stream with nothing to send writes a comment this often, which notices a client gone
 
 
 def _json(model: BaseModel, status: int = 200) -> Response:
@@ -76,21 +86,46 @@ def post_message(conv_id: str) -> Response:
     if len(text) > svc.settings.max_message_chars:
         raise ApiError(422, "message_too_long",
                        f"the message has {len(text)} characters; the limit is {svc.settings.max_message_chars}")
-    svc.store.conversations.append_customer(conv_id, token, text)
-    messages = [{"role": t.role, "content": t.text} for t in svc.store.conversations.turns(conv_id)]
+    slot = _reserve(svc)
+    try:
+        svc.store.conversations.append_customer(conv_id, token, text)
+        messages = [{"role": t.role, "content": t.text} for t in svc.store.conversations.turns(conv_id)]
+    except BaseException:
+        slot.release()
+        raise
     if request.accept_mimetypes.best_match(["application/json", "text/event-stream"]) == "text/event-stream":
-        return Response(_stream(svc, conv, messages), mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    return _json(_answer(svc, conv, messages))
+        response = Response(_stream(svc, conv, messages, slot), mimetype="text/event-stream",
+                            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        response.call_on_close(slot.release)  # a stream never read still gives its place back
+        return response
+    try:
+        return _json(_answer(svc, conv, messages, slot))
+    except GenerationError as exc:
+        svc.metrics.observe_unsent(exc)
+        raise
 
 
-def _answer(svc: Services, conv: Conversation, messages: list[dict],
-            on_text: Callable[[str], None] | None = None) -> Reply:
-    """Answer from the help articles that fit the customer's recent messages, or decline if none does."""
-    retrieval = svc.knowledge.for_customer([m["content"] for m in messages if m["role"] == "user"])
-    if not retrieval.fits:
-        return reply_when_nothing_fits(svc, conv, on_text)
-    gen = svc.engine.generate(messages, conv.adapter_version, on_text=on_text, passages=retrieval.passages)
+def _reserve(svc: Services) -> Slot:
+    """A place among the waiting replies; ``QueueFullError`` (503 with ``Retry-After``) when none is free."""
+    try:
+        return svc.engine.reserve()
+    except GenerationError as exc:
+        svc.metrics.observe_unsent(exc)
+        raise
+
+
+def _answer(svc: Services, conv: Conversation, messages: list[dict], slot: Slot,
+            on_text: Callable[[str], None] | None = None, cancelled: threading.Event | None = None) -> Reply:
+    """Answer from the help articles that fit the customer's recent messages, or decline if none does;
+    ``slot`` is given back once the reply decodes (or here, whatever happens)."""
+    try:
+        retrieval = svc.knowledge.for_customer([m["content"] for m in messages if m["role"] == "user"])
+        if not retrieval.fits:
+            return reply_when_nothing_fits(svc, conv, on_text)
+        gen = svc.engine.generate(messages, conv.adapter_version, on_text=on_text, passages=retrieval.passages,
+                                  slot=slot, cancelled=cancelled)
+    finally:
+        slot.release()
     svc.metrics.observe_generation(gen)
     turn = svc.store.conversations.append_bot(conv.id, BotTurn(
         index=0, text=gen.text, context=gen.context, prompt_token_ids=gen.prompt_token_ids,
@@ -134,9 +169,11 @@ def _sse(event: str, data: BaseModel) -> str:
     return f"event: {event}\ndata: {data.model_dump_json()}\n\n"
 
 
-def _stream(svc: Services, conv: Conversation, messages: list[dict]) -> Iterator[str]:
-    """SSE events from a worker thread; the reply is logged even if the client goes away."""
+def _stream(svc: Services, conv: Conversation, messages: list[dict], slot: Slot) -> Iterator[str]:
+    """SSE events from a reply thread; when the client goes away (the server closes this generator after
+    a write fails) the reply is cancelled: the worker drops its row and nothing is logged."""
     events: queue.Queue[tuple[str, BaseModel]] = queue.Queue()
+    cancelled = threading.Event()
 
     def on_text(delta: str) -> None:
         if delta:
@@ -144,19 +181,28 @@ def _stream(svc: Services, conv: Conversation, messages: list[dict]) -> Iterator
 
     def work() -> None:
         try:
-            events.put(("done", _answer(svc, conv, messages, on_text)))
+            events.put(("done", _answer(svc, conv, messages, slot, on_text, cancelled)))
         except Exception as exc:  # every failure must reach the client as an error event
             status, body = error_payload(exc)
-            if status >= 500:
+            if isinstance(exc, GenerationError):
+                svc.metrics.observe_unsent(exc)
+            elif status >= 500:
                 log.exception("reply for conversation %s failed", conv.id)
             events.put(("error", ErrorOut.model_validate(body)))
 
     threading.Thread(target=work, name=f"reply-{conv.id}", daemon=True).start()
-    while True:
-        event, data = events.get()
-        yield _sse(event, data)
-        if event != "delta":
-            return
+    try:
+        while True:
+            try:
+                event, data = events.get(timeout=HEARTBEAT_S)
+            except queue.Empty:
+                yield ": waiting\n\n"
+                continue
+            yield _sse(event, data)
+            if event != "delta":
+                return
+    finally:
+        cancelled.set()  # harmless once the reply is done; otherwise nobody is left to read it
 
 
 @bp.post("/<conv_id>/end")
