@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Iterator
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 STARTUP_TIMEOUT_S = 15.0
 PASSWORD_FILE = "password"
@@ -65,8 +67,12 @@ def _start_lock(directory: Path) -> Iterator[None]:
 
 
 def _ping(port: int, password: str | None) -> bool:
+    """Whether a server on ``port`` answers with ``password``, asked once (redis-py's default retries would
+    spend seconds on a dead port, which the supervisor's restart and every start-up would wait out)."""
     try:
-        return bool(redis.Redis(host="127.0.0.1", port=port, password=password, socket_timeout=1.0).ping())
+        client = redis.Redis(host="127.0.0.1", port=port, password=password, socket_timeout=1.0,
+                             retry=Retry(NoBackoff(), 0))
+        return bool(client.ping())
     except redis.RedisError:
         return False
 

@@ -57,10 +57,12 @@ def watch_csp(context: Any, violations: list[str]) -> None:
 
 
 def parse_sse(chunks: Iterable[bytes]) -> list[tuple[str, dict]]:
-    """(event, data) pairs from a text/event-stream body."""
+    """(event, data) pairs from a text/event-stream body (comment blocks, the ``: waiting`` heartbeats, left out)."""
     text = b"".join(chunks).decode()
     events = []
     for block in filter(None, text.split("\n\n")):
+        if block.startswith(":"):
+            continue
         fields = dict(line.split(": ", 1) for line in block.splitlines())
         events.append((fields["event"], json.loads(fields["data"])))
     return events
