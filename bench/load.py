@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
 import sys
@@ -92,50 +93,63 @@ def _refusal(response: requests.Response, sent: float) -> Outcome:
 
 
 def _read_stream(response: requests.Response, sent: float) -> Outcome:
-    event = ""
-    for line in response.iter_lines(decode_unicode=True):
-        if line.startswith("event: "):
-            event = line[7:]
-        elif line.startswith("data: ") and event == "done":
-            source = json.loads(line[6:]).get("source")
-            if source != "model":  # a decline generates nothing: it would flatter the figures
-                return Outcome("error", time.perf_counter() - sent, f"declined ({source}): no help article fitted")
-            return Outcome("answered", time.perf_counter() - sent)
-        elif line.startswith("data: ") and event == "error":
-            code = json.loads(line[6:])["error"]["code"]
-            clean = code in ("reply_timeout", "overloaded")
-            return Outcome("refused" if clean else "error", time.perf_counter() - sent, code)
+    """Read the stream as it arrives up to its ``done`` or ``error`` event (a byte search, not a parse of
+    every delta: the clients share the bot's cores)."""
+    received = b""
+    for chunk in response.iter_content(chunk_size=None):
+        received += chunk
+        for event in (b"done", b"error"):
+            start = received.find(b"event: " + event + b"\ndata: ")
+            end = received.find(b"\n\n", start)
+            if start >= 0 and end >= 0:
+                return _last_event(event.decode(), json.loads(received[start + len(event) + 14:end]), sent)
     return Outcome("error", time.perf_counter() - sent, "the stream ended without a done event")
 
 
+def _last_event(event: str, data: dict, sent: float) -> Outcome:
+    if event == "error":
+        code = data["error"]["code"]
+        return Outcome("refused" if code in ("reply_timeout", "overloaded") else "error", time.perf_counter() - sent, code)
+    if data.get("source") != "model":  # a decline generates nothing: it would flatter the figures
+        return Outcome("error", time.perf_counter() - sent, f"declined ({data.get('source')}): no help article fitted")
+    return Outcome("answered", time.perf_counter() - sent)
+
+
 class HealthProbe:
-    """GETs ``/healthz`` every ``HEALTH_EVERY_S`` in a thread while in use; keeps each latency."""
+    """GETs ``/healthz`` every ``HEALTH_EVERY_S`` while in use, from a process of its own (so the load's
+    client threads do not hold up its clock); keeps each latency."""
 
     def __init__(self, url: str, timeout_s: float = 10.0):
         self.url, self.timeout_s = url + "healthz", timeout_s
         self.latencies: list[float] = []
         self.failures = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        context = multiprocessing.get_context("spawn")
+        self._stop, self._results = context.Event(), context.Queue()
+        self._process = context.Process(target=_probe, args=(self.url, self.timeout_s, self._stop, self._results),
+                                        daemon=True)
 
     def __enter__(self) -> "HealthProbe":
-        self._thread.start()
+        self._process.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(timeout=2 * self.timeout_s)
+        self.latencies, self.failures = self._results.get(timeout=2 * self.timeout_s + 30)
+        self._process.join(timeout=10)
 
-    def _run(self) -> None:
-        http = requests.Session()
-        while not self._stop.wait(HEALTH_EVERY_S):
-            sent = time.perf_counter()
-            try:
-                ok = http.get(self.url, timeout=self.timeout_s).status_code == 200
-            except requests.RequestException:
-                ok = False
-            self.latencies.append(time.perf_counter() - sent)
-            self.failures += not ok
+
+def _probe(url: str, timeout_s: float, stop, results) -> None:
+    """The probe process: one GET every ``HEALTH_EVERY_S`` until ``stop``; (latencies, failures) to ``results``."""
+    http, latencies, failures = requests.Session(), [], 0
+    while not stop.wait(HEALTH_EVERY_S):
+        sent = time.perf_counter()
+        try:
+            ok = http.get(url, timeout=timeout_s).status_code == 200
+        except requests.RequestException:
+            ok = False
+        latencies.append(time.perf_counter() - sent)
+        failures += not ok
+    results.put((latencies, failures))
 
 
 def percentile(values: list[float], q: int) -> float:

@@ -1,17 +1,16 @@
 """``loopdesk serve``: the chat API, widget, consoles and demo shop with the model engine, on one port.
 
 By default gunicorn serves it: one worker process (the model is held once per process, and one
-generation worker batches every reply) with threads (``gthread``), enough by default for every reply
-that may wait (``max_queued_replies``), a full batch and other requests besides, so ``/healthz`` answers
-under load. ``--workers N`` runs N such processes, each with its own engine; ``--dev`` runs Werkzeug's
-development server in this process instead.
+generation worker batches every reply) with threads (``gthread``): by default twice as many as replies
+may be in flight (``max_queued_replies`` waiting and a full batch), so that health checks, ratings and
+refusals find a free thread while every reply holds one (bench/README.md has the measurement).
+``--workers N`` runs N such processes, each with its own engine; ``--dev`` runs Werkzeug's development
+server in this process instead.
 """
 
 from __future__ import annotations
 
 import click
-
-SPARE_THREADS = 32  # request threads beyond the replies in flight: health checks, consoles, ratings
 
 
 @click.command("serve")
@@ -20,8 +19,8 @@ SPARE_THREADS = 32  # request threads beyond the replies in flight: health check
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="gunicorn worker processes, each loading its own model engine")
 @click.option("--threads", default=0, show_default=True, type=click.IntRange(0, 4096),
-              help="request threads per worker (a streamed reply holds one); 0: LOOPDESK_MAX_QUEUED_REPLIES + "
-                   f"LOOPDESK_MAX_BATCH_SIZE + {SPARE_THREADS}")
+              help="request threads per worker (a streamed reply holds one); 0: twice "
+                   "LOOPDESK_MAX_QUEUED_REPLIES + LOOPDESK_MAX_BATCH_SIZE")
 @click.option("--dev", is_flag=True, help="Werkzeug's development server in this process instead of gunicorn")
 def serve(host: str, port: int, workers: int, threads: int, dev: bool) -> None:
     """Serve the bot: demo shop at /, chat API under /api, consoles at /expert and /operator."""
@@ -35,7 +34,7 @@ def serve(host: str, port: int, workers: int, threads: int, dev: bool) -> None:
         _serve_werkzeug(settings, host, port)
     else:
         _serve_gunicorn(settings, host, port, workers,
-                        threads or settings.max_queued_replies + settings.max_batch_size + SPARE_THREADS)
+                        threads or 2 * (settings.max_queued_replies + settings.max_batch_size))
 
 
 def _serve_werkzeug(settings, host: str, port: int) -> None:

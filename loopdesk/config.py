@@ -92,10 +92,10 @@ class Settings:
             but not yet decoding). A message beyond it is refused with 503 ``overloaded`` and a ``Retry-After``
             header before anything of it is stored; ``loopdesk serve`` gives its server enough threads for this
             many waiting replies, a full batch and its other requests.
-        reply_deadline_s (float, default 30.0): seconds a reply may take from its message's arrival at the
-            generation worker; one not finished by then is cancelled (its row leaves the batch), the
-            customer gets 503 ``reply_timeout`` (an SSE ``error`` event once streaming) and no bot turn is
-            logged. 0: no deadline.
+        reply_deadline_s (float, default 30.0): seconds a reply may take, queueing included, from when the
+            engine is asked for it (the customer's turn is stored by then); one not finished by then is
+            cancelled (its row leaves the batch), the customer gets 503 ``reply_timeout`` (an SSE ``error``
+            event once streaming) and no bot turn is logged. 0: no deadline.
         torch_threads (int, default 1): torch intra-op threads of a serving process (1 suits
             small models beside web threads; 0 keeps torch's default of one per core).
         run_lock_ttl_s (int, default 3600): expiry of the one-training-run-at-a-time lock.
