@@ -194,12 +194,14 @@ def _stream(svc: Services, conv: Conversation, messages: list[dict], slot: Slot)
     try:
         while True:
             try:
-                event, data = events.get(timeout=HEARTBEAT_S)
+                batch = [events.get(timeout=HEARTBEAT_S)]
             except queue.Empty:
                 yield ": waiting\n\n"
                 continue
-            yield _sse(event, data)
-            if event != "delta":
+            while batch[-1][0] == "delta" and not events.empty():  # what piled up goes out in one write
+                batch.append(events.get_nowait())
+            yield "".join(_sse(event, data) for event, data in batch)
+            if batch[-1][0] != "delta":
                 return
     finally:
         cancelled.set()  # harmless once the reply is done; otherwise nobody is left to read it

@@ -232,14 +232,21 @@ class Engine:
 
 
 def _next_event(request: Request) -> str:
-    """The worker's next event for ``request``; past its deadline and grace, the request is cancelled.
+    """The worker's next event for ``request`` (``done`` if it is among those queued); past its deadline and
+    grace, the request is cancelled.
 
     Raises:
         ReplyTimeoutError: the worker sent nothing until the deadline's grace ran out.
     """
     timeout = None if request.deadline == math.inf else request.deadline + DEADLINE_GRACE_S - time.monotonic()
     try:
-        return request.events.get(timeout=None if timeout is None else max(0.0, timeout))
+        event = request.events.get(timeout=None if timeout is None else max(0.0, timeout))
     except queue.Empty:
         request.cancelled.set()  # the worker drops it whenever it gets to it
         raise ReplyTimeoutError("the generation worker did not answer within the reply deadline") from None
+    while event == "token":  # tokens that arrived meanwhile are decoded and streamed in one go
+        try:
+            event = request.events.get_nowait()
+        except queue.Empty:
+            return "token"
+    return event
