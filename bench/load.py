@@ -11,7 +11,8 @@ tiny model, driven past what it can serve.
    as answered (a ``done`` event), refused (503 with ``Retry-After`` and a JSON error before the stream, or
    an SSE ``error`` event that says why: a clean refusal), an error (anything else) or a hang (nothing
    within ``--client-timeout``).
-Throughout, ``/healthz`` is fetched every 100 ms: p50/p99, against its idle p99 measured first.
+Throughout, ``/healthz`` is fetched every 100 ms from a process of its own: p50/p99, against its idle p99
+measured first, and (for a bot it started) the time the bot's access log says it spent inside the app.
 
     python bench/load.py                                  # the test-size model, built once into bench/out
     python bench/load.py --seconds 30 --factor 2 --model var/base-model
@@ -284,6 +285,18 @@ def report(idle: HealthProbe, rate: float, levels: list[Level], factor: float, r
     return lines
 
 
+def served_healthz_ms(log_path: Path) -> list[float]:
+    """``duration_ms`` of every ``/healthz`` line of a bot's JSON access log: time spent inside the app."""
+    durations = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        if '"path": "/healthz"' in line:
+            try:
+                durations.append(float(json.loads(line)["duration_ms"]))
+            except (ValueError, KeyError):
+                continue
+    return durations
+
+
 def measure(url: str, args: argparse.Namespace) -> Overload:
     print(f"machine: {os.cpu_count()} cores, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} before")
     idle = idle_health(url)
@@ -312,10 +325,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="loopdesk-load-") as data_dir:
         env = serve_env(str(args.model or tiny_model()), Path(data_dir))
         import_knowledge(env)
+        log_path = Path(data_dir) / "serve.log"
         try:
-            with loopdesk_serve(env) as url:
+            with loopdesk_serve(env, log_path=log_path) as url:
                 print(f"serving on {url}: loopdesk serve (gunicorn, defaults), the model {env['LOOPDESK_BASE_MODEL']}")
                 measure(url, args)
+            inside = served_healthz_ms(log_path)
+            print(f"  /healthz inside the app (its access log, idle and loaded): p50 {percentile(inside, 50):.1f} ms, "
+                  f"p99 {percentile(inside, 99):.1f} ms over {len(inside)} requests (the rest of a probe's time is "
+                  "outside the app: gunicorn's event loop, threads waiting for the GIL and the cores)")
         finally:
             from feedback_store.server import stop_embedded_redis
 
