@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.app import create_app
-from bot.chat import decline
+from bot.handoff import decline
 from bot.services import EXTENSION
 from feedback_store import FeedbackStore
 from feedback_store.records import BotTurn
