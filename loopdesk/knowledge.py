@@ -137,6 +137,12 @@ def is_reask(message: str) -> bool:
     return bool(_REASK.search(message))
 
 
+def without_reask(message: str) -> str:
+    """The message with its re-ask phrases blanked out ("That doesn't answer my question. Where is it?"):
+    what it asks, apart from saying that the last reply missed."""
+    return " ".join(_REASK.sub(" ", message).split())
+
+
 def customer_query(messages: Sequence[str]) -> str:
     """The retrieval query for the customer's messages so far (oldest first).
 
