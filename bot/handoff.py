@@ -33,8 +33,8 @@ from loopdesk.knowledge import is_reask, without_reask
 bp = Blueprint("handoff", __name__, url_prefix="/api/conversations")
 
 HANDOFF_TAG = "handoff"
-DECLINE = "I'm sorry, I can't help with that here. You can reach our team at {contact}."
 SORRY = "I'm sorry, I can't help with that here. "
+DECLINE = SORRY + "You can reach our team at {contact}."
 WAITING = ("I'm passing you to a member of our team. Please stay in this chat: they will reply here as soon as "
            "one is free.")
 NOBODY = ("Nobody from our team is available in this chat right now{back}. Leave your email address below and "
@@ -85,7 +85,10 @@ def reason_to_hand_off(svc: Services, conv: Conversation, turns: list[Turn]) -> 
 
 def hand_off(svc: Services, conv: Conversation, reason: HandoffReason,
              on_text: Callable[[str], None] | None = None) -> Reply:
-    """Hand the open conversation to a person (or tell the customer nobody is available), logging the notice."""
+    """Hand the open conversation to a person (or tell the customer nobody is available), logging the notice.
+
+    A conversation that went to a person meanwhile (the customer pressed the button while this message
+    was on its way) stays as it is: the reply's ``turn_index`` is then -1, and nothing is logged."""
     started, now = time.perf_counter(), availability(svc)
     text = notice_text(svc.settings, reason, now.available, now.back)
     if on_text is not None:
@@ -95,7 +98,8 @@ def hand_off(svc: Services, conv: Conversation, reason: HandoffReason,
                      adapter_version=conv.adapter_version, latency_ms=1000 * (time.perf_counter() - started),
                      finished=True, created_at=time.time(), source=source)
     index, status = svc.store.handoffs.request(conv.id, reason, now.available, notice)
-    svc.metrics.observe_handoff(reason, now.available, source)
+    if index >= 0:
+        svc.metrics.observe_handoff(reason, now.available, source)
     return Reply(turn_index=index, text=text, adapter_version=conv.adapter_version, finished=True, source=source,
                  status=status, handoff=handoff_state(svc, svc.store.handoffs.get(conv.id)))
 
@@ -110,10 +114,11 @@ def request_person(conv_id: str) -> Response:
     notice = None
     if conv.status not in WITH_A_PERSON:
         reply = hand_off(svc, conv, "customer_button")
-        notice = turn_out(svc.store.conversations.turns(conv_id)[reply.turn_index])
+        if reply.turn_index >= 0:
+            notice = turn_out(svc.store.conversations.turns(conv_id)[reply.turn_index])
     conv = svc.store.conversations.get(conv_id)
     return model_response(HandoffOut(conversation_id=conv_id, status=conv.status, notice=notice,
-                            handoff=handoff_state(svc, svc.store.handoffs.get(conv_id))))
+                                     handoff=handoff_state(svc, svc.store.handoffs.get(conv_id))))
 
 
 @bp.get("/<conv_id>/events")
