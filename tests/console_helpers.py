@@ -14,8 +14,8 @@ from feedback_store.records import AdapterVersion, AgentTurn, BotTurn, Conversat
 from loopdesk.config import Settings
 
 PASSWORD = "correct horse battery"
-ACCOUNTS = {"erin": "expert", "emil": "expert", "abe": "agent", "bea": "agent", "otto": "operator", "ada": "admin"}
-DISPLAY_NAMES = {"abe": "Abe from Northwind", "bea": "Bea"}
+ACCOUNTS = {"erin": "expert", "emil": "expert", "abe": "agent", "ben": "agent", "otto": "operator", "ada": "admin"}
+DISPLAY_NAMES = {"abe": "Abe from Northwind", "ben": "Ben"}
 
 
 def add_accounts(store: FeedbackStore) -> None:

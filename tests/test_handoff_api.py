@@ -53,7 +53,7 @@ def web(data_dir: Path, base_model_dir: Path):
 def agents_online(web):
     """Abe online for the test (and nobody else); away afterwards."""
     handoffs = web[1].handoffs
-    handoffs.set_presence("bea", "away")
+    handoffs.set_presence("ben", "away")
     handoffs.set_presence("abe", "online")
     yield
     handoffs.set_presence("abe", "away")
@@ -61,7 +61,7 @@ def agents_online(web):
 
 @pytest.fixture
 def nobody_online(web):
-    for agent in ("abe", "bea", "ada"):
+    for agent in ("abe", "ben", "ada"):
         web[1].handoffs.set_presence(agent, "away")
 
 
@@ -226,7 +226,7 @@ def test_the_inbox_lists_the_oldest_first_and_only_the_claimer_answers(web, agen
     first.say(PERSON)
     second.call("POST", "/handoff")
     abe, abe_csrf = agent_client(app, "abe")
-    bea, bea_csrf = agent_client(app, "bea")
+    ben, ben_csrf = agent_client(app, "ben")
     ada, ada_csrf = agent_client(app, "ada")
     listed = abe.get("/api/inbox/conversations").json
     ids = [h["conversation_id"] for h in listed["waiting"]]
@@ -236,11 +236,11 @@ def test_the_inbox_lists_the_oldest_first_and_only_the_claimer_answers(web, agen
     assert [t["role"] for t in detail["turns"]] == ["user", "assistant"] and detail["turns"][1]["source"] == "handoff"
     assert detail["handoffs"][0]["reason"] == "customer_asked"
     assert abe.post(f"/api/inbox/conversations/{first.id}/claim", headers=abe_csrf).status_code == 200
-    taken = bea.post(f"/api/inbox/conversations/{first.id}/claim", headers=bea_csrf)
+    taken = ben.post(f"/api/inbox/conversations/{first.id}/claim", headers=ben_csrf)
     assert taken.status_code == 409 and "with abe already" in taken.json["error"]["message"]
-    assert bea.post(f"/api/inbox/conversations/{first.id}/messages", json={"text": "Me!"},
-                    headers=bea_csrf).status_code == 403
-    assert bea.post(f"/api/inbox/conversations/{first.id}/resolve", headers=bea_csrf).status_code == 403
+    assert ben.post(f"/api/inbox/conversations/{first.id}/messages", json={"text": "Me!"},
+                    headers=ben_csrf).status_code == 403
+    assert ben.post(f"/api/inbox/conversations/{first.id}/resolve", headers=ben_csrf).status_code == 403
     assert ada.post(f"/api/inbox/conversations/{first.id}/messages", json={"text": "A supervisor here."},
                     headers=ada_csrf).status_code == 201
     empty = abe.post(f"/api/inbox/conversations/{first.id}/messages", json={"text": "   "}, headers=abe_csrf)

@@ -63,7 +63,7 @@ def new_page(browser: Browser) -> Iterator[Callable[[], Page]]:
 
 @pytest.fixture
 def nobody_online(site):
-    for agent in ("abe", "bea", "ada"):
+    for agent in ("abe", "ben", "ada"):
         site[0].handoffs.set_presence(agent, "away")
 
 
@@ -143,33 +143,33 @@ def test_a_customer_asks_for_a_person_an_agent_claims_and_replies_live_and_the_c
 
 def test_a_reload_keeps_the_conversation_its_status_and_the_live_replies(site, new_page):
     store, url = site
-    store.handoffs.set_presence("bea", "online")
+    store.handoffs.set_presence("ben", "online")
     customer = new_page()
     open_widget(customer, url)
     customer.get_by_role("button", name="Talk to a person").click()
     expect(customer.locator(".ld-notice")).to_contain_text("Waiting for a person")
     conv_id = conversation_id(customer)
-    store.handoffs.claim(conv_id, "bea", "Bea")
-    expect(customer.locator(".ld-notice")).to_have_text("You are chatting with Bea from our team.")
-    store.handoffs.reply(conv_id, AgentTurn(index=0, agent_id="bea", agent_name="Bea", text="Bea here, hello!",
+    store.handoffs.claim(conv_id, "ben", "Ben")
+    expect(customer.locator(".ld-notice")).to_have_text("You are chatting with Ben from our team.")
+    store.handoffs.reply(conv_id, AgentTurn(index=0, agent_id="ben", agent_name="Ben", text="Ben here, hello!",
                                             created_at=time.time()))
-    expect(customer.locator(".ld-agent .ld-text")).to_have_text(["Bea here, hello!"])
+    expect(customer.locator(".ld-agent .ld-text")).to_have_text(["Ben here, hello!"])
 
     customer.reload()
     customer.get_by_role("button", name=OPEN_CHAT).click()
-    expect(customer.locator(".ld-notice")).to_have_text("You are chatting with Bea from our team.")
-    expect(customer.locator(".ld-agent .ld-text")).to_have_text(["Bea here, hello!"])
+    expect(customer.locator(".ld-notice")).to_have_text("You are chatting with Ben from our team.")
+    expect(customer.locator(".ld-agent .ld-text")).to_have_text(["Ben here, hello!"])
     expect(customer.locator(".ld-bot .ld-text")).to_have_count(1)  # the bot's notice of the handoff
-    store.handoffs.reply(conv_id, AgentTurn(index=0, agent_id="bea", agent_name="Bea", text="Still with you.",
+    store.handoffs.reply(conv_id, AgentTurn(index=0, agent_id="ben", agent_name="Ben", text="Still with you.",
                                             created_at=time.time()))
-    expect(customer.locator(".ld-agent .ld-text")).to_have_text(["Bea here, hello!", "Still with you."])
+    expect(customer.locator(".ld-agent .ld-text")).to_have_text(["Ben here, hello!", "Still with you."])
 
-    store.handoffs.transfer_to_bot(conv_id, "bea")
+    store.handoffs.transfer_to_bot(conv_id, "ben")
     expect(customer.locator(".ld-notice")).to_have_text("You are back with our assistant.")
     expect(customer.get_by_role("button", name="Talk to a person")).to_be_visible()
     say(customer, QUESTION)
     expect(customer.locator(".ld-bot .ld-text")).to_have_count(2)  # the bot answers again
-    store.handoffs.set_presence("bea", "away")
+    store.handoffs.set_presence("ben", "away")
 
 
 def test_with_nobody_online_the_widget_says_so_and_takes_an_email_address(site, new_page, nobody_online):

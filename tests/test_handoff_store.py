@@ -58,10 +58,10 @@ def test_while_a_person_has_the_chat_only_the_claimer_or_a_supervisor_answers_an
         store.conversations.append_bot(conv.id, model_turn("I can help!"))
     assert store.conversations.append_customer(conv.id, token, "Hello? Anyone there?").index == 4
     store.handoffs.claim(conv.id, "abe", "Abe")
-    with pytest.raises(ForbiddenError, match="with abe, not with bea"):
-        store.handoffs.reply(conv.id, agent_turn("bea", "Hi, Bea here"))
+    with pytest.raises(ForbiddenError, match="with abe, not with ben"):
+        store.handoffs.reply(conv.id, agent_turn("ben", "Hi, Ben here"))
     with pytest.raises(ConflictError, match="with abe already"):
-        store.handoffs.claim(conv.id, "bea", "Bea")
+        store.handoffs.claim(conv.id, "ben", "Ben")
     assert store.handoffs.reply(conv.id, agent_turn("abe", "Hi, Abe here")).index == 5
     assert store.handoffs.reply(conv.id, agent_turn("ada", "Supervisor here"), supervisor=True).index == 6
     with pytest.raises(ConflictError, match="a person answers it"):
@@ -70,7 +70,7 @@ def test_while_a_person_has_the_chat_only_the_claimer_or_a_supervisor_answers_an
     assert roles == [("user", None), ("assistant", None), ("user", None), ("assistant", None), ("user", None),
                      ("agent", "abe"), ("agent", "ada")]
     with pytest.raises(ForbiddenError):
-        store.handoffs.transfer_to_bot(conv.id, "bea")
+        store.handoffs.transfer_to_bot(conv.id, "ben")
     store.handoffs.transfer_to_bot(conv.id, "abe")
     assert store.conversations.get(conv.id).status == "open"
     assert store.conversations.append_bot(conv.id, model_turn("Back to me.")).index == 7
@@ -143,10 +143,10 @@ def test_with_nobody_available_the_chat_stays_with_the_bot_and_an_email_becomes_
 
 def test_presence_expires_without_a_heartbeat_and_away_is_not_online(store: FeedbackStore):
     store.handoffs.set_presence("abe", "online", ttl_s=1)
-    store.handoffs.set_presence("bea", "online")
-    assert store.handoffs.agents_online() == ["abe", "bea"] and store.handoffs.presence("abe") == "online"
-    store.handoffs.set_presence("bea", "away")
-    assert store.handoffs.agents_online() == ["abe"] and store.handoffs.presence("bea") == "away"
+    store.handoffs.set_presence("ben", "online")
+    assert store.handoffs.agents_online() == ["abe", "ben"] and store.handoffs.presence("abe") == "online"
+    store.handoffs.set_presence("ben", "away")
+    assert store.handoffs.agents_online() == ["abe"] and store.handoffs.presence("ben") == "away"
     time.sleep(1.2)
     assert store.handoffs.agents_online() == [] and store.handoffs.presence("abe") == "offline"
 
