@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -37,6 +38,14 @@ class Keys:
     def conversation_events(self, conv_id: str) -> str:
         """Pub/sub channel: every turn appended to the conversation and every change of its status."""
         return self._k("conv", conv_id, "events")
+
+    def pruned(self) -> str:
+        """Conversation id → the numbers kept of a conversation with feedback after its retention period."""
+        return self._k("convs", "pruned")
+
+    def erased(self) -> str:
+        """Conversation id → the record that it was erased (no text), and which runs may have used it."""
+        return self._k("convs", "erased")
 
     # handoffs to a person and the agents' inbox
     def handoff(self, conv_id: str) -> str:
@@ -82,6 +91,10 @@ class Keys:
 
     def tagged(self, tag: str) -> str:
         return self._k("tag", tag)
+
+    def tagged_pattern(self) -> str:
+        """A SCAN pattern that matches every tag set (and nothing else)."""
+        return re.sub(r"([*?\[\]\\])", r"\\\1", self._k("tag")) + ":*"
 
     # training data watermark
     def feedback_seq(self) -> str:

@@ -16,7 +16,6 @@ from feedback_store import FeedbackStore
 from feedback_store.records import BotTurn
 from harness.serving import serve
 from tests.console_helpers import PASSWORD, add_accounts, register_real_adapter, seed_conversation
-from harness.serving import serve
 from tests.web_helpers import GENEROUS_LIMIT, running_engine, watch_csp, web_settings
 
 pytestmark = pytest.mark.browser
@@ -144,10 +143,9 @@ def seed_run(store: FeedbackStore) -> str:
     return run.id
 
 
-def test_operator_promotes_an_adapter_and_the_next_conversation_is_pinned_to_it(site, new_page, monkeypatch,
-                                                                               tmp_path: Path):
+def test_operator_promotes_an_adapter_and_the_next_conversation_is_pinned_to_it(site, new_page, monkeypatch):
     settings, store, engine, url = site
-    adapter = register_real_adapter(store, settings, tmp_path, metrics={"held_out_reward": 0.4, "kl": 0.8})
+    adapter = register_real_adapter(store, settings, metrics={"held_out_reward": 0.4, "kl": 0.8})
     seed_history(store, ["base", adapter.version], monkeypatch)
     run_id = seed_run(store)
 
