@@ -19,12 +19,14 @@ from dataclasses import dataclass
 from typing import Iterator, Literal
 
 import redis
+from pydantic import ValidationError
 
 from feedback_store.conversations import MAX_TURNS, parse_conversation, parse_turn
-from feedback_store.errors import NotFoundError
+from feedback_store.errors import NotFoundError, ValidationFailed
 from feedback_store.keys import Keys
 from feedback_store.lua import Script
 from feedback_store.records import AgentTurn, BotTurn, Conversation, Handoff, HandoffReason, Turn
+from loopdesk.pii import mask_pii
 
 PRESENCE_TTL_S = 45  # an agent counts as online this long after the inbox page's last heartbeat
 Presence = Literal["online", "away", "offline"]
@@ -220,8 +222,13 @@ class Handoffs:
         return self.get(conv_id)
 
     def reply(self, conv_id: str, turn: AgentTurn, supervisor: bool = False) -> AgentTurn:
-        """Log the agent's reply; only the claimer (or a ``supervisor``) may, while the chat is with them."""
+        """Log the agent's reply, PII masked (``loopdesk.pii.mask_pii``, as the customer's messages are); only
+        the claimer (or a ``supervisor``) may, while the chat is with them. Returns the turn as stored."""
         k = self._keys
+        try:
+            turn = AgentTurn(**{**turn.model_dump(), "text": mask_pii(turn.text)})
+        except ValidationError as exc:
+            raise ValidationFailed(f"invalid reply: {exc.errors()[0]['msg']}") from None
         index = self._reply([k.conversation(conv_id), k.handoff(conv_id), k.turns(conv_id),
                              k.conversation_events(conv_id)],
                             [turn.agent_id, int(supervisor), turn.model_dump_json(exclude={"index"}),
@@ -313,7 +320,8 @@ class Handoffs:
     def follow(self, conv_id: str, after: int = -1, idle_s: float = 15.0) -> Iterator[Change | None]:
         """The conversation as it changes: first its status, then each turn after index ``after`` and each
         change of status or claimer, as they happen; None after ``idle_s`` without news (a keep-alive).
-        Runs until the caller stops iterating; NotFoundError for an unknown conversation."""
+        Runs until the caller stops iterating or the conversation is erased or pruned; NotFoundError for an
+        unknown conversation."""
         k = self._keys
         pubsub = self._r.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(k.conversation_events(conv_id))  # before the first read: no change falls in between
@@ -326,7 +334,9 @@ class Handoffs:
                 pipe.hgetall(k.handoff(conv_id))
                 fields, raw_turns, handoff_fields = pipe.execute()
                 if not fields:
-                    raise NotFoundError(f"no conversation {conv_id!r}")
+                    if shown is None:
+                        raise NotFoundError(f"no conversation {conv_id!r}")
+                    return  # erased or pruned while followed
                 for raw in raw_turns:
                     after += 1
                     yield Change(turn=parse_turn(after, raw))

@@ -28,6 +28,7 @@ from sim.company import load_company
 from sim.customers import REASKS
 from sim.knowledge import KNOWLEDGE_DIR
 from tests.console_helpers import PASSWORD, add_accounts, sign_in
+from tests.store_helpers import keys_mentioning
 from tests.web_helpers import metric, parse_sse, running_engine, web_settings
 
 API = "/api/conversations"
@@ -271,6 +272,31 @@ def test_a_rating_after_a_handoff_counts_for_the_handed_off_csat(web, agents_onl
     assert 0 < base["handoff_rate"]["rate"] <= 1 and base["handoff_rate"]["lo"] <= base["handoff_rate"]["rate"]
     text = otto.get("/metrics").get_data(as_text=True)
     assert "loopdesk_handoffs_total{available=\"yes\",reason=\"customer_asked\"}" in text
+
+
+def test_an_agents_reply_is_masked_and_the_customer_erases_the_chat_from_the_inbox_too(web, agents_online):
+    _, store, _, app = web
+    customer = Customer(app)
+    customer.say(PERSON)
+    abe, csrf = agent_client(app, "abe")
+    inbox = f"/api/inbox/conversations/{customer.id}"
+    abe.post(f"{inbox}/claim", headers=csrf)
+    sent = abe.post(f"{inbox}/messages", json={"text": "Mail abe.smith@northwind.example or call 020 7946 0958."},
+                    headers=csrf)
+    assert sent.status_code == 201 and sent.json["text"] == "Mail [email] or call [phone]."
+    assert customer.say("Mine is sam.lee@example.com").status_code == 202
+    turns = customer.call("GET").json["turns"]
+    assert [t["text"] for t in turns[-2:]] == ["Mail [email] or call [phone].", "Mine is [email]"]
+
+    assert customer.call("DELETE").status_code == 204
+
+    counters = store.keys.rate_limits()  # the message rate limit's timestamps, gone after its one-minute window
+    assert {k for k in keys_mentioning(store, customer.id) if not k.startswith(counters)} == {store.keys.erased()}
+    listed = abe.get("/api/inbox/conversations").json
+    assert customer.id not in {h["conversation_id"] for part in ("waiting", "claimed", "contact_requests")
+                               for h in listed[part]}
+    assert abe.get(inbox).status_code == 404 and customer.call("GET", "/events").status_code == 404
+    assert abe.post(f"{inbox}/messages", json={"text": "Hello?"}, headers=csrf).status_code == 404
 
 
 def read_events(response: requests.Response, into: queue.Queue) -> None:

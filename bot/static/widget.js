@@ -214,6 +214,14 @@
     fetch(api + "/" + state.id + "/events?after=" + (state.seen === undefined ? -1 : state.seen), {
       headers: { "Accept": "text/event-stream", "Authorization": "Bearer " + state.token }, signal: controller.signal
     }).then(function (res) {
+      if (res.status === 404) {  /* erased (or past its retention period): nothing left to follow */
+        state = {};
+        save();
+        notice.hidden = true;
+        refreshControls();
+        showStatus("This conversation is no longer stored.");
+        return null;
+      }
       if (!res.ok) throw new Error("the live connection was refused (" + res.status + ")");
       return readEvents(res, function (event, data) {
         if (event === "turn" && data.index > (state.seen === undefined ? -1 : state.seen)) {
@@ -221,8 +229,8 @@
           state.seen = data.index;
           save();
         } else if (event === "status") showHandoff(data.status, data.handoff || state.handoff);
-      });
-    }).then(function () { return 300; }, function () { return controller.signal.aborted ? null : 2000; })
+      }).then(function () { return 300; });
+    }).catch(function () { return controller.signal.aborted ? null : 2000; })
       .then(function (retryMs) {
         if (following === controller) following = null;
         if (retryMs !== null && !controller.signal.aborted && WITH_A_PERSON[state.status]) setTimeout(follow, retryMs);
