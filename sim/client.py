@@ -1,7 +1,9 @@
 """HTTP clients of the bot, speaking exactly the widget's and the expert console's APIs.
 
 ``ChatClient`` is what the widget does: start a conversation, send messages (replies as
-server-sent events, or JSON), end it, rate it, with ``Authorization: Bearer <token>``.
+server-sent events, or JSON), end it, rate it, with ``Authorization: Bearer <token>``. While a
+person has the chat (handed off), a message gets no bot reply: the bot answers 202 and ``send``
+returns ``Forwarded``.
 ``ExpertAPI`` is what the expert console does: log in (session cookie + CSRF token), read the
 queue and transcripts, annotate bot turns. Both retry politely on 429 (``Retry-After``).
 """
@@ -38,12 +40,23 @@ class Started:
 
 @dataclass(frozen=True)
 class BotReply:
-    """The bot's answer to one message (the JSON body, or the SSE ``done`` event's data)."""
+    """The bot's answer to one message (the JSON body, or the SSE ``done`` event's data); ``status`` is the
+    conversation's after it (``waiting_for_agent`` when this reply handed the chat to a person)."""
 
     turn_index: int
     text: str
     adapter_version: str
     finished: bool
+    source: str = "model"
+    status: str = "open"
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """A message sent while a person has the chat (HTTP 202): stored for the agent, and no bot reply."""
+
+    turn_index: int  # the customer's message
+    status: str  # waiting_for_agent or with_agent
 
 
 class _HTTP:
@@ -97,15 +110,20 @@ class ChatClient:
         body = self.http.call("POST", API, body={"meta": meta or {}}, headers={"Accept": "application/json"}).json()
         return Started(body["conversation_id"], body["token"], body["adapter_version"])
 
-    def send(self, conv_id: str, token: str, text: str) -> BotReply:
-        """``POST /api/conversations/<id>/messages``: the customer's message, the bot's reply."""
+    def send(self, conv_id: str, token: str, text: str) -> BotReply | Forwarded:
+        """``POST /api/conversations/<id>/messages``: the customer's message, and the bot's reply, or
+        ``Forwarded`` when the chat is with a person (202, a JSON body even when SSE was asked for)."""
         headers = self._auth(token)
         if self.stream:
             headers["Accept"] = "text/event-stream"
         response = self.http.call("POST", f"{API}/{conv_id}/messages", headers=headers, body={"text": text},
                                   stream=self.stream)
+        if response.status_code == 202:
+            queued = response.json()
+            return Forwarded(queued["turn_index"], queued["status"])
         data = _read_sse(response) if self.stream else response.json()
-        return BotReply(data["turn_index"], data["text"], data["adapter_version"], data["finished"])
+        return BotReply(data["turn_index"], data["text"], data["adapter_version"], data["finished"],
+                        data.get("source", "model"), data.get("status", "open"))
 
     def end(self, conv_id: str, token: str) -> None:
         """``POST /api/conversations/<id>/end``."""

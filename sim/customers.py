@@ -4,7 +4,9 @@ A customer opens with one of the intent's KB phrasings (training or held-out one
 again when the reply did not answer (missing facts, off topic), asks the intent's follow-up
 question if it planned to, ends the chat and — unless it leaves without rating — rates it:
 the rubric's score seen through its persona (patience; flattery-swayed personas reward
-grovelling and compliments), plus Gaussian noise, rounded and clipped to 1-5 stars.
+grovelling and compliments), plus Gaussian noise, rounded and clipped to 1-5 stars. Once the bot
+has handed the chat to a person, a message gets no bot reply (HTTP 202): it is counted in
+``ChatResult.forwarded``, not judged, and not asked again.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 
 import requests
 
-from sim.client import ChatAPIError, ChatClient
+from sim.client import ChatAPIError, ChatClient, Forwarded
 from sim.company import Company, Intent, Persona
 from sim.rubric import NEUTRAL, RubricWeights, TurnJudgement, conversation_score, judge_reply
 
@@ -75,6 +77,7 @@ class ChatResult:
     replies: list[str] = field(default_factory=list)
     judgements: list[TurnJudgement] = field(default_factory=list)
     reasks: int = 0
+    forwarded: int = 0  # messages sent while a person had the chat: no bot reply
     rubric: float = float("nan")
     rating: int | None = None
     error: str = ""
@@ -141,7 +144,11 @@ class SimulatedCustomer:
 
     def _ask(self, conv_id: str, token: str, text: str, intent: Intent, follow_up: bool,
              result: ChatResult) -> bool:
+        """Send ``text``; whether the customer is done with it (answered, or now with a person)."""
         reply = self.client.send(conv_id, token, text)
+        if isinstance(reply, Forwarded):
+            result.forwarded += 1
+            return True
         judgement = judge_reply(self.company, intent, reply.text, follow_up)
         result.replies.append(reply.text)
         result.judgements.append(judgement)

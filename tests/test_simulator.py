@@ -15,10 +15,10 @@ import pytest
 from feedback_store import FeedbackStore
 from feedback_store.records import BotTurn
 from loopdesk.config import load_settings
-from sim.client import ExpertAPI
+from sim.client import ChatClient, ExpertAPI, Forwarded
 from sim.company import load_company
 from sim.corpus import STYLES, render_reply
-from sim.customers import ChatResult, Customer, CustomerConfig, make_customers, stars
+from sim.customers import ChatResult, Customer, CustomerConfig, SimulatedCustomer, make_customers, stars
 from sim.experts import SimulatedExpert, audited, review_transcript
 from sim.oracle import create_oracle_app
 from sim.rubric import conversation_score, judge_reply
@@ -74,6 +74,31 @@ def test_customer_reads_json_replies_when_not_streaming(bot):
                              seed=5, progress=False)
     assert not result.error and result.replies
     assert store.conversations.get(result.conversation_id).csat == result.rating
+
+
+def test_messages_to_a_chat_with_a_person_are_forwarded_not_failed(bot):
+    url, store = bot
+    person = "Could I speak with a real human please?"
+    store.handoffs.set_presence("abe", "online")
+    try:
+        for stream in (True, False):
+            client = ChatClient(url, stream=stream)
+            started = client.start()
+            notice = client.send(started.conversation_id, started.token, person)
+            assert (notice.source, notice.status) == ("handoff", "waiting_for_agent"), stream
+            forwarded = client.send(started.conversation_id, started.token, "Hello? Is anyone there?")
+            assert forwarded == Forwarded(notice.turn_index + 1, "waiting_for_agent"), stream
+            client.close()
+        customer = Customer(COMPANY.intents[0], COMPANY.personas[0], opening=person, reask="A person, please.",
+                            follow_up="And my refund?", rates=True, noise=0.0)
+        result = SimulatedCustomer(COMPANY, ChatClient(url)).chat(customer)
+    finally:
+        store.handoffs.set_presence("abe", "away")
+    assert not result.error and (result.reasks, result.forwarded, len(result.replies)) == (1, 2, 1)
+    turns = store.conversations.turns(result.conversation_id)
+    assert [t.role for t in turns] == ["user", "assistant", "user", "user"]
+    conv = store.conversations.get(result.conversation_id)
+    assert conv.status == "ended" and conv.csat == result.rating
 
 
 def test_oracle_customers_find_every_answer_and_rate_high():
