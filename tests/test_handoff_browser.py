@@ -194,3 +194,25 @@ def test_with_nobody_online_the_widget_says_so_and_takes_an_email_address(site, 
     expect(notice).to_contain_text("They will reply to sam@example.com.")
     say(customer, QUESTION)  # the bot still answers meanwhile
     expect(customer.locator(".ld-bot .ld-text")).to_have_count(2)
+
+
+def test_the_widget_stops_following_a_chat_erased_while_it_waits_for_a_person(site, new_page):
+    store, url = site
+    store.handoffs.set_presence("ben", "online")
+    customer = new_page()
+    follows: list[str] = []
+    customer.on("request", lambda request: follows.append(request.url) if "/events" in request.url else None)
+    open_widget(customer, url)
+    customer.get_by_role("button", name="Talk to a person").click()
+    expect(customer.locator(".ld-notice")).to_contain_text("Waiting for a person")
+    store.handoffs.set_presence("ben", "away")
+
+    store.erasure.erase(conversation_id(customer))
+
+    expect(customer.locator(".ld-status")).to_have_text("This conversation is no longer stored.")
+    expect(customer.locator(".ld-notice")).to_be_hidden()
+    asked = len(follows)
+    time.sleep(3)  # a refused follow was retried every 2 s
+    assert len(follows) == asked >= 2  # the first follow, and the one the erasure's end of it led to
+    assert customer.evaluate("Object.keys(sessionStorage).filter(k => k.startsWith('loopdesk:'))"
+                             ".map(k => sessionStorage.getItem(k))") == ["{}"]
