@@ -26,8 +26,8 @@ from typing import Any, Callable
 import redis
 
 from feedback_store.conversations import hash_token, parse_conversation, parse_turn
-from feedback_store.handoffs import parse_handoff
 from feedback_store.errors import ConflictError, ForbiddenError, NotFoundError
+from feedback_store.handoffs import parse_handoff
 from feedback_store.keys import Keys
 from feedback_store.lua import Script
 from feedback_store.records import Annotation, Conversation, Handoff, Turn
