@@ -288,16 +288,22 @@ def init_app(app: Flask) -> None:
     app.after_request(_finish)
 
 
+IDENTIFIER_FIELDS = frozenset({"request_id", "conversation_id", "adapter_version"})
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, and any ``extra={"fields": {...}}``; every
-    string in it PII masked (``loopdesk.pii.mask_pii``), exception texts included."""
+    string in it PII masked (``loopdesk.pii.mask_pii``), exception texts included, except the identifier
+    fields (``IDENTIFIER_FIELDS``: ids the server made or checked, whose hex digits can look like a phone
+    number)."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
             "level": record.levelname, "logger": record.name, "message": mask_pii(record.getMessage()),
         }
-        entry.update({k: mask_pii(v) for k, v in getattr(record, "fields", {}).items()})
+        entry.update({k: v if k in IDENTIFIER_FIELDS else mask_pii(v)
+                      for k, v in getattr(record, "fields", {}).items()})
         if record.exc_info:
             entry["exception"] = mask_pii(self.formatException(record.exc_info))
         return json.dumps(entry, default=str)
