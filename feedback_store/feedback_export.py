@@ -5,9 +5,10 @@ decline when no help article fits) has no prompt, tokens or log-probs and is no 
 (its conversation's other turns still carry the conversation's rating).
 
 A conversation handed to a person carries its handoffs on the bot turns before each one
-(``TurnWithFeedback.handoff``): every such turn knows a handoff followed, and the last one before
-it (the turn that led to it) carries the agent's first reply after it, a demonstration of what the
-bot should have said. A bot turn is still the only exported sample: agent turns are not the policy's.
+(``TurnWithFeedback.handoff``): every such turn knows a handoff followed, why (its reason) and which
+bot turn led to it (``led_by``: the last one before it), and that turn carries the agent's first
+reply after it, a demonstration of what the bot should have said. A bot turn is still the only
+exported sample: agent turns are not the policy's.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def handoff_feedback(turns: list[Turn], handoffs: list[Handoff]) -> dict[int, Ha
             led = turn is bot_turns[-1]
             out[turn.index] = HandoffFeedback(
                 reason=handoff.reason, requested_at=handoff.requested_at, led_to_handoff=led,
-                agent_reply=agent.text if led and agent else "", agent_id=agent.agent_id if led and agent else "")
+                led_by=bot_turns[-1].index, agent_reply=agent.text if led and agent else "",
+                agent_id=agent.agent_id if led and agent else "")
         start = handoff.turn_index + 1
     return out
 

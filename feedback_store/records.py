@@ -162,6 +162,7 @@ class HandoffFeedback(Record):
     reason: HandoffReason
     requested_at: float
     led_to_handoff: bool = Field(description="the last bot turn before the handoff")
+    led_by: int = Field(ge=0, description="the index of the bot turn that led to it (the last bot turn before it)")
     agent_reply: str = Field(default="", description="on the turn that led to it: the agent's first reply after it")
     agent_id: str = ""
 
