@@ -39,7 +39,7 @@ def bot(data_dir: Path, base_model_dir: Path):
 
 # ---- customers over HTTP ----------------------------------------------------------------
 
-CHATS = CustomerConfig(leave_share=0.5, follow_up_share=1.0)
+CHATS = CustomerConfig(leave_share=0.5, follow_up_share=1.0, ask_person_share=0.0)  # asking: test_sim_agent.py
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_customer_reads_json_replies_when_not_streaming(bot):
     assert store.conversations.get(result.conversation_id).csat == result.rating
 
 
-def test_messages_to_a_chat_with_a_person_are_forwarded_not_failed(bot):
+def test_messages_to_a_chat_with_a_person_are_forwarded_and_a_handed_off_customer_waits_for_one(bot):
     url, store = bot
     person = "Could I speak with a real human please?"
     store.handoffs.set_presence("abe", "online")
@@ -91,14 +91,18 @@ def test_messages_to_a_chat_with_a_person_are_forwarded_not_failed(bot):
             client.close()
         customer = Customer(COMPANY.intents[0], COMPANY.personas[0], opening=person, reask="A person, please.",
                             follow_up="And my refund?", rates=True, noise=0.0)
-        result = SimulatedCustomer(COMPANY, ChatClient(url)).chat(customer)
+        waited = time.monotonic()
+        result = SimulatedCustomer(COMPANY, ChatClient(url), CustomerConfig(agent_wait_s=1.0)).chat(customer)
+        waited = time.monotonic() - waited
     finally:
         store.handoffs.set_presence("abe", "away")
-    assert not result.error and (result.reasks, result.forwarded, len(result.replies)) == (1, 2, 1)
+    # handed to a person, the customer asks nothing more and waits; nobody answers, so it ends the chat and rates
+    assert not result.error and (result.handoff, result.reasks, result.forwarded) == ("customer_asked", 0, 0)
+    assert result.replies == result.agent_replies == [] and 1.0 <= waited < 10
     turns = store.conversations.turns(result.conversation_id)
-    assert [t.role for t in turns] == ["user", "assistant", "user", "user"]
+    assert [t.role for t in turns] == ["user", "assistant"]
     conv = store.conversations.get(result.conversation_id)
-    assert conv.status == "ended" and conv.csat == result.rating
+    assert conv.status == "ended" and conv.csat == result.rating == 1  # no answer at all
 
 
 def test_oracle_customers_find_every_answer_and_rate_high():
