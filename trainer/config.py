@@ -51,7 +51,7 @@ class RewardBuilderConfig:
             handed off, or no help article fitted. Every such turn gets the same penalty, as every
             turn gets its conversation's CSAT; a turn with no other feedback starts from 0. A rating
             after a handoff rates the person's help too, so without it a chat an agent rescued
-            rewards the bot turns that failed. 0 turns it off; it must be <= 0. Worked case: two bot
+            rewards the bot turns that failed. 0 turns it off; it must lie in [-2, 0]. Worked case: two bot
             turns, then the customer asks for a person and rates 5; the second turn has an expert
             score of -1: rewards 1 - 0.5 = 0.5 and 0.8 * -0.5 + 0.2 * 1 - 0.5 = -0.7 (see
             docs/tuning.md#reward-builder).
