@@ -14,8 +14,8 @@ import atexit
 from flask import Flask, request
 from flask_limiter import Limiter
 
-from bot import (admin, auth, chat, errors, expert, headers, help_centre, knowledge_console, observability, openapi,
-                 operator, raters, sessions, widget)
+from bot import (admin, auth, chat, errors, expert, handoff, headers, help_centre, inbox, knowledge_console,
+                 observability, openapi, operator, raters, sessions, widget)
 from bot.runtime.knowledge import LiveKnowledge
 from bot.services import EXTENSION, Services
 from feedback_store import FeedbackStore
@@ -50,7 +50,8 @@ def create_app(settings: Settings | None = None, engine=None, store: FeedbackSto
     raters.init_app(app, settings)
     auth.init_app(app, settings)
     widget.init_app(app, settings)
-    for blueprint in (chat.bp, help_centre.bp, openapi.bp, expert.bp, operator.bp, admin.bp, knowledge_console.bp):
+    for blueprint in (chat.bp, handoff.bp, help_centre.bp, openapi.bp, expert.bp, operator.bp, admin.bp,
+                      knowledge_console.bp, inbox.bp):
         app.register_blueprint(blueprint)
     auth.limit_logins(app, _init_rate_limits(app, settings), settings)
     headers.init_app(app, settings)
@@ -70,7 +71,8 @@ def _init_rate_limits(app: Flask, settings: Settings) -> Limiter:
         headers_enabled=True,
         swallow_errors=True,  # Redis down: limits fail open and the request meets the store's 503
     )
-    limiter.shared_limit(lambda: settings.rate_limit_per_ip, scope="ip", exempt_when=_is_preflight)(chat.bp)
+    for customer_facing in (chat.bp, handoff.bp):
+        limiter.shared_limit(lambda: settings.rate_limit_per_ip, scope="ip", exempt_when=_is_preflight)(customer_facing)
     limiter.shared_limit(lambda: settings.rate_limit_per_ip, scope="help", exempt_when=_is_preflight)(help_centre.bp)
     endpoint = "chat.post_message"
     app.view_functions[endpoint] = limiter.limit(

@@ -1,20 +1,22 @@
 """The chat API the widget (and the simulated customers) use; the customer token is a bearer token.
 
-A message is logged as the customer's turn. The help articles for the customer's recent messages
-are retrieved from this process's live index; when the best one fits (``kb_min_score``), the
-engine answers on the conversation's pinned adapter with them in its prompt, and the reply is
-logged as a bot turn with everything PPO needs and the articles it saw. When none fits, the bot
-does not generate: ``reply_when_nothing_fits`` sends an honest decline with the way to a person
-(``contact_address``), logged as a ``fallback`` turn. The reply comes back as JSON, or as
-server-sent events (``delta`` chunks, then ``done`` or ``error``) when asked for; a decline is one
-``delta``.
+A message is logged as the customer's turn. While the conversation is with a person
+(``waiting_for_agent``, ``with_agent``) the bot does not answer: the message is the agent's, and
+the answer is 202 with the status. Otherwise the bot hands off when the customer asks for a person
+or re-asks too often (``bot.handoff``); else the help articles for the customer's recent messages
+are retrieved from this process's live index, and when the best one fits (``kb_min_score``) the
+engine answers on the conversation's pinned adapter with them in its prompt; the reply is logged
+as a bot turn with everything PPO needs and the articles it saw. When none fits, the model does not
+generate: the bot says it cannot help here and hands off (``no_article``). The reply comes back as
+JSON, or as server-sent events (``delta`` chunks, then ``done`` or ``error``) when asked for; a
+fixed notice is one ``delta``.
 
-Backpressure: a message first takes a place among the replies waiting for the model
-(``Engine.reserve``); when they are all taken it is refused with 503 ``overloaded`` and ``Retry-After``
-before anything of it is stored. A reply that misses its deadline, whose worker crashed, or whose
-streaming client went away (a stream with nothing to send writes a ``: waiting`` comment each second,
-so a client gone while its reply is queued is noticed too) is dropped from the batch and not logged: the customer's
-turn stays, without a bot turn after it.
+Backpressure: a message the bot is to answer first takes a place among the replies waiting for the
+model (``Engine.reserve``); when they are all taken it is refused with 503 ``overloaded`` and
+``Retry-After`` before anything of it is stored. A reply that misses its deadline, whose generation
+thread crashed, or whose streaming client went away (a stream with nothing to send writes a
+``: waiting`` comment each second, so a client gone while its reply is queued is noticed too) is
+dropped from the batch and not logged: the customer's turn stays, without a bot turn after it.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from typing import Callable, Iterator
 from flask import Blueprint, Response, request, url_for
 from pydantic import BaseModel
 
-from bot import raters
+from bot import handoff, raters
+from bot.availability import handoff_state
 from bot.errors import ApiError, error_payload
+from bot.live_events import sse_event, sse_response, turn_out
 from bot.runtime.admission import Slot
 from bot.runtime.errors import GenerationError
 from bot.openapi import Section, json_body, json_response, operation, ref
@@ -39,27 +43,20 @@ from bot.schemas import (
     Ended,
     ErrorOut,
     MessageIn,
+    Queued,
     RatingIn,
     RatingOut,
     Reply,
     StartIn,
     Transcript,
-    TurnOut,
 )
 from bot.services import Services, services
-from bot.validation import bearer_token, parse_body
-from feedback_store.records import ArticleRef, BotTurn, Conversation
-from loopdesk.config import Settings
+from bot.validation import bearer_token, model_response, parse_body
+from feedback_store.records import WITH_A_PERSON, ArticleRef, BotTurn, Conversation, Turn
 
 log = logging.getLogger(__name__)
 bp = Blueprint("chat", __name__, url_prefix="/api/conversations")
-
-DECLINE = "I'm sorry, I can't help with that here. You can reach our team at {contact}."
 HEARTBEAT_S = 1.0  # a stream with nothing to send writes a comment this often, which notices a client gone
-
-
-def _json(model: BaseModel, status: int = 200) -> Response:
-    return Response(model.model_dump_json(), status=status, mimetype="application/json")
 
 
 @bp.post("")
@@ -69,7 +66,7 @@ def start() -> Response:
     svc = services()
     conv, token = svc.store.conversations.start(svc.engine.choose_version(), body.meta)
     created = ConversationCreated(conversation_id=conv.id, token=token, adapter_version=conv.adapter_version)
-    response = _json(created, 201)
+    response = model_response(created, 201)
     response.headers["Location"] = url_for("chat.transcript", conv_id=conv.id)
     return response
 
@@ -86,20 +83,22 @@ def post_message(conv_id: str) -> Response:
     if len(text) > svc.settings.max_message_chars:
         raise ApiError(422, "message_too_long",
                        f"the message has {len(text)} characters; the limit is {svc.settings.max_message_chars}")
+    if conv.status in WITH_A_PERSON:  # the agent's to answer: no place among the model's replies needed
+        turn = svc.store.conversations.append_customer(conv_id, token, text)
+        return model_response(Queued(conversation_id=conv_id, turn_index=turn.index, status=conv.status), 202)
     slot = _reserve(svc)
     try:
         svc.store.conversations.append_customer(conv_id, token, text)
-        messages = [{"role": t.role, "content": t.text} for t in svc.store.conversations.turns(conv_id)]
+        turns = svc.store.conversations.turns(conv_id)
     except BaseException:
         slot.release()
         raise
     if request.accept_mimetypes.best_match(["application/json", "text/event-stream"]) == "text/event-stream":
-        response = Response(_stream(svc, conv, messages, slot), mimetype="text/event-stream",
-                            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        response = sse_response(_stream(svc, conv, turns, slot))
         response.call_on_close(slot.release)  # a stream never read still gives its place back
         return response
     try:
-        return _json(_answer(svc, conv, messages, slot))
+        return model_response(_answer(svc, conv, turns, slot))
     except GenerationError as exc:
         svc.metrics.observe_unsent(exc)
         raise
@@ -114,14 +113,19 @@ def _reserve(svc: Services) -> Slot:
         raise
 
 
-def _answer(svc: Services, conv: Conversation, messages: list[dict], slot: Slot,
+def _answer(svc: Services, conv: Conversation, turns: list[Turn], slot: Slot,
             on_text: Callable[[str], None] | None = None, cancelled: threading.Event | None = None) -> Reply:
-    """Answer from the help articles that fit the customer's recent messages, or decline if none does;
-    ``slot`` is given back once the reply decodes (or here, whatever happens)."""
+    """Hand off if the customer asks for a person (or re-asks too often); else answer from the help articles
+    that fit their recent messages, or hand off when none does. ``slot`` is given back once the reply
+    decodes (or here, whatever happens)."""
     try:
-        retrieval = svc.knowledge.for_customer([m["content"] for m in messages if m["role"] == "user"])
+        reason = handoff.reason_to_hand_off(svc, conv, turns)
+        if reason is not None:
+            return handoff.hand_off(svc, conv, reason, on_text)
+        retrieval = svc.knowledge.for_customer([t.text for t in turns if t.role == "user"])
         if not retrieval.fits:
-            return reply_when_nothing_fits(svc, conv, on_text)
+            return handoff.hand_off(svc, conv, "no_article", on_text)
+        messages = [{"role": "assistant" if t.role == "agent" else t.role, "content": t.text} for t in turns]
         gen = svc.engine.generate(messages, conv.adapter_version, on_text=on_text, passages=retrieval.passages,
                                   slot=slot, cancelled=cancelled)
     finally:
@@ -137,39 +141,12 @@ def _answer(svc: Services, conv: Conversation, messages: list[dict], slot: Slot,
     return _reply(turn)
 
 
-def decline(settings: Settings) -> str:
-    """What the bot says when no help article fits: that it cannot help here, and who can."""
-    return DECLINE.format(contact=settings.contact_address.strip().rstrip("."))
-
-
-def reply_when_nothing_fits(svc: Services, conv: Conversation,
-                            on_text: Callable[[str], None] | None = None) -> Reply:
-    """The branch taken when no help article fits: the model does not generate; the customer gets
-    ``decline`` (one delta when streamed), logged as a ``fallback`` turn that is never a PPO sample.
-    A handoff to a person belongs here too."""
-    started = time.perf_counter()
-    text = decline(svc.settings)
-    if on_text is not None:
-        on_text(text)
-    svc.metrics.observe_fallback()
-    turn = svc.store.conversations.append_bot(conv.id, BotTurn(
-        index=0, text=text, context="", prompt_token_ids=[], reply_token_ids=[], logprobs=[],
-        adapter_version=conv.adapter_version, latency_ms=1000 * (time.perf_counter() - started), finished=True,
-        created_at=time.time(), source="fallback",
-    ))
-    return _reply(turn)
-
-
 def _reply(turn: BotTurn) -> Reply:
     return Reply(turn_index=turn.index, text=turn.text, adapter_version=turn.adapter_version,
                  finished=turn.finished, source=turn.source)
 
 
-def _sse(event: str, data: BaseModel) -> str:
-    return f"event: {event}\ndata: {data.model_dump_json()}\n\n"
-
-
-def _stream(svc: Services, conv: Conversation, messages: list[dict], slot: Slot) -> Iterator[str]:
+def _stream(svc: Services, conv: Conversation, turns: list[Turn], slot: Slot) -> Iterator[str]:
     """SSE events from a reply thread; when the client goes away (the server closes this generator after
     a write fails) the reply is cancelled: the worker drops its row and nothing is logged."""
     events: queue.Queue[tuple[str, BaseModel]] = queue.Queue()
@@ -181,7 +158,7 @@ def _stream(svc: Services, conv: Conversation, messages: list[dict], slot: Slot)
 
     def work() -> None:
         try:
-            events.put(("done", _answer(svc, conv, messages, slot, on_text, cancelled)))
+            events.put(("done", _answer(svc, conv, turns, slot, on_text, cancelled)))
         except Exception as exc:  # every failure must reach the client as an error event
             status, body = error_payload(exc)
             if isinstance(exc, GenerationError):
@@ -200,7 +177,7 @@ def _stream(svc: Services, conv: Conversation, messages: list[dict], slot: Slot)
                 continue
             while batch[-1][0] == "delta" and not events.empty():  # what piled up goes out in one write
                 batch.append(events.get_nowait())
-            yield "".join(_sse(event, data) for event, data in batch)
+            yield "".join(sse_event(event, data) for event, data in batch)
             if batch[-1][0] != "delta":
                 return
     finally:
@@ -211,7 +188,7 @@ def _stream(svc: Services, conv: Conversation, messages: list[dict], slot: Slot)
 def end(conv_id: str) -> Response:
     """End the conversation (idempotent); the widget then asks for a rating."""
     conv = services().store.conversations.end(conv_id, bearer_token())
-    return _json(Ended(conversation_id=conv.id, status=conv.status, ended_at=conv.ended_at))
+    return model_response(Ended(conversation_id=conv.id, status=conv.status, ended_at=conv.ended_at))
 
 
 @bp.post("/<conv_id>/rating")
@@ -225,20 +202,22 @@ def rate(conv_id: str) -> Response:
     body = parse_body(RatingIn)
     svc = services()
     changed = svc.store.ratings.rate(conv_id, token, body.score, body.comment, raters.rating_source(svc.settings))
-    return _json(RatingOut(conversation_id=conv_id, score=body.score, comment=body.comment, changed=changed))
+    return model_response(RatingOut(conversation_id=conv_id, score=body.score, comment=body.comment,
+                                    changed=changed))
 
 
 @bp.get("/<conv_id>")
 def transcript(conv_id: str) -> Response:
-    """The conversation's turns for its token holder (the widget restores history from it)."""
-    store = services().store
+    """The conversation's turns, status and latest handoff for its token holder (the widget restores from it)."""
+    svc = services()
+    store = svc.store
     conv = store.conversations.check_token(conv_id, bearer_token())
-    turns = [TurnOut(index=t.index, role=t.role, text=t.text, created_at=t.created_at)
-             for t in store.conversations.turns(conv_id)]
-    return _json(Transcript(
+    turns = [turn_out(t) for t in store.conversations.turns(conv_id)]
+    return model_response(Transcript(
         conversation_id=conv.id, status=conv.status, adapter_version=conv.adapter_version,
         created_at=conv.created_at, ended_at=conv.ended_at, csat=conv.csat,
         csat_comment=conv.csat_comment, turns=turns,
+        handoff=handoff_state(svc, store.handoffs.get(conv_id)) if conv.handoffs else None,
     ))
 
 
@@ -277,8 +256,9 @@ def openapi_section() -> Section:
             "what stays is the record that it was erased, with the training runs that may have used it",
             {"204": {"description": "erased now or before"}}, *common, security=token)},
         f"{base}/{{conv_id}}/messages": {"post": operation(
-            "Send a message and get the bot's reply", reply, *with_body, *common, 409, 503,
-            body=json_body(MessageIn), security=token)},
+            "Send a message and get the bot's reply (202 without one while the chat is with a person)",
+            {**reply, "202": json_response(Queued, "the message waits for the agent; the bot does not answer")},
+            *with_body, *common, 409, 503, body=json_body(MessageIn), security=token)},
         f"{base}/{{conv_id}}/end": {"post": operation(
             "End the conversation (idempotent)", {"200": json_response(Ended, "the conversation's status")},
             *common, security=token)},
@@ -287,7 +267,7 @@ def openapi_section() -> Section:
             {"200": json_response(RatingOut, "the stored rating")}, *with_body, *common, 409,
             body=json_body(RatingIn), security=token)},
     }
-    models = [StartIn, MessageIn, RatingIn, ConversationCreated, Reply, Delta, Ended, RatingOut, Transcript]
+    models = [StartIn, MessageIn, RatingIn, ConversationCreated, Reply, Queued, Delta, Ended, RatingOut, Transcript]
     schemes = {"customerToken": {"type": "http", "scheme": "bearer",
                                  "description": "the token returned when the conversation started"}}
     return Section(paths, models, schemes)

@@ -22,7 +22,7 @@ from bot.services import services
 from bot.validation import parse_body
 from feedback_store.annotations import QueueFilter
 from feedback_store.feedback_export import FeedbackExport
-from feedback_store.records import Annotation, BotTurn, Conversation
+from feedback_store.records import AgentTurn, Annotation, BotTurn, Conversation
 
 bp = Blueprint("expert", __name__)
 bp.before_request(guard("expert"))
@@ -125,7 +125,8 @@ def queue() -> Response:
 @bp.get("/api/expert/conversations/<conv_id>")
 def conversation(conv_id: str) -> Response:
     """A transcript with every bot turn's annotations, the experts' agreement, the help articles it saw
-    and whether the model generated it (``source``: ``model`` or ``fallback``)."""
+    and whether the model generated it (``source``: ``model``, ``fallback`` or ``handoff``); agents' turns
+    name their agent."""
     store = services().store
     conv = store.conversations.get(conv_id)
     by_turn = store.annotations.for_conversation(conv_id)
@@ -138,6 +139,8 @@ def conversation(conv_id: str) -> Response:
             out.update(adapter_version=turn.adapter_version, finished=turn.finished, source=turn.source,
                        articles=[a.model_dump() for a in turn.articles],
                        annotations=[a.model_dump() for a in annotations], agreement=agreement(annotations))
+        elif isinstance(turn, AgentTurn):
+            out.update(agent_id=turn.agent_id, agent_name=turn.agent_name)
         turns.append(out)
     return jsonify(conversation={**conversation_summary(conv), "csat_comment": conv.csat_comment,
                                  "ended_at": conv.ended_at, "meta": conv.meta},

@@ -57,7 +57,8 @@ def operation(summary: str, ok: dict[str, dict], *error_statuses: int, body: dic
 def _with_path_parameters(path: str, item: dict[str, Any]) -> dict[str, Any]:
     names = PATH_PARAM.findall(path)
     params = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names]
-    return {method: {**op, "parameters": params} if params else op for method, op in item.items()}
+    return {method: {**op, "parameters": params + op.get("parameters", [])} if params else op
+            for method, op in item.items()}
 
 
 def build_document(app: Flask) -> dict[str, Any]:

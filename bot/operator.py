@@ -1,5 +1,6 @@
 """The operator console: retraining schedules, "train now", runs with live progress, adapters
-(promote, canary, roll back, canary share) and CSAT per adapter version.
+(promote, canary, roll back, canary share), CSAT per adapter version, and handoffs to a person
+per version (handoff and resolution rates, CSAT of bot-only and handed-off conversations).
 
 ``/operator`` is the page; ``/api/operator/...`` is its JSON API. Every route needs a signed-in
 operator or admin; writes need the session's CSRF token.
@@ -14,7 +15,7 @@ from flask import Blueprint, Response, jsonify, render_template, request
 from pydantic import Field, ValidationError
 
 from bot.sessions import console_operation, current_user, guard
-from bot.charts import BUCKETS, compare_metrics, csat_by_version
+from bot.charts import BUCKETS, compare_metrics, csat_by_version, handoffs_by_version
 from bot.errors import ApiError
 from bot.schemas import Body
 from bot.services import services
@@ -194,11 +195,24 @@ def csat() -> Response:
     bucket = request.args.get("bucket", "day")
     if bucket not in BUCKETS:
         raise ApiError(422, "invalid_request", f"bucket must be one of {sorted(BUCKETS)}")
-    days = request.args.get("days", 14, type=float)
-    if not 0 < days <= MAX_WINDOW_DAYS:
-        raise ApiError(422, "invalid_request", f"days must be within (0, {MAX_WINDOW_DAYS}]")
+    days = _days(request.args.get("days", 14, type=float))
     return jsonify(bucket=bucket, bucket_s=BUCKETS[bucket], days=days,
                    **csat_by_version(_recent_conversations(days), BUCKETS[bucket], WeightRule.of(services().settings)))
+
+
+@bp.get("/api/operator/handoffs")
+def handoffs() -> Response:
+    """Per adapter version over the last ``days``: handoff rate, resolution rate, and CSAT of bot-only and
+    handed-off conversations, each with its 95% interval."""
+    days = _days(request.args.get("days", 14, type=float))
+    return jsonify(days=days, versions=handoffs_by_version(_recent_conversations(days),
+                                                           WeightRule.of(services().settings)))
+
+
+def _days(days: float) -> float:
+    if not 0 < days <= MAX_WINDOW_DAYS:
+        raise ApiError(422, "invalid_request", f"days must be within (0, {MAX_WINDOW_DAYS}]")
+    return days
 
 
 def _recent_conversations(days: float) -> list[Conversation]:
@@ -246,4 +260,7 @@ def openapi_section():
                                         body=ShareIn, write=True)},
         f"{o}/csat": {"get": {**op("Mean CSAT with 95% intervals per adapter version and day or hour"),
                               "parameters": query("bucket", "days")}},
+        f"{o}/handoffs": {"get": {**op("Handoff and resolution rates and CSAT of bot-only and handed-off "
+                                       "conversations per adapter version, with 95% intervals"),
+                                  "parameters": query("days")}},
     }, [ScheduleIn, EnabledIn, ReasonIn, RollbackIn, ShareIn])

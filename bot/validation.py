@@ -1,11 +1,12 @@
-"""Reading requests at the edge: strict UTF-8, JSON, pydantic bodies and the bearer token."""
+"""Reading requests at the edge (strict UTF-8, JSON, pydantic bodies and the bearer token), and answering
+with a pydantic model."""
 
 from __future__ import annotations
 
 import json
 from typing import TypeVar
 
-from flask import request
+from flask import Response, request
 from pydantic import BaseModel, ValidationError
 
 from bot.errors import ApiError
@@ -52,3 +53,8 @@ def bearer_token() -> str:
         raise ApiError(401, "missing_token",
                        "send the conversation token as 'Authorization: Bearer <token>'")
     return token.strip()
+
+
+def model_response(model: BaseModel, status: int = 200) -> Response:
+    """``model`` as a JSON response."""
+    return Response(model.model_dump_json(), status=status, mimetype="application/json")

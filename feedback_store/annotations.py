@@ -25,7 +25,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return fail('NOTFOUND', 'no such conv
 local raw = redis.call('LINDEX', KEYS[2], ARGV[1])
 if not raw then return fail('NOTFOUND', 'the conversation has no turn ' .. ARGV[1]) end
 if cjson.decode(raw)['role'] ~= 'assistant' then
-  return fail('INVALID', 'turn ' .. ARGV[1] .. ' is the customer\\'s; only bot turns are annotated')
+  return fail('INVALID', 'turn ' .. ARGV[1] .. ' is the customer\\'s or an agent\\'s; only bot turns are annotated')
 end
 redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
 redis.call('SADD', KEYS[4], ARGV[1])

@@ -1,4 +1,8 @@
-"""Conversations and their turns: start, append, end, read."""
+"""Conversations and their turns: start, append, end, read.
+
+Every appended turn and every end is announced on the conversation's events channel (the index
+of the turn, or ``status``), so a handed-off conversation's live streams see it at once.
+"""
 
 from __future__ import annotations
 
@@ -16,33 +20,48 @@ from pydantic import ValidationError
 from feedback_store.errors import ForbiddenError, NotFoundError, ValidationFailed
 from feedback_store.keys import Keys
 from feedback_store.lua import Script
-from feedback_store.records import BotTurn, Conversation, CustomerTurn, Turn
+from feedback_store.records import AgentTurn, BotTurn, Conversation, CustomerTurn, Turn
 from loopdesk.pii import mask_pii, page_url
 
 MAX_TURNS = 200
+CUSTOMER_MAY_WRITE = "open waiting_for_agent with_agent"  # a handed-off customer's messages go to the agent
+BOT_MAY_WRITE = "open"
 
 _APPEND = """
--- KEYS: conv, turns   ARGV: token_hash ('' = trusted caller), turn json, now, max turns
+-- KEYS: conv, turns, events channel
+-- ARGV: token_hash ('' = trusted caller), turn json, now, max turns, statuses that allow it (space-separated)
 if redis.call('EXISTS', KEYS[1]) == 0 then return fail('NOTFOUND', 'no such conversation') end
 local f = redis.call('HMGET', KEYS[1], 'status', 'token_hash', 'n_turns')
 if ARGV[1] ~= '' and f[2] ~= ARGV[1] then return fail('FORBIDDEN', 'wrong conversation token') end
-if f[1] ~= 'open' then return fail('CONFLICT', 'the conversation has ended') end
+if not string.find(' ' .. ARGV[5] .. ' ', ' ' .. f[1] .. ' ', 1, true) then
+  if f[1] == 'ended' then return fail('CONFLICT', 'the conversation has ended') end
+  return fail('CONFLICT', 'the conversation is ' .. f[1] .. ': a person answers it, not the bot')
+end
 if tonumber(f[3]) >= tonumber(ARGV[4]) then
   return fail('CONFLICT', 'the conversation reached its limit of ' .. ARGV[4] .. ' turns')
 end
 local index = redis.call('RPUSH', KEYS[2], ARGV[2]) - 1
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[3], 'n_turns', index + 1)
+redis.call('PUBLISH', KEYS[3], index)
 return index
 """
 
 _END = """
--- KEYS: conv, queue   ARGV: token_hash ('' = trusted caller), now, adapter queue prefix
+-- KEYS: conv, queue, handoff, waiting handoffs, claimed handoffs, events channel, feedback seq, feedback log
+-- ARGV: token_hash ('' = trusted caller), now, adapter queue prefix, conv id
 if redis.call('EXISTS', KEYS[1]) == 0 then return fail('NOTFOUND', 'no such conversation') end
 local f = redis.call('HMGET', KEYS[1], 'status', 'token_hash')
 if ARGV[1] ~= '' and f[2] ~= ARGV[1] then return fail('FORBIDDEN', 'wrong conversation token') end
 if f[1] == 'ended' then return 0 end
+if f[1] ~= 'open' then
+  redis.call('HSET', KEYS[3], 'ended_at', ARGV[2])
+  redis.call('ZREM', KEYS[4], ARGV[4])
+  redis.call('ZREM', KEYS[5], ARGV[4])
+end
+if f[1] == 'with_agent' then redis.call('ZADD', KEYS[8], redis.call('INCR', KEYS[7]), ARGV[4]) end
 redis.call('HSET', KEYS[1], 'status', 'ended', 'ended_at', ARGV[2], 'updated_at', ARGV[2])
 requeue(KEYS[1], KEYS[2], ARGV[3])
+redis.call('PUBLISH', KEYS[6], 'status')
 return 1
 """
 
@@ -60,7 +79,8 @@ def parse_turn(index: int, raw: str) -> Turn:
     """A stored turn back as its record; its list position is its index."""
     data = json.loads(raw)
     data["index"] = index
-    return BotTurn(**data) if data.get("role") == "assistant" else CustomerTurn(**data)
+    role = data.get("role")
+    return BotTurn(**data) if role == "assistant" else AgentTurn(**data) if role == "agent" else CustomerTurn(**data)
 
 
 def stored_meta(meta: dict[str, str]) -> dict[str, str]:
@@ -129,31 +149,38 @@ class Conversations:
 
     def append_customer(self, conv_id: str, token: str, text: str) -> CustomerTurn:
         """Log what the customer typed, PII masked (``loopdesk.pii.mask_pii``: the model sees it so too);
-        the conversation must be open and the token right."""
+        the conversation must not have ended and the token must be right (while it is with a person,
+        the message is the agent's to answer)."""
         try:
             turn = CustomerTurn(index=0, text=mask_pii(text), created_at=time.time())
         except ValidationError as exc:
             raise ValidationFailed(f"invalid message: {exc.errors()[0]['msg']}") from None
         index = self._append(
-            [self._keys.conversation(conv_id), self._keys.turns(conv_id)],
-            [hash_token(token), _turn_json(turn), turn.created_at, MAX_TURNS],
+            self._append_keys(conv_id),
+            [hash_token(token), _turn_json(turn), turn.created_at, MAX_TURNS, CUSTOMER_MAY_WRITE],
         )
         return turn.model_copy(update={"index": int(index)})
 
     def append_bot(self, conv_id: str, turn: BotTurn) -> BotTurn:
-        """Log a bot reply with its context, token ids and log-probs (trusted caller: the bot)."""
-        index = self._append(
-            [self._keys.conversation(conv_id), self._keys.turns(conv_id)],
-            ["", _turn_json(turn), turn.created_at, MAX_TURNS],
-        )
+        """Log a bot reply with its context, token ids and log-probs (trusted caller: the bot); the
+        conversation must be open (not ended, nor with a person)."""
+        index = self._append(self._append_keys(conv_id), ["", _turn_json(turn), turn.created_at, MAX_TURNS,
+                                                          BOT_MAY_WRITE])
         return turn.model_copy(update={"index": int(index)})
 
+    def _append_keys(self, conv_id: str) -> list[str]:
+        return [self._keys.conversation(conv_id), self._keys.turns(conv_id), self._keys.conversation_events(conv_id)]
+
     def end(self, conv_id: str, token: str | None) -> Conversation:
-        """End the conversation (idempotent); ``token=None`` for trusted callers (idle timeout)."""
+        """End the conversation (idempotent); ``token=None`` for trusted callers (idle timeout). A handoff
+        still waiting or with an agent ends with it (``Handoff.ended_at``); one with an agent puts the
+        conversation in the feedback log, so the trainer's export sees the agent's replies."""
+        keys = self._keys
         self._end(
-            [self._keys.conversation(conv_id), self._keys.queue()],
-            [hash_token(token) if token is not None else "", time.time(),
-             self._keys.queue_by_adapter("")],
+            [keys.conversation(conv_id), keys.queue(), keys.handoff(conv_id), keys.handoffs_waiting(),
+             keys.handoffs_with_agents(), keys.conversation_events(conv_id), keys.feedback_seq(),
+             keys.feedback_log()],
+            [hash_token(token) if token is not None else "", time.time(), keys.queue_by_adapter(""), conv_id],
         )
         return self.get(conv_id)
 

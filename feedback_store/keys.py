@@ -35,6 +35,10 @@ class Keys:
     def conversations_by_adapter(self, version: str) -> str:
         return self._k("convs", "adapter", version)
 
+    def conversation_events(self, conv_id: str) -> str:
+        """Pub/sub channel: every turn appended to the conversation and every change of its status."""
+        return self._k("conv", conv_id, "events")
+
     def pruned(self) -> str:
         """Conversation id → the numbers kept of a conversation with feedback after its retention period."""
         return self._k("convs", "pruned")
@@ -42,6 +46,35 @@ class Keys:
     def erased(self) -> str:
         """Conversation id → the record that it was erased (no text), and which runs may have used it."""
         return self._k("convs", "erased")
+
+    # handoffs to a person and the agents' inbox
+    def handoff(self, conv_id: str) -> str:
+        """The conversation's latest handoff (hash)."""
+        return self._k("handoff", conv_id)
+
+    def earlier_handoffs(self, conv_id: str) -> str:
+        """The conversation's handoffs before the latest one (JSON list, oldest first)."""
+        return self._k("handoff", conv_id, "earlier")
+
+    def handoffs_waiting(self) -> str:
+        """Conversations waiting for an agent, by the time they asked."""
+        return self._k("handoffs", "waiting")
+
+    def handoffs_with_agents(self) -> str:
+        """Conversations an agent has claimed, by the time of the claim."""
+        return self._k("handoffs", "with_agent")
+
+    def contact_requests(self) -> str:
+        """Conversations whose customer left an email address for a reply, by the time they left it."""
+        return self._k("handoffs", "contact")
+
+    def agent_presence(self, name: str) -> str:
+        """An agent's presence (``online`` or ``away``), expiring unless the inbox page refreshes it."""
+        return self._k("agent", name, "presence")
+
+    def agents_online(self) -> str:
+        """Online agents by the time their presence expires."""
+        return self._k("agents", "online")
 
     # annotations and the expert queue
     def annotations(self, conv_id: str, turn_index: int) -> str:

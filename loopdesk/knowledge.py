@@ -131,6 +131,18 @@ class KnowledgeIndex:
         return [self.articles[h.id] for h in hits]
 
 
+def is_reask(message: str) -> bool:
+    """Whether the customer's message says the last reply missed ("That doesn't answer my question",
+    "I don't understand", "Please just answer")."""
+    return bool(_REASK.search(message))
+
+
+def without_reask(message: str) -> str:
+    """The message with its re-ask phrases blanked out ("That doesn't answer my question. Where is it?"):
+    what it asks, apart from saying that the last reply missed."""
+    return " ".join(_REASK.sub(" ", message).split())
+
+
 def customer_query(messages: Sequence[str]) -> str:
     """The retrieval query for the customer's messages so far (oldest first).
 
@@ -144,7 +156,7 @@ def customer_query(messages: Sequence[str]) -> str:
         return ""
     last = recent[-1]
     if len(recent) > 1 and (len(last.split()) < SHORT_MESSAGE_WORDS or _REFERS_BACK.search(last)
-                            or _REASK.search(last)):
+                            or is_reask(last)):
         return f"{recent[-2]} {last}"
     return last
 

@@ -5,6 +5,19 @@ again when the reply did not answer (missing facts, off topic), asks the intent'
 question if it planned to, ends the chat and — unless it leaves without rating — rates it:
 the rubric's score seen through its persona (patience; flattery-swayed personas reward
 grovelling and compliments), plus Gaussian noise, rounded and clipped to 1-5 stars.
+
+Asking for a person: the ``ask_person_share`` of customers who do, when the bot fails them, ask at
+once after a wrong or off-topic reply, and after a re-ask that still went unanswered (a reply that
+merely misses facts gets the re-ask first), in one of ``PERSON_REQUESTS``, each of which the demo
+shop's escalation article covers, so the bot hands off on it (``ChatResult.unheeded`` counts the
+requests it answered instead). Once the bot has handed the chat off (on a request, or on its own:
+no article fitted, too many re-asks) the customer asks nothing more: with a person taking it
+(``waiting_for_agent``) it follows the chat's live stream, as the widget does, for up to
+``agent_wait_s`` and judges the person's replies against its pending question; told that nobody is
+available, it ends the chat. The rating counts the person's replies and each request for a person as
+a re-ask; the rubric (the expert's view of the bot) counts only the bot's. A handoff notice is no
+answer and is not judged. A message the bot answers with 202 (a person has the chat) is counted in
+``ChatResult.forwarded``, not judged, and not asked again.
 """
 
 from __future__ import annotations
@@ -15,11 +28,18 @@ from dataclasses import dataclass, field
 
 import requests
 
-from sim.client import ChatAPIError, ChatClient
+from sim.client import ChatAPIError, ChatClient, Forwarded
 from sim.company import Company, Intent, Persona
 from sim.rubric import NEUTRAL, RubricWeights, TurnJudgement, conversation_score, judge_reply
 
 REASKS = ["That doesn't answer my question. ", "Sorry, I don't understand. ", "Please just answer: "]
+# Each retrieves the escalation article first in every persona's dressing (tests/test_sim_agent.py);
+# "Can I speak to a human?" does not after "Come on. ... I don't have all day." (a tent article wins).
+PERSON_REQUESTS = ["I want a real person, not a bot.", "Could I speak with a real human please?",
+                   "I want to talk to a member of your support team.",
+                   "I'd like to chat with a real person, not a bot.", "Can I talk to a real person, please?",
+                   "Get me a real person.", "Is there a human I can talk to?"]
+WITH_A_PERSON = "waiting_for_agent"  # the status of a chat the bot handed to a person who will take it
 
 
 @dataclass(frozen=True)
@@ -35,6 +55,10 @@ class CustomerConfig:
             noise; None uses each persona's own ``rating_noise`` (0.5-0.8 in the demo).
         weights (RubricWeights, default NEUTRAL): the rubric's penalties.
         stream (bool, default True): ask for SSE replies as the widget does (False: JSON).
+        ask_person_share (float, default 0.25): share of customers who ask for a person when the bot
+            fails them (module docstring); 0: nobody asks.
+        agent_wait_s (float, default 30.0): how long a customer handed to a person waits for the chat
+            to end (the person answers and resolves it) before ending it itself.
     """
 
     held_out: bool = False
@@ -43,10 +67,14 @@ class CustomerConfig:
     rating_noise: float | None = None
     weights: RubricWeights = NEUTRAL
     stream: bool = True
+    ask_person_share: float = 0.25
+    agent_wait_s: float = 30.0
 
     def __post_init__(self) -> None:
-        if not (0 <= self.follow_up_share <= 1 and 0 <= self.leave_share <= 1):
-            raise ValueError("follow_up_share and leave_share must lie within [0, 1]")
+        if not all(0 <= share <= 1 for share in (self.follow_up_share, self.leave_share, self.ask_person_share)):
+            raise ValueError("follow_up_share, leave_share and ask_person_share must lie within [0, 1]")
+        if self.agent_wait_s <= 0:
+            raise ValueError(f"agent_wait_s must be > 0, got {self.agent_wait_s}")
         if self.rating_noise is not None and self.rating_noise < 0:
             raise ValueError(f"rating_noise must be >= 0, got {self.rating_noise}")
 
@@ -62,11 +90,14 @@ class Customer:
     follow_up: str | None
     rates: bool
     noise: float
+    asks_person: bool = False
+    person_request: str = PERSON_REQUESTS[0]
 
 
 @dataclass
 class ChatResult:
-    """What happened in one simulated chat: replies, the rubric's judgements and the rating."""
+    """What happened in one simulated chat: the bot's answers and the rubric's judgements of them, the
+    handoff (its reason, "" none), the person's replies, and the rating."""
 
     intent: str
     persona: str
@@ -75,14 +106,21 @@ class ChatResult:
     replies: list[str] = field(default_factory=list)
     judgements: list[TurnJudgement] = field(default_factory=list)
     reasks: int = 0
+    forwarded: int = 0  # messages sent while a person had the chat: no bot reply
+    handoff: str = ""  # why the bot handed the chat off (or said nobody is available); "" never
+    asked_person: int = 0  # requests for a person the customer sent
+    unheeded: int = 0  # of those, the ones the bot answered itself instead of handing off
+    agent_replies: list[str] = field(default_factory=list)
+    agent_judgements: list[TurnJudgement] = field(default_factory=list)
     rubric: float = float("nan")
     rating: int | None = None
     error: str = ""
 
 
 def make_customers(company: Company, n: int, config: CustomerConfig, seed: int = 0) -> list[Customer]:
-    """``n`` customers: intents in turn (balanced), personas by weight, phrasings at random."""
-    rng = random.Random(seed)
+    """``n`` customers: intents in turn (balanced), personas by weight, phrasings at random. Who asks for
+    a person, and how, is drawn from a generator of its own, so the other draws stay those of the seed."""
+    rng, asking = random.Random(seed), random.Random(f"person:{seed}")
     weights = [p.weight for p in company.personas]
     customers = []
     for index in range(n):
@@ -95,7 +133,9 @@ def make_customers(company: Company, n: int, config: CustomerConfig, seed: int =
             if rng.random() < config.follow_up_share else None
         sigma = persona.rating_noise if config.rating_noise is None else config.rating_noise
         customers.append(Customer(intent, persona, opening, reask, follow_up,
-                                  rates=rng.random() >= config.leave_share, noise=rng.gauss(0.0, sigma)))
+                                  rates=rng.random() >= config.leave_share, noise=rng.gauss(0.0, sigma),
+                                  asks_person=asking.random() < config.ask_person_share,
+                                  person_request=persona.phrase(asking.choice(PERSON_REQUESTS), asking)))
     return customers
 
 
@@ -118,31 +158,97 @@ class SimulatedCustomer:
         self.config = config
 
     def chat(self, customer: Customer) -> ChatResult:
-        """Open, ask (again if unanswered), maybe follow up, end, and maybe rate; errors are recorded."""
+        """Open, ask (again, or for a person, if unanswered), maybe follow up, wait for the person who took
+        the chat, end, and maybe rate; errors are recorded."""
         result = ChatResult(customer.intent.name, customer.persona.name)
         try:
             started = self.client.start()
+            chat = _Chat(self, started.conversation_id, started.token, customer, result)
             result.conversation_id, result.adapter_version = started.conversation_id, started.adapter_version
-            if not self._ask(started.conversation_id, started.token, customer.opening, customer.intent, False, result):
-                result.reasks += 1
-                self._ask(started.conversation_id, started.token, customer.reask, customer.intent, False, result)
-            if customer.follow_up is not None:
-                self._ask(started.conversation_id, started.token, customer.follow_up, customer.intent, True, result)
+            judgement = chat.ask(customer.opening)
+            if judgement is not None and chat.open and not answered(judgement):
+                if customer.asks_person and (judgement.wrong_facts or judgement.off_topic):
+                    chat.ask_person()
+                else:
+                    result.reasks += 1
+                    judgement = chat.ask(customer.reask)
+                    if judgement is not None and chat.open and not answered(judgement) and customer.asks_person:
+                        chat.ask_person()
+            if customer.follow_up is not None and chat.open:
+                chat.follow_up = True
+                chat.ask(customer.follow_up)
+            if chat.with_person:
+                chat.wait_for_person()
             self.client.end(started.conversation_id, started.token)
-            result.rubric = conversation_score(result.judgements, result.reasks, self.config.weights)
+            asked_again = result.reasks + result.asked_person
+            result.rubric = conversation_score(result.judgements, asked_again, self.config.weights)
             if customer.rates:
-                view = conversation_score(result.judgements, result.reasks, self.config.weights,
-                                          customer.persona.patience, customer.persona.flattery_bias)
+                view = conversation_score(result.judgements + result.agent_judgements, asked_again,
+                                          self.config.weights, customer.persona.patience,
+                                          customer.persona.flattery_bias)
                 result.rating = stars(view, customer.noise)
                 self.client.rate(started.conversation_id, started.token, result.rating)
         except (ChatAPIError, requests.RequestException) as exc:
             result.error = str(exc)
         return result
 
-    def _ask(self, conv_id: str, token: str, text: str, intent: Intent, follow_up: bool,
-             result: ChatResult) -> bool:
-        reply = self.client.send(conv_id, token, text)
-        judgement = judge_reply(self.company, intent, reply.text, follow_up)
-        result.replies.append(reply.text)
-        result.judgements.append(judgement)
-        return answered(judgement)
+
+@dataclass
+class _Chat:
+    """One conversation in progress: what the customer sent last and where the chat stands."""
+
+    player: SimulatedCustomer
+    conv_id: str
+    token: str
+    customer: Customer
+    result: ChatResult
+    follow_up: bool = False  # the pending question is the intent's follow-up
+    last_index: int = -1
+    status: str = "open"
+
+    @property
+    def open(self) -> bool:
+        """Whether the bot still answers: it has neither handed the chat off nor said nobody is available."""
+        return self.status == "open" and not self.result.handoff
+
+    @property
+    def with_person(self) -> bool:
+        return self.status == WITH_A_PERSON
+
+    def ask(self, text: str) -> TurnJudgement | None:
+        """Send ``text``; the judgement of the bot's answer, or None when there is none to judge (a person
+        has the chat, or the reply was a handoff notice)."""
+        reply = self.player.client.send(self.conv_id, self.token, text)
+        self.last_index = reply.turn_index
+        if isinstance(reply, Forwarded):
+            self.result.forwarded += 1
+            self.status = reply.status
+            return None
+        self.status = reply.status
+        self.result.handoff = self.result.handoff or reply.handoff
+        if reply.source == "handoff" or self.with_person:
+            return None
+        judgement = judge_reply(self.player.company, self.customer.intent, reply.text, self.follow_up)
+        self.result.replies.append(reply.text)
+        self.result.judgements.append(judgement)
+        return judgement
+
+    def ask_person(self) -> None:
+        """Ask for a person in the customer's words; a reply that is no handoff leaves the request unheeded."""
+        self.result.asked_person += 1
+        handed_off = self.result.handoff
+        self.ask(self.customer.person_request)
+        if self.result.handoff == handed_off:
+            self.result.unheeded += 1
+
+    def wait_for_person(self) -> None:
+        """Follow the chat's live stream until the person ends it (or hands it back), at most ``agent_wait_s``;
+        judge each of their replies against the pending question."""
+        for event, data in self.player.client.follow(self.conv_id, self.token, self.last_index,
+                                                     self.player.config.agent_wait_s):
+            if event == "turn" and data["role"] == "agent":
+                self.result.agent_replies.append(data["text"])
+                self.result.agent_judgements.append(
+                    judge_reply(self.player.company, self.customer.intent, data["text"], self.follow_up))
+            elif event == "status" and data["status"] in ("open", "ended"):
+                return

@@ -15,10 +15,10 @@ import pytest
 from feedback_store import FeedbackStore
 from feedback_store.records import BotTurn
 from loopdesk.config import load_settings
-from sim.client import ExpertAPI
+from sim.client import ChatClient, ExpertAPI, Forwarded
 from sim.company import load_company
 from sim.corpus import STYLES, render_reply
-from sim.customers import ChatResult, Customer, CustomerConfig, make_customers, stars
+from sim.customers import ChatResult, Customer, CustomerConfig, SimulatedCustomer, make_customers, stars
 from sim.experts import SimulatedExpert, audited, review_transcript
 from sim.oracle import create_oracle_app
 from sim.rubric import conversation_score, judge_reply
@@ -39,7 +39,7 @@ def bot(data_dir: Path, base_model_dir: Path):
 
 # ---- customers over HTTP ----------------------------------------------------------------
 
-CHATS = CustomerConfig(leave_share=0.5, follow_up_share=1.0)
+CHATS = CustomerConfig(leave_share=0.5, follow_up_share=1.0, ask_person_share=0.0)  # asking: test_sim_agent.py
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +74,35 @@ def test_customer_reads_json_replies_when_not_streaming(bot):
                              seed=5, progress=False)
     assert not result.error and result.replies
     assert store.conversations.get(result.conversation_id).csat == result.rating
+
+
+def test_messages_to_a_chat_with_a_person_are_forwarded_and_a_handed_off_customer_waits_for_one(bot):
+    url, store = bot
+    person = "Could I speak with a real human please?"
+    store.handoffs.set_presence("abe", "online")
+    try:
+        for stream in (True, False):
+            client = ChatClient(url, stream=stream)
+            started = client.start()
+            notice = client.send(started.conversation_id, started.token, person)
+            assert (notice.source, notice.status) == ("handoff", "waiting_for_agent"), stream
+            forwarded = client.send(started.conversation_id, started.token, "Hello? Is anyone there?")
+            assert forwarded == Forwarded(notice.turn_index + 1, "waiting_for_agent"), stream
+            client.close()
+        customer = Customer(COMPANY.intents[0], COMPANY.personas[0], opening=person, reask="A person, please.",
+                            follow_up="And my refund?", rates=True, noise=0.0)
+        waited = time.monotonic()
+        result = SimulatedCustomer(COMPANY, ChatClient(url), CustomerConfig(agent_wait_s=1.0)).chat(customer)
+        waited = time.monotonic() - waited
+    finally:
+        store.handoffs.set_presence("abe", "away")
+    # handed to a person, the customer asks nothing more and waits; nobody answers, so it ends the chat and rates
+    assert not result.error and (result.handoff, result.reasks, result.forwarded) == ("customer_asked", 0, 0)
+    assert result.replies == result.agent_replies == [] and 1.0 <= waited < 10
+    turns = store.conversations.turns(result.conversation_id)
+    assert [t.role for t in turns] == ["user", "assistant"]
+    conv = store.conversations.get(result.conversation_id)
+    assert conv.status == "ended" and conv.csat == result.rating == 1  # no answer at all
 
 
 def test_oracle_customers_find_every_answer_and_rate_high():

@@ -83,9 +83,10 @@
   }
 
   function renderTurn(turn) {
-    var isBot = turn.role === "assistant";
-    var who = isBot ? "Bot · " + turn.adapter_version : "Customer";
-    var item = el("li", {className: "cn-turn " + (isBot ? "cn-bot" : "cn-user"), "data-index": turn.index}, [
+    var isBot = turn.role === "assistant", isAgent = turn.role === "agent";
+    var who = isBot ? "Bot · " + turn.adapter_version : isAgent ? "Agent " + turn.agent_name : "Customer";
+    var item = el("li", {className: "cn-turn " + (isBot ? "cn-bot" : isAgent ? "cn-agent" : "cn-user"),
+      "data-index": turn.index}, [
       el("div", {className: "cn-who-line", text: who + " · turn " + turn.index}),
       el("p", {className: "cn-text", text: turn.text}),
     ]);
@@ -105,6 +106,10 @@
     if (turn.source === "fallback") {
       return el("p", {className: "cn-grounding"}, [el("span", {className: "cn-badge cn-fallback", text: "fallback"}),
         el("span", {text: " No help article fitted: the bot declined without generating (never a training sample)."})]);
+    }
+    if (turn.source === "handoff") {
+      return el("p", {className: "cn-grounding"}, [el("span", {className: "cn-badge cn-fallback", text: "handoff"}),
+        el("span", {text: " The bot's notice of a handoff to a person (never a training sample)."})]);
     }
     var line = el("p", {className: "cn-grounding"}, [el("span", {text: turn.articles.length ? "Saw: " : "Saw no help article."})]);
     turn.articles.forEach(function (a, i) {

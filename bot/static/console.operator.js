@@ -1,5 +1,5 @@
-/* Operator console: adapters (promote / canary / roll back, canary share), CSAT per version,
-   "train now", schedules with cron preview, runs with live progress charts. */
+/* Operator console: adapters (promote / canary / roll back, canary share), CSAT per version, handoff and
+   resolution rates per version, "train now", schedules with cron preview, runs with live progress charts. */
 "use strict";
 (function () {
   var C = LoopConsole, el = C.el;
@@ -120,6 +120,27 @@
   document.getElementById("csat-bucket").addEventListener("change", function () { loadCsat().catch(report); });
   document.getElementById("csat-days").addEventListener("change", function () { loadCsat().catch(report); });
 
+  // ---- handoffs per version ------------------------------------------------------------
+  function rateText(rate) {
+    if (rate.rate === null) return "—";
+    return (100 * rate.rate).toFixed(1) + "% (" + (100 * rate.lo).toFixed(1) + "–" + (100 * rate.hi).toFixed(1) +
+      "%) n=" + rate.n;
+  }
+
+  function loadHandoffs() {
+    var days = document.getElementById("csat-days").value || 14;
+    return C.api("GET", "/api/operator/handoffs?days=" + days).then(function (data) {
+      var body = document.querySelector("#handoffs tbody");
+      body.replaceChildren.apply(body, Object.keys(data.versions).map(function (version) {
+        var v = data.versions[version];
+        return el("tr", {}, [el("td", {text: version}), el("td", {text: String(v.conversations)}),
+          el("td", {text: rateText(v.handoff_rate)}), el("td", {text: rateText(v.resolution_rate)}),
+          el("td", {text: csatText(v.csat_bot_only)}), el("td", {text: csatText(v.csat_handed_off)})]);
+      }));
+    });
+  }
+  document.getElementById("csat-days").addEventListener("change", function () { loadHandoffs().catch(report); });
+
   // ---- training and schedules ---------------------------------------------------------
   document.getElementById("train-now").addEventListener("click", function () {
     act(C.api("POST", "/api/operator/train"), function (queued) {
@@ -237,7 +258,7 @@
   }
 
   function refresh() {
-    return Promise.all([loadAdapters(), loadRuns()]).catch(report);
+    return Promise.all([loadAdapters(), loadRuns(), loadHandoffs()]).catch(report);
   }
 
   Promise.all([refresh(), loadSchedules(), loadCsat()]).catch(report);

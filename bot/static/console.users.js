@@ -97,7 +97,8 @@
     event.preventDefault();
     var field = function (name) { return addForm.elements.namedItem(name); };
     var status = document.getElementById("add-status");
-    var body = {name: field("name").value.trim(), role: field("role").value, password: field("password").value};
+    var body = {name: field("name").value.trim(), role: field("role").value, password: field("password").value,
+      display_name: field("display_name").value.trim()};
     errorBox.hidden = true;
     C.api("POST", API, body).then(function (user) {
       status.textContent = "Added " + user.role + " " + user.name + ".";

@@ -1,6 +1,9 @@
 /* loopdesk chat widget: one <script src=".../static/widget.js" data-bot-url data-title data-color
    data-idle-timeout> tag adds a chat bubble, streams the bot's replies (server-sent events read from
-   the fetch body) and asks for a 1-5 rating when the chat ends or goes idle.
+   the fetch body) and asks for a 1-5 rating when the chat ends or goes idle. "Talk to a person" (or
+   the bot itself) hands the chat to the team: the widget then shows the status and the agents'
+   replies live (an SSE stream read with fetch, so the token goes in the Authorization header), or,
+   when nobody is available, when the team is back and a form to leave an email address.
    Everything typed or received is rendered with textContent, never as HTML. */
 (function () {
   "use strict";
@@ -15,11 +18,13 @@
   var idleMs = Math.max(5, Number(script.dataset.idleTimeout) || 120) * 1000;
   var storageKey = "loopdesk:" + botUrl;
   var RATINGS = ["very poor", "poor", "okay", "good", "great"];
+  var WITH_A_PERSON = { waiting_for_agent: true, with_agent: true };
 
   var state = load();
   var busy = false;
   var idleTimer = null;
   var historyShown = false;
+  var following = null;  /* the AbortController of the live stream while the chat is with a person */
 
   function load() {
     try { return JSON.parse(sessionStorage.getItem(storageKey)) || {}; } catch (e) { return {}; }
@@ -74,6 +79,14 @@
   });
   var sendButton = el("button", { type: "submit", class: "ld-send", text: "Send" });
   var composer = el("form", { class: "ld-composer", "aria-label": "Send a message" }, [input, sendButton]);
+  var personButton = el("button", { type: "button", class: "ld-person", text: "Talk to a person" });
+  var notice = el("p", { class: "ld-notice", "aria-live": "polite", hidden: true });
+  var email = el("input", { id: "ld-email", class: "ld-input", type: "email", maxlength: "254", required: "",
+    autocomplete: "email" });
+  var contact = el("form", { class: "ld-contact", "aria-label": "Leave your email address", hidden: true }, [
+    el("label", { for: "ld-email", text: "Your email address" }), email,
+    el("button", { type: "submit", class: "ld-send", text: "Send address" })
+  ]);
 
   var stars = el("div", { class: "ld-stars" });
   RATINGS.forEach(function (words, i) {
@@ -99,16 +112,18 @@
     id: "ld-panel", class: "ld-panel", role: "dialog", "aria-labelledby": "ld-title", hidden: true
   }, [
     el("header", { class: "ld-header" }, [el("h2", { id: "ld-title", text: title }), endButton, closeButton]),
-    log, typing, status, composer, survey, thanks
+    log, typing, notice, contact, status, personButton, composer, survey, thanks
   ]);
   var root = el("div", { class: "ld-root" }, [panel, launcher]);
   root.style.setProperty("--ld-color", color);
   document.body.appendChild(root);
 
   /* ---- showing things ---- */
-  function addMessage(role, text) {
+  function addMessage(role, text, agentName) {
+    var who = role === "user" ? "You: " : role === "agent" ? "" : "Assistant: ";
     var bubble = el("div", { class: "ld-msg ld-" + role }, [
-      el("span", { class: "ld-sr-only", text: role === "user" ? "You: " : "Assistant: " }),
+      role === "agent" ? el("span", { class: "ld-name", text: agentName + " (our team)" })
+        : el("span", { class: "ld-sr-only", text: who }),
       el("span", { class: "ld-text", text: text })
     ]);
     log.appendChild(bubble);
@@ -120,6 +135,8 @@
   function refreshControls() {
     var ended = !!state.ended;
     composer.hidden = ended;
+    personButton.hidden = ended || !!WITH_A_PERSON[state.status];
+    personButton.disabled = busy;
     survey.hidden = !ended || !!state.rated;
     thanks.hidden = !state.rated;
     endButton.disabled = !state.id || ended;
@@ -158,12 +175,76 @@
     historyShown = true;
     if (!state.id) return;
     call("/" + state.id, "GET").then(function (conv) {
-      conv.turns.forEach(function (turn) { addMessage(turn.role === "user" ? "user" : "bot", turn.text); });
-      state.ended = conv.status === "ended";
+      conv.turns.forEach(function (turn) {
+        addMessage(turn.role === "assistant" ? "bot" : turn.role, turn.text, turn.agent_name);
+        state.seen = turn.index;
+      });
       state.rated = conv.csat !== null;
-      save();
-      refreshControls();
+      showHandoff(conv.status, conv.handoff);
     }).catch(function () { state = {}; save(); refreshControls(); });
+  }
+
+  /* ---- a person instead of the bot ---- */
+  function showHandoff(status, handoff) {
+    var was = state.status;
+    state.status = status;
+    state.ended = status === "ended";
+    state.handoff = handoff;
+    save();
+    var offline = status === "open" && handoff && !handoff.available;
+    notice.hidden = !WITH_A_PERSON[status] && !offline && !(was === "with_agent" && status === "open");
+    if (status === "waiting_for_agent") notice.textContent = "Waiting for a person… You can keep writing: they will read it here.";
+    else if (status === "with_agent") notice.textContent = "You are chatting with " + handoff.agent_name + " from our team.";
+    else if (offline) {
+      notice.textContent = "Nobody from our team is available right now" + (handoff.back ? "; they are back " + handoff.back : "") +
+        ". " + (handoff.contact_email ? "They will reply to " + handoff.contact_email + "." :
+        "Leave your email address and they will reply by email.");
+    } else if (!notice.hidden) notice.textContent = "You are back with our assistant.";
+    contact.hidden = !offline || !!handoff.contact_email;
+    refreshControls();
+    resetIdle();
+    if (WITH_A_PERSON[status]) follow(); else if (following) { following.abort(); following = null; }
+  }
+
+  /* Agents' replies and status changes as they happen; reconnects while the chat is with a person. */
+  function follow() {
+    if (following) return;
+    var controller = new AbortController();
+    following = controller;
+    fetch(api + "/" + state.id + "/events?after=" + (state.seen === undefined ? -1 : state.seen), {
+      headers: { "Accept": "text/event-stream", "Authorization": "Bearer " + state.token }, signal: controller.signal
+    }).then(function (res) {
+      if (res.status === 404) {  /* erased (or past its retention period): nothing left to follow */
+        state = {};
+        save();
+        notice.hidden = true;
+        refreshControls();
+        showStatus("This conversation is no longer stored.");
+        return null;
+      }
+      if (!res.ok) throw new Error("the live connection was refused (" + res.status + ")");
+      return readEvents(res, function (event, data) {
+        if (event === "turn" && data.index > (state.seen === undefined ? -1 : state.seen)) {
+          addMessage("agent", data.text, data.agent_name);
+          state.seen = data.index;
+          save();
+        } else if (event === "status") showHandoff(data.status, data.handoff || state.handoff);
+      }).then(function () { return 300; });
+    }).catch(function () { return controller.signal.aborted ? null : 2000; })
+      .then(function (retryMs) {
+        if (following === controller) following = null;
+        if (retryMs !== null && !controller.signal.aborted && WITH_A_PERSON[state.status]) setTimeout(follow, retryMs);
+      });
+  }
+
+  function askForPerson() {
+    busy = true;
+    refreshControls();
+    showStatus("");
+    ensureConversation().then(function () { return call("/" + state.id + "/handoff", "POST"); }).then(function (data) {
+      if (data.notice) { addMessage("bot", data.notice.text); state.seen = data.notice.index; }
+      showHandoff(data.status, data.handoff);
+    }).catch(function (err) { showStatus(err.message); }).then(function () { busy = false; refreshControls(); });
   }
 
   function ensureConversation() {
@@ -205,7 +286,7 @@
     refreshControls();
     showStatus("");
     addMessage("user", text);
-    setTyping(true);
+    setTyping(!WITH_A_PERSON[state.status]);
     var reply = null;
     ensureConversation().then(function () {
       return fetch(api + "/" + state.id + "/messages", {
@@ -220,12 +301,17 @@
           throw new Error((data.error && data.error.message) || "the message could not be sent (" + res.status + ")");
         });
       }
+      if (res.status === 202) return res.json().then(function (queued) { showHandoff(queued.status, state.handoff); });
       return readEvents(res, function (event, data) {
         if (event === "error") throw new Error(data.error.message);
         setTyping(false);
         if (!reply) reply = addMessage("bot", "");
         if (event === "delta") reply.textContent += data.text;
-        if (event === "done") reply.textContent = data.text;
+        if (event === "done") {
+          reply.textContent = data.text;
+          state.seen = data.turn_index;
+          if (data.handoff) showHandoff(data.status, data.handoff);
+        }
         log.scrollTop = log.scrollHeight;
       });
     }).catch(function (err) {
@@ -243,16 +329,14 @@
     if (!state.id || state.ended) return Promise.resolve();
     clearTimeout(idleTimer);
     return call("/" + state.id + "/end", "POST").then(function () {
-      state.ended = true;
-      save();
-      refreshControls();
+      showHandoff("ended", state.handoff);
       if (!panel.hidden) survey.querySelector("input").focus();
     }).catch(function (err) { showStatus(err.message); });
   }
 
   function resetIdle() {
     clearTimeout(idleTimer);
-    if (state.id && !state.ended) idleTimer = setTimeout(function () {
+    if (state.id && !state.ended && !WITH_A_PERSON[state.status]) idleTimer = setTimeout(function () {
       if (busy) return resetIdle();
       endChat().then(function () { if (panel.hidden) open(); });
     }, idleMs);
@@ -262,6 +346,15 @@
   launcher.addEventListener("click", function () { if (panel.hidden) open(); else close(); });
   closeButton.addEventListener("click", close);
   endButton.addEventListener("click", endChat);
+  personButton.addEventListener("click", askForPerson);
+  contact.addEventListener("submit", function (event) {
+    event.preventDefault();
+    call("/" + state.id + "/contact", "POST", { email: email.value.trim() }).then(function (data) {
+      state.handoff.contact_email = data.contact_email;
+      showHandoff(state.status, state.handoff);
+      notice.textContent = data.text;
+    }).catch(function (err) { showStatus(err.message); });
+  });
   panel.addEventListener("keydown", function (event) { if (event.key === "Escape") close(); });
   input.addEventListener("input", resetIdle);
   input.addEventListener("keydown", function (event) {
@@ -294,9 +387,12 @@
     }).catch(function (err) { showStatus(err.message); });
   });
   newChat.addEventListener("click", function () {
+    if (following) { following.abort(); following = null; }
     state = {};
     save();
     log.textContent = "";
+    notice.hidden = true;
+    contact.hidden = true;
     survey.reset();
     stars.querySelectorAll("label").forEach(function (label) { label.classList.remove("ld-on"); });
     refreshControls();
