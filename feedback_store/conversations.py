@@ -146,7 +146,7 @@ class Conversations:
         self._end(
             [self._keys.conversation(conv_id), self._keys.queue()],
             [hash_token(token) if token is not None else "", time.time(),
-             self._keys.queue_by_adapter("")],
+             self._keys.queue_by_adapter_prefix()],
         )
         return self.get(conv_id)
 

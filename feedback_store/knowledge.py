@@ -18,6 +18,7 @@ import redis
 from pydantic import ValidationError
 
 from feedback_store.errors import ConflictError, NotFoundError, ValidationFailed
+from feedback_store.ids import MAX_INDEX
 from feedback_store.keys import Keys
 from feedback_store.lua import Script
 from feedback_store.records import Article
@@ -109,12 +110,14 @@ class Knowledge:
 
     def get_version(self, article_id: str, version: int) -> Article:
         """One earlier (or the current) version of the article."""
-        raw = self._r.lindex(self._keys.kb_versions(article_id), version - 1) if version >= 1 else None
+        key = self._keys.kb_versions(article_id)
+        raw = self._r.lindex(key, version - 1) if 1 <= version <= MAX_INDEX else None
         if raw is None:
-            count = self._r.llen(self._keys.kb_versions(article_id))
+            count = self._r.llen(key)
             if not count:
                 raise NotFoundError(f"no knowledge article {article_id!r}")
-            raise NotFoundError(f"article {article_id!r} has versions 1 to {count}; there is no version {version}")
+            shown = version if version <= MAX_INDEX else f"above {MAX_INDEX}"
+            raise NotFoundError(f"article {article_id!r} has versions 1 to {count}; there is no version {shown}")
         return Article.model_validate_json(raw)
 
     def history(self, article_id: str) -> list[Article]:

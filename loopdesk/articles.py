@@ -22,7 +22,7 @@ TAG_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 def checked_tags(tags: list[str], example: str) -> list[str]:
     """The tags sorted without repeats, or a ValueError naming the bad ones (``example`` shows a good one)."""
-    bad = [t for t in tags if not TAG_PATTERN.match(t)]
+    bad = [t for t in tags if not TAG_PATTERN.fullmatch(t)]
     if bad:
         raise ValueError(f"tags must be lowercase words like {example!r}, got {bad}")
     return sorted(set(tags))
@@ -46,7 +46,7 @@ class ArticleDraft(BaseModel):
     @field_validator("id", mode="before")
     @classmethod
     def _id(cls, article_id: Any) -> Any:
-        if isinstance(article_id, str) and not re.match(ARTICLE_ID_PATTERN, article_id):
+        if isinstance(article_id, str) and not re.fullmatch(ARTICLE_ID_PATTERN, article_id):
             raise ValueError("an article id is lowercase letters, digits and '-' (at most 64, "
                              f"starting with a letter or digit) like 'refunds', got {article_id!r}")
         return article_id
