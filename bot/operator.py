@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, render_template, request
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from bot.sessions import console_operation, current_user, guard
 from bot.charts import BUCKETS, compare_metrics, csat_by_version
@@ -19,10 +19,9 @@ from bot.errors import ApiError
 from bot.schemas import Body
 from bot.services import services
 from bot.validation import parse_body
-from feedback_store.errors import ValidationFailed
 from feedback_store.rating_weights import WeightRule
 from feedback_store.records import AdapterVersion, Conversation, Schedule, TrainingRun
-from feedback_store.schedules import next_runs
+from feedback_store.schedules import HORIZON_YEARS, check_cron, next_runs
 
 bp = Blueprint("operator", __name__)
 bp.before_request(guard("operator"))
@@ -55,7 +54,11 @@ class ShareIn(Body):
 
 
 def _schedule(schedule: Schedule) -> dict[str, Any]:
-    return {**schedule.model_dump(), "next_runs": [t.isoformat() for t in next_runs(schedule.cron, 3)]}
+    """A schedule with its next three runs, and a ``problem`` when it never fires (stored before that was
+    refused)."""
+    runs = [t.isoformat() for t in next_runs(schedule.cron, 3)]
+    problem = None if runs else f"never fires within {HORIZON_YEARS} years: delete it and add a valid one"
+    return {**schedule.model_dump(), "next_runs": runs, "problem": problem}
 
 
 def _run(run: TrainingRun) -> dict[str, Any]:
@@ -72,24 +75,22 @@ def console() -> str:
 
 @bp.get("/api/operator/schedules")
 def schedules() -> Response:
-    """Every schedule with its next three run times (UTC)."""
-    return jsonify(schedules=[_schedule(s) for s in services().store.schedules.list()])
+    """Every schedule with its next three run times (UTC), and the stored ones that cannot be read."""
+    schedules, unreadable = services().store.schedules.read_all()
+    return jsonify(schedules=[_schedule(s) for s in schedules],
+                   unreadable=[{"id": i, "problem": problem} for i, problem in unreadable.items()])
 
 
 @bp.get("/api/operator/cron-preview")
 def cron_preview() -> Response:
     """Check a cron expression as it is typed: its next three run times, or why it is invalid."""
-    cron = request.args.get("cron", "").strip()
-    try:
-        checked = Schedule(id="preview", cron=cron, created_at=time.time()).cron
-    except ValidationError as exc:
-        raise ValidationFailed(f"cron {cron!r}: " + exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+    checked = check_cron(request.args.get("cron", ""))
     return jsonify(cron=checked, next_runs=[t.isoformat() for t in next_runs(checked, 3)])
 
 
 @bp.post("/api/operator/schedules")
 def add_schedule() -> tuple[Response, int]:
-    """Add a schedule; an invalid cron expression is refused with 422."""
+    """Add a schedule; a cron expression that is malformed or never fires is refused with 422."""
     body = parse_body(ScheduleIn)
     return jsonify(_schedule(services().store.schedules.add(body.cron, body.enabled))), 201
 
