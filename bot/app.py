@@ -14,7 +14,7 @@ from flask import Flask, request
 from flask_limiter import Limiter
 
 from bot import (admin, auth, chat, errors, expert, headers, help_centre, knowledge_console, observability, openapi,
-                 operator, raters, sessions, widget)
+                 operator, raters, sessions, validation, widget)
 from bot.runtime.knowledge import LiveKnowledge
 from bot.services import EXTENSION, Services
 from feedback_store import FeedbackStore
@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None, engine=None, store: FeedbackSto
                                          metrics=observability.Metrics(store, engine), knowledge=knowledge)
     observability.init_app(app)
     errors.init_app(app)
+    validation.init_app(app)
     sessions.init_app(app, settings)
     raters.init_app(app, settings)
     auth.init_app(app, settings)

@@ -144,7 +144,7 @@ def conversation(conv_id: str) -> Response:
                    turns=turns)
 
 
-@bp.post("/api/expert/conversations/<conv_id>/turns/<int:index>/annotations")
+@bp.post("/api/expert/conversations/<conv_id>/turns/<index:index>/annotations")
 def annotate(conv_id: str, index: int) -> tuple[Response, int]:
     """Store (or replace) the signed-in expert's annotation of bot turn ``index``."""
     body = parse_body(AnnotationIn)

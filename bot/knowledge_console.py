@@ -161,7 +161,7 @@ def history(article_id: str) -> Response:
     return jsonify(versions=[_summary(a) for a in reversed(services().store.knowledge.history(article_id))])
 
 
-@bp.get("/api/kb/articles/<article_id>/versions/<int:version>")
+@bp.get("/api/kb/articles/<article_id>/versions/<index:version>")
 def version(article_id: str, version: int) -> Response:
     """One version of the article with its body, rendered too (what a bot turn saw)."""
     return jsonify(_full(services().store.knowledge.get_version(article_id, version)))

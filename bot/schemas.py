@@ -8,9 +8,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class Body(BaseModel):
-    """Request bodies: unknown fields are errors, so typos are reported, not ignored."""
+    """Request bodies: unknown fields are errors, so typos are reported, not ignored; types are strict, so
+    ``true`` is no score, ``"5"`` no number and ``1.5`` no whole number (a whole number is a fine float)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class StartIn(Body):

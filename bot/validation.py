@@ -1,23 +1,53 @@
-"""Reading requests at the edge: strict UTF-8, JSON, pydantic bodies and the bearer token."""
+"""Reading requests at the edge: strict UTF-8, JSON of a bounded depth, strict pydantic bodies, the
+bearer token, and path parameters checked before they reach the store."""
 
 from __future__ import annotations
 
 import json
+import re
+from itertools import accumulate
 from typing import TypeVar
 
-from flask import request
+from flask import Flask, request
 from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import NotFound
+from werkzeug.routing import BaseConverter
 
 from bot.errors import ApiError
+from feedback_store import ids
 
 M = TypeVar("M", bound=BaseModel)
+
+MAX_JSON_DEPTH = 20
+"""The deepest nesting of arrays and objects a request body may have (ours need three levels)."""
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*+"?', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]")
+
+PATH_IDS: dict[str, ids.IdKind] = {
+    "conv_id": ids.CONVERSATION,
+    "article_id": ids.ARTICLE,
+    "version": ids.ADAPTER_VERSION,
+    "run_id": ids.RUN,
+    "schedule_id": ids.SCHEDULE,
+    "name": ids.USER,
+}
+"""The kind of id each string path parameter of the API holds (an ``index`` path part is a number)."""
+
+
+def json_depth(text: str) -> int:
+    """How deeply the arrays and objects of a JSON text nest, found without parsing it, in linear time
+    (strings are skipped, so brackets inside them do not count)."""
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    return max(accumulate(1 if c in "[{" else -1 for c in brackets), default=0)
 
 
 def parse_body(model: type[M], optional: bool = False) -> M:
     """The request body as ``model``; an empty body is ``model()`` when ``optional``.
 
     Raises:
-        ApiError: 400 for bad UTF-8 or JSON, 415 for a non-JSON type, 422 for wrong fields.
+        ApiError: 400 for bad UTF-8, bad JSON or nesting deeper than ``MAX_JSON_DEPTH``, 415 for a
+            non-JSON type, 422 for wrong fields or types (request bodies are strict: ``"5"`` is no int).
         RequestEntityTooLarge: the body exceeds MAX_CONTENT_LENGTH (checked before reading).
     """
     raw = request.get_data(cache=False)
@@ -29,6 +59,10 @@ def parse_body(model: type[M], optional: bool = False) -> M:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ApiError(400, "bad_encoding", f"the body is not valid UTF-8 (byte {exc.start})") from None
+    depth = json_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        raise ApiError(400, "too_deep", f"the body nests arrays and objects {depth} levels deep; "
+                                        f"the most is {MAX_JSON_DEPTH}")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -52,3 +86,36 @@ def bearer_token() -> str:
         raise ApiError(401, "missing_token",
                        "send the conversation token as 'Authorization: Bearer <token>'")
     return token.strip()
+
+
+class IndexConverter(BaseConverter):
+    """A number in a path (a turn index, an article's version): digits up to ``ids.MAX_INDEX``; a bigger
+    one is a 404 that says so (werkzeug's ``int`` would hand it on, or fail on thousands of digits)."""
+
+    regex = r"\d+"
+
+    def to_python(self, value: str) -> int:
+        if len(value) > len(str(ids.MAX_INDEX)) or int(value) > ids.MAX_INDEX:
+            shown = value if len(value) <= 20 else value[:20] + "…"
+            raise NotFound(f"nothing is numbered {shown}: numbers in paths run from 0 to {ids.MAX_INDEX}")
+        return int(value)
+
+    def to_url(self, value: int) -> str:
+        return str(int(value))
+
+
+def check_path_ids(endpoint: str | None, values: dict | None) -> None:
+    """Refuse an API path whose id could not name anything (a 404 saying what such an id looks like),
+    before any guard, limiter key or store call sees it."""
+    if not values or not request.path.startswith("/api/"):
+        return
+    for name, value in values.items():
+        kind = PATH_IDS.get(name)
+        if kind is not None and isinstance(value, str) and not kind.valid(value):
+            raise ApiError(404, "not_found", kind.problem(value))
+
+
+def init_app(app: Flask) -> None:
+    """The ``index`` path converter and the path id check (before the blueprints' routes are added)."""
+    app.url_map.converters["index"] = IndexConverter
+    app.url_value_preprocessor(check_path_ids)
