@@ -59,9 +59,12 @@ def limit_logins(app: Flask, limiter: Limiter, settings: Settings) -> None:
 
 
 def _safe_next(target: str | None, user: User) -> str:
-    """Only same-site paths are followed after login."""
+    """Where sign-in goes on: ``target`` if it is a path of this site (its fragment kept, e.g. the expert
+    console's ``#c=<id>``), else the role's console. No scheme, no host, no ``//`` or backslash, no space
+    or control character: browsers read ``/\\host`` and ``/<tab>/host`` as another site."""
     parts = urlsplit(target or "")
-    if target and target.startswith("/") and not target.startswith("//") and not parts.netloc:
+    if (target and target.startswith("/") and not target.startswith("//") and not parts.scheme
+            and not parts.netloc and not any(c == "\\" or ord(c) <= 0x20 or ord(c) == 0x7F for c in target)):
         return target
     return url_for(HOME[user.role])
 

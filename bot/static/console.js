@@ -74,3 +74,11 @@ var LoopConsole = (function () {
 
   return {el: el, api: api, formatTime: formatTime, confirmAction: confirmAction};
 })();
+
+/* The sign-in page: an address's fragment (the expert console's #c=<id>) never reaches the server, so
+   the form's next target gets it here; the server follows same-site paths only. */
+(function () {
+  var form = document.getElementById("sign-in");
+  var next = form && form.elements.namedItem("next");
+  if (next && next.value && location.hash && next.value.indexOf("#") < 0) next.value += location.hash;
+})();
