@@ -194,6 +194,13 @@ def transcript(conv_id: str) -> Response:
     ))
 
 
+@bp.delete("/<conv_id>")
+def erase(conv_id: str) -> Response:
+    """Erase the conversation and everything stored about it, for its token holder (idempotent: 204 again)."""
+    services().store.erasure.erase(conv_id, bearer_token())
+    return Response(status=204)
+
+
 SSE_DESCRIPTION = (
     "With 'Accept: text/event-stream' the reply streams as server-sent events: 'delta' events "
     "(data: Delta) while generating, then one 'done' (data: Reply) or 'error' (data: ErrorOut)."
@@ -217,7 +224,10 @@ def openapi_section() -> Section:
             *with_body, 429, 503, body=json_body(StartIn, required=False))},
         f"{base}/{{conv_id}}": {"get": operation(
             "The transcript, for the token holder", {"200": json_response(Transcript, "the turns so far")},
-            *common, security=token)},
+            *common, security=token), "delete": operation(
+            "Erase the conversation: its turns, rating, annotations, meta and every index entry (idempotent); "
+            "what stays is the record that it was erased, with the training runs that may have used it",
+            {"204": {"description": "erased now or before"}}, *common, security=token)},
         f"{base}/{{conv_id}}/messages": {"post": operation(
             "Send a message and get the bot's reply", reply, *with_body, *common, 409, 503,
             body=json_body(MessageIn), security=token)},

@@ -2,7 +2,7 @@
 
 feedback_store's typed errors carry their status; request problems raise ``ApiError``;
 werkzeug's HTTP errors (413 body too large, 429 rate limited, 404, 405) get the same shape, and
-a model runtime failure or an unreachable Redis is a 503.
+a model runtime failure, an unreachable Redis or a full one (``maxmemory`` reached) is a 503.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from bot.schemas import ErrorDetail, ErrorOut
 from feedback_store.errors import (
     AccountDisabledError,
     AccountLockedError,
+    STORE_FULL,
     STORE_UNREACHABLE,
     ConflictError,
     FeedbackStoreError,
@@ -64,6 +65,8 @@ def describe(exc: Exception) -> tuple[int, str, str]:
         return 503, "generation_failed", f"no reply could be generated: {exc}"
     if isinstance(exc, STORE_UNREACHABLE):
         return 503, "store_unavailable", "the feedback store cannot be reached right now; retry shortly"
+    if isinstance(exc, STORE_FULL):
+        return 503, "store_full", "the feedback store is full, so nothing was saved; retry later"
     if isinstance(exc, FeedbackStoreError):
         code = next((_STORE_CODES[k] for k in type(exc).__mro__ if k in _STORE_CODES), "refused")
         return exc.http_status, code, str(exc)
@@ -101,5 +104,5 @@ def _handle(exc: Exception) -> tuple[Response, int]:
 
 def init_app(app: Flask) -> None:
     """Register the JSON error handlers."""
-    for kind in (ApiError, FeedbackStoreError, GenerationError, HTTPException, *STORE_UNREACHABLE):
+    for kind in (ApiError, FeedbackStoreError, GenerationError, HTTPException, *STORE_UNREACHABLE, *STORE_FULL):
         app.register_error_handler(kind, _handle)

@@ -22,6 +22,7 @@ CORS_HEADERS = {
     "Access-Control-Max-Age": "600",
 }
 CHAT_API = "/api/conversations"
+CHAT_API_METHODS = "GET, POST, DELETE, OPTIONS"  # a customer may erase their conversation
 HELP_API = "/api/help"
 WIDGET_FILES = ("/static/widget.js", "/static/widget.css")
 
@@ -54,13 +55,15 @@ def init_app(app: Flask, settings: Settings) -> None:
         if not _cross_origin_allowed(request.path):
             return response
         origin = request.headers.get("Origin")
+        cors = CORS_HEADERS | ({"Access-Control-Allow-Methods": CHAT_API_METHODS}
+                               if request.path.startswith(CHAT_API) else {})
         if "*" in allowed:
             if origin:
-                response.headers.update({"Access-Control-Allow-Origin": "*", **CORS_HEADERS})
+                response.headers.update({"Access-Control-Allow-Origin": "*", **cors})
             return response
         response.vary.add("Origin")
         if origin in allowed:
-            response.headers.update({"Access-Control-Allow-Origin": origin, **CORS_HEADERS})
+            response.headers.update({"Access-Control-Allow-Origin": origin, **cors})
         return response
 
 

@@ -3,9 +3,10 @@
 Each app has its own Prometheus registry (tests build several apps in one process). Request
 counts and durations are labelled by endpoint (the Flask view, never the raw path, so the label
 set stays bounded); CSAT per adapter version (weighted as the canary decision weighs it, with the
-effective sample size and the plain mean beside it) and training runs by outcome are read from the
-store at scrape time over a bounded window. Every response carries an ``X-Request-ID``: the
-client's when it sent a sane one, else a fresh one; the JSON access log line names it too.
+effective sample size and the plain mean beside it), training runs by outcome and Redis's memory
+use against its ``maxmemory`` are read from the store at scrape time over a bounded window. Every
+response carries an ``X-Request-ID``: the client's when it sent a sane one, else a fresh one; the
+JSON access log line names it too. Every string a JSON log line holds is PII masked.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from bot.services import services
 from feedback_store import FeedbackStore
 from feedback_store.errors import RedisError
 from feedback_store.rating_weights import WeightRule, csat_stats, rating_weights
+from loopdesk.pii import mask_pii
 
 if TYPE_CHECKING:
     from bot.runtime import Engine, Generation
@@ -45,7 +47,7 @@ TOKENS_PER_S_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
 
 class StoreCollector:
-    """CSAT by adapter version (active and canary) and training runs by outcome, read at scrape."""
+    """CSAT by adapter version (active and canary), training runs by outcome and Redis's memory, read at scrape."""
 
     def __init__(self, store: FeedbackStore):
         self.store = store
@@ -56,7 +58,7 @@ class StoreCollector:
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("loopdesk_redis_up", "1 if the store answered this scrape, else 0")
         try:
-            families = [self._csat(), self._runs()]
+            families = [self._csat(), self._runs(), self._memory()]
         except RedisError:
             up.add_metric([], 0)
             yield up
@@ -65,6 +67,17 @@ class StoreCollector:
         yield up
         for family in families:
             yield from family
+
+    def _memory(self) -> list[Metric]:
+        used, limit = self.store.memory()
+        families = [GaugeMetricFamily("loopdesk_redis_memory_used_bytes", "bytes the Redis server uses", value=used),
+                    GaugeMetricFamily("loopdesk_redis_memory_max_bytes", "the Redis server's maxmemory (0: no limit)",
+                                      value=limit)]
+        if limit:
+            families.append(GaugeMetricFamily(
+                "loopdesk_redis_memory_used_ratio", "used memory / maxmemory: at 1 Redis refuses writes (noeviction) "
+                "and ratings, messages and annotations get 503; alert well before", value=used / limit))
+        return families
 
     def _csat(self) -> list[Metric]:
         labels = ["version", "role"]
@@ -229,17 +242,24 @@ def init_app(app: Flask) -> None:
     app.after_request(_finish)
 
 
+IDENTIFIER_FIELDS = frozenset({"request_id", "conversation_id", "adapter_version"})
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and any ``extra={"fields": {...}}``."""
+    """One JSON object per line: time, level, logger, message, and any ``extra={"fields": {...}}``; every
+    string in it PII masked (``loopdesk.pii.mask_pii``), exception texts included, except the identifier
+    fields (``IDENTIFIER_FIELDS``: ids the server made or checked, whose hex digits can look like a phone
+    number)."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
-            "level": record.levelname, "logger": record.name, "message": record.getMessage(),
+            "level": record.levelname, "logger": record.name, "message": mask_pii(record.getMessage()),
         }
-        entry.update(getattr(record, "fields", {}))
+        entry.update({k: v if k in IDENTIFIER_FIELDS else mask_pii(v)
+                      for k, v in getattr(record, "fields", {}).items()})
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = mask_pii(self.formatException(record.exc_info))
         return json.dumps(entry, default=str)
 
 

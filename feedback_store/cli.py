@@ -29,8 +29,10 @@ def status() -> None:
 
     store = FeedbackStore.from_settings(settings_or_exit())
     info = store.redis.info("persistence")
+    used, limit = store.memory()
     click.echo(f"ping ok; aof_enabled={info.get('aof_enabled')} "
-               f"watermark={store.feedback.watermark()} active_adapter={store.adapters.active()}")
+               f"watermark={store.feedback.watermark()} active_adapter={store.adapters.active()} "
+               f"used_memory={used} maxmemory={limit or 'none'}")
 
 
 @redis_group.command("stop")

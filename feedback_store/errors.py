@@ -7,12 +7,13 @@ so that no package but this one imports ``redis``.
 from __future__ import annotations
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["RedisError", "STORE_UNREACHABLE", "FeedbackStoreError", "ValidationFailed", "NotFoundError",
-           "ForbiddenError", "ConflictError", "RatingLockedError", "UnansweredError", "InvalidTransitionError",
-           "LockHeldError"]
+__all__ = ["RedisError", "STORE_UNREACHABLE", "STORE_FULL", "StoreFullError", "FeedbackStoreError",
+           "ValidationFailed", "NotFoundError", "ForbiddenError", "ConflictError", "RatingLockedError",
+           "UnansweredError", "InvalidTransitionError", "LockHeldError"]
 
 STORE_UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
 """The Redis failures that mean the store cannot be reached right now (retry later; HTTP 503)."""
@@ -22,6 +23,16 @@ class FeedbackStoreError(Exception):
     """Base class: a request to the store was refused; the message says why."""
 
     http_status = 400
+
+
+class StoreFullError(FeedbackStoreError):
+    """Redis reached its ``maxmemory`` and refused a write (policy ``noeviction``): nothing was written."""
+
+    http_status = 503
+
+
+STORE_FULL = (RedisOutOfMemoryError, StoreFullError)
+"""A write refused because Redis is full (a command's OOM, or a script's): HTTP 503, nothing half-written."""
 
 
 class ValidationFailed(FeedbackStoreError):

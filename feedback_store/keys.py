@@ -6,6 +6,7 @@ refused with ``ValidationFailed`` before it can name another key.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -45,6 +46,14 @@ class Keys:
     def conversations_by_adapter(self, version: str) -> str:
         return self._k("convs", "adapter", ADAPTER_VERSION.check(version))
 
+    def pruned(self) -> str:
+        """Conversation id → the numbers kept of a conversation with feedback after its retention period."""
+        return self._k("convs", "pruned")
+
+    def erased(self) -> str:
+        """Conversation id → the record that it was erased (no text), and which runs may have used it."""
+        return self._k("convs", "erased")
+
     # annotations and the expert queue
     def annotations(self, conv_id: str, turn_index: int) -> str:
         return self._k("ann", CONVERSATION.check(conv_id), check_index(turn_index))
@@ -68,6 +77,10 @@ class Keys:
     def tagged_prefix(self) -> str:
         """What Lua scripts put before a tag to find the conversations tagged with it."""
         return self._k("tag", "")
+
+    def tagged_pattern(self) -> str:
+        """A SCAN pattern that matches every tag set (and nothing else)."""
+        return re.sub(r"([*?\[\]\\])", r"\\\1", self._k("tag")) + ":*"
 
     # training data watermark
     def feedback_seq(self) -> str:

@@ -20,6 +20,7 @@ from feedback_store.errors import ValidationFailed
 from feedback_store.keys import Keys
 from feedback_store.lua import Script
 from feedback_store.records import Rating, RatingSource
+from loopdesk.pii import mask_pii
 
 _RATE = """
 -- KEYS: conv, turns, rating history, feedback seq, feedback log, queue, the rater's counted ratings
@@ -83,7 +84,7 @@ class Ratings:
 
     def rate(self, conv_id: str, token: str, score: int, comment: str = "",
              source: RatingSource | None = None) -> bool:
-        """Record or correct the conversation's rating; False when it repeats the stored one.
+        """Record or correct the conversation's rating (its comment PII masked); False when it repeats the stored one.
 
         ``source`` is where the rating came from (the chat API always says); None: unknown, and the
         conversation counts as its own client.
@@ -95,7 +96,7 @@ class Ratings:
             RatingLockedError: a different rating after the correction window.
         """
         try:
-            rating = Rating(score=score, comment=comment)
+            rating = Rating(score=score, comment=mask_pii(comment))
         except ValidationError as exc:
             err = exc.errors()[0]
             raise ValidationFailed(f"invalid rating {'.'.join(map(str, err['loc']))}: {err['msg']}") from None

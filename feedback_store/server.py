@@ -165,11 +165,11 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def ensure_embedded_redis(data_dir: Path, appendfsync: str = "always") -> str:
+def ensure_embedded_redis(data_dir: Path, appendfsync: str = "always", maxmemory: str = "0") -> str:
     """Start the embedded server unless it already runs; return its ``redis://`` URL (with the password).
 
     A restart after a crash reuses the previous port when it is free, so that clients with
-    retries reconnect to the same address.
+    retries reconnect to the same address. ``maxmemory`` (0: none) applies to a server started here.
     """
     directory = redis_dir(data_dir)
     port_file = directory / "redis.port"
@@ -193,6 +193,7 @@ def ensure_embedded_redis(data_dir: Path, appendfsync: str = "always") -> str:
             "--dir", str(directory),
             "--appendonly", "yes",
             "--appendfsync", appendfsync,
+            "--maxmemory", maxmemory, "--maxmemory-policy", "noeviction",
             "--save", "",
             "--daemonize", "yes",
             "--pidfile", str(directory / "redis.pid"),

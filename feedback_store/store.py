@@ -8,10 +8,12 @@ from feedback_store.adapters import Adapters
 from feedback_store.annotations import Annotations
 from feedback_store.connection import connect
 from feedback_store.conversations import Conversations
+from feedback_store.erasure import Erasure
 from feedback_store.feedback_export import FeedbackExport
 from feedback_store.keys import Keys
 from feedback_store.knowledge import Knowledge
 from feedback_store.ratings import Ratings
+from feedback_store.retention import Retention
 from feedback_store.runs import Runs
 from feedback_store.schedules import Schedules
 from feedback_store.training_queue import TrainingQueue
@@ -37,6 +39,8 @@ class FeedbackStore:
                                                      settings.login_lockout_window_s, settings.login_lockout_s))
         self.training = TrainingQueue(client, self.keys, self.runs)
         self.knowledge = Knowledge(client, self.keys)
+        self.erasure = Erasure(client, self.keys, self.runs)
+        self.retention = Retention(client, self.keys, self.erasure, self.runs, settings.retention_days)
 
     @classmethod
     def from_settings(cls, settings, announce: bool = True) -> "FeedbackStore":
@@ -45,3 +49,8 @@ class FeedbackStore:
 
     def ping(self) -> bool:
         return bool(self.redis.ping())
+
+    def memory(self) -> tuple[int, int]:
+        """(bytes Redis uses, its ``maxmemory``; 0: no limit)."""
+        info = self.redis.info("memory")
+        return int(info["used_memory"]), int(info.get("maxmemory", 0))

@@ -26,6 +26,7 @@ MOVED = {"LOOPDESK_ROLLOUT_STEPS": "LOOPDESK_ROUND_ROLLOUT_STEPS",
          "LOOPDESK_GATE_PASS_STATUS": "LOOPDESK_ROUND_GATE__PASS_STATUS"}
 SECRETS = ("secret_key", "client_hash_key")
 RATER_IDENTITIES = ("address", "conversation")
+MEMORY_SIZE = re.compile(r"\d+(?:[kmg]b?|b)?", re.IGNORECASE)  # as redis.conf spells sizes
 
 
 class SettingsError(ValueError):
@@ -48,6 +49,11 @@ class Settings:
             power loss).
         redis_pool_size (int, default 512): most Redis connections one process opens; a request
             that finds them all busy waits for one.
+        redis_maxmemory (str, default "0"): ``maxmemory`` of the embedded Redis, applied when it
+            starts (``512mb``, ``2gb``; ``loopdesk redis stop`` to restart it with a new one). Its
+            policy is ``noeviction``: a full Redis refuses writes (the API answers 503) instead of
+            silently dropping ratings. 0: no limit. ``/metrics`` shows the share in use
+            (``loopdesk_redis_memory_used_ratio``).
         key_prefix (str, default "loopdesk"): every Redis key starts with ``<prefix>:``.
         base_model (str, default ""): a local path or hub id of a causal LM; wins over the data
             directory's choice. Empty: the base ``loopdesk bootstrap`` chose (``--base NAME`` or
@@ -119,6 +125,13 @@ class Settings:
         kb_passage_chars (int, default 900): longest part of an article's plain text put in the
             context (``loopdesk.knowledge.PASSAGE_CHARS``); shortened further, never dropped, when
             the prompt must fit the model's window.
+        retention_days (int, default 90): days a conversation is kept after it started. Then
+            ``loopdesk data prune`` (and the scheduler, hourly) deletes it: its turns with their
+            prompts and token ids, meta, rating comment, annotations and index entries; one with a
+            rating or annotation keeps only its numbers (adapter versions, times, CSAT, per bot turn
+            the length, article ids, expert scores and tags: no text), which nothing trains on. One
+            whose feedback the training watermark has not reached waits for the next round. 0: keep
+            every conversation forever. See docs/architecture.md#retention-erasure-and-pii.
         contact_address (str, default "0800 555 0199 (8am to 6pm, Monday to Friday)"): how a
             customer reaches a person, in the reply the bot sends when no help article fits: "I'm
             sorry, I can't help with that here. You can reach our team at <contact_address>." The
@@ -129,6 +142,7 @@ class Settings:
     data_dir: Path = Path("var")
     redis_appendfsync: str = "always"
     redis_pool_size: int = 512
+    redis_maxmemory: str = "0"
     key_prefix: str = "loopdesk"
     base_model: str = ""
     rating_correction_window_s: int = 900
@@ -162,6 +176,7 @@ class Settings:
     kb_top_k: int = 1
     kb_min_score: float = 0.8
     kb_passage_chars: int = 900
+    retention_days: int = 90
     contact_address: str = "0800 555 0199 (8am to 6pm, Monday to Friday)"
 
     @property
@@ -229,6 +244,11 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         raise SettingsError(f"LOOPDESK_CANARY_SHARE must be within [0, 1], got {settings.canary_share}")
     if settings.redis_appendfsync not in ("always", "everysec"):
         raise SettingsError(f"LOOPDESK_REDIS_APPENDFSYNC must be 'always' or 'everysec', got {settings.redis_appendfsync!r}")
+    if not MEMORY_SIZE.fullmatch(settings.redis_maxmemory):
+        raise SettingsError("LOOPDESK_REDIS_MAXMEMORY must be a size such as 0, 512mb or 2gb, "
+                            f"got {settings.redis_maxmemory!r}")
+    if settings.retention_days < 0:
+        raise SettingsError(f"LOOPDESK_RETENTION_DAYS must be >= 0 (0: keep forever), got {settings.retention_days}")
     if not settings.key_prefix or ":" in settings.key_prefix:
         raise SettingsError("LOOPDESK_KEY_PREFIX must be non-empty and contain no ':'")
     if settings.kb_top_k < 1 or settings.kb_passage_chars < 1 or settings.kb_min_score < 0:

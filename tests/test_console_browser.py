@@ -16,7 +16,6 @@ from feedback_store import FeedbackStore
 from feedback_store.records import BotTurn
 from harness.serving import serve
 from tests.console_helpers import PASSWORD, add_accounts, register_real_adapter, seed_conversation
-from harness.serving import serve
 from tests.web_helpers import GENEROUS_LIMIT, running_engine, watch_csp, web_settings
 
 pytestmark = pytest.mark.browser

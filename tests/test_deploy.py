@@ -37,6 +37,8 @@ def test_compose_file_is_valid_and_has_every_service(tmp_path):
     assert {"redis", "bot", "worker", "scheduler"} <= set(services)
     redis = services["redis"]
     assert "--appendonly" in redis["command"] and redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
+    command = redis["command"]
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction" and command.index("--maxmemory") > 0
     assert "redis-cli ping" in " ".join(redis["healthcheck"]["test"])
     assert any(str(v).startswith("redis-data:/data") for v in redis["volumes"])
     assert services["bot"]["deploy"]["replicas"] >= 2

@@ -104,7 +104,8 @@ def worker(burst: bool, round_config: Path | None, **flags: Any) -> None:
 @round_options
 def scheduler(interval: float, once: bool, round_config: Path | None, **flags: Any) -> None:
     """Enqueue a training round whenever a cron schedule is due (recording how this scheduler's round
-    overrides train, never their gate); promote or roll back the canary by this scheduler's gate section."""
+    overrides train, never their gate); promote or roll back the canary by this scheduler's gate section;
+    every hour, prune the conversations past LOOPDESK_RETENTION_DAYS (as `loopdesk data prune` does)."""
     from feedback_store import FeedbackStore
     from loopdesk.cli_support import round_overrides_or_exit, settings_or_exit
     from trainer.round_config import RoundConfig, recordable_overrides

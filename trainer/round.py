@@ -240,8 +240,8 @@ class Round:
     def train(self) -> tuple[str, str | None, int]:
         """Stages after the run started; returns (run status, adapter version, watermark reached)."""
         import torch
-        from transformers import AutoTokenizer
 
+        from loopdesk.causal_lm import load_tokenizer
         from trainer import gate
         from trainer.references import ExpertReferences
         from trainer.reward_model import RewardModel, build_pairs, split_pairs
@@ -263,7 +263,7 @@ class Round:
                                     f"a round needs {cfg.min_episodes}")
         self.report("rewards", rewarded=len(rewards))
 
-        tokenizer = AutoTokenizer.from_pretrained(base_ref)
+        tokenizer = load_tokenizer(base_ref)
         history: list[TurnWithFeedback] = []  # all feedback so far: every round held out the same conversations
         if self.run.watermark_from > 0 and (cfg.reward_model_history or cfg.gate_history):
             history, _ = store.feedback.export(after=0, until=watermark_to, limit=cfg.max_episodes)
