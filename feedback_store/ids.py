@@ -14,6 +14,7 @@ from feedback_store.errors import ValidationFailed
 from feedback_store.records import HASH_PATTERN, ID_PATTERN, VERSION_PATTERN
 from feedback_store.users import NAME_PATTERN
 from loopdesk.articles import ARTICLE_ID_PATTERN, TAG_PATTERN
+from loopdesk.excerpts import quoted
 
 MAX_INDEX = 2**31 - 1
 """The largest turn index or version number a key or a list position may hold."""
@@ -32,8 +33,7 @@ class IdKind:
 
     def problem(self, value: object) -> str:
         """Why ``value`` is no id of this kind (shortened, so a huge value makes a short message)."""
-        shown = repr(value)[:80] + ("…" if len(repr(value)) > 80 else "")
-        return f"{shown} is not a valid {self.name}: {self.rule}"
+        return f"{quoted(value, 80)} is not a valid {self.name}: {self.rule}"
 
     def check(self, value: object) -> str:
         """``value`` if it is an id of this kind, else ValidationFailed."""
@@ -49,7 +49,7 @@ SCHEDULE = IdKind("schedule id", re.compile(ID_PATTERN), _ID_RULE)
 USER = IdKind("user name", re.compile(NAME_PATTERN), _ID_RULE)
 ADAPTER_VERSION = IdKind("adapter version", re.compile(VERSION_PATTERN),
                          "letters, digits, '.', '_' and '-' (1 to 64, starting with a letter or digit)")
-ARTICLE = IdKind("knowledge article id", re.compile(ARTICLE_ID_PATTERN),
+ARTICLE = IdKind("help article id", re.compile(ARTICLE_ID_PATTERN),
                  "lowercase letters, digits and '-' (1 to 64, starting with a letter or digit)")
 TAG = IdKind("tag", TAG_PATTERN, "a lowercase word of letters, digits and '_' (1 to 32, starting with a letter)")
 RATER = IdKind("rater key", re.compile(HASH_PATTERN), "32 hexadecimal digits, or empty")
@@ -58,6 +58,6 @@ RATER = IdKind("rater key", re.compile(HASH_PATTERN), "32 hexadecimal digits, or
 def check_index(value: object, what: str = "turn index") -> int:
     """``value`` if it is an int from 0 to ``MAX_INDEX`` (not a bool), else ValidationFailed."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INDEX:
-        shown = "a number above that" if isinstance(value, int) and value > MAX_INDEX else repr(value)[:40]
+        shown = "a number above that" if isinstance(value, int) and value > MAX_INDEX else quoted(value, 40)
         raise ValidationFailed(f"a {what} is a whole number from 0 to {MAX_INDEX}, not {shown}")
     return value

@@ -22,6 +22,7 @@ from feedback_store.ids import MAX_INDEX
 from feedback_store.keys import Keys
 from feedback_store.lua import Script
 from feedback_store.records import Article
+from loopdesk.excerpts import quoted
 from loopdesk.articles import ArticleDraft
 
 Action = Literal["create", "update", "retire", "revert", "import"]
@@ -70,7 +71,7 @@ def draft(**fields: Any) -> ArticleDraft:
         return ArticleDraft(**fields)
     except ValidationError as exc:
         name = fields.get("id")
-        where = f"article {name!r}" if isinstance(name, str) and name else "article"
+        where = f"article {quoted(name)}" if isinstance(name, str) and name else "article"
         raise ValidationFailed(f"invalid {where}: {validation_message(exc)}") from None
 
 
@@ -153,7 +154,7 @@ class Knowledge:
     def list(self, status: str | None = None, text: str = "") -> list[Article]:
         """Current articles by id, optionally of one status and matching ``text`` in id, title or tags."""
         if status not in (None, "published", "retired"):
-            raise ValidationFailed(f"status must be 'published' or 'retired', got {status!r}")
+            raise ValidationFailed(f"status must be 'published' or 'retired', got {quoted(status)}")
         needle = text.strip().lower()
         return [a for a in self.snapshot().articles
                 if (status is None or a.status == status)
@@ -259,7 +260,7 @@ class Knowledge:
         try:
             return Article(**content.content().model_dump(), version=version, updated_at=time.time(), updated_by=by)
         except ValidationError as exc:
-            raise ValidationFailed(f"invalid article {content.id!r}: {validation_message(exc)}") from None
+            raise ValidationFailed(f"invalid article {quoted(content.id)}: {validation_message(exc)}") from None
 
     def _change(self, current: Article, content: ArticleDraft, by: str, action: Action) -> Article:
         if content == current.content():

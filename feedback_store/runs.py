@@ -13,6 +13,7 @@ import redis
 from feedback_store.errors import InvalidTransitionError, LockHeldError, NotFoundError, ValidationFailed
 from feedback_store.keys import Keys
 from feedback_store.records import RunStatus, TrainingRun
+from loopdesk.excerpts import quoted
 
 PROGRESS_MAXLEN = 5000
 _JSON_FIELDS = ("config", "metrics")
@@ -34,7 +35,7 @@ def _stream_id(text: str) -> tuple[int, int]:
     match = _STREAM_ID.fullmatch(text) if isinstance(text, str) else None
     parts = (int(match[1]), int(match[2] or 0)) if match else None
     if parts is None or max(parts) > _STREAM_PART_MAX:
-        raise ValidationFailed(f"after: {str(text)[:80]!r} is not a progress event id: send '-' for the first events, "
+        raise ValidationFailed(f"after: {quoted(text)} is not a progress event id: send '-' for the first events, "
                                "then the 'last' id the previous answer returned (like '1717171717171-0')")
     return parts
 

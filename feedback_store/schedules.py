@@ -17,9 +17,11 @@ from croniter import CroniterError, croniter
 from pydantic import ValidationError
 
 from feedback_store.errors import NotFoundError, ValidationFailed
+from feedback_store.ids import SCHEDULE
 from feedback_store.keys import Keys
 from feedback_store.lua import Script
 from feedback_store.records import Schedule
+from loopdesk.excerpts import quoted
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +55,13 @@ def check_cron(cron: str) -> str:
     """``cron`` stripped, if it is a 5-field expression that fires within ``HORIZON_YEARS``; else
     ValidationFailed saying what is wrong."""
     cron = cron.strip()
+    shown = quoted(cron)
     try:
         Schedule(id="check", cron=cron, created_at=0.0)
     except ValidationError as exc:
-        raise ValidationFailed(f"cron {cron!r}: " + exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+        raise ValidationFailed(f"cron {shown}: " + exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
     if not next_runs(cron, 1):
-        raise ValidationFailed(f"cron {cron!r} never fires within {HORIZON_YEARS} years: check that the day "
+        raise ValidationFailed(f"cron {shown} never fires within {HORIZON_YEARS} years: check that the day "
                                "exists in the month (there is no 30 February or 31 April)")
     return cron
 
@@ -95,11 +98,13 @@ class Schedules:
 
     def read_all(self) -> tuple[list[Schedule], dict[str, str]]:
         """Every stored schedule (oldest first), and the ids of those that cannot be read, with why."""
-        ids = sorted(self._r.smembers(self._keys.schedules()))
+        members = sorted(self._r.smembers(self._keys.schedules()))
+        unreadable = {i: SCHEDULE.problem(i) for i in members if not SCHEDULE.valid(i)}
+        ids = [i for i in members if i not in unreadable]
         pipe = self._r.pipeline(transaction=False)
         for schedule_id in ids:
             pipe.hgetall(self._keys.schedule(schedule_id))
-        schedules, unreadable = [], {}
+        schedules = []
         for schedule_id, fields in zip(ids, pipe.execute()):
             if not fields:
                 continue
