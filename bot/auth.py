@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Flask, Response, jsonify, redirect, render_template, request, url_for
 from flask_limiter import Limiter
 from pydantic import Field
-from werkzeug.exceptions import TooManyRequests
+from werkzeug.exceptions import RequestEntityTooLarge, TooManyRequests
 
 from bot.errors import ApiError, error_payload
 from bot.schemas import Body
@@ -69,9 +69,10 @@ def _safe_next(target: str | None, user: User) -> str:
     return url_for(HOME[user.role])
 
 
-def _login_page(status: int, error: str | None = None) -> tuple[str, int]:
-    return render_template("login.html", next_url=request.values.get("next", ""), error=error,
-                           user=current_user()), status
+def _login_page(status: int, error: str | None = None, next_url: str | None = None) -> tuple[str, int]:
+    """The sign-in page; ``next_url`` defaults to the request's ``next`` (query or form)."""
+    next_url = request.values.get("next", "") if next_url is None else next_url
+    return render_template("login.html", next_url=next_url, error=error, user=current_user()), status
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -122,13 +123,20 @@ def api_logout() -> Response:
     return jsonify(signed_out=True)
 
 
+FORM_REFUSALS = {
+    TooManyRequests: "Too many sign-in attempts; wait a minute and try again.",
+    RequestEntityTooLarge: "The form was too large to read; type a name and a password and try again.",
+}
+
+
 @bp.errorhandler(TooManyRequests)
-def _too_many(exc: TooManyRequests) -> tuple[Response | str, int]:
-    """Rate-limited logins: JSON for the API, the login page with a message for the form."""
+@bp.errorhandler(RequestEntityTooLarge)
+def _refused(exc: TooManyRequests | RequestEntityTooLarge) -> tuple[Response | str, int]:
+    """Rate-limited or oversized sign-ins: JSON for the API, the login page with a message for the form."""
     status, body = error_payload(exc)
     if is_api():
         return jsonify(body), status
-    return _login_page(status, "Too many sign-in attempts; wait a minute and try again.")
+    return _login_page(status, FORM_REFUSALS[type(exc)], next_url=request.args.get("next", ""))  # the form: unread
 
 
 def openapi_section():

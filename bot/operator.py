@@ -18,7 +18,7 @@ from bot.charts import BUCKETS, compare_metrics, csat_by_version
 from bot.errors import ApiError
 from bot.schemas import Body
 from bot.services import services
-from bot.validation import parse_body
+from bot.validation import parse_body, query_number
 from feedback_store.rating_weights import WeightRule
 from feedback_store.records import AdapterVersion, Conversation, Schedule, TrainingRun
 from feedback_store.schedules import HORIZON_YEARS, check_cron, next_runs
@@ -28,7 +28,9 @@ bp.before_request(guard("operator"))
 
 CSAT_MAX_CONVERSATIONS = 20_000
 CSAT_PAGE = 1000
-MAX_WINDOW_DAYS = 365
+MIN_WINDOW_DAYS = 1 / 24  # one hour
+MAX_WINDOW_DAYS = 365.0
+MAX_RUNS_LISTED = 200
 
 
 class ScheduleIn(Body):
@@ -119,7 +121,7 @@ def train_now() -> tuple[Response, int]:
 @bp.get("/api/operator/runs")
 def runs() -> Response:
     """The newest runs first."""
-    limit = min(max(request.args.get("limit", 50, type=int), 1), 200)
+    limit = query_number("limit", 50, 1, MAX_RUNS_LISTED)
     return jsonify(runs=[_run(r) for r in services().store.runs.list(limit)])
 
 
@@ -195,9 +197,7 @@ def csat() -> Response:
     bucket = request.args.get("bucket", "day")
     if bucket not in BUCKETS:
         raise ApiError(422, "invalid_request", f"bucket must be one of {sorted(BUCKETS)}")
-    days = request.args.get("days", 14, type=float)
-    if not 0 < days <= MAX_WINDOW_DAYS:
-        raise ApiError(422, "invalid_request", f"days must be within (0, {MAX_WINDOW_DAYS}]")
+    days = query_number("days", 14.0, MIN_WINDOW_DAYS, MAX_WINDOW_DAYS)
     return jsonify(bucket=bucket, bucket_s=BUCKETS[bucket], days=days,
                    **csat_by_version(_recent_conversations(days), BUCKETS[bucket], WeightRule.of(services().settings)))
 
@@ -219,12 +219,10 @@ def _recent_conversations(days: float) -> list[Conversation]:
 
 def openapi_section():
     """The operator API's part of /openapi.json."""
-    from bot.openapi import Section
+    from bot.openapi import Section, query_parameter
 
     o, op = "/api/operator", console_operation
 
-    def query(*names: str) -> list[dict[str, Any]]:
-        return [{"name": n, "in": "query", "required": False, "schema": {"type": "string"}} for n in names]
 
     return Section({
         f"{o}/schedules": {"get": op("Retraining schedules with their next three run times (UTC)"),
@@ -233,11 +231,13 @@ def openapi_section():
         f"{o}/schedules/{{schedule_id}}": {"patch": op("Enable or disable a schedule", body=EnabledIn, write=True),
                                            "delete": op("Delete a schedule", write=True)},
         f"{o}/cron-preview": {"get": {**op("Check a cron expression: its next three run times"),
-                                      "parameters": query("cron")}},
+                                      "parameters": [query_parameter("cron", type="string", maxLength=120)]}},
         f"{o}/train": {"post": op("Queue a training round now", "202", write=True)},
-        f"{o}/runs": {"get": {**op("Training runs, newest first"), "parameters": query("limit")}},
-        f"{o}/runs/{{run_id}}/progress": {"get": op(
-            "A run and its progress events", description="Query 'after': the stream id of the last event seen.")},
+        f"{o}/runs": {"get": {**op("Training runs, newest first"), "parameters": [query_parameter(
+                              "limit", type="integer", minimum=1, maximum=MAX_RUNS_LISTED, default=50)]}},
+        f"{o}/runs/{{run_id}}/progress": {"get": {**op("A run and its progress events"), "parameters": [
+            query_parameter("after", "'-' (the default) for the first events, then the 'last' the previous answer "
+                                     "returned", type="string", maxLength=41)]}},
         f"{o}/adapters": {"get": op("Adapters with status, metrics, live CSAT and the difference from the active one")},
         f"{o}/adapters/{{version}}/promote": {"post": op("Make an adapter active", body=ReasonIn, write=True)},
         f"{o}/adapters/{{version}}/canary": {"post": op("Send an adapter to canary", body=ReasonIn, write=True)},
@@ -246,5 +246,7 @@ def openapi_section():
         f"{o}/canary-share": {"put": op("Set the share of new conversations given the canary",
                                         body=ShareIn, write=True)},
         f"{o}/csat": {"get": {**op("Mean CSAT with 95% intervals per adapter version and day or hour"),
-                              "parameters": query("bucket", "days")}},
+                              "parameters": [query_parameter("bucket", type="string", enum=sorted(BUCKETS)),
+                                             query_parameter("days", type="number", minimum=MIN_WINDOW_DAYS,
+                                                             maximum=MAX_WINDOW_DAYS, default=14)]}},
     }, [ScheduleIn, EnabledIn, ReasonIn, RollbackIn, ShareIn])

@@ -1,5 +1,6 @@
 """Reading requests at the edge: strict UTF-8, JSON of a bounded depth, strict pydantic bodies, the
-bearer token, and path parameters checked before they reach the store."""
+bearer token, numbers and bounded strings in the query, and path parameters checked before they reach
+the store."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from werkzeug.routing import BaseConverter
 
 from bot.errors import ApiError
 from feedback_store import ids
+from loopdesk.excerpts import cut, quoted
 
 M = TypeVar("M", bound=BaseModel)
+N = TypeVar("N", int, float)
 
 MAX_JSON_DEPTH = 20
 """The deepest nesting of arrays and objects a request body may have (ours need three levels)."""
@@ -73,10 +76,16 @@ def parse_body(model: type[M], optional: bool = False) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5]
-        )
-        raise ApiError(422, "invalid_request", problems) from None
+        raise invalid_fields(exc, "body") from None
+
+
+def invalid_fields(exc: ValidationError, whole: str) -> ApiError:
+    """A 422 listing the first problems of ``exc`` as ``field: what is wrong`` (``whole`` names the input
+    when the problem is not one field's); long names, like a 30,000-character key, are cut short."""
+    def where(loc: tuple) -> str:
+        return ".".join(cut(str(part)) for part in loc) or whole
+
+    return ApiError(422, "invalid_request", "; ".join(f"{where(e['loc'])}: {e['msg']}" for e in exc.errors()[:5]))
 
 
 def bearer_token() -> str:
@@ -86,6 +95,31 @@ def bearer_token() -> str:
         raise ApiError(401, "missing_token",
                        "send the conversation token as 'Authorization: Bearer <token>'")
     return token.strip()
+
+
+def query_number(name: str, default: N, low: N, high: N) -> N:
+    """The query parameter ``name`` as a number of ``default``'s type from ``low`` to ``high`` (``default``
+    when absent or empty); anything else is a 422 that names it, never a silent fallback."""
+    raw = request.args.get(name, "")
+    if raw == "":
+        return default
+    kind = type(default)
+    try:
+        value = kind(raw) if len(raw) <= 40 else None
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:  # NaN is within no range
+        what = "a whole number" if kind is int else "a number"
+        raise ApiError(422, "invalid_request", f"{name} must be {what} from {low} to {high}, not {quoted(raw, 40)}")
+    return value
+
+
+def query_text(name: str, max_chars: int) -> str:
+    """The query parameter ``name`` stripped (``""`` when absent); longer than ``max_chars`` is a 422."""
+    text = request.args.get(name, "").strip()
+    if len(text) > max_chars:
+        raise ApiError(422, "invalid_request", f"{name} has {len(text):,} characters; the most is {max_chars:,}")
+    return text
 
 
 class IndexConverter(BaseConverter):
