@@ -222,8 +222,6 @@ def openapi_section():
     from bot.openapi import Section, query_parameter
 
     o, op = "/api/operator", console_operation
-
-
     return Section({
         f"{o}/schedules": {"get": op("Retraining schedules with their next three run times (UTC)"),
                            "post": op("Add a schedule; the cron expression is validated", "201",

@@ -130,8 +130,7 @@ class IndexConverter(BaseConverter):
 
     def to_python(self, value: str) -> int:
         if len(value) > len(str(ids.MAX_INDEX)) or int(value) > ids.MAX_INDEX:
-            shown = value if len(value) <= 20 else value[:20] + "…"
-            raise NotFound(f"nothing is numbered {shown}: numbers in paths run from 0 to {ids.MAX_INDEX}")
+            raise NotFound(f"nothing is numbered {cut(value, 20)}: numbers in paths run from 0 to {ids.MAX_INDEX}")
         return int(value)
 
     def to_url(self, value: int) -> str:
