@@ -123,12 +123,6 @@ def api_logout() -> Response:
     return jsonify(signed_out=True)
 
 
-FORM_REFUSALS = {
-    TooManyRequests: "Too many sign-in attempts; wait a minute and try again.",
-    RequestEntityTooLarge: "The form was too large to read; type a name and a password and try again.",
-}
-
-
 @bp.errorhandler(TooManyRequests)
 @bp.errorhandler(RequestEntityTooLarge)
 def _refused(exc: TooManyRequests | RequestEntityTooLarge) -> tuple[Response | str, int]:
@@ -136,7 +130,10 @@ def _refused(exc: TooManyRequests | RequestEntityTooLarge) -> tuple[Response | s
     status, body = error_payload(exc)
     if is_api():
         return jsonify(body), status
-    return _login_page(status, FORM_REFUSALS[type(exc)], next_url=request.args.get("next", ""))  # the form: unread
+    if isinstance(exc, RequestEntityTooLarge):  # the form cannot be read, so its next is not either
+        return _login_page(status, "The form was too large to read; type a name and a password and try again.",
+                           next_url=request.args.get("next", ""))
+    return _login_page(status, "Too many sign-in attempts; wait a minute and try again.")
 
 
 def openapi_section():

@@ -363,3 +363,11 @@ def test_a_valid_example_body_is_accepted_so_the_bad_ones_fail_for_their_fault(s
     assert (rating.status_code, rating.get_json()["error"]["code"]) == (409, "not_answered")
     login = site.app.test_client().post("/api/expert/login", json=VALID_BODIES[("post", "/api/expert/login")])
     assert login.status_code == 200 and login.get_json()["role"] == "expert"
+
+
+def test_an_oversized_sign_in_form_gets_the_sign_in_page_with_a_message(site):
+    """The HTML form is no API: its refusal is the page again, saying why, with where to go on kept."""
+    page = site.app.test_client().post("/login?next=/expert", data={"name": "x" * 70_000, "password": "p"})
+    html = page.get_data(as_text=True)
+    assert (page.status_code, page.mimetype) == (413, "text/html")
+    assert "The form was too large to read" in html and 'name="next" value="/expert"' in html
