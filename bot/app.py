@@ -10,12 +10,13 @@ killed, it is started again (``feedback_store.supervisor``).
 from __future__ import annotations
 
 import atexit
+import hashlib
 
 from flask import Flask, request
 from flask_limiter import Limiter
 
 from bot import (admin, auth, chat, errors, expert, handoff, headers, help_centre, inbox, knowledge_console,
-                 observability, openapi, operator, raters, sessions, widget)
+                 observability, openapi, operator, raters, sessions, validation, widget)
 from bot.runtime.knowledge import LiveKnowledge
 from bot.services import EXTENSION, Services
 from feedback_store import FeedbackStore
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None, engine=None, store: FeedbackSto
                                          knowledge=knowledge)
     observability.init_app(app)
     errors.init_app(app)
+    validation.init_app(app)
     sessions.init_app(app, settings)
     raters.init_app(app, settings)
     auth.init_app(app, settings)
@@ -60,7 +62,8 @@ def create_app(settings: Settings | None = None, engine=None, store: FeedbackSto
 
 def _init_rate_limits(app: Flask, settings: Settings) -> Limiter:
     """Per-client limits on the chat API and (apart) the help centre, and per-conversation limits on messages,
-    counted in Redis under the hashed client address (``bot.raters``)."""
+    counted in Redis under the hashed client address (``bot.raters``); a conversation's messages are counted
+    per token, so posts with a wrong token never use up its holder's allowance."""
     limiter = Limiter(
         raters.client_key,
         app=app,
@@ -77,11 +80,17 @@ def _init_rate_limits(app: Flask, settings: Settings) -> Limiter:
     endpoint = "chat.post_message"
     app.view_functions[endpoint] = limiter.limit(
         lambda: settings.rate_limit_per_conversation,
-        key_func=lambda: f"conversation/{request.view_args['conv_id']}",
+        key_func=_conversation_key,
         exempt_when=_is_preflight,
         override_defaults=False,
     )(app.view_functions[endpoint])
     return limiter
+
+
+def _conversation_key() -> str:
+    """The per-conversation limit's key: the conversation and a hash of the token the request sends."""
+    token = request.headers.get("Authorization", "").partition(" ")[2].strip()
+    return f"conversation/{request.view_args['conv_id']}/{hashlib.sha256(token.encode()).hexdigest()[:32]}"
 
 
 def _is_preflight() -> bool:

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+MAX_META_LABELS = 20
+MetaName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetaValue = Annotated[str, StringConstraints(max_length=2048)]
 
 
 class Body(BaseModel):
-    """Request bodies: unknown fields are errors, so typos are reported, not ignored."""
+    """Request bodies: unknown fields are errors, so typos are reported, not ignored; types are strict, so
+    ``true`` is no score, ``"5"`` no number and ``1.5`` no whole number (a whole number is a fine float)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class StartIn(Body):
     """Optional body of ``POST /api/conversations``."""
 
-    meta: dict[str, str] = Field(default_factory=dict, description="free labels, e.g. the page URL")
+    meta: dict[MetaName, MetaValue] = Field(default_factory=dict, max_length=MAX_META_LABELS,
+                                            description="free labels, e.g. the page URL (names up to 64 "
+                                                        "characters, values up to 2048)")
 
 
 class MessageIn(Body):

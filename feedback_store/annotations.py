@@ -84,8 +84,8 @@ class Annotations:
         self._annotate(
             [k.conversation(conv_id), k.turns(conv_id), k.annotations(conv_id, turn_index),
              k.annotated_turns(conv_id), k.feedback_seq(), k.feedback_log(), k.queue()],
-            [turn_index, expert_id, ann.model_dump_json(), k.queue_by_adapter(""), conv_id,
-             k.tagged(""), *ann.tags],
+            [turn_index, expert_id, ann.model_dump_json(), k.queue_by_adapter_prefix(), conv_id,
+             k.tagged_prefix(), *ann.tags],
         )
         return ann
 

@@ -180,7 +180,7 @@ class Conversations:
             [keys.conversation(conv_id), keys.queue(), keys.handoff(conv_id), keys.handoffs_waiting(),
              keys.handoffs_with_agents(), keys.conversation_events(conv_id), keys.feedback_seq(),
              keys.feedback_log()],
-            [hash_token(token) if token is not None else "", time.time(), keys.queue_by_adapter(""), conv_id],
+            [hash_token(token) if token is not None else "", time.time(), keys.queue_by_adapter_prefix(), conv_id],
         )
         return self.get(conv_id)
 

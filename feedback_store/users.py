@@ -217,7 +217,7 @@ class Users:
     def _apply(self, name: str, change: str, value: str = "") -> int:
         """One atomic change (see _CHANGE), refused for a missing account or the last enabled admin."""
         return int(self._change([self._keys.user(name), self._keys.users(), self._keys.user_sessions(name)],
-                                [name, change, value, self._keys.user("")]))
+                                [name, change, value, self._keys.user_prefix()]))
 
     def list(self) -> list[User]:
         return [self.get(name) for name in sorted(self._r.smembers(self._keys.users()))]

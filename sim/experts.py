@@ -55,7 +55,7 @@ def review_transcript(company: Company, turns: list[dict[str, Any]],
             found = identify_question(company, turn["text"])
             intent, follow_up = found if found else (intent, False)
             continue
-        if intent is None:
+        if turn["role"] != "assistant" or intent is None:  # an agent's reply after a handoff is not the bot's
             continue
         judgement = judge_reply(company, intent, turn["text"], follow_up)
         score = expert_score(judgement, weights)
