@@ -21,7 +21,7 @@ from typing import Callable
 from flask import Blueprint, Response, request
 
 from bot.availability import availability, handoff_state
-from bot.live_events import conversation_stream, sse_response, turn_out
+from bot.live_events import AFTER_PARAMETER, after_index, conversation_stream, sse_response, turn_out
 from bot.schemas import ContactIn, ContactOut, HandoffOut, Reply, StatusEvent, TurnOut
 from bot.services import Services, services
 from bot.validation import bearer_token, model_response, parse_body
@@ -126,8 +126,8 @@ def events(conv_id: str) -> Response:
     """The agents' replies and the status, live (SSE); ``?after=`` the last turn index the widget has."""
     svc = services()
     svc.store.conversations.check_token(conv_id, bearer_token())
-    after = request.args.get("after", -1, type=int)
-    return sse_response(conversation_stream(svc, conv_id, max(after, -1), CUSTOMER_FOLLOWS,
+    after = after_index()
+    return sse_response(conversation_stream(svc, conv_id, after, CUSTOMER_FOLLOWS,
                                             frozenset({"open", "ended"})))
 
 
@@ -161,8 +161,7 @@ def openapi_section():
             401, 403, 404, 409, 429, security=token)},
         f"{base}/events": {"get": {**operation("Follow the chat live: agents' replies and status changes", stream,
                                                401, 403, 404, 429, security=token),
-                                   "parameters": [{"name": "after", "in": "query", "required": False,
-                                                   "schema": {"type": "integer"}}]}},
+                                   "parameters": AFTER_PARAMETER}},
         f"{base}/contact": {"post": operation(
             "Leave an email address for the team's reply", {"200": json_response(ContactOut, "the address kept")},
             400, 401, 403, 404, 409, 413, 415, 422, 429, body=json_body(ContactIn), security=token)},

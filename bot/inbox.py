@@ -19,7 +19,7 @@ from pydantic import Field
 
 from bot.availability import availability
 from bot.errors import ApiError
-from bot.live_events import conversation_stream, sse_response, turn_out
+from bot.live_events import AFTER_PARAMETER, after_index, conversation_stream, sse_response, turn_out
 from bot.schemas import Body
 from bot.services import services
 from bot.sessions import console_operation, current_user, guard
@@ -97,8 +97,8 @@ def events(conv_id: str) -> Response:
     """The conversation live (SSE): every turn after ``?after=`` and each status, until it ends."""
     svc = services()
     svc.store.conversations.get(conv_id)
-    after = request.args.get("after", -1, type=int)
-    return sse_response(conversation_stream(svc, conv_id, max(after, -1), AGENT_FOLLOWS, frozenset({"ended"})))
+    after = after_index()
+    return sse_response(conversation_stream(svc, conv_id, after, AGENT_FOLLOWS, frozenset({"ended"})))
 
 
 @bp.post(f"{API}/conversations/<conv_id>/claim")
@@ -155,7 +155,7 @@ def openapi_section():
     stream = op("The conversation live: server-sent 'turn' (TurnOut) and 'status' (StatusEvent) events after "
                 "the query's 'after' turn index, until it ends")
     stream["responses"]["200"]["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
-    stream["parameters"] = [{"name": "after", "in": "query", "required": False, "schema": {"type": "integer"}}]
+    stream["parameters"] = AFTER_PARAMETER
     return Section({
         f"{API}/conversations": {"get": op("Waiting conversations (oldest first), claimed ones, open contact "
                                            "requests, the agents online and whether a person is available")},

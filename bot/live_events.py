@@ -18,12 +18,23 @@ from flask import Response
 from pydantic import BaseModel
 
 from bot.availability import handoff_state
+from bot.openapi import query_parameter
 from bot.schemas import StatusEvent, TurnOut
 from bot.services import Services
+from bot.validation import query_number
+from feedback_store.ids import MAX_INDEX
 from feedback_store.records import AgentTurn, Turn
 
 KEEPALIVE_S = 15.0
 STREAM_MAX_S = 300.0
+AFTER_PARAMETER = [query_parameter("after", "the last turn index the reader has (-1: none)", type="integer",
+                                   minimum=-1, maximum=MAX_INDEX, default=-1)]
+
+
+def after_index() -> int:
+    """The ``?after=`` turn index of a live stream (-1 when absent); anything but a whole number from -1 to
+    ``MAX_INDEX`` is a 422."""
+    return query_number("after", -1, -1, MAX_INDEX)
 
 
 def sse_event(event: str, data: BaseModel) -> str:

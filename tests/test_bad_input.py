@@ -36,6 +36,9 @@ VALID_BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/api/conversations"): {"meta": {"page": "https://shop.example/faq"}},
     ("post", "/api/conversations/{conv_id}/messages"): {"text": "Where is my order?"},
     ("post", "/api/conversations/{conv_id}/rating"): {"score": 4, "comment": "quick and right"},
+    ("post", "/api/conversations/{conv_id}/contact"): {"email": "sam@example.com"},
+    ("post", "/api/inbox/conversations/{conv_id}/messages"): {"text": "Your parcel left our depot today."},
+    ("put", "/api/inbox/presence"): {"status": "online"},
     ("post", "/api/expert/conversations/{conv_id}/turns/{index}/annotations"): {
         "score": 1, "tags": ["great"], "corrected_reply": "It ships tomorrow by courier.", "note": "fine"},
     ("post", "/api/expert/login"): {"name": "erin", "password": PASSWORD},
