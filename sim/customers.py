@@ -166,13 +166,12 @@ class SimulatedCustomer:
             chat = _Chat(self, started.conversation_id, started.token, customer, result)
             result.conversation_id, result.adapter_version = started.conversation_id, started.adapter_version
             judgement = chat.ask(customer.opening)
-            if judgement is not None and chat.open and not answered(judgement):
+            if chat.missed(judgement):
                 if customer.asks_person and (judgement.wrong_facts or judgement.off_topic):
                     chat.ask_person()
                 else:
                     result.reasks += 1
-                    judgement = chat.ask(customer.reask)
-                    if judgement is not None and chat.open and not answered(judgement) and customer.asks_person:
+                    if chat.missed(chat.ask(customer.reask)) and customer.asks_person:
                         chat.ask_person()
             if customer.follow_up is not None and chat.open:
                 chat.follow_up = True
@@ -213,18 +212,21 @@ class _Chat:
 
     @property
     def with_person(self) -> bool:
+        """Whether a person will take the chat (or has it): the customer waits for them."""
         return self.status == WITH_A_PERSON
+
+    def missed(self, judgement: TurnJudgement | None) -> bool:
+        """Whether the bot, still answering, missed the question (``judgement``: of its last answer)."""
+        return judgement is not None and self.open and not answered(judgement)
 
     def ask(self, text: str) -> TurnJudgement | None:
         """Send ``text``; the judgement of the bot's answer, or None when there is none to judge (a person
         has the chat, or the reply was a handoff notice)."""
         reply = self.player.client.send(self.conv_id, self.token, text)
-        self.last_index = reply.turn_index
+        self.last_index, self.status = reply.turn_index, reply.status
         if isinstance(reply, Forwarded):
             self.result.forwarded += 1
-            self.status = reply.status
             return None
-        self.status = reply.status
         self.result.handoff = self.result.handoff or reply.handoff
         if reply.source == "handoff" or self.with_person:
             return None
