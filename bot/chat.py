@@ -10,6 +10,12 @@ as a bot turn with everything PPO needs and the articles it saw. When none fits,
 generate: the bot says it cannot help here and hands off (``no_article``). The reply comes back as
 JSON, or as server-sent events (``delta`` chunks, then ``done`` or ``error``) when asked for; a
 fixed notice is one ``delta``.
+
+A message sent with an ``Idempotency-Key`` is logged once: the key is kept (``idempotency_keep_s``) with
+the customer turn, in the same script that appends it, and every bot turn names the customer turn it
+answers. The same key again gets that answer (or 409 while it is being answered); when no answer was
+logged (generation or the store failed, and the customer got an error), it answers the turn logged
+the first time; the same key with another text is a 422.
 """
 
 from __future__ import annotations
@@ -42,7 +48,8 @@ from bot.schemas import (
     Transcript,
 )
 from bot.services import Services, services
-from bot.validation import bearer_token, model_response, parse_body
+from bot.validation import bearer_token, idempotency_key, model_response, parse_body
+from feedback_store.errors import FeedbackStoreError, RedisError
 from feedback_store.records import WITH_A_PERSON, ArticleRef, BotTurn, Conversation, Turn
 
 log = logging.getLogger(__name__)
@@ -61,10 +68,17 @@ def start() -> Response:
     return response
 
 
+ANSWER_LEASE_S = 60.0
+"""How long one request may take to answer a message sent with an ``Idempotency-Key`` before a retry may
+answer it instead: a request that fails gives its lease up at once, one whose process died lets it run out."""
+
+
 @bp.post("/<conv_id>/messages")
 def post_message(conv_id: str) -> Response:
-    """Log the customer's message and answer it (JSON, or SSE for ``Accept: text/event-stream``)."""
+    """Log the customer's message and answer it (JSON, or SSE for ``Accept: text/event-stream``); a message
+    sent again with the same ``Idempotency-Key`` is not logged again (``_repeat``)."""
     token = bearer_token()
+    key = idempotency_key()
     svc = services()
     conv = svc.store.conversations.check_token(conv_id, token)
     text = parse_body(MessageIn).text
@@ -73,25 +87,84 @@ def post_message(conv_id: str) -> Response:
     if len(text) > svc.settings.max_message_chars:
         raise ApiError(422, "message_too_long",
                        f"the message has {len(text)} characters; the limit is {svc.settings.max_message_chars}")
-    turn = svc.store.conversations.append_customer(conv_id, token, text)
+    if key:
+        index, appended = svc.store.conversations.append_customer_once(
+            conv_id, token, text, key, svc.settings.idempotency_keep_s, ANSWER_LEASE_S)
+        if not appended:
+            return _repeat(svc, conv_id, index, key)
+    else:
+        index = svc.store.conversations.append_customer(conv_id, token, text).index
     if conv.status in WITH_A_PERSON:
-        return model_response(Queued(conversation_id=conv_id, turn_index=turn.index, status=conv.status), 202)
-    turns = svc.store.conversations.turns(conv_id)
-    if request.accept_mimetypes.best_match(["application/json", "text/event-stream"]) == "text/event-stream":
-        return sse_response(_stream(svc, conv, turns))
-    return model_response(_answer(svc, conv, turns))
+        return model_response(Queued(conversation_id=conv_id, turn_index=index, status=conv.status), 202)
+    return _respond(svc, conv, svc.store.conversations.turns(conv_id), key)
+
+
+def _repeat(svc: Services, conv_id: str, index: int, key: str) -> Response:
+    """A keyed message sent again: the answer logged for it, 202 while a person has the chat, or, when none
+    was logged (the first try failed), an answer now to the turn already logged; 409 while another request
+    is answering it, or when a later message came after it (that one's answer saw it)."""
+    conversations = svc.store.conversations
+    answer = conversations.answer_to(conv_id, index)
+    conv = conversations.get(conv_id)
+    if answer is not None:
+        handoff = handoff_state(svc, svc.store.handoffs.get(conv_id)) if answer.source != "model" else None
+        return _send(Reply(turn_index=answer.index, text=answer.text, adapter_version=answer.adapter_version,
+                           finished=answer.finished, source=answer.source, status=conv.status, handoff=handoff))
+    if conv.status in WITH_A_PERSON:
+        return model_response(Queued(conversation_id=conv_id, turn_index=index, status=conv.status), 202)
+    if conv.status == "ended":
+        raise ApiError(409, "conflict", "the conversation has ended")
+    turns = conversations.turns(conv_id)
+    if turns[-1].index != index:
+        raise ApiError(409, "superseded", "a later message was sent after this one; the reply to that one saw it")
+    if not conversations.lease_answer(conv_id, key, ANSWER_LEASE_S):
+        raise ApiError(409, "still_answering", "this message is still being answered; retry in a moment")
+    return _respond(svc, conv, turns, key)
+
+
+def _wants_stream() -> bool:
+    return request.accept_mimetypes.best_match(["application/json", "text/event-stream"]) == "text/event-stream"
+
+
+def _send(reply: Reply) -> Response:
+    """A reply already logged, as JSON or as the stream a fixed notice makes (one ``delta``, then ``done``)."""
+    if _wants_stream():
+        return sse_response(iter([sse_event("delta", Delta(text=reply.text)), sse_event("done", reply)]))
+    return model_response(reply)
+
+
+def _respond(svc: Services, conv: Conversation, turns: list[Turn], key: str) -> Response:
+    """Answer the customer's newest turn; when that fails, a keyed message's lease is given up."""
+    if _wants_stream():
+        return sse_response(_stream(svc, conv, turns, key))
+    try:
+        return model_response(_answer(svc, conv, turns))
+    except Exception:
+        _give_up(svc, conv.id, key)
+        raise
+
+
+def _give_up(svc: Services, conv_id: str, key: str) -> None:
+    """Release a keyed message's answer lease after a failed answer, so that a retry answers it at once (with
+    Redis unreachable the lease runs out instead)."""
+    if key:
+        try:
+            svc.store.conversations.release_answer(conv_id, key)
+        except (RedisError, FeedbackStoreError) as exc:
+            log.warning("the answer lease of a message in conversation %s stays until it runs out: %s", conv_id, exc)
 
 
 def _answer(svc: Services, conv: Conversation, turns: list[Turn],
             on_text: Callable[[str], None] | None = None) -> Reply:
     """Hand off if the customer asks for a person (or re-asks too often); else answer from the help articles
-    that fit their recent messages, or hand off when none does."""
+    that fit their recent messages, or hand off when none does. The logged reply names the turn it answers."""
+    asked = turns[-1].index
     reason = handoff.reason_to_hand_off(svc, conv, turns)
     if reason is not None:
-        return handoff.hand_off(svc, conv, reason, on_text)
+        return handoff.hand_off(svc, conv, reason, on_text, reply_to=asked)
     retrieval = svc.knowledge.for_customer([t.text for t in turns if t.role == "user"])
     if not retrieval.fits:
-        return handoff.hand_off(svc, conv, "no_article", on_text)
+        return handoff.hand_off(svc, conv, "no_article", on_text, reply_to=asked)
     messages = [{"role": "assistant" if t.role == "agent" else t.role, "content": t.text} for t in turns]
     gen = svc.engine.generate(messages, conv.adapter_version, on_text=on_text, passages=retrieval.passages)
     svc.metrics.observe_generation(gen)
@@ -99,18 +172,14 @@ def _answer(svc: Services, conv: Conversation, turns: list[Turn],
         index=0, text=gen.text, context=gen.context, prompt_token_ids=gen.prompt_token_ids,
         reply_token_ids=gen.reply_token_ids, logprobs=gen.logprobs,
         adapter_version=gen.adapter_version, latency_ms=gen.latency_ms, finished=gen.finished,
-        created_at=time.time(),
+        created_at=time.time(), reply_to=asked,
         articles=[ArticleRef(id=h.id, version=h.version, title=h.title, score=h.score) for h in retrieval.hits],
     ))
-    return _reply(turn)
-
-
-def _reply(turn: BotTurn) -> Reply:
     return Reply(turn_index=turn.index, text=turn.text, adapter_version=turn.adapter_version,
                  finished=turn.finished, source=turn.source)
 
 
-def _stream(svc: Services, conv: Conversation, turns: list[Turn]) -> Iterator[str]:
+def _stream(svc: Services, conv: Conversation, turns: list[Turn], key: str) -> Iterator[str]:
     """SSE events from a worker thread; the reply is logged even if the client goes away."""
     events: queue.Queue[tuple[str, BaseModel]] = queue.Queue()
 
@@ -122,6 +191,7 @@ def _stream(svc: Services, conv: Conversation, turns: list[Turn]) -> Iterator[st
         try:
             events.put(("done", _answer(svc, conv, turns, on_text)))
         except Exception as exc:  # every failure must reach the client as an error event
+            _give_up(svc, conv.id, key)
             status, body = error_payload(exc)
             if status >= 500:
                 log.exception("reply for conversation %s failed", conv.id)
@@ -195,6 +265,12 @@ def openapi_section() -> Section:
         "content": {"application/json": {"schema": ref(Reply)},
                     "text/event-stream": {"schema": {"type": "string", "description": SSE_DESCRIPTION}}},
     }}
+    key_header = {"name": "Idempotency-Key", "in": "header", "required": False,
+                  "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+                  "description": "one per message, the same on every retry of it (a UUID): a retry gets the first "
+                                 "try's reply (409 'still_answering' while it is being generated) and logs nothing "
+                                 "again; the same key with another text is a 422 'idempotency_key_reused'. Keys are "
+                                 "kept LOOPDESK_IDEMPOTENCY_KEEP_S seconds after the conversation's last message"}
     paths = {
         base: {"post": operation(
             "Start a conversation pinned to one adapter version",
@@ -206,10 +282,11 @@ def openapi_section() -> Section:
             "Erase the conversation: its turns, rating, annotations, meta and every index entry (idempotent); "
             "what stays is the record that it was erased, with the training runs that may have used it",
             {"204": {"description": "erased now or before"}}, *common, security=token)},
-        f"{base}/{{conv_id}}/messages": {"post": operation(
+        f"{base}/{{conv_id}}/messages": {"post": {**operation(
             "Send a message and get the bot's reply (202 without one while the chat is with a person)",
             {**reply, "202": json_response(Queued, "the message waits for the agent; the bot does not answer")},
-            *with_body, *common, 409, 503, body=json_body(MessageIn), security=token)},
+            *with_body, *common, 409, 503, body=json_body(MessageIn), security=token),
+            "parameters": [key_header]}},
         f"{base}/{{conv_id}}/end": {"post": operation(
             "End the conversation (idempotent)", {"200": json_response(Ended, "the conversation's status")},
             *common, security=token)},
