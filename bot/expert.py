@@ -114,13 +114,14 @@ def console() -> str:
 
 @bp.get("/api/expert/queue")
 def queue() -> Response:
-    """Ended conversations to annotate: unannotated first, lowest CSAT first, filtered, counted."""
+    """Ended conversations to annotate: unannotated first, lowest CSAT first, filtered; the counts follow the
+    CSAT, time, version and tag filters (``include_annotated`` shapes the list only)."""
     q = _query()
     flt = QueueFilter(csat_min=q.csat_min, csat_max=q.csat_max, since=q.since, until=q.until,
                       adapter_version=q.adapter_version, tag=q.tag, include_annotated=q.include_annotated)
     page = services().store.annotations.queue(flt, offset=q.offset, limit=q.limit)
     return jsonify(conversations=[conversation_summary(c) for c in page.conversations],
-                   unannotated=page.unannotated, annotated=page.annotated)
+                   unannotated=page.unannotated, annotated=page.annotated, counts_complete=page.counts_complete)
 
 
 @bp.get("/api/expert/conversations/<conv_id>")
@@ -193,7 +194,9 @@ def openapi_section():
         ("include_annotated", {"type": "boolean", "default": True}), ("offset", {"type": "integer", "minimum": 0}),
         ("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 25}))]
     queue_op = console_operation("Conversations to annotate: unannotated first, lowest CSAT first, with counts",
-                                 description="Dates are epoch seconds or ISO dates; until includes its day.")
+                                 description="Dates are epoch seconds or ISO dates; until includes its day. The counts (unannotated, "
+                                             "annotated) follow every filter but include_annotated; counts_complete is "
+                                             "false when a time or tag filter matched more entries than one request checks.")
     export_op = console_operation("Every annotation, one JSON object a line")
     export_op["responses"]["200"]["content"] = {"application/x-ndjson": {"schema": {"type": "string"}}}
     return Section({

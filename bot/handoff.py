@@ -84,8 +84,9 @@ def reason_to_hand_off(svc: Services, conv: Conversation, turns: list[Turn]) -> 
 
 
 def hand_off(svc: Services, conv: Conversation, reason: HandoffReason,
-             on_text: Callable[[str], None] | None = None) -> Reply:
-    """Hand the open conversation to a person (or tell the customer nobody is available), logging the notice.
+             on_text: Callable[[str], None] | None = None, reply_to: int | None = None) -> Reply:
+    """Hand the open conversation to a person (or tell the customer nobody is available), logging the notice
+    (as the answer to customer turn ``reply_to`` when a message led to it).
 
     A conversation that went to a person meanwhile (the customer pressed the button while this message
     was on its way) stays as it is: the reply's ``turn_index`` is then -1, and nothing is logged."""
@@ -96,7 +97,7 @@ def hand_off(svc: Services, conv: Conversation, reason: HandoffReason,
     source = "fallback" if reason == "no_article" else "handoff"
     notice = BotTurn(index=0, text=text, context="", prompt_token_ids=[], reply_token_ids=[], logprobs=[],
                      adapter_version=conv.adapter_version, latency_ms=1000 * (time.perf_counter() - started),
-                     finished=True, created_at=time.time(), source=source)
+                     finished=True, created_at=time.time(), source=source, reply_to=reply_to)
     index, status = svc.store.handoffs.request(conv.id, reason, now.available, notice)
     if index >= 0:
         svc.metrics.observe_handoff(reason, now.available, source)

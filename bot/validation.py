@@ -97,6 +97,21 @@ def bearer_token() -> str:
     return token.strip()
 
 
+IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+"""What an ``Idempotency-Key`` header may hold: a UUID, a hex string or another token of up to 128 characters."""
+
+
+def idempotency_key() -> str:
+    """The request's ``Idempotency-Key`` header (``""`` when absent); a malformed one is a 422."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return ""
+    if not IDEMPOTENCY_KEY.fullmatch(key):
+        raise ApiError(422, "invalid_request", f"Idempotency-Key must be 1 to 128 letters, digits or ._:- "
+                                               f"(a UUID will do), not {quoted(key, 40)}")
+    return key
+
+
 def model_response(model: BaseModel, status: int = 200) -> Response:
     """``model`` as a JSON response."""
     return Response(model.model_dump_json(), status=status, mimetype="application/json")

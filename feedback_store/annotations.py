@@ -59,6 +59,7 @@ class QueuePage:
     unannotated: int
     annotated: int
     examined: int
+    counts_complete: bool = True  # False: a time or tag filter matched more than QUEUE_SCAN_BUDGET could check
 
 
 class Annotations:
@@ -124,12 +125,24 @@ class Annotations:
                     skipped += 1
                 elif len(wanted) < limit:
                     wanted.append(conv)
-        return QueuePage(
-            conversations=wanted,
-            unannotated=self._r.zcount(source, 0, 9),
-            annotated=self._r.zcount(source, 10, 19),
-            examined=examined,
-        )
+        unannotated, complete = self._count(source, lo, hi, flt)
+        annotated, complete_too = self._count(source, 10 + lo, 10 + hi, flt)
+        return QueuePage(conversations=wanted, unannotated=unannotated, annotated=annotated, examined=examined,
+                         counts_complete=complete and complete_too)
+
+    def _count(self, source: str, lo: int, hi: int, flt: QueueFilter) -> tuple[int, bool]:
+        """How many queue entries scored ``lo``..``hi`` match ``flt`` (the CSAT range is the scores'), and
+        whether that is all of them: a time or tag filter reads at most ``QUEUE_SCAN_BUDGET`` entries."""
+        if flt.since is None and flt.until is None and not flt.tag:
+            return self._r.zcount(source, lo, hi), True
+        counted, cursor = 0, 0
+        while cursor < QUEUE_SCAN_BUDGET:
+            chunk = self._r.zrangebyscore(source, lo, hi, start=cursor, num=500)
+            if not chunk:
+                return counted, True
+            cursor += len(chunk)
+            counted += len(self._matching(chunk, flt))
+        return counted, not self._r.zrangebyscore(source, lo, hi, start=cursor, num=1)
 
     def _matching(self, conv_ids: list[str], flt: QueueFilter) -> list[Conversation]:
         pipe = self._r.pipeline(transaction=False)

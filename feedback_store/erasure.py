@@ -113,7 +113,7 @@ class Stored:
     def data_keys(self, keys: Keys) -> list[str]:
         """The keys that hold only this conversation's data."""
         return [keys.conversation(self.id), keys.handoff(self.id), keys.turns(self.id), keys.rating_history(self.id),
-                keys.annotated_turns(self.id), keys.earlier_handoffs(self.id),
+                keys.annotated_turns(self.id), keys.earlier_handoffs(self.id), keys.message_requests(self.id),
                 *(keys.annotations(self.id, i) for i in self.annotations)]
 
 

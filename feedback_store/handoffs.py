@@ -250,7 +250,7 @@ class Handoffs:
         return self._resolve(
             [k.conversation(conv_id), k.handoff(conv_id), k.handoffs_with_agents(), k.contact_requests(), k.queue(),
              k.conversation_events(conv_id), k.feedback_seq(), k.feedback_log()],
-            [agent, int(supervisor), time.time(), conv_id, k.queue_by_adapter("")])
+            [agent, int(supervisor), time.time(), conv_id, k.queue_by_adapter_prefix()])
 
     # presence ------------------------------------------------------------------------------
     def set_presence(self, agent: str, presence: Literal["online", "away"], ttl_s: int = PRESENCE_TTL_S) -> None:

@@ -33,6 +33,10 @@ class Keys:
     def turns(self, conv_id: str) -> str:
         return self._k("conv", CONVERSATION.check(conv_id), "turns")
 
+    def message_requests(self, conv_id: str) -> str:
+        """The customer's messages by idempotency key (hash: key → JSON), expiring a while after the last one."""
+        return self._k("conv", CONVERSATION.check(conv_id), "requests")
+
     def rating_history(self, conv_id: str) -> str:
         return self._k("conv", CONVERSATION.check(conv_id), "ratings")
 

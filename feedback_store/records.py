@@ -96,6 +96,8 @@ class BotTurn(Record):
     source: ReplySource = Field(default="model", description="sampled from the model, the fixed decline, or "
                                 "the fixed handoff notice")
     articles: list[ArticleRef] = Field(default_factory=list, description="the help articles in the context")
+    reply_to: int | None = Field(default=None, ge=0, description="the index of the customer turn it answers "
+                                 "(None: a notice nobody's message asked for, such as the handoff button's)")
 
     @property
     def sampled(self) -> bool:

@@ -84,6 +84,8 @@ class Settings:
             may carry (heavier windows are scaled down); the canary decision waits until each arm's
             ratings span ``1 / share`` windows. 1.0: no burst rule (see docs/tuning.md#ratings).
         max_message_chars (int, default 2000): longest customer message accepted.
+        idempotency_keep_s (int, default 86400): seconds a conversation's ``Idempotency-Key``s are
+            kept after its last message; a retry within them gets the first answer, not a second.
         max_reply_tokens (int, default 64): longest bot reply generated.
         temperature (float, default 0.7): sampling temperature of the bot (and of the gate's
             samples; PPO trains at its own, PPOConfig.train_temperature); see docs/tuning.md#serving.
@@ -172,6 +174,7 @@ class Settings:
     csat_burst_window_s: int = 300
     csat_burst_share: float = 0.02
     max_message_chars: int = 2000
+    idempotency_keep_s: int = 86400
     max_reply_tokens: int = 64
     temperature: float = 0.7
     canary_share: float = 0.1
@@ -304,6 +307,8 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     if settings.csat_burst_window_s < 1 or not 0 < settings.csat_burst_share <= 1:
         raise SettingsError(f"LOOPDESK_CSAT_BURST_WINDOW_S must be >= 1 and LOOPDESK_CSAT_BURST_SHARE within "
                             f"(0, 1], got {settings.csat_burst_window_s} and {settings.csat_burst_share}")
+    if settings.idempotency_keep_s < 1:
+        raise SettingsError(f"LOOPDESK_IDEMPOTENCY_KEEP_S must be >= 1, got {settings.idempotency_keep_s}")
     return settings
 
 

@@ -56,7 +56,7 @@ class SimulatedAgent:
     company: Company
     api: InboxAPI
     reply_delay_s: float = 1.0
-    poll_s: float = 0.2
+    poll_s: float = 0.5
     answered: list[Answered] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)

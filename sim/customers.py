@@ -10,14 +10,15 @@ Asking for a person: the ``ask_person_share`` of customers who do, when the bot 
 once after a wrong or off-topic reply, and after a re-ask that still went unanswered (a reply that
 merely misses facts gets the re-ask first), in one of ``PERSON_REQUESTS``, each of which the demo
 shop's escalation article covers, so the bot hands off on it (``ChatResult.unheeded`` counts the
-requests it answered instead). Once the bot has handed the chat off (on a request, or on its own:
-no article fitted, too many re-asks) the customer asks nothing more: with a person taking it
-(``waiting_for_agent``) it follows the chat's live stream, as the widget does, for up to
-``agent_wait_s`` and judges the person's replies against its pending question; told that nobody is
-available, it ends the chat. The rating counts the person's replies and each request for a person as
-a re-ask; the rubric (the expert's view of the bot) counts only the bot's. A handoff notice is no
-answer and is not judged. A message the bot answers with 202 (a person has the chat) is counted in
-``ChatResult.forwarded``, not judged, and not asked again.
+requests it answered instead). Once a person takes the chat (``waiting_for_agent``: on a request, or
+the bot's own handoff when no article fitted or after too many re-asks) the customer asks nothing more:
+it follows the chat's live stream, as the widget does, for up to ``agent_wait_s`` and judges the
+person's replies against its pending question. Told on its request that nobody is available, it ends
+the chat; told so by the bot on its own (no article fitted), it carries on with the bot. The rating
+counts the person's replies and each request for a person as a re-ask; the rubric (the expert's view
+of the bot) counts only the bot's. A handoff notice is no answer and is not judged (the decline when
+no article fitted and nobody is available is). A message the bot answers with 202 (a person has the
+chat) is counted in ``ChatResult.forwarded``, not judged, and not asked again.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ PERSON_REQUESTS = ["I want a real person, not a bot.", "Could I speak with a rea
                    "I want to talk to a member of your support team.",
                    "I'd like to chat with a real person, not a bot.", "Can I talk to a real person, please?",
                    "Get me a real person.", "Is there a human I can talk to?"]
-WITH_A_PERSON = "waiting_for_agent"  # the status of a chat the bot handed to a person who will take it
+WITH_A_PERSON = ("waiting_for_agent", "with_agent")  # the statuses of a chat a person takes: the bot is quiet
 
 
 @dataclass(frozen=True)
@@ -166,13 +167,12 @@ class SimulatedCustomer:
             chat = _Chat(self, started.conversation_id, started.token, customer, result)
             result.conversation_id, result.adapter_version = started.conversation_id, started.adapter_version
             judgement = chat.ask(customer.opening)
-            if judgement is not None and chat.open and not answered(judgement):
+            if chat.missed(judgement):
                 if customer.asks_person and (judgement.wrong_facts or judgement.off_topic):
                     chat.ask_person()
                 else:
                     result.reasks += 1
-                    judgement = chat.ask(customer.reask)
-                    if judgement is not None and chat.open and not answered(judgement) and customer.asks_person:
+                    if chat.missed(chat.ask(customer.reask)) and customer.asks_person:
                         chat.ask_person()
             if customer.follow_up is not None and chat.open:
                 chat.follow_up = True
@@ -205,26 +205,33 @@ class _Chat:
     follow_up: bool = False  # the pending question is the intent's follow-up
     last_index: int = -1
     status: str = "open"
+    handed_off: str = ""  # why the last reply handed the chat off (or said nobody is available); "" it did not
+    told_nobody: bool = False  # the customer asked for a person and was told that nobody is available
 
     @property
     def open(self) -> bool:
-        """Whether the bot still answers: it has neither handed the chat off nor said nobody is available."""
-        return self.status == "open" and not self.result.handoff
+        """Whether the customer still talks to the bot: nobody took the chat and it has not given up."""
+        return self.status == "open" and not self.told_nobody
 
     @property
     def with_person(self) -> bool:
-        return self.status == WITH_A_PERSON
+        """Whether a person will take the chat (or has it): the customer waits for them."""
+        return self.status in WITH_A_PERSON
+
+    def missed(self, judgement: TurnJudgement | None) -> bool:
+        """Whether the bot, still answering, missed the question (``judgement``: of its last answer)."""
+        return judgement is not None and self.open and not answered(judgement)
 
     def ask(self, text: str) -> TurnJudgement | None:
         """Send ``text``; the judgement of the bot's answer, or None when there is none to judge (a person
         has the chat, or the reply was a handoff notice)."""
         reply = self.player.client.send(self.conv_id, self.token, text)
-        self.last_index = reply.turn_index
+        self.last_index, self.status = reply.turn_index, reply.status
         if isinstance(reply, Forwarded):
             self.result.forwarded += 1
-            self.status = reply.status
+            self.handed_off = ""
             return None
-        self.status = reply.status
+        self.handed_off = reply.handoff
         self.result.handoff = self.result.handoff or reply.handoff
         if reply.source == "handoff" or self.with_person:
             return None
@@ -236,9 +243,12 @@ class _Chat:
     def ask_person(self) -> None:
         """Ask for a person in the customer's words; a reply that is no handoff leaves the request unheeded."""
         self.result.asked_person += 1
-        handed_off = self.result.handoff
         self.ask(self.customer.person_request)
-        if self.result.handoff == handed_off:
+        if self.with_person:
+            return
+        if self.handed_off:
+            self.told_nobody = True
+        else:
             self.result.unheeded += 1
 
     def wait_for_person(self) -> None:

@@ -4,7 +4,9 @@ and audits a sample of the highly rated ones.
 For every bot turn it finds the question being answered (the KB phrasing the customer's
 message contains; otherwise the chat's intent so far), judges the reply with the neutral
 rubric — never swayed by flattery or apologies — and posts a score -2..+2, tags, the KB's
-canonical reply as the correction (unless the reply was already right) and a short note.
+canonical reply as the correction (unless the reply was already right) and a short note. The
+bot's notices that it hands the chat to a person, and the person's replies, are no bot answers
+and are left alone.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def _note(judgement: TurnJudgement) -> str:
 
 def review_transcript(company: Company, turns: list[dict[str, Any]],
                       weights: RubricWeights = NEUTRAL) -> list[TurnReview]:
-    """Reviews of every bot turn whose question can be placed in the KB (``turns``: index, role, text)."""
+    """Reviews of every bot answer whose question can be placed in the KB (``turns``: index, role, text, and
+    a bot turn's ``source``); handoff notices and agents' turns are skipped."""
     reviews = []
     intent: Intent | None = None
     follow_up = False
@@ -55,7 +58,7 @@ def review_transcript(company: Company, turns: list[dict[str, Any]],
             found = identify_question(company, turn["text"])
             intent, follow_up = found if found else (intent, False)
             continue
-        if turn["role"] != "assistant" or intent is None:  # an agent's reply after a handoff is not the bot's
+        if intent is None or turn["role"] != "assistant" or turn.get("source") == "handoff":
             continue
         judgement = judge_reply(company, intent, turn["text"], follow_up)
         score = expert_score(judgement, weights)

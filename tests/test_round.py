@@ -133,8 +133,13 @@ def test_a_round_trains_on_feedback_with_handed_off_conversations_and_their_agen
     demonstrations = {t.conversation_id: t.handoff for t in turns if t.handoff is not None}
     assert set(demonstrations) == set(handed_off)
     assert all(h.led_to_handoff and h.agent_reply == CORRECTION for h in demonstrations.values())
-    run = run_round(tsettings, store, config=small_round_config(), show_progress=False)
+    config = small_round_config()
+    run = run_round(tsettings, store, config=config, show_progress=False)
     assert run.status == "succeeded" and run.metrics["episodes"] == len(ids)
+    # the agent's reply is chosen over the bot's in each trained conversation, but where an expert's
+    # correction (every third turn) says the same: that pair is there already
+    trained = set(ids) - held_out(set(ids), config.holdout_share)
+    assert run.metrics["pairs_handoff"] == len({ids[i] for i in range(0, len(ids), 4) if i % 3} & trained)
     store.runs.lock().acquire().release()
 
 

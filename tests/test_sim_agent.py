@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from feedback_store import FeedbackStore
-from harness.serving import local_bot
+from harness.serving import local_bot, serve
 from loopdesk.articles import VersionedArticle
 from loopdesk.config import load_settings
 from loopdesk.knowledge import MIN_SCORE, KnowledgeIndex, without_reask
@@ -20,6 +20,7 @@ from sim.company import load_company
 from sim.customers import (PERSON_REQUESTS, REASKS, Customer, CustomerConfig, SimulatedCustomer, answered,
                            make_customers, stars)
 from sim.knowledge import KNOWLEDGE_DIR
+from sim.oracle import create_oracle_app
 from sim.rubric import conversation_score
 from sim.simulate import run_customers, summarize
 
@@ -54,6 +55,17 @@ def test_who_asks_for_a_person_is_drawn_apart_so_the_other_draws_stay_those_of_t
     assert {c.person_request for c in some} == {c.person_request for c in always}  # the wording: its own draws
     with pytest.raises(ValueError, match="ask_person_share"):
         CustomerConfig(ask_person_share=1.5)
+
+
+def test_a_request_for_a_person_the_bot_answers_itself_is_counted_unheeded():
+    wrong = COMPANY.intent("returns").phrasings[0]  # a customer about its order, asking about returns by mistake
+    customer = Customer(COMPANY.intent("order_status"), COMPANY.personas[0], opening=wrong, reask=wrong,
+                        follow_up=None, rates=True, noise=0.0, asks_person=True, person_request=PERSON_REQUESTS[0])
+    with serve(create_oracle_app(COMPANY)) as url:  # a stand-in that answers every message, never a person
+        result = SimulatedCustomer(COMPANY, ChatClient(url)).chat(customer)
+    assert not result.error and result.judgements[0].off_topic  # asked at once, without a re-ask
+    assert (result.reasks, result.asked_person, result.unheeded, result.handoff) == (0, 1, 1, "")
+    assert len(result.replies) == 2 and summarize([result]).handoffs.unheeded_requests == 1
 
 
 @pytest.fixture(scope="module")

@@ -151,8 +151,11 @@ def test_expert_review_scores_tags_and_corrects_each_bot_turn():
     turns = [{"index": 0, "role": "user", "text": "Hi there! Where is my order? Thanks!"},
              {"index": 1, "role": "assistant", "text": intent.canonical_reply},
              {"index": 2, "role": "user", "text": intent.follow_up.questions[0]},
-             {"index": 3, "role": "assistant", "text": wrong}]
-    great, bad = review_transcript(COMPANY, turns)
+             {"index": 3, "role": "assistant", "text": wrong, "source": "model"},
+             {"index": 4, "role": "user", "text": "I want a real person, not a bot."},
+             {"index": 5, "role": "assistant", "text": "I'm passing you to a member of our team.", "source": "handoff"},
+             {"index": 6, "role": "agent", "text": intent.canonical_follow_up_reply}]
+    great, bad = review_transcript(COMPANY, turns)  # the handoff's notice and the agent's reply are no bot answers
     assert (great.turn_index, great.score, great.tags, great.corrected_reply) == (1, 2, ["great"], "")
     assert (bad.turn_index, bad.score) == (3, -2) and "wrong_info" in bad.tags
     assert bad.corrected_reply == intent.canonical_follow_up_reply and "wrong facts" in bad.note

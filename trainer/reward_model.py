@@ -25,8 +25,9 @@ gave them:
 5. **An agent's reply after a handoff.** The agent's first reply after a handoff to a person is *chosen*
    over the bot turn that led to it (the last bot turn before it), both after that turn's exact prompt
    context: what the person said is what the bot should have said. A reply equal to the bot's or to an
-   expert's correction of it is skipped, and so is a handoff because no help article fitted: the agent answers the message no article fitted,
-   which the bot never answered with the model, so no logged prompt is its context.
+   expert's correction of it is skipped, and so is a handoff because no help article fitted: the agent
+   answers the message no article fitted, which the bot never answered with the model, so no logged
+   prompt is its context.
 
 Beyond ``max_pairs`` a seeded random subset is kept. Training uses TRL's ``RewardTrainer`` (Bradley–Terry loss −log σ(r_chosen − r_rejected)) on
 pre-tokenized ``chosen_ids``/``rejected_ids``. A share of pairs is held out and the held-out

@@ -1,6 +1,8 @@
 /* loopdesk chat widget: one <script src=".../static/widget.js" data-bot-url data-title data-color
    data-idle-timeout> tag adds a chat bubble, streams the bot's replies (server-sent events read from
-   the fetch body) and asks for a 1-5 rating when the chat ends or goes idle. "Talk to a person" (or
+   the fetch body) and asks for a 1-5 rating when the chat ends; when it goes idle it offers the rating
+   (rate now, or keep chatting: the chat stays open, and the server ends none for idleness). Each message
+   carries an Idempotency-Key, the same on each automatic retry, so it is logged once. "Talk to a person" (or
    the bot itself) hands the chat to the team: the widget then shows the status and the agents'
    replies live (an SSE stream read with fetch, so the token goes in the Authorization header), or,
    when nobody is available, when the team is back and a form to leave an email address.
@@ -18,6 +20,7 @@
   var idleMs = Math.max(5, Number(script.dataset.idleTimeout) || 120) * 1000;
   var storageKey = "loopdesk:" + botUrl;
   var RATINGS = ["very poor", "poor", "okay", "good", "great"];
+  var RETRY_MS = [1000, 2000, 4000, 8000];  /* waits before retrying a message the server could not answer */
   var WITH_A_PERSON = { waiting_for_agent: true, with_agent: true };
 
   var state = load();
@@ -44,17 +47,15 @@
     return node;
   }
 
+  function svgEl(tag, attrs, children) {
+    var node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    Object.keys(attrs).forEach(function (name) { node.setAttribute(name, attrs[name]); });
+    (children || []).forEach(function (child) { node.appendChild(child); });
+    return node;
+  }
   function icon(path) {
-    var ns = "http://www.w3.org/2000/svg";
-    var svg = document.createElementNS(ns, "svg");
-    var shape = document.createElementNS(ns, "path");
-    svg.setAttribute("viewBox", "0 0 24 24");
-    svg.setAttribute("aria-hidden", "true");
-    svg.setAttribute("focusable", "false");
-    shape.setAttribute("fill", "currentColor");
-    shape.setAttribute("d", path);
-    svg.appendChild(shape);
-    return svg;
+    return svgEl("svg", { viewBox: "0 0 24 24", "aria-hidden": "true", focusable: "false" },
+      [svgEl("path", { fill: "currentColor", d: path })]);
   }
 
   /* ---- building the widget ---- */
@@ -104,6 +105,10 @@
     el("label", { for: "ld-comment", text: "Comment (optional)" }), comment,
     el("button", { type: "submit", class: "ld-send", text: "Send rating" })
   ]);
+  var rateNow = el("button", { type: "button", class: "ld-send", text: "Rate this chat" });
+  var keepChatting = el("button", { type: "button", class: "ld-person", text: "Keep chatting" });
+  var offer = el("div", { class: "ld-offer", role: "group", "aria-label": "Done for now?", hidden: true }, [
+    el("p", { text: "Done for now? Rate this chat, or keep chatting: it stays open." }), rateNow, keepChatting]);
   var newChat = el("button", { type: "button", class: "ld-send", text: "Start a new chat" });
   var thanks = el("div", { class: "ld-thanks", hidden: true, tabindex: "-1" },
     [el("p", { text: "Thank you for your feedback!" }), newChat]);
@@ -112,7 +117,7 @@
     id: "ld-panel", class: "ld-panel", role: "dialog", "aria-labelledby": "ld-title", hidden: true
   }, [
     el("header", { class: "ld-header" }, [el("h2", { id: "ld-title", text: title }), endButton, closeButton]),
-    log, typing, notice, contact, status, personButton, composer, survey, thanks
+    log, typing, notice, contact, status, offer, personButton, composer, survey, thanks
   ]);
   var root = el("div", { class: "ld-root" }, [panel, launcher]);
   root.style.setProperty("--ld-color", color);
@@ -131,10 +136,12 @@
     return bubble.querySelector(".ld-text");
   }
   function showStatus(message) { status.textContent = message || ""; }
+  function wait(ms) { return new Promise(function (resume) { setTimeout(resume, ms); }); }
   function setTyping(on) { typing.hidden = !on; if (on) log.scrollTop = log.scrollHeight; }
   function refreshControls() {
     var ended = !!state.ended;
     composer.hidden = ended;
+    if (ended) offer.hidden = true;
     personButton.hidden = ended || !!WITH_A_PERSON[state.status];
     personButton.disabled = busy;
     survey.hidden = !ended || !!state.rated;
@@ -143,20 +150,18 @@
     sendButton.disabled = busy;
   }
 
+  function showPanel(shown) {
+    panel.hidden = !shown;
+    launcher.setAttribute("aria-expanded", String(shown));
+    launcher.setAttribute("aria-label", (shown ? "Close chat: " : "Open chat: ") + title);
+  }
   function open() {
-    panel.hidden = false;
-    launcher.setAttribute("aria-expanded", "true");
-    launcher.setAttribute("aria-label", "Close chat: " + title);
+    showPanel(true);
     if (!historyShown) restoreHistory();
     refreshControls();
     (state.rated ? newChat : state.ended ? survey.querySelector("input") : input).focus();
   }
-  function close() {
-    panel.hidden = true;
-    launcher.setAttribute("aria-expanded", "false");
-    launcher.setAttribute("aria-label", "Open chat: " + title);
-    launcher.focus();
-  }
+  function close() { showPanel(false); launcher.focus(); }
 
   /* ---- talking to the API ---- */
   function call(path, method, body) {
@@ -281,40 +286,59 @@
     return pump();
   }
 
+  function messageKey() {
+    var bytes = crypto.getRandomValues(new Uint8Array(16));
+    return Array.prototype.map.call(bytes, function (b) { return (b + 256).toString(16).slice(1); }).join("");
+  }
+  function failure(message, retry) { var err = new Error(message); err.retry = retry; return err; }
+
+  /* One message, sent until answered: a network failure, a 5xx or "still answering" is retried with the
+     same key (the server answers a retry from its log), anything else is shown. */
   function send(text) {
     busy = true;
     refreshControls();
     showStatus("");
+    offer.hidden = true;
     addMessage("user", text);
     setTyping(!WITH_A_PERSON[state.status]);
-    var reply = null;
-    ensureConversation().then(function () {
-      return fetch(api + "/" + state.id + "/messages", {
-        method: "POST",
-        headers: { "Content-Type": "application/json", "Accept": "text/event-stream", "Authorization": "Bearer " + state.token },
-        body: JSON.stringify({ text: text })
-      });
-    }).then(function (res) {
-      if (!res.ok) {
-        return res.json().catch(function () { return {}; }).then(function (data) {
-          if (res.status === 409) { state.ended = true; save(); }
-          throw new Error((data.error && data.error.message) || "the message could not be sent (" + res.status + ")");
-        });
-      }
-      if (res.status === 202) return res.json().then(function (queued) { showHandoff(queued.status, state.handoff); });
-      return readEvents(res, function (event, data) {
-        if (event === "error") throw new Error(data.error.message);
-        setTyping(false);
-        if (!reply) reply = addMessage("bot", "");
-        if (event === "delta") reply.textContent += data.text;
-        if (event === "done") {
-          reply.textContent = data.text;
-          state.seen = data.turn_index;
-          if (data.handoff) showHandoff(data.status, data.handoff);
+    var key = messageKey(), reply = null;
+    function attempt(tries) {
+      return ensureConversation().then(function () {
+        return fetch(api + "/" + state.id + "/messages", {
+          method: "POST", body: JSON.stringify({ text: text }),
+          headers: { "Content-Type": "application/json", "Accept": "text/event-stream",
+            "Authorization": "Bearer " + state.token, "Idempotency-Key": key }
+        }).catch(function () { throw failure("the message could not be sent: no connection", true); });
+      }).then(function (res) {
+        if (!res.ok) {
+          return res.json().catch(function () { return {}; }).then(function (data) {
+            var code = data.error && data.error.code;
+            if (code === "conflict") { state.ended = true; save(); }
+            throw failure((data.error && data.error.message) || "the message could not be sent (" + res.status + ")",
+              res.status >= 500 || code === "still_answering");
+          });
         }
-        log.scrollTop = log.scrollHeight;
+        if (res.status === 202) return res.json().then(function (queued) { showHandoff(queued.status, state.handoff); });
+        return readEvents(res, function (event, data) {
+          if (event === "error") throw failure(data.error.message, /^(generation_failed|store_)/.test(data.error.code));
+          setTyping(false);
+          if (!reply) reply = addMessage("bot", "");
+          if (event === "delta") reply.textContent += data.text;
+          if (event === "done") {
+            reply.textContent = data.text;
+            state.seen = data.turn_index;
+            if (data.handoff) showHandoff(data.status, data.handoff);
+          }
+          log.scrollTop = log.scrollHeight;
+        });
+      }).catch(function (err) {
+        if (!err.retry || tries >= RETRY_MS.length) throw err;
+        if (reply) { reply.parentNode.remove(); reply = null; }
+        setTyping(true);
+        return wait(RETRY_MS[tries]).then(function () { return attempt(tries + 1); });
       });
-    }).catch(function (err) {
+    }
+    attempt(0).catch(function (err) {
       showStatus(err.message);
     }).then(function () {
       busy = false;
@@ -334,11 +358,13 @@
     }).catch(function (err) { showStatus(err.message); });
   }
 
+  /* Idle for idleMs: offer the rating; the chat stays open (a closed panel stays closed) until the customer
+     ends it. */
   function resetIdle() {
     clearTimeout(idleTimer);
     if (state.id && !state.ended && !WITH_A_PERSON[state.status]) idleTimer = setTimeout(function () {
       if (busy) return resetIdle();
-      endChat().then(function () { if (panel.hidden) open(); });
+      offer.hidden = false;
     }, idleMs);
   }
 
@@ -346,6 +372,8 @@
   launcher.addEventListener("click", function () { if (panel.hidden) open(); else close(); });
   closeButton.addEventListener("click", close);
   endButton.addEventListener("click", endChat);
+  rateNow.addEventListener("click", endChat);
+  keepChatting.addEventListener("click", function () { offer.hidden = true; resetIdle(); input.focus(); });
   personButton.addEventListener("click", askForPerson);
   contact.addEventListener("submit", function (event) {
     event.preventDefault();
