@@ -142,19 +142,27 @@ def _repeat(svc: Services, conv_id: str, index: int, key: str, slot: Slot | None
     answer = conversations.answer_to(conv_id, index)
     conv = conversations.get(conv_id)
     if answer is not None:
-        handoff = handoff_state(svc, svc.store.handoffs.get(conv_id)) if answer.source != "model" else None
-        return _send(Reply(turn_index=answer.index, text=answer.text, adapter_version=answer.adapter_version,
-                           finished=answer.finished, source=answer.source, status=conv.status, handoff=handoff))
+        return _send_logged(svc, conv, answer)
     if conv.status in WITH_A_PERSON:
         return model_response(Queued(conversation_id=conv_id, turn_index=index, status=conv.status), 202)
     if conv.status == "ended":
         raise ApiError(409, "conflict", "the conversation has ended")
     turns = conversations.turns(conv_id)
     if turns[-1].index != index:
+        answer = conversations.answer_to(conv_id, index)  # answered between the two reads above
+        if answer is not None:
+            return _send_logged(svc, conversations.get(conv_id), answer)
         raise ApiError(409, "superseded", "a later message was sent after this one; the reply to that one saw it")
     if not conversations.lease_answer(conv_id, key, ANSWER_LEASE_S):
         raise ApiError(409, "still_answering", "this message is still being answered; retry in a moment")
     return _respond(svc, conv, turns, key, slot)
+
+
+def _send_logged(svc: Services, conv: Conversation, answer: BotTurn) -> Response:
+    """The bot turn logged as the answer to a keyed message, sent again."""
+    handoff = handoff_state(svc, svc.store.handoffs.get(conv.id)) if answer.source != "model" else None
+    return _send(Reply(turn_index=answer.index, text=answer.text, adapter_version=answer.adapter_version,
+                       finished=answer.finished, source=answer.source, status=conv.status, handoff=handoff))
 
 
 def _wants_stream() -> bool:
