@@ -18,7 +18,7 @@ from bot.schemas import Body
 from bot.services import services
 from bot.sessions import console_operation, current_user, guard, renew_session
 from bot.validation import parse_body
-from feedback_store.users import ROLES, Role, User
+from feedback_store.users import MIN_PASSWORD, NAME_PATTERN, ROLES, Role, User
 
 bp = Blueprint("admin", __name__)
 bp.before_request(guard("admin"))
@@ -27,9 +27,9 @@ API = "/api/admin/users"
 
 
 class NewUserIn(Body):
-    name: str = Field(min_length=1, max_length=64, description="letters, digits, _ and -")
+    name: str = Field(pattern=NAME_PATTERN, description="letters, digits, _ and -")
     role: Role
-    password: str = Field(min_length=1, max_length=1024, description="at least 8 characters")
+    password: str = Field(min_length=MIN_PASSWORD, max_length=1024, description=f"at least {MIN_PASSWORD} characters")
     display_name: str = Field(default="", max_length=64, description="the name customers see on an agent's replies")
 
 
@@ -42,7 +42,7 @@ class DisabledIn(Body):
 
 
 class PasswordIn(Body):
-    password: str = Field(min_length=1, max_length=1024, description="at least 8 characters")
+    password: str = Field(min_length=MIN_PASSWORD, max_length=1024, description=f"at least {MIN_PASSWORD} characters")
 
 
 def _user(user: User) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from bot.errors import ApiError, error_payload
 from bot.live_events import sse_event, sse_response, turn_out
 from bot.runtime.admission import Slot
 from bot.runtime.errors import GenerationError
-from bot.openapi import Section, json_body, json_response, operation, ref
+from bot.openapi import Section, event_stream, json_body, json_response, operation, ref
 from bot.schemas import (
     ConversationCreated,
     Delta,
@@ -325,9 +325,9 @@ def openapi_section() -> Section:
     common = (401, 403, 404, 429)
     with_body = (400, 413, 415, 422)
     reply = {"200": {
-        "description": "the bot's reply (JSON, or an SSE stream when asked for)",
+        "description": f"the bot's reply, as JSON. {SSE_DESCRIPTION}",
         "content": {"application/json": {"schema": ref(Reply)},
-                    "text/event-stream": {"schema": {"type": "string", "description": SSE_DESCRIPTION}}},
+                    **event_stream({"delta": Delta, "done": Reply, "error": ErrorOut})},
     }}
     key_header = {"name": "Idempotency-Key", "in": "header", "required": False,
                   "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},

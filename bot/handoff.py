@@ -147,21 +147,21 @@ def leave_contact(conv_id: str) -> Response:
 
 def openapi_section():
     """The customer side of a handoff in /openapi.json."""
-    from bot.openapi import Section, json_body, json_response, operation
+    from bot.openapi import Section, event_stream, json_body, json_response, operation
 
     base, token = "/api/conversations/{conv_id}", [{"customerToken": []}]
     stream = {"200": {"description": "server-sent events: 'status' (data: StatusEvent) now and at each change, "
                                      "'turn' (data: TurnOut) for each agent reply after the query's 'after' turn "
                                      "index; ends when the chat is back with the bot or ended (reconnect with "
                                      "'after' while it is with a person)",
-                      "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+                      "content": event_stream({"status": StatusEvent, "turn": TurnOut})}}
     return Section({
         f"{base}/handoff": {"post": operation(
             "Ask for a person: the chat waits for an agent, or the answer says nobody is available and when "
             "the team is back", {"200": json_response(HandoffOut, "the status and the bot's notice")},
             401, 403, 404, 409, 429, security=token)},
         f"{base}/events": {"get": {**operation("Follow the chat live: agents' replies and status changes", stream,
-                                               401, 403, 404, 429, security=token),
+                                               401, 403, 404, 422, 429, security=token),
                                    "parameters": AFTER_PARAMETER}},
         f"{base}/contact": {"post": operation(
             "Leave an email address for the team's reply", {"200": json_response(ContactOut, "the address kept")},

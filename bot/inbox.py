@@ -20,7 +20,7 @@ from pydantic import Field
 from bot.availability import availability
 from bot.errors import ApiError
 from bot.live_events import AFTER_PARAMETER, after_index, conversation_stream, sse_response, turn_out
-from bot.schemas import Body
+from bot.schemas import Body, StatusEvent, TurnOut
 from bot.services import services
 from bot.sessions import console_operation, current_user, guard
 from bot.validation import parse_body
@@ -148,13 +148,13 @@ def presence() -> Response:
 
 def openapi_section():
     """The inbox API's part of /openapi.json."""
-    from bot.openapi import Section
+    from bot.openapi import Section, event_stream
 
     op, c = console_operation, f"{API}/conversations/{{conv_id}}"
     mine = "Only the agent who claimed it (or an admin) may."
     stream = op("The conversation live: server-sent 'turn' (TurnOut) and 'status' (StatusEvent) events after "
                 "the query's 'after' turn index, until it ends")
-    stream["responses"]["200"]["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
+    stream["responses"]["200"]["content"] = event_stream({"turn": TurnOut, "status": StatusEvent})
     stream["parameters"] = AFTER_PARAMETER
     return Section({
         f"{API}/conversations": {"get": op("Waiting conversations (oldest first), claimed ones, open contact "

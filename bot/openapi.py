@@ -2,7 +2,8 @@
 
 Each blueprint module that serves routes under ``/api`` documents them with an
 ``openapi_section() -> Section`` function, built with the helpers here; request and response
-schemas come from its pydantic models, so the document cannot drift from the code.
+schemas come from its pydantic models, so the document cannot drift from the code. The responses'
+``links`` (how a client passes ids and tokens on) are in ``bot.openapi_links``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, NamedTuple
 from flask import Blueprint, Flask, Response, current_app, jsonify
 from pydantic import BaseModel
 
+from bot.openapi_links import add_links
 from bot.schemas import ErrorOut
 
 bp = Blueprint("openapi", __name__)
@@ -36,6 +38,16 @@ def ref(model: type[BaseModel]) -> dict[str, str]:
 
 def json_response(model: type[BaseModel], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": ref(model)}}}
+
+
+def event_stream(events: dict[str, type[BaseModel]]) -> dict[str, Any]:
+    """The ``text/event-stream`` content whose schema is one event of the stream: its name and its JSON data
+    (list the models in the section's ``models``); keep-alive comments are no events."""
+    one_of = [{"type": "object", "required": ["event", "data"], "properties": {
+        "event": {"const": name},
+        "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": ref(model)}}}
+        for name, model in events.items()]
+    return {"text/event-stream": {"schema": {"oneOf": one_of}}}
 
 
 def json_body(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
@@ -81,6 +93,7 @@ def build_document(app: Flask) -> dict[str, Any]:
             paths.update({p: _with_path_parameters(p, item) for p, item in section.paths.items()})
             models.extend(section.models)
             security_schemes.update(section.security_schemes)
+    add_links(paths)
     schemas: dict[str, Any] = {}
     for model in models:
         schema = model.model_json_schema(ref_template=REF)

@@ -232,6 +232,7 @@ def openapi_section():
     from bot.openapi import Section, query_parameter
 
     o, op = "/api/operator", console_operation
+    not_now = "409 when the adapter's status does not allow it (an active adapter cannot become canary)."
     return Section({
         f"{o}/schedules": {"get": op("Retraining schedules with their next three run times (UTC)"),
                            "post": op("Add a schedule; the cron expression is validated", "201",
@@ -247,10 +248,13 @@ def openapi_section():
             query_parameter("after", "'-' (the default) for the first events, then the 'last' the previous answer "
                                      "returned", type="string", maxLength=41)]}},
         f"{o}/adapters": {"get": op("Adapters with status, metrics, live CSAT and the difference from the active one")},
-        f"{o}/adapters/{{version}}/promote": {"post": op("Make an adapter active", body=ReasonIn, write=True)},
-        f"{o}/adapters/{{version}}/canary": {"post": op("Send an adapter to canary", body=ReasonIn, write=True)},
+        f"{o}/adapters/{{version}}/promote": {"post": op("Make an adapter active", body=ReasonIn, write=True,
+                                                         also=(409,), description=not_now)},
+        f"{o}/adapters/{{version}}/canary": {"post": op("Send an adapter to canary", body=ReasonIn, write=True,
+                                                        also=(409,), description=not_now)},
         f"{o}/rollback": {"post": op("Reject the active adapter and reactivate its parent (or to_version)",
-                                     body=RollbackIn, write=True)},
+                                     body=RollbackIn, write=True, also=(409,),
+                                     description="409 when the base model is active, or to_version cannot be.")},
         f"{o}/canary-share": {"put": op("Set the share of new conversations given the canary",
                                         body=ShareIn, write=True)},
         f"{o}/csat": {"get": {**op("Mean CSAT with 95% intervals per adapter version and day or hour"),

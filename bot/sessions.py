@@ -161,11 +161,11 @@ SESSION_SCHEME = {"consoleSession": {
 def console_operation(summary: str, status: str = "200", body: type[Body] | None = None, write: bool = False,
                       description: str = "", also: tuple[int, ...] = ()) -> dict:
     """An OpenAPI operation of the console API: session cookie, CSRF header on writes, JSON answers
-    (``also``: error statuses beyond the usual ones, such as 409)."""
+    (``also``: error statuses beyond the usual ones, such as 409; a body may also be malformed or too large)."""
     from bot.openapi import json_body, operation
 
     ok = {status: {"description": summary, "content": {"application/json": {"schema": {"type": "object"}}}}}
-    errors = ((401, 403, 404, 415, 422) if write else (401, 403, 404, 422)) + also
+    errors = (401, 403, 404, 422) + ((415,) if write else ()) + ((400, 413) if body else ()) + also
     described = operation(summary, ok, *errors, body=json_body(body) if body else None,
                           security=[{"consoleSession": []}])
     notes = [description] if description else []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from flask import Flask
@@ -64,3 +65,37 @@ def test_live_answers_match_their_documented_schemas(app, document):
     refused = client.post(f"/api/conversations/{created.json['conversation_id']}/rating", json={"score": 9},
                           headers=auth)
     schema_validator(document, "ErrorOut").validate(refused.json)
+
+
+def operations(document: dict) -> Iterator[tuple[str, str, dict]]:
+    return ((path, method, op) for path, item in document["paths"].items() for method, op in item.items())
+
+
+def test_links_name_documented_operations_with_what_they_take(document):
+    """Every link's operationRef is a documented operation; it fills the target's path and query parameters
+    (or the customer token of a call that needs one) and fields of its body; a ``$request`` value is one the
+    source was called with."""
+    followed = 0
+    for path, method, op in operations(document):
+        for status, response in op["responses"].items():
+            for name, link in response.get("links", {}).items():
+                where = f"{method.upper()} {path} {status} {name}"
+                pointer = link["operationRef"].removeprefix("#/paths/")
+                target_path, _, target_method = pointer.replace("~1", "/").replace("~0", "~").rpartition("/")
+                target = document["paths"][target_path][target_method]
+                declared = {(p["in"], p["name"]) for p in target.get("parameters", [])}
+                for key, expression in link["parameters"].items():
+                    place, _, param = key.partition(".")
+                    if (place, param) == ("header", "Authorization"):
+                        assert target["security"] == [{"customerToken": []}], where
+                        assert expression.startswith("Bearer {$response.body#/"), where
+                    else:
+                        assert (place, param) in declared, where
+                    asked = re.fullmatch(r"\$request\.path\.(\w+)", expression)
+                    assert asked is None or ("path", asked[1]) in {(p["in"], p["name"]) for p in op["parameters"]}
+                    assert asked or "$response.body#/" in expression, where
+                body = target.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+                fields = document["components"]["schemas"][body["$ref"].rpartition("/")[2]]["properties"] if body else {}
+                assert set(link.get("requestBody", {})) <= set(fields), where
+                followed += 1
+    assert followed >= 50

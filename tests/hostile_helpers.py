@@ -1,0 +1,96 @@
+"""Shared pieces of the schemathesis tests: the live bot they fuzz (real Redis, the test-size real model, real
+HTTP), the schemathesis configuration, who each call runs as, and the curl command that reproduces a call.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import requests
+import schemathesis
+import schemathesis.specs.openapi.schemas  # noqa: F401  compiled at collection: CPython 3.11.7 can fail to
+# compile a module later in a process where a deeply nested request body raised RecursionError ("AST
+# constructor recursion depth mismatch"), and schemathesis imports its OpenAPI loader lazily
+from schemathesis.config import SchemathesisConfig
+
+from bot.app import create_app
+from feedback_store import FeedbackStore
+from harness.serving import serve
+from loopdesk.config import Settings
+from tests.console_helpers import PASSWORD, add_accounts
+from tests.web_helpers import GENEROUS_LIMIT, running_engine, web_settings
+
+CONSOLE_API = r"^/api/(expert|operator|admin|kb|inbox)/"
+"""The paths of the consoles' API (signed-in accounts); the rest is the customers' and the public's."""
+SIGN_IN_OUT = ("/api/expert/login", "/api/expert/logout")
+"""Called without the admin's session: signing out would end it for every later call."""
+SEED = 20240611
+
+CONFIG = SchemathesisConfig.from_dict({
+    "seed": SEED,
+    "request-timeout": 30,
+    # A live stream (server-sent events) of a conversation still open runs for minutes: read its first event
+    # (the status comes at once), then hang up, as a widget that goes away does. (Set for the whole project:
+    # an [[operations]] entry would make schemathesis 4.32 ignore ``include`` filters.)
+    "max-stream-events": 1,
+    # Only the links the document states, so the stateful tests follow what the API promises
+    "phases": {"stateful": {"inference": {"algorithms": []}}},
+})
+
+
+@dataclass
+class LiveBot:
+    """The app served over HTTP, its store, an admin's signed-in session, and what the fuzzers did."""
+
+    url: str
+    settings: Settings
+    store: FeedbackStore
+    admin: requests.Session
+    tokens: dict[str, str] = field(default_factory=dict)
+    calls: Counter = field(default_factory=Counter)
+
+    def call_kwargs(self, case: Any) -> dict[str, Any]:
+        """Who the call runs as: the customer's token on a conversation the fuzzer started, the admin's
+        session on the consoles' API (but signing in and out), nobody elsewhere."""
+        conv_id = case.path_parameters.get("conv_id") if case.path_parameters else None
+        if case.path.startswith("/api/conversations/") and conv_id in self.tokens:
+            return {"headers": {"Authorization": f"Bearer {self.tokens[conv_id]}"}}
+        if re.match(CONSOLE_API, case.path) and case.path not in SIGN_IN_OUT:
+            return {"session": self.admin}
+        return {}
+
+    def remember(self, case: Any, response: Any) -> None:
+        """Count the call; keep the token of a conversation it started."""
+        self.calls[case.operation.label] += 1
+        if case.path == "/api/conversations" and case.method.upper() == "POST" and response.status_code == 201:
+            started = response.json()
+            self.tokens[started["conversation_id"]] = started["token"]
+
+
+@contextmanager
+def live_bot(data_dir: Path, base_model_dir: Path) -> Iterator[LiveBot]:
+    """The real app on a live HTTP server (replies of at most 8 tokens), with console accounts and an
+    admin's signed-in session."""
+    config = web_settings(data_dir, base_model_dir, max_reply_tokens=8, rate_limit_login=GENEROUS_LIMIT)
+    store = FeedbackStore.from_settings(config, announce=False)
+    add_accounts(store)
+    with running_engine(config, store) as engine, serve(create_app(config, engine, store)) as url:
+        admin = requests.Session()
+        signed_in = admin.post(url + "api/expert/login", json={"name": "ada", "password": PASSWORD}, timeout=30)
+        admin.headers["X-CSRF-Token"] = signed_in.json()["csrf_token"]
+        yield LiveBot(url=url, settings=config, store=store, admin=admin)
+
+
+def load_schema(bot: LiveBot) -> Any:
+    """The bot's own /openapi.json, with ``CONFIG``."""
+    return schemathesis.openapi.from_url(bot.url + "openapi.json", config=CONFIG)
+
+
+def reproduce(case: Any, response: Any) -> str:
+    """The curl command that sends this call again, as it was sent."""
+    return case.as_curl_command(headers=dict(response.request.headers))
