@@ -40,9 +40,10 @@ PATH_IDS: dict[str, ids.IdKind] = {
 
 def json_depth(text: str) -> int:
     """How deeply the arrays and objects of a JSON text nest, found without parsing it, in linear time
-    (strings are skipped, so brackets inside them do not count)."""
+    (strings are skipped, so brackets inside them do not count; a text that closes more than it opened,
+    which is no JSON, counts from 0 like any other)."""
     brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
-    return max(accumulate(1 if c in "[{" else -1 for c in brackets), default=0)
+    return max(accumulate((1 if c in "[{" else -1 for c in brackets), initial=0))
 
 
 def parse_body(model: type[M], optional: bool = False) -> M:
@@ -149,9 +150,10 @@ class IndexConverter(BaseConverter):
     regex = r"\d+"
 
     def to_python(self, value: str) -> int:
-        if len(value) > len(str(ids.MAX_INDEX)) or int(value) > ids.MAX_INDEX:
+        digits = value.lstrip("0") or "0"  # leading zeros make no number bigger: 007 is 7
+        if len(digits) > len(str(ids.MAX_INDEX)) or int(digits) > ids.MAX_INDEX:
             raise NotFound(f"nothing is numbered {cut(value, 20)}: numbers in paths run from 0 to {ids.MAX_INDEX}")
-        return int(value)
+        return int(digits)
 
     def to_url(self, value: int) -> str:
         return str(int(value))

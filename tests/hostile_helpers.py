@@ -27,9 +27,15 @@ from tests.web_helpers import GENEROUS_LIMIT, running_engine, web_settings
 
 CONSOLE_API = r"^/api/(expert|operator|admin|kb|inbox)/"
 """The paths of the consoles' API (signed-in accounts); the rest is the customers' and the public's."""
+RUNNING_THE_BOT = r"^/api/(operator|admin|kb)/"
+"""The operators' and admins' consoles (``tests/test_hostile_consoles.py``); the customers' operations and
+the consoles of the people who answer them, experts and agents, are fuzzed in ``tests/test_hostile_input.py``
+(the two take about as long)."""
 SIGN_IN_OUT = ("/api/expert/login", "/api/expert/logout")
 """Called without the admin's session: signing out would end it for every later call."""
 SEED = 20240611
+EXAMPLES = 200
+"""Generated calls per operation in the stateless tests (the coverage phase adds its own)."""
 
 CONFIG = SchemathesisConfig.from_dict({
     "seed": SEED,
@@ -94,3 +100,23 @@ def load_schema(bot: LiveBot) -> Any:
 def reproduce(case: Any, response: Any) -> str:
     """The curl command that sends this call again, as it was sent."""
     return case.as_curl_command(headers=dict(response.request.headers))
+
+
+def call_fuzzed(bot: LiveBot, case: Any) -> None:
+    """Send one generated call as ``bot.call_kwargs`` says; its answer is no server error (but a 503 the
+    operation documents, such as a full generation queue), and a refusal is the API's JSON error."""
+    response = case.call(timeout=30, **bot.call_kwargs(case))
+    bot.remember(case, response)
+    status = response.status_code
+    documented = {int(s) for s in case.operation.definition.raw["responses"] if s.isdigit()}
+    assert status < 500 or (status == 503 and 503 in documented), (
+        f"{case.method} {case.formatted_path}: {status} {response.text[:300]}\nReproduce with: {reproduce(case, response)}")
+    if status >= 400 and response.headers.get("Content-Type", "").startswith("application/json"):
+        assert set(response.json()) == {"error"}, f"{status} {response.text[:300]}\n{reproduce(case, response)}"
+
+
+def assert_every_operation_called(bot: LiveBot, schema: Any, least: int) -> None:
+    """Each operation of ``schema`` was called at least ``least`` times by the fuzz test before."""
+    labels = {result.ok().label for result in schema.get_all_operations()}
+    short = {label: bot.calls[label] for label in labels if bot.calls[label] < least}
+    assert labels and not short, f"called fewer than {least} times (run the whole module): {short}"

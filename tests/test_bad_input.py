@@ -374,3 +374,14 @@ def test_an_oversized_sign_in_form_gets_the_sign_in_page_with_a_message(site):
     html = page.get_data(as_text=True)
     assert (page.status_code, page.mimetype) == (413, "text/html")
     assert "The form was too large to read" in html and 'name="next" value="/expert"' in html
+
+
+def test_a_number_in_a_path_is_its_value_whatever_zeros_lead_it(site):
+    """'0000000000001' names turn 1 (it once was a 404 saying numbers run from 0 to 2^31-1); past 2^31-1,
+    however written, is still a 404."""
+    turns = f"/api/expert/conversations/{site.valid['answered']}/turns"
+    body, csrf = VALID_BODIES[("post", "/api/expert/conversations/{conv_id}/turns/{index}/annotations")], site.csrf
+    annotated = site.admin.post(f"{turns}/{'0' * 12}1/annotations", json=body, headers={"X-CSRF-Token": csrf})
+    assert annotated.status_code == 201 and annotated.get_json()["turn_index"] == 1, annotated.get_data(as_text=True)
+    too_big = site.admin.post(f"{turns}/{'0' * 12}2147483648/annotations", json=body, headers={"X-CSRF-Token": csrf})
+    assert too_big.status_code == 404 and "2147483647" in too_big.get_json()["error"]["message"]

@@ -1,72 +1,50 @@
-"""Hostile input against a live bot: schemathesis fuzzes every documented operation and no answer is a
-server error (only the 503s an operation documents are allowed). Script and HTML payloads in a
-transcript render inert in the expert console: ``tests/test_console_browser.py``. Oversized bodies
-are refused before being read: ``tests/test_chat_api.py``.
+"""Hostile input against a live bot: schemathesis fuzzes every documented operation of the customers, the
+help centre and the people who answer them (experts, agents) with ``EXAMPLES`` generated calls each, plus
+its coverage cases, and no answer is a server error (only the 503s an operation documents are allowed).
+The operators' and admins' consoles: ``tests/test_hostile_consoles.py``; linked calls:
+``tests/test_hostile_stateful.py``. Script and HTML payloads in a transcript render inert in the expert
+console: ``tests/test_console_browser.py``. Oversized bodies are refused before being read:
+``tests/test_chat_api.py``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-import requests
 import schemathesis
-import schemathesis.specs.openapi.schemas  # noqa: F401  compiled at collection: CPython 3.11.7 can fail to
-# compile a module later in a process where a deeply nested request body raised RecursionError ("AST
-# constructor recursion depth mismatch"), and schemathesis imports its OpenAPI loader lazily
 from hypothesis import HealthCheck, settings
 
-from bot.app import create_app
-from feedback_store import FeedbackStore
-from harness.serving import serve
-from tests.console_helpers import PASSWORD, add_accounts
-from tests.web_helpers import GENEROUS_LIMIT, running_engine, web_settings
-
-CONSOLE_API = ("/api/expert/", "/api/operator/", "/api/admin/")
-SIGN_IN_OUT = ("/api/expert/login", "/api/expert/logout")
+from tests.hostile_helpers import (EXAMPLES, RUNNING_THE_BOT, LiveBot, assert_every_operation_called, call_fuzzed,
+                                   live_bot, load_schema)
 
 
 @pytest.fixture(scope="module")
-def live_bot(data_dir: Path, base_model_dir: Path):
-    """The real app on a live HTTP server, with console accounts and an admin's signed-in session."""
-    config = web_settings(data_dir, base_model_dir, max_reply_tokens=8, rate_limit_login=GENEROUS_LIMIT)
-    store = FeedbackStore.from_settings(config, announce=False)
-    add_accounts(store)
-    with running_engine(config, store) as engine, serve(create_app(config, engine, store)) as url:
-        admin = requests.Session()
-        signed_in = admin.post(url + "api/expert/login", json={"name": "ada", "password": PASSWORD}, timeout=30)
-        admin.headers["X-CSRF-Token"] = signed_in.json()["csrf_token"]
-        yield SimpleNamespace(url=url, store=store, admin=admin)
+def bot(data_dir: Path, base_model_dir: Path):
+    with live_bot(data_dir, base_model_dir) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
-def api_schema(live_bot):
-    return schemathesis.openapi.from_url(live_bot.url + "openapi.json")
+def api_schema(bot: LiveBot):
+    return load_schema(bot)
 
 
-schema = schemathesis.pytest.from_fixture("api_schema")
-
-
-def documented_statuses(case) -> set[int]:
-    return {int(status) for status in case.operation.definition.raw["responses"] if status.isdigit()}
+schema = schemathesis.pytest.from_fixture("api_schema").exclude(path_regex=RUNNING_THE_BOT)
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
-def test_fuzzed_requests_never_get_a_server_error(case, live_bot):
-    """Generated bodies, parameters and headers; the customer's operations run on a real conversation
-    with its token, the consoles' with a signed-in admin, so validation deep inside is reached too."""
-    kwargs = {"timeout": 30}
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+def test_fuzzed_requests_never_get_a_server_error(case, bot: LiveBot):
+    """Generated bodies, parameters and headers; a customer's call on a conversation runs on a new real one
+    with its token, an expert's or agent's as a signed-in admin, so validation deep inside is reached too."""
     if case.path.startswith("/api/conversations/"):
-        conv, token = live_bot.store.conversations.start("base")
+        conv, token = bot.store.conversations.start("base")
         case.path_parameters["conv_id"] = conv.id
-        kwargs["headers"] = {"Authorization": f"Bearer {token}"}
-    elif case.path.startswith(CONSOLE_API) and case.path not in SIGN_IN_OUT:
-        kwargs["session"] = live_bot.admin
-    response = case.call(**kwargs)
-    status = response.status_code
-    assert status < 500 or (status == 503 and 503 in documented_statuses(case)), (
-        f"{case.method} {case.formatted_path}: {status} {response.text[:300]}")
-    if status >= 400 and response.headers.get("Content-Type", "").startswith("application/json"):
-        assert set(response.json()) == {"error"}
+        bot.tokens[conv.id] = token
+    call_fuzzed(bot, case)
+
+
+def test_every_operation_got_its_examples(api_schema, bot: LiveBot):
+    """The fuzz test above called each of its operations at least ``EXAMPLES`` times."""
+    assert_every_operation_called(bot, api_schema.exclude(path_regex=RUNNING_THE_BOT), EXAMPLES)
