@@ -143,7 +143,7 @@ def openapi_section():
     login = operation("Sign in (any console role): sets the session cookie, returns csrf_token and role",
                       {"200": {"description": "signed in",
                                "content": {"application/json": {"schema": {"type": "object"}}}}},
-                      401, 403, 415, 422, 429, body=json_body(LoginIn))
+                      400, 401, 403, 413, 415, 422, 429, body=json_body(LoginIn))
     login["description"] = ("401: wrong name or password. 403: the account is disabled. 429: too many attempts "
                             "from this IP, or too many failed sign-ins for this account (it is locked for a "
                             "while, whatever the IP; Retry-After says how long).")

@@ -24,7 +24,8 @@ from bot.services import services
 from bot.validation import parse_body, query_text
 from feedback_store.errors import ConflictError
 from feedback_store.records import Article
-from loopdesk.articles import MAX_ARTICLE_CHARS
+from loopdesk.articles import (ARTICLE_ID_PATTERN, MAX_ARTICLE_CHARS, MAX_ARTICLE_TAGS, MAX_TITLE_CHARS,
+                               TAG_PATTERN)
 
 bp = Blueprint("knowledge_console", __name__)
 
@@ -42,22 +43,31 @@ def _guard() -> Any:
     return guard("operator" if request.method in UNSAFE_METHODS else reader_role)()
 
 
+# The rules of an article's fields, for the document: the store's record (ArticleDraft) checks them, with
+# its own messages ("an article id is lowercase letters, digits and '-' ... like 'refunds'")
+ID_RULE = {"pattern": ARTICLE_ID_PATTERN}
+TITLE_RULE = {"minLength": 1, "maxLength": MAX_TITLE_CHARS}
+BODY_RULE = {"minLength": 1, "maxLength": MAX_ARTICLE_CHARS}
+TAGS_RULE = {"maxItems": MAX_ARTICLE_TAGS, "items": {"type": "string", "pattern": TAG_PATTERN.pattern}}
+
+
 class ArticleIn(Body):
     """A new article (published at version 1)."""
 
-    id: str = Field(description="slug: lowercase letters, digits and '-', e.g. 'refunds'")
-    title: str
-    body: str = Field(description="Markdown")
-    tags: list[str] = Field(default_factory=list, description="lowercase words, e.g. ['refunds', 'money']")
+    id: str = Field(description="slug: lowercase letters, digits and '-', e.g. 'refunds'", json_schema_extra=ID_RULE)
+    title: str = Field(json_schema_extra=TITLE_RULE)
+    body: str = Field(description="Markdown", json_schema_extra=BODY_RULE)
+    tags: list[str] = Field(default_factory=list, description="lowercase words, e.g. ['refunds', 'money']",
+                            json_schema_extra=TAGS_RULE)
 
 
 class ArticleEdit(Body):
     """An edit of the version ``base_version``; fields left out are kept."""
 
     base_version: int = Field(ge=1, description="the version the edit was made on")
-    title: str | None = None
-    body: str | None = None
-    tags: list[str] | None = None
+    title: str | None = Field(default=None, json_schema_extra=TITLE_RULE)
+    body: str | None = Field(default=None, json_schema_extra=BODY_RULE)
+    tags: list[str] | None = Field(default=None, json_schema_extra=TAGS_RULE)
     status: Literal["published", "retired"] | None = None
 
 

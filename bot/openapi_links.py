@@ -3,8 +3,9 @@ index) a client passes to its next calls, the way the widget and the consoles ch
 
 A tool that follows links, such as schemathesis' stateful tests, chains its calls the same way. Each link
 names its target by ``operationRef`` and takes only what the source really returns (``$response.body``) or
-was called with (``$request.path``). Only the start of a conversation returns its token; the calls after
-that send the token the client keeps (see the ``customerToken`` scheme).
+was called with (``$request``: a retry of a message sends its Idempotency-Key and text again). Only the
+start of a conversation returns its token; the calls after that send the token the client keeps (see the
+``customerToken`` scheme).
 """
 
 from __future__ import annotations
@@ -71,8 +72,12 @@ def _article_calls(article: str = "$response.body#") -> list[Link]:
 USER_CALLS = _calls({"ChangeRole": ("put", f"{USER}/role"), "DisableAccount": ("put", f"{USER}/disabled"),
                      "SetPassword": ("put", f"{USER}/password"), "SignOutEverywhere": ("post", f"{USER}/sign-out"),
                      "RemoveAccount": ("delete", USER)}, {"path.name": "$response.body#/name"})
-SCHEDULE_CALLS = _calls({"EnableSchedule": ("patch", SCHEDULE), "DeleteSchedule": ("delete", SCHEDULE)},
-                        {"path.schedule_id": "$response.body#/id"})
+
+
+def _schedule_calls(schedule_id: str) -> list[Link]:
+    """An operator's calls on a retraining schedule."""
+    return _calls({"EnableSchedule": ("patch", SCHEDULE), "DeleteSchedule": ("delete", SCHEDULE)},
+                  {"path.schedule_id": schedule_id})
 
 
 def _review_calls(conv_id: str, index: str | None = None) -> list[Link]:
@@ -98,11 +103,14 @@ LINKS: dict[tuple[str, str, str], list[Link]] = {
     ("post", "/api/conversations", "201"): _conversation_calls(
         "$response.body#/conversation_id", token="Bearer {$response.body#/token}"),
     ("post", f"{CONV}/messages", "200"): [
-        *_conversation_calls(ANSWERED, "GetTranscript", "EndConversation", "RateConversation", "AskForPerson",
-                             "FollowConversation", "EraseConversation"),
+        *_conversation_calls(ANSWERED),
+        Link("RetryMessage", "post", f"{CONV}/messages",
+             {"path.conv_id": ANSWERED, "header.Idempotency-Key": "$request.header.Idempotency-Key"},
+             {"text": "$request.body#/text"}),
         *_review_calls(ANSWERED, "$response.body#/turn_index"),
         *_handoff_calls(ANSWERED, "ViewHandedOff", "ClaimConversation")],
     ("post", f"{CONV}/messages", "202"): _handoff_calls("$response.body#/conversation_id"),
+    ("post", f"{CONV}/rating", "200"): _conversation_calls(ANSWERED, "RateConversation", "GetTranscript"),
     ("post", f"{CONV}/end", "200"): _conversation_calls(
         "$response.body#/conversation_id", "RateConversation", "GetTranscript", "EraseConversation"),
     ("post", f"{CONV}/handoff", "200"): [
@@ -118,8 +126,9 @@ LINKS: dict[tuple[str, str, str], list[Link]] = {
     ("get", "/api/help/articles", "200"): [Link("GetPublished", "get", "/api/help/articles/{article_id}",
                                                 {"path.article_id": "$response.body#/articles/0/id"})],
     ("post", "/api/admin/users", "201"): USER_CALLS,
-    ("post", "/api/operator/schedules", "201"): SCHEDULE_CALLS,
-    ("patch", SCHEDULE, "200"): SCHEDULE_CALLS,
+    ("get", "/api/operator/schedules", "200"): _schedule_calls("$response.body#/schedules/0/id"),
+    ("post", "/api/operator/schedules", "201"): _schedule_calls("$response.body#/id"),
+    ("patch", SCHEDULE, "200"): _schedule_calls("$response.body#/id"),
     ("post", "/api/operator/train", "202"): [_progress("$response.body#/id")],
     ("get", "/api/operator/runs", "200"): [_progress("$response.body#/runs/0/id")],
     ("get", PROGRESS, "200"): [_progress("$response.body#/run/id", "NextProgress", after="$response.body#/last")],

@@ -16,6 +16,7 @@ from loopdesk.excerpts import quoted
 
 ArticleStatus = Literal["published", "retired"]
 MAX_ARTICLE_CHARS = 20000
+MAX_TITLE_CHARS = 200
 MAX_ARTICLE_TAGS = 16
 ARTICLE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
 TAG_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -41,7 +42,7 @@ class ArticleDraft(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     id: str = Field(pattern=ARTICLE_ID_PATTERN, description="slug: lowercase letters, digits and '-'")
-    title: str = Field(min_length=1, max_length=200)
+    title: str = Field(min_length=1, max_length=MAX_TITLE_CHARS)
     body: str = Field(min_length=1, max_length=MAX_ARTICLE_CHARS)
     tags: list[str] = Field(default_factory=list, max_length=MAX_ARTICLE_TAGS)
     status: ArticleStatus = "published"

@@ -17,10 +17,12 @@ import schemathesis.specs.openapi.schemas  # noqa: F401  compiled at collection:
 # compile a module later in a process where a deeply nested request body raised RecursionError ("AST
 # constructor recursion depth mismatch"), and schemathesis imports its OpenAPI loader lazily
 from schemathesis.config import SchemathesisConfig
+from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
+                                               status_code_conformance)
 
 from bot.app import create_app
 from feedback_store import FeedbackStore
-from harness.serving import serve
+from harness.serving import serve, with_demo_knowledge
 from loopdesk.config import Settings
 from tests.console_helpers import PASSWORD, add_accounts
 from tests.web_helpers import GENEROUS_LIMIT, running_engine, web_settings
@@ -33,20 +35,31 @@ the consoles of the people who answer them, experts and agents, are fuzzed in ``
 (the two take about as long)."""
 SIGN_IN_OUT = ("/api/expert/login", "/api/expert/logout")
 """Called without the admin's session: signing out would end it for every later call."""
+CONFORMANCE = [status_code_conformance, content_type_conformance, response_schema_conformance]
+"""The checks of an answer beyond it being no server error: it is what the document says it may be."""
 SEED = 20240611
 EXAMPLES = 200
 """Generated calls per operation in the stateless tests (the coverage phase adds its own)."""
 
-CONFIG = SchemathesisConfig.from_dict({
-    "seed": SEED,
-    "request-timeout": 30,
-    # A live stream (server-sent events) of a conversation still open runs for minutes: read its first event
-    # (the status comes at once), then hang up, as a widget that goes away does. (Set for the whole project:
-    # an [[operations]] entry would make schemathesis 4.32 ignore ``include`` filters.)
-    "max-stream-events": 1,
-    # Only the links the document states, so the stateful tests follow what the API promises
-    "phases": {"stateful": {"inference": {"algorithms": []}}},
-})
+WHOLE_REPLY = 20
+"""Events enough to read a streamed reply to its end: at most 8 deltas (the live bot's replies have at most
+8 tokens), then its 'done'."""
+
+
+def schemathesis_config(stream_events: int = 1) -> SchemathesisConfig:
+    """The schemathesis configuration: ``SEED``, and ``stream_events`` read of an event stream before hanging up.
+
+    A live stream of a conversation still open runs for minutes, so by default only its first event is read
+    (the status comes at once), as from a widget that goes away; a streamed reply takes ``WHOLE_REPLY``. (Set
+    for the whole project: an [[operations]] entry would make schemathesis 4.32 ignore ``include`` filters.)
+    """
+    return SchemathesisConfig.from_dict({
+        "seed": SEED,
+        "request-timeout": 30,
+        "max-stream-events": stream_events,
+        # Only the links the document states, so the stateful tests follow what the API promises
+        "phases": {"stateful": {"inference": {"algorithms": []}}},
+    })
 
 
 @dataclass
@@ -80,11 +93,14 @@ class LiveBot:
 
 @contextmanager
 def live_bot(data_dir: Path, base_model_dir: Path) -> Iterator[LiveBot]:
-    """The real app on a live HTTP server (replies of at most 8 tokens), with console accounts and an
-    admin's signed-in session."""
+    """The real app on a live HTTP server (replies of at most 8 tokens), with console accounts, an admin's
+    signed-in session, the demo shop's help articles and a retraining schedule, so the lists the consoles
+    show have something in them."""
     config = web_settings(data_dir, base_model_dir, max_reply_tokens=8, rate_limit_login=GENEROUS_LIMIT)
     store = FeedbackStore.from_settings(config, announce=False)
     add_accounts(store)
+    with_demo_knowledge(store)
+    store.schedules.add("0 3 * * *")
     with running_engine(config, store) as engine, serve(create_app(config, engine, store)) as url:
         admin = requests.Session()
         signed_in = admin.post(url + "api/expert/login", json={"name": "ada", "password": PASSWORD}, timeout=30)
@@ -92,9 +108,9 @@ def live_bot(data_dir: Path, base_model_dir: Path) -> Iterator[LiveBot]:
         yield LiveBot(url=url, settings=config, store=store, admin=admin)
 
 
-def load_schema(bot: LiveBot) -> Any:
-    """The bot's own /openapi.json, with ``CONFIG``."""
-    return schemathesis.openapi.from_url(bot.url + "openapi.json", config=CONFIG)
+def load_schema(bot: LiveBot, stream_events: int = 1) -> Any:
+    """The bot's own /openapi.json, with ``schemathesis_config(stream_events)``."""
+    return schemathesis.openapi.from_url(bot.url + "openapi.json", config=schemathesis_config(stream_events))
 
 
 def reproduce(case: Any, response: Any) -> str:
@@ -102,17 +118,21 @@ def reproduce(case: Any, response: Any) -> str:
     return case.as_curl_command(headers=dict(response.request.headers))
 
 
-def call_fuzzed(bot: LiveBot, case: Any) -> None:
+def call_fuzzed(bot: LiveBot, case: Any) -> Any:
     """Send one generated call as ``bot.call_kwargs`` says; its answer is no server error (but a 503 the
-    operation documents, such as a full generation queue), and a refusal is the API's JSON error."""
+    operation documents, such as a full generation queue), a refusal is the API's JSON error, and the
+    answer's status, content type and body are the ones documented."""
     response = case.call(timeout=30, **bot.call_kwargs(case))
     bot.remember(case, response)
     status = response.status_code
     documented = {int(s) for s in case.operation.definition.raw["responses"] if s.isdigit()}
-    assert status < 500 or (status == 503 and 503 in documented), (
-        f"{case.method} {case.formatted_path}: {status} {response.text[:300]}\nReproduce with: {reproduce(case, response)}")
+    answer = (f"{case.method} {case.formatted_path}: {status} {response.text[:300]}\n"
+              f"Reproduce with: {reproduce(case, response)}")
+    assert status < 500 or (status == 503 and 503 in documented), answer
     if status >= 400 and response.headers.get("Content-Type", "").startswith("application/json"):
-        assert set(response.json()) == {"error"}, f"{status} {response.text[:300]}\n{reproduce(case, response)}"
+        assert set(response.json()) == {"error"}, answer
+    case.validate_response(response, checks=CONFORMANCE)
+    return response
 
 
 def assert_every_operation_called(bot: LiveBot, schema: Any, least: int) -> None:

@@ -14,13 +14,11 @@ from hypothesis import HealthCheck, Phase, seed, settings
 from hypothesis.errors import Flaky
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
-from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
-                                               status_code_conformance)
 
 from tests.console_helpers import register_real_adapter
-from tests.hostile_helpers import SEED, LiveBot, live_bot, load_schema
+from tests.hostile_helpers import CONFORMANCE, SEED, LiveBot, live_bot, load_schema
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+CHECKS = [not_a_server_error, *CONFORMANCE]
 SCENARIOS = 150
 STEPS = 20
 MAX_RUNS = 20

@@ -71,10 +71,16 @@ def operations(document: dict) -> Iterator[tuple[str, str, dict]]:
     return ((path, method, op) for path, item in document["paths"].items() for method, op in item.items())
 
 
+def body_fields(document: dict, op: dict) -> set[str]:
+    """The fields of the operation's JSON body (none without one)."""
+    body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+    return set(document["components"]["schemas"][body["$ref"].rpartition("/")[2]]["properties"]) if body else set()
+
+
 def test_links_name_documented_operations_with_what_they_take(document):
     """Every link's operationRef is a documented operation; it fills the target's path and query parameters
-    (or the customer token of a call that needs one) and fields of its body; a ``$request`` value is one the
-    source was called with."""
+    (or the customer token of a call that needs one) and fields of its body; a ``$request`` value is a
+    parameter or body field the source takes."""
     followed = 0
     for path, method, op in operations(document):
         for status, response in op["responses"].items():
@@ -91,11 +97,13 @@ def test_links_name_documented_operations_with_what_they_take(document):
                         assert expression.startswith("Bearer {$response.body#/"), where
                     else:
                         assert (place, param) in declared, where
-                    asked = re.fullmatch(r"\$request\.path\.(\w+)", expression)
-                    assert asked is None or ("path", asked[1]) in {(p["in"], p["name"]) for p in op["parameters"]}
+                    asked = re.fullmatch(r"\$request\.(path|header)\.([\w-]+)", expression)
+                    assert asked is None or (asked[1], asked[2]) in {(p["in"], p["name"]) for p in op["parameters"]}
                     assert asked or "$response.body#/" in expression, where
-                body = target.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
-                fields = document["components"]["schemas"][body["$ref"].rpartition("/")[2]]["properties"] if body else {}
-                assert set(link.get("requestBody", {})) <= set(fields), where
+                body = link.get("requestBody", {})
+                assert set(body) <= body_fields(document, target), where
+                for value in body.values():
+                    asked = re.fullmatch(r"\$request\.body#/(\w+)", str(value))
+                    assert asked is None or asked[1] in body_fields(document, op), where
                 followed += 1
     assert followed >= 50
