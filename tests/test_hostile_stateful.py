@@ -16,7 +16,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
 
 from tests.console_helpers import register_real_adapter
-from tests.hostile_helpers import CONFORMANCE, SEED, LiveBot, live_bot, load_schema
+from tests.hostile_helpers import CONFORMANCE, SEED, LiveBot, live_bot, load_schema, reproduce
 
 CHECKS = [not_a_server_error, *CONFORMANCE]
 SCENARIOS = 150
@@ -30,9 +30,19 @@ def bot(data_dir: Path, base_model_dir: Path):
         yield running
 
 
+def scenario(recorder) -> str:
+    """Every call of a scenario so far, in order: its status and the curl command that sends it again."""
+    lines = []
+    for case_id, node in recorder.cases.items():
+        interaction = recorder.interactions.get(case_id)
+        if interaction is not None and interaction.response is not None:
+            lines.append(f"{interaction.response.status_code}  {reproduce(node.value, interaction.response)}")
+    return "\n".join(lines)
+
+
 def run_workflows(bot: LiveBot, path_regex: str) -> list[str]:
     """``SCENARIOS`` scenarios of up to ``STEPS`` linked calls among the operations whose path matches
-    ``path_regex``; the failures found, each with the calls of its scenario and a curl command."""
+    ``path_regex``; the failures found, each with the calls of its scenario as curl commands."""
     failures: list[str] = []
     started = []
 
@@ -53,8 +63,7 @@ def run_workflows(bot: LiveBot, path_regex: str) -> list[str]:
                 case.validate_response(response, checks=CHECKS, transport_kwargs=kwargs or None,
                                        recorder=self.recorder)
             except FailureGroup as failure:
-                steps = " -> ".join(step.value.operation.label for step in self.recorder.cases.values())
-                failures.append(f"after {steps}:\n{failure}")
+                failures.append(f"{failure}\n\nThe scenario's calls, in order:\n{scenario(self.recorder)}")
                 raise
 
     for run in range(MAX_RUNS):
