@@ -34,17 +34,21 @@ from sim.knowledge_eval import KINDS, demo_index, evaluate  # noqa: E402
 def accuracy(show_misses: bool) -> None:
     reports = evaluate(demo_index())
     print(f"retrieval on the demo shop (min_score = {MIN_SCORE})")
-    print(f"{'probes':<13}{'n':>5}{'top-1':>8}{'top-3':>8}   top-1 score p1 / p5 / p50 / max   >= min_score")
+    print(f"{'probes':<13}{'n':>5}{'top-1':>8}{'top-3':>8}{'passage':>9}   top-1 score p1 / p5 / p50 / max"
+          "   >= min_score")
     for kind in KINDS:
         r = reports[kind]
-        ranks = f"{r.top1_rate:8.3f}{r.top3_rate:8.3f}" if kind != "out_of_scope" else f"{'':8}{'':8}"
+        passage = f"{r.passage_rate:9.3f}" if kind in ("seen", "held_out", "follow_up") else f"{'':9}"
+        ranks = f"{r.top1_rate:8.3f}{r.top3_rate:8.3f}{passage}" if r.top1 or r.top3 or kind in (
+            "seen", "held_out", "follow_up", "extra") else f"{'':25}"
         spread = " / ".join(f"{r.quantile(q):.2f}" for q in (0.01, 0.05, 0.5, 1.0))
         print(f"{kind:<13}{r.n:>5}{ranks}   {spread:<32}  {r.share_at_least(MIN_SCORE):.3f}")
         if show_misses:
             for probe, ranked in r.misses:
                 print(f"    miss: {probe.question!r} wants {probe.expected}, got {ranked}")
-    oos = reports["out_of_scope"]
-    print(f"out-of-scope questions rejected (best score < {MIN_SCORE}): {1 - oos.share_at_least(MIN_SCORE):.3f}")
+    for kind in ("out_of_scope", "shop_words"):
+        rejected = 1 - reports[kind].share_at_least(MIN_SCORE)
+        print(f"{kind} questions rejected (best score < {MIN_SCORE}): {rejected:.3f}")
 
 
 def generated_articles(n: int, rng: random.Random) -> list[VersionedArticle]:

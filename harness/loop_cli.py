@@ -24,6 +24,8 @@ from loopdesk.cli_support import round_config_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the customers (per round: seed + 1000 r).")
 @click.option("--held-out-share", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
               help="Share of customers opening with held-out phrasings (measured in a sandbox, never trained on).")
+@click.option("--out-of-scope-share", type=click.FloatRange(0, 1), default=0.1, show_default=True,
+              help="Share of customers asking a question no help article answers (an honest decline answers it).")
 @round_config_option
 @click.option("--round-timeout", type=click.FloatRange(1), default=3600.0, show_default=True,
               help="Seconds one training round may take.")
@@ -42,7 +44,7 @@ from loopdesk.cli_support import round_config_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("docs/loop-report"),
               show_default=True, help="Where report.md, report.json and the plots go (the worker's log: <data_dir>/loop/worker.log).")
 def loop(rounds: int, customers_per_round: int, concurrency: int, experts: bool, audit_share: float, seed: int,
-         held_out_share: float,
+         held_out_share: float, out_of_scope_share: float,
          round_config: Path | None, round_timeout: float, methods: tuple[str, ...], oracle: bool,
          eval_customers: int, combine: tuple[Path, ...], out: Path) -> None:
     """Run the closed loop on this data directory: round 0 measures the active adapter; each later
@@ -68,7 +70,8 @@ def loop(rounds: int, customers_per_round: int, concurrency: int, experts: bool,
     overrides = round_overrides_or_exit(round_config)
     try:
         configs = {m: LoopConfig(rounds=rounds, customers_per_round=customers_per_round, concurrency=concurrency,
-                                 experts=experts, audit_share=audit_share, held_out_share=held_out_share, seed=seed,
+                                 experts=experts, audit_share=audit_share, held_out_share=held_out_share,
+                                 out_of_scope_share=out_of_scope_share, seed=seed,
                                  round_timeout_s=round_timeout, round_config=overrides, method=m,
                                  oracle=oracle and i == 0, eval_customers=eval_customers)
                    for i, m in enumerate(methods)}

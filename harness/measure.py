@@ -74,10 +74,12 @@ def play_customers(seen_url: str, held_out_url: str, company: Company, config: L
     held-out share at ``held_out_url`` (seed ``seed + 500``)."""
     n = config.customers_per_round if n is None else n
     n_held = round(n * config.held_out_share)
+    share = config.out_of_scope_share
     seen = run_customers(seen_url, company, n - n_held, config.concurrency,
-                         CustomerConfig(), seed, config.progress)
-    held = run_customers(held_out_url, company, n_held, config.concurrency, CustomerConfig(held_out=True),
-                         seed + 500, config.progress) if n_held else []
+                         CustomerConfig(out_of_scope_share=share), seed, config.progress)
+    held = run_customers(held_out_url, company, n_held, config.concurrency,
+                         CustomerConfig(held_out=True, out_of_scope_share=share), seed + 500,
+                         config.progress) if n_held else []
     return seen, held
 
 

@@ -2,13 +2,17 @@
 
 Chat format (one line per message, no separators; ``<|eos|>`` ends every assistant turn)::
 
-    <|bos|><|system|>You are ...<|user|>Where is my order?<|assistant|>You can ...<|eos|><|user|>...
+    <|bos|><|system|>You are ...
+    Help article "..." (order-status v1): You can follow ...<|user|>Where is my order?<|assistant|>You can ...<|eos|>
 
 A prompt for a new reply is the chat rendered with ``add_generation_prompt=True`` (it ends
-with ``<|assistant|>``); generation stops at ``<|eos|>``. Loss is on assistant tokens only.
-The manifest ``loopdesk_base.json`` records the build and its ``intent_probe`` (``sim/probe.py``:
-replies sampled at temperature 1.0 within 64 tokens to seen and held-out phrasings: shares on
-intent, stating every key fact, ending with EOS); ``eos_share_t1`` is the held-out EOS share.
+with ``<|assistant|>``); generation stops at ``<|eos|>``. Each reply of the corpus is one
+training example, prompt and completion as the bot would build them: the system message with
+the passage retrieved for that turn, then the chat so far, oldest turns dropped while the prompt
+is longer than the context less the bot's reply budget (as the bot's prompt builder does); the
+loss is on the reply only. The manifest ``loopdesk_base.json`` records the build and its
+``probe`` (``sim/probe.py``: replies sampled at the serving temperature to grounded prompts);
+``eos_share`` is the held-out EOS share.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from sim.company import load_company
-from sim.corpus import CorpusConfig, Message, generate_corpus
-from sim.probe import as_dict, intent_probe
+from sim.corpus import CorpusConfig, Dialogue, Message, generate_corpus
+from sim.probe import REPLY_TOKENS, as_dict, base_probe, grounded_prompt, shop_articles
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
@@ -48,7 +52,8 @@ class ModelSize:
     ``threads`` is torch's CPU thread count while building: on a busy 2-core machine a second
     thread made steps up to 8x slower (threads spin waiting for each other), so one is default.
     ``max_length`` is the longest chat trained on and the model's declared context.
-    ``probe_per_intent`` is how many replies per intent and phrasing split the intent probe samples.
+    ``probe_per_intent`` is how many replies per intent and phrasing split the probe samples;
+    ``knowledge_bases`` how many drawn knowledge bases the corpus' chats are spread over.
     """
 
     vocab_size: int
@@ -63,6 +68,7 @@ class ModelSize:
     threads: int = 1
     max_length: int = 320
     probe_per_intent: int = 8
+    knowledge_bases: int = 128
 
 
 # default: one epoch over 20000 fresh chats (1250 steps of 16), ~610 CPU-seconds with one thread (the
@@ -71,14 +77,15 @@ class ModelSize:
 # 0.51 stated every key fact, against 0.87 and 0.60 with 20000 (``bench/loop_diagnostics.py replies``).
 SIZES: dict[str, ModelSize] = {
     "test": ModelSize(vocab_size=1024, hidden=48, layers=2, heads=2, intermediate=96,
-                      n_dialogues=240, epochs=2, batch_size=16, learning_rate=1e-2, probe_per_intent=2),
+                      n_dialogues=240, epochs=2, batch_size=16, learning_rate=1e-2, probe_per_intent=2,
+                      knowledge_bases=16),
     "default": ModelSize(vocab_size=2048, hidden=128, layers=4, heads=4, intermediate=384,
                          n_dialogues=20000, epochs=1, batch_size=16, learning_rate=3e-3),
 }
 
 
-def train_tokenizer(chats: list[list[Message]], vocab_size: int, max_length: int) -> Any:
-    """Train a byte-level BPE on the chats' text; wrap it with special tokens and the chat template."""
+def train_tokenizer(texts: list[str], vocab_size: int, max_length: int) -> Any:
+    """Train a byte-level BPE on the corpus' texts; wrap it with special tokens and the chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -89,12 +96,72 @@ def train_tokenizer(chats: list[list[Message]], vocab_size: int, max_length: int
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator((m["content"] for chat in chats for m in chat), trainer)
+    bpe.train_from_iterator(texts, trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=BOS, eos_token=EOS,
                                         pad_token=PAD, extra_special_tokens=list(ROLE_TOKENS.values()),
                                         model_max_length=max_length)
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
+
+
+def corpus_texts(corpus: list[Dialogue]) -> list[str]:
+    """Every text the model reads or writes: each turn's system message, question and reply."""
+    return [text for d in corpus for t in d.turns for text in (t.context, t.question, t.reply)]
+
+
+def prompt_length(tokenizer: Any, messages: list[Message]) -> int:
+    """Tokens of the prompt for the next reply to ``messages``."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return len(tokenizer(text, add_special_tokens=False, verbose=False).input_ids)
+
+
+def _groups(dialogue: Dialogue) -> list[list[int]]:
+    """The chat's trained replies, grouped: consecutive ones generated under the same system message
+    (an opening and its re-ask often see the same passage) share one training sequence."""
+    groups: list[list[int]] = []
+    for index, turn in enumerate(dialogue.turns):
+        if not turn.trained:
+            continue
+        last = groups[-1][-1] if groups else None
+        if last == index - 1 and dialogue.turns[last].context == turn.context:
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+    return groups
+
+
+def _sequence(tokenizer: Any, dialogue: Dialogue, members: list[int], max_length: int) -> dict[str, list[int]] | None:
+    """The token ids of the chat up to the group's last reply under the group's system message, and a
+    mask of the group's replies (with their EOS); the oldest turns before the group are dropped while
+    the last reply's prompt is longer than ``max_length`` less the bot's reply budget. None when even
+    the group alone does not fit."""
+    first, last = members[0], members[-1]
+    messages = dialogue.prompt(last) + [{"role": "assistant", "content": dialogue.turns[last].reply}]
+    dropped = 0
+    while prompt_length(tokenizer, messages[:-1]) > max_length - REPLY_TOKENS:
+        if dropped == first:
+            return None
+        messages, dropped = [messages[0], *messages[3:]], dropped + 1
+    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    ids, assistant = list(out["input_ids"]), list(out["assistant_masks"])
+    mask, reply, inside = [0] * len(ids), dropped - 1, False
+    for position, bit in enumerate(assistant):  # each run of assistant tokens is one reply, oldest first
+        reply += bool(bit) and not inside
+        inside = bool(bit)
+        mask[position] = int(inside and reply in members)
+    return {"input_ids": ids, "completion_mask": mask}
+
+
+def training_examples(corpus: list[Dialogue], tokenizer: Any, max_length: int) -> list[dict[str, list[int]]]:
+    """Training sequences of every reply a model generates (the bot's fixed declines are only history),
+    each under the system message that reply was generated with, the loss on those replies only: a
+    group of consecutive replies under one system message is one sequence (else each reply is)."""
+    examples = []
+    for dialogue in corpus:
+        for members in _groups(dialogue):
+            whole = _sequence(tokenizer, dialogue, members, max_length)
+            examples += [whole] if whole else [e for m in members if (e := _sequence(tokenizer, dialogue, [m], max_length))]
+    return examples
 
 
 def build_model(tokenizer: Any, size: ModelSize, seed: int) -> Any:
@@ -112,22 +179,23 @@ def build_model(tokenizer: Any, size: ModelSize, seed: int) -> Any:
     return LlamaForCausalLM(config)
 
 
-def sft(model: Any, tokenizer: Any, chats: list[list[Message]], size: ModelSize, seed: int,
+def sft(model: Any, tokenizer: Any, examples: list[dict[str, list[int]]], size: ModelSize, seed: int,
         work_dir: Path, progress: bool) -> float:
-    """Supervised fine-tuning with TRL's SFTTrainer, loss on assistant turns; returns the final loss."""
+    """Supervised fine-tuning with TRL's SFTTrainer on tokenised examples, loss where their
+    ``completion_mask`` is set; returns the final loss."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     args = SFTConfig(
         output_dir=str(work_dir), num_train_epochs=size.epochs, per_device_train_batch_size=size.batch_size,
         learning_rate=size.learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05,
-        weight_decay=0.0, max_length=size.max_length, assistant_only_loss=True,
+        weight_decay=0.0, max_length=size.max_length, completion_only_loss=True,
         train_sampling_strategy="group_by_length", bf16=False, activation_checkpointing=False,
         use_cpu=True, seed=seed, data_seed=seed, save_strategy="no", report_to="none",
         logging_steps=25, disable_tqdm=not progress, dataloader_num_workers=0,
     )
-    trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
-                         train_dataset=Dataset.from_dict({"messages": chats}))
+    dataset = Dataset.from_dict({key: [e[key] for e in examples] for key in ("input_ids", "completion_mask")})
+    trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=dataset)
     result = trainer.train()
     return float(result.training_loss)
 
@@ -150,11 +218,15 @@ def sample_replies(model: Any, tokenizer: Any, chats: list[list[Message]], tempe
 
 
 def held_out_prompts(n: int) -> list[list[Message]]:
-    """``n`` opening chats built from the held-out phrasings (system prompt + one customer message)."""
+    """``n`` opening chats as the bot prompts them for the held-out phrasings: the passage retrieved
+    from the shop's knowledge base as shipped in the system message, then the customer's message."""
+    from loopdesk.knowledge import KnowledgeIndex
+
     company = load_company()
-    texts = sorted(company.held_out_phrasings)
-    system = {"role": "system", "content": company.shop.system_prompt}
-    return [[system, {"role": "user", "content": texts[i % len(texts)]}] for i in range(n)]
+    index = KnowledgeIndex(shop_articles(company))
+    prompts = [grounded_prompt(company, index, text) for text in sorted(company.held_out_phrasings)]
+    found = [chat for chat, _ in filter(None, prompts)]
+    return [found[i % len(found)] for i in range(n)]
 
 
 def _replace_dir(new: Path, out_dir: Path) -> None:
@@ -182,14 +254,15 @@ def build_base_model(out_dir: Path, size: str = "default", seed: int = 0, progre
     torch.set_num_threads(shape.threads)
     try:
         started, cpu_started = time.monotonic(), time.process_time()
-        corpus = generate_corpus(CorpusConfig(n_dialogues=shape.n_dialogues, seed=seed))
-        chats = [d.messages for d in corpus]
-        tokenizer = train_tokenizer(chats, shape.vocab_size, shape.max_length)
+        corpus = generate_corpus(CorpusConfig(n_dialogues=shape.n_dialogues, knowledge_bases=shape.knowledge_bases,
+                                              seed=seed))
+        tokenizer = train_tokenizer(corpus_texts(corpus), shape.vocab_size, shape.max_length)
+        examples = training_examples(corpus, tokenizer, shape.max_length)
         model = build_model(tokenizer, shape, seed)
-        loss = sft(model, tokenizer, chats, shape, seed, tmp / "trainer", progress)
+        loss = sft(model, tokenizer, examples, shape, seed, tmp / "trainer", progress)
         train_seconds, cpu_seconds = time.monotonic() - started, time.process_time() - cpu_started
         model.eval()
-        probe = as_dict(intent_probe(model, tokenizer, shape.probe_per_intent, seed))
+        probe = as_dict(base_probe(model, tokenizer, shape.probe_per_intent, seed))
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -197,8 +270,8 @@ def build_base_model(out_dir: Path, size: str = "default", seed: int = 0, progre
             "size": size, "seed": seed, "params": sum(p.numel() for p in model.parameters()),
             "train_seconds": round(train_seconds, 1), "train_cpu_seconds": round(cpu_seconds, 1),
             "threads": shape.threads, "final_loss": round(loss, 4),
-            "corpus_dialogues": len(chats), "vocab_size": len(tokenizer),
-            "eos_share_t1": probe["held_out"]["eos"], "intent_probe": probe,
+            "corpus_dialogues": len(corpus), "training_examples": len(examples), "vocab_size": len(tokenizer),
+            "eos_share": probe["held_out"]["eos"], "probe": probe,
             "system_prompt": load_company().shop.system_prompt, "shape": asdict(shape),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

@@ -37,4 +37,4 @@ def bootstrap(size: str, out: Path | None, seed: int, force: bool) -> None:
     path = build_base_model(out, size=size, seed=seed, progress=True)
     manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
     click.echo(f"Done: {manifest['params']:,} parameters, {manifest['train_seconds']} s, "
-               f"{manifest['eos_share_t1']:.0%} of sampled replies end with EOS -> {path}")
+               f"{manifest['eos_share']:.0%} of sampled replies end with EOS -> {path}")

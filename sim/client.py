@@ -1,9 +1,11 @@
-"""HTTP clients of the bot, speaking exactly the widget's and the expert console's APIs.
+"""HTTP clients of the bot, speaking exactly the widget's, the expert console's and the help centre's APIs.
 
 ``ChatClient`` is what the widget does: start a conversation, send messages (replies as
 server-sent events, or JSON), end it, rate it, with ``Authorization: Bearer <token>``.
 ``ExpertAPI`` is what the expert console does: log in (session cookie + CSRF token), read the
-queue and transcripts, annotate bot turns. Both retry politely on 429 (``Retry-After``).
+queue and transcripts, annotate bot turns. Both read the public help centre (``help``: the
+knowledge base's articles as they are now) over their own session, and both retry politely on
+429 (``Retry-After``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import requests
 
 API = "api/conversations"
 EXPERT_API = "api/expert"
+HELP_API = "api/help/articles"
 
 
 class ChatAPIError(RuntimeError):
@@ -81,12 +84,30 @@ def _error(response: requests.Response) -> ChatAPIError:
         return ChatAPIError(response.status_code, "http_error", response.text[:200])
 
 
+class HelpCentre:
+    """The public, read-only help centre: the knowledge base's published articles as they are now."""
+
+    def __init__(self, http: _HTTP):
+        self.http = http
+
+    def article(self, article_id: str) -> dict[str, Any] | None:
+        """``GET /api/help/articles/<id>``: id, title, tags, version, updated_at, body; None when the
+        help centre has no such published article (404)."""
+        try:
+            return self.http.call("GET", f"{HELP_API}/{article_id}", headers={"Accept": "application/json"}).json()
+        except ChatAPIError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+
 class ChatClient:
     """The widget's side of the chat API; ``stream`` asks for SSE replies as the widget does."""
 
     def __init__(self, base_url: str, stream: bool = True, timeout_s: float = 120.0):
         self.http = _HTTP(base_url, timeout_s)
         self.stream = stream
+        self.help = HelpCentre(self.http)
 
     @staticmethod
     def _auth(token: str) -> dict[str, str]:
@@ -149,6 +170,7 @@ class ExpertAPI:
     def __init__(self, base_url: str, timeout_s: float = 60.0):
         self.http = _HTTP(base_url, timeout_s)
         self.csrf_token = ""
+        self.help = HelpCentre(self.http)
 
     def _headers(self) -> dict[str, str]:
         return {"Accept": "application/json", "X-CSRF-Token": self.csrf_token}

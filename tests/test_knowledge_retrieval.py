@@ -11,6 +11,8 @@ from loopdesk.knowledge import (
     NO_ARTICLE,
     KnowledgeIndex,
     customer_query,
+    paragraphs,
+    passage_text,
     plain_text,
     render_context,
 )
@@ -76,16 +78,47 @@ def test_search_returns_the_best_k_with_version_and_respects_min_score():
 @pytest.mark.parametrize("messages, expected", [
     ([], ""),
     (["Where is my parcel?"], "Where is my parcel?"),
-    (["Can I return my jacket?", "What about sale items?"], "Can I return my jacket? What about sale items?"),
-    (["My boots arrived broken.", "Can I get my money back instead of a new pair of them?"],
-     "My boots arrived broken. Can I get my money back instead of a new pair of them?"),
-    (["How long does shipping take?", "That doesn't answer my question, how many days does standard delivery take?"],
-     "How long does shipping take? That doesn't answer my question, how many days does standard delivery take?"),
-    (["How long does shipping take?", "Thanks. Also, how do I reset my password for the online account?"],
-     "Thanks. Also, how do I reset my password for the online account?"),
+    (["Can I return my jacket?", "  What about\nsale items? "], "Can I return my jacket?\nWhat about sale items?"),
+    (["Hi", "My boots arrived broken.", "Can I get my money back instead?"],
+     "My boots arrived broken.\nCan I get my money back instead?"),
 ])
-def test_the_query_is_the_last_message_with_the_one_before_when_it_follows_on(messages, expected):
+def test_the_query_is_the_last_two_messages_one_a_line(messages, expected):
     assert customer_query(messages) == expected
+
+
+def test_the_newest_message_decides_the_topic_and_the_paragraph():
+    index = demo_index()
+    [switch] = index.search(customer_query(["How long does shipping take?",
+                                            "Thanks. Also, how do I reset my password for the online account?"]), k=1)
+    assert switch.id == "password-reset" and switch.paragraph == 0
+    [sale] = index.search(customer_query(["Can I return my jacket?", "What about sale items?"]), k=1)
+    assert sale.id == "returns" and "sale" in index.passages([sale])[0].body
+    assert sale.paragraph == 1 and index.search("Can I return my jacket?", k=1)[0].paragraph == 0
+    [missing] = index.search(customer_query(["Where is my parcel?", "It says delivered but I don't have it."]), k=1)
+    assert (missing.id, missing.paragraph) == ("order-status", 1)
+
+
+def test_what_customers_type_around_a_question_does_not_move_the_search():
+    index = demo_index()
+    for question in ("Where is my order?", "How do I reset my password?", "Is the Trailhead 40 waterproof?"):
+        plain = index.search(question, k=3, min_score=0.0)
+        dressed = index.search(f"Hi there! Quick question. {question} Thanks, please hurry!", k=3, min_score=0.0)
+        assert dressed == plain, question
+
+
+def test_paragraphs_split_at_blank_lines_and_short_ones_join_a_neighbour():
+    body = "## Refunds\n\nWe refund your money within five to seven business days of receiving the return.\n\n" \
+           "Your bank may need three more days to show the money on your statement, so please wait.\n\nThanks!"
+    assert [plain_text(p) for p in paragraphs(body)] == [
+        "Refunds We refund your money within five to seven business days of receiving the return.",
+        "Your bank may need three more days to show the money on your statement, so please wait. Thanks!"]
+    assert paragraphs("Just one line.") == ["Just one line."]
+
+
+def test_a_long_passage_is_cut_at_a_sentence_end():
+    refunds = article("refunds", "Refunds", "We refund within 5-7 business days. Your bank adds up to 3 days. " * 10)
+    assert passage_text(refunds, 80) == "We refund within 5-7 business days. Your bank adds up to 3 days."
+    assert passage_text(refunds, 11) == "We refund…"
 
 
 def test_plain_text_drops_markdown_markup():
