@@ -45,14 +45,20 @@ def _check_patterns(patterns: list[str]) -> list[str]:
 FACT = re.compile(r"\{(\w+)\}")
 
 
+def value_pattern(value: str) -> str:
+    """A regex matching ``value`` as a whole: not inside a longer number, range or word ("4 hours" is
+    not in "24 hours", "10 business days" not in "7-10 business days")."""
+    return rf"(?<![\w$-]){re.escape(value)}(?![\w-])"
+
+
 def key_pattern(template: str, values: Mapping[str, str]) -> str:
-    """A key fact's regex with each ``{fact}`` replaced by that fact's value, matched literally."""
-    return FACT.sub(lambda m: re.escape(values[m.group(1)]) if m.group(1) in values else m.group(0), template)
+    """A key fact's regex with each ``{fact}`` replaced by that fact's value, matched as a whole."""
+    return FACT.sub(lambda m: value_pattern(values[m.group(1)]) if m.group(1) in values else m.group(0), template)
 
 
 def states(value: str, reply: str) -> bool:
-    """Whether ``reply`` states ``value`` as a whole (not inside a longer number, range or word)."""
-    return re.search(rf"(?<![\w$-]){re.escape(value)}(?![\w-])", reply, re.IGNORECASE) is not None
+    """Whether ``reply`` states ``value`` as a whole."""
+    return re.search(value_pattern(value), reply, re.IGNORECASE) is not None
 
 
 class FollowUp(_Model):
@@ -201,8 +207,11 @@ class Intent(_Model):
         current = {**self.facts, **(values or {})}
         used = self.used_facts(follow_up)
         right = {current[f] for f in used}
+        rest = reply
+        for value in sorted(right, key=len, reverse=True):  # a right value ("10 minutes") may hold a wrong one ("10")
+            rest = re.sub(value_pattern(value), " ", rest, flags=re.IGNORECASE)
         wrong = {v for f in used for v in self.pool(f) if v not in right}
-        return sorted(v for v in wrong if states(v, reply))
+        return sorted(v for v in wrong if states(v, rest))
 
 
 class Persona(_Model):
