@@ -1,7 +1,9 @@
-"""The app factory: settings, store and engine in, a Flask app with the chat API, widget and docs out.
+"""The app factory: settings, store and engine in, a Flask app with the chat API, widget, help
+centre, consoles and docs out.
 
 ``create_app()`` with no arguments is what a WSGI server runs: it loads settings from the
-environment, connects the store and starts the model engine.
+environment, connects the store and starts the model engine; the live knowledge index follows
+the store from its first use.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from flask import Flask, Response, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
-from bot import auth, chat, errors, expert, observability, openapi, operator, widget
+from bot import auth, chat, errors, expert, help_centre, knowledge_console, observability, openapi, operator, widget
+from bot.runtime.knowledge import LiveKnowledge
 from bot.services import EXTENSION, Services
 from feedback_store import FeedbackStore
 from feedback_store.connection import resolve_redis_url
@@ -26,8 +29,10 @@ CORS_HEADERS = {
 }
 
 
-def create_app(settings: Settings | None = None, engine=None, store: FeedbackStore | None = None) -> Flask:
-    """Build the web app; an engine is created and started here when none is given."""
+def create_app(settings: Settings | None = None, engine=None, store: FeedbackStore | None = None,
+               knowledge: LiveKnowledge | None = None) -> Flask:
+    """Build the web app; an engine is created and started here when none is given, and a live
+    knowledge index of ``store`` when ``knowledge`` is not (another store's may be given)."""
     settings = settings or load_settings()
     store = store or FeedbackStore.from_settings(settings)
     if engine is None:
@@ -39,12 +44,13 @@ def create_app(settings: Settings | None = None, engine=None, store: FeedbackSto
 
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=settings.max_request_bytes, JSON_SORT_KEYS=False)
+    knowledge = knowledge or LiveKnowledge(store, settings)
     app.extensions[EXTENSION] = Services(settings=settings, store=store, engine=engine,
-                                         metrics=observability.Metrics(store, engine))
+                                         metrics=observability.Metrics(store, engine), knowledge=knowledge)
     observability.init_app(app)
     errors.init_app(app)
     auth.init_app(app, settings)
-    for blueprint in (chat.bp, widget.bp, openapi.bp, expert.bp, operator.bp):
+    for blueprint in (chat.bp, widget.bp, help_centre.bp, openapi.bp, expert.bp, operator.bp, knowledge_console.bp):
         app.register_blueprint(blueprint)
     auth.limit_logins(app, _init_rate_limits(app, settings), settings)
     _init_cors(app, settings)
@@ -64,6 +70,7 @@ def _init_rate_limits(app: Flask, settings: Settings) -> Limiter:
         swallow_errors=True,  # Redis down: limits fail open and the request meets the store's 503
     )
     limiter.shared_limit(lambda: settings.rate_limit_per_ip, scope="ip", exempt_when=_is_preflight)(chat.bp)
+    limiter.shared_limit(lambda: settings.rate_limit_per_ip, scope="help", exempt_when=_is_preflight)(help_centre.bp)
     endpoint = "chat.post_message"
     app.view_functions[endpoint] = limiter.limit(
         lambda: settings.rate_limit_per_conversation,

@@ -1,8 +1,13 @@
 """The chat API the widget (and the simulated customers) use; the customer token is a bearer token.
 
-A message is logged as the customer's turn, answered by the engine on the conversation's pinned
-adapter, and the reply is logged as a bot turn with everything PPO needs. The reply comes back as
-JSON, or as server-sent events (``delta`` chunks, then ``done`` or ``error``) when asked for.
+A message is logged as the customer's turn. The help articles for the customer's recent messages
+are retrieved from this process's live index; when the best one fits (``kb_min_score``), the
+engine answers on the conversation's pinned adapter with them in its prompt, and the reply is
+logged as a bot turn with everything PPO needs and the articles it saw. When none fits, the bot
+does not generate: ``reply_when_nothing_fits`` sends an honest decline with the way to a person
+(``contact_address``), logged as a ``fallback`` turn. The reply comes back as JSON, or as
+server-sent events (``delta`` chunks, then ``done`` or ``error``) when asked for; a decline is one
+``delta``.
 """
 
 from __future__ import annotations
@@ -33,10 +38,13 @@ from bot.schemas import (
 )
 from bot.services import Services, services
 from bot.validation import bearer_token, parse_body
-from feedback_store.records import BotTurn, Conversation
+from feedback_store.records import ArticleRef, BotTurn, Conversation
+from loopdesk.config import Settings
 
 log = logging.getLogger(__name__)
 bp = Blueprint("chat", __name__, url_prefix="/api/conversations")
+
+DECLINE = "I'm sorry, I can't help with that here. You can reach our team at {contact}."
 
 
 def _json(model: BaseModel, status: int = 200) -> Response:
@@ -77,17 +85,47 @@ def post_message(conv_id: str) -> Response:
 
 def _answer(svc: Services, conv: Conversation, messages: list[dict],
             on_text: Callable[[str], None] | None = None) -> Reply:
-    """Generate the reply on the pinned adapter and log it as a bot turn."""
-    gen = svc.engine.generate(messages, conv.adapter_version, on_text=on_text)
+    """Answer from the help articles that fit the customer's recent messages, or decline if none does."""
+    retrieval = svc.knowledge.for_customer([m["content"] for m in messages if m["role"] == "user"])
+    if not retrieval.fits:
+        return reply_when_nothing_fits(svc, conv, on_text)
+    gen = svc.engine.generate(messages, conv.adapter_version, on_text=on_text, passages=retrieval.passages)
     svc.metrics.observe_generation(gen)
     turn = svc.store.conversations.append_bot(conv.id, BotTurn(
         index=0, text=gen.text, context=gen.context, prompt_token_ids=gen.prompt_token_ids,
         reply_token_ids=gen.reply_token_ids, logprobs=gen.logprobs,
         adapter_version=gen.adapter_version, latency_ms=gen.latency_ms, finished=gen.finished,
         created_at=time.time(),
+        articles=[ArticleRef(id=h.id, version=h.version, title=h.title, score=h.score) for h in retrieval.hits],
     ))
+    return _reply(turn)
+
+
+def decline(settings: Settings) -> str:
+    """What the bot says when no help article fits: that it cannot help here, and who can."""
+    return DECLINE.format(contact=settings.contact_address.strip().rstrip("."))
+
+
+def reply_when_nothing_fits(svc: Services, conv: Conversation,
+                            on_text: Callable[[str], None] | None = None) -> Reply:
+    """The branch taken when no help article fits: the model does not generate; the customer gets
+    ``decline`` (one delta when streamed), logged as a ``fallback`` turn that is never a PPO sample."""
+    started = time.perf_counter()
+    text = decline(svc.settings)
+    if on_text is not None:
+        on_text(text)
+    svc.metrics.observe_fallback()
+    turn = svc.store.conversations.append_bot(conv.id, BotTurn(
+        index=0, text=text, context="", prompt_token_ids=[], reply_token_ids=[], logprobs=[],
+        adapter_version=conv.adapter_version, latency_ms=1000 * (time.perf_counter() - started), finished=True,
+        created_at=time.time(), source="fallback",
+    ))
+    return _reply(turn)
+
+
+def _reply(turn: BotTurn) -> Reply:
     return Reply(turn_index=turn.index, text=turn.text, adapter_version=turn.adapter_version,
-                 finished=turn.finished)
+                 finished=turn.finished, source=turn.source)
 
 
 def _sse(event: str, data: BaseModel) -> str:

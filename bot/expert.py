@@ -1,4 +1,5 @@
-"""The expert console: the annotation queue, transcripts with per-turn annotations, JSONL export.
+"""The expert console: the annotation queue, transcripts with per-turn annotations (and the help
+articles each reply saw), JSONL export.
 
 ``/expert`` is the page; ``/api/expert/...`` is the JSON API it (and the simulated expert) use.
 Every route needs a signed-in expert or admin; writes need the session's CSRF token.
@@ -123,7 +124,8 @@ def queue() -> Response:
 
 @bp.get("/api/expert/conversations/<conv_id>")
 def conversation(conv_id: str) -> Response:
-    """A transcript with every bot turn's annotations and the experts' agreement."""
+    """A transcript with every bot turn's annotations, the experts' agreement, the help articles it saw
+    and whether the model generated it (``source``: ``model`` or ``fallback``)."""
     store = services().store
     conv = store.conversations.get(conv_id)
     by_turn = store.annotations.for_conversation(conv_id)
@@ -133,7 +135,8 @@ def conversation(conv_id: str) -> Response:
                                "created_at": turn.created_at}
         if isinstance(turn, BotTurn):
             annotations = by_turn.get(turn.index, [])
-            out.update(adapter_version=turn.adapter_version, finished=turn.finished,
+            out.update(adapter_version=turn.adapter_version, finished=turn.finished, source=turn.source,
+                       articles=[a.model_dump() for a in turn.articles],
                        annotations=[a.model_dump() for a in annotations], agreement=agreement(annotations))
         turns.append(out)
     return jsonify(conversation={**conversation_summary(conv), "csat_comment": conv.csat_comment,
@@ -161,7 +164,7 @@ def export() -> Response:
 def _export_lines(feedback: FeedbackExport) -> Iterator[str]:
     until, after = feedback.watermark(), 0
     while after < until:
-        page, reached = feedback.export(after=after, until=until, limit=EXPORT_PAGE)
+        page, reached = feedback.export(after=after, until=until, limit=EXPORT_PAGE, include_fallbacks=True)
         for turn in page:
             for ann in turn.annotations:
                 yield json.dumps({
@@ -190,7 +193,8 @@ def openapi_section():
     return Section({
         f"{e}/queue": {"get": {**queue_op, "parameters": queue_params}},
         f"{e}/conversations/{{conv_id}}": {"get": console_operation(
-            "A transcript: every bot turn with its annotations and the experts' agreement")},
+            "A transcript: every bot turn with its annotations, the experts' agreement, the help articles "
+            "it saw and its source (model or fallback)")},
         f"{e}/conversations/{{conv_id}}/turns/{{index}}/annotations": {"post": console_operation(
             "Annotate a bot turn (replaces this expert's earlier annotation of it)", "201",
             body=AnnotationIn, write=True)},

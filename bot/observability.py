@@ -107,15 +107,22 @@ class Metrics:
                               buckets=TTFT_BUCKETS, registry=r)
         self.tokens_per_s = Histogram("loopdesk_reply_tokens_per_second", "reply tokens / reply latency",
                                       buckets=TOKENS_PER_S_BUCKETS, registry=r)
+        self.replies = Counter("loopdesk_replies", "bot replies sent, by source: model (generated) or fallback "
+                               "(no help article fitted the question)", ["source"], registry=r)
         queue = Gauge("loopdesk_generation_queue_depth", "replies waiting for the generation worker", registry=r)
         queue.set_function(lambda: float(engine.queue_depth()))
         r.register(StoreCollector(store))
 
     def observe_generation(self, generation: "Generation") -> None:
-        """Record one reply's time to first token and its tokens per second."""
+        """Record one generated reply: its time to first token and its tokens per second."""
+        self.replies.labels("model").inc()
         self.ttft.observe(generation.ttft_ms / 1000)
         if generation.latency_ms > 0:
             self.tokens_per_s.observe(len(generation.reply_token_ids) / (generation.latency_ms / 1000))
+
+    def observe_fallback(self) -> None:
+        """Record one reply the model did not generate (no help article fitted)."""
+        self.replies.labels("fallback").inc()
 
     def observe_request(self, endpoint: str, method: str, status: int) -> None:
         self.requests.labels(endpoint, method, str(status)).inc()
@@ -131,15 +138,19 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    """200 when Redis answers, the model is loaded and every adapter the registry names is settled."""
+    """200 when Redis answers, the model is loaded, every adapter the registry names is settled and the
+    knowledge index is built (its revision and size are shown)."""
     svc = services()
     missing: list[str] = []
     wanted: dict[str, str] = {}
+    knowledge: dict[str, int] = {}
     try:
         svc.store.ping()
         redis_ok = True
         wanted = {role: v for role, v in (("active", svc.store.adapters.active()),
                                           ("canary", svc.store.adapters.canary())) if v}
+        index = svc.knowledge.index
+        knowledge = {"revision": index.revision, "articles": len(index)}
     except RedisError as exc:
         redis_ok = False
         missing.append(f"redis: {exc}")
@@ -154,7 +165,8 @@ def readyz() -> tuple[Response, int]:
         "ready": not missing,
         "missing": missing,
         "checks": {"redis": redis_ok, "model": model_ok,
-                   "adapters": {"wanted": wanted, "loaded": loaded, "refused": refused}},
+                   "adapters": {"wanted": wanted, "loaded": loaded, "refused": refused},
+                   "knowledge": knowledge},
     }
     return jsonify(body), 200 if not missing else 503
 

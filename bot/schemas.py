@@ -45,6 +45,9 @@ class Reply(BaseModel):
     text: str
     adapter_version: str
     finished: bool = Field(description="false when the reply was cut at the length limit")
+    source: Literal["model", "fallback"] = Field(
+        description="model: generated from the help articles that fit; fallback: no article fitted, so the bot "
+                    "says it cannot help here and how to reach a person")
 
 
 class Delta(BaseModel):

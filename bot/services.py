@@ -1,4 +1,5 @@
-"""What the web layer shares between requests: settings, the store and the model engine."""
+"""What the web layer shares between requests: settings, the store, the model engine and the live
+knowledge index."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from loopdesk.config import Settings
 if TYPE_CHECKING:
     from bot.observability import Metrics
     from bot.runtime import Engine
+    from bot.runtime.knowledge import LiveKnowledge
 
 EXTENSION = "loopdesk"
 
@@ -25,6 +27,7 @@ class Services:
     store: FeedbackStore
     engine: "Engine"
     metrics: "Metrics"
+    knowledge: "LiveKnowledge"
 
 
 def services() -> Services:

@@ -1,4 +1,9 @@
-"""The trainer's export: bot turns, with their feedback, of conversations whose feedback changed after a watermark."""
+"""The trainer's export: bot turns, with their feedback, of conversations whose feedback changed after a watermark.
+
+Only replies the model generated are exported unless asked otherwise: a fallback reply (the fixed
+decline when no help article fits) has no prompt, tokens or log-probs and is no sample of the policy
+(its conversation's other turns still carry the conversation's rating).
+"""
 
 from __future__ import annotations
 
@@ -22,9 +27,10 @@ class FeedbackExport:
         """The newest feedback sequence number (0 when there is none)."""
         return int(self._r.get(self._keys.feedback_seq()) or 0)
 
-    def export(self, after: int = 0, until: int | None = None,
-               limit: int = 10_000) -> tuple[list[TurnWithFeedback], int]:
-        """Bot turns of conversations whose rating or annotations changed in ``(after, until]``.
+    def export(self, after: int = 0, until: int | None = None, limit: int = 10_000,
+               include_fallbacks: bool = False) -> tuple[list[TurnWithFeedback], int]:
+        """Bot turns of conversations whose rating or annotations changed in ``(after, until]``;
+        fallback replies only with ``include_fallbacks``.
 
         Returns the turns and the watermark they reach; pass it as ``after`` next time.
         """
@@ -35,11 +41,11 @@ class FeedbackExport:
         reached = after
         for conv_id, seq in entries:
             reached = max(reached, int(seq))
-            turns.extend(self.for_conversation(conv_id))
+            turns.extend(self.for_conversation(conv_id, include_fallbacks))
         return turns, reached
 
-    def for_conversation(self, conv_id: str) -> list[TurnWithFeedback]:
-        """Every bot turn of one conversation with the feedback it has."""
+    def for_conversation(self, conv_id: str, include_fallbacks: bool = False) -> list[TurnWithFeedback]:
+        """Every bot turn of one conversation (fallback replies only if asked) with the feedback it has."""
         pipe = self._r.pipeline(transaction=False)
         pipe.hgetall(self._keys.conversation(conv_id))
         pipe.lrange(self._keys.turns(conv_id), 0, -1)
@@ -53,7 +59,7 @@ class FeedbackExport:
             turn = parse_turn(index, raw)
             if isinstance(turn, CustomerTurn):
                 last_customer = turn.text
-            elif isinstance(turn, BotTurn):
+            elif isinstance(turn, BotTurn) and (turn.sampled or include_fallbacks):
                 turns.append(TurnWithFeedback(
                     conversation_id=conv_id, turn=turn, customer_text=last_customer,
                     csat=conv.csat, annotations=annotations.get(index, []),

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from loopdesk.articles import VersionedArticle, checked_tags
+from loopdesk.articles import ARTICLE_ID_PATTERN, VersionedArticle, checked_tags
 
 MAX_TEXT = 8000
 MAX_COMMENT = 2000
@@ -15,6 +15,7 @@ VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 ConversationStatus = Literal["open", "ended"]
+ReplySource = Literal["model", "fallback"]
 AdapterStatus = Literal["candidate", "canary", "active", "retired", "rejected"]
 RunStatus = Literal["queued", "running", "succeeded", "rejected", "failed"]
 BASE_VERSION = "base"
@@ -52,8 +53,21 @@ class CustomerTurn(Record):
     created_at: float
 
 
+class ArticleRef(Record):
+    """A help article as a reply saw it: which version, and how well it matched (BM25 score)."""
+
+    id: str = Field(pattern=ARTICLE_ID_PATTERN)
+    version: int = Field(ge=1)
+    title: str = Field(max_length=200)
+    score: float = Field(ge=0, allow_inf_nan=False)
+
+
 class BotTurn(Record):
-    """One reply with everything needed to reuse it as a PPO sample of the serving policy."""
+    """One reply with everything needed to reuse it as a PPO sample of the serving policy.
+
+    A ``fallback`` reply was not sampled from the model (no help article fitted the question): it
+    has no context, token ids or log-probs and is never a PPO sample.
+    """
 
     index: int = Field(ge=0)
     role: Literal["assistant"] = "assistant"
@@ -66,9 +80,19 @@ class BotTurn(Record):
     latency_ms: float = Field(ge=0)
     finished: bool = Field(description="the reply ended with the end-of-sequence token")
     created_at: float
+    source: ReplySource = Field(default="model", description="sampled from the model, or the fixed decline")
+    articles: list[ArticleRef] = Field(default_factory=list, description="the help articles in the context")
+
+    @property
+    def sampled(self) -> bool:
+        """Whether the model generated this reply (only then is it a sample of the policy)."""
+        return self.source == "model"
 
     @model_validator(mode="after")
     def _aligned(self) -> "BotTurn":
+        if self.source == "fallback" and (self.context or self.prompt_token_ids or self.reply_token_ids
+                                          or self.articles):
+            raise ValueError("a fallback reply was not generated: it has no context, token ids or articles")
         if len(self.logprobs) != len(self.reply_token_ids):
             raise ValueError(
                 f"{len(self.logprobs)} log-probs for {len(self.reply_token_ids)} reply tokens"

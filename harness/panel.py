@@ -5,7 +5,8 @@ embedded Redis in a temporary directory, with a registry naming the active versi
 the real store) active and the candidate canary. One engine serves both; two instances of the
 real chat app, each pinning every new conversation to one of the versions, face the same
 customers (same seed: same intents, phrasings, personas and rating noise), so the comparison
-is paired. The score is the panel's mean CSAT.
+is paired. Both answer from the real store's knowledge base (read only). The score is the
+panel's mean CSAT.
 """
 
 from __future__ import annotations
@@ -99,9 +100,11 @@ def _details(summary: Summary) -> dict[str, Any]:
 
 def run_panel(settings: Settings, company: Company, candidate_dir: Path, active: str | None, n: int,
               concurrency: int, config: CustomerConfig, seed: int = 0, tolerance: float = 0.1) -> PanelResult:
-    """Face ``n`` simulated customers with the candidate and with the active version; compare mean CSAT."""
+    """Face ``n`` simulated customers with the candidate and with the active version; compare mean CSAT.
+    The bot answers from the real store's knowledge base."""
     from bot.app import create_app
     from bot.runtime import Engine
+    from bot.runtime.knowledge import LiveKnowledge
     from feedback_store import FeedbackStore
     from feedback_store.server import stop_embedded_redis
 
@@ -119,9 +122,11 @@ def run_panel(settings: Settings, company: Company, candidate_dir: Path, active:
         engine.start()
         stack.callback(engine.stop)
         _wait_loaded(engine, {candidate, active})
+        knowledge = LiveKnowledge(real, panel_settings)
+        stack.callback(knowledge.stop)
         summaries = {}
         for version in (candidate, active):
-            app = create_app(panel_settings, PinnedEngine(engine, version), store)
+            app = create_app(panel_settings, PinnedEngine(engine, version), store, knowledge)
             with serve(app) as url:
                 summaries[version] = summarize(run_customers(url, company, n, concurrency, config, seed,
                                                              progress=False))

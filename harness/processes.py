@@ -65,21 +65,25 @@ class Bot:
 
 @contextmanager
 def running_bot(settings: Settings) -> Iterator[Bot]:
-    """Start the engine and the chat app (rate limits lifted), plus the held-out sandbox app."""
+    """Start the engine and the chat app (rate limits lifted), plus the held-out sandbox app; both
+    answer from the real store's knowledge base."""
     from bot.app import create_app
+    from bot.runtime.knowledge import LiveKnowledge
     from feedback_store import FeedbackStore
     from feedback_store.server import stop_embedded_redis
     from harness.panel import PinnedEngine
 
     with ExitStack() as stack:
         settings, store, engine = stack.enter_context(bot_engine(settings))
-        url = stack.enter_context(serve(create_app(settings, engine, store)))
+        knowledge = LiveKnowledge(store, settings)
+        stack.callback(knowledge.stop)
+        url = stack.enter_context(serve(create_app(settings, engine, store, knowledge)))
         sandbox = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="loopdesk-heldout-")))
         stack.callback(stop_embedded_redis, sandbox)
         sandbox_settings = settings.replace(data_dir=sandbox, redis_url="", base_model=settings.base_model_ref)
         pinned = PinnedEngine(engine, store.adapters.active())
         held_out_url = stack.enter_context(serve(create_app(
-            sandbox_settings, pinned, FeedbackStore.from_settings(sandbox_settings, announce=False))))
+            sandbox_settings, pinned, FeedbackStore.from_settings(sandbox_settings, announce=False), knowledge)))
         yield Bot(url, held_out_url, pinned)
 
 

@@ -36,9 +36,19 @@ def serve(app: Callable[..., Any]) -> Iterator[str]:
         thread.join(timeout=10)
 
 
+def with_demo_knowledge(store: Any) -> None:
+    """Import the demo shop's help articles when the knowledge base is empty (as ``scripts/run.sh`` does)."""
+    from loopdesk.knowledge_files import read_articles
+    from sim.knowledge import KNOWLEDGE_DIR
+
+    if not store.knowledge.revision():
+        store.knowledge.import_articles(read_articles(KNOWLEDGE_DIR))
+
+
 @contextmanager
 def bot_engine(settings: Settings) -> Iterator[tuple[Settings, Any, Any]]:
-    """Start the real bot's store and engine in this process; yield (settings, store, engine).
+    """Start the real bot's store (with the demo shop's help articles if it has none) and engine in
+    this process; yield (settings, store, engine).
 
     The yielded settings lift the per-IP and per-conversation rate limits: every simulated
     customer comes from 127.0.0.1, and the simulator is the only client of this instance.
@@ -49,6 +59,7 @@ def bot_engine(settings: Settings) -> Iterator[tuple[Settings, Any, Any]]:
     settings = settings.replace(rate_limit_per_ip=SIMULATOR_RATE_LIMIT,
                                 rate_limit_per_conversation=SIMULATOR_RATE_LIMIT)
     store = FeedbackStore.from_settings(settings, announce=False)
+    with_demo_knowledge(store)
     engine = Engine(settings, store)
     engine.start()
     try:

@@ -63,7 +63,8 @@ class Settings:
         secret_key (str, default ""): Flask session signing key; empty: a random one is
             generated and kept in ``data_dir/secret_key``.
         max_request_bytes (int, default 65536): largest HTTP request body; bigger ones get 413.
-        rate_limit_per_ip (str, default "120/minute"): chat API requests allowed per client IP.
+        rate_limit_per_ip (str, default "120/minute"): chat API requests allowed per client IP
+            (the help centre allows as many again, counted apart).
         rate_limit_per_conversation (str, default "20/minute"): messages allowed per conversation.
         rate_limit_login (str, default "10/minute"): console sign-in attempts allowed per client IP.
         cors_origins (str, default "*"): comma-separated origins allowed to call the chat API.
@@ -71,6 +72,19 @@ class Settings:
             replies with (see bot.runtime.vllm_backend); empty: the in-process model.
         vllm_model (str, default ""): the name vLLM serves the base model under; empty: the
             base model reference.
+        kb_top_k (int, default 1): help articles retrieved into the model's context for each reply
+            (the tiny model's context is 320 tokens: room for one passage).
+        kb_min_score (float, default 0.8): BM25 score the best help article must reach for the bot
+            to answer (``loopdesk.knowledge.MIN_SCORE``, where its tuning is told); below it the
+            bot does not generate and declines with ``contact_address``. 0: always generate, with
+            the "no help article matches" line when nothing is retrieved.
+        kb_passage_chars (int, default 900): longest part of an article's plain text put in the
+            context (``loopdesk.knowledge.PASSAGE_CHARS``); shortened further, never dropped, when
+            the prompt must fit the model's window.
+        contact_address (str, default "0800 555 0199 (8am to 6pm, Monday to Friday)"): how a
+            customer reaches a person, in the reply the bot sends when no help article fits: "I'm
+            sorry, I can't help with that here. You can reach our team at <contact_address>." The
+            default is the demo shop's phone line from its help article on reaching a person.
     """
 
     redis_url: str = ""
@@ -95,6 +109,10 @@ class Settings:
     cors_origins: str = "*"
     vllm_url: str = ""
     vllm_model: str = ""
+    kb_top_k: int = 1
+    kb_min_score: float = 0.8
+    kb_passage_chars: int = 900
+    contact_address: str = "0800 555 0199 (8am to 6pm, Monday to Friday)"
 
     @property
     def base_model_dir(self) -> Path:
@@ -157,6 +175,13 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         raise SettingsError(f"LOOPDESK_REDIS_APPENDFSYNC must be 'always' or 'everysec', got {settings.redis_appendfsync!r}")
     if not settings.key_prefix or ":" in settings.key_prefix:
         raise SettingsError("LOOPDESK_KEY_PREFIX must be non-empty and contain no ':'")
+    if settings.kb_top_k < 1 or settings.kb_passage_chars < 1 or settings.kb_min_score < 0:
+        raise SettingsError("LOOPDESK_KB_TOP_K and LOOPDESK_KB_PASSAGE_CHARS must be at least 1 and "
+                            f"LOOPDESK_KB_MIN_SCORE at least 0, got {settings.kb_top_k}, "
+                            f"{settings.kb_passage_chars} and {settings.kb_min_score}")
+    if not settings.contact_address.strip():
+        raise SettingsError("LOOPDESK_CONTACT_ADDRESS must tell customers how to reach a person "
+                            "(a phone line with its hours, an email address)")
     return settings
 
 

@@ -242,8 +242,9 @@ def render_context(system_prompt: str, passages: Sequence[PassageLike], max_char
         Help article "Refunds" (refunds v3): <plain-text passage, cut to max_chars>
 
     With no passage, the line says that no help article matches, so the model learns to say so.
+    An empty system prompt adds no line.
     """
-    lines = [system_prompt.strip()]
+    lines = [system_prompt.strip()] if system_prompt.strip() else []
     if not passages:
         lines.append(NO_ARTICLE)
     for passage in passages:

@@ -4,7 +4,8 @@
 (dynamic batching by adapter version) and the adapter follower (``bot.runtime.follower``) with
 the worker's hot-swap loader. ``generate`` blocks the calling thread until its reply is done,
 handing text deltas to ``on_text`` on that same thread as tokens arrive, and returns everything a
-logged ``BotTurn`` needs.
+logged ``BotTurn`` needs. The help articles retrieved for the reply go into its prompt
+(``bot.runtime.prompts``, the same for the vLLM backend).
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -21,10 +21,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from bot.runtime.batching import Row
 from bot.runtime.follower import AdapterFollower
 from bot.runtime.hotswap import WorkerLoader
-from bot.runtime.prompts import PromptBuilder, system_prompt
+from bot.runtime.prompts import PromptBuilder, prompt_builder
 from bot.runtime.worker import GenerationWorker, Request
 from feedback_store import FeedbackStore
 from loopdesk.config import Settings
+from loopdesk.knowledge import ArticleLike
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +81,7 @@ class Engine:
         self.tokenizer = AutoTokenizer.from_pretrained(ref)
         model = AutoModelForCausalLM.from_pretrained(ref).eval()
         self._max_positions = model.config.max_position_embeddings
-        budget = self._max_positions - self.settings.max_reply_tokens
-        if budget < 16:
-            raise ValueError(f"max_reply_tokens={self.settings.max_reply_tokens} leaves no room for a prompt "
-                             f"in {self._max_positions} positions")
-        self._builder = PromptBuilder(self.tokenizer, budget, system_prompt(ref) if Path(ref).is_dir() else None)
+        self._builder = prompt_builder(self.tokenizer, self._max_positions, self.settings)
         pad_id = self.tokenizer.pad_token_id
         self._worker = GenerationWorker(model, self.tokenizer.eos_token_id if pad_id is None else pad_id,
                                         self.tokenizer.eos_token_id, self.settings.temperature,
@@ -122,9 +119,10 @@ class Engine:
         """The version a NEW conversation is pinned to: active, or canary with the canary share."""
         return self._running_adapters().choose_version()
 
-    def generate(self, messages: list[dict], adapter_version: str,
-                 on_text: Callable[[str], None] | None = None) -> Generation:
-        """Reply to ``messages`` with ``adapter_version`` (or the active one if it is not loaded).
+    def generate(self, messages: list[dict], adapter_version: str, on_text: Callable[[str], None] | None = None,
+                 passages: Sequence[ArticleLike] | None = None) -> Generation:
+        """Reply to ``messages`` with ``adapter_version`` (or the active one if it is not loaded), with the
+        retrieved help articles ``passages`` in the system message (``PromptBuilder.build``).
 
         Blocks until done; ``on_text`` gets each new piece of text on this thread.
 
@@ -133,7 +131,7 @@ class Engine:
         """
         started = time.perf_counter()
         worker = self._running_worker()
-        prompt = self._builder.build(messages)
+        prompt = self._builder.build(messages, passages)
         max_new = min(self.settings.max_reply_tokens, self._max_positions - len(prompt.token_ids))
         request = Request(adapter_version, Row(prompt.token_ids, max_new), stream=on_text is not None)
         request.row.owner = request

@@ -1,7 +1,7 @@
 """Following the adapter registry: which versions an engine serves, and which one a new conversation gets.
 
-A listener thread wakes the follower at every registry announcement; a sync thread then syncs, and
-again every ``resync_s`` seconds, so an announcement missed while resubscribing is caught up. A
+It syncs at every registry announcement and again every ``resync_s`` seconds
+(``bot.runtime.following``), so an announcement missed while resubscribing is caught up. A
 sync loads every active or canary version not loaded yet: its files are verified
 (``read_verified``) on the sync thread and handed to the engine's loader while the engine keeps
 serving. A version that fails verification or loading is refused with a logged reason and not
@@ -23,13 +23,12 @@ import time
 from typing import Protocol
 
 from bot.runtime.adapters import VerifiedAdapter, read_verified
+from bot.runtime.following import Following
 from feedback_store import FeedbackStore, NotFoundError
 from feedback_store.records import BASE_VERSION
 from loopdesk.adapter_format import InvalidAdapterError
 
 log = logging.getLogger(__name__)
-
-SUBSCRIBE_TIMEOUT_S = 10.0
 
 
 class AdapterLoader(Protocol):
@@ -68,26 +67,14 @@ class AdapterFollower:
         self._active, self._canary = BASE_VERSION, None
         self._unloading: set[str] = set()  # asked to unload, not done yet
         self._sync_lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._subscribed = threading.Event()
-        self._threads = [threading.Thread(target=self._listen, name="loopdesk-adapter-listener", daemon=True),
-                         threading.Thread(target=self._follow, name="loopdesk-adapter-sync", daemon=True)]
+        self._following = Following("adapter", store.adapters.listen, self.sync, resync_s)
 
     def start(self) -> None:
         """Subscribe to announcements, load the current active/canary versions, then follow changes."""
-        self._threads[0].start()
-        if not self._subscribed.wait(timeout=SUBSCRIBE_TIMEOUT_S):
-            log.warning("adapter announcements: no subscription yet; relying on periodic resync")
-        self.sync()
-        self._threads[1].start()
+        self._following.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        for thread in self._threads:
-            if thread.is_alive():
-                thread.join(timeout=5)
+        self._following.stop()
 
     def choose_version(self) -> str:
         """For a new conversation: the served active version, or the canary at the canary share."""
@@ -144,29 +131,3 @@ class AdapterFollower:
         except NotFoundError:
             rejected = True
         return 0.0 if rejected else self.idle_unload_s
-
-    def _listen(self) -> None:
-        def stop() -> bool:  # ``listen`` calls this after subscribing, before each wait
-            self._subscribed.set()
-            return self._stop.is_set()
-
-        while not self._stop.is_set():
-            try:
-                for announcement in self.store.adapters.listen(stop):
-                    log.info("adapter announcement: %s", announcement)
-                    self._wake.set()
-            except Exception:
-                log.exception("adapter announcements interrupted; resubscribing")
-                time.sleep(1.0)
-                self._wake.set()
-
-    def _follow(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(timeout=self.resync_s)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            try:
-                self.sync()
-            except Exception:
-                log.exception("adapter sync failed; retrying at the next announcement")

@@ -23,17 +23,18 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import requests
 
 from bot.runtime.adapters import VerifiedAdapter
 from bot.runtime.engine import Generation, GenerationError
 from bot.runtime.follower import AdapterFollower
-from bot.runtime.prompts import PromptBuilder, system_prompt
+from bot.runtime.prompts import PromptBuilder, prompt_builder
 from feedback_store import FeedbackStore
 from feedback_store.records import BASE_VERSION
 from loopdesk.config import Settings
+from loopdesk.knowledge import ArticleLike
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +130,7 @@ class VllmEngine:
         ref = self.settings.base_model_ref
         self.tokenizer = AutoTokenizer.from_pretrained(ref)
         self._max_positions = AutoConfig.from_pretrained(ref).max_position_embeddings
-        self._builder = PromptBuilder(self.tokenizer, self._max_positions - self.settings.max_reply_tokens,
-                                      system_prompt(ref) if Path(ref).is_dir() else None)
+        self._builder = prompt_builder(self.tokenizer, self._max_positions, self.settings)
         if not self.ready():
             raise GenerationError(f"no vLLM server answers at {self.url}")
         self._follower = AdapterFollower(self.store, self, ref, self.idle_unload_s, self.resync_s)
@@ -165,13 +165,14 @@ class VllmEngine:
             raise GenerationError("the engine is not running")
         return self._follower.choose_version()
 
-    def generate(self, messages: list[dict], adapter_version: str,
-                 on_text: Callable[[str], None] | None = None) -> Generation:
-        """Stream a reply from vLLM under ``adapter_version`` (or the active one if it is not loaded)."""
+    def generate(self, messages: list[dict], adapter_version: str, on_text: Callable[[str], None] | None = None,
+                 passages: Sequence[ArticleLike] | None = None) -> Generation:
+        """Stream a reply from vLLM under ``adapter_version`` (or the active one if it is not loaded), its
+        prompt built as ``Engine``'s (``PromptBuilder.build`` with the retrieved ``passages``)."""
         if self._builder is None or self._stopped:
             raise GenerationError("the engine is not running")
         started = time.perf_counter()
-        prompt = self._builder.build(messages)
+        prompt = self._builder.build(messages, passages)
         with self._lock:
             version = adapter_version if adapter_version in self._loaded or adapter_version == BASE_VERSION \
                 else self._fallback

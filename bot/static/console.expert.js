@@ -90,6 +90,7 @@
       el("p", {className: "cn-text", text: turn.text}),
     ]);
     if (!isBot) return item;
+    item.append(renderGrounding(turn));
     item.tabIndex = -1;
     item.setAttribute("aria-label", "Bot reply, turn " + turn.index);
     item.addEventListener("focusin", function () { selectTurn(item, false); });
@@ -97,6 +98,21 @@
     item.append(renderAnnotations(turn));
     item.append(buildForm(turn));
     return item;
+  }
+
+  /** The help articles a reply saw (links to those versions), or the mark of a reply the model did not write. */
+  function renderGrounding(turn) {
+    if (turn.source === "fallback") {
+      return el("p", {className: "cn-grounding"}, [el("span", {className: "cn-badge cn-fallback", text: "fallback"}),
+        el("span", {text: " No help article fitted: the bot declined without generating (never a training sample)."})]);
+    }
+    var line = el("p", {className: "cn-grounding"}, [el("span", {text: turn.articles.length ? "Saw: " : "Saw no help article."})]);
+    turn.articles.forEach(function (a, i) {
+      var href = "/knowledge?article=" + encodeURIComponent(a.id) + "&version=" + a.version;
+      line.append(i ? ", " : "", el("a", {href: href, text: a.title}),
+        el("span", {className: "cn-muted", text: " (" + a.id + " v" + a.version + ", score " + a.score.toFixed(2) + ")"}));
+    });
+    return line;
   }
 
   function signed(score) { return score > 0 ? "+" + score : String(score); }
