@@ -78,9 +78,9 @@ class Settings:
             to answer (``loopdesk.knowledge.MIN_SCORE``, where its tuning is told); below it the
             bot does not generate and declines with ``contact_address``. 0: always generate, with
             the "no help article matches" line when nothing is retrieved.
-        kb_passage_chars (int, default 900): longest part of an article's plain text put in the
-            context (``loopdesk.knowledge.PASSAGE_CHARS``); shortened further, never dropped, when
-            the prompt must fit the model's window.
+        kb_passage_chars (int, default 300): longest part of a retrieved paragraph's plain text put
+            in the context (``loopdesk.knowledge.PASSAGE_CHARS``, cut at a sentence end); shortened
+            further, never dropped, when the prompt must fit the model's window.
         contact_address (str, default "0800 555 0199 (8am to 6pm, Monday to Friday)"): how a
             customer reaches a person, in the reply the bot sends when no help article fits: "I'm
             sorry, I can't help with that here. You can reach our team at <contact_address>." The
@@ -111,7 +111,7 @@ class Settings:
     vllm_model: str = ""
     kb_top_k: int = 1
     kb_min_score: float = 0.8
-    kb_passage_chars: int = 900
+    kb_passage_chars: int = 300
     contact_address: str = "0800 555 0199 (8am to 6pm, Monday to Friday)"
 
     @property

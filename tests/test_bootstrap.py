@@ -9,9 +9,10 @@ import pytest
 from click.testing import CliRunner
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from sim.bootstrap import MANIFEST, build_base_model, held_out_prompts, sample_replies
+from sim.bootstrap import MANIFEST, build_base_model, held_out_prompts, sample_replies, training_examples
 from sim.cli import bootstrap
 from sim.company import load_company
+from sim.corpus import CorpusConfig, generate_corpus
 from sim.probe import reply_intent
 
 ENV = {"LOOPDESK_BASE_MODEL": ""}
@@ -97,9 +98,28 @@ def test_probe_names_the_intent_a_reply_answers() -> None:
     assert reply_intent(company, company.styles.off_topic[0]) is None
 
 
-def test_manifest_records_the_intent_probe_on_seen_and_held_out_phrasings(base_model_dir: Path) -> None:
-    probe = json.loads((base_model_dir / MANIFEST).read_text())["intent_probe"]
-    assert set(probe) == {"seen", "held_out"}
-    for result in probe.values():
-        assert result["n"] == 2 * len(load_company().intents)
-        assert all(0 <= result[k] <= 1 for k in ("on_intent", "all_facts", "eos"))
+def test_manifest_records_the_grounded_probe(base_model_dir: Path) -> None:
+    manifest = json.loads((base_model_dir / MANIFEST).read_text())
+    probe = manifest["probe"]
+    assert set(probe) == {"seen", "held_out", "edited", "new_topic"}
+    for split in ("seen", "held_out"):
+        result = probe[split]
+        assert result["n"] == round(2 * len(load_company().intents) * (1 - result["no_passage"]))
+        assert all(0 <= result[k] <= 1 for k in ("on_article", "all_facts", "wrong_facts", "eos"))
+    assert probe["edited"]["n"] > 0 and 0 <= probe["edited"]["new_value"] <= 1
+    assert probe["new_topic"]["its_passage"] > 0.5  # retrieval finds the evaluation-only article
+    assert manifest["eos_share"] == probe["held_out"]["eos"] and manifest["training_examples"] > manifest["corpus_dialogues"]
+
+
+def test_training_examples_are_the_bots_prompts_with_the_loss_on_each_reply_once(tokenizer) -> None:
+    corpus = generate_corpus(CorpusConfig(n_dialogues=60, knowledge_bases=4, seed=4))
+    examples = training_examples(corpus, tokenizer, 320)
+    trained = [t for d in corpus for t in d.turns if t.trained]
+    losses = [tokenizer.decode([i for i, m in zip(e["input_ids"], e["completion_mask"]) if m]) for e in examples]
+    assert "".join(losses) == "".join(f"{t.reply}<|eos|>" for t in trained)  # every reply once, in order
+    for example in examples:
+        text = tokenizer.decode(example["input_ids"])
+        assert text.startswith(f"<|bos|><|system|>{load_company().shop.system_prompt}\nHelp article ")
+        mask = example["completion_mask"]
+        last_reply = max(i for i in range(1, len(mask)) if mask[i] and not mask[i - 1])
+        assert text.endswith("<|eos|>") and last_reply <= 320 - 64  # its prompt fits the bot's prompt budget

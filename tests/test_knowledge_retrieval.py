@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 
 from loopdesk.articles import VersionedArticle
+from loopdesk.config import Settings
 from loopdesk.knowledge import (
     MIN_SCORE,
+    PASSAGE_CHARS,
     NO_ARTICLE,
     KnowledgeIndex,
     customer_query,
@@ -113,6 +115,10 @@ def test_paragraphs_split_at_blank_lines_and_short_ones_join_a_neighbour():
         "Refunds We refund your money within five to seven business days of receiving the return.",
         "Your bank may need three more days to show the money on your statement, so please wait. Thanks!"]
     assert paragraphs("Just one line.") == ["Just one line."]
+
+
+def test_the_bots_passage_setting_defaults_to_the_passage_length():
+    assert Settings().kb_passage_chars == PASSAGE_CHARS and Settings().kb_min_score == MIN_SCORE
 
 
 def test_a_long_passage_is_cut_at_a_sentence_end():

@@ -15,10 +15,10 @@ import pytest
 from feedback_store import FeedbackStore
 from feedback_store.records import BotTurn
 from loopdesk.config import load_settings
-from sim.client import ExpertAPI
+from sim.client import ChatClient, ExpertAPI
 from sim.company import load_company
 from sim.corpus import STYLES, render_reply
-from sim.customers import ChatResult, Customer, CustomerConfig, make_customers, stars
+from sim.customers import ChatResult, Customer, CustomerConfig, SimulatedCustomer, make_customers, stars
 from sim.experts import SimulatedExpert, audited, review_transcript
 from sim.oracle import create_oracle_app
 from sim.rubric import conversation_score, judge_reply
@@ -66,6 +66,29 @@ def test_customers_chat_over_http_end_and_rate_or_leave(bot, chats):
             assert result.rating in range(1, 6) and conv.csat == result.rating
         else:
             assert result.rating is None and conv.csat is None
+
+
+def test_customers_judge_against_the_article_the_help_centre_serves_now(bot):
+    url, store = bot
+    refunds = store.knowledge.get("refunds")
+    edited = refunds.body.replace("5-7 business days", "8-12 business days")
+    store.knowledge.update("refunds", refunds.version, "test", body=edited)
+    intent = COMPANY.intent("refunds")
+    client = ChatClient(url)
+    try:
+        customer = SimulatedCustomer(COMPANY, client)
+        values = customer._current_facts(intent)
+        assert values["refund_time"] == "8-12 business days"
+        assert judge_reply(COMPANY, intent, intent.canonical_reply, values=values).wrong_facts == ("5-7 business days",)
+        store.knowledge.retire("refunds", refunds.version + 1, "test")
+        assert client.help.article("refunds") is None and customer._current_facts(intent) is None
+        [result] = run_customers(url, COMPANY, 1, config=CustomerConfig(leave_share=0.0, follow_up_share=1.0),
+                                 seed=COMPANY.intents.index(intent), progress=False)
+        assert result.intent == "refunds" and not result.error
+        assert {j.intent for j in result.judgements} == {"out_of_scope"}  # no article answers it any more
+    finally:
+        store.knowledge.revert("refunds", refunds.version, refunds.version + 2, "test")
+        client.close()
 
 
 def test_customer_reads_json_replies_when_not_streaming(bot):

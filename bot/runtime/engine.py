@@ -25,7 +25,7 @@ from bot.runtime.prompts import PromptBuilder, prompt_builder
 from bot.runtime.worker import GenerationWorker, Request
 from feedback_store import FeedbackStore
 from loopdesk.config import Settings
-from loopdesk.knowledge import ArticleLike
+from loopdesk.knowledge import PassageLike
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class Engine:
         return self._running_adapters().choose_version()
 
     def generate(self, messages: list[dict], adapter_version: str, on_text: Callable[[str], None] | None = None,
-                 passages: Sequence[ArticleLike] | None = None) -> Generation:
+                 passages: Sequence[PassageLike] | None = None) -> Generation:
         """Reply to ``messages`` with ``adapter_version`` (or the active one if it is not loaded), with the
         retrieved help articles ``passages`` in the system message (``PromptBuilder.build``).
 

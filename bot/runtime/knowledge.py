@@ -19,7 +19,7 @@ from typing import Sequence
 from bot.runtime.following import Following
 from feedback_store import FeedbackStore
 from loopdesk.config import Settings
-from loopdesk.knowledge import ArticleLike, Hit, KnowledgeIndex, customer_query
+from loopdesk.knowledge import Hit, KnowledgeIndex, PassageLike, customer_query
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class Retrieval:
     query: str
     candidates: list[Hit]
     hits: list[Hit]
-    passages: list[ArticleLike]
+    passages: list[PassageLike]
     min_score: float
     revision: int
 

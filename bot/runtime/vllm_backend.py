@@ -34,7 +34,7 @@ from bot.runtime.prompts import PromptBuilder, prompt_builder
 from feedback_store import FeedbackStore
 from feedback_store.records import BASE_VERSION
 from loopdesk.config import Settings
-from loopdesk.knowledge import ArticleLike
+from loopdesk.knowledge import PassageLike
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class VllmEngine:
         return self._follower.choose_version()
 
     def generate(self, messages: list[dict], adapter_version: str, on_text: Callable[[str], None] | None = None,
-                 passages: Sequence[ArticleLike] | None = None) -> Generation:
+                 passages: Sequence[PassageLike] | None = None) -> Generation:
         """Stream a reply from vLLM under ``adapter_version`` (or the active one if it is not loaded), its
         prompt built as ``Engine``'s (``PromptBuilder.build`` with the retrieved ``passages``)."""
         if self._builder is None or self._stopped:
