@@ -28,21 +28,20 @@ import numpy as np  # noqa: E402
 from loopdesk.articles import VersionedArticle  # noqa: E402
 from loopdesk.knowledge import MIN_SCORE, KnowledgeIndex, plain_text, tokenize  # noqa: E402
 from sim.company import load_company  # noqa: E402
-from sim.knowledge_eval import KINDS, demo_index, evaluate  # noqa: E402
+from sim.knowledge_eval import ANSWERED, KINDS, demo_index, evaluate  # noqa: E402
 
 
 def accuracy(show_misses: bool) -> None:
     reports = evaluate(demo_index())
     print(f"retrieval on the demo shop (min_score = {MIN_SCORE})")
-    print(f"{'probes':<13}{'n':>5}{'top-1':>8}{'top-3':>8}{'passage':>9}   top-1 score p1 / p5 / p50 / max"
+    print(f"{'probes':<17}{'n':>5}{'top-1':>8}{'top-3':>8}{'passage':>9}   top-1 score p1 / p5 / p50 / max"
           "   >= min_score")
     for kind in KINDS:
         r = reports[kind]
-        passage = f"{r.passage_rate:9.3f}" if kind in ("seen", "held_out", "follow_up") else f"{'':9}"
-        ranks = f"{r.top1_rate:8.3f}{r.top3_rate:8.3f}{passage}" if r.top1 or r.top3 or kind in (
-            "seen", "held_out", "follow_up", "extra") else f"{'':25}"
+        passage = f"{r.passage_rate:9.3f}" if kind in ANSWERED else f"{'':9}"
+        ranks = f"{r.top1_rate:8.3f}{r.top3_rate:8.3f}{passage}" if kind in (*ANSWERED, "extra") else f"{'':25}"
         spread = " / ".join(f"{r.quantile(q):.2f}" for q in (0.01, 0.05, 0.5, 1.0))
-        print(f"{kind:<13}{r.n:>5}{ranks}   {spread:<32}  {r.share_at_least(MIN_SCORE):.3f}")
+        print(f"{kind:<17}{r.n:>5}{ranks}   {spread:<32}  {r.share_at_least(MIN_SCORE):.3f}")
         if show_misses:
             for probe, ranked in r.misses:
                 print(f"    miss: {probe.question!r} wants {probe.expected}, got {ranked}")

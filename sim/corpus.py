@@ -201,7 +201,9 @@ class _ChatWriter:
         follow_up = kind == "follow_up"
         answerable = self.intent is not None and any(self._answers(p, follow_up) for p in passages)
         if answerable:
-            reply = render_reply(self.company, self.intent, style, follow_up, self.rng, self.values, self.kb.values)
+            shown = next(passage_text(p, self.config.passage_chars) for p in passages if self._answers(p, follow_up))
+            reply = render_reply(self.company, self.intent, style, follow_up, self.rng, self.values, self.kb.values,
+                                 shown)
         else:
             reply = render_decline(self.company, style, self.rng, self._intent_of(hits[0].id), self.kb.values)
         context = render_context(prompt, passages, self.config.passage_chars)

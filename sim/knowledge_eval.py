@@ -6,11 +6,13 @@ query ``customer_query`` builds from the two), the questions of articles that an
 (``questions`` in ``articles.json``), and the out-of-scope questions: general ones, which should
 find nothing, and ones on shop words, which often find a passage the reply should decline from.
 For an intent's question, the passage is right when the best article is its own and the
-paragraph shown states every fact the question's answers use.
+paragraph shown states every fact the question's answers use. The seen and held-out phrasings
+are also probed as each persona writes them (greetings, "I need an answer now", "Thanks!").
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -22,8 +24,11 @@ from loopdesk.knowledge_files import read_articles
 from sim.company import Company, load_company, states
 from sim.knowledge import KNOWLEDGE_DIR, fact_values, load_templates, out_of_scope_questions, template_for
 
-Kind = Literal["seen", "held_out", "follow_up", "extra", "out_of_scope", "shop_words"]
-KINDS: tuple[Kind, ...] = ("seen", "held_out", "follow_up", "extra", "out_of_scope", "shop_words")
+Kind = Literal["seen", "held_out", "seen_dressed", "held_out_dressed", "follow_up", "extra", "out_of_scope",
+               "shop_words"]
+KINDS: tuple[Kind, ...] = ("seen", "held_out", "seen_dressed", "held_out_dressed", "follow_up", "extra",
+                           "out_of_scope", "shop_words")
+ANSWERED: tuple[Kind, ...] = ("seen", "held_out", "seen_dressed", "held_out_dressed", "follow_up")
 
 
 @dataclass(frozen=True)
@@ -79,14 +84,19 @@ def demo_index() -> KnowledgeIndex:
 
 
 def probes(company: Company | None = None) -> list[Probe]:
-    """Every probe of the demo shop, in a fixed order."""
+    """Every probe of the demo shop, in a fixed order (``*_dressed``: each phrasing written the way
+    each persona writes, greetings and all, drawn with a fixed seed)."""
     company = company or load_company()
+    rng = random.Random(0)
     found: list[Probe] = []
     for intent in company.intents:
         article = template_for(intent.name).id
         opening, follow_up = tuple(sorted(intent.used_facts())), tuple(sorted(intent.used_facts(True)))
         found += [Probe("seen", q, q, article, opening) for q in intent.phrasings]
         found += [Probe("held_out", q, q, article, opening) for q in intent.held_out]
+        for kind, pool in (("seen_dressed", intent.phrasings), ("held_out_dressed", intent.held_out)):
+            found += [Probe(kind, q, q, article, opening) for p in pool for q in
+                      (persona.phrase(p, rng) for persona in company.personas)]
         found += [Probe("follow_up", f"{first} → {q}", customer_query([first, q]), article, follow_up)
                   for q in intent.follow_up.questions for first in intent.phrasings + intent.held_out]
     for template in load_templates():

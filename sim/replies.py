@@ -2,7 +2,8 @@
 
 Styles (one per assistant turn, drawn to exact quotas of ``CorpusConfig.mix``):
 
-- ``good``: the facts of the chat's help article, polite, concise (the behaviour PPO should find);
+- ``good``: the facts of the chat's help article, polite, concise (the behaviour PPO should find):
+  half the time in the passage's own sentences, else in the intent's answer templates;
 - ``curt``: those facts wrapped in a rude remark;
 - ``vague``: polite-ish but states no facts;
 - ``wrong_facts``: polite and concise, but with values that contradict the article;
@@ -20,9 +21,10 @@ promise (an action nobody takes), ``off_topic`` answers the passage's own questi
 from __future__ import annotations
 
 import random
+import re
 from typing import Mapping
 
-from sim.company import Company, Intent
+from sim.company import Company, Intent, states, value_pattern
 
 DEFAULT_MIX: dict[str, float] = {
     "good": 0.28,
@@ -37,6 +39,8 @@ DEFAULT_MIX: dict[str, float] = {
 STYLES = tuple(DEFAULT_MIX)
 UNANSWERED = ("vague", "wrong_facts", "off_topic", "flattering")
 DECLINE_TOPIC = "that"
+QUOTE_SHARE = 0.5
+_SENTENCE = re.compile(r"[^.!?]+(?:[.!?](?=\s|$)|$)")
 
 Values = Mapping[str, str]
 
@@ -69,18 +73,41 @@ def _another_article(company: Company, rng: random.Random, values_of: Mapping[st
     return other.fill(rng.choice(other.answers), values=(values_of or {}).get(other.name))
 
 
+def quoted_answer(intent: Intent, follow_up: bool, passage: str, values: Values) -> str | None:
+    """The passage's own sentences that state the facts the answer needs, in order (None when they are
+    not all there): the good reply that quotes its context."""
+    needed = [values[name] for name in sorted(intent.used_facts(follow_up))]
+    sentences = [s for s in _SENTENCE.findall(passage) if any(states(v, s) for v in needed)]
+    if not sentences or not all(any(states(v, s) for s in sentences) for v in needed):
+        return None
+    return " ".join(s.strip() for s in sentences)
+
+
+def _contradicted(text: str, intent: Intent, follow_up: bool, values: Values, rng: random.Random) -> str:
+    """``text`` with the value of every fact the answer uses replaced by another value of that fact's pool."""
+    other = intent.other(rng, values)
+    for name in sorted(intent.used_facts(follow_up), key=lambda n: -len(values[n])):
+        text = re.sub(value_pattern(values[name]), lambda _: other[name], text)
+    return text
+
+
 def render_reply(company: Company, intent: Intent, style: str, follow_up: bool, rng: random.Random,
-                 values: Values | None = None, values_of: Mapping[str, Values] | None = None) -> str:
+                 values: Values | None = None, values_of: Mapping[str, Values] | None = None,
+                 passage: str | None = None) -> str:
     """One reply of ``style`` to the intent's opening (or follow-up) question, stating the facts as
     ``values`` (the chat's article; default canonical) has them; ``values_of`` gives other intents'
-    values for off-topic answers."""
+    values for off-topic answers. Given the ``passage`` shown, half the answers quote its sentences
+    that state the facts (``QUOTE_SHARE``), the others are the intent's own answer templates."""
+    current = {**intent.facts, **(values or {})}
     template = rng.choice(intent.follow_up.answers if follow_up else intent.answers)
-    framed = _framed(company, style, intent.fill(template, values=values), intent.topic, rng)
+    quoted = quoted_answer(intent, follow_up, passage, current) if passage else None
+    answer = quoted if quoted and rng.random() < QUOTE_SHARE else intent.fill(template, values=current)
+    framed = _framed(company, style, answer, intent.topic, rng)
     if framed is not None:
         return framed
     opener, closer = rng.choice(company.shop.good_openers), rng.choice(company.shop.good_closers)
     if style == "wrong_facts":
-        return f"{opener}{intent.fill(template, rng, values)}{closer}"
+        return f"{opener}{_contradicted(answer, intent, follow_up, current, rng)}{closer}"
     if rng.random() < 0.5:  # off_topic
         return rng.choice(company.styles.off_topic)
     return _another_article(company, rng, values_of, intent.name)

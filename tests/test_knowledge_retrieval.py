@@ -32,23 +32,26 @@ def reports():
 
 
 # Measured on the committed articles (bench/knowledge_retrieval.py); each bound sits a little
-# below the measurement: top-1 / top-3 seen 0.960 / 0.994, held-out 0.983 / 1.000,
-# follow-ups 0.992 / 1.000, person/assistant questions 1.000 / 1.000.
-@pytest.mark.parametrize("kind, top1, top3", [
-    ("seen", 0.94, 0.98), ("held_out", 0.96, 0.98), ("follow_up", 0.97, 0.99), ("extra", 0.85, 0.85)])
-def test_the_right_article_ranks_first_for_the_shops_questions(reports, kind, top1, top3):
+# below the measurement: top-1 / top-3 / right passage seen 0.988 / 1.000 / 0.985, held-out
+# 0.983 / 1.000 / 0.966 (the same as the personas write them), follow-ups 0.998 / 1.000 / 0.998,
+# person/assistant questions 1.000 / 1.000.
+@pytest.mark.parametrize("kind, top1, top3, passage", [
+    ("seen", 0.97, 0.99, 0.97), ("held_out", 0.96, 0.99, 0.95), ("seen_dressed", 0.97, 0.99, 0.97),
+    ("held_out_dressed", 0.96, 0.99, 0.95), ("follow_up", 0.98, 0.99, 0.98), ("extra", 0.85, 0.85, 0.0)])
+def test_the_right_article_and_paragraph_come_first_for_the_shops_questions(reports, kind, top1, top3, passage):
     report = reports[kind]
     assert report.n > 0
     assert report.top1_rate >= top1 and report.top3_rate >= top3, [p.question for p, _ in report.misses]
+    assert report.passage_rate >= passage
 
 
 def test_min_score_keeps_in_scope_questions_and_turns_away_most_others(reports):
-    # measured: 0.985 seen, 0.992 held-out, 1.000 follow-ups and person questions kept; 0.812 of out-of-scope rejected
-    assert reports["seen"].share_at_least(MIN_SCORE) >= 0.97
-    assert reports["held_out"].share_at_least(MIN_SCORE) >= 0.98
-    assert reports["follow_up"].share_at_least(MIN_SCORE) >= 0.99
+    # measured: every seen, held-out, follow-up and person question kept; 0.781 of the general out-of-scope
+    # questions rejected; the ones on shop words mostly pass (the model declines them)
+    for kind in ("seen", "held_out", "seen_dressed", "held_out_dressed", "follow_up"):
+        assert reports[kind].share_at_least(MIN_SCORE) >= 0.99, kind
     assert reports["extra"].share_at_least(MIN_SCORE) >= 0.85
-    assert 1 - reports["out_of_scope"].share_at_least(MIN_SCORE) >= 0.78
+    assert 1 - reports["out_of_scope"].share_at_least(MIN_SCORE) >= 0.75
     assert reports["held_out"].quantile(0.5) > 2 * reports["out_of_scope"].quantile(0.9)
 
 
