@@ -186,16 +186,18 @@ class _ChatWriter:
         self.turns: list[Turn] = []
         self.article = template_for(intent.name).id if intent else None
 
-    def hits(self, message: str) -> list:
-        return self.kb.index.search(customer_query([*self.asked, message]), k=self.config.top_k)
+    def finds(self, message: str) -> bool:
+        """Whether retrieval finds a passage for ``message`` asked next (else the bot would not generate)."""
+        return bool(self.kb.index.search(customer_query([*self.asked, message]), k=self.config.top_k))
 
     def ask(self, kind: str, question: str, style: str) -> None:
         self.asked.append(question)
         hits = self.kb.index.search(customer_query(self.asked), k=self.config.top_k)
         prompt = self.company.shop.system_prompt
         if not hits:
-            self.turns.append(Turn(kind, question, style, render_context(prompt, [], self.config.passage_chars), None, False,
-                                   self.company.shop.decline(), trained=False))
+            context = render_context(prompt, [], self.config.passage_chars)
+            self.turns.append(Turn(kind, question, style, context, None, False, self.company.shop.decline(),
+                                   trained=False))
             return
         passages = self.kb.index.passages(hits)
         follow_up = kind == "follow_up"
@@ -253,14 +255,15 @@ def generate_corpus(config: CorpusConfig = CorpusConfig(), company: Company | No
         persona = rng.choices(company.personas, weights)[0]
         writer = _ChatWriter(company, config, rng.choice(kbs), intent, rng)
         pool = intent.phrasings if intent else questions
-        first = persona.phrase(rng.choice(pool), rng)
         for _ in range(MAX_DRAWS):  # a question the bot would generate for: retrieval finds a passage
-            if writer.hits(first):
+            question = rng.choice(pool)
+            first = persona.phrase(question, rng)
+            if writer.finds(first):
                 break
-            first = persona.phrase(rng.choice(pool), rng)
         writer.ask("opening", first, opening)
-        if reask:
-            writer.ask("reask", rng.choice(company.styles.reask_openers) + rng.choice(pool), next(reask_styles))
+        if reask:  # another phrasing of the intent's question, or the same out-of-scope one
+            again = rng.choice(pool) if intent else question
+            writer.ask("reask", rng.choice(company.styles.reask_openers) + again, next(reask_styles))
         if follow_style is not None:
             writer.ask("follow_up", persona.phrase(rng.choice(intent.follow_up.questions), rng), follow_style)
         dialogues.append(Dialogue(intent.name if intent else None, persona.name, writer.kb.values,

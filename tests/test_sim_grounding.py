@@ -122,3 +122,11 @@ def test_the_expert_tags_an_invented_promise_and_corrects_it_with_the_decline():
     assert (promised.score, promised.tags, promised.corrected_reply) == (-2, ["invented_promise"], COMPANY.shop.decline())
     assert "promises an action nobody takes" in promised.note
     assert (declined.score, declined.tags, declined.corrected_reply) == (2, ["great"], "")
+
+
+def test_the_corpus_declines_as_the_bot_does_when_nothing_fits():
+    from bot.chat import decline
+    from loopdesk.config import Settings
+
+    assert decline(Settings()) == COMPANY.shop.decline()
+    assert Settings().contact_address == COMPANY.shop.contact_address
