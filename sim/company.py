@@ -47,8 +47,8 @@ FACT = re.compile(r"\{(\w+)\}")
 
 def value_pattern(value: str) -> str:
     """A regex matching ``value`` as a whole: not inside a longer number, range or word ("4 hours" is
-    not in "24 hours", "10 business days" not in "7-10 business days")."""
-    return rf"(?<![\w$-]){re.escape(value)}(?![\w-])"
+    not in "24 hours", "10 business days" not in "7-10 business days", "2 kg" not in "1.2 kg")."""
+    return rf"(?<![\w$.-]){re.escape(value)}(?![\w-])"
 
 
 def key_pattern(template: str, values: Mapping[str, str]) -> str:

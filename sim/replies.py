@@ -40,7 +40,7 @@ STYLES = tuple(DEFAULT_MIX)
 UNANSWERED = ("vague", "wrong_facts", "off_topic", "flattering")
 DECLINE_TOPIC = "that"
 QUOTE_SHARE = 0.5
-_SENTENCE = re.compile(r"[^.!?]+(?:[.!?](?=\s|$)|$)")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 Values = Mapping[str, str]
 
@@ -77,7 +77,7 @@ def quoted_answer(intent: Intent, follow_up: bool, passage: str, values: Values)
     """The passage's own sentences that state the facts the answer needs, in order (None when they are
     not all there): the good reply that quotes its context."""
     needed = [values[name] for name in sorted(intent.used_facts(follow_up))]
-    sentences = [s for s in _SENTENCE.findall(passage) if any(states(v, s) for v in needed)]
+    sentences = [s for s in _SENTENCE_END.split(passage) if any(states(v, s) for v in needed)]
     if not sentences or not all(any(states(v, s) for s in sentences) for v in needed):
         return None
     return " ".join(s.strip() for s in sentences)

@@ -8,11 +8,12 @@ import pytest
 
 from loopdesk.knowledge import paragraphs, plain_text
 from loopdesk.knowledge_files import read_articles
-from sim.company import key_pattern, load_company
+from sim.company import key_pattern, load_company, states
 from sim.knowledge import (
     KNOWLEDGE_DIR,
     FactSentenceMissing,
     current_facts,
+    fact_pools,
     fact_values,
     load_templates,
     recover_facts,
@@ -97,6 +98,16 @@ def test_the_complaint_article_describes_what_really_happens():
 def test_every_fact_is_read_back_from_its_rendered_article():
     for template in load_templates():
         assert recover_facts(template, render_article(template).body) == fact_values(template), template.id
+
+
+def test_every_value_of_every_pool_is_read_back_and_no_two_values_of_a_pool_hold_one_another():
+    for template in load_templates():
+        for name, pool in fact_pools(template).items():
+            assert len(pool) >= 7, (template.id, name)
+            for value in pool:
+                body = render_article(template, values={name: value}).body
+                assert recover_facts(template, body)[name] == value, (template.id, name, value)
+                assert [v for v in pool if v != value and states(v, value)] == [], (template.id, value)
 
 
 def test_an_edited_value_is_what_the_simulator_reads_now():
