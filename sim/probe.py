@@ -102,6 +102,22 @@ def _dressed(company: Company, questions: Sequence[str], n: int, rng: random.Ran
     return [rng.choices(company.personas, weights)[0].phrase(rng.choice(questions), rng) for _ in range(n)]
 
 
+def opening_chats(company: Company, per_intent: int, held_out: bool,
+                  rng: random.Random) -> tuple[list[tuple[Intent, list[Message]]], int]:
+    """``per_intent`` persona-dressed opening questions per intent from training (or held-out) phrasings,
+    as the bot prompts them on the shop's knowledge base as shipped; those retrieval finds nothing for
+    are left out. Returns the (intent, prompt) pairs and how many questions were asked."""
+    index = KnowledgeIndex(shop_articles(company))
+    chats, asked = [], 0
+    for intent in company.intents:
+        for question in _dressed(company, intent.held_out if held_out else intent.phrasings, per_intent, rng):
+            found = grounded_prompt(company, index, question)
+            asked += 1
+            if found is not None:
+                chats.append((intent, found[0]))
+    return chats, asked
+
+
 class Prober:
     """Samples replies to grounded prompts from one model, batched, at the serving temperature."""
 
@@ -129,14 +145,7 @@ class Prober:
 
     def grounded(self, per_intent: int, held_out: bool) -> GroundedResult:
         """Opening questions of every intent on the shop's knowledge base as shipped."""
-        index = KnowledgeIndex(shop_articles(self.company))
-        asked, questions = [], []
-        for intent in self.company.intents:
-            questions += _dressed(self.company, intent.held_out if held_out else intent.phrasings, per_intent,
-                                  self.rng)
-            asked += [intent] * per_intent
-        prompts = [grounded_prompt(self.company, index, q) for q in questions]
-        kept = [(intent, p[0]) for intent, p in zip(asked, prompts) if p is not None]
+        kept, asked = opening_chats(self.company, per_intent, held_out, self.rng)
         replies = self.replies([chat for _, chat in kept])
         n = max(1, len(replies))
         return GroundedResult(
@@ -144,7 +153,7 @@ class Prober:
             all_facts=sum(not i.missing_facts(text) for (i, _), (text, _) in zip(kept, replies)) / n,
             wrong_facts=sum(bool(i.wrong_facts_in(text)) for (i, _), (text, _) in zip(kept, replies)) / n,
             eos=sum(ended for _, ended in replies) / n,
-            no_passage=1 - len(kept) / len(prompts), n=len(replies))
+            no_passage=1 - len(kept) / asked, n=len(replies))
 
     def edited(self, per_edit: int) -> EditResult:
         """Each evaluation edit on its own: the intent's questions against the edited article."""
