@@ -33,7 +33,8 @@ def comparison_markdown(reports: dict[str, dict[str, Any]]) -> str:
              "model, reward model recipe, gate and hot-swap; only the policy update differs.", "",
              f"Reproduce: `{env}loopdesk loop --rounds {cfg['rounds']} --customers-per-round {cfg['customers_per_round']} "
              f"--concurrency {cfg['concurrency']} --seed {cfg['seed']} --held-out-share {cfg['held_out_share']}"
-             f"{scope_flag(cfg)}{eval_flag(cfg)} {method_flags}` (plus `--round-config` for the overrides recorded in report.json).",
+             f"{scope_flag(cfg)}{eval_flag(cfg)} {method_flags}` "
+             "(plus `--round-config` for the overrides recorded in report.json).",
              "",
              "## Mean CSAT per round", "", f"![CSAT by method]({COMPARISON_PLOTS['csat']})", "",
              "| method | " + " | ".join(f"round {i}" for i in range(n_rounds)) + " | gain | trainer s / round |",

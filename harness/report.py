@@ -42,7 +42,8 @@ def markdown(report: dict[str, Any]) -> str:
              "round. A candidate that passes the gate becomes active at once (see `harness/loop.py`).", "",
              f"Reproduce: `{env}loopdesk loop --rounds {cfg['rounds']} --customers-per-round {cfg['customers_per_round']} "
              f"--concurrency {cfg['concurrency']} --{'' if cfg['experts'] else 'no-'}experts --seed {cfg['seed']} "
-             f"--held-out-share {cfg['held_out_share']}{scope_flag(cfg)}{eval_flag(cfg)}` (plus `--round-config` for any overrides in "
+             f"--held-out-share {cfg['held_out_share']}{scope_flag(cfg)}{eval_flag(cfg)}` "
+             "(plus `--round-config` for any overrides in "
              "report.json).",
              "",
              "## CSAT and the expert view", "", f"![CSAT per round]({PLOTS['csat']})", "",

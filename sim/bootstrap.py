@@ -6,7 +6,9 @@ Chat format (one line per message, no separators; ``<|eos|>`` ends every assista
     Help article "..." (order-status v1): You can follow ...<|user|>Where is my order?<|assistant|>You can ...<|eos|>
 
 A prompt for a new reply is the chat rendered with ``add_generation_prompt=True`` (it ends
-with ``<|assistant|>``); generation stops at ``<|eos|>``. Each reply of the corpus is one
+with ``<|assistant|>``); generation stops at ``<|eos|>``. The fresh model first learns to
+repeat spans of random tokens (``copy_warmup``: where it learns to read values back from its
+context), then is fine-tuned on the corpus. Each reply of the corpus is one
 training example, prompt and completion as the bot would build them: the system message with
 the passage retrieved for that turn, then the chat so far, oldest turns dropped while the prompt
 is longer than the context less the bot's reply budget (as the bot's prompt builder does); the
@@ -53,7 +55,8 @@ class ModelSize:
     thread made steps up to 8x slower (threads spin waiting for each other), so one is default.
     ``max_length`` is the longest chat trained on and the model's declared context.
     ``probe_per_intent`` is how many replies per intent and phrasing split the probe samples;
-    ``knowledge_bases`` how many drawn knowledge bases the corpus' chats are spread over.
+    ``knowledge_bases`` how many drawn knowledge bases the corpus' chats are spread over;
+    ``warmup_steps`` of repeating ``warmup_span`` random tokens come before SFT (``copy_warmup``).
     """
 
     vocab_size: int
@@ -69,6 +72,8 @@ class ModelSize:
     max_length: int = 320
     probe_per_intent: int = 8
     knowledge_bases: int = 128
+    warmup_steps: int = 150
+    warmup_span: int = 32
 
 
 # default: one epoch over 20000 fresh chats (1250 steps of 16), ~610 CPU-seconds with one thread (the
@@ -78,7 +83,7 @@ class ModelSize:
 SIZES: dict[str, ModelSize] = {
     "test": ModelSize(vocab_size=1024, hidden=48, layers=2, heads=2, intermediate=96,
                       n_dialogues=240, epochs=2, batch_size=16, learning_rate=1e-2, probe_per_intent=2,
-                      knowledge_bases=16),
+                      knowledge_bases=16, warmup_steps=10),
     "default": ModelSize(vocab_size=2048, hidden=128, layers=4, heads=4, intermediate=384,
                          n_dialogues=20000, epochs=1, batch_size=16, learning_rate=3e-3),
 }
@@ -160,7 +165,13 @@ def training_examples(corpus: list[Dialogue], tokenizer: Any, max_length: int) -
     for dialogue in corpus:
         for members in _groups(dialogue):
             whole = _sequence(tokenizer, dialogue, members, max_length)
-            examples += [whole] if whole else [e for m in members if (e := _sequence(tokenizer, dialogue, [m], max_length))]
+            if whole is not None:
+                examples.append(whole)
+                continue
+            for member in members:  # the group does not fit as one sequence: each reply on its own
+                alone = _sequence(tokenizer, dialogue, [member], max_length)
+                if alone is not None:
+                    examples.append(alone)
     return examples
 
 
@@ -177,6 +188,34 @@ def build_model(tokenizer: Any, size: ModelSize, seed: int) -> Any:
         pad_token_id=tokenizer.pad_token_id,
     )
     return LlamaForCausalLM(config)
+
+
+def copy_warmup(model: Any, tokenizer: Any, size: ModelSize, seed: int) -> float:
+    """Teach the fresh model to read back its context before SFT; returns the last loss.
+
+    ``size.warmup_steps`` steps of the LM loss on spans of ``size.warmup_span`` random tokens
+    repeated once, the loss on the repeat. Answering from a passage means copying its values, and a
+    model trained from scratch forms the induction heads that copying needs after ~100 such steps,
+    but not within its whole SFT budget on the corpus, where a reply's values are a few tokens.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=size.learning_rate, weight_decay=0.0)
+    first = max(tokenizer.all_special_ids) + 1  # the special tokens come first in the vocabulary
+    model.train()
+    loss = float("nan")
+    for _ in range(size.warmup_steps):
+        span = torch.randint(first, len(tokenizer), (size.batch_size, size.warmup_span), generator=generator)
+        tokens = torch.cat([span, span], dim=1)
+        labels = tokens.clone()
+        labels[:, :size.warmup_span] = -100  # the first copy cannot be predicted; the repeat can
+        output = model(input_ids=tokens, labels=labels)
+        output.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        loss = float(output.loss)
+    return loss
 
 
 def sft(model: Any, tokenizer: Any, examples: list[dict[str, list[int]]], size: ModelSize, seed: int,
@@ -259,6 +298,7 @@ def build_base_model(out_dir: Path, size: str = "default", seed: int = 0, progre
         tokenizer = train_tokenizer(corpus_texts(corpus), shape.vocab_size, shape.max_length)
         examples = training_examples(corpus, tokenizer, shape.max_length)
         model = build_model(tokenizer, shape, seed)
+        warmup_loss = copy_warmup(model, tokenizer, shape, seed)
         loss = sft(model, tokenizer, examples, shape, seed, tmp / "trainer", progress)
         train_seconds, cpu_seconds = time.monotonic() - started, time.process_time() - cpu_started
         model.eval()
@@ -269,7 +309,7 @@ def build_base_model(out_dir: Path, size: str = "default", seed: int = 0, progre
         manifest = {
             "size": size, "seed": seed, "params": sum(p.numel() for p in model.parameters()),
             "train_seconds": round(train_seconds, 1), "train_cpu_seconds": round(cpu_seconds, 1),
-            "threads": shape.threads, "final_loss": round(loss, 4),
+            "threads": shape.threads, "warmup_loss": round(warmup_loss, 4), "final_loss": round(loss, 4),
             "corpus_dialogues": len(corpus), "training_examples": len(examples), "vocab_size": len(tokenizer),
             "eos_share": probe["held_out"]["eos"], "probe": probe,
             "system_prompt": load_company().shop.system_prompt, "shape": asdict(shape),

@@ -109,6 +109,7 @@ def test_manifest_records_the_grounded_probe(base_model_dir: Path) -> None:
     assert probe["edited"]["n"] > 0 and 0 <= probe["edited"]["new_value"] <= 1
     assert probe["new_topic"]["its_passage"] > 0.5  # retrieval finds the evaluation-only article
     assert manifest["eos_share"] == probe["held_out"]["eos"] and manifest["training_examples"] > manifest["corpus_dialogues"]
+    assert 0 < manifest["warmup_loss"] < 20
 
 
 def test_training_examples_are_the_bots_prompts_with_the_loss_on_each_reply_once(tokenizer) -> None:
