@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 # This script's name matches the package it measures: keep bench/ off the import path.
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
@@ -59,6 +60,9 @@ def _worker(args: tuple[str, str, str, int]) -> list[float]:
             latencies.append(time.perf_counter() - t)
     else:
         convs = [store.conversations.start("base") for _ in range(n)]
+        for conv, token in convs:  # a rating needs a bot reply to rate
+            store.conversations.append_customer(conv.id, token, "Where is my order?")
+            store.conversations.append_bot(conv.id, turn)
         for i, (conv, token) in enumerate(convs):
             t = time.perf_counter()
             store.ratings.rate(conv.id, token, 1 + i % 5, "fine")
@@ -80,9 +84,10 @@ def _ours(url: str, op: str, clients: int, ops: int) -> tuple[float, float, floa
     return len(lat) / busy, float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
 
 
-def _redis_set(port: int, clients: int, ops: int) -> tuple[float, float, float]:
-    out = subprocess.run(["redis-benchmark", "-p", str(port), "-t", "set", "-n", str(ops), "-c", str(clients),
-                          "-d", "1000", "--csv"], capture_output=True, text=True, check=True).stdout
+def _redis_set(url: str, clients: int, ops: int) -> tuple[float, float, float]:
+    parts = urlsplit(url)  # redis-benchmark reads no password from the environment: -a (a throwaway server's)
+    out = subprocess.run(["redis-benchmark", "-p", str(parts.port), "-a", parts.password, "-t", "set", "-n", str(ops),
+                          "-c", str(clients), "-d", "1000", "--csv"], capture_output=True, text=True, check=True).stdout
     row = next(r for r in csv.DictReader(io.StringIO(out)) if r["test"] == "SET")
     return float(row["rps"]), float(row["p50_latency_ms"]), float(row["p99_latency_ms"])
 
@@ -100,8 +105,7 @@ def main() -> None:
         data_dir = Path(tempfile.mkdtemp(prefix=f"bench-{policy}-"))
         try:
             url = ensure_embedded_redis(data_dir, policy)
-            port = int(url.rsplit(":", 1)[1].split("/")[0])
-            set_rps, set_p50, set_p99 = _redis_set(port, args.clients, args.ops * 2)
+            set_rps, set_p50, set_p99 = _redis_set(url, args.clients, args.ops * 2)
             print(f"{policy:9} {'redis SET':14} {set_rps:9.0f} {set_p50:8.2f} {set_p99:8.2f} {'1.00x':>13}")
             for op in ("turn", "rating"):
                 rps, p50, p99 = _ours(url, op, args.clients, args.ops)

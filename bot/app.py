@@ -10,24 +10,17 @@ from __future__ import annotations
 
 import atexit
 
-from flask import Flask, Response, request
+from flask import Flask, request
 from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
 
-from bot import auth, chat, errors, expert, help_centre, knowledge_console, observability, openapi, operator, widget
+from bot import (admin, auth, chat, errors, expert, headers, help_centre, knowledge_console, observability, openapi,
+                 operator, raters, sessions, widget)
 from bot.runtime.knowledge import LiveKnowledge
 from bot.services import EXTENSION, Services
 from feedback_store import FeedbackStore
 from feedback_store.connection import resolve_redis_url
 from feedback_store.keys import Keys
 from loopdesk.config import Settings, load_settings
-
-CORS_HEADERS = {
-    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-    "Access-Control-Allow-Headers": "Authorization, Content-Type, Accept",
-    "Access-Control-Max-Age": "600",
-}
-
 
 def create_app(settings: Settings | None = None, engine=None, store: FeedbackStore | None = None,
                knowledge: LiveKnowledge | None = None) -> Flask:
@@ -49,18 +42,22 @@ def create_app(settings: Settings | None = None, engine=None, store: FeedbackSto
                                          metrics=observability.Metrics(store, engine), knowledge=knowledge)
     observability.init_app(app)
     errors.init_app(app)
+    sessions.init_app(app, settings)
+    raters.init_app(app, settings)
     auth.init_app(app, settings)
-    for blueprint in (chat.bp, widget.bp, help_centre.bp, openapi.bp, expert.bp, operator.bp, knowledge_console.bp):
+    widget.init_app(app, settings)
+    for blueprint in (chat.bp, help_centre.bp, openapi.bp, expert.bp, operator.bp, admin.bp, knowledge_console.bp):
         app.register_blueprint(blueprint)
     auth.limit_logins(app, _init_rate_limits(app, settings), settings)
-    _init_cors(app, settings)
+    headers.init_app(app, settings)
     return app
 
 
 def _init_rate_limits(app: Flask, settings: Settings) -> Limiter:
-    """Per-IP limits on the chat API and per-conversation limits on messages, counted in Redis."""
+    """Per-client limits on the chat API and (apart) the help centre, and per-conversation limits on messages,
+    counted in Redis under the hashed client address (``bot.raters``)."""
     limiter = Limiter(
-        get_remote_address,
+        raters.client_key,
         app=app,
         storage_uri=resolve_redis_url(settings, announce=False),
         storage_options={"key_prefix": Keys(settings.key_prefix).rate_limits(),
@@ -83,23 +80,3 @@ def _init_rate_limits(app: Flask, settings: Settings) -> Limiter:
 
 def _is_preflight() -> bool:
     return request.method == "OPTIONS"
-
-
-def _init_cors(app: Flask, settings: Settings) -> None:
-    """Let the widget call the API from the shop's own origin (bearer tokens, no cookies)."""
-    allowed = {o.strip() for o in settings.cors_origins.split(",") if o.strip()}
-
-    @app.after_request
-    def add_cors_headers(response: Response) -> Response:
-        origin = request.headers.get("Origin")
-        if not request.path.startswith("/api/") or not origin:
-            return response
-        if "*" in allowed:
-            response.headers["Access-Control-Allow-Origin"] = "*"
-        elif origin in allowed:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.vary.add("Origin")
-        else:
-            return response
-        response.headers.update(CORS_HEADERS)
-        return response

@@ -1,5 +1,9 @@
 """The numbers behind the operator console's charts: CSAT per adapter version with 95% intervals,
-and an adapter's metrics compared with the active one's. Drawing happens in ``static/charts.js``."""
+and an adapter's metrics compared with the active one's. Drawing happens in ``static/charts.js``.
+
+The CSAT shown is weighted as the canary decision weighs it (``feedback_store.rating_weights``:
+capped ratings 0, each client 1 in total, bursts capped), with the effective sample size; the
+plain mean of every stored rating is shown beside it as ``unweighted_mean``."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import math
 from collections import defaultdict
 from typing import Any, Iterable
 
+from feedback_store.rating_weights import CsatStats, WeightRule, csat_stats, rating_weights
 from feedback_store.records import Conversation
 
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom; above that the normal 1.96.
@@ -16,30 +21,41 @@ T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.
 BUCKETS = {"hour": 3600, "day": 86400}
 
 
-def mean_ci(scores: list[int]) -> dict[str, Any]:
-    """n, mean and the 95% t-interval of the mean (clipped to the 1-5 scale; none for n < 2)."""
-    n = len(scores)
-    mean = sum(scores) / n
-    if n < 2:
-        return {"n": n, "mean": mean, "lo": None, "hi": None}
-    sd = math.sqrt(sum((s - mean) ** 2 for s in scores) / (n - 1))
-    half = (T95[n - 2] if n - 1 <= len(T95) else 1.96) * sd / math.sqrt(n)
-    return {"n": n, "mean": round(mean, 4), "lo": round(max(1.0, mean - half), 4),
-            "hi": round(min(5.0, mean + half), 4)}
+def t95(n_eff: float) -> float:
+    """Two-sided 95% Student-t quantile for an effective sample size (its whole degrees of freedom)."""
+    df = math.floor(n_eff + 1e-9) - 1
+    return T95[df - 1] if 1 <= df <= len(T95) else 1.96
 
 
-def csat_by_version(conversations: Iterable[Conversation], bucket_s: int) -> dict[str, Any]:
-    """Rated conversations grouped by adapter version and time bucket (by start time, UTC).
+def csat_summary(stats: CsatStats) -> dict[str, Any]:
+    """What the console shows of a set's CSAT: ratings stored, the weighted mean with its 95% t-interval on the
+    effective sample size (clipped to the 1-5 scale; none below an effective 2), n_eff, and the plain mean."""
+    def rounded(value: float | None) -> float | None:
+        return None if value is None else round(value, 4)
 
-    Returns ``{"series": [{"version", "points": [{"t", "n", "mean", "lo", "hi"}]}], "totals": {version: stats}}``.
+    lo = hi = None
+    if stats.mean is not None and stats.se is not None:
+        half = t95(stats.n_eff) * stats.se
+        lo, hi = max(1.0, stats.mean - half), min(5.0, stats.mean + half)
+    return {"n": stats.ratings, "n_eff": round(stats.n_eff, 2), "mean": rounded(stats.mean), "lo": rounded(lo),
+            "hi": rounded(hi), "unweighted_mean": rounded(stats.unweighted_mean)}
+
+
+def csat_by_version(conversations: Iterable[Conversation], bucket_s: int, rule: WeightRule) -> dict[str, Any]:
+    """Rated conversations grouped by adapter version and time bucket (by start time, UTC), each rating
+    weighted as the canary decision weighs it (``feedback_store.rating_weights``, over all the given ones).
+
+    Returns ``{"series": [{"version", "points": [{"t", **csat_summary}]}], "totals": {version: csat_summary}}``.
     """
-    buckets: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
-    for conv in conversations:
-        if conv.csat is not None:
-            buckets[conv.adapter_version][int(conv.created_at // bucket_s) * bucket_s].append(conv.csat)
-    series = [{"version": version, "points": [{"t": t, **mean_ci(by_time[t])} for t in sorted(by_time)]}
+    rated = [c for c in conversations if c.csat is not None]
+    weights = rating_weights(rated, rule)
+    buckets: dict[str, dict[int, list[Conversation]]] = defaultdict(lambda: defaultdict(list))
+    for conv in rated:
+        buckets[conv.adapter_version][int(conv.created_at // bucket_s) * bucket_s].append(conv)
+    series = [{"version": version,
+               "points": [{"t": t, **csat_summary(csat_stats(by_time[t], weights, rule))} for t in sorted(by_time)]}
               for version, by_time in sorted(buckets.items())]
-    totals = {version: mean_ci([s for scores in by_time.values() for s in scores])
+    totals = {version: csat_summary(csat_stats([c for convs in by_time.values() for c in convs], weights, rule))
               for version, by_time in buckets.items()}
     return {"series": series, "totals": totals}
 

@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 from flask import Blueprint, Response, request, url_for
 from pydantic import BaseModel
 
+from bot import raters
 from bot.errors import ApiError, error_payload
 from bot.openapi import Section, json_body, json_response, operation, ref
 from bot.schemas import (
@@ -109,7 +110,8 @@ def decline(settings: Settings) -> str:
 def reply_when_nothing_fits(svc: Services, conv: Conversation,
                             on_text: Callable[[str], None] | None = None) -> Reply:
     """The branch taken when no help article fits: the model does not generate; the customer gets
-    ``decline`` (one delta when streamed), logged as a ``fallback`` turn that is never a PPO sample."""
+    ``decline`` (one delta when streamed), logged as a ``fallback`` turn that is never a PPO sample.
+    A handoff to a person belongs here too."""
     started = time.perf_counter()
     text = decline(svc.settings)
     if on_text is not None:
@@ -166,10 +168,15 @@ def end(conv_id: str) -> Response:
 
 @bp.post("/<conv_id>/rating")
 def rate(conv_id: str) -> Response:
-    """Rate the conversation 1-5; repeating is harmless, changing works within the window."""
+    """Rate a conversation the bot answered, 1-5; repeating is harmless, changing works within the window.
+
+    The rating is stored with its provenance (``bot.raters``); one beyond the per-client cap is
+    acknowledged alike and stored with weight 0.
+    """
     token = bearer_token()
     body = parse_body(RatingIn)
-    changed = services().store.ratings.rate(conv_id, token, body.score, body.comment)
+    svc = services()
+    changed = svc.store.ratings.rate(conv_id, token, body.score, body.comment, raters.rating_source(svc.settings))
     return _json(RatingOut(conversation_id=conv_id, score=body.score, comment=body.comment, changed=changed))
 
 
@@ -185,6 +192,13 @@ def transcript(conv_id: str) -> Response:
         created_at=conv.created_at, ended_at=conv.ended_at, csat=conv.csat,
         csat_comment=conv.csat_comment, turns=turns,
     ))
+
+
+@bp.delete("/<conv_id>")
+def erase(conv_id: str) -> Response:
+    """Erase the conversation and everything stored about it, for its token holder (idempotent: 204 again)."""
+    services().store.erasure.erase(conv_id, bearer_token())
+    return Response(status=204)
 
 
 SSE_DESCRIPTION = (
@@ -210,7 +224,10 @@ def openapi_section() -> Section:
             *with_body, 429, 503, body=json_body(StartIn, required=False))},
         f"{base}/{{conv_id}}": {"get": operation(
             "The transcript, for the token holder", {"200": json_response(Transcript, "the turns so far")},
-            *common, security=token)},
+            *common, security=token), "delete": operation(
+            "Erase the conversation: its turns, rating, annotations, meta and every index entry (idempotent); "
+            "what stays is the record that it was erased, with the training runs that may have used it",
+            {"204": {"description": "erased now or before"}}, *common, security=token)},
         f"{base}/{{conv_id}}/messages": {"post": operation(
             "Send a message and get the bot's reply", reply, *with_body, *common, 409, 503,
             body=json_body(MessageIn), security=token)},
@@ -218,7 +235,7 @@ def openapi_section() -> Section:
             "End the conversation (idempotent)", {"200": json_response(Ended, "the conversation's status")},
             *common, security=token)},
         f"{base}/{{conv_id}}/rating": {"post": operation(
-            "Rate the conversation; a rating may be corrected within the window",
+            "Rate the conversation (409 until the bot has answered); a rating may be corrected within the window",
             {"200": json_response(RatingOut, "the stored rating")}, *with_body, *common, 409,
             body=json_body(RatingIn), security=token)},
     }

@@ -2,13 +2,12 @@
 
 feedback_store's typed errors carry their status; request problems raise ``ApiError``;
 werkzeug's HTTP errors (413 body too large, 429 rate limited, 404, 405) get the same shape, and
-a model runtime failure or an unreachable Redis is a 503.
+a model runtime failure, an unreachable Redis or a full one (``maxmemory`` reached) is a 503.
 """
 
 from __future__ import annotations
 
 import logging
-
 import re
 
 from flask import Flask, Response, current_app, jsonify, request
@@ -17,6 +16,9 @@ from werkzeug.exceptions import HTTPException
 from bot.runtime import GenerationError
 from bot.schemas import ErrorDetail, ErrorOut
 from feedback_store.errors import (
+    AccountDisabledError,
+    AccountLockedError,
+    STORE_FULL,
     STORE_UNREACHABLE,
     ConflictError,
     FeedbackStoreError,
@@ -25,13 +27,17 @@ from feedback_store.errors import (
     LockHeldError,
     NotFoundError,
     RatingLockedError,
+    UnansweredError,
     ValidationFailed,
 )
 
 log = logging.getLogger(__name__)
 
 _STORE_CODES: dict[type[FeedbackStoreError], str] = {
+    AccountDisabledError: "account_disabled",
+    AccountLockedError: "account_locked",
     RatingLockedError: "rating_locked",
+    UnansweredError: "not_answered",
     InvalidTransitionError: "invalid_transition",
     LockHeldError: "lock_held",
     ConflictError: "conflict",
@@ -59,6 +65,8 @@ def describe(exc: Exception) -> tuple[int, str, str]:
         return 503, "generation_failed", f"no reply could be generated: {exc}"
     if isinstance(exc, STORE_UNREACHABLE):
         return 503, "store_unavailable", "the feedback store cannot be reached right now; retry shortly"
+    if isinstance(exc, STORE_FULL):
+        return 503, "store_full", "the feedback store is full, so nothing was saved; retry later"
     if isinstance(exc, FeedbackStoreError):
         code = next((_STORE_CODES[k] for k in type(exc).__mro__ if k in _STORE_CODES), "refused")
         return exc.http_status, code, str(exc)
@@ -89,10 +97,12 @@ def _handle(exc: Exception) -> tuple[Response, int]:
     response = jsonify(body)
     if isinstance(exc, HTTPException) and exc.code == 405 and exc.valid_methods:
         response.headers["Allow"] = ", ".join(exc.valid_methods)
+    if isinstance(exc, AccountLockedError):
+        response.headers["Retry-After"] = str(exc.retry_after_s)
     return response, status
 
 
 def init_app(app: Flask) -> None:
     """Register the JSON error handlers."""
-    for kind in (ApiError, FeedbackStoreError, GenerationError, HTTPException, *STORE_UNREACHABLE):
+    for kind in (ApiError, FeedbackStoreError, GenerationError, HTTPException, *STORE_UNREACHABLE, *STORE_FULL):
         app.register_error_handler(kind, _handle)

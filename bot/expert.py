@@ -15,7 +15,7 @@ from typing import Any, Iterator
 from flask import Blueprint, Response, jsonify, render_template, request
 from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 
-from bot.auth import console_operation, current_user, guard
+from bot.sessions import console_operation, current_user, guard
 from bot.errors import ApiError
 from bot.schemas import Body
 from bot.services import services

@@ -17,7 +17,7 @@ from flask import Blueprint, Response, jsonify, render_template, request
 from pydantic import Field
 
 from bot.article_html import article_html
-from bot.auth import UNSAFE_METHODS, console_operation, current_user, guard
+from bot.sessions import UNSAFE_METHODS, console_operation, current_user, guard
 from bot.errors import ApiError
 from bot.schemas import Body
 from bot.services import services

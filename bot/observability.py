@@ -2,9 +2,11 @@
 
 Each app has its own Prometheus registry (tests build several apps in one process). Request
 counts and durations are labelled by endpoint (the Flask view, never the raw path, so the label
-set stays bounded); CSAT per adapter version and training runs by outcome are read from the
-store at scrape time over a bounded window. Every response carries an ``X-Request-ID``: the
-client's when it sent a sane one, else a fresh one; the JSON access log line names it too.
+set stays bounded); CSAT per adapter version (weighted as the canary decision weighs it, with the
+effective sample size and the plain mean beside it), training runs by outcome and Redis's memory
+use against its ``maxmemory`` are read from the store at scrape time over a bounded window. Every
+response carries an ``X-Request-ID``: the client's when it sent a sane one, else a fresh one; the
+JSON access log line names it too. Every string a JSON log line holds is PII masked.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from bot.services import services
 from feedback_store import FeedbackStore
 from feedback_store.errors import RedisError
+from feedback_store.rating_weights import WeightRule, csat_stats, rating_weights
+from loopdesk.pii import mask_pii
 
 if TYPE_CHECKING:
     from bot.runtime import Engine, Generation
@@ -43,7 +47,7 @@ TOKENS_PER_S_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
 
 class StoreCollector:
-    """CSAT by adapter version (active and canary) and training runs by outcome, read at scrape."""
+    """CSAT by adapter version (active and canary), training runs by outcome and Redis's memory, read at scrape."""
 
     def __init__(self, store: FeedbackStore):
         self.store = store
@@ -54,7 +58,7 @@ class StoreCollector:
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("loopdesk_redis_up", "1 if the store answered this scrape, else 0")
         try:
-            families = [self._csat(), self._runs()]
+            families = [self._csat(), self._runs(), self._memory()]
         except RedisError:
             up.add_metric([], 0)
             yield up
@@ -64,22 +68,44 @@ class StoreCollector:
         for family in families:
             yield from family
 
+    def _memory(self) -> list[Metric]:
+        used, limit = self.store.memory()
+        families = [GaugeMetricFamily("loopdesk_redis_memory_used_bytes", "bytes the Redis server uses", value=used),
+                    GaugeMetricFamily("loopdesk_redis_memory_max_bytes", "the Redis server's maxmemory (0: no limit)",
+                                      value=limit)]
+        if limit:
+            families.append(GaugeMetricFamily(
+                "loopdesk_redis_memory_used_ratio", "used memory / maxmemory: at 1 Redis refuses writes (noeviction) "
+                "and ratings, messages and annotations get 503; alert well before", value=used / limit))
+        return families
+
     def _csat(self) -> list[Metric]:
-        mean = GaugeMetricFamily("loopdesk_csat_mean", "mean CSAT (1-5) of rated conversations of the last "
-                                 "7 days per adapter version and role", labels=["version", "role"])
+        labels = ["version", "role"]
+        mean = GaugeMetricFamily("loopdesk_csat_mean", "weighted mean CSAT (1-5) of rated conversations of the "
+                                 "last 7 days per adapter version and role, as the canary decision weighs them",
+                                 labels=labels)
+        unweighted = GaugeMetricFamily("loopdesk_csat_unweighted_mean", "plain mean CSAT of every stored rating "
+                                       "behind loopdesk_csat_mean", labels=labels)
         rated = GaugeMetricFamily("loopdesk_csat_ratings", "rated conversations behind loopdesk_csat_mean",
-                                  labels=["version", "role"])
+                                  labels=labels)
+        effective = GaugeMetricFamily("loopdesk_csat_effective_ratings", "Kish effective sample size over "
+                                      "clients behind loopdesk_csat_mean", labels=labels)
         adapters = self.store.adapters
         since = time.time() - CSAT_WINDOW_S
-        for role, version in (("active", adapters.active()), ("canary", adapters.canary())):
-            if not version:
-                continue
-            conversations = self.store.conversations.for_adapter(version, since=since, limit=CSAT_MAX_CONVERSATIONS)
-            scores = [c.csat for c in conversations if c.csat is not None]
-            rated.add_metric([version, role], len(scores))
-            if scores:
-                mean.add_metric([version, role], sum(scores) / len(scores))
-        return [mean, rated]
+        roles = [(role, v) for role, v in (("active", adapters.active()), ("canary", adapters.canary())) if v]
+        arms = {v: [c for c in self.store.conversations.for_adapter(v, since=since, limit=CSAT_MAX_CONVERSATIONS)
+                    if c.csat is not None] for _, v in roles}
+        rule = WeightRule.of(self.store.settings)
+        weights = rating_weights([c for convs in arms.values() for c in convs], rule)
+        for role, version in roles:
+            stats = csat_stats(arms[version], weights, rule)
+            rated.add_metric([version, role], stats.ratings)
+            effective.add_metric([version, role], stats.n_eff)
+            if stats.mean is not None:
+                mean.add_metric([version, role], stats.mean)
+            if stats.unweighted_mean is not None:
+                unweighted.add_metric([version, role], stats.unweighted_mean)
+        return [mean, unweighted, rated, effective]
 
     def _runs(self) -> list[Metric]:
         runs = GaugeMetricFamily("loopdesk_training_runs", f"training runs by status among the newest {RUNS_WINDOW}",
@@ -217,16 +243,17 @@ def init_app(app: Flask) -> None:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and any ``extra={"fields": {...}}``."""
+    """One JSON object per line: time, level, logger, message, and any ``extra={"fields": {...}}``; every
+    string in it PII masked (``loopdesk.pii.mask_pii``), exception texts included."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
-            "level": record.levelname, "logger": record.name, "message": record.getMessage(),
+            "level": record.levelname, "logger": record.name, "message": mask_pii(record.getMessage()),
         }
-        entry.update(getattr(record, "fields", {}))
+        entry.update({k: mask_pii(v) for k, v in getattr(record, "fields", {}).items()})
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = mask_pii(self.formatException(record.exc_info))
         return json.dumps(entry, default=str)
 
 

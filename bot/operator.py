@@ -13,13 +13,14 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, render_template, request
 from pydantic import Field, ValidationError
 
-from bot.auth import console_operation, current_user, guard
+from bot.sessions import console_operation, current_user, guard
 from bot.charts import BUCKETS, compare_metrics, csat_by_version
 from bot.errors import ApiError
 from bot.schemas import Body
 from bot.services import services
 from bot.validation import parse_body
 from feedback_store.errors import ValidationFailed
+from feedback_store.rating_weights import WeightRule
 from feedback_store.records import AdapterVersion, Conversation, Schedule, TrainingRun
 from feedback_store.schedules import next_runs
 
@@ -141,7 +142,7 @@ def adapters() -> Response:
     active, canary = store.adapters.active(), store.adapters.canary()
     listed = store.adapters.list()
     baseline = next((a.metrics for a in listed if a.version == active), {})
-    live = csat_by_version(_recent_conversations(30), BUCKETS["day"])["totals"]
+    live = csat_by_version(_recent_conversations(30), BUCKETS["day"], WeightRule.of(services().settings))["totals"]
     return jsonify(active=active, canary=canary, canary_share=store.adapters.canary_share(),
                    base_csat=live.get("base"),
                    adapters=[_adapter(a, baseline, live.get(a.version), a.version == active) for a in listed])
@@ -197,7 +198,7 @@ def csat() -> Response:
     if not 0 < days <= MAX_WINDOW_DAYS:
         raise ApiError(422, "invalid_request", f"days must be within (0, {MAX_WINDOW_DAYS}]")
     return jsonify(bucket=bucket, bucket_s=BUCKETS[bucket], days=days,
-                   **csat_by_version(_recent_conversations(days), BUCKETS[bucket]))
+                   **csat_by_version(_recent_conversations(days), BUCKETS[bucket], WeightRule.of(services().settings)))
 
 
 def _recent_conversations(days: float) -> list[Conversation]:

@@ -12,6 +12,7 @@ from feedback_store.errors import (
     InvalidTransitionError,
     NotFoundError,
     RatingLockedError,
+    UnansweredError,
     ValidationFailed,
 )
 from feedback_store.store import FeedbackStore
@@ -25,5 +26,6 @@ __all__ = [
     "ForbiddenError",
     "ConflictError",
     "RatingLockedError",
+    "UnansweredError",
     "InvalidTransitionError",
 ]

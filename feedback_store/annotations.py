@@ -14,6 +14,7 @@ from feedback_store.errors import ValidationFailed
 from feedback_store.keys import Keys
 from feedback_store.lua import Script
 from feedback_store.records import Annotation, Conversation
+from loopdesk.pii import mask_pii
 
 QUEUE_SCAN_BUDGET = 5000
 
@@ -70,11 +71,12 @@ class Annotations:
 
     def annotate(self, conv_id: str, turn_index: int, expert_id: str, score: int,
                  tags: list[str] | None = None, corrected_reply: str = "", note: str = "") -> Annotation:
-        """Store (or replace) this expert's annotation of a bot turn, atomically."""
+        """Store (or replace) this expert's annotation of a bot turn, atomically; the note is PII masked (the
+        corrected reply is the bot's voice, which may name the company's own phone line or address)."""
         try:
             ann = Annotation(conversation_id=conv_id, turn_index=turn_index, expert_id=expert_id,
                              score=score, tags=tags or [], corrected_reply=corrected_reply.strip(),
-                             note=note, created_at=time.time())
+                             note=mask_pii(note), created_at=time.time())
         except ValidationError as exc:
             err = exc.errors()[0]
             raise ValidationFailed(f"invalid annotation {'.'.join(map(str, err['loc']))}: {err['msg']}") from None

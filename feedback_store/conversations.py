@@ -17,6 +17,7 @@ from feedback_store.errors import ForbiddenError, NotFoundError, ValidationFaile
 from feedback_store.keys import Keys
 from feedback_store.lua import Script
 from feedback_store.records import BotTurn, Conversation, CustomerTurn, Turn
+from loopdesk.pii import mask_pii, page_url
 
 MAX_TURNS = 200
 
@@ -62,6 +63,11 @@ def parse_turn(index: int, raw: str) -> Turn:
     return BotTurn(**data) if data.get("role") == "assistant" else CustomerTurn(**data)
 
 
+def stored_meta(meta: dict[str, str]) -> dict[str, str]:
+    """A conversation's labels as stored: URLs without query, fragment or credentials, PII masked."""
+    return {mask_pii(k): mask_pii(page_url(v)) for k, v in meta.items()}
+
+
 def parse_conversation(fields: dict[str, str]) -> Conversation:
     """A conversation hash back as its record."""
     data: dict[str, Any] = {k: v for k, v in fields.items() if k != "annotated"}
@@ -92,7 +98,7 @@ class Conversations:
                 adapter_version=adapter_version,
                 created_at=now,
                 updated_at=now,
-                meta=meta or {},
+                meta=stored_meta(meta or {}),
             )
         except ValidationError as exc:
             raise ValidationFailed(f"cannot start conversation: {exc}") from None
@@ -122,9 +128,10 @@ class Conversations:
         return conv
 
     def append_customer(self, conv_id: str, token: str, text: str) -> CustomerTurn:
-        """Log what the customer typed; the conversation must be open and the token right."""
+        """Log what the customer typed, PII masked (``loopdesk.pii.mask_pii``: the model sees it so too);
+        the conversation must be open and the token right."""
         try:
-            turn = CustomerTurn(index=0, text=text, created_at=time.time())
+            turn = CustomerTurn(index=0, text=mask_pii(text), created_at=time.time())
         except ValidationError as exc:
             raise ValidationFailed(f"invalid message: {exc.errors()[0]['msg']}") from None
         index = self._append(

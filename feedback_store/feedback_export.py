@@ -63,6 +63,6 @@ class FeedbackExport:
                 turns.append(TurnWithFeedback(
                     conversation_id=conv_id, turn=turn, customer_text=last_customer,
                     csat=conv.csat, annotations=annotations.get(index, []),
-                    conversation_started_at=conv.created_at,
+                    conversation_started_at=conv.created_at, csat_weight=conv.csat_weight, rater=conv.rater,
                 ))
         return turns

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -24,11 +25,23 @@ class Keys:
     def rating_history(self, conv_id: str) -> str:
         return self._k("conv", conv_id, "ratings")
 
+    def rater_ratings(self, rater: str) -> str:
+        """A rater's counted ratings within the per-client cap window (conversation id → rated at)."""
+        return self._k("rater", rater)
+
     def conversations_by_time(self) -> str:
         return self._k("convs", "by_time")
 
     def conversations_by_adapter(self, version: str) -> str:
         return self._k("convs", "adapter", version)
+
+    def pruned(self) -> str:
+        """Conversation id → the numbers kept of a conversation with feedback after its retention period."""
+        return self._k("convs", "pruned")
+
+    def erased(self) -> str:
+        """Conversation id → the record that it was erased (no text), and which runs may have used it."""
+        return self._k("convs", "erased")
 
     # annotations and the expert queue
     def annotations(self, conv_id: str, turn_index: int) -> str:
@@ -45,6 +58,10 @@ class Keys:
 
     def tagged(self, tag: str) -> str:
         return self._k("tag", tag)
+
+    def tagged_pattern(self) -> str:
+        """A SCAN pattern that matches every tag set (and nothing else)."""
+        return re.sub(r"([*?\[\]\\])", r"\\\1", self._k("tag")) + ":*"
 
     # training data watermark
     def feedback_seq(self) -> str:
@@ -104,6 +121,16 @@ class Keys:
 
     def users(self) -> str:
         return self._k("users")
+
+    def user_sessions(self, name: str) -> str:
+        """The account's session generation; kept after removal so a re-created name starts above it."""
+        return self._k("user", name, "sessions")
+
+    def login_failures(self, name: str) -> str:
+        return self._k("login", "failures", name)
+
+    def login_lock(self, name: str) -> str:
+        return self._k("login", "lock", name)
 
     # the knowledge base
     def kb_article(self, article_id: str) -> str:

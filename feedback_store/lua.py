@@ -12,6 +12,8 @@ from feedback_store.errors import (
     ForbiddenError,
     NotFoundError,
     RatingLockedError,
+    StoreFullError,
+    UnansweredError,
     ValidationFailed,
 )
 
@@ -20,6 +22,7 @@ _ERRORS: dict[str, type[FeedbackStoreError]] = {
     "FORBIDDEN": ForbiddenError,
     "CONFLICT": ConflictError,
     "LOCKED": RatingLockedError,
+    "UNANSWERED": UnansweredError,
     "INVALID": ValidationFailed,
 }
 
@@ -54,4 +57,7 @@ class Script:
             if "LD:" in text:
                 _, code, message = text[text.index("LD:"):].split(":", 2)
                 raise _ERRORS.get(code, FeedbackStoreError)(message) from None
+            if "-OOM " in text:  # Redis 6 refused the script's first write (so it wrote nothing); 7 raises OOM itself
+                raise StoreFullError("the feedback store is full (Redis reached maxmemory): nothing was written") \
+                    from None
             raise

@@ -13,6 +13,7 @@ MAX_TEXT = 8000
 MAX_COMMENT = 2000
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+HASH_PATTERN = r"^([0-9a-f]{32})?$"
 
 ConversationStatus = Literal["open", "ended"]
 ReplySource = Literal["model", "fallback"]
@@ -41,6 +42,12 @@ class Conversation(Record):
     csat: int | None = Field(default=None, ge=1, le=5)
     csat_comment: str = ""
     rated_at: float | None = None
+    client_hash: str = Field(default="", pattern=HASH_PATTERN, description="keyed hash of the rater's address")
+    agent_hash: str = Field(default="", pattern=HASH_PATTERN, description="keyed hash of the rater's user agent")
+    rater: str = Field(default="", pattern=HASH_PATTERN,
+                       description="who counts as one client for caps and weights; empty: this conversation alone")
+    csat_weight: float = Field(default=1.0, ge=0, le=1, description="0: stored but not counted")
+    csat_weight_reason: str = ""
     meta: dict[str, str] = Field(default_factory=dict)
 
 
@@ -110,6 +117,18 @@ class Rating(Record):
 
     score: int = Field(ge=1, le=5)
     comment: str = Field(default="", max_length=MAX_COMMENT)
+
+
+class RatingSource(Record):
+    """Where a rating came from, as keyed hashes (the address and user agent themselves are never stored).
+
+    ``rater`` is the key the per-client cap and the rating weights group by: the client hash, or
+    empty where each conversation counts as its own client (``Settings.rater_identity``).
+    """
+
+    client_hash: str = Field(default="", pattern=HASH_PATTERN)
+    agent_hash: str = Field(default="", pattern=HASH_PATTERN)
+    rater: str = Field(default="", pattern=HASH_PATTERN)
 
 
 class Annotation(Record):
@@ -198,3 +217,5 @@ class TurnWithFeedback(Record):
     csat: int | None
     annotations: list[Annotation]
     conversation_started_at: float
+    csat_weight: float = Field(default=1.0, description="the stored rating's weight: 0 beyond the per-client cap")
+    rater: str = Field(default="", description="the rating's client key; empty: the conversation alone")

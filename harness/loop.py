@@ -8,7 +8,10 @@ waits until new conversations are pinned to the released version, then measures 
 the loop starts lives in ``harness.processes``, how a round is measured in ``harness.measure``.
 
 Promotion: the loop's rounds release a passing candidate as ``active`` (gate ``pass_status``),
-so each round measures one version on all of its traffic. The canary path needs ≥ 30 rated
+so each round measures one version on all of its traffic. That, the method and the loop's other round
+overrides (the gate's evaluator among them) are the worker subprocess's own round config (a
+``--round-config`` file, ``LoopConfig.worker_config``): a queued run never carries the gate, so the
+loop's runs record nothing. The canary path needs ≥ 30 rated
 chats on each side before it decides, which at the loop's traffic would stretch one promotion
 over many rounds; the gate's checks stay in force, a rejected candidate is simply not served.
 
@@ -67,8 +70,9 @@ class LoopConfig:
         eval_customers (int, default 150): customers of the fixed evaluation panel each round plays
             against the served version in the sandbox (seed ``seed + 250``, the same every round; the
             held-out share as above); 0 plays none. 150 took 32-38 s a round with the default model.
-        round_config (dict, default {}): training-round overrides (``RoundConfig.from_dict`` keys);
-            the gate's ``pass_status`` is set to ``active`` whatever they say.
+        round_config (dict, default {}): training-round overrides, as a ``--round-config`` file holds them
+            (the worker refuses a bad one, the serving fields among them, at its start); the gate's
+            ``pass_status`` is set to ``active`` whatever they say.
         method (str, default "ppo"): the policy update each round runs: ``ppo``, the baselines
             ``sft`` and ``kto`` (``RoundConfig.method``), or ``none`` (no training: every round
             measures the starting adapter again, with that round's customers).
@@ -110,8 +114,8 @@ class LoopConfig:
         if not 0.0 <= self.out_of_scope_share <= 1.0:
             raise ValueError(f"out_of_scope_share must lie within [0, 1], got {self.out_of_scope_share}")
 
-    def training_config(self) -> dict[str, Any]:
-        """The recorded config of each queued round: the overrides, with pass status ``active``."""
+    def worker_config(self) -> dict[str, Any]:
+        """The worker subprocess's own round config: the overrides, with pass status ``active`` and the method."""
         gate = {**self.round_config.get("gate", {}), "pass_status": "active"}
         config = {**self.round_config, "gate": gate}
         if self.method != "none":
@@ -154,7 +158,8 @@ def _expert(url: str, company: Company, store: Any, config: LoopConfig) -> tuple
 
 def run_loop(settings: Settings, config: LoopConfig, log_dir: Path,
              echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the loop; returns the report data (``harness.report`` writes it). ``log_dir`` gets ``worker.log``."""
+    """Run the loop; returns the report data (``harness.report`` writes it). ``log_dir`` gets ``worker.log`` and
+    the worker's ``round-config.json``."""
     from feedback_store import FeedbackStore
     from feedback_store.connection import resolve_redis_url
     from sim.company import load_company
@@ -164,7 +169,7 @@ def run_loop(settings: Settings, config: LoopConfig, log_dir: Path,
     store = FeedbackStore.from_settings(settings, announce=False)
     company = load_company()
     started = time.monotonic()
-    report: dict[str, Any] = {"config": {**config.__dict__, "round_config": config.training_config()},
+    report: dict[str, Any] = {"config": {**config.__dict__, "round_config": config.worker_config()},
                               "base_model": settings.base_model_ref, "temperature": settings.temperature,
                               "rounds": [], "oracle": None}
     if config.oracle:
@@ -173,7 +178,7 @@ def run_loop(settings: Settings, config: LoopConfig, log_dir: Path,
     with ExitStack() as stack:
         echo("loop: starting the bot and the training worker")
         bot = stack.enter_context(running_bot(settings))
-        worker = (stack.enter_context(training_worker(settings, redis_url, log_dir / "worker.log"))
+        worker = (stack.enter_context(training_worker(settings, redis_url, log_dir, config.worker_config()))
                   if config.method != "none" and config.rounds else None)
         expert = None
         if config.experts:
@@ -184,7 +189,7 @@ def run_loop(settings: Settings, config: LoopConfig, log_dir: Path,
             if index and config.method != "none":
                 echo(f"loop: round {index}: training ({config.method})")
                 began = time.monotonic()
-                run = train_round(store, worker, config.training_config(), config.round_timeout_s, config.progress)
+                run = train_round(store, worker, config.round_timeout_s, config.progress)
                 training = training_record(run, store, time.monotonic() - began)
                 echo(f"loop: round {index}: run {run.id} {run.status}, adapter {run.adapter_version} "
                      f"({training['adapter_status']}) in {training['timings']['train_s']:.0f} s")

@@ -2,7 +2,9 @@
 
 The panel runs in a private sandbox so it leaves no trace in production data: its own
 embedded Redis in a temporary directory, with a registry naming the active version (read from
-the real store) active and the candidate canary. One engine serves both; two instances of the
+the real store) active and the candidate canary. Both are copied into the sandbox's adapters
+directory first: the active one after the real registry's check (``verify_registered``: inside the
+real adapters directory, its sha256), the candidate (given on the command line) after ``verify``. One engine serves both; two instances of the
 real chat app, each pinning every new conversation to one of the versions, face the same
 customers (same seed: same intents, phrasings, personas and rating noise), so the comparison
 is paired. Both answer from the real store's knowledge base (read only). The score is the
@@ -11,6 +13,7 @@ panel's mean CSAT.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from contextlib import ExitStack
@@ -56,28 +59,36 @@ class PanelResult:
                 "active_score": self.active_score, "details": self.details}
 
 
-def _sandbox_registry(store: Any, real: Any, candidate_dir: Path, active: str, base_model: str) -> str:
-    """Register the active version (as active) and the candidate (as canary); return the candidate's name:
-    its manifest's version, with ``-candidate`` appended where that is the active version's name (an
-    adapter from another data directory).
+def _sandbox_registry(store: Any, real: Any, adapters_dir: Path, candidate_dir: Path, active: str,
+                      base_model: str) -> str:
+    """Copy the active version (checked against the real registry and ``adapters_dir``) and the candidate into
+    the sandbox's adapters directory; register the active one as active and the candidate as canary. Returns
+    the candidate's name: its manifest's version, with ``-candidate`` appended where that is the active
+    version's name (an adapter from another data directory).
 
     Raises:
-        InvalidAdapterError: the candidate directory is no adapter of ``base_model`` (``verify``).
+        InvalidAdapterError: the active version's path lies outside ``adapters_dir`` or its files fail the
+            registry's check, or the candidate directory is no adapter of ``base_model`` (``verify``).
     """
-    from loopdesk.adapter_format import verify
+    from loopdesk.adapter_format import verify, verify_registered
     from feedback_store.records import BASE_VERSION, AdapterVersion
 
+    sandbox = store.settings.adapters_dir
     if active != BASE_VERSION:
         record = real.adapters.get(active)
-        store.adapters.register(record.model_copy(update={"status": "candidate"}))
+        source = verify_registered(record.path, adapters_dir, base_model, version=active,
+                                   expected_sha256=record.sha256)
+        shutil.copytree(source, sandbox / active)
+        store.adapters.register(record.model_copy(update={"status": "candidate", "path": str(sandbox / active)}))
         store.adapters.promote(active, "panel: the active version")
     manifest = verify(candidate_dir, base_model)
     version = manifest["version"]
     if version == active:
         version = f"{version[:54]}-candidate"
+    shutil.copytree(candidate_dir, sandbox / version)
     now = time.time()
     store.adapters.register(AdapterVersion(
-        version=version, path=str(candidate_dir.resolve()), sha256=manifest["sha256"],
+        version=version, path=str(sandbox / version), sha256=manifest["sha256"],
         base_model=manifest["base_model"], parent=manifest.get("parent", BASE_VERSION),
         created_at=now, updated_at=now))
     store.adapters.send_to_canary(version, "panel: the candidate")
@@ -117,7 +128,8 @@ def run_panel(settings: Settings, company: Company, candidate_dir: Path, active:
             data_dir=sandbox, redis_url="", base_model=settings.base_model_ref,
             rate_limit_per_ip=SIMULATOR_RATE_LIMIT, rate_limit_per_conversation=SIMULATOR_RATE_LIMIT)
         store = FeedbackStore.from_settings(panel_settings, announce=False)
-        candidate = _sandbox_registry(store, real, candidate_dir, active, settings.base_model_ref)
+        candidate = _sandbox_registry(store, real, settings.adapters_dir, candidate_dir, active,
+                                      settings.base_model_ref)
         engine = Engine(panel_settings, store)
         engine.start()
         stack.callback(engine.stop)

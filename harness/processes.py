@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -36,12 +37,17 @@ def process_env(settings: Settings, redis_url: str) -> dict[str, str]:
 
 
 @contextmanager
-def training_worker(settings: Settings, redis_url: str, log_path: Path) -> Iterator[subprocess.Popen]:
-    """A ``loopdesk worker`` subprocess on the training queue; stopped (TERM, then KILL) on exit."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "loopdesk.cli", "worker"], env=process_env(settings, redis_url),
-                                stdout=log, stderr=subprocess.STDOUT)
+def training_worker(settings: Settings, redis_url: str, log_dir: Path,
+                    round_config: dict[str, Any]) -> Iterator[subprocess.Popen]:
+    """A ``loopdesk worker`` subprocess on the training queue with ``round_config`` as its own (the
+    ``--round-config`` file ``log_dir/round-config.json``), logging to ``log_dir/worker.log``; stopped
+    (TERM, then KILL) on exit."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    config_path = log_dir / "round-config.json"
+    config_path.write_text(json.dumps(round_config, indent=2) + "\n", encoding="utf-8")
+    command = [sys.executable, "-m", "loopdesk.cli", "worker", "--round-config", str(config_path)]
+    with open(log_dir / "worker.log", "ab") as log:
+        proc = subprocess.Popen(command, env=process_env(settings, redis_url), stdout=log, stderr=subprocess.STDOUT)
     try:
         yield proc
     finally:
@@ -106,10 +112,10 @@ def wait_for_swap(url: str, version: str, timeout_s: float, consecutive: int = 3
     return time.monotonic() - started
 
 
-def train_round(store: Any, worker: subprocess.Popen, config: dict[str, Any], timeout_s: float,
-                progress: bool) -> Any:
-    """Queue a training round for the worker, follow its progress stream, return the finished run."""
-    run = store.training.enqueue_round(trigger="loop", config=config)
+def train_round(store: Any, worker: subprocess.Popen, timeout_s: float, progress: bool) -> Any:
+    """Queue a training round for the worker (recording nothing: the worker's config is its own), follow its
+    progress stream, return the finished run."""
+    run = store.training.enqueue_round(trigger="loop")
     deadline, last = time.monotonic() + timeout_s, "-"
     with tqdm(desc=f"training {run.id}", unit="stage", disable=not progress) as bar:
         while True:

@@ -50,14 +50,15 @@ def bot_engine(settings: Settings) -> Iterator[tuple[Settings, Any, Any]]:
     """Start the real bot's store (with the demo shop's help articles if it has none) and engine in
     this process; yield (settings, store, engine).
 
-    The yielded settings lift the per-IP and per-conversation rate limits: every simulated
-    customer comes from 127.0.0.1, and the simulator is the only client of this instance.
+    The yielded settings lift the per-IP and per-conversation rate limits and count each
+    conversation as its own rater (no per-client rating cap, no shared rating weight): every
+    simulated customer comes from 127.0.0.1, and the simulator is the only client of this instance.
     """
     from bot.runtime import Engine
     from feedback_store import FeedbackStore
 
     settings = settings.replace(rate_limit_per_ip=SIMULATOR_RATE_LIMIT,
-                                rate_limit_per_conversation=SIMULATOR_RATE_LIMIT)
+                                rate_limit_per_conversation=SIMULATOR_RATE_LIMIT, rater_identity="conversation")
     store = FeedbackStore.from_settings(settings, announce=False)
     with_demo_knowledge(store)
     engine = Engine(settings, store)

@@ -100,8 +100,13 @@ def simulate(n: int, concurrency: int, url: str | None, held_out: bool, oracle: 
                             rating_noise=rating_noise, out_of_scope_share=out_of_scope_share)
     if panel:
         from harness.panel import run_panel
+        from loopdesk.adapter_format import InvalidAdapterError
 
-        verdict = run_panel(settings_or_exit(), company, candidate_dir, active, n, concurrency, config, seed, tolerance)
+        try:
+            verdict = run_panel(settings_or_exit(), company, candidate_dir, active, n, concurrency, config, seed,
+                                tolerance)
+        except InvalidAdapterError as exc:
+            raise click.ClickException(f"--panel refused an adapter: {exc}") from None
         click.echo(_clean_json(verdict.to_dict()))
         return
     with ExitStack() as stack:

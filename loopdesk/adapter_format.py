@@ -15,9 +15,13 @@ further keys are allowed.
 
 The trainer writes the first three files (``TRAINED_FILES``, ``PolicyWithValueHead.save_pretrained``)
 and, before its gate, a manifest naming the version the candidate will be released as; releasing
-copies the three files and writes the manifest anew (``write_manifest``). ``verify`` is the check
-every reader runs: the bot before it serves a version, the trainer before it starts from one, the
-gate's panel before customers meet one. This module imports neither torch nor peft.
+copies the three files into ``<adapters_dir>/<version>`` and writes the manifest anew
+(``write_manifest``). ``verify`` is the check of a directory. ``verify_registered`` is the check every
+reader of a registry record runs, since a record in Redis may name any path: the directory must lie
+inside the adapters directory (symlinks resolved), then ``verify`` with the registry's sha256. The bot
+runs it before it serves a version, the trainer before it starts a round from one (and gates
+against it), the gate's panel before customers meet the active one. This module imports neither torch
+nor peft.
 """
 
 from __future__ import annotations
@@ -108,3 +112,26 @@ def verify(directory: str | Path, base_model: str, *, version: str | None = None
         raise InvalidAdapterError(
             f"{name}: trained on base model {manifest['base_model']!r}, not on {base_model!r}")
     return manifest
+
+
+def verify_registered(path: str | Path, adapters_dir: str | Path, base_model: str, *, version: str,
+                      expected_sha256: str, value_head: bool = False) -> Path:
+    """Check the adapter a registry record names (its ``path`` and ``sha256``); return its directory, resolved.
+
+    Args:
+        path: the record's path; a relative one is taken from ``adapters_dir``.
+        adapters_dir: the adapters directory (``Settings.adapters_dir``) the directory must lie inside,
+            after every symlink is resolved.
+        base_model, version, value_head: as for ``verify``.
+        expected_sha256: the weights' digest the registry recorded.
+
+    Raises:
+        InvalidAdapterError: the directory lies outside ``adapters_dir`` (or is it), or ``verify`` fails.
+    """
+    root = Path(adapters_dir).resolve()
+    directory = (root / path).resolve()
+    if directory == root or not directory.is_relative_to(root):
+        raise InvalidAdapterError(f"{version}: the registry's path {path} lies outside the adapters directory "
+                                  f"{root}; refused")
+    verify(directory, base_model, version=version, expected_sha256=expected_sha256, value_head=value_head)
+    return directory

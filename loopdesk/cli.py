@@ -15,6 +15,7 @@ from loopdesk.cli_support import round_config_option, round_config_or_exit, sett
 COMMANDS = [
     ("feedback_store.cli", "redis_group"),
     ("feedback_store.knowledge_cli", "kb_group"),
+    ("feedback_store.data_cli", "data_group"),
     ("bot.cli", "serve"),
     ("bot.users_cli", "users"),
     ("trainer.cli", "train"),

@@ -12,7 +12,9 @@ import dataclasses
 import json
 import os
 import re
+import secrets
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
@@ -22,7 +24,9 @@ ROUND_PREFIX = "LOOPDESK_ROUND_"
 MOVED = {"LOOPDESK_ROLLOUT_STEPS": "LOOPDESK_ROUND_ROLLOUT_STEPS",
          "LOOPDESK_GATE_EVALUATOR": "LOOPDESK_ROUND_GATE__EVALUATOR",
          "LOOPDESK_GATE_PASS_STATUS": "LOOPDESK_ROUND_GATE__PASS_STATUS"}
-SECRETS = ("secret_key",)
+SECRETS = ("secret_key", "client_hash_key")
+RATER_IDENTITIES = ("address", "conversation")
+MEMORY_SIZE = re.compile(r"\d+(?:[kmg]b?|b)?", re.IGNORECASE)  # as redis.conf spells sizes
 
 
 class SettingsError(ValueError):
@@ -45,11 +49,38 @@ class Settings:
             power loss).
         redis_pool_size (int, default 512): most Redis connections one process opens; a request
             that finds them all busy waits for one.
+        redis_maxmemory (str, default "0"): ``maxmemory`` of the embedded Redis, applied when it
+            starts (``512mb``, ``2gb``; ``loopdesk redis stop`` to restart it with a new one). Its
+            policy is ``noeviction``: a full Redis refuses writes (the API answers 503) instead of
+            silently dropping ratings. 0: no limit. ``/metrics`` shows the share in use
+            (``loopdesk_redis_memory_used_ratio``).
         key_prefix (str, default "loopdesk"): every Redis key starts with ``<prefix>:``.
-        base_model (str, default ""): a local path or hub id of a causal LM. Empty: use the
-            tiny model ``loopdesk bootstrap`` builds in ``data_dir/base-model``.
+        base_model (str, default ""): a local path or hub id of a causal LM; wins over the data
+            directory's choice. Empty: the base ``loopdesk bootstrap`` chose (``--base NAME`` or
+            ``--from-gguf FILE``, kept in ``data_dir/models/<name>``), else the tiny model it builds
+            in ``data_dir/base-model``.
         rating_correction_window_s (int, default 900): seconds during which a customer may
             change a rating already given.
+        rating_client_cap (int, default 5): ratings counted per client (``rater_identity``) within
+            ``rating_client_window_s``; a later one is stored and acknowledged but weighs 0 (the
+            canary decision, the CSAT shown and training leave it out). 0: no cap.
+        rating_client_window_s (int, default 86400): the window of ``rating_client_cap``, seconds.
+        rater_identity (str, default "address"): who counts as one client for the cap and the
+            rating weights: ``address`` (the keyed hash of the client address, IPv6 by its /64) or
+            ``conversation`` (each conversation alone: for a bot whose customers all share one
+            address, as the simulator's local bot does).
+        trusted_proxies (int, default 0): reverse proxies in front of the bot whose
+            ``X-Forwarded-For`` entries are trusted (werkzeug's ProxyFix); the client address is the
+            one that many hops back. 0: the TCP peer (``request.remote_addr``). It serves the per-IP
+            rate limits too; set it only behind a proxy that overwrites the header.
+        client_hash_key (str, default ""): key of the HMAC-SHA256 that hashes client addresses and
+            user agents (in Redis only the hashes are kept); empty: a random one is generated and
+            kept in ``data_dir/client_hash_key``. Every bot replica needs the same one.
+        csat_burst_window_s (int, default 300): the rating weights' burst windows, seconds of rating
+            time: see ``feedback_store.rating_weights``.
+        csat_burst_share (float, default 0.02): most of a version's rating weight one burst window
+            may carry (heavier windows are scaled down); the canary decision waits until each arm's
+            ratings span ``1 / share`` windows. 1.0: no burst rule (see docs/tuning.md#ratings).
         max_message_chars (int, default 2000): longest customer message accepted.
         max_reply_tokens (int, default 64): longest bot reply generated.
         temperature (float, default 0.7): sampling temperature of the bot (and of the gate's
@@ -67,7 +98,20 @@ class Settings:
             (the help centre allows as many again, counted apart).
         rate_limit_per_conversation (str, default "20/minute"): messages allowed per conversation.
         rate_limit_login (str, default "10/minute"): console sign-in attempts allowed per client IP.
-        cors_origins (str, default "*"): comma-separated origins allowed to call the chat API.
+        cors_origins (str, default "*"): comma-separated origins allowed to call the chat API
+            (``/api/conversations...``) and the help centre's (``/api/help...``) and fetch the
+            widget's files; no other route answers CORS.
+        login_lockout_failures (int, default 10): failed sign-ins for one account, from any IP,
+            that lock it (0: never lock).
+        login_lockout_window_s (int, default 900): seconds from an account's first failed sign-in
+            within which those failures count.
+        login_lockout_s (int, default 900): seconds a locked account refuses every sign-in, even
+            with the right password.
+        secure_cookies (bool, default false): mark the console session cookie ``Secure`` (sent
+            over HTTPS only); turn on wherever the bot is served behind TLS.
+        public_url (str, default ""): the bot's public base URL (``https://help.example.com/``),
+            written into the demo page's widget tag; empty: the page uses a same-origin relative
+            URL (the request's ``Host`` header is never used).
         vllm_url (str, default ""): base URL of a vLLM OpenAI-compatible server to generate
             replies with (see bot.runtime.vllm_backend); empty: the in-process model.
         vllm_model (str, default ""): the name vLLM serves the base model under; empty: the
@@ -81,6 +125,13 @@ class Settings:
         kb_passage_chars (int, default 300): longest part of a retrieved paragraph's plain text put
             in the context (``loopdesk.knowledge.PASSAGE_CHARS``, cut at a sentence end); shortened
             further, never dropped, when the prompt must fit the model's window.
+        retention_days (int, default 90): days a conversation is kept after it started. Then
+            ``loopdesk data prune`` (and the scheduler, hourly) deletes it: its turns with their
+            prompts and token ids, meta, rating comment, annotations and index entries; one with a
+            rating or annotation keeps only its numbers (adapter versions, times, CSAT, per bot turn
+            the length, article ids, expert scores and tags: no text), which nothing trains on. One
+            whose feedback the training watermark has not reached waits for the next round. 0: keep
+            every conversation forever. See docs/architecture.md#retention-erasure-and-pii.
         contact_address (str, default "0800 555 0199 (8am to 6pm, Monday to Friday)"): how a
             customer reaches a person, in the reply the bot sends when no help article fits: "I'm
             sorry, I can't help with that here. You can reach our team at <contact_address>." The
@@ -91,9 +142,17 @@ class Settings:
     data_dir: Path = Path("var")
     redis_appendfsync: str = "always"
     redis_pool_size: int = 512
+    redis_maxmemory: str = "0"
     key_prefix: str = "loopdesk"
     base_model: str = ""
     rating_correction_window_s: int = 900
+    rating_client_cap: int = 5
+    rating_client_window_s: int = 86400
+    rater_identity: str = "address"
+    trusted_proxies: int = 0
+    client_hash_key: str = field(default="", repr=False)
+    csat_burst_window_s: int = 300
+    csat_burst_share: float = 0.02
     max_message_chars: int = 2000
     max_reply_tokens: int = 64
     temperature: float = 0.7
@@ -107,11 +166,17 @@ class Settings:
     rate_limit_per_conversation: str = "20/minute"
     rate_limit_login: str = "10/minute"
     cors_origins: str = "*"
+    login_lockout_failures: int = 10
+    login_lockout_window_s: int = 900
+    login_lockout_s: int = 900
+    secure_cookies: bool = False
+    public_url: str = ""
     vllm_url: str = ""
     vllm_model: str = ""
     kb_top_k: int = 1
     kb_min_score: float = 0.8
     kb_passage_chars: int = 300
+    retention_days: int = 90
     contact_address: str = "0800 555 0199 (8am to 6pm, Monday to Friday)"
 
     @property
@@ -124,10 +189,16 @@ class Settings:
         """Directory holding one sub-directory per released adapter version."""
         return self.data_dir / "adapters"
 
-    @property
+    @cached_property
     def base_model_ref(self) -> str:
-        """What ``from_pretrained`` should load: the configured model or the bootstrapped one."""
-        return self.base_model or str(self.base_model_dir)
+        """What ``from_pretrained`` should load: ``base_model`` when set, else the data directory's
+        chosen base (``loopdesk.base_models``), read once per ``Settings`` so one process, or one
+        training round, never sees two bases."""
+        if self.base_model:
+            return self.base_model
+        from loopdesk.base_models import chosen_model_dir
+
+        return str(chosen_model_dir(self.data_dir))
 
     def replace(self, **changes: Any) -> "Settings":
         """A copy with some fields changed (used by CLI flags and tests)."""
@@ -173,6 +244,11 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         raise SettingsError(f"LOOPDESK_CANARY_SHARE must be within [0, 1], got {settings.canary_share}")
     if settings.redis_appendfsync not in ("always", "everysec"):
         raise SettingsError(f"LOOPDESK_REDIS_APPENDFSYNC must be 'always' or 'everysec', got {settings.redis_appendfsync!r}")
+    if not MEMORY_SIZE.fullmatch(settings.redis_maxmemory):
+        raise SettingsError("LOOPDESK_REDIS_MAXMEMORY must be a size such as 0, 512mb or 2gb, "
+                            f"got {settings.redis_maxmemory!r}")
+    if settings.retention_days < 0:
+        raise SettingsError(f"LOOPDESK_RETENTION_DAYS must be >= 0 (0: keep forever), got {settings.retention_days}")
     if not settings.key_prefix or ":" in settings.key_prefix:
         raise SettingsError("LOOPDESK_KEY_PREFIX must be non-empty and contain no ':'")
     if settings.kb_top_k < 1 or settings.kb_passage_chars < 1 or settings.kb_min_score < 0:
@@ -182,7 +258,32 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     if not settings.contact_address.strip():
         raise SettingsError("LOOPDESK_CONTACT_ADDRESS must tell customers how to reach a person "
                             "(a phone line with its hours, an email address)")
+    if settings.rater_identity not in RATER_IDENTITIES:
+        raise SettingsError(f"LOOPDESK_RATER_IDENTITY must be one of {', '.join(RATER_IDENTITIES)}, "
+                            f"got {settings.rater_identity!r}")
+    if min(settings.rating_client_cap, settings.trusted_proxies) < 0 or settings.rating_client_window_s < 1:
+        raise SettingsError("LOOPDESK_RATING_CLIENT_CAP and LOOPDESK_TRUSTED_PROXIES must be >= 0 and "
+                            "LOOPDESK_RATING_CLIENT_WINDOW_S >= 1")
+    if settings.csat_burst_window_s < 1 or not 0 < settings.csat_burst_share <= 1:
+        raise SettingsError(f"LOOPDESK_CSAT_BURST_WINDOW_S must be >= 1 and LOOPDESK_CSAT_BURST_SHARE within "
+                            f"(0, 1], got {settings.csat_burst_window_s} and {settings.csat_burst_share}")
     return settings
+
+
+def kept_secret(settings: Settings, name: str) -> str:
+    """The secret setting ``name``, or the one kept in ``data_dir/<name>`` (created 0600 on first use)."""
+    configured = getattr(settings, name)
+    if configured:
+        return configured
+    path = Path(settings.data_dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text(encoding="utf-8").strip()
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(secrets.token_hex(32))
+    return path.read_text(encoding="utf-8").strip()
 
 
 def round_variables(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -215,15 +316,21 @@ def shown(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (str, list, dict)) else str(value)
 
 
+def redacted_url(url: str) -> str:
+    """``url`` with its password, if it has one, as ``***`` (for logs and printed settings)."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
+
+
 def masked(name: str, value: Any) -> str:
     """``shown(value)`` with secrets hidden: a set secret as ``***``, a URL's password as ``***``."""
     if name in SECRETS and value:
         return "***"
     if isinstance(value, str) and "://" in value:
-        parts = urlsplit(value)
-        if parts.password:
-            host = parts.netloc.rsplit("@", 1)[1]
-            value = parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
+        value = redacted_url(value)
     return shown(value)
 
 

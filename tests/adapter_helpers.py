@@ -24,9 +24,16 @@ def write_adapter(model: PeftModel, out_dir: Path, version: str, base_model: str
     return write_manifest(out_dir, version, base_model, parent)["sha256"]
 
 
-def register_random_adapter(store: FeedbackStore, base_model_dir: Path, out: Path, *, seed: int,
-                            base_model: str | None = None, corrupt: bool = False, parent: str = "base") -> str:
-    """Write a random LoRA adapter under ``out`` and register it as a candidate; return its version.
+def adapters_home(store: FeedbackStore) -> Path:
+    """Where a test's adapters go: its own folder (its key prefix) inside the store's adapters directory, the
+    one a bot on that store serves from (several tests share one data directory and version names)."""
+    return store.settings.adapters_dir / store.settings.key_prefix
+
+
+def register_random_adapter(store: FeedbackStore, base_model_dir: Path, *, seed: int, base_model: str | None = None,
+                            corrupt: bool = False, parent: str = "base", out: Path | None = None) -> str:
+    """Write a random LoRA adapter under ``out`` (default ``adapters_home``) and register it as a candidate;
+    return its version.
 
     ``base_model`` names another base in its manifest; ``corrupt`` overwrites the end of its weights
     after the checksum was taken.
@@ -35,7 +42,7 @@ def register_random_adapter(store: FeedbackStore, base_model_dir: Path, out: Pat
     model = AutoModelForCausalLM.from_pretrained(base_model_dir)
     lora = LoraConfig(r=2, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     version = store.adapters.next_version()
-    path = out / version
+    path = (out or adapters_home(store)) / version
     base = base_model or str(base_model_dir)
     sha = write_adapter(get_peft_model(model, lora), path, version, base, parent=parent)
     if corrupt:

@@ -66,3 +66,19 @@ def base_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from sim.bootstrap import build_base_model
 
     return build_base_model(tmp_path_factory.mktemp("models") / "base", size="test", progress=False)
+
+
+@pytest.fixture(scope="session")
+def family_model_dir(tmp_path_factory: pytest.TempPathFactory):
+    """``family_model_dir(name)``: the test-size model of another architecture (``tests/model_families``),
+    built in about a second on first use."""
+    from tests.model_families import build_family
+
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            built[name] = build_family(name, tmp_path_factory.mktemp("families") / name)
+        return built[name]
+
+    return get

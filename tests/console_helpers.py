@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import re
 import time
-from pathlib import Path
 
 from flask.testing import FlaskClient
 
@@ -26,6 +26,12 @@ def sign_in(client: FlaskClient, name: str) -> str:
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.json["role"] == ACCOUNTS[name]
     return response.json["csrf_token"]
+
+
+def login_form_token(client: FlaskClient, path: str = "/login") -> str:
+    """The CSRF token the login page's form carries for ``client``'s (anonymous) session."""
+    html = client.get(path).get_data(as_text=True)
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
 
 
 def seed_conversation(store: FeedbackStore, csat: int | None = None, version: str = "base",
@@ -54,19 +60,20 @@ def register_record(store: FeedbackStore, version: str | None = None, path: str 
         metrics=metrics or {}, created_at=now, updated_at=now))
 
 
-def register_real_adapter(store: FeedbackStore, settings: Settings, out_dir: Path,
-                          metrics: dict | None = None) -> AdapterVersion:
-    """A LoRA adapter of the test-size base model written in the released directory format, then registered."""
+def register_real_adapter(store: FeedbackStore, settings: Settings, metrics: dict | None = None) -> AdapterVersion:
+    """A LoRA adapter of the test-size base model written in the released directory format (in the test's
+    folder of the adapters directory, ``adapters_home``), then registered."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from tests.adapter_helpers import write_adapter
+    from tests.adapter_helpers import adapters_home, write_adapter
 
     version = store.adapters.next_version()
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(settings.base_model_ref)
     peft_model = get_peft_model(model, LoraConfig(r=1, lora_alpha=2, target_modules=["q_proj", "v_proj"]))
+    out_dir = adapters_home(store)
     sha = write_adapter(peft_model, out_dir / version, version, settings.base_model_ref)
     now = time.time()
     return store.adapters.register(AdapterVersion(

@@ -55,14 +55,14 @@ def followed(request, settings: Settings, store: FeedbackStore, base_model_dir: 
 
 
 def test_promotion_and_rollback_are_followed_and_a_rejected_version_unloaded(
-        followed: Followed, store: FeedbackStore, base_model_dir: Path, tmp_path: Path) -> None:
+        followed: Followed, store: FeedbackStore, base_model_dir: Path) -> None:
     engine = followed.engine
-    first = register_random_adapter(store, base_model_dir, tmp_path, seed=1)
+    first = register_random_adapter(store, base_model_dir, seed=1)
     store.adapters.promote(first)
     wait_for(lambda: engine.choose_version() == first)
     assert engine.generate(ASK, first).adapter_version == first
 
-    second = register_random_adapter(store, base_model_dir, tmp_path, seed=2, parent=first)
+    second = register_random_adapter(store, base_model_dir, seed=2, parent=first)
     store.adapters.promote(second)
     wait_for(lambda: engine.choose_version() == second)
     assert engine.generate(ASK, second).adapter_version == second
@@ -79,9 +79,9 @@ def test_promotion_and_rollback_are_followed_and_a_rejected_version_unloaded(
 
 
 def test_a_canary_gets_its_share_of_new_conversations_until_rejected(
-        followed: Followed, store: FeedbackStore, base_model_dir: Path, tmp_path: Path) -> None:
+        followed: Followed, store: FeedbackStore, base_model_dir: Path) -> None:
     engine = followed.engine
-    canary = register_random_adapter(store, base_model_dir, tmp_path, seed=3)
+    canary = register_random_adapter(store, base_model_dir, seed=3)
     store.adapters.set_canary_share(1.0)
     store.adapters.send_to_canary(canary)
     wait_for(lambda: engine.choose_version() == canary)
@@ -98,24 +98,28 @@ def test_a_canary_gets_its_share_of_new_conversations_until_rejected(
         assert followed.vllm_calls() == ([canary], [canary])
 
 
-@pytest.mark.parametrize("problem", ["bad_sha256", "wrong_base"])
+REFUSAL = {"bad_sha256": "sha256", "wrong_base": "base model", "outside": "lies outside the adapters directory"}
+
+
+@pytest.mark.parametrize("problem", list(REFUSAL))
 def test_a_bad_adapter_is_refused_once_and_the_old_one_keeps_serving(
         problem: str, followed: Followed, store: FeedbackStore, base_model_dir: Path, tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
     engine = followed.engine
-    good = register_random_adapter(store, base_model_dir, tmp_path, seed=1)
+    good = register_random_adapter(store, base_model_dir, seed=1)
     store.adapters.promote(good)
     wait_for(lambda: engine.choose_version() == good)
-    bad = register_random_adapter(store, base_model_dir, tmp_path, seed=2, parent=good,
+    bad = register_random_adapter(store, base_model_dir, seed=2, parent=good,
                                   corrupt=problem == "bad_sha256",
-                                  base_model="someone/else-7b" if problem == "wrong_base" else None)
+                                  base_model="someone/else-7b" if problem == "wrong_base" else None,
+                                  out=tmp_path if problem == "outside" else None)  # sound files, any path
     with caplog.at_level(logging.ERROR, logger="bot.runtime"):
         store.adapters.promote(bad)
         wait_for(lambda: bad in engine.refused_versions())
         time.sleep(5 * RESYNC_S)  # several syncs: a refused version is not tried again
     refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert len(refusals) == 1
-    assert ("sha256" if problem == "bad_sha256" else "base model") in refusals[0]
+    assert REFUSAL[problem] in refusals[0]
     assert engine.refused_versions()[bad] in refusals[0]
     assert bad not in engine.loaded_versions()
     assert engine.choose_version() == good

@@ -1,5 +1,6 @@
 """The adapter directory's contract (``loopdesk.adapter_format``): a directory that keeps it verifies,
-each way of breaking it is refused with a message naming the breach, and the check needs no torch."""
+each way of breaking it is refused with a message naming the breach, a registry record's path must lie
+inside the adapters directory, and the check needs no torch."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from loopdesk.adapter_format import (CONFIG_FILE, MANIFEST_FILE, MANIFEST_KEYS, VALUE_HEAD_FILE, WEIGHTS_FILE,
-                                     InvalidAdapterError, verify, write_manifest)
+                                     InvalidAdapterError, verify, verify_registered, write_manifest)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,6 +67,23 @@ def test_each_breach_of_the_contract_is_refused_by_name(breach, tmp_path):
     options = {"base_model": "org/tiny", **options}
     with pytest.raises(InvalidAdapterError, match=message):
         verify(tmp_path / "v0001", options.pop("base_model"), version="v0001", **options)
+
+
+def test_a_registered_adapter_is_read_from_inside_the_adapters_directory_only(tmp_path):
+    adapters = tmp_path / "adapters"
+    sha = released(adapters / "v0001")["sha256"]
+    released(tmp_path / "elsewhere" / "v0001")  # sound files, the same weights, outside
+    check = dict(version="v0001", expected_sha256=sha)
+    assert verify_registered(adapters / "v0001", adapters, "org/tiny", **check) == (adapters / "v0001").resolve()
+    assert verify_registered("v0001", adapters, "org/tiny", **check) == (adapters / "v0001").resolve()  # relative
+    (adapters / "link").symlink_to(tmp_path / "elsewhere" / "v0001")
+    for outside in (tmp_path / "elsewhere" / "v0001", adapters / "link", adapters / ".." / "elsewhere" / "v0001",
+                    "../elsewhere/v0001", adapters, "/etc"):
+        with pytest.raises(InvalidAdapterError, match=f"v0001: the registry's path {outside} lies outside the "
+                                                      f"adapters directory {adapters.resolve()}; refused"):
+            verify_registered(outside, adapters, "org/tiny", **check)
+    with pytest.raises(InvalidAdapterError, match="registry says"):
+        verify_registered(adapters / "v0001", adapters, "org/tiny", version="v0001", expected_sha256="0" * 64)
 
 
 def test_the_contract_imports_neither_torch_nor_peft():

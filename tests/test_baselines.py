@@ -187,7 +187,8 @@ def test_a_baseline_round_releases_a_candidate_the_bot_can_serve(method, tsettin
     assert run.status == "succeeded" and run.adapter_version == "v0001"
     adapter = store.adapters.get("v0001")
     assert adapter.status == "canary" and adapter.parent == "base"
-    read_verified(adapter.path, "v0001", tsettings.base_model_ref, expected_sha256=adapter.sha256)
+    read_verified(adapter.path, "v0001", tsettings.base_model_ref, adapters_dir=tsettings.adapters_dir,
+                  expected_sha256=adapter.sha256)
     PolicyWithValueHead.from_pretrained(base_lm(base_model_dir), adapter.path)
 
     stats = run.metrics["baseline"]

@@ -155,6 +155,7 @@ def test_ended_conversation_refuses_messages_and_end_is_idempotent(client, store
 
 def test_rating_is_idempotent_and_correctable(client, store):
     conv_id, auth = start(client)
+    assert client.post(f"{API}/{conv_id}/messages", json={"text": "hi"}, headers=auth).status_code == 200
     client.post(f"{API}/{conv_id}/end", headers=auth)
     rate = lambda body: client.post(f"{API}/{conv_id}/rating", json=body, headers=auth)  # noqa: E731
     assert rate({"score": 4, "comment": "quick"}).json["changed"] is True

@@ -16,7 +16,7 @@ from feedback_store import FeedbackStore
 from feedback_store.records import BotTurn
 from harness.serving import serve
 from tests.console_helpers import PASSWORD, add_accounts, register_real_adapter, seed_conversation
-from tests.web_helpers import GENEROUS_LIMIT, running_engine, web_settings
+from tests.web_helpers import GENEROUS_LIMIT, running_engine, watch_csp, web_settings
 
 pytestmark = pytest.mark.browser
 
@@ -36,16 +36,19 @@ def site(data_dir: Path, base_model_dir: Path, tmp_path_factory: pytest.TempPath
 
 @pytest.fixture
 def new_page(browser: Browser) -> Iterator[Callable[[], Page]]:
-    contexts = []
+    """Pages in fresh contexts; they must run without a Content-Security-Policy violation."""
+    contexts, csp_violations = [], []
 
     def open_page() -> Page:
         context = browser.new_context(viewport={"width": 1280, "height": 900})
         contexts.append(context)
+        watch_csp(context, csp_violations)
         return context.new_page()
 
     yield open_page
     for context in contexts:
         context.close()
+    assert csp_violations == [], "the Content-Security-Policy blocked part of a console page"
 
 
 def sign_in(page: Page, url: str, path: str, name: str) -> None:
@@ -140,10 +143,9 @@ def seed_run(store: FeedbackStore) -> str:
     return run.id
 
 
-def test_operator_promotes_an_adapter_and_the_next_conversation_is_pinned_to_it(site, new_page, monkeypatch,
-                                                                               tmp_path: Path):
+def test_operator_promotes_an_adapter_and_the_next_conversation_is_pinned_to_it(site, new_page, monkeypatch):
     settings, store, engine, url = site
-    adapter = register_real_adapter(store, settings, tmp_path, metrics={"held_out_reward": 0.4, "kl": 0.8})
+    adapter = register_real_adapter(store, settings, metrics={"held_out_reward": 0.4, "kl": 0.8})
     seed_history(store, ["base", adapter.version], monkeypatch)
     run_id = seed_run(store)
 
@@ -221,3 +223,68 @@ def test_a_transcript_full_of_script_and_html_renders_inert_in_the_expert_consol
     })""")
     assert injected == {"elements": 0, "scripts": 0, "pwned": None}
     assert dialogs == []
+
+
+def eventually(check: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+    """Wait until the page's request has reached the store."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"not done within {timeout_s} s: {what}"
+        time.sleep(0.1)
+
+
+def test_admin_adds_disables_resets_and_removes_an_account_on_the_users_page(site, new_page):
+    _, store, _, url = site
+    page = new_page()
+    sign_in(page, url, "/admin/users", "ada")
+    form = page.get_by_role("form", name="Add an account")
+    form.get_by_label("Name").fill("uma")
+    form.get_by_label("Role").select_option("operator")
+    form.get_by_label("Password").fill("uma's first secret")
+    form.get_by_role("button", name="Add").click()
+    expect(page.get_by_role("status")).to_have_text("Added operator uma.")
+    row = page.get_by_role("row").filter(has_text="uma")
+    expect(row).to_contain_text("enabled")
+    assert store.users.get("uma").role == "operator"
+    page.screenshot(path=str(SCREENSHOTS / "loopdesk-users-page.png"), full_page=True)
+
+    uma = requests.Session()
+    assert uma.post(f"{url}api/expert/login", json={"name": "uma", "password": "uma's first secret"}).ok
+    row.get_by_role("button", name="Disable uma").click()
+    page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
+    expect(row).to_contain_text("disabled")
+    assert store.users.get("uma").disabled and uma.get(f"{url}api/operator/runs").status_code == 401
+
+    row.get_by_role("button", name="Reset password uma").click()
+    dialog = page.get_by_role("dialog", name="New password")
+    dialog.get_by_label("New password for uma").fill("uma's second secret")
+    dialog.get_by_role("button", name="Set password").click()
+    expect(dialog).to_be_hidden()
+    eventually(lambda: store.users.authenticate("uma", "uma's second secret") is not None, "the new password is set")
+
+    row.get_by_label("Role of uma", exact=True).select_option("admin")
+    row.get_by_role("button", name="Set role of uma").click()
+    page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
+    eventually(lambda: store.users.get("uma").role == "admin", "uma is an admin")
+
+    ada = page.get_by_role("row").filter(has_text="ada")
+    ada.get_by_role("button", name="Remove ada").click()
+    page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
+    expect(page.get_by_role("alert")).to_contain_text("ada is the last enabled admin")
+
+    row.get_by_role("button", name="Remove uma").click()
+    page.get_by_role("dialog").get_by_role("button", name="Confirm").click()
+    expect(page.get_by_role("row").filter(has_text="uma")).to_have_count(0)
+    assert "uma" not in {u.name for u in store.users.list()}
+
+
+def test_signing_out_ends_the_sessions_of_the_account_in_every_browser(site, new_page):
+    url = site[3]
+    first, second = new_page(), new_page()
+    sign_in(first, url, "/operator", "otto")
+    sign_in(second, url, "/operator", "otto")
+    first.get_by_role("button", name="Sign out everywhere").click()
+    expect(first.get_by_role("form", name="Sign in")).to_be_visible()
+    second.reload()
+    expect(second.get_by_role("form", name="Sign in")).to_be_visible()
+    assert "/login?next=/operator" in second.url

@@ -1,10 +1,10 @@
 """Console access rules: every console route refuses customers and the wrong role, every write
-needs the CSRF token; sign-in, sessions, rate limits and the ``loopdesk users`` command."""
+needs the CSRF token; sign-in, sessions, rate limits and ``loopdesk users add``."""
 
 from __future__ import annotations
 
-import re
 import stat
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,19 +14,27 @@ from flask import Flask, url_for
 from flask.testing import FlaskClient
 
 from bot.app import create_app
-from bot.auth import secret_key
+from bot.sessions import secret_key
 from feedback_store import FeedbackStore
 from loopdesk.cli import main
-from tests.console_helpers import PASSWORD, add_accounts, register_record, seed_conversation, sign_in
+from tests.console_helpers import (PASSWORD, add_accounts, login_form_token, register_record, seed_conversation,
+                                   sign_in)
 from tests.web_helpers import GENEROUS_LIMIT, running_engine, web_settings
 
-CONSOLE_PREFIXES = ("/expert", "/operator", "/api/expert/", "/api/operator/")
+CONSOLE_PREFIXES = ("/expert", "/operator", "/admin", "/api/expert/", "/api/operator/", "/api/admin/")
 PUBLIC_ENDPOINTS = {"auth.api_login", "auth.api_logout"}  # sign-in and sign-out check their own rules
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
-WRONG_ROLE = {"expert": "otto", "operator": "erin"}
-RIGHT_ROLE = {"expert": "erin", "operator": "otto"}
+WRONG_ROLES = {"expert": ("otto",), "operator": ("erin",), "admin": ("erin", "otto")}
+RIGHT_ROLES = {"expert": ("erin", "ada"), "operator": ("otto", "ada"), "admin": ("ada",)}
 
 Call = Callable[[FeedbackStore], tuple[dict[str, Any], Any]]
+
+
+def fresh_account(store: FeedbackStore) -> str:
+    """A new expert account for one call of the Users API to change."""
+    name = f"u{uuid.uuid4().hex[:10]}"
+    store.users.add(name, "expert", PASSWORD)
+    return name
 
 
 def with_promoted_adapter(store: FeedbackStore) -> tuple[dict[str, Any], Any]:
@@ -59,6 +67,15 @@ CALLS: dict[str, tuple[Call, int]] = {
     "operator.rollback": (with_promoted_adapter, 200),
     "operator.set_canary_share": (lambda s: ({}, {"share": 0.25}), 200),
     "operator.csat": (lambda s: ({"bucket": "hour"}, None), 200),
+    "admin.console": (lambda s: ({}, None), 200),
+    "admin.users": (lambda s: ({}, None), 200),
+    "admin.add_user": (lambda s: ({}, {"name": f"n{uuid.uuid4().hex[:10]}", "role": "expert", "password": PASSWORD}),
+                       201),
+    "admin.set_role": (lambda s: ({"name": fresh_account(s)}, {"role": "operator"}), 200),
+    "admin.set_disabled": (lambda s: ({"name": fresh_account(s)}, {"disabled": True}), 200),
+    "admin.set_password": (lambda s: ({"name": fresh_account(s)}, {"password": "a new long secret"}), 200),
+    "admin.sign_out_everywhere": (lambda s: ({"name": fresh_account(s)}, None), 200),
+    "admin.remove_user": (lambda s: ({"name": fresh_account(s)}, None), 200),
 }
 
 
@@ -82,10 +99,16 @@ def store(web) -> FeedbackStore:
     return web[1]
 
 
+def console_role(path: str) -> str:
+    """The role a console path needs, read from its first segment after an optional /api."""
+    area = path.split("/")[1:3]
+    return next((role for role in ("expert", "admin") if role in area), "operator")
+
+
 def console_rules(app: Flask) -> list[tuple[str, str, str]]:
     """(endpoint, method, role) of every console route."""
     return sorted(
-        (rule.endpoint, method, "expert" if "expert" in rule.rule.split("/")[1:3] else "operator")
+        (rule.endpoint, method, console_role(rule.rule))
         for rule in app.url_map.iter_rules()
         if rule.rule.startswith(CONSOLE_PREFIXES) and rule.endpoint not in PUBLIC_ENDPOINTS
         for method in rule.methods - {"HEAD", "OPTIONS"}
@@ -116,11 +139,11 @@ def test_every_console_route_admits_only_its_role_and_writes_need_the_csrf_token
         else:
             assert response.status_code == 401 and response.json["error"]["code"] == "login_required", where
 
-        wrong = WRONG_ROLE[role]
-        response = request(app, signed_in[wrong], endpoint, method, store, tokens[wrong])
-        assert response.status_code == 403, where
+        for wrong in WRONG_ROLES[role]:
+            response = request(app, signed_in[wrong], endpoint, method, store, tokens[wrong])
+            assert response.status_code == 403, f"{where} as {wrong}"
 
-        for name in (RIGHT_ROLE[role], "ada"):
+        for name in RIGHT_ROLES[role]:
             if method in UNSAFE:
                 response = request(app, signed_in[name], endpoint, method, store)
                 assert response.status_code == 403 and response.json["error"]["code"] == "csrf_failed", where
@@ -165,11 +188,6 @@ def test_logout_needs_the_token_and_ends_the_session(app):
     assert client.get("/api/expert/queue").status_code == 200
     assert client.post("/api/expert/logout", headers={"X-CSRF-Token": token}).status_code == 200
     assert client.get("/api/expert/queue").status_code == 401
-
-
-def login_form_token(client: FlaskClient, path: str = "/login") -> str:
-    html = client.get(path).get_data(as_text=True)
-    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
 
 
 def test_login_form_needs_its_csrf_field_and_only_follows_local_next(app):

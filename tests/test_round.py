@@ -65,6 +65,19 @@ def test_a_queued_run_fails_when_another_round_holds_the_lock(tsettings, store):
     assert store.runs.get(run.id).status == "failed"
 
 
+def test_a_round_refuses_an_active_adapter_outside_the_adapters_dir_and_leaves_it_serving(tsettings, store,
+                                                                                         tmp_path):
+    now = time.time()
+    store.adapters.register(AdapterVersion(version="v0001", path=str(tmp_path / "planted"), sha256="0" * 64,
+                                           base_model=tsettings.base_model_ref, created_at=now, updated_at=now))
+    store.adapters.promote("v0001")  # what anyone who can write Redis could do
+    with pytest.raises(InvalidAdapterError, match="lies outside the adapters directory"):
+        run_round(tsettings, store, config=small_round_config(), show_progress=False)
+    (run,) = store.runs.list()
+    assert run.status == "failed" and "v0001: the registry's path" in run.error and "refused" in run.error
+    assert store.adapters.active() == "v0001" and [a.version for a in store.adapters.list()] == ["v0001"]
+
+
 def test_a_queued_run_with_an_unknown_config_key_fails_with_the_reason(tsettings, store):
     run = store.training.enqueue_round(trigger="test", config={"rounds": 1})
     with pytest.raises(TypeError):
@@ -91,7 +104,8 @@ def test_round_trains_gates_and_releases_a_canary(tsettings, store, base_model_d
     assert run.status == "succeeded" and run.adapter_version == "v0001"
     adapter = store.adapters.get("v0001")
     assert adapter.status == "canary" and store.adapters.canary() == "v0001" and adapter.parent == "base"
-    read_verified(adapter.path, "v0001", tsettings.base_model_ref, expected_sha256=adapter.sha256)
+    read_verified(adapter.path, "v0001", tsettings.base_model_ref, adapters_dir=tsettings.adapters_dir,
+                  expected_sha256=adapter.sha256)
     metrics = run.metrics
     assert 0 < metrics["pairs_correction"] <= 8 and 0.0 <= metrics["rm_eval_accuracy"] <= 1.0
     assert metrics["gate_passed"] and metrics["gate_contexts"] >= 1

@@ -10,7 +10,8 @@ from dataclasses import fields
 import pytest
 
 from loopdesk.config import SettingsError, documented_fields
-from trainer.round_config import SECTIONS, RoundConfig, load_round_config, round_overrides, run_config
+from trainer.round_config import (SECTIONS, RoundConfig, WorkerOnlyFieldError, load_round_config, recordable_overrides,
+                                  round_overrides, run_config)
 
 
 def test_variables_fill_typed_nested_fields():
@@ -85,13 +86,38 @@ def test_bad_round_config_files_are_refused_with_the_file_named(tmp_path, conten
 
 
 def test_a_run_records_overrides_over_the_workers_own_config_section_by_field():
-    own = load_round_config({"LOOPDESK_ROUND_GATE__EVALUATOR": "panel", "LOOPDESK_ROUND_ROLLOUT_STEPS": "5"})
-    config = run_config(own, {"gate": {"pass_status": "active"}, "method": "sft"})
-    assert (config.gate.evaluator, config.gate.pass_status, config.rollout_steps, config.method) == \
-        ("panel", "active", 5, "sft")
+    own = load_round_config({"LOOPDESK_ROUND_GATE__EVALUATOR": "panel", "LOOPDESK_ROUND_ROLLOUT_STEPS": "5",
+                             "LOOPDESK_ROUND_PPO__BATCH_SIZE": "16"})
+    config = run_config(own, {"method": "sft", "logged_steps": 3, "ppo": {"seed": 7}, "baseline": {"seed": 2}})
+    assert (config.gate.evaluator, config.rollout_steps, config.logged_steps, config.method) == ("panel", 5, 3, "sft")
+    assert (config.ppo.seed, config.ppo.batch_size, config.baseline.seed) == (7, 16, 2)
     assert run_config(own, None) == own and run_config(own, {}) == own
     with pytest.raises(TypeError):
         run_config(own, {"rounds": 1})
+
+
+@pytest.mark.parametrize("recorded, refused", [
+    ({"gate": {"evaluator": "touch /tmp/owned"}}, "gate.evaluator"),
+    ({"gate": {"evaluator_timeout_s": 1e9}}, "gate.evaluator_timeout_s"),
+    ({"gate": {"margin": -10.0, "alpha": 1.0, "kl_budget": 1e9}}, "gate.margin, gate.alpha, gate.kl_budget"),
+    ({"gate": {"max_unfinished_share": 1.0, "reference_tolerance": 2.0}},
+     "gate.max_unfinished_share, gate.reference_tolerance"),
+    ({"gate": {"pass_status": "active"}}, "gate.pass_status"),
+    ({"gate": {"canary_alpha": 1.0, "canary_min_samples": 1}}, "gate.canary_alpha, gate.canary_min_samples"),
+    ({"rollout_steps": 2, "holdout_share": 0.0, "reference_weight": 0.0}, "holdout_share, reference_weight"),
+    ({"gate_history": False}, "gate_history"),
+])
+def test_a_run_that_records_the_gate_or_what_it_judges_by_is_refused(recorded, refused):
+    own = load_round_config({"LOOPDESK_ROUND_GATE__EVALUATOR": "panel"})
+    with pytest.raises(WorkerOnlyFieldError, match=f"the run's recorded config sets {refused}: the gate"):
+        run_config(own, recorded)
+
+
+def test_only_the_trainable_part_of_a_schedulers_overrides_is_recorded():
+    overrides = {"rollout_steps": 4, "method": "kto", "ppo": {"seed": 3}, "gate": {"canary_min_samples": 5},
+                 "holdout_share": 0.5}
+    assert recordable_overrides(overrides) == {"rollout_steps": 4, "method": "kto", "ppo": {"seed": 3}}
+    run_config(RoundConfig(), recordable_overrides(overrides))  # what it records, a worker takes
 
 
 def test_every_round_field_is_documented_in_its_class():

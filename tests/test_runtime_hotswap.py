@@ -29,8 +29,7 @@ def engine(settings: Settings, store: FeedbackStore, base_model_dir: Path) -> En
     engine.stop()
 
 
-def test_adapter_swaps_under_load_fail_no_request(engine: Engine, store: FeedbackStore, base_model_dir: Path,
-                                                  tmp_path: Path) -> None:
+def test_adapter_swaps_under_load_fail_no_request(engine: Engine, store: FeedbackStore, base_model_dir: Path) -> None:
     stop = threading.Event()
     failures: list[BaseException] = []
     served: list[str] = []
@@ -48,7 +47,7 @@ def test_adapter_swaps_under_load_fail_no_request(engine: Engine, store: Feedbac
     try:
         previous = "base"
         for seed in range(3):
-            version = register_random_adapter(store, base_model_dir, tmp_path, seed=seed, parent=previous)
+            version = register_random_adapter(store, base_model_dir, seed=seed, parent=previous)
             store.adapters.promote(version)
             wait_for(lambda: engine.choose_version() == version)
             assert engine.generate(ASK, engine.choose_version()).adapter_version == version
@@ -66,13 +65,13 @@ def test_adapter_swaps_under_load_fail_no_request(engine: Engine, store: Feedbac
 
 
 def test_adapter_changes_replies_and_logprobs_match_it(engine: Engine, store: FeedbackStore,
-                                                      base_model_dir: Path, tmp_path: Path) -> None:
-    version = register_random_adapter(store, base_model_dir, tmp_path, seed=7)
+                                                      base_model_dir: Path) -> None:
+    version = register_random_adapter(store, base_model_dir, seed=7)
     store.adapters.send_to_canary(version)
     wait_for(lambda: version in engine.loaded_versions())
     gen = engine.generate(ASK, version)
     assert gen.adapter_version == version
-    policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model_dir), str(tmp_path / version))
+    policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model_dir), store.adapters.get(version).path)
     ids = torch.tensor([gen.prompt_token_ids + gen.reply_token_ids])
     with torch.no_grad():
         logp = torch.log_softmax(policy(ids).logits[0] / engine.settings.temperature, dim=-1)

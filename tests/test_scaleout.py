@@ -32,8 +32,7 @@ def pinned_to(url: str, version: str, timeout_s: float = 60.0) -> dict:
     return start_conversation(url)
 
 
-def test_two_bot_processes_pin_new_conversations_to_a_promoted_adapter(data_dir: Path, base_model_dir: Path,
-                                                                      tmp_path: Path):
+def test_two_bot_processes_pin_new_conversations_to_a_promoted_adapter(data_dir: Path, base_model_dir: Path):
     env = serve_env(str(base_model_dir), data_dir, max_reply_tokens=8)
     settings = load_settings({}, data_dir=data_dir, key_prefix=env["LOOPDESK_KEY_PREFIX"],
                              base_model=str(base_model_dir))
@@ -43,7 +42,7 @@ def test_two_bot_processes_pin_new_conversations_to_a_promoted_adapter(data_dir:
         bots = (werkzeug_bot, gunicorn_bot)
         assert {start_conversation(url)["adapter_version"] for url in bots} == {"base"}
 
-        version = register_random_adapter(store, base_model_dir, tmp_path, seed=3)
+        version = register_random_adapter(store, base_model_dir, seed=3)
         store.adapters.promote(version)
 
         for url in bots:

@@ -269,31 +269,54 @@ def test_panel_compares_a_candidate_adapter_with_the_active_version(data_dir, ba
     assert FeedbackStore.from_settings(settings, announce=False).conversations.recent() == []
 
 
-def test_panel_faces_an_adapter_named_like_the_active_version(data_dir, base_model_dir, tmp_path):
-    # two data directories both have a v0001: the panel compares them without a name clash
+def _panel_active_v0001(data_dir, base_model_dir, tmp_path, inside: bool):
+    """Settings on the session's Redis with a v0001 promoted, written inside the adapters directory or
+    outside it; and an adapter of another data directory, also named v0001, as the candidate."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from tests.adapter_helpers import write_adapter
     from feedback_store.records import AdapterVersion
-    from harness.panel import run_panel
 
-    paths = {}
-    for name in ("ours", "theirs"):
-        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_model_dir),
-                               LoraConfig(r=1, lora_alpha=2, target_modules=["q_proj", "v_proj"]))
-        paths[name] = tmp_path / name / "v0001"
-        write_adapter(model, paths[name], "v0001", base_model=str(base_model_dir))
     settings = load_settings({}, data_dir=data_dir, key_prefix=f"p{uuid.uuid4().hex[:12]}",
                              base_model=str(base_model_dir), max_reply_tokens=8)
+    ours = (settings.adapters_dir / settings.key_prefix if inside else tmp_path / "ours") / "v0001"
+    paths = {"ours": ours, "theirs": tmp_path / "theirs" / "v0001"}
+    for path in paths.values():
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_model_dir),
+                               LoraConfig(r=1, lora_alpha=2, target_modules=["q_proj", "v_proj"]))
+        write_adapter(model, path, "v0001", base_model=str(base_model_dir))
     store = FeedbackStore.from_settings(settings, announce=False)
     sha = json.loads((paths["ours"] / "manifest.json").read_text())["sha256"]
     store.adapters.register(AdapterVersion(version="v0001", path=str(paths["ours"]), sha256=sha,
                                            base_model=str(base_model_dir), parent="base",
                                            created_at=time.time(), updated_at=time.time()))
     store.adapters.promote("v0001", "test: the active version")
-    verdict = run_panel(settings, COMPANY, paths["theirs"], "v0001", 3, 3,
+    return settings, paths["theirs"]
+
+
+def test_panel_faces_an_adapter_named_like_the_active_version(data_dir, base_model_dir, tmp_path):
+    # two data directories both have a v0001: the panel compares them without a name clash
+    from harness.panel import run_panel
+
+    settings, candidate = _panel_active_v0001(data_dir, base_model_dir, tmp_path, inside=True)
+    verdict = run_panel(settings, COMPANY, candidate, "v0001", 3, 3,
                         CustomerConfig(leave_share=0.0, rating_noise=0.0), tolerance=0.0)
     details = verdict.to_dict()["details"]
     assert (details["candidate"], details["active"]) == ("v0001-candidate", "v0001")
     assert details["candidate_stats"]["rated"] == details["active_stats"]["rated"] == 3
+
+
+def test_panel_refuses_an_active_version_the_registry_places_outside_the_adapters_dir(data_dir, base_model_dir,
+                                                                                       tmp_path):
+    from click.testing import CliRunner
+
+    from harness.simulate_cli import simulate
+
+    settings, candidate = _panel_active_v0001(data_dir, base_model_dir, tmp_path, inside=False)
+    env = {"LOOPDESK_DATA_DIR": str(data_dir), "LOOPDESK_KEY_PREFIX": settings.key_prefix,
+           "LOOPDESK_BASE_MODEL": str(base_model_dir), "REDIS_URL": "", "LOOPDESK_REDIS_URL": None}
+    done = CliRunner().invoke(simulate, ["--panel", "--candidate-dir", str(candidate), "--active", "v0001",
+                                         "--customers", "2"], env=env)
+    assert done.exit_code == 1 and "--panel refused an adapter: v0001: the registry's path" in done.output
+    assert "lies outside the adapters directory" in done.output

@@ -43,8 +43,7 @@ def test_answers_without_token_ids_or_with_an_error_are_generation_errors():
         list(sse_chunks(['data: {"error": {"message": "out of memory", "code": 500}}']))
 
 
-def test_engine_streams_from_vllm_and_loads_a_promoted_adapter_by_name(settings, store, base_model_dir: Path,
-                                                                       tmp_path: Path):
+def test_engine_streams_from_vllm_and_loads_a_promoted_adapter_by_name(settings, store, base_model_dir: Path):
     from transformers import AutoTokenizer
 
     eos = AutoTokenizer.from_pretrained(base_model_dir).eos_token_id
@@ -62,10 +61,10 @@ def test_engine_streams_from_vllm_and_loads_a_promoted_adapter_by_name(settings,
             assert streamed == ["It ships", " today."] and gen.adapter_version == "base"
             assert 0 <= gen.ttft_ms <= gen.latency_ms
 
-            version = register_random_adapter(store, base_model_dir, tmp_path, seed=1)
+            version = register_random_adapter(store, base_model_dir, seed=1)
             store.adapters.promote(version)
             wait_for(lambda: engine.choose_version() == version)
-            assert vllm.loads == [{"lora_name": version, "lora_path": str((tmp_path / version).resolve())}]
+            assert vllm.loads == [{"lora_name": version, "lora_path": str(Path(store.adapters.get(version).path).resolve())}]
             assert engine.generate([{"role": "user", "content": "hi"}], version).adapter_version == version
             assert vllm.completions[-1]["model"] == version
             assert engine.queue_depth() == 0
@@ -73,14 +72,13 @@ def test_engine_streams_from_vllm_and_loads_a_promoted_adapter_by_name(settings,
             engine.stop()
 
 
-def test_a_rejected_adapter_leaves_vllm_only_after_the_reply_running_under_it(settings, store, base_model_dir: Path,
-                                                                              tmp_path: Path):
+def test_a_rejected_adapter_leaves_vllm_only_after_the_reply_running_under_it(settings, store, base_model_dir: Path):
     vllm = StandInVllm(eos_id=2)
     with serve(vllm.app) as url:
         engine = VllmEngine(settings.replace(base_model=str(base_model_dir), vllm_url=url), store, resync_s=0.1)
         engine.start()
         try:
-            version = register_random_adapter(store, base_model_dir, tmp_path, seed=4)
+            version = register_random_adapter(store, base_model_dir, seed=4)
             store.adapters.send_to_canary(version)
             wait_for(lambda: version in engine.loaded_versions())
             served: list[str] = []
@@ -100,3 +98,29 @@ def test_a_rejected_adapter_leaves_vllm_only_after_the_reply_running_under_it(se
         finally:
             vllm.replying.set()
             engine.stop()
+
+
+def test_vllm_gets_the_prompt_the_in_process_engine_builds_with_the_help_articles(settings, store,
+                                                                                  base_model_dir: Path):
+    from transformers import AutoConfig, AutoTokenizer
+
+    from bot.runtime.prompts import prompt_builder
+    from loopdesk.articles import VersionedArticle
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    refunds = VersionedArticle(id="refunds", title="Refunds", version=4,
+                               body="Your money is back within 5 business days. " * 40)
+    messages = [{"role": "user", "content": "When do I get my money back?"}]
+    served = settings.replace(base_model=str(base_model_dir), kb_passage_chars=300)
+    vllm = StandInVllm(tokenizer.eos_token_id)
+    with serve(vllm.app) as url:
+        engine = VllmEngine(served.replace(vllm_url=url), store)
+        engine.start()
+        try:
+            gen = engine.generate(messages, "base", passages=[refunds])
+        finally:
+            engine.stop()
+    expected = prompt_builder(tokenizer, AutoConfig.from_pretrained(base_model_dir).max_position_embeddings,
+                              served).build(messages, [refunds])
+    assert vllm.completions[-1]["prompt"] == gen.prompt_token_ids == expected.token_ids
+    assert gen.context == expected.text and 'Help article "Refunds" (refunds v4): ' in gen.context

@@ -12,7 +12,7 @@ from playwright.sync_api import Browser, Page, expect
 from bot.app import create_app
 from feedback_store import FeedbackStore
 from harness.serving import serve
-from tests.web_helpers import running_engine, web_settings
+from tests.web_helpers import running_engine, watch_csp, web_settings
 
 pytestmark = pytest.mark.browser
 
@@ -20,14 +20,19 @@ OPEN_CHAT = "Open chat: Northwind Outfitters help"
 SCREENSHOTS = Path("/tmp")
 
 # Records every length the newest bot bubble had, so a test can tell a streamed reply from one
-# that arrived whole.
+# that arrived whole. Each delta replaces the bubble's text node; the observer reads every added
+# node's text, so deltas handled in one task (several events in one network read) still count.
 TRACK_REPLY_GROWTH = """
 window.__replyLengths = [];
 document.addEventListener('DOMContentLoaded', () => {
-  new MutationObserver(() => {
-    const bubbles = document.querySelectorAll('.ld-bot .ld-text');
-    if (bubbles.length) window.__replyLengths.push(bubbles[bubbles.length - 1].textContent.length);
-  }).observe(document.body, {subtree: true, childList: true, characterData: true});
+  new MutationObserver((records) => {
+    for (const record of records) {
+      if (!(record.target instanceof Element) || !record.target.matches('.ld-bot .ld-text')) continue;
+      for (const node of record.addedNodes) {
+        if (node.nodeType === Node.TEXT_NODE) window.__replyLengths.push(node.data.length);
+      }
+    }
+  }).observe(document.body, {subtree: true, childList: true});
 });
 """
 
@@ -42,13 +47,21 @@ def site(data_dir: Path, base_model_dir: Path) -> Iterator[tuple[FeedbackStore, 
 
 
 @pytest.fixture
-def new_page(browser: Browser) -> Iterator[Callable[..., Page]]:
-    """Open pages in fresh browser contexts (fresh sessionStorage), closed after the test."""
+def csp_violations() -> list[str]:
+    """What the Content-Security-Policy blocked in this test's pages (none, unless a test provokes it)."""
+    return []
+
+
+@pytest.fixture
+def new_page(browser: Browser, csp_violations: list[str]) -> Iterator[Callable[..., Page]]:
+    """Open pages in fresh browser contexts (fresh sessionStorage), closed after the test; the pages
+    must run without a Content-Security-Policy violation."""
     contexts = []
 
     def open_page(width: int = 1280, height: int = 800) -> Page:
         context = browser.new_context(viewport={"width": width, "height": height})
         contexts.append(context)
+        watch_csp(context, csp_violations)
         page = context.new_page()
         page.add_init_script(TRACK_REPLY_GROWTH)
         return page
@@ -56,6 +69,7 @@ def new_page(browser: Browser) -> Iterator[Callable[..., Page]]:
     yield open_page
     for context in contexts:
         context.close()
+    assert csp_violations == [], "the Content-Security-Policy blocked part of a page"
 
 
 def send_and_wait_for_reply(page: Page, text: str) -> str:
@@ -170,3 +184,21 @@ def test_widget_works_embedded_in_another_origin(site, new_page):
         page.get_by_role("button", name="Open chat: Help").click()
         assert send_and_wait_for_reply(page, "Hello, are you open on Sundays?").strip()
         assert json.loads(page.evaluate("JSON.stringify(location.origin)")) != url.rstrip("/")
+
+
+def test_the_content_security_policy_blocks_code_injected_into_the_shop_page(site, new_page, csp_violations):
+    """The shop's own stylesheet applies; an injected inline handler and inline script do not run."""
+    page = new_page()
+    page.goto(site[1])
+    expect(page.locator(".swatch-moss")).to_have_css("background-color", "rgb(138, 163, 123)")
+    page.evaluate("""() => {
+        document.body.insertAdjacentHTML('beforeend', '<img src="/static/missing.png" onerror="window.__ran = 1">');
+        const script = document.createElement('script');
+        script.textContent = 'window.__ran = 2';
+        document.body.append(script);
+    }""")
+    page.wait_for_function("() => document.querySelector('img[onerror]').complete")
+    page.wait_for_timeout(300)
+    assert page.evaluate("window.__ran === undefined")
+    assert len(csp_violations) == 2 and all(v.startswith("script-src") for v in csp_violations), csp_violations
+    csp_violations.clear()

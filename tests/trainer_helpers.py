@@ -15,7 +15,7 @@ from feedback_store.connection import resolve_redis_url
 from feedback_store.records import BotTurn
 from loopdesk.config import Settings
 from trainer.config import GateConfig, PPOConfig, RewardModelConfig
-from trainer.round_config import RoundConfig
+from trainer.round_config import SERVING_FIELDS, RoundConfig
 
 QUESTIONS = ["Where is my order?", "How do I return a jacket?", "Can I change my address?",
              "Why was I charged twice?"]
@@ -41,6 +41,15 @@ def small_round_config(**changes) -> RoundConfig:
     for key, value in changes.items():
         setattr(config, key, value)
     return config
+
+
+def as_round_file(config: RoundConfig) -> dict:
+    """``config`` as a ``--round-config`` file holds it: every field but the four the bot's serving
+    settings decide (``SERVING_FIELDS``)."""
+    data = config.to_dict()
+    for section, name in SERVING_FIELDS:
+        del data[section][name]
+    return data
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,5 +1,6 @@
 """Shared pieces of the web tests: settings for the real test-size model, a started engine,
-and a reader for server-sent events (the tests serve the app with ``harness.serving.serve``)."""
+and a reader for server-sent events (the tests serve the app with ``harness.serving.serve``), and a
+watch on the browser's Content-Security-Policy reports."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from feedback_store import FeedbackStore
 from loopdesk.config import Settings, load_settings
 
 GENEROUS_LIMIT = "100000/minute"
+CSP_WATCH = """document.addEventListener('securitypolicyviolation', e => window.__loopdeskCspViolation(
+  e.violatedDirective + ' ' + (e.blockedURI || 'inline') + ' on ' + e.documentURI));"""
 
 
 def web_settings(data_dir: Path, base_model_dir: Path, **changes: Any) -> Settings:
@@ -45,6 +48,12 @@ def running_engine(settings: Settings, store: FeedbackStore, timeout_s: float = 
         yield engine
     finally:
         engine.stop()
+
+
+def watch_csp(context: Any, violations: list[str]) -> None:
+    """Append every Content-Security-Policy violation a page of the Playwright ``context`` reports."""
+    context.expose_function("__loopdeskCspViolation", lambda violation: violations.append(violation))
+    context.add_init_script(CSP_WATCH)
 
 
 def parse_sse(chunks: Iterable[bytes]) -> list[tuple[str, dict]]:

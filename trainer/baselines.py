@@ -34,9 +34,10 @@ from typing import Any, Sequence
 
 from datasets import Dataset
 from feedback_store.records import TurnWithFeedback
-from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+from transformers import AutoModelForCausalLM, PrinterCallback
 from trl import KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
 
+from loopdesk.causal_lm import load_tokenizer
 from trainer.config import BaselineConfig, PPOConfig
 from trainer.policy import PolicyWithValueHead
 from trainer.reward_model import correction_ids
@@ -96,13 +97,6 @@ def load_policy(base_ref: str, active_dir: Path | None, lora: PPOConfig) -> Poli
     base = AutoModelForCausalLM.from_pretrained(base_ref)
     return (PolicyWithValueHead.with_new_adapter(base, lora) if active_dir is None
             else PolicyWithValueHead.from_pretrained(base, active_dir))
-
-
-def _tokenizer(base_ref: str):
-    tokenizer = AutoTokenizer.from_pretrained(base_ref)
-    if tokenizer.pad_token is None:  # Llama-style bases ship no pad token
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def _args(config: BaselineConfig, max_steps: int, work_dir: str) -> dict[str, Any]:
@@ -171,7 +165,7 @@ def _update(method: str, base_ref: str, active_dir: Path | None, examples: Seque
     policy = load_policy(base_ref, active_dir, lora)
     build = sft_trainer if method == "sft" else kto_trainer
     with tempfile.TemporaryDirectory(prefix=f"{method}-") as work_dir:
-        trainer = build(policy.lm, _tokenizer(base_ref), examples, config, work_dir)
+        trainer = build(policy.lm, load_tokenizer(base_ref), examples, config, work_dir)
         trainer.remove_callback(PrinterCallback)  # per-step logs stay in log_history, not on stdout
         train_started = time.monotonic()
         result = trainer.train()

@@ -1,18 +1,24 @@
 """The live canary decision: promote the canary, roll it back, or wait for more ratings.
 
 Data: CSAT (1–5) of rated conversations pinned to the canary and to the active version, both
-counted from the moment the canary started serving, so the two arms share the same period.
+counted from the moment the canary started serving, so the two arms share the same period. Each
+rating is weighted by ``feedback_store.rating_weights`` (over both arms together): a rating beyond
+the per-client cap weighs 0, each client weighs 1 in total, and no burst window of rating time
+carries more than ``Settings.csat_burst_share`` of an arm. So one client, or a burst from a few,
+cannot decide: 30 ratings from one client count as one client's worth (Kish n_eff 1).
 
-Test: the **Mann–Whitney U test** (CSAT is ordinal, so a rank test, not a t-test), normal
-approximation with tie correction and continuity correction, **one-sided at α = 0.05**
+Test: the difference of the arms' **weighted means**, ``z = (m_canary - m_active) / sqrt(sd_c² / n_c +
+sd_a² / n_a)`` with each arm's weighted standard deviation and Kish effective sample size ``n``
+(normal approximation, as Welch's test at these sizes), **one-sided at α = 0.05**
 (``GateConfig.canary_alpha``), each direction separately:
 
-- fewer than ``canary_min_samples`` ratings on either side → **wait**;
-- canary stochastically *worse* than active (p < α) → **rollback** (the canary is rejected,
-  the active version keeps serving);
-- canary stochastically *better* (p < α) → **promote**;
-- otherwise **wait**, until the canary has ``canary_max_samples`` ratings: then it is promoted,
-  since it passed the offline gate and live data shows no significant harm.
+- an effective (Kish) ``canary_min_samples`` ratings lacking on either side → **wait**;
+- either side's ratings spanning fewer than ``1 / csat_burst_share`` burst windows → **wait**;
+- canary worse than active (p = Φ(z) < α) → **rollback** (the canary is rejected, the active
+  version keeps serving);
+- canary better (p = 1 − Φ(z) < α) → **promote**;
+- otherwise **wait**, until the canary has an effective ``canary_max_samples`` ratings: then it is
+  promoted, since it passed the offline gate and live data shows no significant harm.
 """
 
 from __future__ import annotations
@@ -22,73 +28,88 @@ from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 from feedback_store import FeedbackStore
+from feedback_store.rating_weights import CsatStats, WeightRule, csat_stats, rating_weights
+from feedback_store.records import Conversation
 
 from trainer.config import GateConfig
 
 
 @dataclass(frozen=True)
 class CanaryDecision:
-    """What to do with the canary and the statistics behind it."""
+    """What to do with the canary and the statistics behind it (means weighted, n effective)."""
 
     action: str  # "promote" | "rollback" | "wait"
     reason: str
-    n_canary: int
-    n_active: int
+    n_canary: float
+    n_active: float
     mean_canary: float | None
     mean_active: float | None
     p_worse: float | None
     p_better: float | None
+    ratings_canary: int = 0
+    ratings_active: int = 0
+    unweighted_mean_canary: float | None = None
+    unweighted_mean_active: float | None = None
 
     def metrics(self) -> dict[str, Any]:
         return {f"canary_{k}": v for k, v in asdict(self).items()}
 
 
-def _normal_sf(z: float) -> float:
-    """P(Z > z) for a standard normal Z."""
-    return 0.5 * math.erfc(z / math.sqrt(2))
+def _normal_cdf(z: float) -> float:
+    """P(Z < z) for a standard normal Z."""
+    return 0.5 * math.erfc(-z / math.sqrt(2))
 
 
-def mann_whitney(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
-    """One-sided p-values (x tends to be smaller than y, x tends to be larger) of the U test."""
-    n1, n2 = len(x), len(y)
-    pooled = sorted([(v, 0) for v in x] + [(v, 1) for v in y])
-    ranks, ties, i = [0.0] * len(pooled), 0.0, 0
-    while i < len(pooled):
-        j = i
-        while j < len(pooled) and pooled[j][0] == pooled[i][0]:
-            j += 1
-        for k in range(i, j):
-            ranks[k] = (i + j + 1) / 2  # mean of ranks i+1..j
-        ties += (j - i) ** 3 - (j - i)
-        i = j
-    u1 = sum(r for r, (_, group) in zip(ranks, pooled) if group == 0) - n1 * (n1 + 1) / 2  # U = R₁ − n₁(n₁+1)/2
-    n = n1 + n2
-    sigma = math.sqrt(n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1))))
-    if sigma == 0:
+def weighted_z_test(canary: CsatStats, active: CsatStats) -> tuple[float, float]:
+    """One-sided p-values (canary worse, canary better) of the difference of the weighted means."""
+    if canary.mean is None or active.mean is None:
         return 1.0, 1.0
-    mean = n1 * n2 / 2
-    return _normal_sf((mean - u1 - 0.5) / sigma), _normal_sf((u1 - mean - 0.5) / sigma)
+    diff = canary.mean - active.mean
+    se = math.sqrt(sum((s.sd or 0.0) ** 2 / s.n_eff for s in (canary, active)))
+    if se == 0:
+        return (0.0, 1.0) if diff < 0 else (1.0, 0.0) if diff > 0 else (1.0, 1.0)
+    z = diff / se
+    return _normal_cdf(z), _normal_cdf(-z)
 
 
-def decide(canary: Sequence[int], active: Sequence[int], config: GateConfig) -> CanaryDecision:
-    """Apply the rule in the module docstring to the two arms' CSAT ratings."""
-    def mean(v: Sequence[int]) -> float | None:
-        return sum(v) / len(v) if v else None
-
-    stats = dict(n_canary=len(canary), n_active=len(active), mean_canary=mean(canary), mean_active=mean(active))
-    if min(len(canary), len(active)) < config.canary_min_samples:
-        return CanaryDecision("wait", f"need {config.canary_min_samples} ratings on each side",
+def decide(canary: Sequence[Conversation], active: Sequence[Conversation], config: GateConfig,
+           rule: WeightRule) -> CanaryDecision:
+    """Apply the rule in the module docstring to the two arms' rated conversations."""
+    weights = rating_weights([*canary, *active], rule)
+    c, a = csat_stats(canary, weights, rule), csat_stats(active, weights, rule)
+    stats = dict(n_canary=round(c.n_eff, 2), n_active=round(a.n_eff, 2), mean_canary=c.mean, mean_active=a.mean,
+                 ratings_canary=c.ratings, ratings_active=a.ratings, unweighted_mean_canary=c.unweighted_mean,
+                 unweighted_mean_active=a.unweighted_mean)
+    if min(c.n_eff, a.n_eff) < config.canary_min_samples:
+        return CanaryDecision("wait", f"need an effective {config.canary_min_samples} ratings on each side "
+                              f"(Kish, over clients); have {c.n_eff:.1f} and {a.n_eff:.1f}",
                               p_worse=None, p_better=None, **stats)
-    p_worse, p_better = mann_whitney(canary, active)
+    if min(c.windows, a.windows) < rule.min_windows:
+        return CanaryDecision("wait", f"need ratings in {rule.min_windows} burst windows on each side; "
+                              f"have {c.windows} and {a.windows}", p_worse=None, p_better=None, **stats)
+    p_worse, p_better = weighted_z_test(c, a)
     stats |= {"p_worse": p_worse, "p_better": p_better}
     alpha = config.canary_alpha
     if p_worse < alpha:
-        return CanaryDecision("rollback", f"live CSAT worse than active (Mann-Whitney p={p_worse:.4f} < {alpha})", **stats)
+        return CanaryDecision("rollback", f"live CSAT worse than active (weighted z-test p={p_worse:.4f} < {alpha})",
+                              **stats)
     if p_better < alpha:
-        return CanaryDecision("promote", f"live CSAT better than active (Mann-Whitney p={p_better:.4f} < {alpha})", **stats)
-    if len(canary) >= config.canary_max_samples:
-        return CanaryDecision("promote", f"{len(canary)} ratings and not worse than active (p={p_worse:.4f})", **stats)
+        return CanaryDecision("promote", f"live CSAT better than active (weighted z-test p={p_better:.4f} < {alpha})",
+                              **stats)
+    if c.n_eff >= config.canary_max_samples:
+        return CanaryDecision("promote", f"an effective {c.n_eff:.0f} ratings and not worse than active "
+                              f"(p={p_worse:.4f})", **stats)
     return CanaryDecision("wait", "no significant difference yet", **stats)
+
+
+def arms(store: FeedbackStore, version: str) -> tuple[list[Conversation], list[Conversation]]:
+    """The rated conversations of the canary ``version`` and of the active one since the canary started."""
+    since = store.adapters.get(version).updated_at
+
+    def rated(v: str) -> list[Conversation]:
+        return [c for c in store.conversations.for_adapter(v, since=since) if c.csat is not None]
+
+    return rated(version), rated(store.adapters.active())
 
 
 def check_canary(store: FeedbackStore, config: GateConfig) -> CanaryDecision | None:
@@ -96,13 +117,7 @@ def check_canary(store: FeedbackStore, config: GateConfig) -> CanaryDecision | N
     version = store.adapters.canary()
     if version is None:
         return None
-    since = store.adapters.get(version).updated_at
-    active = store.adapters.active()
-
-    def ratings(v: str) -> list[int]:
-        return [c.csat for c in store.conversations.for_adapter(v, since=since) if c.csat is not None]
-
-    decision = decide(ratings(version), ratings(active), config)
+    decision = decide(*arms(store, version), config, WeightRule.of(store.settings))
     store.adapters.update_metrics(version, decision.metrics())
     if decision.action == "promote":
         store.adapters.promote(version, decision.reason)

@@ -2,7 +2,10 @@
 ``loopdesk scheduler`` (enqueues rounds on cron schedules, applies the canary decision).
 
 Each builds its own round config from the defaults, ``--round-config FILE``, the ``LOOPDESK_ROUND_*``
-variables and the flags below, in that order (``trainer.round_config``)."""
+variables and the flags below, in that order (``trainer.round_config``). The gate is the training
+process's own (``train``, ``worker``): a queued run records only how a round trains, so the scheduler
+records the trainable part of its overrides (``recordable_overrides``) and has no gate flags; its gate
+section decides only its canary check."""
 
 from __future__ import annotations
 
@@ -21,11 +24,6 @@ def round_options(command: Callable) -> Callable:
     the ``LOOPDESK_ROUND_*`` variables."""
     options = [
         round_config_option,
-        click.option("--gate-evaluator", default=None,
-                     help="external evaluator command line, run with --candidate DIR --active VERSION "
-                          "appended; prints a JSON verdict on its last line [LOOPDESK_ROUND_GATE__EVALUATOR]"),
-        click.option("--pass-status", type=PASS_STATUSES, default=None,
-                     help="what a candidate that passes the gate becomes [LOOPDESK_ROUND_GATE__PASS_STATUS]"),
         click.option("--rollout-steps", type=click.IntRange(0), default=None,
                      help="PPO steps on fresh rollouts per round [LOOPDESK_ROUND_ROLLOUT_STEPS]"),
     ]
@@ -34,7 +32,22 @@ def round_options(command: Callable) -> Callable:
     return command
 
 
-def round_flags(gate_evaluator: str | None, pass_status: str | None, rollout_steps: int | None) -> dict[str, Any]:
+def gate_options(command: Callable) -> Callable:
+    """The gate flags of the commands that train (``train``, ``worker``): the gate is the trainer's own."""
+    options = [
+        click.option("--gate-evaluator", default=None,
+                     help="external evaluator command line, run with --candidate DIR --active VERSION "
+                          "appended; prints a JSON verdict on its last line [LOOPDESK_ROUND_GATE__EVALUATOR]"),
+        click.option("--pass-status", type=PASS_STATUSES, default=None,
+                     help="what a candidate that passes the gate becomes [LOOPDESK_ROUND_GATE__PASS_STATUS]"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def round_flags(rollout_steps: int | None, gate_evaluator: str | None = None,
+                pass_status: str | None = None) -> dict[str, Any]:
     """The round fields the flags given set, nested as ``RoundConfig.from_dict`` takes them."""
     gate = {k: v for k, v in {"evaluator": gate_evaluator, "pass_status": pass_status}.items() if v is not None}
     flags: dict[str, Any] = {"gate": gate} if gate else {}
@@ -45,6 +58,7 @@ def round_flags(gate_evaluator: str | None, pass_status: str | None, rollout_ste
 
 @click.command("train")
 @round_options
+@gate_options
 def train(round_config: Path | None, **flags: Any) -> None:
     """Run one training round now, in the foreground, with a progress bar."""
     from feedback_store import FeedbackStore
@@ -68,9 +82,10 @@ def train(round_config: Path | None, **flags: Any) -> None:
 @click.command("worker")
 @click.option("--burst", is_flag=True, help="exit once the queue is empty")
 @round_options
+@gate_options
 def worker(burst: bool, round_config: Path | None, **flags: Any) -> None:
     """Run queued training rounds (an RQ worker on the training queue) with this worker's round config;
-    what a queued run recorded goes over it."""
+    what a queued run recorded goes over it, except the gate, which is this worker's alone."""
     from feedback_store import FeedbackStore
     from loopdesk.cli_support import round_config_or_exit, settings_or_exit
     from trainer.worker import work
@@ -88,15 +103,17 @@ def worker(burst: bool, round_config: Path | None, **flags: Any) -> None:
 @click.option("--once", is_flag=True, help="check once and exit")
 @round_options
 def scheduler(interval: float, once: bool, round_config: Path | None, **flags: Any) -> None:
-    """Enqueue a training round whenever a cron schedule is due (recording this scheduler's round
-    overrides with it); promote or roll back the canary."""
+    """Enqueue a training round whenever a cron schedule is due (recording how this scheduler's round
+    overrides train, never their gate); promote or roll back the canary by this scheduler's gate section;
+    every hour, prune the conversations past LOOPDESK_RETENTION_DAYS (as `loopdesk data prune` does)."""
     from feedback_store import FeedbackStore
     from loopdesk.cli_support import round_overrides_or_exit, settings_or_exit
-    from trainer.round_config import RoundConfig
+    from trainer.round_config import RoundConfig, recordable_overrides
     from trainer.scheduler import loop
 
     settings = settings_or_exit()
     overrides = round_overrides_or_exit(round_config, round_flags(**flags))
     store = FeedbackStore.from_settings(settings)
     click.echo(f"loopdesk: scheduler checking every {interval:g} s")
-    loop(store, RoundConfig.from_dict(overrides).gate, interval, round_config=overrides, echo=click.echo, once=once)
+    loop(store, RoundConfig.from_dict(overrides).gate, interval, round_config=recordable_overrides(overrides),
+         echo=click.echo, once=once)

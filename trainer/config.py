@@ -37,15 +37,26 @@ class RewardBuilderConfig:
             distinct tag on the turn; tags not listed add nothing.
         whiten (bool, default False): normalise the batch's rewards to mean 0, std 1 after
             clamping (PPO whitens again per step; the reward model wants the raw scale).
+        max_csat_per_client (int, default 1): of one client's rated conversations in a round's
+            feedback (client: the rating's ``rater``, the hashed address; none: the conversation
+            alone), the CSAT of at most this many counts, those whose ids hash lowest (a stable
+            choice the rater cannot steer); the others' turns keep only their expert feedback.
+            Ratings stored beyond the per-client cap (``Settings.rating_client_cap``) never count.
+            1: each client is one customer's worth, as in the canary decision; 0: no cap. Worked
+            case: 30 ratings of 5 from one client and 10 customers rating 1 once each: 11 CSAT
+            rewards, one +1 and ten -1 (see docs/tuning.md#ratings).
     """
 
     expert_weight: float = 0.8
     tag_penalties: dict[str, float] = field(default_factory=_default_tag_penalties)
     whiten: bool = False
+    max_csat_per_client: int = 1
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.expert_weight <= 1.0:
             raise ValueError(f"expert_weight must lie in [0, 1], got {self.expert_weight}")
+        if self.max_csat_per_client < 0:
+            raise ValueError(f"max_csat_per_client must be >= 0, got {self.max_csat_per_client}")
 
 
 @dataclass
@@ -245,11 +256,19 @@ class GateConfig:
             after this many seconds.
         pass_status (str, default "canary"): what a passing candidate becomes: ``canary``
             (live CSAT then decides) or ``active``.
-        canary_alpha (float, default 0.05): significance level of the live canary test.
-        canary_min_samples (int, default 30): rated conversations needed on each side before
-            the canary test decides anything.
-        canary_max_samples (int, default 300): rated canary conversations after which a canary
-            not shown worse is promoted.
+        canary_alpha (float, default 0.05): significance level of the live canary test: one-sided
+            z-tests of the difference of the arms' weighted mean CSAT, ``z = (m_c - m_a) /
+            sqrt(sd_c² / n_c + sd_a² / n_a)`` with each arm's weighted standard deviation and Kish
+            effective sample size (``trainer.canary``). The weights (``feedback_store.rating_weights``):
+            0 beyond the per-client cap, 1/n for each of a client's n ratings, and burst windows of
+            ``Settings.csat_burst_window_s`` capped at ``Settings.csat_burst_share`` of an arm's weight.
+        canary_min_samples (int, default 30): effective ratings (Kish's n_eff over clients:
+            (Σ W_c)² / Σ W_c², W_c a client's summed weight) needed on each side before the canary
+            test decides anything; the arms' ratings must also span ``1 / csat_burst_share`` burst
+            windows each. Worked cases: 30 ratings from one client: n_eff 1 (wait); 30 clients
+            rating once: n_eff 30; 29 clients once and one client 10 times: n_eff 30.
+        canary_max_samples (int, default 300): effective canary ratings (Kish, as above) after which
+            a canary not shown worse is promoted; a flood from a few clients cannot reach it.
         seed (int, default 0): seed of the gate's reply sampling.
     """
 

@@ -195,7 +195,11 @@ def evaluate(base_model_ref: str, candidate_dir: Path, active_dir: Path | None, 
              prompts: list[list[int]], reward_model: RewardModel, config: GateConfig,
              references: ExpertReferences | None = None, reference_weight: float = 0.0) -> GateVerdict:
     """Load the base with both adapters, measure each on ``prompts`` and apply the pass rule;
-    ``references`` (experts' corrections of the held-out contexts) add the expert view."""
+    ``references`` (experts' corrections of the held-out contexts) add the expert view.
+
+    ``candidate_dir`` is the round's own; ``active_dir`` the active version's as ``release.released_dir``
+    confined to the adapters directory and verified against the registry (the gate reads no path from
+    Redis itself)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 

@@ -31,7 +31,7 @@ from typing import Any
 from feedback_store import FeedbackStore
 from feedback_store.records import BASE_VERSION, AdapterVersion
 
-from loopdesk.adapter_format import MANIFEST_FILE, TRAINED_FILES, verify, write_manifest
+from loopdesk.adapter_format import MANIFEST_FILE, TRAINED_FILES, verify_registered, write_manifest
 
 TEMP_PREFIX = ".tmp-"
 ORPHAN_REASON = "orphaned: the run that released it stopped before deciding its status"
@@ -126,16 +126,18 @@ def remove_temp_dirs(adapters_dir: Path) -> list[Path]:
     return removed
 
 
-def released_dir(store: FeedbackStore, version: str, base_model: str) -> Path | None:
-    """The directory of released ``version`` to start a round from, checked against the contract and
-    the registry's sha256, value head included (None for ``base``: no adapter).
+def released_dir(store: FeedbackStore, adapters_dir: Path, version: str, base_model: str) -> Path | None:
+    """The directory of released ``version`` to start a round from (and gate against), resolved: inside
+    ``adapters_dir`` and checked against the contract and the registry's sha256, value head included
+    (``verify_registered``); None for ``base`` (no adapter).
 
     Raises:
-        InvalidAdapterError: the directory is not a released adapter of ``base_model`` (``verify``).
+        InvalidAdapterError: the record's path lies outside ``adapters_dir``, or the directory is not a
+            released adapter of ``base_model``.
         NotFoundError: the registry has no such version.
     """
     if version == BASE_VERSION:
         return None
     record = store.adapters.get(version)
-    verify(record.path, base_model, version=version, expected_sha256=record.sha256, value_head=True)
-    return Path(record.path)
+    return verify_registered(record.path, adapters_dir, base_model, version=version, expected_sha256=record.sha256,
+                             value_head=True)

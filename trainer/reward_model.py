@@ -26,7 +26,9 @@ gave them:
 Beyond ``max_pairs`` a seeded random subset is kept. Training uses TRL's ``RewardTrainer`` (Bradley–Terry loss −log σ(r_chosen − r_rejected)) on
 pre-tokenized ``chosen_ids``/``rejected_ids``. A share of pairs is held out and the held-out
 pairwise accuracy (share of pairs where chosen outscores rejected) is reported each run.
-A sequence is the prompt's token ids followed by the reply's; a finished reply ends with EOS.
+A sequence is the prompt's token ids followed by the reply's; a finished reply ends with EOS. The
+score is read at each sequence's last attended token (``pool_at_last_token``), not at the last token
+that differs from the pad id, so where pad = EOS a finished reply's closing EOS is still scored.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from typing import Sequence
 import torch
 from feedback_store.records import TurnWithFeedback
 
+from loopdesk.causal_lm import load_tokenizer
 from trainer.config import RewardModelConfig
 
 TokenPair = tuple[list[int], list[int]]
@@ -149,6 +152,32 @@ def _sequence(pair: TokenPair, max_length: int) -> list[int]:
     return (prompt[-keep:] if keep else []) + reply[:max_length]
 
 
+def pool_at_last_token(model: torch.nn.Module) -> None:
+    """Make a sequence classifier (peft-wrapped or not) score each row at its last attended token.
+
+    transformers pools at the rightmost token that is not ``pad_token_id``: with pad = EOS a finished
+    reply is scored before its EOS, exactly like the same reply cut off. A hook on the score head keeps
+    the per-token scores; one on ``model`` (the module called) picks them by the attention mask instead.
+    """
+    head = next((m for name, m in model.named_modules() if name.rsplit(".", 1)[-1] == "score"), None)
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no score head")
+    per_token: list[torch.Tensor] = []
+    head.register_forward_hook(lambda module, args, output: per_token.append(output))
+
+    def pool(module: torch.nn.Module, args: tuple, kwargs: dict, output):
+        scores = per_token.pop()
+        per_token.clear()
+        mask = kwargs.get("attention_mask")
+        if mask is None:
+            mask = torch.ones(scores.shape[:2], dtype=torch.long, device=scores.device)
+        last = (torch.arange(mask.shape[1], device=mask.device) * mask).argmax(-1)  # right or left padding
+        output.logits = scores[torch.arange(len(last), device=scores.device), last]
+        return output
+
+    model.register_forward_hook(pool, with_kwargs=True)
+
+
 class RewardModel:
     """A sequence-classification model (one label) with a LoRA adapter, scoring prompt + reply."""
 
@@ -160,11 +189,9 @@ class RewardModel:
     @staticmethod
     def _base(base_model_ref: str):
         """Tokenizer (with a pad token) and a fresh scalar-head model of the base."""
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
-        tokenizer = AutoTokenizer.from_pretrained(base_model_ref)
-        if tokenizer.pad_token is None:  # Llama-style bases ship no pad token
-            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer = load_tokenizer(base_model_ref)
         model = AutoModelForSequenceClassification.from_pretrained(
             base_model_ref, num_labels=1, pad_token_id=tokenizer.pad_token_id)
         return tokenizer, model
@@ -195,6 +222,7 @@ class RewardModel:
                           target_modules=config.lora_target_modules, task_type="SEQ_CLS")
         trainer = RewardTrainer(model=model, args=args, train_dataset=dataset,
                                 processing_class=tokenizer, peft_config=lora)
+        pool_at_last_token(trainer.model)
         trainer.train()
         return cls(trainer.model, tokenizer, config.max_length)
 
@@ -204,7 +232,9 @@ class RewardModel:
         from peft import PeftModel
 
         tokenizer, model = cls._base(base_model_ref)
-        return cls(PeftModel.from_pretrained(model, str(path)), tokenizer, max_length)
+        model = PeftModel.from_pretrained(model, str(path))
+        pool_at_last_token(model)
+        return cls(model, tokenizer, max_length)
 
     def save(self, path: Path) -> None:
         """Write the LoRA adapter and scalar head (peft safetensors) to ``path``."""

@@ -2,6 +2,11 @@
 
 Formula (every weight lives in ``RewardBuilderConfig``):
 
+0. Which CSAT counts: not a rating stored beyond the per-client cap (``csat_weight`` 0), and of
+   each client's (``rater``; none: the conversation alone) rated conversations in the batch only
+   the ``max_csat_per_client`` whose ids hash lowest; the others' turns keep their expert
+   feedback, if any, and lose the CSAT. One client, however many conversations it rates, moves
+   the rewards as much as that many customers at most.
 1. CSAT 1..5 of the conversation → ``(csat - 3) / 2`` in [-1, 1], given to each of its bot turns.
 2. Expert scores -2..+2 on the turn → ``score / 2``, averaged over experts.
 3. Both present: ``expert_weight * expert + (1 - expert_weight) * csat``; one present: that one;
@@ -14,9 +19,11 @@ Turns with no CSAT, no expert score and no tag carry no feedback and are left ou
 
 from __future__ import annotations
 
+import hashlib
 import math
-from dataclasses import dataclass, field
-from typing import Iterable
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Sequence
 
 from trainer.config import RewardBuilderConfig
 
@@ -33,6 +40,8 @@ class FeedbackTurn:
     csat: int | None = None
     expert_scores: list[int] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
+    rater: str = ""
+    csat_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.csat is not None and not CSAT_RANGE[0] <= self.csat <= CSAT_RANGE[1]:
@@ -88,8 +97,24 @@ def whiten(values: list[float], eps: float = 1e-8) -> list[float]:
     return [(v - mean) / (std + eps) for v in values]
 
 
+def _csat_rank(conversation_id: str) -> str:
+    return hashlib.sha256(f"csat:{conversation_id}".encode()).hexdigest()
+
+
+def counted_csat(turns: Sequence[FeedbackTurn], per_client: int) -> set[str]:
+    """The conversations whose CSAT counts (step 0 of the formula; ``per_client`` 0: no per-client cap)."""
+    by_client: dict[str, set[str]] = defaultdict(set)
+    for turn in turns:
+        if turn.csat is not None and turn.csat_weight > 0:
+            by_client[turn.rater or f"conversation:{turn.conversation_id}"].add(turn.conversation_id)
+    return {c for convs in by_client.values() for c in sorted(convs, key=_csat_rank)[:per_client or None]}
+
+
 def build_rewards(turns: Iterable[FeedbackTurn], config: RewardBuilderConfig) -> list[TurnReward]:
     """Rewards for every turn with feedback, in input order; turns without feedback are dropped."""
+    turns = list(turns)
+    counted = counted_csat(turns, config.max_csat_per_client)
+    turns = [t if t.csat is None or t.conversation_id in counted else replace(t, csat=None) for t in turns]
     rated = [t for t in turns if t.has_feedback]
     rewards = [turn_reward(t, config) for t in rated]
     if config.whiten and rewards:

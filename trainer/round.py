@@ -109,7 +109,8 @@ def feedback_turn(feedback: TurnWithFeedback) -> FeedbackTurn:
     """The reward builder's view of one exported turn."""
     return FeedbackTurn(feedback.conversation_id, feedback.turn.index, csat=feedback.csat,
                         expert_scores=[a.score for a in feedback.annotations],
-                        tags=[tag for a in feedback.annotations for tag in a.tags])
+                        tags=[tag for a in feedback.annotations for tag in a.tags],
+                        rater=feedback.rater, csat_weight=feedback.csat_weight)
 
 
 def recover(store: FeedbackStore, adapters_dir: Path, current_run: str | None = None) -> dict[str, Any]:
@@ -239,15 +240,16 @@ class Round:
     def train(self) -> tuple[str, str | None, int]:
         """Stages after the run started; returns (run status, adapter version, watermark reached)."""
         import torch
-        from transformers import AutoTokenizer
 
+        from loopdesk.causal_lm import load_tokenizer
         from trainer import gate
         from trainer.references import ExpertReferences
         from trainer.reward_model import RewardModel, build_pairs, split_pairs
 
         cfg, store, base_ref = self.config, self.store, self.settings.base_model_ref
         active = store.adapters.active()
-        active_dir = released_dir(store, active, base_ref)  # the adapter this round starts from, verified
+        # what this round starts from and the gate measures against: inside adapters_dir, checksums verified
+        active_dir = released_dir(store, self.settings.adapters_dir, active, base_ref)
         turns, watermark_to = store.feedback.export(after=self.run.watermark_from, limit=cfg.max_episodes)
         holdout = held_out({t.conversation_id for t in turns}, cfg.holdout_share)
         train_turns = [t for t in turns if t.conversation_id not in holdout and t.turn.reply_token_ids]
@@ -261,7 +263,7 @@ class Round:
                                     f"a round needs {cfg.min_episodes}")
         self.report("rewards", rewarded=len(rewards))
 
-        tokenizer = AutoTokenizer.from_pretrained(base_ref)
+        tokenizer = load_tokenizer(base_ref)
         history: list[TurnWithFeedback] = []  # all feedback so far: every round held out the same conversations
         if self.run.watermark_from > 0 and (cfg.reward_model_history or cfg.gate_history):
             history, _ = store.feedback.export(after=0, until=watermark_to, limit=cfg.max_episodes)
@@ -326,6 +328,7 @@ def run_round(settings, store: FeedbackStore, run_id: str | None = None, config:
 
     Raises:
         LockHeldError: another round holds the lock (a queued run is marked failed).
+        WorkerOnlyFieldError: the queued run's recorded config sets the gate (``run_config``; it is marked failed).
         TypeError, ValueError: the queued run's config is not a RoundConfig (it is marked failed).
         Exception: whatever failed the round, after the run was recorded as failed.
     """

@@ -8,11 +8,19 @@ Sources, later over earlier (a section such as ``ppo`` or ``gate`` is merged fie
 3. ``LOOPDESK_ROUND_<FIELD>`` and ``LOOPDESK_ROUND_<SECTION>__<FIELD>`` environment variables
    (``LOOPDESK_ROUND_ROLLOUT_STEPS=30``, ``LOOPDESK_ROUND_GATE__PASS_STATUS=active``), which
    ``loopdesk.config.round_variables`` hands over: the environment adjusts a shared file;
-4. command-line flags (``--rollout-steps``, ``--gate-evaluator``, ``--pass-status``).
+4. command-line flags (``--rollout-steps``; ``--gate-evaluator``, ``--pass-status`` for ``train`` and ``worker``).
 
 That is a process's own round config. A queued run's recorded overrides go over the worker's own
 (``run_config``, the one place the two meet), and the bot's serving temperature and reply length
 over everything (``RoundConfig.serving``); a file or variable that sets those four fields is refused.
+
+A run's recorded overrides come from Redis, so they may change only how a round trains
+(``RECORDABLE_FIELDS``, ``RECORDABLE_SECTIONS``: the method, step counts, episode limits, warm
+start, KL reference, and the reward builder, reward model, PPO and baseline sections, seeds
+included). The gate and what it judges by (the whole ``gate`` section: the external evaluator
+command and its timeout, the thresholds, the pass status, the canary rule; and ``holdout_share``,
+``gate_history``, ``reference_weight``) are the worker's own: a recorded override of one fails the
+run (``WorkerOnlyFieldError``) rather than being ignored.
 """
 
 from __future__ import annotations
@@ -34,6 +42,14 @@ SECTIONS: dict[str, type] = {"reward_builder": RewardBuilderConfig, "reward_mode
 # (section, field) → the setting that decides it (``RoundConfig.serving``).
 SERVING_FIELDS = {("ppo", "temperature"): "LOOPDESK_TEMPERATURE", ("ppo", "max_new_tokens"): "LOOPDESK_MAX_REPLY_TOKENS",
                   ("gate", "temperature"): "LOOPDESK_TEMPERATURE", ("gate", "max_new_tokens"): "LOOPDESK_MAX_REPLY_TOKENS"}
+# What a queued run's recorded overrides may set (``run_config``): these round fields and whole sections.
+RECORDABLE_FIELDS = ("method", "rollout_steps", "logged_steps", "min_episodes", "max_episodes",
+                     "reward_model_history", "warm_start_steps", "kl_reference")
+RECORDABLE_SECTIONS = ("reward_builder", "reward_model", "ppo", "baseline")
+
+
+class WorkerOnlyFieldError(ValueError):
+    """A queued run's recorded config sets a field only the worker's own config may set (the gate's)."""
 
 
 @dataclass
@@ -287,10 +303,39 @@ def load_round_config(variables: Mapping[str, str], file: Path | None = None,
     return RoundConfig.from_dict(round_overrides(variables, file, flags))
 
 
+def worker_only_fields(overrides: Mapping[str, Any]) -> list[str]:
+    """The known fields in ``overrides`` a queued run may not record, as ``section.field`` (``RECORDABLE_*``)."""
+    found = []
+    for key, value in overrides.items():
+        if key in SECTIONS and key not in RECORDABLE_SECTIONS:
+            found += [f"{key}.{name}" for name in value] if isinstance(value, Mapping) else [key]
+        elif key in field_types(None) and key not in RECORDABLE_FIELDS:
+            found.append(key)
+    return found
+
+
+def recordable_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a process's overrides a queued run may record (the scheduler's: its gate section decides
+    its own canary check, not the worker's gate)."""
+    return {key: value for key, value in overrides.items() if key in RECORDABLE_FIELDS + RECORDABLE_SECTIONS}
+
+
 def run_config(own: RoundConfig, recorded: Mapping[str, Any] | None) -> RoundConfig:
     """The config a queued run trains with: the worker's own, with the overrides recorded in the run (by the
-    scheduler, the console or the loop) over it. The one place the two meet."""
-    return RoundConfig.from_dict(merged(own.to_dict(), recorded or {}))
+    scheduler) over it. The one place the two meet.
+
+    Raises:
+        WorkerOnlyFieldError: the recorded overrides set the gate, or what it judges by (``RECORDABLE_*``).
+        TypeError, ValueError: they are not ``RoundConfig`` fields, or out of range.
+    """
+    recorded = recorded or {}
+    refused = worker_only_fields(recorded)
+    if refused:
+        raise WorkerOnlyFieldError(
+            f"the run's recorded config sets {', '.join(refused)}: the gate (its evaluator command, thresholds, "
+            "pass status, canary rule) and what it judges by come from the worker's own config (--round-config, "
+            "LOOPDESK_ROUND_*, flags), never from a queued run; a run may record only how a round trains")
+    return RoundConfig.from_dict(merged(own.to_dict(), recorded))
 
 
 def round_table(config: RoundConfig) -> str:

@@ -16,8 +16,11 @@ from trainer.round_config import RoundConfig
 
 
 def make_worker(store: FeedbackStore, name: str | None = None) -> SimpleWorker:
-    """A worker on ``store``'s training queue, with RQ's own (non-decoding) Redis connection."""
-    return SimpleWorker([store.training.queue], connection=store.training.connection, name=name)
+    """A worker on ``store``'s training queue, with RQ's own (non-decoding) Redis connection, reading jobs
+    as the queue writes them (JSON, ``TrainingJob``: a training round and nothing else)."""
+    queue = store.training.queue
+    return SimpleWorker([queue], connection=store.training.connection, name=name, job_class=queue.job_class,
+                        serializer=queue.serializer)
 
 
 def work(store: FeedbackStore, settings: Settings, round_config: RoundConfig, burst: bool = False) -> bool:

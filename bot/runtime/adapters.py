@@ -1,6 +1,6 @@
-"""Reading an adapter directory for serving: the contract's check (``loopdesk.adapter_format.verify``:
-files, checksum against manifest and registry, base model), then peft's config and the weights,
-which must all be finite.
+"""Reading an adapter directory for serving: the contract's check (``loopdesk.adapter_format.verify_registered``:
+inside the adapters directory, files, checksum against manifest and registry, base model), then peft's
+config and the weights, which must all be finite.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 from peft import LoraConfig
 from safetensors.torch import load_file
 
-from loopdesk.adapter_format import CONFIG_FILE, WEIGHTS_FILE, InvalidAdapterError, verify
+from loopdesk.adapter_format import CONFIG_FILE, WEIGHTS_FILE, InvalidAdapterError, verify_registered
 
 
 @dataclass(frozen=True)
@@ -25,16 +25,16 @@ class VerifiedAdapter:
     weights: dict[str, torch.Tensor]
 
 
-def read_verified(path: str | Path, version: str, base_model: str,
-                  expected_sha256: str | None = None) -> VerifiedAdapter:
-    """Read an adapter directory and check it can be served on ``base_model``.
+def read_verified(path: str | Path, version: str, base_model: str, *, adapters_dir: str | Path,
+                  expected_sha256: str) -> VerifiedAdapter:
+    """Read the adapter directory a registry record names (``path``, ``expected_sha256``) and check it can be
+    served on ``base_model``; ``path`` in the result is the resolved directory.
 
     Raises:
-        InvalidAdapterError: the directory breaks the contract (``verify``), its config is not
-            peft's, or its weights are unreadable or not finite.
+        InvalidAdapterError: the directory lies outside ``adapters_dir`` or breaks the contract
+            (``verify_registered``), its config is not peft's, or its weights are unreadable or not finite.
     """
-    directory = Path(path)
-    verify(directory, base_model, version=version, expected_sha256=expected_sha256)
+    directory = verify_registered(path, adapters_dir, base_model, version=version, expected_sha256=expected_sha256)
     try:
         config = LoraConfig.from_pretrained(str(directory))
     except (OSError, ValueError, TypeError) as exc:

@@ -1,10 +1,11 @@
 """Token-level continuous batching: sequences that decode together under one adapter.
 
-A ``Batch`` holds a left-padded KV cache, its 2-D attention mask and, per row, the token that
-was sampled last and is not yet in the cache ("pending"). Newcomers are prefilled as a batch
-of their own and merged in between steps (the shorter cache is padded on the left); rows that
-finished are dropped and all-padding columns trimmed. Position ids count real tokens only,
-as ``generate`` and the trainer's scoring do, so logged log-probs match the policy's.
+A ``Batch`` holds its rows' KV cache (``kv_cache.RowCache``: left-padded rows in buffers with spare room,
+and their 2-D attention mask) and, per row, the token that was sampled last and is not yet in the cache
+("pending"). Newcomers are prefilled as a batch of their own and merged in between steps, or ``join``
+without a prefill pass and run their prompt through the next decode steps one token a step; the tokens a
+prompt shares with an earlier one are not run again. Rows that finished are dropped. Position ids count real tokens only, as ``generate`` and the trainer's scoring do,
+so logged log-probs match the policy's.
 """
 
 from __future__ import annotations
@@ -13,7 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
+
+from bot.runtime.kv_cache import CachedPrompt, RowCache
+
+SLACK_COLUMNS = 64  # decode steps a new batch's cache has room for before it grows
 
 
 @dataclass
@@ -27,6 +32,7 @@ class Row:
     logprobs: list[float] = field(default_factory=list)
     finished: bool = False
     error: str = ""
+    feed: list[int] = field(default_factory=list)  # prompt tokens still to run through decode steps (``join``)
 
     @property
     def done(self) -> bool:
@@ -34,23 +40,34 @@ class Row:
 
 
 def sample(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sample one token per row at ``temperature``; return tokens, their log-probs, finite-row flags."""
+    """Sample one token per row at ``temperature``; return tokens, their log-probs, finite-row flags.
+
+    A row whose logits sum to a non-finite value holds a NaN or an infinity. Sampling inverts each row's
+    cumulative distribution at a uniform draw in (0, 1]: the distribution of ``torch.multinomial`` at a
+    tenth of its cost, and no token of probability 0 can come out.
+    """
     logits = logits.float()
-    ok = torch.isfinite(logits).all(dim=-1)
-    logits = torch.where(ok.unsqueeze(-1), logits, torch.zeros_like(logits))
+    ok = torch.isfinite(logits.sum(dim=-1))
+    if not bool(ok.all()):
+        logits = torch.where(ok.unsqueeze(-1), logits, torch.zeros_like(logits))
     logp = torch.log_softmax(logits / temperature, dim=-1)  # log π(a|s) at the serving temperature
-    tokens = torch.multinomial(logp.exp(), 1).squeeze(-1)
+    cdf = logp.exp().cumsum(dim=-1)
+    draw = (1.0 - torch.rand((len(cdf), 1))) * cdf[:, -1:]
+    tokens = torch.searchsorted(cdf, draw).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
     return tokens, logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), ok
+
+
+def shared_tokens(earlier: CachedPrompt | None, prompt_ids: list[int]) -> int:
+    """Leading tokens of ``prompt_ids`` whose keys and values ``earlier`` has (0 without one)."""
+    return earlier.shared(prompt_ids) if earlier is not None else 0
 
 
 class Batch:
     """Rows sharing one KV cache; every forward pass runs them all under the same adapter."""
 
-    def __init__(self, rows: list[Row], cache: DynamicCache, mask: torch.Tensor,
-                 positions: torch.Tensor, pending: torch.Tensor):
+    def __init__(self, rows: list[Row], cache: RowCache, positions: torch.Tensor, pending: torch.Tensor):
         self.rows = rows
         self.cache = cache
-        self.mask = mask
         self.positions = positions
         self.pending = pending
 
@@ -58,79 +75,85 @@ class Batch:
         return len(self.rows)
 
     @classmethod
-    def prefill(cls, model: PreTrainedModel, rows: list[Row], pad_id: int, eos_id: int,
-                temperature: float) -> "Batch":
-        """Run the prompts of ``rows`` (left-padded) and sample each row's first reply token."""
-        width = max(len(r.prompt_ids) for r in rows)
+    def prefill(cls, model: PreTrainedModel, rows: list[Row], pad_id: int, eos_id: int, temperature: float,
+                earlier: list[CachedPrompt | None] | None = None) -> "Batch":
+        """Run the prompts of ``rows`` (left-padded) and sample each row's first reply token.
+
+        ``earlier[i]``, a prompt cached under the same adapter, gives row ``i`` the keys and values of the
+        leading tokens their prompts share; the forward pass runs over the rest.
+        """
+        earlier = earlier or [None] * len(rows)
+        shared = [shared_tokens(p, r.prompt_ids) for p, r in zip(earlier, rows, strict=True)]
+        rest = [r.prompt_ids[n:] for r, n in zip(rows, shared)]
+        width = max(map(len, rest))
         ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, width - len(row.prompt_ids):] = torch.tensor(row.prompt_ids)
-            mask[i, width - len(row.prompt_ids):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+        for i, tokens in enumerate(rest):
+            ids[i, width - len(tokens):] = torch.tensor(tokens)
+            mask[i, width - len(tokens):] = 1
+        positions = torch.tensor(shared).unsqueeze(-1) + (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = RowCache(len(rows), max(shared) + width + SLACK_COLUMNS)
+        if any(shared):
+            cache.preload(earlier, shared)
+        out = model(input_ids=ids, attention_mask=cache.attention_mask(mask), position_ids=positions, cache=cache,
                     use_cache=True, logits_to_keep=1)
-        batch = cls(rows, cache, mask, mask.sum(-1), ids[:, -1])
+        cache.advance(width)
+        batch = cls(rows, cache, torch.tensor([len(r.prompt_ids) for r in rows]), ids[:, -1])
         batch._accept(out.logits[:, -1], eos_id, temperature)
         return batch
 
+    @classmethod
+    def join(cls, rows: list[Row], earlier: list[CachedPrompt | None] | None = None) -> "Batch":
+        """Rows that join a running batch with no prefill pass: the next steps run their prompts one token a
+        step (after the tokens ``earlier`` prompts share with theirs), then sample their replies."""
+        earlier = earlier or [None] * len(rows)
+        shared = [shared_tokens(p, r.prompt_ids) for p, r in zip(earlier, rows, strict=True)]
+        cache = RowCache(len(rows), max(shared) + SLACK_COLUMNS)
+        if any(shared):
+            cache.preload(earlier, shared)
+        for row, n in zip(rows, shared):
+            row.feed = row.prompt_ids[n + 1:]
+        return cls(rows, cache, torch.tensor(shared), torch.tensor([r.prompt_ids[n] for r, n in zip(rows, shared)]))
+
     def step(self, model: PreTrainedModel, eos_id: int, temperature: float) -> None:
         """Feed every row's pending token and sample the next one."""
-        self.mask = torch.cat([self.mask, torch.ones((len(self), 1), dtype=self.mask.dtype)], dim=1)
-        out = model(input_ids=self.pending.unsqueeze(-1), attention_mask=self.mask,
+        mask = self.cache.attention_mask(torch.ones((len(self), 1), dtype=torch.long))
+        out = model(input_ids=self.pending.unsqueeze(-1), attention_mask=mask,
                     position_ids=self.positions.unsqueeze(-1), cache=self.cache, use_cache=True)
+        self.cache.advance(1)
         self.positions = self.positions + 1
         self._accept(out.logits[:, -1], eos_id, temperature)
 
     def _accept(self, logits: torch.Tensor, eos_id: int, temperature: float) -> None:
         tokens, logprobs, ok = sample(logits, temperature)
-        self.pending = tokens
-        for row, token, logprob, finite in zip(self.rows, tokens.tolist(), logprobs.tolist(), ok.tolist()):
+        pending = tokens.tolist()
+        for i, (row, logprob, finite) in enumerate(zip(self.rows, logprobs.tolist(), ok.tolist())):
             if not finite:
                 row.error = "the model produced non-finite logits"
-                continue
-            row.reply_ids.append(token)
-            row.logprobs.append(logprob)
-            row.finished = token == eos_id
+            elif row.feed:  # still reading its prompt: the next prompt token goes in, the sample is dropped
+                pending[i] = row.feed.pop(0)
+            else:
+                row.reply_ids.append(pending[i])
+                row.logprobs.append(logprob)
+                row.finished = pending[i] == eos_id
+        self.pending = torch.tensor(pending)
 
     def merge(self, other: "Batch") -> None:
-        """Append ``other``'s rows, left-padding whichever cache is shorter."""
-        width = max(self.mask.shape[1], other.mask.shape[1])
-        layers = []
-        for mine, theirs in zip(self.cache.layers, other.cache.layers):
-            keys = torch.cat([_pad_left(mine.keys, width, 2), _pad_left(theirs.keys, width, 2)])
-            values = torch.cat([_pad_left(mine.values, width, 2), _pad_left(theirs.values, width, 2)])
-            layers.append((keys, values))
-        self.cache = DynamicCache(layers)
-        self.mask = torch.cat([_pad_left(self.mask, width, 1), _pad_left(other.mask, width, 1)])
+        """Append ``other``'s rows (their cache is copied into free rows of this one)."""
+        self.cache.append(other.cache)
         self.positions = torch.cat([self.positions, other.positions])
         self.pending = torch.cat([self.pending, other.pending])
         self.rows = self.rows + other.rows
 
     def drop_done(self) -> list[Row]:
-        """Remove finished rows (and cache columns that are padding for every row left); return them."""
-        done = [r for r in self.rows if r.done]
+        """Remove finished rows (the last rows move into their places); return them."""
+        done = [i for i, r in enumerate(self.rows) if r.done]
         if not done:
             return []
-        keep = torch.tensor([i for i, r in enumerate(self.rows) if not r.done], dtype=torch.long)
-        self.rows = [r for r in self.rows if not r.done]
-        if self.rows:
-            used = self.mask[keep].any(dim=0).nonzero()
-            start = int(used[0]) if len(used) else self.mask.shape[1]
-            self.mask = self.mask[keep, start:]
-            self.cache = DynamicCache([(layer.keys[keep, :, start:], layer.values[keep, :, start:])
-                                       for layer in self.cache.layers])
-            self.positions = self.positions[keep]
-            self.pending = self.pending[keep]
-        return done
-
-
-def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
-    """Zero-pad ``tensor`` on the left of ``dim`` up to ``width``."""
-    missing = width - tensor.shape[dim]
-    if missing == 0:
-        return tensor
-    shape = list(tensor.shape)
-    shape[dim] = missing
-    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+        finished = [self.rows[i] for i in done]
+        order = self.cache.remove(done)
+        index = torch.tensor(order, dtype=torch.long)
+        self.rows = [self.rows[i] for i in order]
+        self.positions = self.positions[index]
+        self.pending = self.pending[index]
+        return finished

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from bot.runtime.batching import Row
 from bot.runtime.follower import AdapterFollower
@@ -24,6 +24,7 @@ from bot.runtime.hotswap import WorkerLoader
 from bot.runtime.prompts import PromptBuilder, prompt_builder
 from bot.runtime.worker import GenerationWorker, Request
 from feedback_store import FeedbackStore
+from loopdesk.causal_lm import context_length, load_tokenizer
 from loopdesk.config import Settings
 from loopdesk.knowledge import PassageLike
 
@@ -78,14 +79,12 @@ class Engine:
         started = time.perf_counter()
         if self.settings.torch_threads > 0:
             torch.set_num_threads(self.settings.torch_threads)  # process-wide: see Settings.torch_threads
-        self.tokenizer = AutoTokenizer.from_pretrained(ref)
+        self.tokenizer = load_tokenizer(ref)
         model = AutoModelForCausalLM.from_pretrained(ref).eval()
-        self._max_positions = model.config.max_position_embeddings
+        self._max_positions = context_length(model.config)
         self._builder = prompt_builder(self.tokenizer, self._max_positions, self.settings)
-        pad_id = self.tokenizer.pad_token_id
-        self._worker = GenerationWorker(model, self.tokenizer.eos_token_id if pad_id is None else pad_id,
-                                        self.tokenizer.eos_token_id, self.settings.temperature,
-                                        self.max_batch_size)
+        self._worker = GenerationWorker(model, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id,
+                                        self.settings.temperature, self.max_batch_size)
         self._worker.start()
         loader = WorkerLoader(self._worker, self._builder.build(PROBE_MESSAGES).token_ids)
         self._adapters = AdapterFollower(self.store, loader, ref, self.idle_unload_s, self.resync_s)

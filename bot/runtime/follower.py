@@ -3,8 +3,8 @@
 It syncs at every registry announcement and again every ``resync_s`` seconds
 (``bot.runtime.following``), so an announcement missed while resubscribing is caught up. A
 sync loads every active or canary version not loaded yet: its files are verified
-(``read_verified``) on the sync thread and handed to the engine's loader while the engine keeps
-serving. A version that fails verification or loading is refused with a logged reason and not
+(``read_verified``: inside the store's ``Settings.adapters_dir``, checksums against the manifest and the
+registry) on the sync thread and handed to the engine's loader while the engine keeps serving. A version that fails verification or loading is refused with a logged reason and not
 tried again by this process; what served before keeps serving. The active version, once loaded,
 serves requests pinned to versions that are not; versions neither active nor canary any more are
 unloaded once idle (rejected ones take no new requests at once). A new conversation gets the
@@ -106,7 +106,8 @@ class AdapterFollower:
             self._refuse(version, str(exc))
             return
         try:
-            adapter = read_verified(record.path, version, self.base_model, expected_sha256=record.sha256)
+            adapter = read_verified(record.path, version, self.base_model,
+                                    adapters_dir=self.store.settings.adapters_dir, expected_sha256=record.sha256)
         except Exception as exc:  # whatever is wrong with the files, this version is not served
             self._refuse(version, str(exc) if isinstance(exc, InvalidAdapterError) else f"{version}: {exc!r}")
             return

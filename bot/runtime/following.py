@@ -58,17 +58,21 @@ class Following:
             self._subscribed.set()
             return self._stop.is_set()
 
+        failures = 0
         while not self._stop.is_set():
             try:
                 for announcement in self._listen_for(stop):
+                    failures = 0
                     log.info("%s announcement: %s", self.what, announcement)
                     self._wake.set()
-            except Exception:
-                log.exception("%s announcements interrupted; resubscribing", self.what)
+            except Exception as exc:
+                failures += 1
+                _log_failure(failures, f"{self.what} announcements interrupted; resubscribing", exc)
                 time.sleep(RESUBSCRIBE_PAUSE_S)
                 self._wake.set()
 
     def _follow(self) -> None:
+        failures = 0
         while not self._stop.is_set():
             self._wake.wait(timeout=self.resync_s)
             self._wake.clear()
@@ -76,5 +80,18 @@ class Following:
                 return
             try:
                 self._sync()
-            except Exception:
-                log.exception("%s sync failed; retrying at the next announcement", self.what)
+            except Exception as exc:
+                failures += 1
+                _log_failure(failures, f"{self.what} sync failed; retrying at the next announcement", exc)
+            else:
+                if failures:
+                    log.info("%s sync works again after %d failed attempts", self.what, failures)
+                failures = 0
+
+
+def _log_failure(failures: int, message: str, exc: Exception) -> None:
+    """The first failure in a row with its traceback, then one line at the 2nd, 4th, 8th… (Redis down for a while)."""
+    if failures == 1:
+        log.error(message, exc_info=exc)
+    elif failures & (failures - 1) == 0:
+        log.warning("%s (%d in a row): %s", message, failures, exc)

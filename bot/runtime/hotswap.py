@@ -2,7 +2,9 @@
 
 A new adapter is loaded beside the ones serving: its weights are matched to the model's layers on
 the follower's thread (``lora.prepare``), added by the worker between two batch steps, and probed
-with a short generation before any request may use it. An adapter that fails is deleted again and
+with a short generation before any request may use it: a row that joins the running batch and reads the
+probe prompt through its decode steps (no prefill pass to hold up the replies in flight), which also
+leaves the prompt's keys and values for the version's first requests to start from. An adapter that fails is deleted again and
 refused. Unloading stops routing to a version (at once for a rejected one); the worker deletes it
 once no request has used it for the idle time.
 """
@@ -60,7 +62,7 @@ class WorkerLoader:
 
     def _probe(self, version: str) -> str:
         """Generate a few tokens with ``version``; return what went wrong, or ``""``."""
-        request = Request(version, Row(self.probe_prompt_ids, PROBE_TOKENS), strict=True)
+        request = Request(version, Row(self.probe_prompt_ids, PROBE_TOKENS), strict=True, feed=True)
         request.row.owner = request
         self.worker.submit(request)
         deadline = time.monotonic() + PROBE_TIMEOUT_S

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from loopdesk.base_models import MANIFEST as BASE_MANIFEST
 from loopdesk.config import Settings
 from loopdesk.knowledge import PASSAGE_CHARS, PassageLike, render_context
 
-BASE_MANIFEST = "loopdesk_base.json"
 MIN_PASSAGE_CHARS = 120
 """The shortest a passage is cut to (about its first sentence) before the customer's message is."""
 
@@ -25,7 +25,9 @@ class Prompt:
 
 
 def system_prompt(model_dir: str | Path) -> str | None:
-    """The ``system_prompt`` of a bootstrapped base model's manifest, if it has one."""
+    """The ``system_prompt`` of a base model's manifest, if it has one: the tiny model's (the prompt it was
+    trained with) or a converted pretrained model's (``loopdesk bootstrap --system-prompt``, by default the
+    demo shop's); a model directory without a manifest gets none."""
     manifest = Path(model_dir) / BASE_MANIFEST
     if not manifest.is_file():
         return None
@@ -33,8 +35,8 @@ def system_prompt(model_dir: str | Path) -> str | None:
 
 
 def prompt_builder(tokenizer: Any, max_positions: int, settings: Settings) -> "PromptBuilder":
-    """The builder both engines use: the model's window less the longest reply, the bootstrapped
-    base model's system prompt, passages of ``kb_passage_chars``.
+    """The builder both engines use: the model's window less the longest reply, the system prompt of
+    the base model's manifest, passages of ``kb_passage_chars``.
 
     Raises:
         ValueError: ``max_reply_tokens`` leaves no room for a prompt.

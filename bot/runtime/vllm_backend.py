@@ -33,6 +33,7 @@ from bot.runtime.follower import AdapterFollower
 from bot.runtime.prompts import PromptBuilder, prompt_builder
 from feedback_store import FeedbackStore
 from feedback_store.records import BASE_VERSION
+from loopdesk.causal_lm import context_length, load_tokenizer
 from loopdesk.config import Settings
 from loopdesk.knowledge import PassageLike
 
@@ -125,11 +126,11 @@ class VllmEngine:
 
     def start(self) -> None:
         """Load the tokenizer, check the server, load the registry's adapters, then follow changes."""
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoConfig
 
         ref = self.settings.base_model_ref
-        self.tokenizer = AutoTokenizer.from_pretrained(ref)
-        self._max_positions = AutoConfig.from_pretrained(ref).max_position_embeddings
+        self.tokenizer = load_tokenizer(ref)
+        self._max_positions = context_length(AutoConfig.from_pretrained(ref))
         self._builder = prompt_builder(self.tokenizer, self._max_positions, self.settings)
         if not self.ready():
             raise GenerationError(f"no vLLM server answers at {self.url}")

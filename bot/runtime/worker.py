@@ -1,16 +1,27 @@
 """The generation worker: the one thread that owns the model and runs every forward pass.
 
-Requests queue to it; each loop it runs pending commands (adapter installs), admits waiting
-requests into the running batch of their adapter version (up to ``max_batch_size`` rows,
-prefilled together and merged in: continuous batching), then runs one decode step per
-version. One forward pass always serves exactly one adapter. Adapters no longer wanted are
-deleted once no request uses them.
+Requests queue to it; each loop it runs pending commands (adapter installs), prefills waiting requests
+together and merges them into the running batch (up to ``max_batch_size`` rows: continuous batching),
+then runs one decode step for the whole batch.
+
+- Rows of different adapter versions share the batch and every forward pass (``MultiLora.route`` gives
+  each row its version's LoRA update), so a canary, a new adapter's probe, or replies still finishing
+  under the version just replaced cost no extra pass.
+- A prompt that starts like the newest one read under its version (the system prompt, earlier turns)
+  takes that one's keys and values for the shared tokens.
+- While replies stream from the batch, a newcomer with little left to read (``FEED_TOKENS``) joins it
+  without a prefill pass and reads its prompt one token per decode step: a prefill pass between two
+  steps would hold each streaming reply up for about a step; the newcomer's first token comes that many
+  steps later instead. Requests that do not stream are prefilled at once.
+
+Adapters no longer wanted are deleted once no request uses them.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -22,11 +33,15 @@ import torch
 from transformers import PreTrainedModel
 
 from bot.runtime.adapters import VerifiedAdapter
-from bot.runtime.batching import Batch, Row
+from bot.runtime.batching import Batch, Row, shared_tokens
+from bot.runtime.kv_cache import CachedPrompt
 from bot.runtime.lora import MultiLora, prepare
 from feedback_store.records import BASE_VERSION
 
 log = logging.getLogger(__name__)
+
+SWITCH_INTERVAL_S = 0.0005
+FEED_TOKENS = 16  # at most this many prompt tokens left to run: a newcomer may join without a prefill pass
 
 
 @dataclass
@@ -37,6 +52,7 @@ class Request:
     version: str
     row: Row
     strict: bool = False  # serve exactly ``version`` even before it is routable (adapter probes)
+    feed: bool = False  # join by running the prompt through decode steps, however long (in no hurry: probes)
     stream: bool = False
     events: "queue.SimpleQueue[str]" = field(default_factory=queue.SimpleQueue)
     submitted_at: float = field(default_factory=time.perf_counter)
@@ -55,7 +71,7 @@ class _Routing:
 
 
 class GenerationWorker:
-    """Owns the model; serves requests in batches grouped by adapter version."""
+    """Owns the model; serves requests in one continuous batch, each row under its adapter version."""
 
     def __init__(self, model: PreTrainedModel, pad_id: int, eos_id: int, temperature: float,
                  max_batch_size: int):
@@ -66,8 +82,9 @@ class GenerationWorker:
         self.max_batch_size = max_batch_size
         self._requests: queue.SimpleQueue[Request] = queue.SimpleQueue()
         self._commands: queue.SimpleQueue[tuple[Callable[[], Any], Future]] = queue.SimpleQueue()
-        self._waiting: dict[str, deque[Request]] = {}
-        self._batches: dict[str, Batch] = {}
+        self._waiting: deque[Request] = deque()
+        self._batch: Batch | None = None
+        self._prompts: dict[str, CachedPrompt] = {}  # per version, the newest prompt prefilled
         self._routing = _Routing()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -75,6 +92,10 @@ class GenerationWorker:
 
     # called from other threads ------------------------------------------------------------
     def start(self) -> None:
+        # Every torch op lets go of the GIL; while another thread runs Python (an adapter being read,
+        # replies being decoded for streaming) taking it back waited up to CPython's 5 ms switch interval,
+        # a decode step's worth, each time. Process-wide, like torch's thread count.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self._thread.start()
 
     def stop(self) -> None:
@@ -137,7 +158,7 @@ class GenerationWorker:
 
     def queue_depth(self) -> int:
         """Requests submitted but not yet decoding (approximate: read without stopping the worker)."""
-        return self._requests.qsize() + sum(len(q) for q in list(self._waiting.values()))
+        return self._requests.qsize() + len(self._waiting)
 
     # the worker thread ----------------------------------------------------------------------
     def _run(self) -> None:
@@ -145,11 +166,9 @@ class GenerationWorker:
         with torch.inference_mode():
             while not self._stop.is_set():
                 self._run_commands()
-                self._admit(block=not self._batches and not any(self._waiting.values()))
-                for version in list(self._waiting):
-                    self._prefill(version)
-                for version in list(self._batches):
-                    self._step(version)
+                self._admit(block=self._batch is None and not self._waiting)
+                self._prefill()
+                self._step()
                 self._unload_idle()
         self._fail_all("the generation worker stopped")
 
@@ -176,59 +195,93 @@ class GenerationWorker:
                 ok = request.strict or request.version in routing.routable
                 request.served_version = request.version if ok else routing.fallback
                 routing.last_used[request.served_version] = now
-                self._waiting.setdefault(request.served_version, deque()).append(request)
+                self._waiting.append(request)
 
-    def _prefill(self, version: str) -> None:
-        waiting = self._waiting[version]
-        running = len(self._batches.get(version, ()))
-        newcomers = [waiting.popleft() for _ in range(min(len(waiting), self.max_batch_size - running))]
-        if not waiting:
-            del self._waiting[version]
+    def _prefill(self) -> None:
+        room = self.max_batch_size - (len(self._batch) if self._batch else 0)
+        newcomers = [self._waiting.popleft() for _ in range(min(len(self._waiting), room))]
         if not newcomers:
             return
-        try:
-            self._use(version)
-            batch = Batch.prefill(self.model, [r.row for r in newcomers], self.pad_id, self.eos_id,
-                                  self.temperature)
-        except Exception:
-            log.exception("prefill under adapter %s failed", version)
-            self._fail(newcomers, f"generation under adapter {version} failed")
-            return
-        first_token_at = time.perf_counter()
-        for request in newcomers:
-            request.first_token_at = first_token_at
-        if version in self._batches:
-            self._batches[version].merge(batch)
-        else:
-            self._batches[version] = batch
-        self._emit(version)
+        earlier = [self._prompts.get(r.served_version) for r in newcomers]
+        streaming = self._batch is not None and any(row.owner.stream for row in self._batch.rows)
+        joining = [self._joins(r, p, streaming) for r, p in zip(newcomers, earlier)]
+        prefilled = self._prefill_now([(r, p) for r, p, j in zip(newcomers, earlier, joining) if not j])
+        fed = [(r, p) for r, p, j in zip(newcomers, earlier, joining) if j]
+        joined = Batch.join([r.row for r, _ in fed], [p for _, p in fed]) if fed else None
+        for batch in (prefilled, joined):
+            if batch is not None and self._batch is None:
+                batch.cache.reserve_rows(min(self.max_batch_size, 2 * len(batch)))  # room to grow without a move
+                self._batch = batch
+            elif batch is not None:
+                self._batch.merge(batch)
+        if prefilled is not None:
+            self._emit(prefilled.rows)
 
-    def _step(self, version: str) -> None:
-        try:
-            self._use(version)
-            self._batches[version].step(self.model, self.eos_id, self.temperature)
-        except Exception:
-            log.exception("decode step under adapter %s failed", version)
-            self._fail([row.owner for row in self._batches.pop(version).rows],
-                       f"generation under adapter {version} failed")
-            return
-        self._emit(version)
+    @staticmethod
+    def _joins(request: Request, earlier: CachedPrompt | None, streaming: bool) -> bool:
+        """Whether ``request`` joins by running its prompt through decode steps rather than a prefill pass:
+        asked to (a probe), nothing left to prefill, or a short rest while replies stream from the batch
+        (a prefill pass would hold each of them up for about a step)."""
+        rest = len(request.row.prompt_ids) - shared_tokens(earlier, request.row.prompt_ids)
+        return request.feed or rest == 1 or (streaming and rest <= FEED_TOKENS)
 
-    def _emit(self, version: str) -> None:
-        batch = self._batches[version]
-        for row in batch.rows:
+    def _prefill_now(self, newcomers: list[tuple[Request, CachedPrompt | None]]) -> Batch | None:
+        """Prefill ``newcomers`` in one forward pass; None when there are none or it failed (they fail)."""
+        if not newcomers:
+            return None
+        requests = [r for r, _ in newcomers]
+        try:
+            self._route(requests)
+            batch = Batch.prefill(self.model, [r.row for r in requests], self.pad_id, self.eos_id,
+                                  self.temperature, [p for _, p in newcomers])
+        except Exception:
+            log.exception("prefill under adapters %s failed", _versions(requests))
+            self._fail(requests, f"generation under adapter {'/'.join(_versions(requests))} failed")
+            return None
+        for i, request in {r.served_version: (i, r) for i, r in enumerate(requests)}.values():
+            self._prompts[request.served_version] = batch.cache.cached_prompt(i, request.row.prompt_ids)
+        return batch
+
+    def _step(self) -> None:
+        if self._batch is None:
+            return
+        requests = [row.owner for row in self._batch.rows]
+        try:
+            self._route(requests)
+            self._batch.step(self.model, self.eos_id, self.temperature)
+        except Exception:
+            log.exception("decode step under adapters %s failed", _versions(requests))
+            self._batch = None
+            self._fail(requests, f"generation under adapter {'/'.join(_versions(requests))} failed")
+            return
+        for i, request in enumerate(requests):  # a joined row just read its prompt: keep it for the next ones
+            if len(request.row.reply_ids) == 1:
+                self._prompts[request.served_version] = self._batch.cache.cached_prompt(i, request.row.prompt_ids)
+        self._emit(self._batch.rows)
+
+    def _emit(self, rows: list[Row]) -> None:
+        """``token`` to the streaming requests of ``rows`` (just sampled), ``done`` to every finished row."""
+        sampled_at = time.perf_counter()
+        for row in rows:
+            if not row.reply_ids:  # still reading its prompt
+                continue
+            if row.owner.first_token_at is None:
+                row.owner.first_token_at = sampled_at
             if row.owner.stream:
                 row.owner.events.put("token")
+        batch = self._batch
         for row in batch.drop_done():
             row.owner.events.put("done")
         if not batch.rows:
-            del self._batches[version]
+            self._batch = None
+        now = time.monotonic()
         with self._lock:
-            self._routing.last_used[version] = time.monotonic()
+            for version in {row.owner.served_version for row in rows}:
+                self._routing.last_used[version] = now
 
     def _fail_all(self, reason: str) -> None:
-        pending = [*_drain(self._requests)] + [r for q in self._waiting.values() for r in q]
-        self._fail(pending + [row.owner for b in self._batches.values() for row in b.rows], reason)
+        pending = [*_drain(self._requests), *self._waiting]
+        self._fail(pending + ([row.owner for row in self._batch.rows] if self._batch else []), reason)
 
     @staticmethod
     def _fail(requests: list[Request], reason: str) -> None:
@@ -237,28 +290,35 @@ class GenerationWorker:
             request.events.put("done")
 
     # adapters (worker thread only) -------------------------------------------------------------
-    def _use(self, version: str) -> None:
-        """Make ``version`` the adapter the next forward pass uses."""
-        self.lora.active = None if version == BASE_VERSION else version
+    def _route(self, requests: list[Request]) -> None:
+        """Run each request's row of the next forward pass under its served version."""
+        self.lora.route([None if r.served_version == BASE_VERSION else r.served_version for r in requests])
 
     def _delete(self, version: str) -> None:
+        self._prompts.pop(version, None)
         if version in self.lora:
             self.lora.remove(version)
             log.info("adapter %s unloaded", version)
 
     def _unload_idle(self) -> None:
         now = time.monotonic()
+        in_use = {r.served_version for r in self._waiting}
+        if self._batch is not None:
+            in_use |= {row.owner.served_version for row in self._batch.rows}
         with self._lock:
             routing = self._routing
             idle = [v for v, after in routing.retiring.items()
-                    if v not in self._batches and v not in self._waiting
-                    and now - routing.last_used.get(v, 0.0) >= after]
+                    if v not in in_use and now - routing.last_used.get(v, 0.0) >= after]
             for version in idle:
                 del routing.retiring[version]
                 routing.routable.discard(version)
         for version in idle:
             if version != BASE_VERSION:
                 self._delete(version)
+
+
+def _versions(requests: list[Request]) -> list[str]:
+    return sorted({r.served_version for r in requests})
 
 
 def _drain(q: "queue.SimpleQueue[Request]") -> list[Request]:

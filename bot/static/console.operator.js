@@ -28,8 +28,10 @@
   // ---- adapters ----------------------------------------------------------------------
   function csatText(stats) {
     if (!stats) return "—";
+    if (stats.mean === null) return "— n=" + stats.n + " (none counted)";
     return stats.mean.toFixed(2) + (stats.lo !== null ? " (" + stats.lo.toFixed(2) + "–" + stats.hi.toFixed(2) + ")" : "") +
-      " n=" + stats.n;
+      " n=" + stats.n + (stats.n_eff !== stats.n ? ", effective " + stats.n_eff.toFixed(1) +
+      ", unweighted " + stats.unweighted_mean.toFixed(2) : "");
   }
 
   function metricsText(metrics) {
@@ -106,9 +108,9 @@
     var bucket = document.getElementById("csat-bucket").value, days = document.getElementById("csat-days").value || 14;
     return C.api("GET", "/api/operator/csat?bucket=" + bucket + "&days=" + days).then(function (data) {
       LoopCharts.line(document.getElementById("csat-chart"), {
-        title: "Mean CSAT per " + data.bucket + " (bands: 95% CI)", time: true, yMin: 1, yMax: 5,
+        title: "Weighted mean CSAT per " + data.bucket + " (bands: 95% CI)", time: true, yMin: 1, yMax: 5,
         series: data.series.map(function (s) {
-          return {name: s.version, points: s.points.map(function (p) {
+          return {name: s.version, points: s.points.filter(function (p) { return p.mean !== null; }).map(function (p) {
             return {x: p.t + data.bucket_s / 2, y: p.mean, lo: p.lo, hi: p.hi, n: p.n};
           })};
         }),

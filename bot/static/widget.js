@@ -168,7 +168,9 @@
 
   function ensureConversation() {
     if (state.id) return Promise.resolve();
-    return call("", "POST", { meta: { page: location.href.slice(0, 500) } }).then(function (conv) {
+    /* the page without its query string and fragment, where tokens and e-mail addresses travel */
+    var page = (location.origin + location.pathname).slice(0, 500);
+    return call("", "POST", { meta: { page: page } }).then(function (conv) {
       state = { id: conv.conversation_id, token: conv.token };
       save();
     });
