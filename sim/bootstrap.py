@@ -76,16 +76,18 @@ class ModelSize:
     warmup_span: int = 32
 
 
-# default: one epoch over 20000 fresh chats (1250 steps of 16), ~610 CPU-seconds with one thread (the
-# manifest's train_cpu_seconds; 654 s wall on a busy 2-core machine). 10000 chats (400 CPU-seconds) left the
-# model garbling its templates: on seen opening questions 0.75 of its replies named the asked intent and
-# 0.51 stated every key fact, against 0.87 and 0.60 with 20000 (``bench/loop_diagnostics.py replies``).
+# default: one epoch over 12000 fresh chats (17815 training sequences with their passages, mean 191 tokens:
+# 1114 steps of 16); 764 CPU-seconds with one thread (the manifest's train_cpu_seconds, inflated by sharing:
+# 1279 s wall at a load average of 7 on 2 cores; at the ~0.42 s a step seen while the other core was free,
+# about 9 minutes in all). 20000 chats (1857 steps) ran 2.3 steps/s at best there: over 13 minutes of SFT alone. Before the
+# passages were in the context, 10000 chats left the model garbling its templates (0.75 of its replies to
+# seen openings named the asked intent, 0.51 stated every key fact; 0.87 and 0.60 with 20000).
 SIZES: dict[str, ModelSize] = {
     "test": ModelSize(vocab_size=1024, hidden=48, layers=2, heads=2, intermediate=96,
                       n_dialogues=240, epochs=2, batch_size=16, learning_rate=1e-2, probe_per_intent=2,
                       knowledge_bases=16, warmup_steps=10),
     "default": ModelSize(vocab_size=2048, hidden=128, layers=4, heads=4, intermediate=384,
-                         n_dialogues=20000, epochs=1, batch_size=16, learning_rate=3e-3),
+                         n_dialogues=12000, epochs=1, batch_size=16, learning_rate=3e-3),
 }
 
 
@@ -214,7 +216,7 @@ def copy_warmup(model: Any, tokenizer: Any, size: ModelSize, seed: int) -> float
         output.loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-        loss = float(output.loss)
+        loss = output.loss.item()
     return loss
 
 
