@@ -1,8 +1,8 @@
 """Retrieval over the knowledge base, shared by the bot, the corpus builder and the harness.
 
 ``KnowledgeIndex(articles)`` is a BM25 index (``bm25s``, Lucene scoring, NLTK's English stop
-words plus the words customers type around a question (``CHAT_WORDS``: greetings, thanks,
-"quick question"), the Snowball English stemmer from PyStemmer) over each article's title, tags
+words plus the words customers type around a question (``CHAT_WORDS``: greetings, thanks, "quick
+question", "going to"), the Snowball English stemmer from PyStemmer) over each article's title, tags
 and plain body, and a second one over the paragraphs of every body. ``search(query, k)`` returns
 the best articles scoring at least ``min_score``, each with the paragraph the customer's newest
 message matches best: that paragraph, not the whole article, is the passage the model is shown
@@ -15,10 +15,10 @@ shop's paragraphs lies in its first 250 characters, and the tiny demo model read
 
 Measured on the demo shop (14 articles of two paragraphs; ``python bench/knowledge_retrieval.py``),
 share of questions whose own article ranks first / in the top 3 / is first with the paragraph
-stating every fact the answer needs: seen phrasings 0.988 / 1.000 / 0.985 (323), held-out
+stating every fact the answer needs: seen phrasings 0.985 / 1.000 / 0.981 (323), held-out
 phrasings 0.983 / 1.000 / 0.966 (119), the same as each persona writes them the same figures,
 follow-ups after each opening 0.998 / 1.000 / 0.998 (1,326), "are you a bot?"-style questions
-1.000 / 1.000 (8). Top-1 BM25 scores, 1st / 5th / 50th percentile: seen 0.90 / 1.30 / 2.48,
+1.000 / 1.000 (8). Top-1 BM25 scores, 1st / 5th / 50th percentile: seen 0.90 / 1.29 / 2.48,
 held-out 1.17 / 1.50 / 2.45, follow-ups 1.61 / 2.01 / 3.25. The 32 general out-of-scope questions
 (weather, jokes, trivia, other companies, gibberish) score 0 for 19 of them and 1.99 at most ("How
 do I cancel my Netflix subscription?" matches "cancel"); the 24 built on shop words ("Can you
@@ -28,9 +28,13 @@ to decline them.
 ``MIN_SCORE`` = 0.8 sits in a gap: every seen phrasing scores 0.84 or more ("Where is my order?",
 whose one word is in five articles, scores 0.84), every held-out one 1.17 or more, and the general
 out-of-scope scores below that stop at 0.77; every threshold from 0.78 to 0.84 gives the same
-split, which keeps every seen and held-out phrasing and rejects 0.781 of the general out-of-scope
-questions (25 of 32). A real question turned away costs the customer an answer; an odd one let
-through puts one unrelated passage in the context, which the model is trained to decline from.
+split, which keeps every seen and held-out phrasing and rejects 0.812 of the general out-of-scope
+questions (26 of 32; "What's the weather going to be like tomorrow?" is one since "going" joined
+``CHAT_WORDS``: its "go" had matched billing-error at 0.90, and no in-scope figure moved). A bare
+greeting or thanks ("Hi", "hello?", "Thanks!") has no term left and scores 0, so the bot declines
+it; around a question those words leave the query ("Hey, where's my parcel?" finds order-status at
+1.25). A real question turned away costs the customer an answer; an odd one let through puts one
+unrelated passage in the context, which the model is trained to decline from.
 Search takes 0.2 ms (p50) on a generated 1,000-article knowledge base (0.6 s to index), 3.2 ms at
 p99 on 2 busy shared cores, where the bare ``bm25s`` call shows 1.7 ms.
 """
@@ -52,7 +56,7 @@ EARLIER_WEIGHT = 0.5
 MIN_PARAGRAPH_WORDS = 12
 NO_ARTICLE = "No help article matches this question."
 # what customers type around a question (greetings, thanks, hurry, re-asks): not what it is about
-CHAT_WORDS = ("advance", "answer", "ask", "asked", "best", "come", "hello", "hey", "hi", "hurry", "lovely",
+CHAT_WORDS = ("advance", "answer", "ask", "asked", "best", "come", "going", "hello", "hey", "hi", "hurry", "lovely",
               "morning", "need", "ok", "okay", "people", "please", "question", "quick", "sorry", "thank", "thanks",
               "understand")
 STOPWORDS = sorted(set(STOPWORDS_EN_PLUS) | set(CHAT_WORDS))
