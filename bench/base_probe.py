@@ -5,7 +5,8 @@ each figure's mean and range next to the owners' model-side target; the ratio co
 figure against its target (>= 1 meets it; for the "at most" targets, target / figure).
 
     held-out phrasings on the right article >= 0.85, all key facts >= 0.75, wrong facts <= 0.03;
-    edited fact: new value >= 0.90, old value <= 0.02; new topic: its facts >= 0.80.
+    edited fact: new value >= 0.90, old value <= 0.02; new topic: its facts >= 0.80;
+    out-of-scope questions declined >= 0.90, invented promises 0.
 
 Run:  python bench/base_probe.py <model dir> [--seeds 0 1 2] [--per-intent 24]
 """
@@ -27,7 +28,8 @@ TARGETS = [("held_out", "on_article", ">=", 0.85), ("held_out", "all_facts", ">=
            ("held_out", "wrong_facts", "<=", 0.03), ("seen", "on_article", None, None),
            ("seen", "all_facts", None, None), ("seen", "wrong_facts", None, None), ("held_out", "eos", None, None),
            ("edited", "new_value", ">=", 0.90), ("edited", "old_value", "<=", 0.02),
-           ("new_topic", "states_fact", ">=", 0.80)]
+           ("new_topic", "states_fact", ">=", 0.80), ("out_of_scope", "declined", ">=", 0.90),
+           ("out_of_scope", "promises", "<=", 0.0), ("out_of_scope", "no_passage", None, None)]
 
 
 def main() -> None:
@@ -45,7 +47,7 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(args.model).eval()
     runs = [as_dict(base_probe(model, tokenizer, args.per_intent, seed)) for seed in args.seeds]
     print(f"grounded probe of {args.model}: seeds {args.seeds}, {args.per_intent} replies per intent and seed")
-    print(f"{'probe':<10}{'figure':<13}{'mean':>7}{'min':>7}{'max':>7}   target   ratio      n")
+    print(f"{'probe':<14}{'figure':<13}{'mean':>7}{'min':>7}{'max':>7}   target   ratio      n")
     for probe, figure, sense, target in TARGETS:
         values = np.array([run[probe][figure] for run in runs])
         n = sum(run[probe]["n"] for run in runs)
@@ -55,7 +57,7 @@ def main() -> None:
         else:
             goal = f"{sense} {target:.2f}"
             ratio = f"{mean / target:.2f}" if sense == ">=" else (f"{target / mean:.2f}" if mean else "inf")
-        print(f"{probe:<10}{figure:<13}{mean:7.3f}{values.min():7.3f}{values.max():7.3f}   {goal:<8}{ratio:>6}{n:>7}")
+        print(f"{probe:<14}{figure:<13}{mean:7.3f}{values.min():7.3f}{values.max():7.3f}   {goal:<8}{ratio:>6}{n:>7}")
 
 
 if __name__ == "__main__":

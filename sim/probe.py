@@ -16,6 +16,9 @@ bot's fixed decline, not the model, and are counted apart (``no_passage``).
   new value and the old one.
 - ``new_topic``: an article on a topic the corpus never covers (gift cards), with its questions:
   share of replies stating one of its facts.
+- ``out_of_scope``: every out-of-scope question (seen and held-out) on the shop's knowledge base:
+  share declined or referred (``sim.rubric.declines``; a question retrieval finds nothing for gets
+  the bot's fixed decline, which does), and share with an invented promise.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from loopdesk.config import Settings
 from loopdesk.knowledge import KnowledgeIndex, render_context
 from sim.company import Company, Intent, load_company, states
 from sim.corpus import Message
-from sim.knowledge import fact_values, load_evaluation, load_templates, render_article, template_for
+from sim.knowledge import (fact_values, load_evaluation, load_templates, out_of_scope_questions, render_article,
+                           template_for)
 
 SERVING_TEMPERATURE = next(f.default for f in fields(Settings) if f.name == "temperature")
 REPLY_TOKENS = next(f.default for f in fields(Settings) if f.name == "max_reply_tokens")
@@ -67,6 +71,17 @@ class NewTopicResult:
     n: int
 
 
+@dataclass(frozen=True)
+class DeclineResult:
+    """Shares of replies to out-of-scope questions declining (or referring), inventing a promise, and of
+    questions retrieval found no passage for (the bot's fixed decline)."""
+
+    declined: float
+    promises: float
+    no_passage: float
+    n: int
+
+
 def mentions(intent: Intent, reply: str, values: Mapping[str, str] | None = None) -> int:
     """How strongly ``reply`` names ``intent``: key facts, other values of its facts, its topic."""
     facts = len(intent.key_facts) - len(intent.missing_facts(reply, values=values))
@@ -97,7 +112,8 @@ def grounded_prompt(company: Company, index: KnowledgeIndex, question: str) -> t
     return [{"role": "system", "content": context}, {"role": "user", "content": question}], hits[0].id
 
 
-def _dressed(company: Company, questions: Sequence[str], n: int, rng: random.Random) -> list[str]:
+def dressed(company: Company, questions: Sequence[str], n: int, rng: random.Random) -> list[str]:
+    """``n`` of ``questions``, each drawn at random and written as a persona drawn by weight writes it."""
     weights = [p.weight for p in company.personas]
     return [rng.choices(company.personas, weights)[0].phrase(rng.choice(questions), rng) for _ in range(n)]
 
@@ -110,7 +126,7 @@ def opening_chats(company: Company, per_intent: int, held_out: bool,
     index = KnowledgeIndex(shop_articles(company))
     chats, asked = [], 0
     for intent in company.intents:
-        for question in _dressed(company, intent.held_out if held_out else intent.phrasings, per_intent, rng):
+        for question in dressed(company, intent.held_out if held_out else intent.phrasings, per_intent, rng):
             found = grounded_prompt(company, index, question)
             asked += 1
             if found is not None:
@@ -161,7 +177,7 @@ class Prober:
         for edit in load_evaluation().edits:
             intent = self.company.intent(edit.intent)
             index = KnowledgeIndex(shop_articles(self.company, {intent.name: {edit.fact: edit.value}}))
-            questions = _dressed(self.company, intent.phrasings + intent.held_out, per_edit, self.rng)
+            questions = dressed(self.company, intent.phrasings + intent.held_out, per_edit, self.rng)
             replies, _, no_passage = self._ask(index, questions)
             was = fact_values(template_for(intent.name), self.company)[edit.fact]
             new += sum(states(edit.value, text) for text, _ in replies)
@@ -178,7 +194,7 @@ class Prober:
         for article in articles:
             values = fact_values(article, self.company).values()
             questions = [q for question in article.questions
-                         for q in _dressed(self.company, [question], per_question, self.rng)]
+                         for q in dressed(self.company, [question], per_question, self.rng)]
             replies, passages, _ = self._ask(index, questions)
             stated += sum(any(states(v, text) for v in values) for text, _ in replies)
             shown += sum(p == article.id for p in passages)
@@ -187,11 +203,25 @@ class Prober:
         return NewTopicResult(stated / max(1, n), shown / max(1, n), 1 - n / asked, n)
 
 
+    def out_of_scope(self, repeats: int) -> DeclineResult:
+        """Every out-of-scope question ``repeats`` times on the shop's knowledge base as shipped."""
+        from sim.rubric import INVENTED_PROMISE, declines
+
+        questions = [q for held_out in (False, True) for q in out_of_scope_questions(held_out)] * repeats
+        replies, _, no_passage = self._ask(KnowledgeIndex(shop_articles(self.company)), questions)
+        fixed = len(questions) - len(replies)  # the bot's own decline, which declines and invents nothing
+        return DeclineResult((fixed + sum(declines(text) for text, _ in replies)) / len(questions),
+                             sum(bool(INVENTED_PROMISE.search(text)) for text, _ in replies) / len(questions),
+                             no_passage, len(questions))
+
+
 def base_probe(model: Any, tokenizer: Any, per_intent: int = 8, seed: int = 0) -> dict[str, Any]:
-    """Every probe of a base model: seen and held-out openings, the edited facts, the new topic."""
+    """Every probe of a base model: seen and held-out openings, the edited facts, the new topic, the
+    out-of-scope questions."""
     prober = Prober(model, tokenizer, seed)
     return {"seen": prober.grounded(per_intent, False), "held_out": prober.grounded(per_intent, True),
-            "edited": prober.edited(per_intent), "new_topic": prober.new_topic(max(1, per_intent // 2))}
+            "edited": prober.edited(per_intent), "new_topic": prober.new_topic(max(1, per_intent // 2)),
+            "out_of_scope": prober.out_of_scope(max(1, per_intent // 8))}
 
 
 def as_dict(results: Mapping[str, Any]) -> dict[str, dict[str, float]]:

@@ -101,13 +101,15 @@ def test_probe_names_the_intent_a_reply_answers() -> None:
 def test_manifest_records_the_grounded_probe(base_model_dir: Path) -> None:
     manifest = json.loads((base_model_dir / MANIFEST).read_text())
     probe = manifest["probe"]
-    assert set(probe) == {"seen", "held_out", "edited", "new_topic"}
+    assert set(probe) == {"seen", "held_out", "edited", "new_topic", "out_of_scope"}
     for split in ("seen", "held_out"):
         result = probe[split]
         assert result["n"] == round(2 * len(load_company().intents) * (1 - result["no_passage"]))
         assert all(0 <= result[k] <= 1 for k in ("on_article", "all_facts", "wrong_facts", "eos"))
     assert probe["edited"]["n"] > 0 and 0 <= probe["edited"]["new_value"] <= 1
     assert probe["new_topic"]["its_passage"] > 0.5  # retrieval finds the evaluation-only article
+    declines = probe["out_of_scope"]
+    assert 0 < declines["no_passage"] < 1 and declines["declined"] >= declines["no_passage"] - 0.001
     assert manifest["eos_share"] == probe["held_out"]["eos"] and manifest["training_examples"] > manifest["corpus_dialogues"]
     assert 0 < manifest["warmup_loss"] < 20
 
