@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import re
 import sys
 import time
 from pathlib import Path
@@ -25,10 +24,9 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).re
 
 import numpy as np  # noqa: E402
 
-from loopdesk.articles import VersionedArticle  # noqa: E402
-from loopdesk.knowledge import MIN_SCORE, KnowledgeIndex, plain_text, tokenize  # noqa: E402
+from loopdesk.knowledge import MIN_SCORE, KnowledgeIndex, tokenize  # noqa: E402
 from sim.company import load_company  # noqa: E402
-from sim.knowledge_eval import ANSWERED, KINDS, demo_index, evaluate  # noqa: E402
+from sim.knowledge_eval import ANSWERED, KINDS, demo_index, evaluate, generated_articles  # noqa: E402
 
 
 def accuracy(show_misses: bool) -> None:
@@ -48,19 +46,6 @@ def accuracy(show_misses: bool) -> None:
     for kind in ("out_of_scope", "shop_words"):
         rejected = 1 - reports[kind].share_at_least(MIN_SCORE)
         print(f"{kind} questions rejected (best score < {MIN_SCORE}): {rejected:.3f}")
-
-
-def generated_articles(n: int, rng: random.Random) -> list[VersionedArticle]:
-    """The demo articles plus synthetic ones drawn from their words and made-up product names."""
-    demo = list(demo_index().articles.values())
-    words = re.findall(r"[A-Za-z][a-z]+", " ".join(plain_text(a.body) for a in demo))
-    products = [f"{rng.choice(['Trail', 'Summit', 'Ridge', 'Canyon', 'Fjord'])}{i}" for i in range(n)]
-    made = []
-    for i in range(n - len(demo)):
-        body = " ".join(rng.choice(words) for _ in range(rng.randint(60, 150)))
-        made.append(VersionedArticle(id=f"generated-{i}", title=f"{products[i]} {rng.choice(words)}",
-                                     body=f"The {products[i]} {body}.", tags=[], version=1))
-    return demo + made
 
 
 def latency(n: int) -> None:

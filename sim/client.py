@@ -3,9 +3,11 @@
 ``ChatClient`` is what the widget does: start a conversation, send messages (replies as
 server-sent events, or JSON), end it, rate it, with ``Authorization: Bearer <token>``.
 ``ExpertAPI`` is what the expert console does: log in (session cookie + CSRF token), read the
-queue and transcripts, annotate bot turns. Both read the public help centre (``help``: the
-knowledge base's articles as they are now) over their own session, and both retry politely on
-429 (``Retry-After``).
+queue and transcripts, annotate bot turns. ``KnowledgeConsole`` is what the console's Knowledge page
+does for an operator: create, edit and revert help articles, and ask what the bot's live index
+retrieves for a question. The chat and expert clients read the public help centre (``help``: the
+knowledge base's articles as they are now) over their own session; every client retries politely
+on 429 (``Retry-After``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import requests
 API = "api/conversations"
 EXPERT_API = "api/expert"
 HELP_API = "api/help/articles"
+KB_API = "api/kb"
 
 
 class ChatAPIError(RuntimeError):
@@ -202,6 +205,50 @@ class ExpertAPI:
         body = {"score": score, "tags": tags, "corrected_reply": corrected_reply, "note": note}
         return self.http.call("POST", f"{EXPERT_API}/conversations/{conv_id}/turns/{turn_index}/annotations",
                               body=body, headers=self._headers()).json()
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class KnowledgeConsole:
+    """The Knowledge page's JSON API for an operator (session cookie + CSRF header): articles and retrieval."""
+
+    def __init__(self, base_url: str, timeout_s: float = 60.0):
+        self.http = _HTTP(base_url, timeout_s)
+        self.csrf_token = ""
+
+    def _headers(self) -> dict[str, str]:
+        return {"Accept": "application/json", "X-CSRF-Token": self.csrf_token}
+
+    def login(self, name: str, password: str) -> dict[str, Any]:
+        """``POST /api/expert/login`` (one sign-in for every console role): keeps the session and ``csrf_token``."""
+        body = self.http.call("POST", f"{EXPERT_API}/login", body={"name": name, "password": password},
+                              headers={"Accept": "application/json"}).json()
+        self.csrf_token = body["csrf_token"]
+        return body
+
+    def article(self, article_id: str) -> dict[str, Any]:
+        """``GET /api/kb/articles/<id>``: the current version, body included."""
+        return self.http.call("GET", f"{KB_API}/articles/{article_id}", headers=self._headers()).json()
+
+    def create(self, article_id: str, title: str, body: str, tags: list[str]) -> dict[str, Any]:
+        """``POST /api/kb/articles`` {id, title, body, tags}: a new published article at version 1."""
+        return self.http.call("POST", f"{KB_API}/articles", headers=self._headers(),
+                              body={"id": article_id, "title": title, "body": body, "tags": tags}).json()
+
+    def edit(self, article_id: str, base_version: int, body: str) -> dict[str, Any]:
+        """``PUT /api/kb/articles/<id>`` {base_version, body}: the next version (409 if one was saved meanwhile)."""
+        return self.http.call("PUT", f"{KB_API}/articles/{article_id}", headers=self._headers(),
+                              body={"base_version": base_version, "body": body}).json()
+
+    def revert(self, article_id: str, to_version: int, base_version: int) -> dict[str, Any]:
+        """``POST /api/kb/articles/<id>/revert`` {to_version, base_version}: old content as a new version."""
+        return self.http.call("POST", f"{KB_API}/articles/{article_id}/revert", headers=self._headers(),
+                              body={"to_version": to_version, "base_version": base_version}).json()
+
+    def retrieve(self, question: str) -> dict[str, Any]:
+        """``GET /api/kb/retrieve?q=``: what the bot's live index finds (revision, fits, results with versions)."""
+        return self.http.call("GET", f"{KB_API}/retrieve", params={"q": question}, headers=self._headers()).json()
 
     def close(self) -> None:
         self.http.close()

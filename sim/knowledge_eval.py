@@ -13,13 +13,14 @@ are also probed as each persona writes them (greetings, "I need an answer now", 
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
 from loopdesk.articles import VersionedArticle
-from loopdesk.knowledge import KnowledgeIndex, customer_query, passage_text
+from loopdesk.knowledge import KnowledgeIndex, customer_query, passage_text, plain_text
 from loopdesk.knowledge_files import read_articles
 from sim.company import Company, load_company, states
 from sim.knowledge import KNOWLEDGE_DIR, fact_values, load_templates, out_of_scope_questions, template_for
@@ -130,3 +131,17 @@ def evaluate(index: KnowledgeIndex, company: Company | None = None) -> dict[Kind
         if ranked[:1] != [probe.expected]:
             report.misses.append((probe, ranked))
     return reports
+
+
+def generated_articles(n: int, rng: random.Random) -> list[VersionedArticle]:
+    """``n`` articles: the demo shop's and synthetic ones drawn from their words and made-up product
+    names (a large knowledge base to time retrieval on)."""
+    demo = list(demo_index().articles.values())
+    words = re.findall(r"[A-Za-z][a-z]+", " ".join(plain_text(a.body) for a in demo))
+    products = [f"{rng.choice(['Trail', 'Summit', 'Ridge', 'Canyon', 'Fjord'])}{i}" for i in range(n)]
+    made = []
+    for i in range(n - len(demo)):
+        body = " ".join(rng.choice(words) for _ in range(rng.randint(60, 150)))
+        made.append(VersionedArticle(id=f"generated-{i}", title=f"{products[i]} {rng.choice(words)}",
+                                     body=f"The {products[i]} {body}.", tags=[], version=1))
+    return demo + made
