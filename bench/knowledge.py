@@ -35,7 +35,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -105,32 +105,27 @@ class BenchBot:
 
 
 @contextmanager
-def running_bot(model: Path, concurrency: int = 8, **overrides: Any) -> Iterator[BenchBot]:
+def bench_bot(model: Path, concurrency: int = 8, **overrides: Any) -> Iterator[BenchBot]:
     """The real bot on ``model`` in a fresh temporary data directory, with the demo shop's articles."""
     from bot.app import create_app
     from bot.runtime.knowledge import LiveKnowledge
     from feedback_store.server import stop_embedded_redis
     from harness.serving import bot_engine, serve
 
-    with tempfile.TemporaryDirectory(prefix="loopdesk-kb-bench-") as tmp:
-        settings = load_settings({}, data_dir=Path(tmp), base_model=str(model), **overrides)
-        try:
-            with bot_engine(settings) as (settings, store, engine):
-                knowledge = LiveKnowledge(store, settings)
-                try:
-                    with serve(create_app(settings, engine, store, knowledge)) as url:
-                        password = secrets.token_urlsafe(16)
-                        store.users.add(OPERATOR, "operator", password)
-                        console = KnowledgeConsole(url)
-                        try:
-                            console.login(OPERATOR, password)
-                            yield BenchBot(url, settings, store, knowledge, console, concurrency)
-                        finally:
-                            console.close()
-                finally:
-                    knowledge.stop()
-        finally:
-            stop_embedded_redis(Path(tmp))
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="loopdesk-kb-bench-")))
+        stack.callback(stop_embedded_redis, tmp)
+        settings = load_settings({}, data_dir=tmp, base_model=str(model), **overrides)
+        settings, store, engine = stack.enter_context(bot_engine(settings))
+        knowledge = LiveKnowledge(store, settings)
+        stack.callback(knowledge.stop)
+        url = stack.enter_context(serve(create_app(settings, engine, store, knowledge)))
+        password = secrets.token_urlsafe(16)
+        store.users.add(OPERATOR, "operator", password)
+        console = KnowledgeConsole(url)
+        stack.callback(console.close)
+        console.login(OPERATOR, password)
+        yield BenchBot(url, settings, store, knowledge, console, concurrency)
 
 
 def ask(bot: BenchBot, questions: Sequence[str]) -> list[str]:
@@ -287,7 +282,7 @@ def run(model: Path, per_intent: int = 24, concurrency: int = 8, articles: int =
     """Every figure, on one running bot: held-out and out-of-scope first (the shop as shipped), then the
     edits, the new article and, last, the large knowledge base."""
     rng = random.Random(seed)
-    with running_bot(model, concurrency, **overrides) as bot:
+    with bench_bot(model, concurrency, **overrides) as bot:
         return [*held_out(bot, per_intent, rng), *out_of_scope(bot, max(1, per_intent // 12)),
                 *edits(bot, per_intent, rng), *new_article(bot, max(1, per_intent // 3), rng),
                 *retrieval(bot, articles, rng)]
