@@ -219,12 +219,12 @@ def decide_rule(store, canary: str, ratings: list[Rated], t0: float, rule: str):
     return decide(arm(canary), arm(store.adapters.active()), GateConfig(), weights)
 
 
-def run_scenario(settings, base_model_dir: Path, out_dir: Path, truth: str, n: int, fakes: int,
+def run_scenario(settings, base_model_dir: Path, truth: str, n: int, fakes: int,
                  address_counts: tuple[int, ...], seed: int) -> tuple[list[Row], list[Attack]]:
     """One canary (``truth``: "better" or "worse"), ``n`` honest ratings a side, then each flood on top."""
     settings = settings.replace(key_prefix=f"flood{uuid.uuid4().hex[:8]}")
     store = FeedbackStore.from_settings(settings, announce=False)
-    canary = register_random_adapter(store, base_model_dir, out_dir / settings.key_prefix, seed=seed + 1)
+    canary = register_random_adapter(store, base_model_dir, seed=seed + 1)
     store.adapters.send_to_canary(canary)
     rng = random.Random(seed)
     random.seed(seed)  # the engine pins new conversations with the global generator: the same draws each run
@@ -293,7 +293,7 @@ def main() -> None:
     try:
         scenarios = [(seed, t, n) for seed in args.seeds for n in args.honest for t in ("better", "worse")]
         for i, (seed, truth, n) in enumerate(scenarios):
-            scenario_rows, attacks = run_scenario(settings, base, data_dir / "adapters", truth, n, args.fakes,
+            scenario_rows, attacks = run_scenario(settings, base, truth, n, args.fakes,
                                                   tuple(args.addresses), 1000 * seed + i)
             rows += scenario_rows
             for attack in attacks:

@@ -30,6 +30,7 @@ class NewUserIn(Body):
     name: str = Field(min_length=1, max_length=64, description="letters, digits, _ and -")
     role: Role
     password: str = Field(min_length=1, max_length=1024, description="at least 8 characters")
+    display_name: str = Field(default="", max_length=64, description="the name customers see on an agent's replies")
 
 
 class RoleIn(Body):
@@ -71,7 +72,7 @@ def users() -> Response:
 def add_user() -> tuple[Response, int]:
     """Create an account; 409 if the name is taken, 422 for a bad name or a short password."""
     body = parse_body(NewUserIn)
-    return jsonify(_user(services().store.users.add(body.name, body.role, body.password))), 201
+    return jsonify(_user(services().store.users.add(body.name, body.role, body.password, body.display_name))), 201
 
 
 @bp.put(f"{API}/<name>/role")

@@ -9,12 +9,13 @@ the store from its first use.
 from __future__ import annotations
 
 import atexit
+import hashlib
 
 from flask import Flask, request
 from flask_limiter import Limiter
 
-from bot import (admin, auth, chat, errors, expert, headers, help_centre, knowledge_console, observability, openapi,
-                 operator, raters, sessions, widget)
+from bot import (admin, auth, chat, errors, expert, handoff, headers, help_centre, inbox, knowledge_console,
+                 observability, openapi, operator, raters, sessions, validation, widget)
 from bot.runtime.knowledge import LiveKnowledge
 from bot.services import EXTENSION, Services
 from feedback_store import FeedbackStore
@@ -42,11 +43,13 @@ def create_app(settings: Settings | None = None, engine=None, store: FeedbackSto
                                          metrics=observability.Metrics(store, engine), knowledge=knowledge)
     observability.init_app(app)
     errors.init_app(app)
+    validation.init_app(app)
     sessions.init_app(app, settings)
     raters.init_app(app, settings)
     auth.init_app(app, settings)
     widget.init_app(app, settings)
-    for blueprint in (chat.bp, help_centre.bp, openapi.bp, expert.bp, operator.bp, admin.bp, knowledge_console.bp):
+    for blueprint in (chat.bp, handoff.bp, help_centre.bp, openapi.bp, expert.bp, operator.bp, admin.bp,
+                      knowledge_console.bp, inbox.bp):
         app.register_blueprint(blueprint)
     auth.limit_logins(app, _init_rate_limits(app, settings), settings)
     headers.init_app(app, settings)
@@ -55,7 +58,8 @@ def create_app(settings: Settings | None = None, engine=None, store: FeedbackSto
 
 def _init_rate_limits(app: Flask, settings: Settings) -> Limiter:
     """Per-client limits on the chat API and (apart) the help centre, and per-conversation limits on messages,
-    counted in Redis under the hashed client address (``bot.raters``)."""
+    counted in Redis under the hashed client address (``bot.raters``); a conversation's messages are counted
+    per token, so posts with a wrong token never use up its holder's allowance."""
     limiter = Limiter(
         raters.client_key,
         app=app,
@@ -66,16 +70,23 @@ def _init_rate_limits(app: Flask, settings: Settings) -> Limiter:
         headers_enabled=True,
         swallow_errors=True,  # Redis down: limits fail open and the request meets the store's 503
     )
-    limiter.shared_limit(lambda: settings.rate_limit_per_ip, scope="ip", exempt_when=_is_preflight)(chat.bp)
+    for customer_facing in (chat.bp, handoff.bp):
+        limiter.shared_limit(lambda: settings.rate_limit_per_ip, scope="ip", exempt_when=_is_preflight)(customer_facing)
     limiter.shared_limit(lambda: settings.rate_limit_per_ip, scope="help", exempt_when=_is_preflight)(help_centre.bp)
     endpoint = "chat.post_message"
     app.view_functions[endpoint] = limiter.limit(
         lambda: settings.rate_limit_per_conversation,
-        key_func=lambda: f"conversation/{request.view_args['conv_id']}",
+        key_func=_conversation_key,
         exempt_when=_is_preflight,
         override_defaults=False,
     )(app.view_functions[endpoint])
     return limiter
+
+
+def _conversation_key() -> str:
+    """The per-conversation limit's key: the conversation and a hash of the token the request sends."""
+    token = request.headers.get("Authorization", "").partition(" ")[2].strip()
+    return f"conversation/{request.view_args['conv_id']}/{hashlib.sha256(token.encode()).hexdigest()[:32]}"
 
 
 def _is_preflight() -> bool:

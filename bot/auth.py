@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Flask, Response, jsonify, redirect, render_template, request, url_for
 from flask_limiter import Limiter
 from pydantic import Field
-from werkzeug.exceptions import TooManyRequests
+from werkzeug.exceptions import RequestEntityTooLarge, TooManyRequests
 
 from bot.errors import ApiError, error_payload
 from bot.schemas import Body
@@ -59,16 +59,20 @@ def limit_logins(app: Flask, limiter: Limiter, settings: Settings) -> None:
 
 
 def _safe_next(target: str | None, user: User) -> str:
-    """Only same-site paths are followed after login."""
+    """Where sign-in goes on: ``target`` if it is a path of this site (its fragment kept, e.g. the expert
+    console's ``#c=<id>``), else the role's console. No scheme, no host, no ``//`` or backslash, no space
+    or control character: browsers read ``/\\host`` and ``/<tab>/host`` as another site."""
     parts = urlsplit(target or "")
-    if target and target.startswith("/") and not target.startswith("//") and not parts.netloc:
+    if (target and target.startswith("/") and not target.startswith("//") and not parts.scheme
+            and not parts.netloc and not any(c == "\\" or ord(c) <= 0x20 or ord(c) == 0x7F for c in target)):
         return target
     return url_for(HOME[user.role])
 
 
-def _login_page(status: int, error: str | None = None) -> tuple[str, int]:
-    return render_template("login.html", next_url=request.values.get("next", ""), error=error,
-                           user=current_user()), status
+def _login_page(status: int, error: str | None = None, next_url: str | None = None) -> tuple[str, int]:
+    """The sign-in page; ``next_url`` defaults to the request's ``next`` (query or form)."""
+    next_url = request.values.get("next", "") if next_url is None else next_url
+    return render_template("login.html", next_url=next_url, error=error, user=current_user()), status
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -120,11 +124,15 @@ def api_logout() -> Response:
 
 
 @bp.errorhandler(TooManyRequests)
-def _too_many(exc: TooManyRequests) -> tuple[Response | str, int]:
-    """Rate-limited logins: JSON for the API, the login page with a message for the form."""
+@bp.errorhandler(RequestEntityTooLarge)
+def _refused(exc: TooManyRequests | RequestEntityTooLarge) -> tuple[Response | str, int]:
+    """Rate-limited or oversized sign-ins: JSON for the API, the login page with a message for the form."""
     status, body = error_payload(exc)
     if is_api():
         return jsonify(body), status
+    if isinstance(exc, RequestEntityTooLarge):  # the form cannot be read, so its next is not either
+        return _login_page(status, "The form was too large to read; type a name and a password and try again.",
+                           next_url=request.args.get("next", ""))
     return _login_page(status, "Too many sign-in attempts; wait a minute and try again.")
 
 

@@ -1,5 +1,6 @@
 """The numbers behind the operator console's charts: CSAT per adapter version with 95% intervals,
-and an adapter's metrics compared with the active one's. Drawing happens in ``static/charts.js``.
+handoffs and resolutions per version, and an adapter's metrics compared with the active one's.
+Drawing happens in ``static/charts.js``.
 
 The CSAT shown is weighted as the canary decision weighs it (``feedback_store.rating_weights``:
 capped ratings 0, each client 1 in total, bursts capped), with the effective sample size; the
@@ -19,6 +20,7 @@ T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.
        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
        2.052, 2.048, 2.045, 2.042)
 BUCKETS = {"hour": 3600, "day": 86400}
+Z95 = 1.959964
 
 
 def t95(n_eff: float) -> float:
@@ -58,6 +60,50 @@ def csat_by_version(conversations: Iterable[Conversation], bucket_s: int, rule: 
     totals = {version: csat_summary(csat_stats([c for convs in by_time.values() for c in convs], weights, rule))
               for version, by_time in buckets.items()}
     return {"series": series, "totals": totals}
+
+
+def share_ci(share: float, n: float) -> dict[str, Any]:
+    """A proportion with its 95% Wilson score interval (``n`` may be an effective sample size); none for n = 0."""
+    if n <= 0:
+        return {"n": 0, "rate": None, "lo": None, "hi": None}
+    z2 = Z95 * Z95
+    centre = (share + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z95 * math.sqrt(share * (1 - share) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return {"n": round(n, 2), "rate": round(share, 4), "lo": round(max(0.0, centre - half), 4),
+            "hi": round(min(1.0, centre + half), 4)}
+
+
+def resolved_by_the_bot(conv: Conversation) -> bool:
+    """Ended without a handoff and rated 4 or 5: the bot alone solved it, by the customer's account."""
+    return conv.status == "ended" and not conv.handoffs and conv.csat is not None and conv.csat >= 4
+
+
+def handoffs_by_version(conversations: Iterable[Conversation], rule: WeightRule) -> dict[str, dict[str, Any]]:
+    """Per adapter version: the handoff rate (conversations handed to a person, or asking for one while
+    nobody was available, over all of them), the resolution rate (``resolved_by_the_bot`` over every rated
+    conversation, its ratings weighted as CSAT's, on their effective sample size) and CSAT apart for
+    bot-only and handed-off conversations, each with its 95% interval."""
+    given = list(conversations)
+    rated_all = [c for c in given if c.csat is not None]
+    weights = rating_weights(rated_all, rule)
+    by_version: dict[str, list[Conversation]] = defaultdict(list)
+    for conv in given:
+        by_version[conv.adapter_version].append(conv)
+    out = {}
+    for version, convs in sorted(by_version.items()):
+        rated = [c for c in convs if c.csat is not None]
+        total = sum(weights[c.id] for c in rated)
+        resolved = sum(weights[c.id] for c in rated if resolved_by_the_bot(c))
+        n_eff = csat_stats(rated, weights, rule).n_eff
+        handed_off = sum(1 for c in convs if c.handoffs)
+        out[version] = {
+            "conversations": len(convs), "handed_off": handed_off, "rated": len(rated),
+            "handoff_rate": share_ci(handed_off / len(convs), len(convs)),
+            "resolution_rate": share_ci(resolved / total if total else 0.0, n_eff if total else 0),
+            "csat_bot_only": csat_summary(csat_stats([c for c in rated if not c.handoffs], weights, rule)),
+            "csat_handed_off": csat_summary(csat_stats([c for c in rated if c.handoffs], weights, rule)),
+        }
+    return out
 
 
 def compare_metrics(metrics: dict[str, Any], baseline: dict[str, Any]) -> dict[str, float]:

@@ -1,13 +1,21 @@
 """The chat API the widget (and the simulated customers) use; the customer token is a bearer token.
 
-A message is logged as the customer's turn. The help articles for the customer's recent messages
-are retrieved from this process's live index; when the best one fits (``kb_min_score``), the
-engine answers on the conversation's pinned adapter with them in its prompt, and the reply is
-logged as a bot turn with everything PPO needs and the articles it saw. When none fits, the bot
-does not generate: ``reply_when_nothing_fits`` sends an honest decline with the way to a person
-(``contact_address``), logged as a ``fallback`` turn. The reply comes back as JSON, or as
-server-sent events (``delta`` chunks, then ``done`` or ``error``) when asked for; a decline is one
-``delta``.
+A message is logged as the customer's turn. While the conversation is with a person
+(``waiting_for_agent``, ``with_agent``) the bot does not answer: the message is the agent's, and
+the answer is 202 with the status. Otherwise the bot hands off when the customer asks for a person
+or re-asks too often (``bot.handoff``); else the help articles for the customer's recent messages
+are retrieved from this process's live index, and when the best one fits (``kb_min_score``) the
+engine answers on the conversation's pinned adapter with them in its prompt; the reply is logged
+as a bot turn with everything PPO needs and the articles it saw. When none fits, the model does not
+generate: the bot says it cannot help here and hands off (``no_article``). The reply comes back as
+JSON, or as server-sent events (``delta`` chunks, then ``done`` or ``error``) when asked for; a
+fixed notice is one ``delta``.
+
+A message sent with an ``Idempotency-Key`` is logged once: the key is kept (``idempotency_keep_s``) with
+the customer turn, in the same script that appends it, and every bot turn names the customer turn it
+answers. The same key again gets that answer (or 409 while it is being answered); when no answer was
+logged (generation or the store failed, and the customer got an error), it answers the turn logged
+the first time; the same key with another text is a 422.
 """
 
 from __future__ import annotations
@@ -21,8 +29,10 @@ from typing import Callable, Iterator
 from flask import Blueprint, Response, request, url_for
 from pydantic import BaseModel
 
-from bot import raters
+from bot import handoff, raters
+from bot.availability import handoff_state
 from bot.errors import ApiError, error_payload
+from bot.live_events import sse_event, sse_response, turn_out
 from bot.openapi import Section, json_body, json_response, operation, ref
 from bot.schemas import (
     ConversationCreated,
@@ -30,26 +40,20 @@ from bot.schemas import (
     Ended,
     ErrorOut,
     MessageIn,
+    Queued,
     RatingIn,
     RatingOut,
     Reply,
     StartIn,
     Transcript,
-    TurnOut,
 )
 from bot.services import Services, services
-from bot.validation import bearer_token, parse_body
-from feedback_store.records import ArticleRef, BotTurn, Conversation
-from loopdesk.config import Settings
+from bot.validation import bearer_token, idempotency_key, model_response, parse_body
+from feedback_store.errors import FeedbackStoreError, RedisError
+from feedback_store.records import WITH_A_PERSON, ArticleRef, BotTurn, Conversation, Turn
 
 log = logging.getLogger(__name__)
 bp = Blueprint("chat", __name__, url_prefix="/api/conversations")
-
-DECLINE = "I'm sorry, I can't help with that here. You can reach our team at {contact}."
-
-
-def _json(model: BaseModel, status: int = 200) -> Response:
-    return Response(model.model_dump_json(), status=status, mimetype="application/json")
 
 
 @bp.post("")
@@ -59,15 +63,22 @@ def start() -> Response:
     svc = services()
     conv, token = svc.store.conversations.start(svc.engine.choose_version(), body.meta)
     created = ConversationCreated(conversation_id=conv.id, token=token, adapter_version=conv.adapter_version)
-    response = _json(created, 201)
+    response = model_response(created, 201)
     response.headers["Location"] = url_for("chat.transcript", conv_id=conv.id)
     return response
 
 
+ANSWER_LEASE_S = 60.0
+"""How long one request may take to answer a message sent with an ``Idempotency-Key`` before a retry may
+answer it instead: a request that fails gives its lease up at once, one whose process died lets it run out."""
+
+
 @bp.post("/<conv_id>/messages")
 def post_message(conv_id: str) -> Response:
-    """Log the customer's message and answer it (JSON, or SSE for ``Accept: text/event-stream``)."""
+    """Log the customer's message and answer it (JSON, or SSE for ``Accept: text/event-stream``); a message
+    sent again with the same ``Idempotency-Key`` is not logged again (``_repeat``)."""
     token = bearer_token()
+    key = idempotency_key()
     svc = services()
     conv = svc.store.conversations.check_token(conv_id, token)
     text = parse_body(MessageIn).text
@@ -76,65 +87,99 @@ def post_message(conv_id: str) -> Response:
     if len(text) > svc.settings.max_message_chars:
         raise ApiError(422, "message_too_long",
                        f"the message has {len(text)} characters; the limit is {svc.settings.max_message_chars}")
-    svc.store.conversations.append_customer(conv_id, token, text)
-    messages = [{"role": t.role, "content": t.text} for t in svc.store.conversations.turns(conv_id)]
-    if request.accept_mimetypes.best_match(["application/json", "text/event-stream"]) == "text/event-stream":
-        return Response(_stream(svc, conv, messages), mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    return _json(_answer(svc, conv, messages))
+    if key:
+        index, appended = svc.store.conversations.append_customer_once(
+            conv_id, token, text, key, svc.settings.idempotency_keep_s, ANSWER_LEASE_S)
+        if not appended:
+            return _repeat(svc, conv_id, index, key)
+    else:
+        index = svc.store.conversations.append_customer(conv_id, token, text).index
+    if conv.status in WITH_A_PERSON:
+        return model_response(Queued(conversation_id=conv_id, turn_index=index, status=conv.status), 202)
+    return _respond(svc, conv, svc.store.conversations.turns(conv_id), key)
 
 
-def _answer(svc: Services, conv: Conversation, messages: list[dict],
+def _repeat(svc: Services, conv_id: str, index: int, key: str) -> Response:
+    """A keyed message sent again: the answer logged for it, 202 while a person has the chat, or, when none
+    was logged (the first try failed), an answer now to the turn already logged; 409 while another request
+    is answering it, or when a later message came after it (that one's answer saw it)."""
+    conversations = svc.store.conversations
+    answer = conversations.answer_to(conv_id, index)
+    conv = conversations.get(conv_id)
+    if answer is not None:
+        handoff = handoff_state(svc, svc.store.handoffs.get(conv_id)) if answer.source != "model" else None
+        return _send(Reply(turn_index=answer.index, text=answer.text, adapter_version=answer.adapter_version,
+                           finished=answer.finished, source=answer.source, status=conv.status, handoff=handoff))
+    if conv.status in WITH_A_PERSON:
+        return model_response(Queued(conversation_id=conv_id, turn_index=index, status=conv.status), 202)
+    if conv.status == "ended":
+        raise ApiError(409, "conflict", "the conversation has ended")
+    turns = conversations.turns(conv_id)
+    if turns[-1].index != index:
+        raise ApiError(409, "superseded", "a later message was sent after this one; the reply to that one saw it")
+    if not conversations.lease_answer(conv_id, key, ANSWER_LEASE_S):
+        raise ApiError(409, "still_answering", "this message is still being answered; retry in a moment")
+    return _respond(svc, conv, turns, key)
+
+
+def _wants_stream() -> bool:
+    return request.accept_mimetypes.best_match(["application/json", "text/event-stream"]) == "text/event-stream"
+
+
+def _send(reply: Reply) -> Response:
+    """A reply already logged, as JSON or as the stream a fixed notice makes (one ``delta``, then ``done``)."""
+    if _wants_stream():
+        return sse_response(iter([sse_event("delta", Delta(text=reply.text)), sse_event("done", reply)]))
+    return model_response(reply)
+
+
+def _respond(svc: Services, conv: Conversation, turns: list[Turn], key: str) -> Response:
+    """Answer the customer's newest turn; when that fails, a keyed message's lease is given up."""
+    if _wants_stream():
+        return sse_response(_stream(svc, conv, turns, key))
+    try:
+        return model_response(_answer(svc, conv, turns))
+    except Exception:
+        _give_up(svc, conv.id, key)
+        raise
+
+
+def _give_up(svc: Services, conv_id: str, key: str) -> None:
+    """Release a keyed message's answer lease after a failed answer, so that a retry answers it at once (with
+    Redis unreachable the lease runs out instead)."""
+    if key:
+        try:
+            svc.store.conversations.release_answer(conv_id, key)
+        except (RedisError, FeedbackStoreError) as exc:
+            log.warning("the answer lease of a message in conversation %s stays until it runs out: %s", conv_id, exc)
+
+
+def _answer(svc: Services, conv: Conversation, turns: list[Turn],
             on_text: Callable[[str], None] | None = None) -> Reply:
-    """Answer from the help articles that fit the customer's recent messages, or decline if none does."""
-    retrieval = svc.knowledge.for_customer([m["content"] for m in messages if m["role"] == "user"])
+    """Hand off if the customer asks for a person (or re-asks too often); else answer from the help articles
+    that fit their recent messages, or hand off when none does. The logged reply names the turn it answers."""
+    asked = turns[-1].index
+    reason = handoff.reason_to_hand_off(svc, conv, turns)
+    if reason is not None:
+        return handoff.hand_off(svc, conv, reason, on_text, reply_to=asked)
+    retrieval = svc.knowledge.for_customer([t.text for t in turns if t.role == "user"])
     if not retrieval.fits:
-        return reply_when_nothing_fits(svc, conv, on_text)
+        return handoff.hand_off(svc, conv, "no_article", on_text, reply_to=asked)
+    messages = [{"role": "assistant" if t.role == "agent" else t.role, "content": t.text} for t in turns]
     gen = svc.engine.generate(messages, conv.adapter_version, on_text=on_text, passages=retrieval.passages)
     svc.metrics.observe_generation(gen)
     turn = svc.store.conversations.append_bot(conv.id, BotTurn(
         index=0, text=gen.text, context=gen.context, prompt_token_ids=gen.prompt_token_ids,
         reply_token_ids=gen.reply_token_ids, logprobs=gen.logprobs,
         adapter_version=gen.adapter_version, latency_ms=gen.latency_ms, finished=gen.finished,
-        created_at=time.time(),
+        created_at=time.time(), reply_to=asked,
         articles=[ArticleRef(id=h.id, version=h.version, title=h.title, score=h.score) for h in retrieval.hits],
     ))
-    return _reply(turn)
-
-
-def decline(settings: Settings) -> str:
-    """What the bot says when no help article fits: that it cannot help here, and who can."""
-    return DECLINE.format(contact=settings.contact_address.strip().rstrip("."))
-
-
-def reply_when_nothing_fits(svc: Services, conv: Conversation,
-                            on_text: Callable[[str], None] | None = None) -> Reply:
-    """The branch taken when no help article fits: the model does not generate; the customer gets
-    ``decline`` (one delta when streamed), logged as a ``fallback`` turn that is never a PPO sample.
-    A handoff to a person belongs here too."""
-    started = time.perf_counter()
-    text = decline(svc.settings)
-    if on_text is not None:
-        on_text(text)
-    svc.metrics.observe_fallback()
-    turn = svc.store.conversations.append_bot(conv.id, BotTurn(
-        index=0, text=text, context="", prompt_token_ids=[], reply_token_ids=[], logprobs=[],
-        adapter_version=conv.adapter_version, latency_ms=1000 * (time.perf_counter() - started), finished=True,
-        created_at=time.time(), source="fallback",
-    ))
-    return _reply(turn)
-
-
-def _reply(turn: BotTurn) -> Reply:
     return Reply(turn_index=turn.index, text=turn.text, adapter_version=turn.adapter_version,
                  finished=turn.finished, source=turn.source)
 
 
-def _sse(event: str, data: BaseModel) -> str:
-    return f"event: {event}\ndata: {data.model_dump_json()}\n\n"
-
-
-def _stream(svc: Services, conv: Conversation, messages: list[dict]) -> Iterator[str]:
+def _stream(svc: Services, conv: Conversation, turns: list[Turn], key: str) -> Iterator[str]:
     """SSE events from a worker thread; the reply is logged even if the client goes away."""
     events: queue.Queue[tuple[str, BaseModel]] = queue.Queue()
 
@@ -144,8 +189,9 @@ def _stream(svc: Services, conv: Conversation, messages: list[dict]) -> Iterator
 
     def work() -> None:
         try:
-            events.put(("done", _answer(svc, conv, messages, on_text)))
+            events.put(("done", _answer(svc, conv, turns, on_text)))
         except Exception as exc:  # every failure must reach the client as an error event
+            _give_up(svc, conv.id, key)
             status, body = error_payload(exc)
             if status >= 500:
                 log.exception("reply for conversation %s failed", conv.id)
@@ -154,7 +200,7 @@ def _stream(svc: Services, conv: Conversation, messages: list[dict]) -> Iterator
     threading.Thread(target=work, name=f"reply-{conv.id}", daemon=True).start()
     while True:
         event, data = events.get()
-        yield _sse(event, data)
+        yield sse_event(event, data)
         if event != "delta":
             return
 
@@ -163,7 +209,7 @@ def _stream(svc: Services, conv: Conversation, messages: list[dict]) -> Iterator
 def end(conv_id: str) -> Response:
     """End the conversation (idempotent); the widget then asks for a rating."""
     conv = services().store.conversations.end(conv_id, bearer_token())
-    return _json(Ended(conversation_id=conv.id, status=conv.status, ended_at=conv.ended_at))
+    return model_response(Ended(conversation_id=conv.id, status=conv.status, ended_at=conv.ended_at))
 
 
 @bp.post("/<conv_id>/rating")
@@ -177,20 +223,22 @@ def rate(conv_id: str) -> Response:
     body = parse_body(RatingIn)
     svc = services()
     changed = svc.store.ratings.rate(conv_id, token, body.score, body.comment, raters.rating_source(svc.settings))
-    return _json(RatingOut(conversation_id=conv_id, score=body.score, comment=body.comment, changed=changed))
+    return model_response(RatingOut(conversation_id=conv_id, score=body.score, comment=body.comment,
+                                    changed=changed))
 
 
 @bp.get("/<conv_id>")
 def transcript(conv_id: str) -> Response:
-    """The conversation's turns for its token holder (the widget restores history from it)."""
-    store = services().store
+    """The conversation's turns, status and latest handoff for its token holder (the widget restores from it)."""
+    svc = services()
+    store = svc.store
     conv = store.conversations.check_token(conv_id, bearer_token())
-    turns = [TurnOut(index=t.index, role=t.role, text=t.text, created_at=t.created_at)
-             for t in store.conversations.turns(conv_id)]
-    return _json(Transcript(
+    turns = [turn_out(t) for t in store.conversations.turns(conv_id)]
+    return model_response(Transcript(
         conversation_id=conv.id, status=conv.status, adapter_version=conv.adapter_version,
         created_at=conv.created_at, ended_at=conv.ended_at, csat=conv.csat,
         csat_comment=conv.csat_comment, turns=turns,
+        handoff=handoff_state(svc, store.handoffs.get(conv_id)) if conv.handoffs else None,
     ))
 
 
@@ -217,6 +265,12 @@ def openapi_section() -> Section:
         "content": {"application/json": {"schema": ref(Reply)},
                     "text/event-stream": {"schema": {"type": "string", "description": SSE_DESCRIPTION}}},
     }}
+    key_header = {"name": "Idempotency-Key", "in": "header", "required": False,
+                  "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+                  "description": "one per message, the same on every retry of it (a UUID): a retry gets the first "
+                                 "try's reply (409 'still_answering' while it is being generated) and logs nothing "
+                                 "again; the same key with another text is a 422 'idempotency_key_reused'. Keys are "
+                                 "kept LOOPDESK_IDEMPOTENCY_KEEP_S seconds after the conversation's last message"}
     paths = {
         base: {"post": operation(
             "Start a conversation pinned to one adapter version",
@@ -228,9 +282,11 @@ def openapi_section() -> Section:
             "Erase the conversation: its turns, rating, annotations, meta and every index entry (idempotent); "
             "what stays is the record that it was erased, with the training runs that may have used it",
             {"204": {"description": "erased now or before"}}, *common, security=token)},
-        f"{base}/{{conv_id}}/messages": {"post": operation(
-            "Send a message and get the bot's reply", reply, *with_body, *common, 409, 503,
-            body=json_body(MessageIn), security=token)},
+        f"{base}/{{conv_id}}/messages": {"post": {**operation(
+            "Send a message and get the bot's reply (202 without one while the chat is with a person)",
+            {**reply, "202": json_response(Queued, "the message waits for the agent; the bot does not answer")},
+            *with_body, *common, 409, 503, body=json_body(MessageIn), security=token),
+            "parameters": [key_header]}},
         f"{base}/{{conv_id}}/end": {"post": operation(
             "End the conversation (idempotent)", {"200": json_response(Ended, "the conversation's status")},
             *common, security=token)},
@@ -239,7 +295,7 @@ def openapi_section() -> Section:
             {"200": json_response(RatingOut, "the stored rating")}, *with_body, *common, 409,
             body=json_body(RatingIn), security=token)},
     }
-    models = [StartIn, MessageIn, RatingIn, ConversationCreated, Reply, Delta, Ended, RatingOut, Transcript]
+    models = [StartIn, MessageIn, RatingIn, ConversationCreated, Reply, Queued, Delta, Ended, RatingOut, Transcript]
     schemes = {"customerToken": {"type": "http", "scheme": "bearer",
                                  "description": "the token returned when the conversation started"}}
     return Section(paths, models, schemes)

@@ -16,13 +16,12 @@ from flask import Blueprint, Response, jsonify, render_template, request
 from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 
 from bot.sessions import console_operation, current_user, guard
-from bot.errors import ApiError
 from bot.schemas import Body
 from bot.services import services
-from bot.validation import parse_body
+from bot.validation import invalid_fields, parse_body
 from feedback_store.annotations import QueueFilter
 from feedback_store.feedback_export import FeedbackExport
-from feedback_store.records import Annotation, BotTurn, Conversation
+from feedback_store.records import AgentTurn, Annotation, BotTurn, Conversation
 
 bp = Blueprint("expert", __name__)
 bp.before_request(guard("expert"))
@@ -30,6 +29,7 @@ bp.before_request(guard("expert"))
 TAGS = ("wrong_info", "rude", "unhelpful", "off_topic", "too_long", "great")
 EXPORT_PAGE = 200
 SCORE_RANGE = 4  # scores run from -2 to +2
+MAX_DATE_CHARS = 40
 
 
 class QueueQuery(BaseModel):
@@ -37,8 +37,8 @@ class QueueQuery(BaseModel):
 
     csat_min: int | None = Field(default=None, ge=1, le=5)
     csat_max: int | None = Field(default=None, ge=1, le=5)
-    since: float | None = None
-    until: float | None = None
+    since: float | None = Field(default=None, allow_inf_nan=False)
+    until: float | None = Field(default=None, allow_inf_nan=False)
     adapter_version: str | None = Field(default=None, max_length=64)
     tag: str | None = Field(default=None, max_length=32)
     include_annotated: bool = True
@@ -50,6 +50,8 @@ class QueueQuery(BaseModel):
     def _timestamp(cls, value: Any, info: ValidationInfo) -> Any:
         if not isinstance(value, str) or not value.strip():
             return value or None
+        if len(value) > MAX_DATE_CHARS:
+            raise ValueError(f"a date is epoch seconds or an ISO date (at most {MAX_DATE_CHARS} characters)")
         try:
             return float(value)
         except ValueError:
@@ -76,8 +78,7 @@ def _query() -> QueueQuery:
     try:
         return QueueQuery.model_validate(args)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
-        raise ApiError(422, "invalid_request", problems) from None
+        raise invalid_fields(exc, "query") from None
 
 
 def agreement(annotations: list[Annotation]) -> dict[str, Any] | None:
@@ -113,19 +114,21 @@ def console() -> str:
 
 @bp.get("/api/expert/queue")
 def queue() -> Response:
-    """Ended conversations to annotate: unannotated first, lowest CSAT first, filtered, counted."""
+    """Ended conversations to annotate: unannotated first, lowest CSAT first, filtered; the counts follow the
+    CSAT, time, version and tag filters (``include_annotated`` shapes the list only)."""
     q = _query()
     flt = QueueFilter(csat_min=q.csat_min, csat_max=q.csat_max, since=q.since, until=q.until,
                       adapter_version=q.adapter_version, tag=q.tag, include_annotated=q.include_annotated)
     page = services().store.annotations.queue(flt, offset=q.offset, limit=q.limit)
     return jsonify(conversations=[conversation_summary(c) for c in page.conversations],
-                   unannotated=page.unannotated, annotated=page.annotated)
+                   unannotated=page.unannotated, annotated=page.annotated, counts_complete=page.counts_complete)
 
 
 @bp.get("/api/expert/conversations/<conv_id>")
 def conversation(conv_id: str) -> Response:
     """A transcript with every bot turn's annotations, the experts' agreement, the help articles it saw
-    and whether the model generated it (``source``: ``model`` or ``fallback``)."""
+    and whether the model generated it (``source``: ``model``, ``fallback`` or ``handoff``); agents' turns
+    name their agent."""
     store = services().store
     conv = store.conversations.get(conv_id)
     by_turn = store.annotations.for_conversation(conv_id)
@@ -138,13 +141,15 @@ def conversation(conv_id: str) -> Response:
             out.update(adapter_version=turn.adapter_version, finished=turn.finished, source=turn.source,
                        articles=[a.model_dump() for a in turn.articles],
                        annotations=[a.model_dump() for a in annotations], agreement=agreement(annotations))
+        elif isinstance(turn, AgentTurn):
+            out.update(agent_id=turn.agent_id, agent_name=turn.agent_name)
         turns.append(out)
     return jsonify(conversation={**conversation_summary(conv), "csat_comment": conv.csat_comment,
                                  "ended_at": conv.ended_at, "meta": conv.meta},
                    turns=turns)
 
 
-@bp.post("/api/expert/conversations/<conv_id>/turns/<int:index>/annotations")
+@bp.post("/api/expert/conversations/<conv_id>/turns/<index:index>/annotations")
 def annotate(conv_id: str, index: int) -> tuple[Response, int]:
     """Store (or replace) the signed-in expert's annotation of bot turn ``index``."""
     body = parse_body(AnnotationIn)
@@ -178,16 +183,20 @@ def _export_lines(feedback: FeedbackExport) -> Iterator[str]:
 
 def openapi_section():
     """The expert API's part of /openapi.json (sign-in is in ``bot.auth``)."""
-    from bot.openapi import Section
+    from bot.openapi import Section, query_parameter
 
     e = "/api/expert"
-    queue_params = [{"name": name, "in": "query", "required": False, "schema": {"type": kind}}
-                    for name, kind in (("csat_min", "integer"), ("csat_max", "integer"), ("since", "string"),
-                                       ("until", "string"), ("adapter_version", "string"), ("tag", "string"),
-                                       ("include_annotated", "boolean"), ("offset", "integer"),
-                                       ("limit", "integer"))]
+    when = {"type": "string", "maxLength": MAX_DATE_CHARS, "description": "epoch seconds or an ISO date"}
+    queue_params = [query_parameter(name, **schema) for name, schema in (
+        ("csat_min", {"type": "integer", "minimum": 1, "maximum": 5}),
+        ("csat_max", {"type": "integer", "minimum": 1, "maximum": 5}), ("since", when), ("until", when),
+        ("adapter_version", {"type": "string", "maxLength": 64}), ("tag", {"type": "string", "maxLength": 32}),
+        ("include_annotated", {"type": "boolean", "default": True}), ("offset", {"type": "integer", "minimum": 0}),
+        ("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 25}))]
     queue_op = console_operation("Conversations to annotate: unannotated first, lowest CSAT first, with counts",
-                                 description="Dates are epoch seconds or ISO dates; until includes its day.")
+                                 description="Dates are epoch seconds or ISO dates; until includes its day. The counts (unannotated, "
+                                             "annotated) follow every filter but include_annotated; counts_complete is "
+                                             "false when a time or tag filter matched more entries than one request checks.")
     export_op = console_operation("Every annotation, one JSON object a line")
     export_op["responses"]["200"]["content"] = {"application/x-ndjson": {"schema": {"type": "string"}}}
     return Section({

@@ -18,7 +18,7 @@ from loopdesk.config import Settings
 
 CORS_HEADERS = {
     "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-    "Access-Control-Allow-Headers": "Authorization, Content-Type, Accept",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, Accept, Idempotency-Key",
     "Access-Control-Max-Age": "600",
 }
 CHAT_API = "/api/conversations"

@@ -18,15 +18,17 @@ import re
 import time
 from typing import cast
 
-from flask import Blueprint, Response, render_template, request
+from flask import Blueprint, Response, render_template
 from pydantic import BaseModel, Field
 
 from bot.article_html import article_html
 from bot.errors import ApiError
 from bot.services import services
+from bot.validation import query_text
 from feedback_store.errors import NotFoundError
 from feedback_store.records import Article
 from loopdesk.articles import ARTICLE_ID_PATTERN
+from loopdesk.excerpts import quoted
 
 bp = Blueprint("help_centre", __name__)
 
@@ -63,10 +65,7 @@ def _summary(article: Article, score: float | None = None) -> HelpArticleSummary
 
 def _query() -> str | None:
     """The ``q`` argument stripped (None when absent or blank), or a 422 when too long."""
-    query = request.args.get("q", "").strip()
-    if len(query) > MAX_QUERY_CHARS:
-        raise ApiError(422, "invalid_request", f"q has {len(query)} characters; the most is {MAX_QUERY_CHARS}")
-    return query or None
+    return query_text("q", MAX_QUERY_CHARS) or None
 
 
 def _listed(query: str | None) -> list[HelpArticleSummary]:
@@ -82,7 +81,7 @@ def _listed(query: str | None) -> list[HelpArticleSummary]:
 def published(article_id: str) -> Article:
     """The current version of a published article, or a 404 saying there is none."""
     if not re.fullmatch(ARTICLE_ID_PATTERN, article_id):
-        raise ApiError(404, "not_found", f"no help article {article_id[:80]!r}: article ids are lowercase "
+        raise ApiError(404, "not_found", f"no help article {quoted(article_id, 80)}: article ids are lowercase "
                                          "letters, digits and '-'")
     try:
         article = services().store.knowledge.get(article_id)

@@ -21,7 +21,7 @@ from bot.sessions import UNSAFE_METHODS, console_operation, current_user, guard
 from bot.errors import ApiError
 from bot.schemas import Body
 from bot.services import services
-from bot.validation import parse_body
+from bot.validation import parse_body, query_text
 from feedback_store.errors import ConflictError
 from feedback_store.records import Article
 from loopdesk.articles import MAX_ARTICLE_CHARS
@@ -30,6 +30,7 @@ bp = Blueprint("knowledge_console", __name__)
 
 RETRIEVAL_CANDIDATES = 5
 MAX_QUESTION_CHARS = 2000
+MAX_FILTER_CHARS = 200
 WRITERS = ("operator", "admin")
 
 
@@ -112,7 +113,7 @@ def console() -> str:
 def articles() -> Response:
     """Every article's current version (no body), optionally of one status and matching ``q``."""
     status = request.args.get("status") or None
-    listed = services().store.knowledge.list(status=status, text=request.args.get("q", "")[:200])
+    listed = services().store.knowledge.list(status=status, text=query_text("q", MAX_FILTER_CHARS))
     return jsonify(articles=[_summary(a) for a in listed], revision=services().store.knowledge.revision())
 
 
@@ -161,7 +162,7 @@ def history(article_id: str) -> Response:
     return jsonify(versions=[_summary(a) for a in reversed(services().store.knowledge.history(article_id))])
 
 
-@bp.get("/api/kb/articles/<article_id>/versions/<int:version>")
+@bp.get("/api/kb/articles/<article_id>/versions/<index:version>")
 def version(article_id: str, version: int) -> Response:
     """One version of the article with its body, rendered too (what a bot turn saw)."""
     return jsonify(_full(services().store.knowledge.get_version(article_id, version)))
@@ -180,8 +181,8 @@ def preview() -> Response:
 @bp.get("/api/kb/retrieve")
 def retrieve() -> Response:
     """What this process's live index retrieves for a customer's question, and what a reply would do."""
-    question = request.args.get("q", "").strip()
-    if not question or len(question) > MAX_QUESTION_CHARS:
+    question = query_text("q", MAX_QUESTION_CHARS)
+    if not question:
         raise ApiError(422, "invalid_request", f"q: type a customer's question (1 to {MAX_QUESTION_CHARS} characters)")
     knowledge = services().knowledge
     found = knowledge.retrieve(question, k=max(RETRIEVAL_CANDIDATES, knowledge.top_k))
@@ -194,16 +195,13 @@ def retrieve() -> Response:
 
 def openapi_section():
     """The knowledge console's part of /openapi.json."""
-    from bot.openapi import Section
+    from bot.openapi import Section, query_parameter
 
     kb, writers = "/api/kb", "Operators and admins; experts get 403."
 
-    def read(summary: str, *params: str) -> dict[str, Any]:
+    def read(summary: str, *params: dict[str, Any]) -> dict[str, Any]:
         described = console_operation(summary)
-        if params:
-            described["parameters"] = [{"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
-                                       for n in params]
-        return described
+        return {**described, "parameters": list(params)} if params else described
 
     def write(summary: str, body: type[Body], status: str = "200", conflict: str = "") -> dict[str, Any]:
         described = console_operation(summary, status, body=body, write=True, description=f"{writers} {conflict}".strip())
@@ -214,7 +212,9 @@ def openapi_section():
     stale = "409 when someone saved a newer version than base_version meanwhile."
     return Section({
         f"{kb}/articles": {
-            "get": read("Articles (current versions, no body), by status and text in id, title or tags", "status", "q"),
+            "get": read("Articles (current versions, no body), by status and text in id, title or tags",
+                        query_parameter("status", type="string", enum=["published", "retired"]),
+                        query_parameter("q", type="string", maxLength=MAX_FILTER_CHARS)),
             "post": write("Create a published article (version 1)", ArticleIn, "201", "409 when the id exists.")},
         f"{kb}/articles/{{article_id}}": {
             "get": read("An article's current version with its body and its HTML rendering"),
@@ -227,5 +227,6 @@ def openapi_section():
         f"{kb}/articles/{{article_id}}/versions/{{version}}": {"get": read(
             "One version of an article with its body and its HTML rendering")},
         f"{kb}/preview": {"post": write("Render Markdown as the help centre shows it", PreviewIn)},
-        f"{kb}/retrieve": {"get": read("What this process's live index retrieves for a customer's question", "q")},
+        f"{kb}/retrieve": {"get": read("What this process's live index retrieves for a customer's question",
+                                       query_parameter("q", type="string", minLength=1, maxLength=MAX_QUESTION_CHARS))},
     }, [ArticleIn, ArticleEdit, RetireIn, RevertIn, PreviewIn])

@@ -3,10 +3,12 @@
 Each app has its own Prometheus registry (tests build several apps in one process). Request
 counts and durations are labelled by endpoint (the Flask view, never the raw path, so the label
 set stays bounded); CSAT per adapter version (weighted as the canary decision weighs it, with the
-effective sample size and the plain mean beside it), training runs by outcome and Redis's memory
-use against its ``maxmemory`` are read from the store at scrape time over a bounded window. Every
-response carries an ``X-Request-ID``: the client's when it sent a sane one, else a fresh one; the
-JSON access log line names it too. Every string a JSON log line holds is PII masked.
+effective sample size and the plain mean beside it, and apart for bot-only and handed-off
+conversations), the handoff and resolution rates per version with their 95% intervals
+(``bot.charts.handoffs_by_version``), training runs by outcome and Redis's memory use against its
+``maxmemory`` are read from the store at scrape time over a bounded window. Every response carries
+an ``X-Request-ID``: the client's when it sent a sane one, else a fresh one; the JSON access log
+line names it too. Every string a JSON log line holds is PII masked.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from flask import Blueprint, Flask, Response, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from bot.charts import handoffs_by_version
 from bot.services import services
 from feedback_store import FeedbackStore
 from feedback_store.errors import RedisError
 from feedback_store.rating_weights import WeightRule, csat_stats, rating_weights
+from feedback_store.records import Conversation
 from loopdesk.pii import mask_pii
 
 if TYPE_CHECKING:
@@ -47,7 +51,8 @@ TOKENS_PER_S_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
 
 class StoreCollector:
-    """CSAT by adapter version (active and canary), training runs by outcome and Redis's memory, read at scrape."""
+    """CSAT, handoffs and resolutions by adapter version (active and canary), training runs by outcome and
+    Redis's memory, read at scrape."""
 
     def __init__(self, store: FeedbackStore):
         self.store = store
@@ -58,7 +63,8 @@ class StoreCollector:
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("loopdesk_redis_up", "1 if the store answered this scrape, else 0")
         try:
-            families = [self._csat(), self._runs(), self._memory()]
+            arms = self._arms()
+            families = [self._csat(arms), self._handoffs(arms), self._runs(), self._memory()]
         except RedisError:
             up.add_metric([], 0)
             yield up
@@ -79,7 +85,13 @@ class StoreCollector:
                 "and ratings, messages and annotations get 503; alert well before", value=used / limit))
         return families
 
-    def _csat(self) -> list[Metric]:
+    def _arms(self) -> dict[tuple[str, str], list[Conversation]]:
+        """(role, version) → the version's conversations of the window, for the active and canary versions."""
+        adapters, since = self.store.adapters, time.time() - CSAT_WINDOW_S
+        return {(role, v): self.store.conversations.for_adapter(v, since=since, limit=CSAT_MAX_CONVERSATIONS)
+                for role, v in (("active", adapters.active()), ("canary", adapters.canary())) if v}
+
+    def _csat(self, arms: dict[tuple[str, str], list[Conversation]]) -> list[Metric]:
         labels = ["version", "role"]
         mean = GaugeMetricFamily("loopdesk_csat_mean", "weighted mean CSAT (1-5) of rated conversations of the "
                                  "last 7 days per adapter version and role, as the canary decision weighs them",
@@ -90,15 +102,11 @@ class StoreCollector:
                                   labels=labels)
         effective = GaugeMetricFamily("loopdesk_csat_effective_ratings", "Kish effective sample size over "
                                       "clients behind loopdesk_csat_mean", labels=labels)
-        adapters = self.store.adapters
-        since = time.time() - CSAT_WINDOW_S
-        roles = [(role, v) for role, v in (("active", adapters.active()), ("canary", adapters.canary())) if v]
-        arms = {v: [c for c in self.store.conversations.for_adapter(v, since=since, limit=CSAT_MAX_CONVERSATIONS)
-                    if c.csat is not None] for _, v in roles}
+        scored = {arm: [c for c in convs if c.csat is not None] for arm, convs in arms.items()}
         rule = WeightRule.of(self.store.settings)
-        weights = rating_weights([c for convs in arms.values() for c in convs], rule)
-        for role, version in roles:
-            stats = csat_stats(arms[version], weights, rule)
+        weights = rating_weights([c for convs in scored.values() for c in convs], rule)
+        for (role, version), convs in scored.items():
+            stats = csat_stats(convs, weights, rule)
             rated.add_metric([version, role], stats.ratings)
             effective.add_metric([version, role], stats.n_eff)
             if stats.mean is not None:
@@ -106,6 +114,39 @@ class StoreCollector:
             if stats.unweighted_mean is not None:
                 unweighted.add_metric([version, role], stats.unweighted_mean)
         return [mean, unweighted, rated, effective]
+
+    def _handoffs(self, arms: dict[tuple[str, str], list[Conversation]]) -> list[Metric]:
+        labels = ["version", "role"]
+        window = "conversations of the last 7 days per adapter version and role"
+        gauges = {name: GaugeMetricFamily(f"loopdesk_{name}", f"{doc} ({window})", labels=labels) for name, doc in (
+            ("conversations", "conversations started"),
+            ("handed_off_conversations", "conversations handed to a person or asking for one while nobody was"),
+            ("handoff_rate", "share of conversations handed off"),
+            ("handoff_rate_low", "lower end of the 95% Wilson interval of loopdesk_handoff_rate"),
+            ("handoff_rate_high", "upper end of the 95% Wilson interval of loopdesk_handoff_rate"),
+            ("resolution_rate", "share of rated conversations ended without a handoff and rated 4 or more, "
+                                "weighted as CSAT"),
+            ("resolution_rate_low", "lower end of the 95% Wilson interval of loopdesk_resolution_rate"),
+            ("resolution_rate_high", "upper end of the 95% Wilson interval of loopdesk_resolution_rate"))}
+        split = GaugeMetricFamily("loopdesk_csat_split_mean", f"weighted mean CSAT apart for bot_only and "
+                                  f"handed_off conversations ({window})", labels=[*labels, "conversations"])
+        rule = WeightRule.of(self.store.settings)
+        every = [c for convs in arms.values() for c in convs]
+        stats = handoffs_by_version(every, rule)
+        for role, version in arms:
+            numbers = stats.get(version)
+            if numbers is None:
+                continue
+            gauges["conversations"].add_metric([version, role], numbers["conversations"])
+            gauges["handed_off_conversations"].add_metric([version, role], numbers["handed_off"])
+            for rate in ("handoff_rate", "resolution_rate"):
+                if numbers[rate]["rate"] is not None:
+                    for suffix, key in (("", "rate"), ("_low", "lo"), ("_high", "hi")):
+                        gauges[rate + suffix].add_metric([version, role], numbers[rate][key])
+            for part in ("bot_only", "handed_off"):
+                if numbers[f"csat_{part}"]["mean"] is not None:
+                    split.add_metric([version, role, part], numbers[f"csat_{part}"]["mean"])
+        return [*gauges.values(), split]
 
     def _runs(self) -> list[Metric]:
         runs = GaugeMetricFamily("loopdesk_training_runs", f"training runs by status among the newest {RUNS_WINDOW}",
@@ -133,8 +174,12 @@ class Metrics:
                               buckets=TTFT_BUCKETS, registry=r)
         self.tokens_per_s = Histogram("loopdesk_reply_tokens_per_second", "reply tokens / reply latency",
                                       buckets=TOKENS_PER_S_BUCKETS, registry=r)
-        self.replies = Counter("loopdesk_replies", "bot replies sent, by source: model (generated) or fallback "
-                               "(no help article fitted the question)", ["source"], registry=r)
+        self.replies = Counter("loopdesk_replies", "bot replies sent, by source: model (generated), fallback "
+                               "(no help article fitted the question) or handoff (the notice of a handoff)",
+                               ["source"], registry=r)
+        self.handoffs = Counter("loopdesk_handoffs", "requests for a person, by reason and whether one was "
+                                "available (no: the customer was told when the team is back)",
+                                ["reason", "available"], registry=r)
         queue = Gauge("loopdesk_generation_queue_depth", "replies waiting for the generation worker", registry=r)
         queue.set_function(lambda: float(engine.queue_depth()))
         r.register(StoreCollector(store))
@@ -146,9 +191,10 @@ class Metrics:
         if generation.latency_ms > 0:
             self.tokens_per_s.observe(len(generation.reply_token_ids) / (generation.latency_ms / 1000))
 
-    def observe_fallback(self) -> None:
-        """Record one reply the model did not generate (no help article fitted)."""
-        self.replies.labels("fallback").inc()
+    def observe_handoff(self, reason: str, available: bool, source: str) -> None:
+        """Record one handoff (or request for a person nobody could take) and the notice the bot sent."""
+        self.replies.labels(source).inc()
+        self.handoffs.labels(reason, "yes" if available else "no").inc()
 
     def observe_request(self, endpoint: str, method: str, status: int) -> None:
         self.requests.labels(endpoint, method, str(status)).inc()
@@ -242,16 +288,22 @@ def init_app(app: Flask) -> None:
     app.after_request(_finish)
 
 
+IDENTIFIER_FIELDS = frozenset({"request_id", "conversation_id", "adapter_version"})
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, and any ``extra={"fields": {...}}``; every
-    string in it PII masked (``loopdesk.pii.mask_pii``), exception texts included."""
+    string in it PII masked (``loopdesk.pii.mask_pii``), exception texts included, except the identifier
+    fields (``IDENTIFIER_FIELDS``: ids the server made or checked, whose hex digits can look like a phone
+    number)."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
             "level": record.levelname, "logger": record.name, "message": mask_pii(record.getMessage()),
         }
-        entry.update({k: mask_pii(v) for k, v in getattr(record, "fields", {}).items()})
+        entry.update({k: v if k in IDENTIFIER_FIELDS else mask_pii(v)
+                      for k, v in getattr(record, "fields", {}).items()})
         if record.exc_info:
             entry["exception"] = mask_pii(self.formatException(record.exc_info))
         return json.dumps(entry, default=str)

@@ -54,10 +54,17 @@ def operation(summary: str, ok: dict[str, dict], *error_statuses: int, body: dic
     return described
 
 
+def query_parameter(name: str, description: str = "", **schema: Any) -> dict[str, Any]:
+    """An optional query parameter whose values ``schema`` describes (type, bounds, enum, maxLength)."""
+    described: dict[str, Any] = {"name": name, "in": "query", "required": False, "schema": schema}
+    return {**described, "description": description} if description else described
+
+
 def _with_path_parameters(path: str, item: dict[str, Any]) -> dict[str, Any]:
     names = PATH_PARAM.findall(path)
     params = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names]
-    return {method: {**op, "parameters": params} if params else op for method, op in item.items()}
+    return {method: {**op, "parameters": params + op.get("parameters", [])} if params else op
+            for method, op in item.items()}
 
 
 def build_document(app: Flask) -> dict[str, Any]:

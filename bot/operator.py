@@ -1,5 +1,6 @@
 """The operator console: retraining schedules, "train now", runs with live progress, adapters
-(promote, canary, roll back, canary share) and CSAT per adapter version.
+(promote, canary, roll back, canary share), CSAT per adapter version, and handoffs to a person
+per version (handoff and resolution rates, CSAT of bot-only and handed-off conversations).
 
 ``/operator`` is the page; ``/api/operator/...`` is its JSON API. Every route needs a signed-in
 operator or admin; writes need the session's CSRF token.
@@ -11,25 +12,26 @@ import time
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, render_template, request
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from bot.sessions import console_operation, current_user, guard
-from bot.charts import BUCKETS, compare_metrics, csat_by_version
+from bot.charts import BUCKETS, compare_metrics, csat_by_version, handoffs_by_version
 from bot.errors import ApiError
 from bot.schemas import Body
 from bot.services import services
-from bot.validation import parse_body
-from feedback_store.errors import ValidationFailed
+from bot.validation import parse_body, query_number
 from feedback_store.rating_weights import WeightRule
 from feedback_store.records import AdapterVersion, Conversation, Schedule, TrainingRun
-from feedback_store.schedules import next_runs
+from feedback_store.schedules import HORIZON_YEARS, check_cron, next_runs
 
 bp = Blueprint("operator", __name__)
 bp.before_request(guard("operator"))
 
 CSAT_MAX_CONVERSATIONS = 20_000
 CSAT_PAGE = 1000
-MAX_WINDOW_DAYS = 365
+MIN_WINDOW_DAYS = 1 / 24  # one hour
+MAX_WINDOW_DAYS = 365.0
+MAX_RUNS_LISTED = 200
 
 
 class ScheduleIn(Body):
@@ -55,7 +57,11 @@ class ShareIn(Body):
 
 
 def _schedule(schedule: Schedule) -> dict[str, Any]:
-    return {**schedule.model_dump(), "next_runs": [t.isoformat() for t in next_runs(schedule.cron, 3)]}
+    """A schedule with its next three runs, and a ``problem`` when it never fires (stored before that was
+    refused)."""
+    runs = [t.isoformat() for t in next_runs(schedule.cron, 3)]
+    problem = None if runs else f"never fires within {HORIZON_YEARS} years: delete it and add a valid one"
+    return {**schedule.model_dump(), "next_runs": runs, "problem": problem}
 
 
 def _run(run: TrainingRun) -> dict[str, Any]:
@@ -72,24 +78,22 @@ def console() -> str:
 
 @bp.get("/api/operator/schedules")
 def schedules() -> Response:
-    """Every schedule with its next three run times (UTC)."""
-    return jsonify(schedules=[_schedule(s) for s in services().store.schedules.list()])
+    """Every schedule with its next three run times (UTC), and the stored ones that cannot be read."""
+    schedules, unreadable = services().store.schedules.read_all()
+    return jsonify(schedules=[_schedule(s) for s in schedules],
+                   unreadable=[{"id": i, "problem": problem} for i, problem in unreadable.items()])
 
 
 @bp.get("/api/operator/cron-preview")
 def cron_preview() -> Response:
     """Check a cron expression as it is typed: its next three run times, or why it is invalid."""
-    cron = request.args.get("cron", "").strip()
-    try:
-        checked = Schedule(id="preview", cron=cron, created_at=time.time()).cron
-    except ValidationError as exc:
-        raise ValidationFailed(f"cron {cron!r}: " + exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+    checked = check_cron(request.args.get("cron", ""))
     return jsonify(cron=checked, next_runs=[t.isoformat() for t in next_runs(checked, 3)])
 
 
 @bp.post("/api/operator/schedules")
 def add_schedule() -> tuple[Response, int]:
-    """Add a schedule; an invalid cron expression is refused with 422."""
+    """Add a schedule; a cron expression that is malformed or never fires is refused with 422."""
     body = parse_body(ScheduleIn)
     return jsonify(_schedule(services().store.schedules.add(body.cron, body.enabled))), 201
 
@@ -118,7 +122,7 @@ def train_now() -> tuple[Response, int]:
 @bp.get("/api/operator/runs")
 def runs() -> Response:
     """The newest runs first."""
-    limit = min(max(request.args.get("limit", 50, type=int), 1), 200)
+    limit = query_number("limit", 50, 1, MAX_RUNS_LISTED)
     return jsonify(runs=[_run(r) for r in services().store.runs.list(limit)])
 
 
@@ -194,11 +198,18 @@ def csat() -> Response:
     bucket = request.args.get("bucket", "day")
     if bucket not in BUCKETS:
         raise ApiError(422, "invalid_request", f"bucket must be one of {sorted(BUCKETS)}")
-    days = request.args.get("days", 14, type=float)
-    if not 0 < days <= MAX_WINDOW_DAYS:
-        raise ApiError(422, "invalid_request", f"days must be within (0, {MAX_WINDOW_DAYS}]")
+    days = query_number("days", 14.0, MIN_WINDOW_DAYS, MAX_WINDOW_DAYS)
     return jsonify(bucket=bucket, bucket_s=BUCKETS[bucket], days=days,
                    **csat_by_version(_recent_conversations(days), BUCKETS[bucket], WeightRule.of(services().settings)))
+
+
+@bp.get("/api/operator/handoffs")
+def handoffs() -> Response:
+    """Per adapter version over the last ``days``: handoff rate, resolution rate, and CSAT of bot-only and
+    handed-off conversations, each with its 95% interval."""
+    days = query_number("days", 14.0, MIN_WINDOW_DAYS, MAX_WINDOW_DAYS)
+    return jsonify(days=days, versions=handoffs_by_version(_recent_conversations(days),
+                                                           WeightRule.of(services().settings)))
 
 
 def _recent_conversations(days: float) -> list[Conversation]:
@@ -218,13 +229,9 @@ def _recent_conversations(days: float) -> list[Conversation]:
 
 def openapi_section():
     """The operator API's part of /openapi.json."""
-    from bot.openapi import Section
+    from bot.openapi import Section, query_parameter
 
     o, op = "/api/operator", console_operation
-
-    def query(*names: str) -> list[dict[str, Any]]:
-        return [{"name": n, "in": "query", "required": False, "schema": {"type": "string"}} for n in names]
-
     return Section({
         f"{o}/schedules": {"get": op("Retraining schedules with their next three run times (UTC)"),
                            "post": op("Add a schedule; the cron expression is validated", "201",
@@ -232,11 +239,13 @@ def openapi_section():
         f"{o}/schedules/{{schedule_id}}": {"patch": op("Enable or disable a schedule", body=EnabledIn, write=True),
                                            "delete": op("Delete a schedule", write=True)},
         f"{o}/cron-preview": {"get": {**op("Check a cron expression: its next three run times"),
-                                      "parameters": query("cron")}},
+                                      "parameters": [query_parameter("cron", type="string", maxLength=120)]}},
         f"{o}/train": {"post": op("Queue a training round now", "202", write=True)},
-        f"{o}/runs": {"get": {**op("Training runs, newest first"), "parameters": query("limit")}},
-        f"{o}/runs/{{run_id}}/progress": {"get": op(
-            "A run and its progress events", description="Query 'after': the stream id of the last event seen.")},
+        f"{o}/runs": {"get": {**op("Training runs, newest first"), "parameters": [query_parameter(
+                              "limit", type="integer", minimum=1, maximum=MAX_RUNS_LISTED, default=50)]}},
+        f"{o}/runs/{{run_id}}/progress": {"get": {**op("A run and its progress events"), "parameters": [
+            query_parameter("after", "'-' (the default) for the first events, then the 'last' the previous answer "
+                                     "returned", type="string", maxLength=41)]}},
         f"{o}/adapters": {"get": op("Adapters with status, metrics, live CSAT and the difference from the active one")},
         f"{o}/adapters/{{version}}/promote": {"post": op("Make an adapter active", body=ReasonIn, write=True)},
         f"{o}/adapters/{{version}}/canary": {"post": op("Send an adapter to canary", body=ReasonIn, write=True)},
@@ -245,5 +254,11 @@ def openapi_section():
         f"{o}/canary-share": {"put": op("Set the share of new conversations given the canary",
                                         body=ShareIn, write=True)},
         f"{o}/csat": {"get": {**op("Mean CSAT with 95% intervals per adapter version and day or hour"),
-                              "parameters": query("bucket", "days")}},
+                              "parameters": [query_parameter("bucket", type="string", enum=sorted(BUCKETS)),
+                                             query_parameter("days", type="number", minimum=MIN_WINDOW_DAYS,
+                                                             maximum=MAX_WINDOW_DAYS, default=14)]}},
+        f"{o}/handoffs": {"get": {**op("Handoff and resolution rates and CSAT of bot-only and handed-off "
+                                       "conversations per adapter version, with 95% intervals"),
+                                  "parameters": [query_parameter("days", type="number", minimum=MIN_WINDOW_DAYS,
+                                                                 maximum=MAX_WINDOW_DAYS, default=14)]}},
     }, [ScheduleIn, EnabledIn, ReasonIn, RollbackIn, ShareIn])

@@ -1,4 +1,4 @@
-"""``loopdesk users``: console accounts (experts, operators, admins).
+"""``loopdesk users``: console accounts (experts, agents, operators, admins).
 
 Every change to an account ends its signed-in sessions. The last enabled admin cannot be
 disabled, removed or demoted: make another account admin first.
@@ -37,11 +37,13 @@ def _users():
 
 @users.command("add")
 @click.argument("name")
-@click.option("--role", type=click.Choice(ROLES), required=True, help="expert, operator, or admin (both)")
+@click.option("--role", type=click.Choice(ROLES), required=True,
+              help="expert, agent (answers handed-off chats in the inbox), operator, or admin (all of them)")
+@click.option("--display-name", default="", help="the name customers see on an agent's replies (default: NAME)")
 @click.password_option("--password", help="prompted (hidden, twice) when not given")
-def add(name: str, role: str, password: str) -> None:
+def add(name: str, role: str, display_name: str, password: str) -> None:
     """Create the account NAME with ROLE; the password is prompted and stored only as a hash."""
-    _change(_users().add, name, role, password)
+    _change(_users().add, name, role, password, display_name)
     click.echo(f"added {role} {name}")
 
 
@@ -90,7 +92,7 @@ def passwd(name: str, password: str) -> None:
 @click.argument("name")
 @click.argument("role", type=click.Choice(ROLES))
 def role(name: str, role: str) -> None:
-    """Give NAME the ROLE (expert, operator or admin); its sessions end."""
+    """Give NAME the ROLE (expert, agent, operator or admin); its sessions end."""
     _change(_users().set_role, name, role)
     click.echo(f"{name} is now {'an' if role[0] in 'aeiou' else 'a'} {role}; its sessions have ended")
 

@@ -32,7 +32,7 @@ def init_app(app: Flask, settings: Settings) -> None:
 def demo_shop() -> str:
     """Northwind Outfitters, a fictional shop with the widget embedded by one script tag.
 
-    ``?idle=<seconds>`` sets the widget's idle timeout (5 to 3600 s) to try the survey quickly.
+    ``?idle=<seconds>`` sets the widget's idle timeout (5 to 3600 s) to see its rating offer quickly.
     """
     idle = request.args.get("idle", DEFAULT_IDLE_S, type=int) or DEFAULT_IDLE_S
     bot_url = services().settings.public_url or url_for("widget.demo_shop")

@@ -25,7 +25,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return fail('NOTFOUND', 'no such conv
 local raw = redis.call('LINDEX', KEYS[2], ARGV[1])
 if not raw then return fail('NOTFOUND', 'the conversation has no turn ' .. ARGV[1]) end
 if cjson.decode(raw)['role'] ~= 'assistant' then
-  return fail('INVALID', 'turn ' .. ARGV[1] .. ' is the customer\\'s; only bot turns are annotated')
+  return fail('INVALID', 'turn ' .. ARGV[1] .. ' is the customer\\'s or an agent\\'s; only bot turns are annotated')
 end
 redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
 redis.call('SADD', KEYS[4], ARGV[1])
@@ -59,6 +59,7 @@ class QueuePage:
     unannotated: int
     annotated: int
     examined: int
+    counts_complete: bool = True  # False: a time or tag filter matched more than QUEUE_SCAN_BUDGET could check
 
 
 class Annotations:
@@ -84,8 +85,8 @@ class Annotations:
         self._annotate(
             [k.conversation(conv_id), k.turns(conv_id), k.annotations(conv_id, turn_index),
              k.annotated_turns(conv_id), k.feedback_seq(), k.feedback_log(), k.queue()],
-            [turn_index, expert_id, ann.model_dump_json(), k.queue_by_adapter(""), conv_id,
-             k.tagged(""), *ann.tags],
+            [turn_index, expert_id, ann.model_dump_json(), k.queue_by_adapter_prefix(), conv_id,
+             k.tagged_prefix(), *ann.tags],
         )
         return ann
 
@@ -124,12 +125,24 @@ class Annotations:
                     skipped += 1
                 elif len(wanted) < limit:
                     wanted.append(conv)
-        return QueuePage(
-            conversations=wanted,
-            unannotated=self._r.zcount(source, 0, 9),
-            annotated=self._r.zcount(source, 10, 19),
-            examined=examined,
-        )
+        unannotated, complete = self._count(source, lo, hi, flt)
+        annotated, complete_too = self._count(source, 10 + lo, 10 + hi, flt)
+        return QueuePage(conversations=wanted, unannotated=unannotated, annotated=annotated, examined=examined,
+                         counts_complete=complete and complete_too)
+
+    def _count(self, source: str, lo: int, hi: int, flt: QueueFilter) -> tuple[int, bool]:
+        """How many queue entries scored ``lo``..``hi`` match ``flt`` (the CSAT range is the scores'), and
+        whether that is all of them: a time or tag filter reads at most ``QUEUE_SCAN_BUDGET`` entries."""
+        if flt.since is None and flt.until is None and not flt.tag:
+            return self._r.zcount(source, lo, hi), True
+        counted, cursor = 0, 0
+        while cursor < QUEUE_SCAN_BUDGET:
+            chunk = self._r.zrangebyscore(source, lo, hi, start=cursor, num=500)
+            if not chunk:
+                return counted, True
+            cursor += len(chunk)
+            counted += len(self._matching(chunk, flt))
+        return counted, not self._r.zrangebyscore(source, lo, hi, start=cursor, num=1)
 
     def _matching(self, conv_ids: list[str], flt: QueueFilter) -> list[Conversation]:
         pipe = self._r.pipeline(transaction=False)

@@ -42,14 +42,14 @@ def erase(conv_id: str) -> None:
     """Erase a conversation (or the numbers its pruning kept) from every key and index, as its customer's
     DELETE /api/conversations/ID does; the record that it was erased names the training runs that may
     have used it."""
-    from feedback_store.errors import NotFoundError
+    from feedback_store.errors import NotFoundError, ValidationFailed
     from feedback_store.store import FeedbackStore
     from loopdesk.cli_support import settings_or_exit
 
     store = FeedbackStore.from_settings(settings_or_exit())
     try:
         record = store.erasure.erase(conv_id)
-    except NotFoundError as exc:
+    except (NotFoundError, ValidationFailed) as exc:
         raise click.ClickException(str(exc)) from None
     used = (f"training runs that may have used its feedback: {', '.join(record.used_by_runs)} "
             f"(adapters {', '.join(record.adapters) or 'none'})" if record.used_by_runs
@@ -63,12 +63,12 @@ def export(conv_id: str) -> None:
     """Print everything stored about a conversation as JSON: record, turns (prompts, token ids and
     log-probs included), rating history, annotations, its place in every index, and what pruning or
     erasure left of it."""
-    from feedback_store.errors import NotFoundError
+    from feedback_store.errors import NotFoundError, ValidationFailed
     from feedback_store.store import FeedbackStore
     from loopdesk.cli_support import settings_or_exit
 
     store = FeedbackStore.from_settings(settings_or_exit(), announce=False)
     try:
         click.echo(json.dumps(store.erasure.export(conv_id), indent=2, ensure_ascii=False))
-    except NotFoundError as exc:
+    except (NotFoundError, ValidationFailed) as exc:
         raise click.ClickException(str(exc)) from None

@@ -1,14 +1,18 @@
 """Everything stored about one conversation: reading it all (``export``), and removing it all at
 once, by erasure (``erase``) or when its retention period is over (``feedback_store.retention``).
 
-A conversation's data is its hash, turns, rating history, annotated-turn set and one annotation
-hash per annotated turn, and its entries in every index: by time, by adapter version, the expert
-queue and its per-version twin, the tag sets, the feedback log (what the trainer exports) and its
-rater's counted-ratings set. ``remove`` deletes all of it, and writes what replaces it, in one Lua
-script (atomic: a crash leaves the conversation whole or gone). The script first checks that the
-conversation is as it was read: every write to one changes its turn count, status, update time or
-feedback sequence number; if one landed meanwhile, it is read again. The script deletes before it
-writes, so a full Redis (``maxmemory``, ``noeviction``) still lets erasure and pruning through.
+A conversation's data is its hash, turns (the agents' replies among them), rating history,
+annotated-turn set, one annotation hash per annotated turn, its latest handoff to a person (with the
+email address a customer left for a reply) and its earlier ones, and its entries in every index: by
+time, by adapter version, the expert queue and its per-version twin, the tag sets, the feedback log
+(what the trainer exports), its rater's counted-ratings set, and the inbox's waiting, claimed and
+email-request sets. ``remove`` deletes all of it, and writes what replaces it, in one Lua script
+(atomic: a crash leaves the conversation whole or gone), then announces it on the conversation's
+events channel so that live streams of it end. The script first checks that the conversation is as
+it was read: every write to one changes its turn count, status, update time or feedback sequence
+number, or its handoff's resolution (an answered email request changes nothing else); if one landed
+meanwhile, it is read again. The script deletes before it writes, so a full Redis (``maxmemory``,
+``noeviction``) still lets erasure and pruning through.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ import redis
 
 from feedback_store.conversations import hash_token, parse_conversation, parse_turn
 from feedback_store.errors import ConflictError, ForbiddenError, NotFoundError
+from feedback_store.handoffs import parse_handoff
 from feedback_store.keys import Keys
 from feedback_store.lua import Script
-from feedback_store.records import Annotation, Conversation, Turn
+from feedback_store.records import Annotation, Conversation, Handoff, Turn
 from feedback_store.remains import ErasedConversation, PrunedConversation
 from feedback_store.runs import Runs
 
@@ -34,34 +39,36 @@ USED_BY = ("running", "succeeded", "rejected")  # a failed run released nothing
 REMOVE_TRIES = 20
 
 _REMOVE = """
--- KEYS: conv, feedback log, the conversation's other data keys, the sorted sets and the sets that index it,
---       the pruned hash, and the replacement record's hash when ARGV[9] ~= ''
+-- KEYS: conv, feedback log, handoff, events channel, the conversation's other data keys, the sorted sets
+--       and the sets that index it, the pruned hash, and the replacement record's hash when ARGV[9] ~= ''
 -- ARGV: conv id, n_turns, updated_at and status as read, feedback seq as read ('' = none),
---       n data keys, n sorted sets, n sets, replacement record json
+--       n data keys, n sorted sets, n sets, replacement record json, the handoff's resolved_at as read
 local f = redis.call('HMGET', KEYS[1], 'n_turns', 'updated_at', 'status')
 local seq = redis.call('ZSCORE', KEYS[2], ARGV[1])
 local read_seq = ARGV[5] ~= '' and tonumber(ARGV[5]) or false
 if (f[1] or '') ~= ARGV[2] or (f[2] or '') ~= ARGV[3] or (f[3] or '') ~= ARGV[4]
-   or (seq and tonumber(seq) or false) ~= read_seq then
+   or (seq and tonumber(seq) or false) ~= read_seq
+   or (redis.call('HGET', KEYS[3], 'resolved_at') or '') ~= ARGV[10] then
   return 0
 end
 local n_data, n_zsets, n_sets = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 -- a deletion first: once a script has written, a full Redis (noeviction) lets its later writes through
-redis.call('DEL', KEYS[1], unpack(KEYS, 3, 2 + n_data))
+redis.call('DEL', KEYS[1], KEYS[3], unpack(KEYS, 5, 4 + n_data))
 redis.call('ZREM', KEYS[2], ARGV[1])
-for i = 3 + n_data, 2 + n_data + n_zsets do redis.call('ZREM', KEYS[i], ARGV[1]) end
-for i = 3 + n_data + n_zsets, 2 + n_data + n_zsets + n_sets do redis.call('SREM', KEYS[i], ARGV[1]) end
-local pruned = 3 + n_data + n_zsets + n_sets
+for i = 5 + n_data, 4 + n_data + n_zsets do redis.call('ZREM', KEYS[i], ARGV[1]) end
+for i = 5 + n_data + n_zsets, 4 + n_data + n_zsets + n_sets do redis.call('SREM', KEYS[i], ARGV[1]) end
+local pruned = 5 + n_data + n_zsets + n_sets
 redis.call('HDEL', KEYS[pruned], ARGV[1])
 if ARGV[9] ~= '' then redis.call('HSET', KEYS[pruned + 1], ARGV[1], ARGV[9]) end
+redis.call('PUBLISH', KEYS[4], 'status')
 return 1
 """
 
 
 @dataclass
 class Stored:
-    """A conversation's data as read (the raw hash, turns and rating history, annotations by turn) and the
-    feedback-log sequence number and tag sets that refer to it."""
+    """A conversation's data as read (the raw hash, turns and rating history, annotations by turn, the latest
+    handoff's hash and the earlier handoffs) and the feedback-log sequence number and tag sets that refer to it."""
 
     id: str
     fields: dict[str, str]
@@ -69,6 +76,8 @@ class Stored:
     ratings: list[str]
     annotations: dict[int, list[str]]
     feedback_seq: int | None
+    handoff: dict[str, str] = field(default_factory=dict)
+    earlier_handoffs: list[str] = field(default_factory=list)
     tag_keys: list[str] = field(default_factory=list)
 
     @property
@@ -80,6 +89,11 @@ class Stored:
 
     def parsed_turns(self) -> list[Turn]:
         return [parse_turn(i, raw) for i, raw in enumerate(self.turns)]
+
+    def parsed_handoffs(self) -> list[Handoff]:
+        """Every handoff of the conversation, oldest first."""
+        earlier = [parse_handoff(json.loads(raw)) for raw in self.earlier_handoffs]
+        return earlier + ([parse_handoff(self.handoff)] if self.handoff else [])
 
     def parsed_annotations(self) -> dict[int, list[Annotation]]:
         return {i: sorted((Annotation(**json.loads(v)) for v in values), key=lambda a: a.created_at)
@@ -98,8 +112,9 @@ class Stored:
 
     def data_keys(self, keys: Keys) -> list[str]:
         """The keys that hold only this conversation's data."""
-        return [keys.conversation(self.id), keys.turns(self.id), keys.rating_history(self.id),
-                keys.annotated_turns(self.id), *(keys.annotations(self.id, i) for i in self.annotations)]
+        return [keys.conversation(self.id), keys.handoff(self.id), keys.turns(self.id), keys.rating_history(self.id),
+                keys.annotated_turns(self.id), keys.earlier_handoffs(self.id), keys.message_requests(self.id),
+                *(keys.annotations(self.id, i) for i in self.annotations)]
 
 
 @dataclass(frozen=True)
@@ -135,14 +150,17 @@ class Erasure:
         pipe.lrange(k.rating_history(conv_id), 0, -1)
         pipe.smembers(k.annotated_turns(conv_id))
         pipe.zscore(k.feedback_log(), conv_id)
+        pipe.hgetall(k.handoff(conv_id))
+        pipe.lrange(k.earlier_handoffs(conv_id), 0, -1)
         for tag_key in tag_keys:
             pipe.sismember(tag_key, conv_id)
-        fields, turns, ratings, indices, seq, *members = pipe.execute()
+        fields, turns, ratings, indices, seq, handoff, earlier, *members = pipe.execute()
         indices = sorted(int(i) for i in indices)
         for index in indices:
             pipe.hvals(k.annotations(conv_id, index))
         annotations = dict(zip(indices, pipe.execute()))
-        stored = Stored(conv_id, fields, turns, ratings, annotations, None if seq is None else int(seq))
+        stored = Stored(conv_id, fields, turns, ratings, annotations, None if seq is None else int(seq), handoff,
+                        earlier)
         tags = {tag for anns in stored.parsed_annotations().values() for a in anns for tag in a.tags}
         stored.tag_keys = sorted({t for t, m in zip(tag_keys, members) if m} | {k.tagged(t) for t in tags})
         return stored
@@ -163,17 +181,20 @@ class Erasure:
             if replacement is None:
                 return None
             version, rater = stored.fields.get("adapter_version"), stored.fields.get("rater")
-            data = stored.data_keys(k)[1:]
-            zsets = [k.conversations_by_time(), k.queue()]
+            data = stored.data_keys(k)[2:]
+            zsets = [k.conversations_by_time(), k.queue(), k.handoffs_waiting(), k.handoffs_with_agents(),
+                     k.contact_requests()]
             zsets += [k.conversations_by_adapter(version), k.queue_by_adapter(version)] if version else []
             zsets += [k.rater_ratings(rater)] if rater else []
             record_key = [replacement.key] if replacement.key else []
             f = stored.fields
             done = self._remove(
-                [k.conversation(conv_id), k.feedback_log(), *data, *zsets, *stored.tag_keys, k.pruned(), *record_key],
+                [k.conversation(conv_id), k.feedback_log(), k.handoff(conv_id), k.conversation_events(conv_id), *data,
+                 *zsets, *stored.tag_keys, k.pruned(), *record_key],
                 [conv_id, f.get("n_turns", ""), f.get("updated_at", ""), f.get("status", ""),
                  "" if stored.feedback_seq is None else stored.feedback_seq, len(data), len(zsets),
-                 len(stored.tag_keys), replacement.record if replacement.key else ""])
+                 len(stored.tag_keys), replacement.record if replacement.key else "",
+                 stored.handoff.get("resolved_at", "")])
             if done:
                 return replacement
         raise ConflictError(f"conversation {conv_id} kept changing while it was being removed; try again")
@@ -233,7 +254,8 @@ class Erasure:
 
     def export(self, conv_id: str) -> dict[str, Any]:
         """Everything stored about the conversation, as JSON-ready data: its record, turns (with the
-        prompts, token ids and log-probs), rating history, annotations, its place in every index, and
+        prompts, token ids and log-probs, and the agents' replies), rating history, annotations, its
+        handoffs to a person (with the email address left for a reply), its place in every index, and
         what pruning or erasure left.
 
         Raises:
@@ -251,7 +273,9 @@ class Erasure:
             pipe = self._r.pipeline(transaction=False)
             version = conv.adapter_version
             named = {"by_time": k.conversations_by_time(), "by_adapter": k.conversations_by_adapter(version),
-                     "expert_queue": k.queue(), "expert_queue_by_adapter": k.queue_by_adapter(version)}
+                     "expert_queue": k.queue(), "expert_queue_by_adapter": k.queue_by_adapter(version),
+                     "handoffs_waiting": k.handoffs_waiting(), "handoffs_with_agent": k.handoffs_with_agents(),
+                     "contact_requests": k.contact_requests()}
             if conv.rater:
                 named["rater_counted_ratings"] = k.rater_ratings(conv.rater)
             for key in named.values():
@@ -264,6 +288,7 @@ class Erasure:
             "rating_history": [json.loads(r) for r in stored.ratings],
             "annotations": {str(i): [a.model_dump(mode="json") for a in anns]
                             for i, anns in stored.parsed_annotations().items()},
+            "handoffs": [h.model_dump(mode="json") for h in stored.parsed_handoffs()],
             "indexes": indexes,
             "pruned": pruned.model_dump(mode="json") if pruned else None,
             "erased": erased.model_dump(mode="json") if erased else None,

@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = ["RedisError", "STORE_UNREACHABLE", "STORE_FULL", "StoreFullError", "FeedbackStoreError",
-           "ValidationFailed", "NotFoundError", "ForbiddenError", "ConflictError", "RatingLockedError",
+           "ValidationFailed", "KeyReusedError", "NotFoundError", "ForbiddenError", "ConflictError", "RatingLockedError",
            "UnansweredError", "InvalidTransitionError", "LockHeldError"]
 
 STORE_UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
@@ -39,6 +39,10 @@ class ValidationFailed(FeedbackStoreError):
     """A record or argument is malformed (out of range, too long, wrong type)."""
 
     http_status = 422
+
+
+class KeyReusedError(ValidationFailed):
+    """An idempotency key sent again with a different message: a key names one message only."""
 
 
 class NotFoundError(FeedbackStoreError):

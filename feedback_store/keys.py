@@ -1,14 +1,25 @@
-"""Every Redis key and pub/sub channel name loopdesk uses, built in one place."""
+"""Every Redis key and pub/sub channel name loopdesk uses, built in one place.
+
+Every id that becomes part of a key is checked first (``feedback_store.ids``): a malformed one is
+refused with ``ValidationFailed`` before it can name another key.
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
+
+from feedback_store.errors import ValidationFailed
+from feedback_store.ids import (ADAPTER_VERSION, ARTICLE, CONVERSATION, RATER, RUN, SCHEDULE, TAG, USER,
+                                check_index)
+
+POINTERS = ("active", "canary")
 
 
 @dataclass(frozen=True)
 class Keys:
-    """Key builders under one configurable prefix (``<prefix>:...``)."""
+    """Key builders under one configurable prefix (``<prefix>:...``); each checks the ids it is given."""
 
     prefix: str
 
@@ -17,23 +28,31 @@ class Keys:
 
     # conversations
     def conversation(self, conv_id: str) -> str:
-        return self._k("conv", conv_id)
+        return self._k("conv", CONVERSATION.check(conv_id))
 
     def turns(self, conv_id: str) -> str:
-        return self._k("conv", conv_id, "turns")
+        return self._k("conv", CONVERSATION.check(conv_id), "turns")
+
+    def message_requests(self, conv_id: str) -> str:
+        """The customer's messages by idempotency key (hash: key → JSON), expiring a while after the last one."""
+        return self._k("conv", CONVERSATION.check(conv_id), "requests")
 
     def rating_history(self, conv_id: str) -> str:
-        return self._k("conv", conv_id, "ratings")
+        return self._k("conv", CONVERSATION.check(conv_id), "ratings")
 
     def rater_ratings(self, rater: str) -> str:
         """A rater's counted ratings within the per-client cap window (conversation id → rated at)."""
-        return self._k("rater", rater)
+        return self._k("rater", RATER.check(rater))
 
     def conversations_by_time(self) -> str:
         return self._k("convs", "by_time")
 
     def conversations_by_adapter(self, version: str) -> str:
-        return self._k("convs", "adapter", version)
+        return self._k("convs", "adapter", ADAPTER_VERSION.check(version))
+
+    def conversation_events(self, conv_id: str) -> str:
+        """Pub/sub channel: every turn appended to the conversation and every change of its status."""
+        return self._k("conv", conv_id, "events")
 
     def pruned(self) -> str:
         """Conversation id → the numbers kept of a conversation with feedback after its retention period."""
@@ -43,21 +62,58 @@ class Keys:
         """Conversation id → the record that it was erased (no text), and which runs may have used it."""
         return self._k("convs", "erased")
 
+    # handoffs to a person and the agents' inbox
+    def handoff(self, conv_id: str) -> str:
+        """The conversation's latest handoff (hash)."""
+        return self._k("handoff", conv_id)
+
+    def earlier_handoffs(self, conv_id: str) -> str:
+        """The conversation's handoffs before the latest one (JSON list, oldest first)."""
+        return self._k("handoff", conv_id, "earlier")
+
+    def handoffs_waiting(self) -> str:
+        """Conversations waiting for an agent, by the time they asked."""
+        return self._k("handoffs", "waiting")
+
+    def handoffs_with_agents(self) -> str:
+        """Conversations an agent has claimed, by the time of the claim."""
+        return self._k("handoffs", "with_agent")
+
+    def contact_requests(self) -> str:
+        """Conversations whose customer left an email address for a reply, by the time they left it."""
+        return self._k("handoffs", "contact")
+
+    def agent_presence(self, name: str) -> str:
+        """An agent's presence (``online`` or ``away``), expiring unless the inbox page refreshes it."""
+        return self._k("agent", name, "presence")
+
+    def agents_online(self) -> str:
+        """Online agents by the time their presence expires."""
+        return self._k("agents", "online")
+
     # annotations and the expert queue
     def annotations(self, conv_id: str, turn_index: int) -> str:
-        return self._k("ann", conv_id, turn_index)
+        return self._k("ann", CONVERSATION.check(conv_id), check_index(turn_index))
 
     def annotated_turns(self, conv_id: str) -> str:
-        return self._k("conv", conv_id, "annotated_turns")
+        return self._k("conv", CONVERSATION.check(conv_id), "annotated_turns")
 
     def queue(self) -> str:
         return self._k("queue")
 
     def queue_by_adapter(self, version: str) -> str:
-        return self._k("queue", "adapter", version)
+        return self.queue_by_adapter_prefix() + ADAPTER_VERSION.check(version)
+
+    def queue_by_adapter_prefix(self) -> str:
+        """What Lua scripts put before a conversation's adapter version to find its queue."""
+        return self._k("queue", "adapter", "")
 
     def tagged(self, tag: str) -> str:
-        return self._k("tag", tag)
+        return self.tagged_prefix() + TAG.check(tag)
+
+    def tagged_prefix(self) -> str:
+        """What Lua scripts put before a tag to find the conversations tagged with it."""
+        return self._k("tag", "")
 
     def tagged_pattern(self) -> str:
         """A SCAN pattern that matches every tag set (and nothing else)."""
@@ -72,7 +128,7 @@ class Keys:
 
     # adapters
     def adapter(self, version: str) -> str:
-        return self._k("adapter", version)
+        return self._k("adapter", ADAPTER_VERSION.check(version))
 
     def adapters(self) -> str:
         return self._k("adapters")
@@ -80,8 +136,9 @@ class Keys:
     def adapter_seq(self) -> str:
         return self._k("adapters", "seq")
 
-    def adapter_pointer(self, role: str) -> str:
-        """``role`` is ``active`` or ``canary``."""
+    def adapter_pointer(self, role: Literal["active", "canary"]) -> str:
+        if role not in POINTERS:
+            raise ValidationFailed(f"an adapter pointer is one of {', '.join(POINTERS)}, not {role!r}")
         return self._k("adapters", role)
 
     def canary_share(self) -> str:
@@ -92,10 +149,10 @@ class Keys:
 
     # training runs, schedules, locks
     def run(self, run_id: str) -> str:
-        return self._k("run", run_id)
+        return self._k("run", RUN.check(run_id))
 
     def run_progress(self, run_id: str) -> str:
-        return self._k("run", run_id, "progress")
+        return self._k("run", RUN.check(run_id), "progress")
 
     def runs(self) -> str:
         return self._k("runs")
@@ -107,7 +164,7 @@ class Keys:
         return self._k("runs", "watermark")
 
     def schedule(self, schedule_id: str) -> str:
-        return self._k("schedule", schedule_id)
+        return self._k("schedule", SCHEDULE.check(schedule_id))
 
     def schedules(self) -> str:
         return self._k("schedules")
@@ -117,29 +174,33 @@ class Keys:
 
     # console accounts
     def user(self, name: str) -> str:
-        return self._k("user", name)
+        return self.user_prefix() + USER.check(name)
+
+    def user_prefix(self) -> str:
+        """What a Lua script puts before an account's name to read its hash."""
+        return self._k("user", "")
 
     def users(self) -> str:
         return self._k("users")
 
     def user_sessions(self, name: str) -> str:
         """The account's session generation; kept after removal so a re-created name starts above it."""
-        return self._k("user", name, "sessions")
+        return self._k("user", USER.check(name), "sessions")
 
     def login_failures(self, name: str) -> str:
-        return self._k("login", "failures", name)
+        return self._k("login", "failures", USER.check(name))
 
     def login_lock(self, name: str) -> str:
-        return self._k("login", "lock", name)
+        return self._k("login", "lock", USER.check(name))
 
     # the knowledge base
     def kb_article(self, article_id: str) -> str:
         """The article's current version (JSON)."""
-        return self._k("kb", "article", article_id)
+        return self._k("kb", "article", ARTICLE.check(article_id))
 
     def kb_versions(self, article_id: str) -> str:
         """Every version of the article (JSON list; index = version - 1)."""
-        return self._k("kb", "article", article_id, "versions")
+        return self._k("kb", "article", ARTICLE.check(article_id), "versions")
 
     def kb_ids(self) -> str:
         return self._k("kb", "ids")

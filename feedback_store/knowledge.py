@@ -18,9 +18,11 @@ import redis
 from pydantic import ValidationError
 
 from feedback_store.errors import ConflictError, NotFoundError, ValidationFailed
+from feedback_store.ids import MAX_INDEX
 from feedback_store.keys import Keys
 from feedback_store.lua import Script
 from feedback_store.records import Article
+from loopdesk.excerpts import quoted
 from loopdesk.articles import ArticleDraft
 
 Action = Literal["create", "update", "retire", "revert", "import"]
@@ -69,7 +71,7 @@ def draft(**fields: Any) -> ArticleDraft:
         return ArticleDraft(**fields)
     except ValidationError as exc:
         name = fields.get("id")
-        where = f"article {name!r}" if isinstance(name, str) and name else "article"
+        where = f"article {quoted(name)}" if isinstance(name, str) and name else "article"
         raise ValidationFailed(f"invalid {where}: {validation_message(exc)}") from None
 
 
@@ -109,12 +111,14 @@ class Knowledge:
 
     def get_version(self, article_id: str, version: int) -> Article:
         """One earlier (or the current) version of the article."""
-        raw = self._r.lindex(self._keys.kb_versions(article_id), version - 1) if version >= 1 else None
+        key = self._keys.kb_versions(article_id)
+        raw = self._r.lindex(key, version - 1) if 1 <= version <= MAX_INDEX else None
         if raw is None:
-            count = self._r.llen(self._keys.kb_versions(article_id))
+            count = self._r.llen(key)
             if not count:
                 raise NotFoundError(f"no knowledge article {article_id!r}")
-            raise NotFoundError(f"article {article_id!r} has versions 1 to {count}; there is no version {version}")
+            shown = version if version <= MAX_INDEX else f"above {MAX_INDEX}"
+            raise NotFoundError(f"article {article_id!r} has versions 1 to {count}; there is no version {shown}")
         return Article.model_validate_json(raw)
 
     def history(self, article_id: str) -> list[Article]:
@@ -150,7 +154,7 @@ class Knowledge:
     def list(self, status: str | None = None, text: str = "") -> list[Article]:
         """Current articles by id, optionally of one status and matching ``text`` in id, title or tags."""
         if status not in (None, "published", "retired"):
-            raise ValidationFailed(f"status must be 'published' or 'retired', got {status!r}")
+            raise ValidationFailed(f"status must be 'published' or 'retired', got {quoted(status)}")
         needle = text.strip().lower()
         return [a for a in self.snapshot().articles
                 if (status is None or a.status == status)
@@ -256,7 +260,7 @@ class Knowledge:
         try:
             return Article(**content.content().model_dump(), version=version, updated_at=time.time(), updated_by=by)
         except ValidationError as exc:
-            raise ValidationFailed(f"invalid article {content.id!r}: {validation_message(exc)}") from None
+            raise ValidationFailed(f"invalid article {quoted(content.id)}: {validation_message(exc)}") from None
 
     def _change(self, current: Article, content: ArticleDraft, by: str, action: Action) -> Article:
         if content == current.content():

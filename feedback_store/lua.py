@@ -10,6 +10,7 @@ from feedback_store.errors import (
     ConflictError,
     FeedbackStoreError,
     ForbiddenError,
+    KeyReusedError,
     NotFoundError,
     RatingLockedError,
     StoreFullError,
@@ -24,6 +25,7 @@ _ERRORS: dict[str, type[FeedbackStoreError]] = {
     "LOCKED": RatingLockedError,
     "UNANSWERED": UnansweredError,
     "INVALID": ValidationFailed,
+    "KEYREUSED": KeyReusedError,
 }
 
 # Shared Lua: recompute a conversation's place in the annotation queue.

@@ -106,7 +106,7 @@ class Ratings:
             [keys.conversation(conv_id), keys.turns(conv_id), keys.rating_history(conv_id), keys.feedback_seq(),
              keys.feedback_log(), keys.queue(), keys.rater_ratings(source.rater)],
             [hash_token(token), rating.score, rating.comment, time.time(), self._window,
-             keys.queue_by_adapter(""), conv_id, source.client_hash, source.agent_hash, source.rater,
+             keys.queue_by_adapter_prefix(), conv_id, source.client_hash, source.agent_hash, source.rater,
              self._cap, self._cap_window],
         )
         return bool(changed)

@@ -15,8 +15,11 @@ VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 HASH_PATTERN = r"^([0-9a-f]{32})?$"
 
-ConversationStatus = Literal["open", "ended"]
-ReplySource = Literal["model", "fallback"]
+ConversationStatus = Literal["open", "waiting_for_agent", "with_agent", "ended"]
+WITH_A_PERSON: tuple[str, ...] = ("waiting_for_agent", "with_agent")
+"""The statuses in which the bot does not answer: the conversation waits for, or is with, an agent."""
+ReplySource = Literal["model", "fallback", "handoff"]
+HandoffReason = Literal["customer_button", "customer_asked", "no_article", "reasks"]
 AdapterStatus = Literal["candidate", "canary", "active", "retired", "rejected"]
 RunStatus = Literal["queued", "running", "succeeded", "rejected", "failed"]
 BASE_VERSION = "base"
@@ -48,6 +51,8 @@ class Conversation(Record):
                        description="who counts as one client for caps and weights; empty: this conversation alone")
     csat_weight: float = Field(default=1.0, ge=0, le=1, description="0: stored but not counted")
     csat_weight_reason: str = ""
+    handoffs: int = Field(default=0, ge=0, description="times the conversation was handed to a person (or asked "
+                          "for one while nobody was available)")
     meta: dict[str, str] = Field(default_factory=dict)
 
 
@@ -72,8 +77,9 @@ class ArticleRef(Record):
 class BotTurn(Record):
     """One reply with everything needed to reuse it as a PPO sample of the serving policy.
 
-    A ``fallback`` reply was not sampled from the model (no help article fitted the question): it
-    has no context, token ids or log-probs and is never a PPO sample.
+    A ``fallback`` reply (no help article fitted the question) and a ``handoff`` notice (the chat goes
+    to a person, or nobody is available) were not sampled from the model: they have no context, token
+    ids or log-probs and are never PPO samples.
     """
 
     index: int = Field(ge=0)
@@ -87,8 +93,11 @@ class BotTurn(Record):
     latency_ms: float = Field(ge=0)
     finished: bool = Field(description="the reply ended with the end-of-sequence token")
     created_at: float
-    source: ReplySource = Field(default="model", description="sampled from the model, or the fixed decline")
+    source: ReplySource = Field(default="model", description="sampled from the model, the fixed decline, or "
+                                "the fixed handoff notice")
     articles: list[ArticleRef] = Field(default_factory=list, description="the help articles in the context")
+    reply_to: int | None = Field(default=None, ge=0, description="the index of the customer turn it answers "
+                                 "(None: a notice nobody's message asked for, such as the handoff button's)")
 
     @property
     def sampled(self) -> bool:
@@ -97,9 +106,9 @@ class BotTurn(Record):
 
     @model_validator(mode="after")
     def _aligned(self) -> "BotTurn":
-        if self.source == "fallback" and (self.context or self.prompt_token_ids or self.reply_token_ids
-                                          or self.articles):
-            raise ValueError("a fallback reply was not generated: it has no context, token ids or articles")
+        if self.source != "model" and (self.context or self.prompt_token_ids or self.reply_token_ids
+                                       or self.articles):
+            raise ValueError(f"a {self.source} reply was not generated: it has no context, token ids or articles")
         if len(self.logprobs) != len(self.reply_token_ids):
             raise ValueError(
                 f"{len(self.logprobs)} log-probs for {len(self.reply_token_ids)} reply tokens"
@@ -109,7 +118,55 @@ class BotTurn(Record):
         return self
 
 
-Turn = CustomerTurn | BotTurn
+class AgentTurn(Record):
+    """A person's reply in a handed-off conversation: who wrote it (account and the name the customer sees)."""
+
+    index: int = Field(ge=0)
+    role: Literal["agent"] = "agent"
+    agent_id: str = Field(pattern=ID_PATTERN)
+    agent_name: str = Field(min_length=1, max_length=64)
+    text: str = Field(min_length=1, max_length=MAX_TEXT)
+    created_at: float
+
+
+Turn = CustomerTurn | BotTurn | AgentTurn
+
+
+class Handoff(Record):
+    """One hand-over of a conversation to a person, from the request to its end.
+
+    ``available`` says whether an agent was online within business hours when it was asked for:
+    if not, the conversation stayed with the bot and the customer may leave ``contact_email`` for a
+    reply. ``turn_index`` is the bot's notice of the handoff: the turns before it are the bot's part.
+    """
+
+    conversation_id: str = Field(pattern=ID_PATTERN)
+    reason: HandoffReason
+    requested_at: float
+    turn_index: int = Field(ge=0)
+    available: bool
+    claimed_at: float | None = None
+    claimed_by: str = Field(default="", max_length=64)
+    agent_name: str = Field(default="", max_length=64)
+    returned_at: float | None = Field(default=None, description="transferred back to the bot")
+    resolved_at: float | None = None
+    resolved_by: str = Field(default="", max_length=64)
+    ended_at: float | None = Field(default=None, description="the conversation ended before an agent resolved it")
+    contact_email: str = Field(default="", max_length=254)
+    contact_at: float | None = None
+
+
+class HandoffFeedback(Record):
+    """The handoff that followed a bot turn, as the trainer reads it: a negative signal on the bot turns
+    before it; on the one that led to it (the last before it), the agent's first reply after it is a
+    demonstration of what the bot should have said."""
+
+    reason: HandoffReason
+    requested_at: float
+    led_to_handoff: bool = Field(description="the last bot turn before the handoff")
+    led_by: int = Field(ge=0, description="the index of the bot turn that led to it (the last bot turn before it)")
+    agent_reply: str = Field(default="", description="on the turn that led to it: the agent's first reply after it")
+    agent_id: str = ""
 
 
 class Rating(Record):
@@ -219,3 +276,4 @@ class TurnWithFeedback(Record):
     conversation_started_at: float
     csat_weight: float = Field(default=1.0, description="the stored rating's weight: 0 beyond the per-client cap")
     rater: str = Field(default="", description="the rating's client key; empty: the conversation alone")
+    handoff: HandoffFeedback | None = Field(default=None, description="the handoff after this turn, if any")

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from feedback_store.records import ID_PATTERN, VERSION_PATTERN, Record, ReplySource
+from feedback_store.records import ID_PATTERN, VERSION_PATTERN, HandoffReason, Record, ReplySource
 
 
 class PrunedTurn(Record):
@@ -22,6 +22,19 @@ class PrunedTurn(Record):
     articles: list[str] = Field(default_factory=list, description="'<article id>@<version>' of each article seen")
     expert_scores: list[int] = Field(default_factory=list)
     tags: list[str] = Field(default_factory=list)
+
+
+class PrunedHandoff(Record):
+    """A handoff's numbers: why and when it was asked for, whether a person was available, and when it was
+    claimed, transferred back, resolved or ended (not who answered, nor the email address left)."""
+
+    reason: HandoffReason
+    requested_at: float
+    available: bool
+    claimed_at: float | None = None
+    returned_at: float | None = None
+    resolved_at: float | None = None
+    ended_at: float | None = None
 
 
 class PrunedConversation(Record):
@@ -43,6 +56,7 @@ class PrunedConversation(Record):
     rated_at: float | None = None
     feedback_at: float | None = Field(default=None, description="its first rating or annotation")
     turns: list[PrunedTurn] = Field(default_factory=list, description="its bot turns")
+    handoffs: list[PrunedHandoff] = Field(default_factory=list, description="its handoffs to a person, oldest first")
 
 
 class ErasedConversation(Record):

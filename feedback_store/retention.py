@@ -4,11 +4,12 @@ Pruning a conversation removes all of it, atomically (``Erasure.remove``): the c
 the bot's replies with the prompts, token ids and log-probs, its meta, the rating's comment and
 provenance hashes, the experts' annotations, and its entries in every index, the trainer's export
 included. A conversation with feedback (a rating or an annotation) leaves its numbers behind as a
-``PrunedConversation``: the adapter versions, times, CSAT and its weight, and per bot turn the
-source, length, article ids and versions, expert scores and tags. Nothing trains on them: a PPO
-sample needs the prompt's token ids and a reward-model pair its texts, which are the customer's
-words, so past its retention period a conversation is no longer training data. The numbers stay for
-reporting, and so that its customer can still erase them.
+``PrunedConversation``: the adapter versions, times, CSAT and its weight, per bot turn the
+source, length, article ids and versions, expert scores and tags, and per handoff to a person its
+reason and times (the agents' replies, their names and an email address left for a reply go). Nothing
+trains on them: a PPO sample needs the prompt's token ids and a reward-model pair its texts, which
+are the customer's (or an agent's) words, so past its retention period a conversation is no longer
+training data. The numbers stay for reporting, and so that its customer can still erase them.
 
 A conversation whose feedback is newer than the training watermark (``Runs.training_watermark``) is
 held until a round has consumed it: pruning never takes data from the round that has not run yet.
@@ -25,7 +26,7 @@ import redis
 from feedback_store.erasure import Erasure, Replacement, Stored
 from feedback_store.keys import Keys
 from feedback_store.records import BotTurn
-from feedback_store.remains import PrunedConversation, PrunedTurn
+from feedback_store.remains import PrunedConversation, PrunedHandoff, PrunedTurn
 from feedback_store.runs import Runs
 
 DAY_S = 86400
@@ -61,10 +62,14 @@ def pruned_numbers(stored: Stored, now: float) -> PrunedConversation:
                         expert_scores=[a.score for a in annotations.get(t.index, [])],
                         tags=sorted({tag for a in annotations.get(t.index, []) for tag in a.tags}))
              for t in stored.parsed_turns() if isinstance(t, BotTurn)]
+    handoffs = [PrunedHandoff(reason=h.reason, requested_at=h.requested_at, available=h.available,
+                              claimed_at=h.claimed_at, returned_at=h.returned_at, resolved_at=h.resolved_at,
+                              ended_at=h.ended_at) for h in stored.parsed_handoffs()]
     return PrunedConversation(id=conv.id, token_hash=conv.token_hash, adapter_version=conv.adapter_version,
                               created_at=conv.created_at, ended_at=conv.ended_at, pruned_at=now,
                               n_turns=conv.n_turns, csat=conv.csat, csat_weight=conv.csat_weight,
-                              rated_at=conv.rated_at, feedback_at=stored.first_feedback_at(), turns=turns)
+                              rated_at=conv.rated_at, feedback_at=stored.first_feedback_at(), turns=turns,
+                              handoffs=handoffs)
 
 
 class Retention:

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 from typing import Any
 
 import redis
 
-from feedback_store.errors import InvalidTransitionError, LockHeldError, NotFoundError
+from feedback_store.errors import InvalidTransitionError, LockHeldError, NotFoundError, ValidationFailed
 from feedback_store.keys import Keys
 from feedback_store.records import RunStatus, TrainingRun
+from loopdesk.excerpts import quoted
 
 PROGRESS_MAXLEN = 5000
 _JSON_FIELDS = ("config", "metrics")
+_STREAM_ID = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
+_STREAM_PART_MAX = 2**64 - 1
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -24,6 +28,16 @@ _EXTEND = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
+
+
+def _stream_id(text: str) -> tuple[int, int]:
+    """The (milliseconds, sequence) of a progress event id, or ValidationFailed."""
+    match = _STREAM_ID.fullmatch(text) if isinstance(text, str) else None
+    parts = (int(match[1]), int(match[2] or 0)) if match else None
+    if parts is None or max(parts) > _STREAM_PART_MAX:
+        raise ValidationFailed(f"after: {quoted(text)} is not a progress event id: send '-' for the first events, "
+                               "then the 'last' id the previous answer returned (like '1717171717171-0')")
+    return parts
 
 
 def _parse(fields: dict[str, str]) -> TrainingRun:
@@ -146,10 +160,21 @@ class Runs:
         return self._r.xadd(self._keys.run_progress(run_id), entry, maxlen=PROGRESS_MAXLEN, approximate=True)
 
     def progress(self, run_id: str, after: str = "-", count: int = 1000) -> list[tuple[str, dict[str, Any]]]:
-        """Progress events after the stream id ``after`` (exclusive), oldest first."""
-        start = "-" if after == "-" else f"({after}"
+        """Progress events after the stream id ``after`` (exclusive; ``-``: from the first), oldest first.
+
+        Raises:
+            ValidationFailed: ``after`` is not ``-`` or a stream id (``<ms>`` or ``<ms>-<seq>``, 64-bit parts).
+        """
+        key = self._keys.run_progress(run_id)
+        if after == "-":
+            start = "-"
+        else:
+            parts = _stream_id(after)
+            if parts == (_STREAM_PART_MAX, _STREAM_PART_MAX):
+                return []  # nothing can come after the last possible id
+            start = f"({after}"
         return [(eid, {k: json.loads(v) for k, v in data.items()})
-                for eid, data in self._r.xrange(self._keys.run_progress(run_id), start, "+", count=count)]
+                for eid, data in self._r.xrange(key, start, "+", count=count)]
 
     def lock(self, name: str = "training") -> RunLock:
         """The one-run-at-a-time lock (use as a context manager; ``extend`` while working)."""

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Iterator
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 STARTUP_TIMEOUT_S = 15.0
 PASSWORD_FILE = "password"
@@ -59,10 +61,17 @@ def _start_lock(directory: Path) -> Iterator[None]:
 
 
 def _ping(port: int, password: str | None) -> bool:
+    """Whether a server on ``port`` answers a PING with ``password`` (None: without one). One try with a
+    generous timeout (a loaded machine is slow, a refused password or a closed port answers at once):
+    redis-py's default retries with backoff would spend seconds on a server that refuses the password."""
+    client = redis.Redis(host="127.0.0.1", port=port, password=password, socket_timeout=5.0,
+                         retry=Retry(NoBackoff(), 0))
     try:
-        return bool(redis.Redis(host="127.0.0.1", port=port, password=password, socket_timeout=1.0).ping())
+        return bool(client.ping())
     except redis.RedisError:
         return False
+    finally:
+        client.close()
 
 
 def embedded_url(port: int, password: str) -> str:

@@ -10,6 +10,7 @@ from feedback_store.connection import connect
 from feedback_store.conversations import Conversations
 from feedback_store.erasure import Erasure
 from feedback_store.feedback_export import FeedbackExport
+from feedback_store.handoffs import Handoffs
 from feedback_store.keys import Keys
 from feedback_store.knowledge import Knowledge
 from feedback_store.ratings import Ratings
@@ -31,7 +32,8 @@ class FeedbackStore:
         self.ratings = Ratings(client, self.keys, settings.rating_correction_window_s, settings.rating_client_cap,
                                settings.rating_client_window_s)
         self.annotations = Annotations(client, self.keys)
-        self.feedback = FeedbackExport(client, self.keys, self.annotations)
+        self.handoffs = Handoffs(client, self.keys)
+        self.feedback = FeedbackExport(client, self.keys, self.annotations, self.handoffs)
         self.adapters = Adapters(client, self.keys, settings.canary_share)
         self.runs = Runs(client, self.keys, settings.run_lock_ttl_s)
         self.schedules = Schedules(client, self.keys)

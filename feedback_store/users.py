@@ -1,4 +1,5 @@
-"""Console accounts (experts, operators, admins): hashed passwords, roles, disabling, the session
+"""Console accounts (experts, agents, operators, admins): hashed passwords, roles, the name customers
+see on an agent's replies, disabling, the session
 generation that revokes signed-in sessions, and the per-account sign-in lockout.
 
 A signed session records the account's session generation when it was issued; it is valid only
@@ -25,17 +26,17 @@ from feedback_store.errors import (AccountDisabledError, AccountLockedError, Not
                                    ValidationFailed)
 from feedback_store.lua import Script
 
-Role = Literal["expert", "operator", "admin"]
-ROLES: tuple[str, ...] = ("expert", "operator", "admin")
+Role = Literal["expert", "agent", "operator", "admin"]
+ROLES: tuple[str, ...] = ("expert", "agent", "operator", "admin")
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 MIN_PASSWORD = 8
 
 
 _ADD = """
--- KEYS: user, users   ARGV: name, role, created_at, password hash
+-- KEYS: user, users   ARGV: name, role, created_at, password hash, display name
 if redis.call('EXISTS', KEYS[1]) == 1 then return fail('CONFLICT', 'a user named ' .. ARGV[1] .. ' exists already') end
 redis.call('HSET', KEYS[1], 'name', ARGV[1], 'role', ARGV[2], 'created_at', ARGV[3], 'password_hash', ARGV[4],
-           'disabled', '0')
+           'disabled', '0', 'display_name', ARGV[5])
 redis.call('SADD', KEYS[2], ARGV[1])
 return 1
 """
@@ -87,8 +88,14 @@ class User(BaseModel):
     name: str = Field(pattern=NAME_PATTERN)
     role: Role
     created_at: float
+    display_name: str = Field(default="", max_length=64, description="shown to customers on an agent's replies")
     disabled: bool = False
     session_generation: int = Field(default=0, description="sessions issued under another one are void")
+
+    @property
+    def shown_name(self) -> str:
+        """The display name, or the account name when there is none."""
+        return self.display_name or self.name
 
 
 @dataclass(frozen=True)
@@ -111,15 +118,16 @@ class Users:
         self._change = Script(client, _CHANGE)
         self._fail = Script(client, _FAIL)
 
-    def add(self, name: str, role: str, password: str) -> User:
-        """Create an account; ConflictError if the name is taken."""
+    def add(self, name: str, role: str, password: str, display_name: str = "") -> User:
+        """Create an account (``display_name``: what customers see on an agent's replies); ConflictError if
+        the name is taken."""
         try:
-            user = User(name=name, role=role, created_at=time.time())
+            user = User(name=name, role=role, created_at=time.time(), display_name=display_name.strip())
         except ValidationError as exc:
             err = exc.errors()[0]
             raise ValidationFailed(f"invalid user {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
         self._add([self._keys.user(name), self._keys.users()],
-                  [name, role, user.created_at, _password_hash(password)])
+                  [name, role, user.created_at, _password_hash(password), user.display_name])
         return self.get(name)
 
     def get(self, name: str) -> User:
@@ -138,7 +146,8 @@ class Users:
         if not fields:
             return None, None
         user = User(name=fields["name"], role=fields["role"], created_at=float(fields["created_at"]),
-                    disabled=fields.get("disabled") == "1", session_generation=int(generation or 0))
+                    display_name=fields.get("display_name", ""), disabled=fields.get("disabled") == "1",
+                    session_generation=int(generation or 0))
         return user, fields["password_hash"]
 
     def authenticate(self, name: str, password: str) -> User | None:
@@ -208,7 +217,7 @@ class Users:
     def _apply(self, name: str, change: str, value: str = "") -> int:
         """One atomic change (see _CHANGE), refused for a missing account or the last enabled admin."""
         return int(self._change([self._keys.user(name), self._keys.users(), self._keys.user_sessions(name)],
-                                [name, change, value, self._keys.user("")]))
+                                [name, change, value, self._keys.user_prefix()]))
 
     def list(self) -> list[User]:
         return [self.get(name) for name in sorted(self._r.smembers(self._keys.users()))]

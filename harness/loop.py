@@ -26,7 +26,15 @@ a private sandbox Redis, so their conversations never reach training and stay he
 
 The fixed evaluation panel: each round also plays the same ``eval_customers`` (same seed every round,
 seen and held-out phrasings in the loop's share) against the served version through that sandbox app,
-so they never reach training either. Round r against round 0 on the panel is a paired comparison
+so they never reach training either.
+
+Handoffs: the ``ask_person_share`` of customers ask for a person when the bot fails them. On the bot, a
+simulated agent (``sim.agents``, signed in to the inbox's JSON API with an account the loop creates) is
+on duty for the whole loop: it claims each handed-off chat, answers with the canonical reply after
+``agent_delay_s`` and resolves it, and the customer rates; those chats train the next round (the agent's
+reply is a demonstration, the handoff a penalty on the bot turns before it). The sandbox has no agent:
+held-out and panel customers who ask are told that nobody is available and rate the bot's part, so the
+panel keeps measuring the bot alone. Round r against round 0 on the panel is a paired comparison
 (same intents, phrasings, personas and rating noise); a round's own customers differ from round to
 round, and their mean moves with the mix as much as with the policy.
 """
@@ -78,6 +86,10 @@ class LoopConfig:
             measures the starting adapter again, with that round's customers).
         oracle (bool, default True): also measure the oracle (the KB's canonical replies) on
             round 0's customers, the ceiling the report measures gains against.
+        ask_person_share (float, default 0.25): share of customers who ask for a person when the bot fails
+            them (``CustomerConfig.ask_person_share``), on the bot and in the sandbox alike.
+        agent_delay_s (float, default 1.0): the simulated agent answers a chat this many seconds after
+            claiming it.
         round_timeout_s (float, default 3600): longest wait for one training round.
         swap_timeout_s (float, default 300): longest wait for the bot to serve a new version.
         progress (bool, default True): progress bars and stage lines on stderr.
@@ -99,6 +111,8 @@ class LoopConfig:
     method: str = "ppo"
     oracle: bool = True
     eval_customers: int = 150
+    ask_person_share: float = 0.25
+    agent_delay_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -113,6 +127,10 @@ class LoopConfig:
             raise ValueError(f"held_out_share must lie in [0, 1), got {self.held_out_share}")
         if not 0.0 <= self.out_of_scope_share <= 1.0:
             raise ValueError(f"out_of_scope_share must lie within [0, 1], got {self.out_of_scope_share}")
+        if not 0.0 <= self.ask_person_share <= 1.0:
+            raise ValueError(f"ask_person_share must lie within [0, 1], got {self.ask_person_share}")
+        if self.agent_delay_s < 0:
+            raise ValueError(f"agent_delay_s must be >= 0, got {self.agent_delay_s}")
 
     def worker_config(self) -> dict[str, Any]:
         """The worker subprocess's own round config: the overrides, with pass status ``active`` and the method."""
@@ -144,16 +162,30 @@ def training_record(run: Any, store: Any, train_s: float) -> dict[str, Any]:
             "timings": {"train_s": train_s}}
 
 
+def _signed_in(api: Any, store: Any, role: str, display_name: str = "") -> Any:
+    """``api`` (a console client) signed in to a fresh account of ``role`` made for this loop."""
+    name, password = f"loop-{role}-{secrets.token_hex(3)}", secrets.token_urlsafe(16)
+    store.users.add(name, role, password, display_name)
+    api.login(name, password)
+    return api
+
+
 def _expert(url: str, company: Company, store: Any, config: LoopConfig) -> tuple[Callable[[], int], Callable]:
     """A fresh expert account for this loop and the function that runs one review pass."""
     from sim.experts import SimulatedExpert
 
-    name, password = f"loop-expert-{secrets.token_hex(3)}", secrets.token_urlsafe(16)
-    store.users.add(name, "expert", password)
-    api = ExpertAPI(url)
-    api.login(name, password)
+    api = _signed_in(ExpertAPI(url), store, "expert")
     reviewer = SimulatedExpert(company, api, config.csat_max)
     return (lambda: reviewer.work(limit=config.customers_per_round) + reviewer.audit(config.audit_share)), api.close
+
+
+def _agent(url: str, company: Company, store: Any, config: LoopConfig) -> tuple[Any, Callable]:
+    """A fresh agent account for this loop, signed in to the inbox, and the simulated agent using it."""
+    from sim.agents import SimulatedAgent
+    from sim.client import InboxAPI
+
+    api = _signed_in(InboxAPI(url), store, "agent", "Sam from Northwind")
+    return SimulatedAgent(company, api, config.agent_delay_s), api.close
 
 
 def run_loop(settings: Settings, config: LoopConfig, log_dir: Path,
@@ -184,6 +216,9 @@ def run_loop(settings: Settings, config: LoopConfig, log_dir: Path,
         if config.experts:
             expert, close = _expert(bot.url, company, store, config)
             stack.callback(close)
+        agent, close = _agent(bot.url, company, store, config)
+        stack.callback(close)
+        stack.enter_context(agent.on_duty())
         training = None
         for index in range(config.rounds + 1):
             if index and config.method != "none":
@@ -201,11 +236,14 @@ def run_loop(settings: Settings, config: LoopConfig, log_dir: Path,
                          f"after {training['timings']['swap_s']:.1f} s")
             version = store.adapters.active()
             echo(f"loop: round {index}: {config.customers_per_round} customers on {version}")
+            answered = len(agent.answered)
             row = measure(bot, company, config, index, expert, version)
+            row["handoffs"]["agent_answered"] = len(agent.answered) - answered
             row["training"], row["eval"] = training, None
             echo(f"loop: round {index}: CSAT {row['csat']['mean']:.2f} "
                  f"[{row['csat']['low']:.2f}, {row['csat']['high']:.2f}], rubric {row['rubric']['mean']:.2f}, "
-                 f"{row['turns_annotated']} turns annotated")
+                 f"{row['turns_annotated']} turns annotated, handed off {row['handoffs']['handoff_rate']:.0%}, "
+                 f"{row['handoffs']['unheeded_requests']} requests for a person not handed off")
             if config.eval_customers:
                 echo(f"loop: round {index}: the evaluation panel, {config.eval_customers} customers on {version}")
                 began = time.monotonic()

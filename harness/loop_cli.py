@@ -26,6 +26,11 @@ from loopdesk.cli_support import round_config_option
               help="Share of customers opening with held-out phrasings (measured in a sandbox, never trained on).")
 @click.option("--out-of-scope-share", type=click.FloatRange(0, 1), default=0.1, show_default=True,
               help="Share of customers asking a question no help article answers (an honest decline answers it).")
+@click.option("--ask-person-share", type=click.FloatRange(0, 1), default=0.25, show_default=True,
+              help="Share of customers who ask for a person when the bot fails them (a simulated agent answers "
+                   "them on the bot; in the sandbox nobody is available).")
+@click.option("--agent-delay", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="Seconds the simulated agent takes to answer a chat it claimed.")
 @round_config_option
 @click.option("--round-timeout", type=click.FloatRange(1), default=3600.0, show_default=True,
               help="Seconds one training round may take.")
@@ -44,7 +49,7 @@ from loopdesk.cli_support import round_config_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("docs/loop-report"),
               show_default=True, help="Where report.md, report.json and the plots go (the worker's log: <data_dir>/loop/worker.log).")
 def loop(rounds: int, customers_per_round: int, concurrency: int, experts: bool, audit_share: float, seed: int,
-         held_out_share: float, out_of_scope_share: float,
+         held_out_share: float, out_of_scope_share: float, ask_person_share: float, agent_delay: float,
          round_config: Path | None, round_timeout: float, methods: tuple[str, ...], oracle: bool,
          eval_customers: int, combine: tuple[Path, ...], out: Path) -> None:
     """Run the closed loop on this data directory: round 0 measures the active adapter; each later
@@ -73,7 +78,8 @@ def loop(rounds: int, customers_per_round: int, concurrency: int, experts: bool,
                                  experts=experts, audit_share=audit_share, held_out_share=held_out_share,
                                  out_of_scope_share=out_of_scope_share, seed=seed,
                                  round_timeout_s=round_timeout, round_config=overrides, method=m,
-                                 oracle=oracle and i == 0, eval_customers=eval_customers)
+                                 oracle=oracle and i == 0, eval_customers=eval_customers,
+                                 ask_person_share=ask_person_share, agent_delay_s=agent_delay)
                    for i, m in enumerate(methods)}
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

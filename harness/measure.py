@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Callable
 
 from harness.processes import Bot
@@ -74,11 +75,11 @@ def play_customers(seen_url: str, held_out_url: str, company: Company, config: L
     held-out share at ``held_out_url`` (seed ``seed + 500``)."""
     n = config.customers_per_round if n is None else n
     n_held = round(n * config.held_out_share)
-    share = config.out_of_scope_share
+    share, asking = config.out_of_scope_share, config.ask_person_share
     seen = run_customers(seen_url, company, n - n_held, config.concurrency,
-                         CustomerConfig(out_of_scope_share=share), seed, config.progress)
+                         CustomerConfig(out_of_scope_share=share, ask_person_share=asking), seed, config.progress)
     held = run_customers(held_out_url, company, n_held, config.concurrency,
-                         CustomerConfig(held_out=True, out_of_scope_share=share), seed + 500,
+                         CustomerConfig(held_out=True, out_of_scope_share=share, ask_person_share=asking), seed + 500,
                          config.progress) if n_held else []
     return seen, held
 
@@ -90,7 +91,7 @@ def measure_panel(url: str, company: Company, config: LoopConfig) -> dict[str, A
     overall = summarize(seen + held)
     return {"customers": overall.chats, "errors": overall.errors, "seed": config.seed + EVAL_SEED_OFFSET,
             "csat": _ci(overall.csat), "rubric": _ci(overall.rubric), "seen_csat": _ci(summarize(seen).csat),
-            "held_out_csat": _ci(summarize(held).csat),
+            "held_out_csat": _ci(summarize(held).csat), "handoffs": asdict(overall.handoffs),
             "seen_ratings": [None if r.error else r.rating for r in seen],
             "held_out_ratings": [None if r.error else r.rating for r in held]}
 
@@ -128,6 +129,7 @@ def measure(bot: Bot, company: Company, config: LoopConfig, round_index: int, ex
         "per_intent": {name: {"csat": _ci(g.csat), "rubric": g.rubric, "chats": g.chats}
                        for name, g in sorted(overall.per_intent.items())},
         "served_versions": sorted(seen_summary.per_version), "turns_annotated": annotated,
+        "handoffs": asdict(overall.handoffs),
         **reply_checks(seen + held), "per_persona": persona_checks(seen + held), "timings": timings,
         "training": None,
     }

@@ -42,9 +42,8 @@ def markdown(report: dict[str, Any]) -> str:
              "round. A candidate that passes the gate becomes active at once (see `harness/loop.py`).", "",
              f"Reproduce: `{env}loopdesk loop --rounds {cfg['rounds']} --customers-per-round {cfg['customers_per_round']} "
              f"--concurrency {cfg['concurrency']} --{'' if cfg['experts'] else 'no-'}experts --seed {cfg['seed']} "
-             f"--held-out-share {cfg['held_out_share']}{scope_flag(cfg)}{eval_flag(cfg)}` "
-             "(plus `--round-config` for any overrides in "
-             "report.json).",
+             f"--held-out-share {cfg['held_out_share']}{scope_flag(cfg)}{eval_flag(cfg)}{handoff_flags(cfg)}` "
+             "(plus `--round-config` for any overrides in report.json).",
              "",
              "## CSAT and the expert view", "", f"![CSAT per round]({PLOTS['csat']})", "",
              "| round | version | training | CSAT (95% CI) | seen phrasings | held-out phrasings | rubric | unrated |",
@@ -62,6 +61,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [f"| {t} | {m} | {'yes' if ok else 'no'} |" for t, m, ok in targets(report, report.get("oracle"))]
     if any(r.get("eval") for r in rounds):
         lines += ["", *panel_section(report)]
+    if any(r.get("handoffs") for r in rounds):
+        lines += ["", *handoff_section(rounds)]
     lines += ["", "## Per intent (mean CSAT / rubric)", "", f"![CSAT per intent]({PLOTS['per_intent']})", "",
               "| intent | " + " | ".join(f"round {r['round']}" for r in rounds) + " |",
               "| --- |" + " --- |" * len(rounds)]
@@ -117,6 +118,14 @@ def eval_flag(cfg: dict[str, Any]) -> str:
     return f" --eval-customers {cfg['eval_customers']}" if "eval_customers" in cfg else ""
 
 
+def handoff_flags(cfg: dict[str, Any]) -> str:
+    """The reproduce command's ``--ask-person-share`` and ``--agent-delay`` (reports written before the loop's
+    customers asked for a person have neither)."""
+    if "ask_person_share" not in cfg:
+        return ""
+    return f" --ask-person-share {cfg['ask_person_share']} --agent-delay {cfg['agent_delay_s']}"
+
+
 def same_panel(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
     """Whether two evaluation-panel records faced the same customers (seed and sizes), so pairing them holds."""
     return bool(a and b) and a["seed"] == b["seed"] and len(a["seen_ratings"]) == len(b["seen_ratings"]) \
@@ -149,6 +158,32 @@ def panel_section(report: dict[str, Any]) -> list[str]:
               "| --- | --- | --- |"]
     lines += [f"| {t} | {m} | {'yes' if ok else 'no'} |" for t, m, ok in panel_targets(report, oracle)]
     return lines
+
+
+def handoff_section(rounds: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines: per round, how chats reached a person, on the round's own customers and on the panel."""
+    lines = ["## Handoffs", "",
+             "Handed off: the share of chats the bot handed to a person (or, on a request, told that nobody is "
+             "available). Resolution rate: chats that ended without a handoff and were rated 4 or more, over all "
+             "rated chats. Not handed off: requests for a person the bot answered itself (must be 0). On the bot "
+             "a simulated agent answers handed-off chats with the canonical reply; the sandbox (held-out "
+             "phrasings, the panel) has no agent, so the panel measures the bot alone.", "",
+             "| round | version | handed off | resolution rate | requests for a person | not handed off | "
+             "answered by the agent | panel: handed off | panel: resolution rate | panel: not handed off |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rounds:
+        own, panel = r.get("handoffs") or {}, (r.get("eval") or {}).get("handoffs") or {}
+        lines.append(f"| {r['round']} | {r['version']} | {handed_off_cell(own)} | "
+                     f"{fmt(own.get('resolution_rate'), '.0%')} | {fmt(own.get('person_requests'), 'd')} | "
+                     f"{fmt(own.get('unheeded_requests'), 'd')} | {fmt(own.get('agent_answered'), 'd')} | "
+                     f"{handed_off_cell(panel)} | {fmt(panel.get('resolution_rate'), '.0%')} | "
+                     f"{fmt(panel.get('unheeded_requests'), 'd')} |")
+    return lines
+
+
+def handed_off_cell(stats: dict[str, Any]) -> str:
+    """The handoff rate with its count, "–" where it was not measured."""
+    return f"{fmt(stats['handoff_rate'], '.0%')} ({stats['handoffs']})" if stats else "–"
 
 
 def write_report(report: dict[str, Any], out: Path) -> list[Path]:
@@ -186,6 +221,11 @@ def targets(report: dict[str, Any], oracle: dict[str, Any] | None) -> list[tuple
     rows.append(("held-out phrasings gain ≥ 70% of the seen-phrasing gain",
                  f"held-out {held_gain:+.2f} vs seen {seen_gain:+.2f} ({fmt(ratio, '.0%')})",
                  seen_gain > 0 and ratio >= 0.7))
+    measured = [r["handoffs"] for r in rounds if r.get("handoffs")]
+    if measured:
+        unheeded = sum(h["unheeded_requests"] for h in measured)
+        rows.append(("every request for a person is handed off",
+                     f"{unheeded} of {sum(h['person_requests'] for h in measured)} not", unheeded == 0))
     rows.append(("the loop runs within 30 minutes", f"{report['wall_s'] / 60:.1f} min", report["wall_s"] <= 1800))
     return rows
 

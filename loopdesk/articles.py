@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from loopdesk.excerpts import quoted
+
 ArticleStatus = Literal["published", "retired"]
 MAX_ARTICLE_CHARS = 20000
 MAX_ARTICLE_TAGS = 16
@@ -22,9 +24,10 @@ TAG_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 def checked_tags(tags: list[str], example: str) -> list[str]:
     """The tags sorted without repeats, or a ValueError naming the bad ones (``example`` shows a good one)."""
-    bad = [t for t in tags if not TAG_PATTERN.match(t)]
+    bad = [t for t in tags if not TAG_PATTERN.fullmatch(t)]
     if bad:
-        raise ValueError(f"tags must be lowercase words like {example!r}, got {bad}")
+        shown = ", ".join(quoted(t, 40) for t in bad[:5])
+        raise ValueError(f"tags must be lowercase words like {example!r}, got {shown}")
     return sorted(set(tags))
 
 
@@ -46,9 +49,9 @@ class ArticleDraft(BaseModel):
     @field_validator("id", mode="before")
     @classmethod
     def _id(cls, article_id: Any) -> Any:
-        if isinstance(article_id, str) and not re.match(ARTICLE_ID_PATTERN, article_id):
+        if isinstance(article_id, str) and not re.fullmatch(ARTICLE_ID_PATTERN, article_id):
             raise ValueError("an article id is lowercase letters, digits and '-' (at most 64, "
-                             f"starting with a letter or digit) like 'refunds', got {article_id!r}")
+                             f"starting with a letter or digit) like 'refunds', got {quoted(article_id)}")
         return article_id
 
     @field_validator("title", mode="before")

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+from loopdesk.business_hours import BusinessHours, BusinessHoursError, parse_business_hours
+
 ROUND_PREFIX = "LOOPDESK_ROUND_"
 # Variables that were settings and are now training-round fields: naming the new one beats ignoring them.
 MOVED = {"LOOPDESK_ROLLOUT_STEPS": "LOOPDESK_ROUND_ROLLOUT_STEPS",
@@ -82,6 +84,8 @@ class Settings:
             may carry (heavier windows are scaled down); the canary decision waits until each arm's
             ratings span ``1 / share`` windows. 1.0: no burst rule (see docs/tuning.md#ratings).
         max_message_chars (int, default 2000): longest customer message accepted.
+        idempotency_keep_s (int, default 86400): seconds a conversation's ``Idempotency-Key``s are
+            kept after its last message; a retry within them gets the first answer, not a second.
         max_reply_tokens (int, default 64): longest bot reply generated.
         temperature (float, default 0.7): sampling temperature of the bot (and of the gate's
             samples; PPO trains at its own, PPOConfig.train_temperature); see docs/tuning.md#serving.
@@ -133,9 +137,17 @@ class Settings:
             whose feedback the training watermark has not reached waits for the next round. 0: keep
             every conversation forever. See docs/architecture.md#retention-erasure-and-pii.
         contact_address (str, default "0800 555 0199 (8am to 6pm, Monday to Friday)"): how a
-            customer reaches a person, in the reply the bot sends when no help article fits: "I'm
-            sorry, I can't help with that here. You can reach our team at <contact_address>." The
-            default is the demo shop's phone line from its help article on reaching a person.
+            customer reaches a person when nobody can take the chat: in the reply the bot sends when
+            no help article fits ("I'm sorry, I can't help with that here. You can reach our team at
+            <contact_address>.") and in its notice that nobody is available. The default is the demo
+            shop's phone line from its help article on reaching a person.
+        handoff_after_reasks (int, default 2): the customer's re-asks ("that doesn't answer my
+            question", ``loopdesk.knowledge.is_reask``) since the bot last took over after which
+            the bot hands the chat to a person instead of answering again. 0: never on re-asks.
+        business_hours (str, default ""): when agents answer chats, e.g. ``Mon-Fri 08:00-18:00
+            Europe/London`` (format: ``loopdesk.business_hours``). Outside them, and whenever no
+            agent is online, a customer who asks for a person is told when the team is back and may
+            leave an email address instead. Empty: no set hours (agents' presence alone decides).
     """
 
     redis_url: str = ""
@@ -154,6 +166,7 @@ class Settings:
     csat_burst_window_s: int = 300
     csat_burst_share: float = 0.02
     max_message_chars: int = 2000
+    idempotency_keep_s: int = 86400
     max_reply_tokens: int = 64
     temperature: float = 0.7
     canary_share: float = 0.1
@@ -178,6 +191,13 @@ class Settings:
     kb_passage_chars: int = 300
     retention_days: int = 90
     contact_address: str = "0800 555 0199 (8am to 6pm, Monday to Friday)"
+    handoff_after_reasks: int = 2
+    business_hours: str = ""
+
+    @cached_property
+    def opening_hours(self) -> BusinessHours | None:
+        """``business_hours`` parsed (None: no set hours)."""
+        return parse_business_hours(self.business_hours)
 
     @property
     def base_model_dir(self) -> Path:
@@ -258,6 +278,12 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     if not settings.contact_address.strip():
         raise SettingsError("LOOPDESK_CONTACT_ADDRESS must tell customers how to reach a person "
                             "(a phone line with its hours, an email address)")
+    if settings.handoff_after_reasks < 0:
+        raise SettingsError(f"LOOPDESK_HANDOFF_AFTER_REASKS must be >= 0 (0: never), got {settings.handoff_after_reasks}")
+    try:
+        parse_business_hours(settings.business_hours)
+    except BusinessHoursError as exc:
+        raise SettingsError(f"LOOPDESK_BUSINESS_HOURS: {exc}") from None
     if settings.rater_identity not in RATER_IDENTITIES:
         raise SettingsError(f"LOOPDESK_RATER_IDENTITY must be one of {', '.join(RATER_IDENTITIES)}, "
                             f"got {settings.rater_identity!r}")
@@ -267,6 +293,8 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     if settings.csat_burst_window_s < 1 or not 0 < settings.csat_burst_share <= 1:
         raise SettingsError(f"LOOPDESK_CSAT_BURST_WINDOW_S must be >= 1 and LOOPDESK_CSAT_BURST_SHARE within "
                             f"(0, 1], got {settings.csat_burst_window_s} and {settings.csat_burst_share}")
+    if settings.idempotency_keep_s < 1:
+        raise SettingsError(f"LOOPDESK_IDEMPOTENCY_KEEP_S must be >= 1, got {settings.idempotency_keep_s}")
     return settings
 
 

@@ -63,6 +63,9 @@ STOPWORDS = sorted(set(STOPWORDS_EN_PLUS) | set(CHAT_WORDS))
 _STEMMER = Stemmer.Stemmer("english")
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+_REASK = re.compile(
+    r"\b(doesn'?t|didn'?t|does not|did not) answer|\bnot what i (asked|meant)\b|\bi (don'?t|do not) understand\b"
+    r"|\bask(ing)? (you )?again\b|\bjust answer\b|\bi (already )?asked\b|\banswer my question\b", re.IGNORECASE)
 _MARKDOWN = [
     (re.compile(r"```[^\n]*\n?"), ""),                        # code fences
     (re.compile(r"!?\[([^\]]*)\]\([^)]*\)"), r"\1"),           # links and images keep their text
@@ -111,12 +114,13 @@ class Hit:
 @dataclass(frozen=True)
 class Passage:
     """The part of an article the model is shown: one paragraph of its body, with the article's id,
-    version and title."""
+    version, title and tags."""
 
     id: str
     version: int
     title: str
     body: str
+    tags: tuple[str, ...] = ()
 
 
 def plain_text(markdown: str) -> str:
@@ -221,8 +225,21 @@ class KnowledgeIndex:
         found = []
         for hit in hits:
             article = self.articles[hit.id]
-            found.append(Passage(article.id, article.version, article.title, self._paragraphs[hit.id][hit.paragraph]))
+            found.append(Passage(article.id, article.version, article.title, self._paragraphs[hit.id][hit.paragraph],
+                                 tuple(article.tags)))
         return found
+
+
+def is_reask(message: str) -> bool:
+    """Whether the customer's message says the last reply missed ("That doesn't answer my question",
+    "I don't understand", "Please just answer")."""
+    return bool(_REASK.search(message))
+
+
+def without_reask(message: str) -> str:
+    """The message with its re-ask phrases blanked out ("That doesn't answer my question. Where is it?"):
+    what it asks, apart from saying that the last reply missed."""
+    return " ".join(_REASK.sub(" ", message).split())
 
 
 def customer_query(messages: Sequence[str]) -> str:

@@ -11,4 +11,6 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 bash scripts/setup.sh test
-exec python3 -m pytest -p no:cacheprovider "$@"
+# Two workers, a test file each at a time: most tests wait on a server, a browser or a subprocess,
+# so two workers overlap their waiting on 2 cores; each worker has its own Redis and test models.
+exec python3 -m pytest -p no:cacheprovider -n 2 --dist loadfile "$@"

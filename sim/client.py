@@ -1,12 +1,15 @@
-"""HTTP clients of the bot, speaking exactly the widget's, the expert console's and the help centre's APIs.
+"""HTTP clients of the bot, speaking exactly the widget's, the consoles' and the help centre's APIs.
 
 ``ChatClient`` is what the widget does: start a conversation, send messages (replies as
-server-sent events, or JSON), end it, rate it, with ``Authorization: Bearer <token>``.
+server-sent events, or JSON), end it, rate it, with ``Authorization: Bearer <token>``. While a
+person has the chat (handed off), a message gets no bot reply: the bot answers 202 and ``send``
+returns ``Forwarded``; ``follow`` reads the chat's live stream (the agent's replies, the status).
 ``ExpertAPI`` is what the expert console does: log in (session cookie + CSRF token), read the
 queue and transcripts, annotate bot turns. ``KnowledgeConsole`` is what the console's Knowledge page
 does for an operator: create, edit and revert help articles, and ask what the bot's live index
-retrieves for a question. The chat and expert clients read the public help centre (``help``: the
-knowledge base's articles as they are now) over their own session; every client retries politely
+retrieves for a question. ``InboxAPI`` is what the agents' inbox does: presence, the waiting
+conversations, claim, reply, resolve. The chat client and every console read the public help centre
+(``help``: the knowledge base's articles as they are now) over their own session; all retry politely
 on 429 (``Retry-After``).
 """
 
@@ -15,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import requests
 
@@ -23,6 +26,7 @@ API = "api/conversations"
 EXPERT_API = "api/expert"
 HELP_API = "api/help/articles"
 KB_API = "api/kb"
+INBOX_API = "api/inbox"
 
 
 class ChatAPIError(RuntimeError):
@@ -44,12 +48,25 @@ class Started:
 
 @dataclass(frozen=True)
 class BotReply:
-    """The bot's answer to one message (the JSON body, or the SSE ``done`` event's data)."""
+    """The bot's answer to one message (the JSON body, or the SSE ``done`` event's data); ``status`` is the
+    conversation's after it (``waiting_for_agent`` when this reply handed the chat to a person), ``handoff``
+    the reason when this reply handed it off or said that nobody is available ("" otherwise)."""
 
     turn_index: int
     text: str
     adapter_version: str
     finished: bool
+    source: str = "model"
+    status: str = "open"
+    handoff: str = ""
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """A message sent while a person has the chat (HTTP 202): stored for the agent, and no bot reply."""
+
+    turn_index: int  # the customer's message
+    status: str  # waiting_for_agent or with_agent
 
 
 class _HTTP:
@@ -63,11 +80,12 @@ class _HTTP:
 
     def call(self, method: str, path: str, *, headers: dict[str, str] | None = None,
              body: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
-             stream: bool = False) -> requests.Response:
-        """Send one request; wait and retry on 429; raise ``ChatAPIError`` on any other error status."""
+             stream: bool = False, timeout_s: float | None = None) -> requests.Response:
+        """Send one request; wait and retry on 429; raise ``ChatAPIError`` on any other error status.
+        ``timeout_s`` (default the client's) bounds the connection and each read."""
         for attempt in range(self.max_retries + 1):
             response = self.session.request(method, self.base_url + path, headers=headers, json=body,
-                                            params=params, stream=stream, timeout=self.timeout_s)
+                                            params=params, stream=stream, timeout=timeout_s or self.timeout_s)
             if response.status_code != 429 or attempt == self.max_retries:
                 break
             time.sleep(float(response.headers.get("Retry-After") or 1.0))
@@ -121,15 +139,35 @@ class ChatClient:
         body = self.http.call("POST", API, body={"meta": meta or {}}, headers={"Accept": "application/json"}).json()
         return Started(body["conversation_id"], body["token"], body["adapter_version"])
 
-    def send(self, conv_id: str, token: str, text: str) -> BotReply:
-        """``POST /api/conversations/<id>/messages``: the customer's message, the bot's reply."""
+    def send(self, conv_id: str, token: str, text: str) -> BotReply | Forwarded:
+        """``POST /api/conversations/<id>/messages``: the customer's message, and the bot's reply, or
+        ``Forwarded`` when the chat is with a person (202, a JSON body even when SSE was asked for)."""
         headers = self._auth(token)
         if self.stream:
             headers["Accept"] = "text/event-stream"
         response = self.http.call("POST", f"{API}/{conv_id}/messages", headers=headers, body={"text": text},
                                   stream=self.stream)
+        if response.status_code == 202:
+            queued = response.json()
+            return Forwarded(queued["turn_index"], queued["status"])
         data = _read_sse(response) if self.stream else response.json()
-        return BotReply(data["turn_index"], data["text"], data["adapter_version"], data["finished"])
+        return BotReply(data["turn_index"], data["text"], data["adapter_version"], data["finished"],
+                        data.get("source", "model"), data.get("status", "open"),
+                        (data.get("handoff") or {}).get("reason", ""))
+
+    def follow(self, conv_id: str, token: str, after: int, wait_s: float) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``GET /api/conversations/<id>/events?after=``: the chat's live events, (``status`` or ``turn``, data),
+        as the widget reads them while a person has the chat; ends with the stream (the chat is back with the
+        bot or ended) or after ``wait_s`` seconds, whichever comes first."""
+        headers = {**self._auth(token), "Accept": "text/event-stream"}
+        until = time.monotonic() + wait_s
+        response = self.http.call("GET", f"{API}/{conv_id}/events", headers=headers, params={"after": after},
+                                  stream=True, timeout_s=wait_s)
+        with response:
+            try:
+                yield from _sse_events(response, until)
+            except (requests.Timeout, requests.ConnectionError):  # a read timeout while streaming is the latter
+                return
 
     def end(self, conv_id: str, token: str) -> None:
         """``POST /api/conversations/<id>/end``."""
@@ -148,27 +186,36 @@ class ChatClient:
         self.http.close()
 
 
+def _sse_events(response: requests.Response, until: float | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(event, JSON data) for each server-sent event of a streamed response; comments are skipped. Stops at the
+    first line read after the monotonic time ``until``."""
+    event, data = "", ""
+    for line in response.iter_lines(chunk_size=None, decode_unicode=True):  # each chunk as it arrives
+        if until is not None and time.monotonic() > until:
+            return
+        if line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data = line[5:].strip()
+        elif not line and event:
+            yield event, json.loads(data)
+            event, data = "", ""
+
+
 def _read_sse(response: requests.Response) -> dict[str, Any]:
     """The ``done`` event's data of an SSE reply; an ``error`` event raises ``ChatAPIError``."""
-    event, data = "", ""
     with response:
-        for line in response.iter_lines(decode_unicode=True):
-            if line.startswith("event:"):
-                event = line[6:].strip()
-            elif line.startswith("data:"):
-                data = line[5:].strip()
-            elif not line and event in ("done", "error"):
-                break
-    if event == "done":
-        return json.loads(data)
-    if event == "error":
-        detail = json.loads(data)["error"]
-        raise ChatAPIError(200, detail["code"], detail["message"])
+        for event, data in _sse_events(response):
+            if event == "done":
+                return data
+            if event == "error":
+                detail = data["error"]
+                raise ChatAPIError(200, detail["code"], detail["message"])
     raise ChatAPIError(response.status_code, "stream_ended", "the reply stream ended without a done event")
 
 
-class ExpertAPI:
-    """The expert console's JSON API, one method per HTTP call (session cookie + CSRF header)."""
+class _Console:
+    """A signed-in console's session: the login (shared by every role) keeps the cookie and CSRF token."""
 
     def __init__(self, base_url: str, timeout_s: float = 60.0):
         self.http = _HTTP(base_url, timeout_s)
@@ -184,6 +231,13 @@ class ExpertAPI:
                               headers={"Accept": "application/json"}).json()
         self.csrf_token = body["csrf_token"]
         return body
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class ExpertAPI(_Console):
+    """The expert console's JSON API, one method per HTTP call (session cookie + CSRF header)."""
 
     def queue(self, csat_max: int | None = 3, limit: int = 25, include_annotated: bool = False,
               csat_min: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
@@ -206,26 +260,9 @@ class ExpertAPI:
         return self.http.call("POST", f"{EXPERT_API}/conversations/{conv_id}/turns/{turn_index}/annotations",
                               body=body, headers=self._headers()).json()
 
-    def close(self) -> None:
-        self.http.close()
 
-
-class KnowledgeConsole:
+class KnowledgeConsole(_Console):
     """The Knowledge page's JSON API for an operator (session cookie + CSRF header): articles and retrieval."""
-
-    def __init__(self, base_url: str, timeout_s: float = 60.0):
-        self.http = _HTTP(base_url, timeout_s)
-        self.csrf_token = ""
-
-    def _headers(self) -> dict[str, str]:
-        return {"Accept": "application/json", "X-CSRF-Token": self.csrf_token}
-
-    def login(self, name: str, password: str) -> dict[str, Any]:
-        """``POST /api/expert/login`` (one sign-in for every console role): keeps the session and ``csrf_token``."""
-        body = self.http.call("POST", f"{EXPERT_API}/login", body={"name": name, "password": password},
-                              headers={"Accept": "application/json"}).json()
-        self.csrf_token = body["csrf_token"]
-        return body
 
     def article(self, article_id: str) -> dict[str, Any]:
         """``GET /api/kb/articles/<id>``: the current version, body included."""
@@ -250,5 +287,31 @@ class KnowledgeConsole:
         """``GET /api/kb/retrieve?q=``: what the bot's live index finds (revision, fits, results with versions)."""
         return self.http.call("GET", f"{KB_API}/retrieve", params={"q": question}, headers=self._headers()).json()
 
-    def close(self) -> None:
-        self.http.close()
+
+class InboxAPI(_Console):
+    """The agents' inbox JSON API, one method per HTTP call (session cookie + CSRF header)."""
+
+    def presence(self, status: str) -> dict[str, Any]:
+        """``PUT /api/inbox/presence`` {status}: ``online`` or ``away`` (repeat it as a heartbeat)."""
+        return self.http.call("PUT", f"{INBOX_API}/presence", body={"status": status}, headers=self._headers()).json()
+
+    def conversations(self) -> dict[str, Any]:
+        """``GET /api/inbox/conversations``: ``waiting`` (oldest first), ``claimed``, ``contact_requests``."""
+        return self.http.call("GET", f"{INBOX_API}/conversations", headers=self._headers()).json()
+
+    def transcript(self, conv_id: str) -> dict[str, Any]:
+        """``GET /api/inbox/conversations/<id>``: its ``turns`` and ``handoffs``."""
+        return self.http.call("GET", f"{INBOX_API}/conversations/{conv_id}", headers=self._headers()).json()
+
+    def claim(self, conv_id: str) -> dict[str, Any]:
+        """``POST /api/inbox/conversations/<id>/claim``; ``ChatAPIError`` 409 when another agent was first."""
+        return self.http.call("POST", f"{INBOX_API}/conversations/{conv_id}/claim", headers=self._headers()).json()
+
+    def reply(self, conv_id: str, text: str) -> dict[str, Any]:
+        """``POST /api/inbox/conversations/<id>/messages`` {text}: the turn as the customer sees it."""
+        return self.http.call("POST", f"{INBOX_API}/conversations/{conv_id}/messages", body={"text": text},
+                              headers=self._headers()).json()
+
+    def resolve(self, conv_id: str) -> dict[str, Any]:
+        """``POST /api/inbox/conversations/<id>/resolve``: the chat ends (the customer may rate it)."""
+        return self.http.call("POST", f"{INBOX_API}/conversations/{conv_id}/resolve", headers=self._headers()).json()

@@ -8,7 +8,8 @@ read back once per article version), judges the reply with the neutral rubric â€
 flattery or apologies; an invented promise scores 1 â€” and posts a score -2..+2, tags, the
 reference reply with the article's current facts as the correction (the shop's decline for an
 out-of-scope question, or for an intent whose article is no longer published) unless the reply
-was already right, and a short note.
+was already right, and a short note. The bot's notices that it hands the chat to a person, and
+the person's replies, are no bot answers and are left alone.
 """
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ def shipped_facts(intent: Intent) -> dict[str, str]:
 
 def review_transcript(company: Company, turns: list[dict[str, Any]], weights: RubricWeights = NEUTRAL,
                       facts: Facts = shipped_facts) -> list[TurnReview]:
-    """Reviews of every bot turn whose question can be placed (``turns``: index, role, text); ``facts``
-    gives an intent's facts as its article states them now (None: no article published for it)."""
+    """Reviews of every bot answer whose question can be placed (``turns``: index, role, text, and a bot
+    turn's ``source``); ``facts`` gives an intent's facts as its article states them now (None: no
+    article published for it). Handoff notices and agents' turns are skipped."""
     reviews = []
     question: Question | None = None
     known: dict[str, dict[str, str] | None] = {}
@@ -74,7 +76,7 @@ def review_transcript(company: Company, turns: list[dict[str, Any]], weights: Ru
             elif question is not None:  # a message it cannot place: still the chat's question, not a follow-up
                 question = Question(question.intent)
             continue
-        if question is None:
+        if question is None or turn["role"] != "assistant" or turn.get("source") == "handoff":
             continue
         intent = question.intent
         if intent is not None and intent.name not in known:

@@ -3,7 +3,8 @@
 ``run_customers`` plays N customers with C concurrent chats (a thread each) against a base
 URL and returns their ``ChatResult``s; ``summarize`` turns those into mean CSAT with a 95%
 percentile-bootstrap confidence interval, per intent, per adapter version and per persona,
-the share of chats left unrated, and the mean hidden-rubric score (the expert's view).
+the share of chats left unrated, the mean hidden-rubric score (the expert's view), and the
+handoffs (``HandoffStats``).
 """
 
 from __future__ import annotations
@@ -69,6 +70,32 @@ class GroupStats:
 
 
 @dataclass(frozen=True)
+class HandoffStats:
+    """How chats reached a person. ``handoff_rate``: share of chats the bot handed off (or, on a request,
+    said that nobody is available). ``resolution_rate``: share of the rated chats that ended without a
+    handoff and were rated 4 or more. ``unheeded_requests``: requests for a person the bot answered itself
+    (it must hand off on every one)."""
+
+    handoffs: int
+    handoff_rate: float
+    resolved: int
+    resolution_rate: float
+    person_requests: int
+    unheeded_requests: int
+
+
+def handoff_stats(results: list[ChatResult]) -> HandoffStats:
+    """``HandoffStats`` of finished chats (NaN rates when there are none, or none rated)."""
+    rated = [r for r in results if r.rating is not None]
+    handoffs = sum(bool(r.handoff) for r in results)
+    resolved = sum(not r.handoff and r.rating >= 4 for r in rated)
+    return HandoffStats(handoffs=handoffs, handoff_rate=handoffs / len(results) if results else math.nan,
+                        resolved=resolved, resolution_rate=resolved / len(rated) if rated else math.nan,
+                        person_requests=sum(r.asked_person for r in results),
+                        unheeded_requests=sum(r.unheeded for r in results))
+
+
+@dataclass(frozen=True)
 class Summary:
     """What a simulation run measured; ``rubric`` is the expert's view, ``csat`` the customers'."""
 
@@ -80,6 +107,7 @@ class Summary:
     per_intent: dict[str, GroupStats]
     per_version: dict[str, GroupStats]
     per_persona: dict[str, GroupStats]
+    handoffs: HandoffStats
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,7 +116,10 @@ class Summary:
         """A human-readable report."""
         lines = [f"chats: {self.chats} ({self.errors} failed), unrated: {self.unrated_share:.0%}",
                  f"mean CSAT (95% bootstrap CI): {self.csat}",
-                 f"mean rubric score, the expert view (95% bootstrap CI): {self.rubric}"]
+                 f"mean rubric score, the expert view (95% bootstrap CI): {self.rubric}",
+                 f"handed to a person: {self.handoffs.handoff_rate:.0%} ({self.handoffs.handoffs}); resolved "
+                 f"without one, rated >= 4: {self.handoffs.resolution_rate:.0%} of the rated; requests for a person "
+                 f"the bot did not hand off: {self.handoffs.unheeded_requests} of {self.handoffs.person_requests}"]
         for title, groups in (("adapter version", self.per_version), ("intent", self.per_intent),
                               ("persona", self.per_persona)):
             lines.append(f"by {title}:")
@@ -118,6 +149,7 @@ def summarize(results: list[ChatResult]) -> Summary:
         per_intent=_group(done, lambda r: r.intent),
         per_version=_group(done, lambda r: r.adapter_version),
         per_persona=_group(done, lambda r: r.persona),
+        handoffs=handoff_stats(done),
     )
 
 

@@ -1,4 +1,5 @@
-"""Shared pieces of the console tests: accounts, signing in, seeded conversations, a real adapter."""
+"""Shared pieces of the console tests: accounts, signing in, seeded conversations (handed-off ones too),
+a real adapter."""
 
 from __future__ import annotations
 
@@ -8,16 +9,17 @@ import time
 from flask.testing import FlaskClient
 
 from feedback_store import FeedbackStore
-from feedback_store.records import AdapterVersion, BotTurn, Conversation
+from feedback_store.records import AdapterVersion, AgentTurn, BotTurn, Conversation
 from loopdesk.config import Settings
 
 PASSWORD = "correct horse battery"
-ACCOUNTS = {"erin": "expert", "emil": "expert", "otto": "operator", "ada": "admin"}
+ACCOUNTS = {"erin": "expert", "emil": "expert", "abe": "agent", "ben": "agent", "otto": "operator", "ada": "admin"}
+DISPLAY_NAMES = {"abe": "Abe from Northwind", "ben": "Ben"}
 
 
 def add_accounts(store: FeedbackStore) -> None:
     for name, role in ACCOUNTS.items():
-        store.users.add(name, role, PASSWORD)
+        store.users.add(name, role, PASSWORD, DISPLAY_NAMES.get(name, ""))
 
 
 def sign_in(client: FlaskClient, name: str) -> str:
@@ -79,3 +81,47 @@ def register_real_adapter(store: FeedbackStore, settings: Settings, metrics: dic
     return store.adapters.register(AdapterVersion(
         version=version, path=str(out_dir / version), sha256=sha, base_model=settings.base_model_ref,
         metrics=metrics or {}, created_at=now, updated_at=now))
+
+
+def notice(text: str = "I'm passing you to a member of our team.", version: str = "base") -> BotTurn:
+    """The bot's notice of a handoff, as the bot logs it."""
+    return BotTurn(index=0, text=text, context="", prompt_token_ids=[], reply_token_ids=[], logprobs=[],
+                   adapter_version=version, latency_ms=0.1, finished=True, created_at=time.time(), source="handoff")
+
+
+def seed_handoff(store: FeedbackStore, claimed_by: str | None = None, replies: tuple[str, ...] = (),
+                 ended: bool = False, available: bool = True, rated: int | None = None) -> tuple[Conversation, str]:
+    """A conversation (one exchange with the bot, as ``seed_conversation``) handed to a person; claimed by
+    ``claimed_by`` with its ``replies`` when given, then ended by the customer and rated if asked.
+    Returns it and its customer token."""
+    conv, token = store.conversations.start("base")
+    store.conversations.append_customer(conv.id, token, "Where is my order?")
+    store.conversations.append_bot(conv.id, BotTurn(
+        index=0, text="It ships tomorrow.", context="<|user|>Where is my order?<|assistant|>",
+        prompt_token_ids=[1, 2, 3], reply_token_ids=[4, 5], logprobs=[-0.5, -1.0], adapter_version="base",
+        latency_ms=12.0, finished=True, created_at=time.time()))
+    store.conversations.append_customer(conv.id, token, "Can I talk to a person?")
+    store.handoffs.request(conv.id, "customer_asked", available, notice())
+    if claimed_by:
+        store.handoffs.claim(conv.id, claimed_by, DISPLAY_NAMES.get(claimed_by, claimed_by))
+        for text in replies:
+            store.handoffs.reply(conv.id, AgentTurn(index=0, agent_id=claimed_by,
+                                                    agent_name=DISPLAY_NAMES.get(claimed_by, claimed_by),
+                                                    text=text, created_at=time.time()))
+    if ended:
+        store.conversations.end(conv.id, token)
+    if rated is not None:
+        store.ratings.rate(conv.id, token, rated)
+    return store.conversations.get(conv.id), token
+
+
+def sign_in_page(page, url: str, path: str, name: str) -> None:
+    """In a Playwright ``page``: open a console page, get sent to the login form, sign in, land back on it."""
+    from playwright.sync_api import expect
+
+    page.goto(url.rstrip("/") + path)
+    expect(page.get_by_role("form", name="Sign in")).to_be_visible()
+    page.get_by_label("Name").fill(name)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"**{path}")

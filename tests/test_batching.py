@@ -40,11 +40,12 @@ def test_rows_joining_leaving_and_outgrowing_a_batch_under_two_adapters_keep_the
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
     torch.manual_seed(3)
     lora = LoraConfig(r=2, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    write_adapter(get_peft_model(AutoModelForCausalLM.from_pretrained(base_model_dir), lora), tmp_path / "v1", "v1",
-                  str(base_model_dir))
+    sha = write_adapter(get_peft_model(AutoModelForCausalLM.from_pretrained(base_model_dir), lora), tmp_path / "v1",
+                        "v1", str(base_model_dir))
     model = AutoModelForCausalLM.from_pretrained(base_model_dir).eval()
     adapters = MultiLora(model)
-    adapters.add("v1", prepare(model, read_verified(tmp_path / "v1", "v1", str(base_model_dir))))
+    adapters.add("v1", prepare(model, read_verified(tmp_path / "v1", "v1", str(base_model_dir), adapters_dir=tmp_path,
+                                                    expected_sha256=sha)))
     version: dict[int, str | None] = {}
     finished: list[Row] = []
 

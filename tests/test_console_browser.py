@@ -151,7 +151,7 @@ def test_operator_promotes_an_adapter_and_the_next_conversation_is_pinned_to_it(
 
     page = new_page()
     sign_in(page, url, "/operator", "otto")
-    row = page.get_by_role("row").filter(has_text=adapter.version)
+    row = page.locator("#adapters").get_by_role("row").filter(has_text=adapter.version)
     expect(row).to_contain_text("candidate")
     page.get_by_role("button", name=run_id).click()
     expect(page.get_by_label("KL chart").locator("path.lc-line")).to_have_count(1)

@@ -18,14 +18,16 @@ from bot.sessions import secret_key
 from feedback_store import FeedbackStore
 from loopdesk.cli import main
 from tests.console_helpers import (PASSWORD, add_accounts, login_form_token, register_record, seed_conversation,
-                                   sign_in)
+                                   seed_handoff, sign_in)
 from tests.web_helpers import GENEROUS_LIMIT, running_engine, web_settings
 
-CONSOLE_PREFIXES = ("/expert", "/operator", "/admin", "/api/expert/", "/api/operator/", "/api/admin/")
+CONSOLE_PREFIXES = ("/expert", "/operator", "/admin", "/inbox", "/api/expert/", "/api/operator/", "/api/admin/",
+                    "/api/inbox/")
 PUBLIC_ENDPOINTS = {"auth.api_login", "auth.api_logout"}  # sign-in and sign-out check their own rules
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
-WRONG_ROLES = {"expert": ("otto",), "operator": ("erin",), "admin": ("erin", "otto")}
-RIGHT_ROLES = {"expert": ("erin", "ada"), "operator": ("otto", "ada"), "admin": ("ada",)}
+WRONG_ROLES = {"expert": ("otto", "abe"), "operator": ("erin", "abe"), "admin": ("erin", "otto", "abe"),
+               "agent": ("erin", "otto")}
+RIGHT_ROLES = {"expert": ("erin", "ada"), "operator": ("otto", "ada"), "admin": ("ada",), "agent": ("abe", "ada")}
 
 Call = Callable[[FeedbackStore], tuple[dict[str, Any], Any]]
 
@@ -67,6 +69,17 @@ CALLS: dict[str, tuple[Call, int]] = {
     "operator.rollback": (with_promoted_adapter, 200),
     "operator.set_canary_share": (lambda s: ({}, {"share": 0.25}), 200),
     "operator.csat": (lambda s: ({"bucket": "hour"}, None), 200),
+    "operator.handoffs": (lambda s: ({"days": 7}, None), 200),
+    "inbox.console": (lambda s: ({}, None), 200),
+    "inbox.conversations": (lambda s: ({}, None), 200),
+    "inbox.conversation": (lambda s: ({"conv_id": seed_handoff(s)[0].id}, None), 200),
+    "inbox.events": (lambda s: ({"conv_id": seed_handoff(s, ended=True)[0].id}, None), 200),
+    "inbox.claim": (lambda s: ({"conv_id": seed_handoff(s)[0].id}, None), 200),
+    "inbox.reply": (lambda s: ({"conv_id": seed_handoff(s, claimed_by="abe")[0].id}, {"text": "Hello, Abe here."}),
+                    201),  # an admin may step into an agent's chat
+    "inbox.transfer": (lambda s: ({"conv_id": seed_handoff(s, claimed_by="abe")[0].id}, None), 200),
+    "inbox.resolve": (lambda s: ({"conv_id": seed_handoff(s, claimed_by="abe")[0].id}, None), 200),
+    "inbox.presence": (lambda s: ({}, {"status": "online"}), 200),
     "admin.console": (lambda s: ({}, None), 200),
     "admin.users": (lambda s: ({}, None), 200),
     "admin.add_user": (lambda s: ({}, {"name": f"n{uuid.uuid4().hex[:10]}", "role": "expert", "password": PASSWORD}),
@@ -81,7 +94,7 @@ CALLS: dict[str, tuple[Call, int]] = {
 
 @pytest.fixture(scope="module")
 def web(data_dir: Path, base_model_dir: Path):
-    """(settings, store, engine, app) with the three accounts; the model loads once for the module."""
+    """(settings, store, engine, app) with the accounts of every role; the model loads once for the module."""
     settings = web_settings(data_dir, base_model_dir, rate_limit_login=GENEROUS_LIMIT)
     store = FeedbackStore.from_settings(settings, announce=False)
     add_accounts(store)
@@ -102,6 +115,8 @@ def store(web) -> FeedbackStore:
 def console_role(path: str) -> str:
     """The role a console path needs, read from its first segment after an optional /api."""
     area = path.split("/")[1:3]
+    if "inbox" in area:
+        return "agent"
     return next((role for role in ("expert", "admin") if role in area), "operator")
 
 
@@ -129,7 +144,7 @@ def test_every_console_route_admits_only_its_role_and_writes_need_the_csrf_token
     rules = console_rules(app)
     assert {endpoint for endpoint, _, _ in rules} == set(CALLS), "add the new route to CALLS"
     anonymous = app.test_client()
-    signed_in = {name: app.test_client() for name in ("erin", "otto", "ada")}
+    signed_in = {name: app.test_client() for name in ("erin", "otto", "abe", "ada")}
     tokens = {name: sign_in(client, name) for name, client in signed_in.items()}
     for endpoint, method, role in rules:
         where = f"{method} {endpoint}"
@@ -240,3 +255,15 @@ def test_users_add_prompts_for_the_password_twice_and_hides_it(web, monkeypatch)
     assert result.exit_code == 1 and "exists already" in result.output
     result = runner.invoke(main, ["users", "add", "ivan", "--role", "customer"], input="x\n")
     assert result.exit_code == 2
+
+
+def test_users_add_makes_an_agent_with_the_name_customers_see(web, monkeypatch):
+    settings, store = web[0], web[1]
+    monkeypatch.setenv("LOOPDESK_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("LOOPDESK_KEY_PREFIX", settings.key_prefix)
+    result = CliRunner().invoke(main, ["users", "add", "sam", "--role", "agent", "--display-name", "Sam at Northwind"],
+                                input="a long secret\na long secret\n")
+    assert result.exit_code == 0 and "added agent sam" in result.output, result.output
+    user = store.users.get("sam")
+    assert (user.role, user.display_name, user.shown_name) == ("agent", "Sam at Northwind", "Sam at Northwind")
+    assert store.users.get("otto").shown_name == "otto"

@@ -93,6 +93,28 @@ def test_queue_filters_by_csat_dates_version_and_tag(store, expert):
     assert expert.get("/api/expert/queue?since=yesterday").status_code == 422
 
 
+def test_queue_counts_follow_its_filters(store, expert):
+    old = seed_conversation(store, 2, version="base")
+    seed_conversation(store, 3, version="v0007")
+    tagged = seed_conversation(store, 4)
+    seed_conversation(store)
+    store.annotations.annotate(tagged.id, 1, "erin", -2, tags=["rude"])
+
+    def counts(query: str) -> tuple[int, int]:
+        body = expert.get(f"/api/expert/queue?{query}").json
+        assert body["counts_complete"] is True
+        return body["unannotated"], body["annotated"]
+
+    assert counts("") == (3, 1)
+    assert counts("csat_min=3&csat_max=4") == (1, 1)
+    assert counts("csat_max=2") == (1, 0)
+    assert counts("adapter_version=v0007") == (1, 0)
+    assert counts("tag=rude") == (0, 1)
+    assert counts("until=2000-01-01") == (0, 0)
+    assert counts(f"since={old.created_at}&until={old.created_at}") == (1, 0)
+    assert counts("csat_min=4&include_annotated=false") == (0, 1)
+
+
 def test_transcript_shows_each_experts_annotation_and_their_agreement(app, store, expert):
     conv = seed_conversation(store, 2, customer_text="<script>alert(1)</script>")
     response = expert.write("POST", f"/api/expert/conversations/{conv.id}/turns/1/annotations",

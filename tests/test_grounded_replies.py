@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from bot.app import create_app
-from bot.chat import decline
+from bot.handoff import decline
 from bot.services import EXTENSION
 from feedback_store import FeedbackStore
 from feedback_store.records import BotTurn
@@ -21,7 +20,7 @@ from loopdesk.knowledge import MIN_SCORE, PASSAGE_CHARS
 from loopdesk.knowledge_files import read_articles
 from sim.knowledge import KNOWLEDGE_DIR
 from tests.console_helpers import add_accounts, sign_in
-from tests.web_helpers import parse_sse, running_engine, web_settings
+from tests.web_helpers import metric, parse_sse, running_engine, web_settings
 
 API = "/api/conversations"
 IN_SCOPE = "Where is my parcel? I ordered a tent and it has not arrived."
@@ -55,12 +54,6 @@ def last_bot_turn(store: FeedbackStore, conv_id: str) -> BotTurn:
     turn = store.conversations.turns(conv_id)[-1]
     assert isinstance(turn, BotTurn)
     return turn
-
-
-def metric(app, name: str, **labels: str) -> float:
-    text = app.test_client().get("/metrics").get_data(as_text=True)
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 def test_the_defaults_are_the_tuned_retrieval_constants():

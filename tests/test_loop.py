@@ -67,7 +67,8 @@ def test_miniature_loop_rates_trains_releases_and_serves_the_new_version(setting
     written = write_report(report, tmp_path / "report")
     assert {p.name for p in written} == {"report.json", "report.md", *PLOTS.values()}
     single = (tmp_path / "report" / "report.md").read_text()
-    assert "## The fixed evaluation panel" in single and "--eval-customers 8`" in single
+    assert "## The fixed evaluation panel" in single and "--eval-customers 8 --ask-person-share 0.25" in single
+    assert "## Handoffs" in single and all(r["handoffs"]["unheeded_requests"] == 0 for r in report["rounds"])
     assert "### Targets, on the fixed evaluation panel" in single
     assert all(p.stat().st_size > 0 for p in written)
     assert json.loads((tmp_path / "report" / "report.json").read_text())["rounds"][1]["version"] == version
@@ -124,11 +125,18 @@ def test_comparing_methods_runs_each_on_its_own_embedded_redis_and_stops_it(tmp_
            "REDIS_URL": "", "LOOPDESK_REDIS_URL": "", "OMP_NUM_THREADS": "1"}
     done = CliRunner().invoke(loop_command, ["--rounds", "0", "--customers-per-round", "4", "--no-experts",
                                              "--no-oracle", "--method", "none", "--method", "sft",
+                                             "--ask-person-share", "1", "--agent-delay", "0.1",
                                              "--out", str(tmp_path / "out")], env=env)
     assert done.exit_code == 0, done.output
     for method in ("none", "sft"):
         own = tmp_path / "data" / "loop" / method
         assert (own / "redis").is_dir() and embedded_redis_pid(own) is None  # its own server, stopped after
-        assert json.loads((tmp_path / "out" / method / "report.json").read_text())["rounds"][0]["chats"] == 4
+        [measured] = json.loads((tmp_path / "out" / method / "report.json").read_text())["rounds"]
+        # every customer asks when the test-size model fails it: the 3 on the bot reach the simulated agent,
+        # the held-out one in the sandbox (no agent there) is told that nobody is available
+        handoffs = measured["handoffs"]
+        assert measured["chats"] == 4 and (handoffs["handoffs"], handoffs["unheeded_requests"]) == (4, 0)
+        assert handoffs["agent_answered"] == 3 and handoffs["resolution_rate"] in (0.0, None)
+        assert "## Handoffs" in (tmp_path / "out" / method / "report.md").read_text()
     table = (tmp_path / "out" / "report.md").read_text()
     assert "| none | " in table and "| sft | " in table

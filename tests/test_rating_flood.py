@@ -18,7 +18,7 @@ def test_a_flood_neither_moves_the_weighted_canary_csat_nor_flips_the_decision(d
                                                                                tmp_path: Path):
     settings = load_settings({}, data_dir=data_dir, base_model=str(base_model_dir), max_reply_tokens=4,
                              rate_limit_per_ip=LIFTED, rate_limit_per_conversation=LIFTED)
-    rows, attacks = run_scenario(settings, base_model_dir, tmp_path, "worse", n=60, fakes=60,
+    rows, attacks = run_scenario(settings, base_model_dir, "worse", n=60, fakes=60,
                                  address_counts=(1, 5), seed=0)
     for attack in attacks:
         assert attack.refused == ZERO_TURN_TRIES  # the attacker had to chat before every rating

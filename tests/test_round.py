@@ -11,11 +11,12 @@ import pytest
 
 from bot.runtime.adapters import read_verified
 from feedback_store.errors import LockHeldError
-from feedback_store.records import AdapterVersion
+from feedback_store.records import AdapterVersion, AgentTurn
 from loopdesk.adapter_format import WEIGHTS_FILE, InvalidAdapterError
 from trainer.release import ORPHAN_REASON
 from trainer.round import INTERRUPTED, NotEnoughFeedback, hash_position, held_out, recover, run_round
-from tests.trainer_helpers import seed_conversations, small_round_config, trainer_settings
+from tests.console_helpers import notice
+from tests.trainer_helpers import CORRECTION, seed_conversations, small_round_config, trainer_settings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -115,6 +116,30 @@ def test_round_trains_gates_and_releases_a_canary(tsettings, store, base_model_d
     assert [e["step"] for e in events] == list(range(1, len(events) + 1))  # counted without a visible bar
     assert store.runs.training_watermark() == run.watermark_to > 0
     assert (tsettings.data_dir / "runs" / run.id / "reward_model" / "adapter_model.safetensors").is_file()
+    store.runs.lock().acquire().release()
+
+
+def test_a_round_trains_on_feedback_with_handed_off_conversations_and_their_agent_replies(tsettings, store,
+                                                                                         base_model_dir):
+    ids = seed_conversations(store, base_model_dir)
+    handed_off = ids[::4]
+    for conv_id in handed_off:  # the customer pressed "Talk to a person"; an agent answered and resolved it
+        store.handoffs.request(conv_id, "customer_button", True, notice())
+        store.handoffs.claim(conv_id, "abe", "Abe")
+        store.handoffs.reply(conv_id, AgentTurn(index=0, agent_id="abe", agent_name="Abe", text=CORRECTION,
+                                                created_at=time.time()))
+        store.handoffs.resolve(conv_id, "abe")
+    turns, _ = store.feedback.export()
+    demonstrations = {t.conversation_id: t.handoff for t in turns if t.handoff is not None}
+    assert set(demonstrations) == set(handed_off)
+    assert all(h.led_to_handoff and h.agent_reply == CORRECTION for h in demonstrations.values())
+    config = small_round_config()
+    run = run_round(tsettings, store, config=config, show_progress=False)
+    assert run.status == "succeeded" and run.metrics["episodes"] == len(ids)
+    # the agent's reply is chosen over the bot's in each trained conversation, but where an expert's
+    # correction (every third turn) says the same: that pair is there already
+    trained = set(ids) - held_out(set(ids), config.holdout_share)
+    assert run.metrics["pairs_handoff"] == len({ids[i] for i in range(0, len(ids), 4) if i % 3} & trained)
     store.runs.lock().acquire().release()
 
 

@@ -15,7 +15,7 @@ import pytest
 from feedback_store import FeedbackStore
 from feedback_store.records import BotTurn
 from loopdesk.config import load_settings
-from sim.client import ChatClient, ExpertAPI
+from sim.client import ChatClient, ExpertAPI, Forwarded
 from sim.company import load_company
 from sim.corpus import STYLES, render_reply
 from sim.customers import ChatResult, Customer, CustomerConfig, SimulatedCustomer, make_customers, stars
@@ -39,7 +39,7 @@ def bot(data_dir: Path, base_model_dir: Path):
 
 # ---- customers over HTTP ----------------------------------------------------------------
 
-CHATS = CustomerConfig(leave_share=0.5, follow_up_share=1.0)
+CHATS = CustomerConfig(leave_share=0.5, follow_up_share=1.0, ask_person_share=0.0)  # asking: test_sim_agent.py
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +99,35 @@ def test_customer_reads_json_replies_when_not_streaming(bot):
     assert store.conversations.get(result.conversation_id).csat == result.rating
 
 
+def test_messages_to_a_chat_with_a_person_are_forwarded_and_a_handed_off_customer_waits_for_one(bot):
+    url, store = bot
+    person = "Could I speak with a real human please?"
+    store.handoffs.set_presence("abe", "online")
+    try:
+        for stream in (True, False):
+            client = ChatClient(url, stream=stream)
+            started = client.start()
+            notice = client.send(started.conversation_id, started.token, person)
+            assert (notice.source, notice.status) == ("handoff", "waiting_for_agent"), stream
+            forwarded = client.send(started.conversation_id, started.token, "Hello? Is anyone there?")
+            assert forwarded == Forwarded(notice.turn_index + 1, "waiting_for_agent"), stream
+            client.close()
+        customer = Customer(COMPANY.intents[0], COMPANY.personas[0], opening=person, reask="A person, please.",
+                            follow_up="And my refund?", rates=True, noise=0.0)
+        waited = time.monotonic()
+        result = SimulatedCustomer(COMPANY, ChatClient(url), CustomerConfig(agent_wait_s=1.0)).chat(customer)
+        waited = time.monotonic() - waited
+    finally:
+        store.handoffs.set_presence("abe", "away")
+    # handed to a person, the customer asks nothing more and waits; nobody answers, so it ends the chat and rates
+    assert not result.error and (result.handoff, result.reasks, result.forwarded) == ("customer_asked", 0, 0)
+    assert result.replies == result.agent_replies == [] and 1.0 <= waited < 10
+    turns = store.conversations.turns(result.conversation_id)
+    assert [t.role for t in turns] == ["user", "assistant"]
+    conv = store.conversations.get(result.conversation_id)
+    assert conv.status == "ended" and conv.csat == result.rating == 1  # no answer at all
+
+
 def test_oracle_customers_find_every_answer_and_rate_high():
     with serve(create_oracle_app(COMPANY)) as url:
         results = run_customers(url, COMPANY, 40, concurrency=4, config=CustomerConfig(rating_noise=0.0),
@@ -145,8 +174,11 @@ def test_expert_review_scores_tags_and_corrects_each_bot_turn():
     turns = [{"index": 0, "role": "user", "text": "Hi there! Where is my order? Thanks!"},
              {"index": 1, "role": "assistant", "text": intent.canonical_reply},
              {"index": 2, "role": "user", "text": intent.follow_up.questions[0]},
-             {"index": 3, "role": "assistant", "text": wrong}]
-    great, bad = review_transcript(COMPANY, turns)
+             {"index": 3, "role": "assistant", "text": wrong, "source": "model"},
+             {"index": 4, "role": "user", "text": "I want a real person, not a bot."},
+             {"index": 5, "role": "assistant", "text": "I'm passing you to a member of our team.", "source": "handoff"},
+             {"index": 6, "role": "agent", "text": intent.canonical_follow_up_reply}]
+    great, bad = review_transcript(COMPANY, turns)  # the handoff's notice and the agent's reply are no bot answers
     assert (great.turn_index, great.score, great.tags, great.corrected_reply) == (1, 2, ["great"], "")
     assert (bad.turn_index, bad.score) == (3, -2) and "wrong_info" in bad.tags
     assert bad.corrected_reply == intent.canonical_follow_up_reply and "wrong facts" in bad.note

@@ -59,7 +59,9 @@ def test_users_page_lists_accounts_for_admins_and_links_from_their_consoles(site
     assert "otto is an operator; this needs the admin role" in refused.get_data(as_text=True)
     listed = {u["name"]: u for u in client.get(USERS).json["users"]}
     assert {n: (u["role"], u["disabled"]) for n, u in listed.items()} == {
-        "ada": ("admin", False), "emil": ("expert", False), "erin": ("expert", False), "otto": ("operator", False)}
+        "ada": ("admin", False), "emil": ("expert", False), "erin": ("expert", False), "otto": ("operator", False),
+        "abe": ("agent", False), "ben": ("agent", False)}
+    assert (listed["abe"]["display_name"], listed["otto"]["display_name"]) == ("Abe from Northwind", "")
     assert "session_generation" not in listed["ada"] and "password_hash" not in listed["ada"]
 
 

@@ -146,14 +146,63 @@ def test_widget_is_keyboard_operable_and_renders_customer_text_as_text(site, new
     expect(page.locator(".ld-user .ld-text")).to_have_text([hostile])
 
 
-def test_idle_chat_ends_and_asks_for_a_rating(site, new_page):
+def test_an_idle_chat_offers_the_rating_and_stays_open(site, new_page):
+    """Idle for the page's ``?idle=5`` seconds: the widget offers the rating without ending the chat or
+    opening a closed panel; "Keep chatting" goes on with the same conversation, "Rate this chat" ends it."""
     store, url = site
     page = new_page()
     page.goto(f"{url}?idle=5")
     page.get_by_role("button", name=OPEN_CHAT).click()
     send_and_wait_for_reply(page, "Can I change my delivery address?")
-    expect(page.get_by_role("form", name="How did we do?")).to_be_visible(timeout=15_000)
-    assert store.conversations.get(conversation_id(page)).status == "ended"
+    conv_id = conversation_id(page)
+    page.get_by_role("button", name="Close chat", exact=True).click()
+    offer = page.get_by_role("group", name="Done for now?")
+    page.wait_for_function("() => !document.querySelector('.ld-offer').hidden", timeout=15_000)
+    expect(page.get_by_role("dialog")).to_be_hidden()
+    assert store.conversations.get(conv_id).status == "open"
+
+    page.get_by_role("button", name=OPEN_CHAT).click()
+    expect(offer).to_be_visible()
+    expect(page.get_by_role("form", name="How did we do?")).to_be_hidden()
+    page.get_by_role("button", name="Keep chatting").click()
+    expect(offer).to_be_hidden()
+    send_and_wait_for_reply(page, "And how long does delivery take?")
+    assert conversation_id(page) == conv_id
+    assert [t.role for t in store.conversations.turns(conv_id)] == ["user", "assistant"] * 2
+
+    expect(offer).to_be_visible(timeout=15_000)
+    page.get_by_role("button", name="Rate this chat").click()
+    expect(page.get_by_role("form", name="How did we do?")).to_be_visible()
+    expect(offer).to_be_hidden()
+    assert store.conversations.get(conv_id).status == "ended"
+
+
+def test_a_reply_lost_on_the_way_is_fetched_again_under_the_same_key(site, new_page):
+    """The first POST reaches the server, which answers it, but the page never gets the answer: the widget
+    retries with the same Idempotency-Key and shows the logged reply; the log has one turn pair."""
+    store, url = site
+    page = new_page()
+    keys: list[str] = []
+
+    def lose_the_first_answer(route) -> None:
+        keys.append(route.request.headers["idempotency-key"])
+        answered = route.fetch()
+        if len(keys) == 1:
+            assert answered.status == 200
+            route.abort("connectionreset")
+        else:
+            route.fulfill(response=answered)
+
+    page.route("**/api/conversations/*/messages", lose_the_first_answer)
+    page.goto(url)
+    page.get_by_role("button", name=OPEN_CHAT).click()
+    reply = send_and_wait_for_reply(page, "Where is my order?")
+    conv_id = conversation_id(page)
+    turns = store.conversations.turns(conv_id)
+    assert [t.role for t in turns] == ["user", "assistant"] and turns[1].text == reply
+    assert len(keys) == 2 and keys[0] == keys[1] and len(keys[0]) == 32
+    expect(page.locator(".ld-user")).to_have_count(1)
+    expect(page.locator(".ld-status")).to_have_text("")
 
 
 def test_widget_fills_a_mobile_screen(site, new_page):

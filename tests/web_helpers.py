@@ -1,6 +1,6 @@
 """Shared pieces of the web tests: settings for the real test-size model, a started engine,
-and a reader for server-sent events (the tests serve the app with ``harness.serving.serve``), and a
-watch on the browser's Content-Security-Policy reports."""
+a reader for server-sent events (the tests serve the app with ``harness.serving.serve``), a metric read
+from ``/metrics``, and a watch on the browser's Content-Security-Policy reports."""
 
 from __future__ import annotations
 
@@ -64,3 +64,12 @@ def parse_sse(chunks: Iterable[bytes]) -> list[tuple[str, dict]]:
         fields = dict(line.split(": ", 1) for line in block.splitlines())
         events.append((fields["event"], json.loads(fields["data"])))
     return events
+
+
+def metric(app: Any, name: str, **labels: str) -> float:
+    """The sum of the ``/metrics`` samples named ``name`` with these labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))

@@ -12,6 +12,9 @@ its scale, so in standard deviations if the reward builder whitens):
 
 - every expert correction of a turn, after the turn's prompt, is a desirable reply, and the reply
   it corrects is undesirable whatever its reward;
+- so is an agent's first reply after a handoff, after the prompt of the bot turn that led to it
+  (``trainer.reward_model.agent_reply_ids``: the last bot turn before it), and that bot reply is
+  undesirable whatever its reward;
 - any other logged reply is desirable at reward ≥ ``up``, undesirable at reward ≤ ``down``.
 
 **SFT** (``sft_update``) trains on the desirable examples (``up = sft_min_reward``) with TRL's
@@ -40,14 +43,15 @@ from trl import KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
 from loopdesk.causal_lm import load_tokenizer
 from trainer.config import BaselineConfig, PPOConfig
 from trainer.policy import PolicyWithValueHead
-from trainer.reward_model import correction_ids
+from trainer.reward_model import agent_reply_ids, correction_ids
 
 REFERENCE_ADAPTER = "ref"  # what KTOTrainer calls the copy of a loaded adapter it would use as reference
 
 
 @dataclass(frozen=True)
 class Example:
-    """A reply after its prompt (token ids), with its thumb; ``source`` is ``logged`` or ``correction``."""
+    """A reply after its prompt (token ids), with its thumb; ``source`` is ``logged``, ``correction`` or
+    ``agent`` (an agent's reply after a handoff)."""
 
     prompt: list[int]
     reply: list[int]
@@ -57,7 +61,8 @@ class Example:
 
 def labelled_examples(turns: Sequence[TurnWithFeedback], rewards: dict[tuple[str, int], float], tokenizer,
                       up: float, down: float) -> list[Example]:
-    """Corrections (desirable) and logged replies labelled by reward or by being corrected (module docstring)."""
+    """Corrections and agents' replies (desirable), and logged replies labelled by reward or by being
+    corrected or handed off (module docstring)."""
     examples: list[Example] = []
     for feedback in turns:
         prompt, reply = list(feedback.turn.prompt_token_ids), list(feedback.turn.reply_token_ids)
@@ -65,8 +70,11 @@ def labelled_examples(turns: Sequence[TurnWithFeedback], rewards: dict[tuple[str
             continue
         corrections = correction_ids(feedback, tokenizer)
         examples += [Example(prompt, ids, True, "correction") for ids in corrections]
+        agent = agent_reply_ids(feedback, tokenizer)
+        if agent is not None and agent not in corrections:
+            examples.append(Example(prompt, agent, True, "agent"))
         reward = rewards.get((feedback.conversation_id, feedback.turn.index))
-        if corrections:
+        if corrections or agent is not None:
             examples.append(Example(prompt, reply, False))
         elif reward is not None and (reward >= up or reward <= down):
             examples.append(Example(prompt, reply, reward >= up))
@@ -75,14 +83,16 @@ def labelled_examples(turns: Sequence[TurnWithFeedback], rewards: dict[tuple[str
 
 def sft_examples(turns: Sequence[TurnWithFeedback], rewards: dict[tuple[str, int], float], tokenizer,
                  config: BaselineConfig) -> list[Example]:
-    """What SFT imitates: replies rewarded at least ``sft_min_reward`` and every correction."""
+    """What SFT (and PPO-ptx) imitates: replies rewarded at least ``sft_min_reward``, every correction and
+    every agent's reply after a handoff."""
     return [e for e in labelled_examples(turns, rewards, tokenizer, config.sft_min_reward, -math.inf)
             if e.desirable]
 
 
 def kto_examples(turns: Sequence[TurnWithFeedback], rewards: dict[tuple[str, int], float], tokenizer,
                  config: BaselineConfig) -> list[Example]:
-    """KTO's thumbs: up at reward ≥ ``kto_up`` and for corrections, down at ≤ ``kto_down`` and when corrected."""
+    """KTO's thumbs: up at reward ≥ ``kto_up``, for corrections and agents' replies; down at ≤ ``kto_down``,
+    when corrected and when it led to a handoff an agent answered."""
     return labelled_examples(turns, rewards, tokenizer, config.kto_up, config.kto_down)
 
 
@@ -176,7 +186,8 @@ def _update(method: str, base_ref: str, active_dir: Path | None, examples: Seque
         return next((h[key] for h in reversed(trainer.state.log_history) if key in h), None)
 
     stats = {"method": method, "examples": len(examples), "desirable": sum(e.desirable for e in examples),
-             "corrections": sum(e.source == "correction" for e in examples), "steps": trainer.state.global_step,
+             "corrections": sum(e.source == "correction" for e in examples),
+             "agent_replies": sum(e.source == "agent" for e in examples), "steps": trainer.state.global_step,
              "loss_mean": result.training_loss, "loss_final": last("loss"),
              "train_s": round(train_s, 2), "update_s": round(time.monotonic() - started, 2)}
     if method == "kto":

@@ -45,18 +45,32 @@ class RewardBuilderConfig:
             1: each client is one customer's worth, as in the canary decision; 0: no cap. Worked
             case: 30 ratings of 5 from one client and 10 customers rating 1 once each: 11 CSAT
             rewards, one +1 and ten -1 (see docs/tuning.md#ratings).
+        handoff_penalty (float, default -0.5): added (with the tag penalties, before the clamp) to
+            the reward of every bot turn before a handoff to a person, back to the previous handoff
+            or the start: the customer asked for a person (button or words), re-asked until the bot
+            handed off, or no help article fitted. Every such turn gets the same penalty, as every
+            turn gets its conversation's CSAT; a turn with no other feedback starts from 0. A rating
+            after a handoff rates the person's help too, so without it a chat an agent rescued
+            rewards the bot turns that failed. 0 turns it off; it must lie in [-2, 0]. Worked case: two bot
+            turns, then the customer asks for a person and rates 5; the second turn has an expert
+            score of -1: rewards 1 - 0.5 = 0.5 and 0.8 * -0.5 + 0.2 * 1 - 0.5 = -0.7 (see
+            docs/tuning.md#reward-builder).
     """
 
     expert_weight: float = 0.8
     tag_penalties: dict[str, float] = field(default_factory=_default_tag_penalties)
     whiten: bool = False
     max_csat_per_client: int = 1
+    handoff_penalty: float = -0.5
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.expert_weight <= 1.0:
             raise ValueError(f"expert_weight must lie in [0, 1], got {self.expert_weight}")
         if self.max_csat_per_client < 0:
             raise ValueError(f"max_csat_per_client must be >= 0, got {self.max_csat_per_client}")
+        if not -2.0 <= self.handoff_penalty <= 0.0:
+            raise ValueError(f"handoff_penalty is added to the reward: it must lie in [-2, 0], "
+                             f"got {self.handoff_penalty}")
 
 
 @dataclass

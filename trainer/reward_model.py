@@ -22,6 +22,12 @@ gave them:
    expert scores), so a Bradley–Terry model may compare them across prompts; customer messages
    rarely repeat word for word, so rule 3 alone leaves most ratings unused (3 pairs from a
    150-conversation round, against 330 from this rule).
+5. **An agent's reply after a handoff.** The agent's first reply after a handoff to a person is *chosen*
+   over the bot turn that led to it (the last bot turn before it), both after that turn's exact prompt
+   context: what the person said is what the bot should have said. A reply equal to the bot's or to an
+   expert's correction of it is skipped, and so is a handoff because no help article fitted: the agent
+   answers the message no article fitted, which the bot never answered with the model, so no logged
+   prompt is its context.
 
 Beyond ``max_pairs`` a seeded random subset is kept. Training uses TRL's ``RewardTrainer`` (Bradley–Terry loss −log σ(r_chosen − r_rejected)) on
 pre-tokenized ``chosen_ids``/``rejected_ids``. A share of pairs is held out and the held-out
@@ -71,9 +77,21 @@ def correction_ids(feedback: TurnWithFeedback, tokenizer) -> list[list[int]]:
     return [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
 
 
+def agent_reply_ids(feedback: TurnWithFeedback, tokenizer) -> list[int] | None:
+    """The agent's first reply after the handoff this turn led to, as a finished reply (token ids + EOS);
+    None where the turn led to none, nobody replied, the reply equals the bot's, or no article fitted."""
+    handoff = feedback.handoff
+    if handoff is None or not handoff.led_to_handoff or handoff.reason == "no_article":
+        return None
+    text = handoff.agent_reply.strip()
+    if not text or text == feedback.turn.text.strip():
+        return None
+    return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
 def build_pairs(turns: Sequence[TurnWithFeedback], rewards: dict[tuple[str, int], float],
                 tokenizer, config: RewardModelConfig) -> list[PreferencePair]:
-    """Preference pairs from corrections and reward-ranked same-message turns (module docstring)."""
+    """Preference pairs from corrections, agents' replies and reward-ranked turns (module docstring)."""
     pairs: list[PreferencePair] = []
     groups: dict[str, list[tuple[float, TokenPair]]] = defaultdict(list)
     corrected: list[tuple[list[int], list[list[int]]]] = []  # (prompt, its corrections)
@@ -88,6 +106,9 @@ def build_pairs(turns: Sequence[TurnWithFeedback], rewards: dict[tuple[str, int]
             pairs.append(PreferencePair((bot[0], ids), bot, "correction"))
         if corrections:
             corrected.append((bot[0], corrections))
+        agent = agent_reply_ids(feedback, tokenizer)
+        if agent is not None and agent not in corrections:
+            pairs.append(PreferencePair((bot[0], agent), bot, "handoff"))
         reward = rewards.get((feedback.conversation_id, turn.index))
         if reward is not None and feedback.customer_text:
             groups[message_key(feedback.customer_text)].append((reward, bot))

@@ -11,10 +11,13 @@ Formula (every weight lives in ``RewardBuilderConfig``):
 2. Expert scores -2..+2 on the turn → ``score / 2``, averaged over experts.
 3. Both present: ``expert_weight * expert + (1 - expert_weight) * csat``; one present: that one;
    neither (tags only): 0.
-4. Add the penalty (or bonus) of each distinct tag, then clamp to [-1, 1].
+4. Add the penalty (or bonus) of each distinct tag and, on a bot turn before a handoff to a person
+   (``handoff``: the reason, any of them), ``handoff_penalty``; then clamp to [-1, 1]. Every bot turn
+   between the previous handoff (or the start) and this one gets the same penalty, as every turn gets
+   its conversation's CSAT: which of them failed the customer is the experts' to say.
 5. Optionally whiten across the batch (mean 0, std 1).
 
-Turns with no CSAT, no expert score and no tag carry no feedback and are left out.
+Turns with no CSAT, no expert score, no tag and no handoff after them carry no feedback and are left out.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class FeedbackTurn:
     tags: list[str] = field(default_factory=list)
     rater: str = ""
     csat_weight: float = 1.0
+    handoff: str = ""  # the reason of the handoff to a person that followed the turn; "" none
 
     def __post_init__(self) -> None:
         if self.csat is not None and not CSAT_RANGE[0] <= self.csat <= CSAT_RANGE[1]:
@@ -53,7 +57,7 @@ class FeedbackTurn:
     @property
     def has_feedback(self) -> bool:
         """Whether anyone said anything about this turn."""
-        return self.csat is not None or bool(self.expert_scores) or bool(self.tags)
+        return self.csat is not None or bool(self.expert_scores) or bool(self.tags) or bool(self.handoff)
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,8 @@ def turn_reward(turn: FeedbackTurn, config: RewardBuilderConfig) -> float:
     else:
         blended = 0.0
     blended += sum(config.tag_penalties.get(tag, 0.0) for tag in set(turn.tags))
+    if turn.handoff:
+        blended += config.handoff_penalty
     return max(-1.0, min(1.0, blended))
 
 

@@ -110,7 +110,8 @@ def feedback_turn(feedback: TurnWithFeedback) -> FeedbackTurn:
     return FeedbackTurn(feedback.conversation_id, feedback.turn.index, csat=feedback.csat,
                         expert_scores=[a.score for a in feedback.annotations],
                         tags=[tag for a in feedback.annotations for tag in a.tags],
-                        rater=feedback.rater, csat_weight=feedback.csat_weight)
+                        rater=feedback.rater, csat_weight=feedback.csat_weight,
+                        handoff=feedback.handoff.reason if feedback.handoff else "")
 
 
 def recover(store: FeedbackStore, adapters_dir: Path, current_run: str | None = None) -> dict[str, Any]:
@@ -229,7 +230,7 @@ class Round:
             wanted = (f"reward >= {b.sft_min_reward}" if cfg.method == "sft"
                       else f"reward >= {b.kto_up} or <= {b.kto_down}")
             raise NotEnoughFeedback(f"no {cfg.method} examples: none of {len(rewards)} rewarded turns has an expert "
-                                    f"correction or {wanted} (baseline thresholds)")
+                                    f"correction, an agent's reply after a handoff or {wanted} (baseline thresholds)")
         steps = cfg.baseline_steps()
         budget = replace(cfg.baseline, sft_max_steps=steps, kto_max_steps=steps)
         stats = update(self.settings.base_model_ref, active_dir, examples, budget, cfg.ppo, self.dir / "candidate")
@@ -283,6 +284,7 @@ class Round:
         rm_accuracy = reward_model.pairwise_accuracy(eval_pairs) if eval_pairs else None
         self.metrics |= {"pairs_train": len(train_pairs), "pairs_eval": len(eval_pairs),
                          "pairs_correction": sum(p.source == "correction" for p in pairs),
+                         "pairs_handoff": sum(p.source == "handoff" for p in pairs),
                          "rm_eval_accuracy": rm_accuracy}
         self.report("reward_model", pairs=len(pairs), rm_eval_accuracy=rm_accuracy)
 

@@ -37,7 +37,7 @@
       document.getElementById("queue-more").hidden = page.conversations.length < PAGE;
       renderQueue();
     }, function (error) {
-      document.getElementById("queue-counts").textContent = "Queue failed to load: " + error.message;
+      document.getElementById("queue-counts").textContent = "Queue failed to load: " + C.messageOf(error);
     });
   }
 
@@ -60,14 +60,22 @@
     history.replaceState(null, "", "#c=" + encodeURIComponent(convId));
     renderQueue();
     return C.api("GET", "/api/expert/conversations/" + encodeURIComponent(convId)).then(renderTranscript,
-      function (error) {
-        document.getElementById("transcript-empty").textContent = "Could not open the conversation: " + error.message;
+      function (error) {  // shown in place of the transcript, which is of another conversation now
+        var empty = document.getElementById("transcript-empty");
+        document.getElementById("transcript").hidden = true;
+        empty.hidden = false;
+        empty.classList.add("cn-error-text");
+        empty.setAttribute("role", "alert");
+        empty.textContent = "Could not open the conversation: " + C.messageOf(error);
       });
   }
 
   function renderTranscript(data) {
     var conv = data.conversation;
-    document.getElementById("transcript-empty").hidden = true;
+    var empty = document.getElementById("transcript-empty");
+    empty.hidden = true;
+    empty.classList.remove("cn-error-text");
+    empty.removeAttribute("role");
     document.getElementById("transcript").hidden = false;
     document.getElementById("transcript-title").textContent = "Conversation " + conv.id.slice(0, 8);
     document.getElementById("transcript-meta").textContent = (conv.csat ? "CSAT " + conv.csat : "unrated") +
@@ -83,9 +91,10 @@
   }
 
   function renderTurn(turn) {
-    var isBot = turn.role === "assistant";
-    var who = isBot ? "Bot · " + turn.adapter_version : "Customer";
-    var item = el("li", {className: "cn-turn " + (isBot ? "cn-bot" : "cn-user"), "data-index": turn.index}, [
+    var isBot = turn.role === "assistant", isAgent = turn.role === "agent";
+    var who = isBot ? "Bot · " + turn.adapter_version : isAgent ? "Agent " + turn.agent_name : "Customer";
+    var item = el("li", {className: "cn-turn " + (isBot ? "cn-bot" : isAgent ? "cn-agent" : "cn-user"),
+      "data-index": turn.index}, [
       el("div", {className: "cn-who-line", text: who + " · turn " + turn.index}),
       el("p", {className: "cn-text", text: turn.text}),
     ]);
@@ -105,6 +114,10 @@
     if (turn.source === "fallback") {
       return el("p", {className: "cn-grounding"}, [el("span", {className: "cn-badge cn-fallback", text: "fallback"}),
         el("span", {text: " No help article fitted: the bot declined without generating (never a training sample)."})]);
+    }
+    if (turn.source === "handoff") {
+      return el("p", {className: "cn-grounding"}, [el("span", {className: "cn-badge cn-fallback", text: "handoff"}),
+        el("span", {text: " The bot's notice of a handoff to a person (never a training sample)."})]);
     }
     var line = el("p", {className: "cn-grounding"}, [el("span", {text: turn.articles.length ? "Saw: " : "Saw no help article."})]);
     turn.articles.forEach(function (a, i) {
@@ -186,12 +199,13 @@
   }
 
   function save(form, index) {
+    if (C.isBusy(form)) return;
     var values = formValues(form), convId = state.convId;
     if (values.score === null) { setStatus(form, "Choose a score first (keys 1–5).", true); return; }
     localStorage.setItem(draftKey(convId, index), JSON.stringify(values));
     setStatus(form, "Saving…", false);
     var path = "/api/expert/conversations/" + encodeURIComponent(convId) + "/turns/" + index + "/annotations";
-    C.api("POST", path, values).then(function () {
+    C.whileBusy(form, C.api("POST", path, values)).then(function () {
       localStorage.removeItem(draftKey(convId, index));
       return C.api("GET", "/api/expert/conversations/" + encodeURIComponent(convId)).then(function (data) {
         var turn = data.turns.filter(function (t) { return t.index === index; })[0];
@@ -199,7 +213,7 @@
         setStatus(form, "Saved ✓", false);
       });
     }).catch(function (error) {
-      setStatus(form, "Not saved: " + error.message + " — your draft is kept.", true);
+      setStatus(form, "Not saved: " + C.messageOf(error) + " — your draft is kept.", true);
     });
   }
 
@@ -248,8 +262,11 @@
     event.preventDefault();
   });
 
-  filters.addEventListener("submit", function (event) { event.preventDefault(); loadQueue(true); });
-  document.getElementById("queue-more").addEventListener("click", function () { loadQueue(false); });
+  filters.addEventListener("submit", function (event) {
+    event.preventDefault();
+    if (!C.isBusy(filters)) C.whileBusy(filters, loadQueue(true));
+  });
+  document.getElementById("queue-more").addEventListener("click", function () { C.whileBusy(this, loadQueue(false)); });
   loadQueue(true).then(function () {
     var match = /^#c=([A-Za-z0-9_-]+)$/.exec(location.hash);
     if (match) openConversation(match[1]);

@@ -1,5 +1,6 @@
-/* loopdesk consoles: what the expert and operator pages share — DOM building with textContent
-   only (never innerHTML with data), the JSON API with the session's CSRF token, dates, dialogs. */
+/* loopdesk consoles: what the console pages share — DOM building with textContent only (never
+   innerHTML with data), the JSON API with the session's CSRF token and the server's error message,
+   buttons disabled while their request is in flight, dates, dialogs. */
 "use strict";
 var LoopConsole = (function () {
   var csrfToken = document.querySelector('meta[name="csrf-token"]').content;
@@ -35,14 +36,43 @@ var LoopConsole = (function () {
       }
       return response.json().catch(function () { return {}; }).then(function (data) {
         if (response.ok) return data;
-        var message = (data.error && data.error.message) || ("the server answered " + response.status);
-        var error = new Error(message);
+        var error = new Error(serverMessage(data, response));
         error.status = response.status;
         throw error;
       });
     }, function () {
       throw new Error("the server could not be reached; check your connection and try again");
     });
+  }
+
+  /** What a refused request's JSON error says, or the status when it says nothing readable. */
+  function serverMessage(data, response) {
+    var said = data && data.error && typeof data.error === "object" ? data.error.message : data && data.error;
+    if (typeof said === "string" && said.trim()) return said;
+    return "the server answered " + response.status + (response.statusText ? " " + response.statusText : "");
+  }
+
+  /** A failure as text for the page: an Error's message, a string as it is, never "[object Object]". */
+  function messageOf(error) {
+    if (error && typeof error.message === "string" && error.message) return error.message;
+    return typeof error === "string" && error ? error : "something went wrong; reload the page and try again";
+  }
+
+  /** Disable ``controls`` (elements, or a form's buttons) until ``promise`` settles, so a request is sent
+      once; controls that were disabled before stay so. Returns ``promise``. */
+  function whileBusy(controls, promise) {
+    var list = [].concat(controls).reduce(function (all, c) {
+      return all.concat(c && c.tagName === "FORM" ? Array.from(c.querySelectorAll("button, input[type=submit]")) : [c]);
+    }, []).filter(function (c) { return c && !c.disabled; });
+    list.forEach(function (c) { c.disabled = true; c.setAttribute("aria-busy", "true"); });
+    function done() { list.forEach(function (c) { c.disabled = false; c.removeAttribute("aria-busy"); }); }
+    promise.then(done, done);
+    return promise;
+  }
+
+  /** Whether a form's request is still in flight (whileBusy disabled its buttons). */
+  function isBusy(form) {
+    return !!form.querySelector("[aria-busy=true]");
   }
 
   function pad(n) { return String(n).padStart(2, "0"); }
@@ -72,5 +102,19 @@ var LoopConsole = (function () {
     });
   }
 
-  return {el: el, api: api, formatTime: formatTime, confirmAction: confirmAction};
+  return {el: el, api: api, formatTime: formatTime, confirmAction: confirmAction, messageOf: messageOf,
+          whileBusy: whileBusy, isBusy: isBusy};
+})();
+
+/* The sign-in page: an address's fragment (the expert console's #c=<id>) never reaches the server, so
+   the form's next target gets it here (the server follows same-site paths only); the button is
+   disabled while the form is sent, and enabled again when the browser comes back to the page. */
+(function () {
+  var form = document.getElementById("sign-in");
+  if (!form) return;
+  var next = form.elements.namedItem("next");
+  if (next && next.value && location.hash && next.value.indexOf("#") < 0) next.value += location.hash;
+  var button = form.querySelector("button[type=submit]");
+  form.addEventListener("submit", function () { button.disabled = true; });
+  window.addEventListener("pageshow", function () { button.disabled = false; });
 })();

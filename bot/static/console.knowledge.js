@@ -36,7 +36,7 @@
           "aria-current": current ? "true" : null, text: a.title + " · " + a.id + " v" + a.version + " · " + a.status,
           onclick: function () { openArticle(a.id); }})]);
       }));
-    }).catch(function (error) { $("kb-count").textContent = "The list failed to load: " + error.message; });
+    }).catch(function (error) { $("kb-count").textContent = "The list failed to load: " + C.messageOf(error); });
   }
 
   // ---- one article ------------------------------------------------------------------------
@@ -50,9 +50,12 @@
         loadList();
         return loadHistory(id);
       });
-    }).catch(function (error) {
+    }).catch(function (error) {  // shown in place of the article, which is another one
+      $("kb-article").hidden = true;
       $("kb-empty").hidden = false;
-      $("kb-empty").textContent = "Could not open the article: " + error.message;
+      $("kb-empty").classList.add("cn-error-text");
+      $("kb-empty").setAttribute("role", "alert");
+      $("kb-empty").textContent = "Could not open the article: " + C.messageOf(error);
     });
   }
 
@@ -62,6 +65,8 @@
     history.replaceState(null, "", "?article=" + encodeURIComponent(article.id) +
       (article.version !== current.version ? "&version=" + article.version : ""));
     $("kb-empty").hidden = true;
+    $("kb-empty").classList.remove("cn-error-text");
+    $("kb-empty").removeAttribute("role");
     $("kb-article").hidden = false;
     $("kb-article-h").textContent = article.title;
     $("kb-meta").classList.remove("cn-error-text");
@@ -87,7 +92,7 @@
           "aria-label": "View version " + v.version, onclick: function () { openArticle(v.id, v.version); }})]);
         if (canWrite && v.version !== state.current.version) {
           actions.append(el("button", {type: "button", text: "Revert to this", "aria-label": "Revert to version " + v.version,
-            onclick: function () { revert(v.version); }}));
+            onclick: function () { revert(this, v.version); }}));
         }
         return el("tr", {className: v.version === state.current.version ? "cn-current" : ""}, [
           el("td", {text: "v" + v.version}), el("td", {text: v.status}), el("td", {text: v.title}),
@@ -116,40 +121,42 @@
   }
 
   function save() {
+    if (C.isBusy($("kb-editor"))) return;
     var fields = {title: $("kb-title").value, body: $("kb-body").value, tags: tags()};
     var request = state.editing === "new"
       ? C.api("POST", "/api/kb/articles", Object.assign({id: $("kb-id").value.trim()}, fields))
       : C.api("PUT", path(state.current.id), Object.assign({base_version: state.editing}, fields));
     status("Saving…", false);
-    return request.then(function (article) {
+    return C.whileBusy($("kb-editor"), request).then(function (article) {
       state.editing = null;
       $("kb-editor").hidden = true;
       return openArticle(article.id).then(function () { $("kb-meta").prepend("Saved · "); });
     }, function (error) {
-      status("Not saved: " + error.message + (error.status === 409 ? ". Your text is kept here." : ""), true);
+      status("Not saved: " + C.messageOf(error) + (error.status === 409 ? ". Your text is kept here." : ""), true);
       if (error.status === 409) loadList();  // the list shows the version that was saved meanwhile
     });
   }
 
   function preview() {
-    return C.api("POST", "/api/kb/preview", {body: $("kb-body").value}).then(function (data) {
+    return C.whileBusy($("kb-preview-button"), C.api("POST", "/api/kb/preview", {body: $("kb-body").value})).then(function (data) {
       setHtml($("kb-preview"), data.html);
-    }, function (error) { status("No preview: " + error.message, true); });
+    }, function (error) { status("No preview: " + C.messageOf(error), true); });
   }
 
-  function change(question, request) {
+  /** Ask, then send ``request()`` with ``button`` disabled until it is answered; show the article or why not. */
+  function change(button, question, request) {
     C.confirmAction(question, false).then(function (reason) {
       if (reason === null) return;
-      request().then(function (article) { return openArticle(article.id); }).catch(function (error) {
-        $("kb-meta").textContent = "Not done: " + error.message;
+      C.whileBusy(button, request()).then(function (article) { return openArticle(article.id); }).catch(function (error) {
+        $("kb-meta").textContent = "Not done: " + C.messageOf(error);
         $("kb-meta").classList.add("cn-error-text");
       });
     });
   }
 
-  function revert(version) {
+  function revert(button, version) {
     var current = state.current;
-    change("Make version " + version + " of " + current.id + " current again (as version " + (current.version + 1) + ")?",
+    change(button, "Make version " + version + " of " + current.id + " current again (as version " + (current.version + 1) + ")?",
       function () { return C.api("POST", path(current.id, "/revert"), {to_version: version, base_version: current.version}); });
   }
 
@@ -161,13 +168,13 @@
     $("kb-editor").addEventListener("submit", function (event) { event.preventDefault(); save(); });
     $("kb-retire").addEventListener("click", function () {
       var current = state.current;
-      change("Retire " + current.id + "? The bot stops using it and the help centre stops showing it.", function () {
+      change(this, "Retire " + current.id + "? The bot stops using it and the help centre stops showing it.", function () {
         return C.api("POST", path(current.id, "/retire"), {base_version: current.version});
       });
     });
     $("kb-publish").addEventListener("click", function () {
       var current = state.current;
-      change("Publish " + current.id + " again?", function () {
+      change(this, "Publish " + current.id + " again?", function () {
         return C.api("PUT", path(current.id), {base_version: current.version, status: "published"});
       });
     });
@@ -177,8 +184,8 @@
   $("kb-retrieve-form").addEventListener("submit", function (event) {
     event.preventDefault();
     var question = $("kb-question").value.trim();
-    if (!question) return;
-    C.api("GET", "/api/kb/retrieve?q=" + encodeURIComponent(question)).then(function (data) {
+    if (!question || C.isBusy(this)) return;
+    C.whileBusy(this, C.api("GET", "/api/kb/retrieve?q=" + encodeURIComponent(question))).then(function (data) {
       var used = data.results.filter(function (r) { return r.in_context; });
       var verdict = !data.fits
         ? "No article reaches " + data.min_score + ": the bot would not generate and would decline with the contact address"
@@ -195,10 +202,13 @@
           el("td", {text: r.in_context ? "yes" : "—"}),
         ]);
       }));
-    }).catch(function (error) { $("kb-retrieve-summary").textContent = "Retrieval failed: " + error.message; });
+    }).catch(function (error) { $("kb-retrieve-summary").textContent = "Retrieval failed: " + C.messageOf(error); });
   });
 
-  $("kb-search").addEventListener("submit", function (event) { event.preventDefault(); loadList(); });
+  $("kb-search").addEventListener("submit", function (event) {
+    event.preventDefault();
+    if (!C.isBusy(this)) C.whileBusy(this, loadList());
+  });
   var params = new URLSearchParams(location.search);
   loadList();
   if (params.get("article")) openArticle(params.get("article"), Number(params.get("version")) || null);

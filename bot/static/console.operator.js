@@ -1,5 +1,5 @@
-/* Operator console: adapters (promote / canary / roll back, canary share), CSAT per version,
-   "train now", schedules with cron preview, runs with live progress charts. */
+/* Operator console: adapters (promote / canary / roll back, canary share), CSAT per version, handoff and
+   resolution rates per version, "train now", schedules with cron preview, runs with live progress charts. */
 "use strict";
 (function () {
   var C = LoopConsole, el = C.el;
@@ -13,12 +13,13 @@
 
   function report(error) {
     errorBox.hidden = false;
-    errorBox.textContent = error.message;
+    errorBox.textContent = C.messageOf(error);
   }
 
-  function act(promise, then) {
+  /** Send a change with ``control`` disabled until it is answered; then ``then``, or the server's message. */
+  function act(control, promise, then) {
     errorBox.hidden = true;
-    return promise.then(then).catch(report);
+    return C.whileBusy(control, promise).then(then).catch(report);
   }
 
   function fmt(value) {
@@ -51,13 +52,15 @@
   }
 
   function adapterButton(label, adapter, path, question, className) {
-    return el("button", {type: "button", text: label, className: className, "aria-label": label + " " + adapter.version,
+    var button = el("button", {type: "button", text: label, className: className, "aria-label": label + " " + adapter.version,
       onclick: function () {
         C.confirmAction(question, false).then(function (reason) {
           if (reason === null) return;
-          act(C.api("POST", "/api/operator/adapters/" + encodeURIComponent(adapter.version) + path, {}), loadAdapters);
+          act(button, C.api("POST", "/api/operator/adapters/" + encodeURIComponent(adapter.version) + path, {}),
+            loadAdapters);
         });
       }});
+    return button;
   }
 
   function loadAdapters() {
@@ -94,19 +97,21 @@
   document.getElementById("rollback").addEventListener("click", function () {
     var active = document.getElementById("active-version").textContent;
     C.confirmAction("Roll back " + active + "? It will be rejected and its parent reactivated.", true).then(function (reason) {
-      if (reason) act(C.api("POST", "/api/operator/rollback", {reason: reason}), loadAdapters);
+      if (reason) act(document.getElementById("rollback"), C.api("POST", "/api/operator/rollback", {reason: reason}),
+        loadAdapters);
     });
   });
 
   document.getElementById("canary-share-save").addEventListener("click", function () {
     var percent = Number(document.getElementById("canary-share").value);
-    act(C.api("PUT", "/api/operator/canary-share", {share: percent / 100}), loadAdapters);
+    act(this, C.api("PUT", "/api/operator/canary-share", {share: percent / 100}), loadAdapters);
   });
 
   // ---- CSAT per version --------------------------------------------------------------
   function loadCsat() {
     var bucket = document.getElementById("csat-bucket").value, days = document.getElementById("csat-days").value || 14;
-    return C.api("GET", "/api/operator/csat?bucket=" + bucket + "&days=" + days).then(function (data) {
+    var query = new URLSearchParams({bucket: bucket, days: days});
+    return C.api("GET", "/api/operator/csat?" + query).then(function (data) {
       LoopCharts.line(document.getElementById("csat-chart"), {
         title: "Weighted mean CSAT per " + data.bucket + " (bands: 95% CI)", time: true, yMin: 1, yMax: 5,
         series: data.series.map(function (s) {
@@ -120,9 +125,30 @@
   document.getElementById("csat-bucket").addEventListener("change", function () { loadCsat().catch(report); });
   document.getElementById("csat-days").addEventListener("change", function () { loadCsat().catch(report); });
 
+  // ---- handoffs per version ------------------------------------------------------------
+  function rateText(rate) {
+    if (rate.rate === null) return "—";
+    return (100 * rate.rate).toFixed(1) + "% (" + (100 * rate.lo).toFixed(1) + "–" + (100 * rate.hi).toFixed(1) +
+      "%) n=" + rate.n;
+  }
+
+  function loadHandoffs() {
+    var days = document.getElementById("csat-days").value || 14;
+    return C.api("GET", "/api/operator/handoffs?days=" + days).then(function (data) {
+      var body = document.querySelector("#handoffs tbody");
+      body.replaceChildren.apply(body, Object.keys(data.versions).map(function (version) {
+        var v = data.versions[version];
+        return el("tr", {}, [el("td", {text: version}), el("td", {text: String(v.conversations)}),
+          el("td", {text: rateText(v.handoff_rate)}), el("td", {text: rateText(v.resolution_rate)}),
+          el("td", {text: csatText(v.csat_bot_only)}), el("td", {text: csatText(v.csat_handed_off)})]);
+      }));
+    });
+  }
+  document.getElementById("csat-days").addEventListener("change", function () { loadHandoffs().catch(report); });
+
   // ---- training and schedules ---------------------------------------------------------
   document.getElementById("train-now").addEventListener("click", function () {
-    act(C.api("POST", "/api/operator/train"), function (queued) {
+    act(this, C.api("POST", "/api/operator/train"), function (queued) {
       document.getElementById("train-status").textContent = "Queued run " + queued.id;
       return loadRuns().then(function () { selectRun(queued.id); });
     });
@@ -146,32 +172,43 @@
 
   document.getElementById("schedule-form").addEventListener("submit", function (event) {
     event.preventDefault();
-    act(C.api("POST", "/api/operator/schedules", {cron: cron.value.trim()}), function () {
+    if (C.isBusy(this)) return;
+    act(this, C.api("POST", "/api/operator/schedules", {cron: cron.value.trim()}), function () {
       cron.value = ""; preview.textContent = "";
       return loadSchedules();
     });
   });
 
+  function schedulePath(id) { return "/api/operator/schedules/" + encodeURIComponent(id); }
+
+  function deleteScheduleButton(id, what) {
+    var button = el("button", {type: "button", text: "Delete", "aria-label": "Delete schedule " + what,
+      onclick: function () {
+        C.confirmAction("Delete the schedule " + what + "?", false).then(function (reason) {
+          if (reason !== null) act(button, C.api("DELETE", schedulePath(id)), loadSchedules);
+        });
+      }});
+    return button;
+  }
+
   function loadSchedules() {
     return C.api("GET", "/api/operator/schedules").then(function (data) {
-      var body = document.querySelector("#schedules tbody");
-      body.replaceChildren.apply(body, data.schedules.map(function (s) {
+      var rows = data.schedules.map(function (s) {
         var toggle = el("input", {type: "checkbox", checked: s.enabled, "aria-label": "Enabled: " + s.cron,
-          onchange: function () {
-            act(C.api("PATCH", "/api/operator/schedules/" + s.id, {enabled: toggle.checked}), loadSchedules);
+          onchange: function () {  // reloaded either way, so a refused change shows the stored state again
+            act(toggle, C.api("PATCH", schedulePath(s.id), {enabled: toggle.checked})).then(loadSchedules).catch(report);
           }});
-        return el("tr", {}, [
-          el("td", {}, [el("code", {text: s.cron})]),
-          el("td", {text: s.next_runs.map(function (t) { return C.formatTime(Date.parse(t) / 1000); }).join(", ")}),
-          el("td", {}, [toggle]),
-          el("td", {}, [el("button", {type: "button", text: "Delete", "aria-label": "Delete schedule " + s.cron,
-            onclick: function () {
-              C.confirmAction("Delete the schedule " + s.cron + "?", false).then(function (reason) {
-                if (reason !== null) act(C.api("DELETE", "/api/operator/schedules/" + s.id), loadSchedules);
-              });
-            }})]),
-        ]);
-      }));
+        var when = s.problem ? el("td", {className: "cn-error-text", text: s.problem})
+          : el("td", {text: s.next_runs.map(function (t) { return C.formatTime(Date.parse(t) / 1000); }).join(", ")});
+        return el("tr", {}, [el("td", {}, [el("code", {text: s.cron})]), when, el("td", {}, [toggle]),
+          el("td", {}, [deleteScheduleButton(s.id, s.cron)])]);
+      });
+      (data.unreadable || []).forEach(function (u) {
+        rows.push(el("tr", {}, [el("td", {}, [el("code", {text: u.id})]),
+          el("td", {colspan: 2, className: "cn-error-text", text: u.problem}), el("td", {}, [deleteScheduleButton(u.id, u.id)])]));
+      });
+      var body = document.querySelector("#schedules tbody");
+      body.replaceChildren.apply(body, rows);
     });
   }
 
@@ -237,7 +274,7 @@
   }
 
   function refresh() {
-    return Promise.all([loadAdapters(), loadRuns()]).catch(report);
+    return Promise.all([loadAdapters(), loadRuns(), loadHandoffs()]).catch(report);
   }
 
   Promise.all([refresh(), loadSchedules(), loadCsat()]).catch(report);

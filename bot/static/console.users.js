@@ -10,12 +10,13 @@
 
   function report(error) {
     errorBox.hidden = false;
-    errorBox.textContent = error.message;
+    errorBox.textContent = C.messageOf(error);
   }
 
-  function act(promise) {
+  /** Send a change with ``control`` disabled until it is answered, then reload (or show the server's message). */
+  function act(control, promise) {
     errorBox.hidden = true;
-    return promise.then(load).catch(report);
+    return C.whileBusy(control, promise).then(load).catch(report);
   }
 
   function path(user, suffix) {
@@ -34,13 +35,13 @@
       onclick: function () {
         if (select.value === user.role) return;
         confirmed("Make " + user.name + " " + select.value + "? Their sessions end.", function () {
-          act(C.api("PUT", path(user, "/role"), {role: select.value}));
+          act([save, select], C.api("PUT", path(user, "/role"), {role: select.value}));
         });
       }});
     return el("td", {}, [select, " ", save]);
   }
 
-  function askPassword(user) {
+  function askPassword(user, button) {
     var dialog = document.getElementById("password-dialog");
     var input = document.getElementById("new-password");
     document.getElementById("password-user").textContent = user.name;
@@ -48,32 +49,34 @@
     dialog.returnValue = "";
     dialog.showModal();
     dialog.addEventListener("close", function () {
-      if (dialog.returnValue === "ok") act(C.api("PUT", path(user, "/password"), {password: input.value}));
+      if (dialog.returnValue === "ok") act(button, C.api("PUT", path(user, "/password"), {password: input.value}));
     }, {once: true});
   }
 
+  /** A row's button; ``onclick`` gets the button, to keep it disabled while its request is in flight. */
   function button(label, user, onclick, className) {
-    return el("button", {type: "button", text: label, className: className, "aria-label": label + " " + user.name,
-      onclick: onclick});
+    var node = el("button", {type: "button", text: label, className: className, "aria-label": label + " " + user.name,
+      onclick: function () { onclick(node); }});
+    return node;
   }
 
   function actions(user) {
     var toggle = user.disabled ? "Enable" : "Disable";
     return el("td", {}, [el("div", {className: "cn-row"}, [
-      button(toggle, user, function () {
+      button(toggle, user, function (self) {
         confirmed(toggle + " " + user.name + "?" + (user.disabled ? "" : " Their sessions end."), function () {
-          act(C.api("PUT", path(user, "/disabled"), {disabled: !user.disabled}));
+          act(self, C.api("PUT", path(user, "/disabled"), {disabled: !user.disabled}));
         });
       }),
-      button("Reset password", user, function () { askPassword(user); }),
-      button("Sign out everywhere", user, function () {
+      button("Reset password", user, function (self) { askPassword(user, self); }),
+      button("Sign out everywhere", user, function (self) {
         confirmed("End every session of " + user.name + "?", function () {
-          act(C.api("POST", path(user, "/sign-out"), {}));
+          act(self, C.api("POST", path(user, "/sign-out"), {}));
         });
       }),
-      button("Remove", user, function () {
+      button("Remove", user, function (self) {
         confirmed("Remove the account " + user.name + "? This cannot be undone.", function () {
-          act(C.api("DELETE", path(user)));
+          act(self, C.api("DELETE", path(user)));
         });
       }, "cn-danger"),
     ])]);
@@ -97,9 +100,11 @@
     event.preventDefault();
     var field = function (name) { return addForm.elements.namedItem(name); };
     var status = document.getElementById("add-status");
-    var body = {name: field("name").value.trim(), role: field("role").value, password: field("password").value};
+    var body = {name: field("name").value.trim(), role: field("role").value, password: field("password").value,
+      display_name: field("display_name").value.trim()};
+    if (C.isBusy(addForm)) return;
     errorBox.hidden = true;
-    C.api("POST", API, body).then(function (user) {
+    C.whileBusy(addForm, C.api("POST", API, body)).then(function (user) {
       status.textContent = "Added " + user.role + " " + user.name + ".";
       addForm.reset();
       return load();

@@ -1,6 +1,11 @@
 /* loopdesk chat widget: one <script src=".../static/widget.js" data-bot-url data-title data-color
    data-idle-timeout> tag adds a chat bubble, streams the bot's replies (server-sent events read from
-   the fetch body) and asks for a 1-5 rating when the chat ends or goes idle.
+   the fetch body) and asks for a 1-5 rating when the chat ends; when it goes idle it offers the rating
+   (rate now, or keep chatting: the chat stays open, and the server ends none for idleness). Each message
+   carries an Idempotency-Key, the same on each automatic retry, so it is logged once. "Talk to a person" (or
+   the bot itself) hands the chat to the team: the widget then shows the status and the agents'
+   replies live (an SSE stream read with fetch, so the token goes in the Authorization header), or,
+   when nobody is available, when the team is back and a form to leave an email address.
    Everything typed or received is rendered with textContent, never as HTML. */
 (function () {
   "use strict";
@@ -15,11 +20,14 @@
   var idleMs = Math.max(5, Number(script.dataset.idleTimeout) || 120) * 1000;
   var storageKey = "loopdesk:" + botUrl;
   var RATINGS = ["very poor", "poor", "okay", "good", "great"];
+  var RETRY_MS = [1000, 2000, 4000, 8000];  /* waits before retrying a message the server could not answer */
+  var WITH_A_PERSON = { waiting_for_agent: true, with_agent: true };
 
   var state = load();
   var busy = false;
   var idleTimer = null;
   var historyShown = false;
+  var following = null;  /* the AbortController of the live stream while the chat is with a person */
 
   function load() {
     try { return JSON.parse(sessionStorage.getItem(storageKey)) || {}; } catch (e) { return {}; }
@@ -39,17 +47,15 @@
     return node;
   }
 
+  function svgEl(tag, attrs, children) {
+    var node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    Object.keys(attrs).forEach(function (name) { node.setAttribute(name, attrs[name]); });
+    (children || []).forEach(function (child) { node.appendChild(child); });
+    return node;
+  }
   function icon(path) {
-    var ns = "http://www.w3.org/2000/svg";
-    var svg = document.createElementNS(ns, "svg");
-    var shape = document.createElementNS(ns, "path");
-    svg.setAttribute("viewBox", "0 0 24 24");
-    svg.setAttribute("aria-hidden", "true");
-    svg.setAttribute("focusable", "false");
-    shape.setAttribute("fill", "currentColor");
-    shape.setAttribute("d", path);
-    svg.appendChild(shape);
-    return svg;
+    return svgEl("svg", { viewBox: "0 0 24 24", "aria-hidden": "true", focusable: "false" },
+      [svgEl("path", { fill: "currentColor", d: path })]);
   }
 
   /* ---- building the widget ---- */
@@ -74,6 +80,14 @@
   });
   var sendButton = el("button", { type: "submit", class: "ld-send", text: "Send" });
   var composer = el("form", { class: "ld-composer", "aria-label": "Send a message" }, [input, sendButton]);
+  var personButton = el("button", { type: "button", class: "ld-person", text: "Talk to a person" });
+  var notice = el("p", { class: "ld-notice", "aria-live": "polite", hidden: true });
+  var email = el("input", { id: "ld-email", class: "ld-input", type: "email", maxlength: "254", required: "",
+    autocomplete: "email" });
+  var contact = el("form", { class: "ld-contact", "aria-label": "Leave your email address", hidden: true }, [
+    el("label", { for: "ld-email", text: "Your email address" }), email,
+    el("button", { type: "submit", class: "ld-send", text: "Send address" })
+  ]);
 
   var stars = el("div", { class: "ld-stars" });
   RATINGS.forEach(function (words, i) {
@@ -91,6 +105,10 @@
     el("label", { for: "ld-comment", text: "Comment (optional)" }), comment,
     el("button", { type: "submit", class: "ld-send", text: "Send rating" })
   ]);
+  var rateNow = el("button", { type: "button", class: "ld-send", text: "Rate this chat" });
+  var keepChatting = el("button", { type: "button", class: "ld-person", text: "Keep chatting" });
+  var offer = el("div", { class: "ld-offer", role: "group", "aria-label": "Done for now?", hidden: true }, [
+    el("p", { text: "Done for now? Rate this chat, or keep chatting: it stays open." }), rateNow, keepChatting]);
   var newChat = el("button", { type: "button", class: "ld-send", text: "Start a new chat" });
   var thanks = el("div", { class: "ld-thanks", hidden: true, tabindex: "-1" },
     [el("p", { text: "Thank you for your feedback!" }), newChat]);
@@ -99,16 +117,18 @@
     id: "ld-panel", class: "ld-panel", role: "dialog", "aria-labelledby": "ld-title", hidden: true
   }, [
     el("header", { class: "ld-header" }, [el("h2", { id: "ld-title", text: title }), endButton, closeButton]),
-    log, typing, status, composer, survey, thanks
+    log, typing, notice, contact, status, offer, personButton, composer, survey, thanks
   ]);
   var root = el("div", { class: "ld-root" }, [panel, launcher]);
   root.style.setProperty("--ld-color", color);
   document.body.appendChild(root);
 
   /* ---- showing things ---- */
-  function addMessage(role, text) {
+  function addMessage(role, text, agentName) {
+    var who = role === "user" ? "You: " : role === "agent" ? "" : "Assistant: ";
     var bubble = el("div", { class: "ld-msg ld-" + role }, [
-      el("span", { class: "ld-sr-only", text: role === "user" ? "You: " : "Assistant: " }),
+      role === "agent" ? el("span", { class: "ld-name", text: agentName + " (our team)" })
+        : el("span", { class: "ld-sr-only", text: who }),
       el("span", { class: "ld-text", text: text })
     ]);
     log.appendChild(bubble);
@@ -116,30 +136,32 @@
     return bubble.querySelector(".ld-text");
   }
   function showStatus(message) { status.textContent = message || ""; }
+  function wait(ms) { return new Promise(function (resume) { setTimeout(resume, ms); }); }
   function setTyping(on) { typing.hidden = !on; if (on) log.scrollTop = log.scrollHeight; }
   function refreshControls() {
     var ended = !!state.ended;
     composer.hidden = ended;
+    if (ended) offer.hidden = true;
+    personButton.hidden = ended || !!WITH_A_PERSON[state.status];
+    personButton.disabled = busy;
     survey.hidden = !ended || !!state.rated;
     thanks.hidden = !state.rated;
     endButton.disabled = !state.id || ended;
     sendButton.disabled = busy;
   }
 
+  function showPanel(shown) {
+    panel.hidden = !shown;
+    launcher.setAttribute("aria-expanded", String(shown));
+    launcher.setAttribute("aria-label", (shown ? "Close chat: " : "Open chat: ") + title);
+  }
   function open() {
-    panel.hidden = false;
-    launcher.setAttribute("aria-expanded", "true");
-    launcher.setAttribute("aria-label", "Close chat: " + title);
+    showPanel(true);
     if (!historyShown) restoreHistory();
     refreshControls();
     (state.rated ? newChat : state.ended ? survey.querySelector("input") : input).focus();
   }
-  function close() {
-    panel.hidden = true;
-    launcher.setAttribute("aria-expanded", "false");
-    launcher.setAttribute("aria-label", "Open chat: " + title);
-    launcher.focus();
-  }
+  function close() { showPanel(false); launcher.focus(); }
 
   /* ---- talking to the API ---- */
   function call(path, method, body) {
@@ -158,12 +180,76 @@
     historyShown = true;
     if (!state.id) return;
     call("/" + state.id, "GET").then(function (conv) {
-      conv.turns.forEach(function (turn) { addMessage(turn.role === "user" ? "user" : "bot", turn.text); });
-      state.ended = conv.status === "ended";
+      conv.turns.forEach(function (turn) {
+        addMessage(turn.role === "assistant" ? "bot" : turn.role, turn.text, turn.agent_name);
+        state.seen = turn.index;
+      });
       state.rated = conv.csat !== null;
-      save();
-      refreshControls();
+      showHandoff(conv.status, conv.handoff);
     }).catch(function () { state = {}; save(); refreshControls(); });
+  }
+
+  /* ---- a person instead of the bot ---- */
+  function showHandoff(status, handoff) {
+    var was = state.status;
+    state.status = status;
+    state.ended = status === "ended";
+    state.handoff = handoff;
+    save();
+    var offline = status === "open" && handoff && !handoff.available;
+    notice.hidden = !WITH_A_PERSON[status] && !offline && !(was === "with_agent" && status === "open");
+    if (status === "waiting_for_agent") notice.textContent = "Waiting for a person… You can keep writing: they will read it here.";
+    else if (status === "with_agent") notice.textContent = "You are chatting with " + handoff.agent_name + " from our team.";
+    else if (offline) {
+      notice.textContent = "Nobody from our team is available right now" + (handoff.back ? "; they are back " + handoff.back : "") +
+        ". " + (handoff.contact_email ? "They will reply to " + handoff.contact_email + "." :
+        "Leave your email address and they will reply by email.");
+    } else if (!notice.hidden) notice.textContent = "You are back with our assistant.";
+    contact.hidden = !offline || !!handoff.contact_email;
+    refreshControls();
+    resetIdle();
+    if (WITH_A_PERSON[status]) follow(); else if (following) { following.abort(); following = null; }
+  }
+
+  /* Agents' replies and status changes as they happen; reconnects while the chat is with a person. */
+  function follow() {
+    if (following) return;
+    var controller = new AbortController();
+    following = controller;
+    fetch(api + "/" + state.id + "/events?after=" + (state.seen === undefined ? -1 : state.seen), {
+      headers: { "Accept": "text/event-stream", "Authorization": "Bearer " + state.token }, signal: controller.signal
+    }).then(function (res) {
+      if (res.status === 404) {  /* erased (or past its retention period): nothing left to follow */
+        state = {};
+        save();
+        notice.hidden = true;
+        refreshControls();
+        showStatus("This conversation is no longer stored.");
+        return null;
+      }
+      if (!res.ok) throw new Error("the live connection was refused (" + res.status + ")");
+      return readEvents(res, function (event, data) {
+        if (event === "turn" && data.index > (state.seen === undefined ? -1 : state.seen)) {
+          addMessage("agent", data.text, data.agent_name);
+          state.seen = data.index;
+          save();
+        } else if (event === "status") showHandoff(data.status, data.handoff || state.handoff);
+      }).then(function () { return 300; });
+    }).catch(function () { return controller.signal.aborted ? null : 2000; })
+      .then(function (retryMs) {
+        if (following === controller) following = null;
+        if (retryMs !== null && !controller.signal.aborted && WITH_A_PERSON[state.status]) setTimeout(follow, retryMs);
+      });
+  }
+
+  function askForPerson() {
+    busy = true;
+    refreshControls();
+    showStatus("");
+    ensureConversation().then(function () { return call("/" + state.id + "/handoff", "POST"); }).then(function (data) {
+      if (data.notice) { addMessage("bot", data.notice.text); state.seen = data.notice.index; }
+      showHandoff(data.status, data.handoff);
+    }).catch(function (err) { showStatus(err.message); }).then(function () { busy = false; refreshControls(); });
   }
 
   function ensureConversation() {
@@ -200,35 +286,59 @@
     return pump();
   }
 
+  function messageKey() {
+    var bytes = crypto.getRandomValues(new Uint8Array(16));
+    return Array.prototype.map.call(bytes, function (b) { return (b + 256).toString(16).slice(1); }).join("");
+  }
+  function failure(message, retry) { var err = new Error(message); err.retry = retry; return err; }
+
+  /* One message, sent until answered: a network failure, a 5xx or "still answering" is retried with the
+     same key (the server answers a retry from its log), anything else is shown. */
   function send(text) {
     busy = true;
     refreshControls();
     showStatus("");
+    offer.hidden = true;
     addMessage("user", text);
-    setTyping(true);
-    var reply = null;
-    ensureConversation().then(function () {
-      return fetch(api + "/" + state.id + "/messages", {
-        method: "POST",
-        headers: { "Content-Type": "application/json", "Accept": "text/event-stream", "Authorization": "Bearer " + state.token },
-        body: JSON.stringify({ text: text })
-      });
-    }).then(function (res) {
-      if (!res.ok) {
-        return res.json().catch(function () { return {}; }).then(function (data) {
-          if (res.status === 409) { state.ended = true; save(); }
-          throw new Error((data.error && data.error.message) || "the message could not be sent (" + res.status + ")");
+    setTyping(!WITH_A_PERSON[state.status]);
+    var key = messageKey(), reply = null;
+    function attempt(tries) {
+      return ensureConversation().then(function () {
+        return fetch(api + "/" + state.id + "/messages", {
+          method: "POST", body: JSON.stringify({ text: text }),
+          headers: { "Content-Type": "application/json", "Accept": "text/event-stream",
+            "Authorization": "Bearer " + state.token, "Idempotency-Key": key }
+        }).catch(function () { throw failure("the message could not be sent: no connection", true); });
+      }).then(function (res) {
+        if (!res.ok) {
+          return res.json().catch(function () { return {}; }).then(function (data) {
+            var code = data.error && data.error.code;
+            if (code === "conflict") { state.ended = true; save(); }
+            throw failure((data.error && data.error.message) || "the message could not be sent (" + res.status + ")",
+              res.status >= 500 || code === "still_answering");
+          });
+        }
+        if (res.status === 202) return res.json().then(function (queued) { showHandoff(queued.status, state.handoff); });
+        return readEvents(res, function (event, data) {
+          if (event === "error") throw failure(data.error.message, /^(generation_failed|store_)/.test(data.error.code));
+          setTyping(false);
+          if (!reply) reply = addMessage("bot", "");
+          if (event === "delta") reply.textContent += data.text;
+          if (event === "done") {
+            reply.textContent = data.text;
+            state.seen = data.turn_index;
+            if (data.handoff) showHandoff(data.status, data.handoff);
+          }
+          log.scrollTop = log.scrollHeight;
         });
-      }
-      return readEvents(res, function (event, data) {
-        if (event === "error") throw new Error(data.error.message);
-        setTyping(false);
-        if (!reply) reply = addMessage("bot", "");
-        if (event === "delta") reply.textContent += data.text;
-        if (event === "done") reply.textContent = data.text;
-        log.scrollTop = log.scrollHeight;
+      }).catch(function (err) {
+        if (!err.retry || tries >= RETRY_MS.length) throw err;
+        if (reply) { reply.parentNode.remove(); reply = null; }
+        setTyping(true);
+        return wait(RETRY_MS[tries]).then(function () { return attempt(tries + 1); });
       });
-    }).catch(function (err) {
+    }
+    attempt(0).catch(function (err) {
       showStatus(err.message);
     }).then(function () {
       busy = false;
@@ -243,18 +353,18 @@
     if (!state.id || state.ended) return Promise.resolve();
     clearTimeout(idleTimer);
     return call("/" + state.id + "/end", "POST").then(function () {
-      state.ended = true;
-      save();
-      refreshControls();
+      showHandoff("ended", state.handoff);
       if (!panel.hidden) survey.querySelector("input").focus();
     }).catch(function (err) { showStatus(err.message); });
   }
 
+  /* Idle for idleMs: offer the rating; the chat stays open (a closed panel stays closed) until the customer
+     ends it. */
   function resetIdle() {
     clearTimeout(idleTimer);
-    if (state.id && !state.ended) idleTimer = setTimeout(function () {
+    if (state.id && !state.ended && !WITH_A_PERSON[state.status]) idleTimer = setTimeout(function () {
       if (busy) return resetIdle();
-      endChat().then(function () { if (panel.hidden) open(); });
+      offer.hidden = false;
     }, idleMs);
   }
 
@@ -262,6 +372,17 @@
   launcher.addEventListener("click", function () { if (panel.hidden) open(); else close(); });
   closeButton.addEventListener("click", close);
   endButton.addEventListener("click", endChat);
+  rateNow.addEventListener("click", endChat);
+  keepChatting.addEventListener("click", function () { offer.hidden = true; resetIdle(); input.focus(); });
+  personButton.addEventListener("click", askForPerson);
+  contact.addEventListener("submit", function (event) {
+    event.preventDefault();
+    call("/" + state.id + "/contact", "POST", { email: email.value.trim() }).then(function (data) {
+      state.handoff.contact_email = data.contact_email;
+      showHandoff(state.status, state.handoff);
+      notice.textContent = data.text;
+    }).catch(function (err) { showStatus(err.message); });
+  });
   panel.addEventListener("keydown", function (event) { if (event.key === "Escape") close(); });
   input.addEventListener("input", resetIdle);
   input.addEventListener("keydown", function (event) {
@@ -294,9 +415,12 @@
     }).catch(function (err) { showStatus(err.message); });
   });
   newChat.addEventListener("click", function () {
+    if (following) { following.abort(); following = null; }
     state = {};
     save();
     log.textContent = "";
+    notice.hidden = true;
+    contact.hidden = true;
     survey.reset();
     stars.querySelectorAll("label").forEach(function (label) { label.classList.remove("ld-on"); });
     refreshControls();
