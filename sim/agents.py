@@ -6,9 +6,9 @@ the waiting conversations oldest first (claiming is atomic: one another agent to
 and answers each, ``reply_delay_s`` after claiming it, with the reference reply to the customer's question
 with the facts its help article states now (read from the help centre, ``sim.knowledge.LiveFacts``);
 then it resolves the chat, which ends it, and the customer may rate it. The question is the last
-customer message before the handoff that a KB phrasing (or out-of-scope question) places
-(``sim.rubric.identify_question``): an intent's opening question or its follow-up. An out-of-scope
-question, or one whose article is no longer published, gets the shop's decline; a chat whose messages
+customer message before the handoff that a KB phrasing places (``sim.rubric.identify_question``): an
+intent's opening question or its follow-up. A question whose article is no longer published gets the
+shop's decline, as does a chat whose messages place only out-of-scope questions; a chat whose messages
 nothing places gets the oracle's request for more detail (``sim.oracle.CLARIFY``).
 """
 
@@ -43,21 +43,23 @@ def agent_reply(company: Company, api: InboxAPI, facts: LiveFacts,
                 transcript: dict[str, Any]) -> tuple[str, str | None, bool]:
     """(reply, intent name or None, follow-up?) for a handed-off chat (the inbox's transcript): the reference
     reply, with the article's current facts, to the last customer message before its latest handoff that a
-    KB phrasing or out-of-scope question places (the decline for those, or when the article is gone)."""
+    KB phrasing places (the decline when its article is gone). With none, the decline when a message asks
+    an out-of-scope question: a request for a person dressed as "Hello, ..." contains the bare greeting
+    "hello?", so an out-of-scope placement never hides an earlier KB question."""
     handoffs = transcript["handoffs"]
     before = handoffs[-1]["turn_index"] if handoffs else len(transcript["turns"])
+    out_of_scope = False
     for turn in reversed([t for t in transcript["turns"] if t["role"] == "user" and t["index"] < before]):
         found = identify_question(company, turn["text"])
-        if found is None:
+        if found is None or found.intent is None:
+            out_of_scope = out_of_scope or found is not None
             continue
-        if found.intent is None:
-            return company.shop.decline(), None, False
         article = api.help.article(template_for(found.intent.name).id)
         if article is None:
             return company.shop.decline(), found.intent.name, found.follow_up
         values = facts.of(found.intent, article)
         return found.intent.reference_reply(found.follow_up, values), found.intent.name, found.follow_up
-    return CLARIFY, None, False
+    return (company.shop.decline() if out_of_scope else CLARIFY), None, False
 
 
 @dataclass
@@ -104,7 +106,7 @@ class SimulatedAgent:
                     self.api.presence("online")
                     beat = time.monotonic()
                 self.work()
-            except (ChatAPIError, requests.RequestException, FactSentenceMissing) as exc:  # e.g. the customer ended first
+            except (ChatAPIError, requests.RequestException, FactSentenceMissing) as exc:  # e.g. the chat ended first
                 self.errors.append(str(exc))
             self._stop.wait(self.poll_s)
 

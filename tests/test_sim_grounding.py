@@ -125,7 +125,7 @@ def test_the_expert_tags_an_invented_promise_and_corrects_it_with_the_decline():
 
 
 def test_the_corpus_declines_as_the_bot_does_when_nothing_fits():
-    from bot.chat import decline
+    from bot.handoff import decline
     from loopdesk.config import Settings
 
     assert decline(Settings()) == COMPANY.shop.decline()
