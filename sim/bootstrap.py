@@ -7,14 +7,14 @@ Chat format (one line per message, no separators; ``<|eos|>`` ends every assista
 
 A prompt for a new reply is the chat rendered with ``add_generation_prompt=True`` (it ends
 with ``<|assistant|>``); generation stops at ``<|eos|>``. The fresh model first learns to
-repeat spans of random tokens (``copy_warmup``: where it learns to read values back from its
-context), then is fine-tuned on the corpus. Each reply of the corpus is one
-training example, prompt and completion as the bot would build them: the system message with
-the passage retrieved for that turn, then the chat so far, oldest turns dropped while the prompt
-is longer than the context less the bot's reply budget (as the bot's prompt builder does); the
-loss is on the reply only. The manifest ``loopdesk_base.json`` records the build and its
-``probe`` (``sim/probe.py``: replies sampled at the serving temperature to grounded prompts);
-``eos_share`` is the held-out EOS share.
+repeat spans of random tokens found earlier in its context (``copy_warmup``: where it learns to read
+values back from its passage), then is fine-tuned on the corpus with more such spans mixed in, which
+keep that copying through SFT. Each reply of the corpus is one training example, prompt and
+completion as the bot would build them: the system message with the passage retrieved for that
+turn, then the chat so far, oldest turns dropped while the prompt is longer than the context less
+the bot's reply budget (as the bot's prompt builder does); the loss is on the reply only. The
+manifest ``loopdesk_base.json`` records the build and its ``probe`` (``sim/probe.py``: replies
+sampled at the serving temperature to grounded prompts); ``eos_share`` is the held-out EOS share.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import json
 import shutil
 import tempfile
 import time
+from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from sim.probe import REPLY_TOKENS, as_dict, base_probe, grounded_prompt, shop_a
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
 MANIFEST = "loopdesk_base.json"
+WARMUP_WINDOW = 20  # copy warm-up steps whose mean loss decides that copying has formed
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
@@ -56,7 +58,10 @@ class ModelSize:
     ``max_length`` is the longest chat trained on and the model's declared context.
     ``probe_per_intent`` is how many replies per intent and phrasing split the probe samples;
     ``knowledge_bases`` how many drawn knowledge bases the corpus' chats are spread over;
-    ``warmup_steps`` of repeating ``warmup_span`` random tokens come before SFT (``copy_warmup``).
+    ``copy_warmup`` trains on ``copy_spans`` of ``warmup_length`` tokens at ``warmup_learning_rate``
+    before SFT, for at most ``warmup_steps`` steps (it stops once the mean loss of the last
+    ``WARMUP_WINDOW`` steps is under ``warmup_stop_loss``), and ``copy_share`` as many of them as the
+    corpus has training sequences are mixed into SFT, which keeps the copying through it.
     """
 
     vocab_size: int
@@ -72,22 +77,31 @@ class ModelSize:
     max_length: int = 320
     probe_per_intent: int = 8
     knowledge_bases: int = 128
-    warmup_steps: int = 150
-    warmup_span: int = 32
+    warmup_steps: int = 1500
+    warmup_length: int = 48
+    warmup_learning_rate: float = 1e-3
+    warmup_stop_loss: float = 1.0
+    copy_share: float = 0.25
 
 
-# default: one epoch over 12000 fresh chats (17815 training sequences with their passages, mean 191 tokens:
-# 1114 steps of 16); 764 CPU-seconds with one thread (the manifest's train_cpu_seconds, inflated by sharing:
-# 1279 s wall at a load average of 7 on 2 cores; at the ~0.42 s a step seen while the other core was free,
-# about 9 minutes in all). 20000 chats (1857 steps) ran 2.3 steps/s at best there: over 13 minutes of SFT alone. Before the
-# passages were in the context, 10000 chats left the model garbling its templates (0.75 of its replies to
-# seen openings named the asked intent, 0.51 stated every key fact; 0.87 and 0.60 with 20000).
+# default: the copy warm-up until induction forms (1101 steps with seed 0, ~110 CPU-seconds), then one epoch
+# over 8000 fresh chats (11897 training sequences with their passages, mean 191 tokens, and 2974 copy spans:
+# 930 steps of 16); 514 CPU-seconds with one thread (the manifest's train_cpu_seconds; one thread, so also
+# about the wall time on a quiet machine): `loopdesk bootstrap` took 9.5 minutes wall at a load average of 2.7
+# on 2 cores (91% of a core). Held-out replies (bench/base_probe.py, seeds 0 1 2) name the asked intent 0.74
+# of the time, state every key fact 0.53 and a wrong value 0.14. 12000 chats (1393 steps, 816 CPU-seconds at
+# a load of 4.8) gave 0.80, 0.59 and 0.18, but do not build in 10 minutes on 2 cores. Before the copy spans were
+# drawn at random places (a 150-step warm-up on 32 tokens repeated right after, none in SFT) the model
+# copied no values (12000 chats: 0.78, 0.13 and 0.60); mixing those fixed repeats into SFT kept a "copy the
+# token 32 back" the chats never use, and no more (0.81, 0.03 and 0.74). Before the passages were in the
+# context, 10000 chats left the model garbling its templates (0.75 of its replies to seen openings named the
+# asked intent, 0.51 stated every key fact; 0.87 and 0.60 with 20000).
 SIZES: dict[str, ModelSize] = {
     "test": ModelSize(vocab_size=1024, hidden=48, layers=2, heads=2, intermediate=96,
                       n_dialogues=240, epochs=2, batch_size=16, learning_rate=1e-2, probe_per_intent=2,
                       knowledge_bases=16, warmup_steps=10),
     "default": ModelSize(vocab_size=2048, hidden=128, layers=4, heads=4, intermediate=384,
-                         n_dialogues=12000, epochs=1, batch_size=16, learning_rate=3e-3),
+                         n_dialogues=8000, epochs=1, batch_size=16, learning_rate=3e-3),
 }
 
 
@@ -192,32 +206,60 @@ def build_model(tokenizer: Any, size: ModelSize, seed: int) -> Any:
     return LlamaForCausalLM(config)
 
 
-def copy_warmup(model: Any, tokenizer: Any, size: ModelSize, seed: int) -> float:
-    """Teach the fresh model to read back its context before SFT; returns the last loss.
-
-    ``size.warmup_steps`` steps of the LM loss on spans of ``size.warmup_span`` random tokens
-    repeated once, the loss on the repeat. Answering from a passage means copying its values, and a
-    model trained from scratch forms the induction heads that copying needs after ~100 such steps,
-    but not within its whole SFT budget on the corpus, where a reply's values are a few tokens.
-    """
+def copy_spans(tokenizer: Any, n: int, length: int, seed: int) -> list[dict[str, list[int]]]:
+    """``n`` training sequences of ``length`` random tokens where a span of a random length (a quarter
+    to half of ``length``) comes again at a random later place, the loss on the repeat after its first
+    token: the copying a reply needs to read values back from its context, on its own. A fixed span and
+    distance would be learnt as "copy the token that far back", which no chat needs; at random places
+    only an induction head (find the current token earlier, predict the one that followed it) copies."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=size.learning_rate, weight_decay=0.0)
     first = max(tokenizer.all_special_ids) + 1  # the special tokens come first in the vocabulary
+
+    def draw(low: int, high: int) -> int:
+        return int(torch.randint(low, high + 1, (1,), generator=generator))
+
+    sequences = []
+    for ids in torch.randint(first, len(tokenizer), (n, length), generator=generator).tolist():
+        span = draw(length // 4, length // 2)
+        source = draw(0, length - 2 * span)
+        target = draw(source + span, length - span)
+        ids[target:target + span] = ids[source:source + span]
+        mask = [0] * length
+        mask[target + 1:target + span] = [1] * (span - 1)  # the repeat's first token cannot be predicted
+        sequences.append({"input_ids": ids, "completion_mask": mask})
+    return sequences
+
+
+def copy_warmup(model: Any, tokenizer: Any, size: ModelSize, seed: int) -> tuple[float, int]:
+    """Teach the fresh model to read back its context before SFT; returns the mean loss of the last
+    ``WARMUP_WINDOW`` steps and the steps taken.
+
+    The LM loss on ``copy_spans`` until that mean is under ``size.warmup_stop_loss`` (or for
+    ``size.warmup_steps``). Answering from a passage means copying its values, which SFT on the corpus
+    alone, where a reply's values are a few tokens, does not teach a model trained from scratch. The
+    default model's induction heads form suddenly, after ~1100 steps at 1e-3 (the loss drops from ~6
+    to under 1 within ~100 steps); at SFT's 3e-3 they had not formed after 600.
+    """
+    import torch
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=size.warmup_learning_rate, weight_decay=0.0)
+    spans = copy_spans(tokenizer, size.warmup_steps * size.batch_size, size.warmup_length, seed)
     model.train()
-    loss = float("nan")
-    for _ in range(size.warmup_steps):
-        span = torch.randint(first, len(tokenizer), (size.batch_size, size.warmup_span), generator=generator)
-        tokens = torch.cat([span, span], dim=1)
-        labels = tokens.clone()
-        labels[:, :size.warmup_span] = -100  # the first copy cannot be predicted; the repeat can
+    losses: deque[float] = deque(maxlen=WARMUP_WINDOW)
+    for step in range(size.warmup_steps):
+        batch = spans[step * size.batch_size:(step + 1) * size.batch_size]
+        tokens = torch.tensor([s["input_ids"] for s in batch])
+        labels = tokens.masked_fill(torch.tensor([s["completion_mask"] for s in batch]) == 0, -100)
         output = model(input_ids=tokens, labels=labels)
         output.loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-        loss = output.loss.item()
-    return loss
+        losses.append(output.loss.item())
+        if len(losses) == WARMUP_WINDOW and sum(losses) / WARMUP_WINDOW < size.warmup_stop_loss:
+            return sum(losses) / WARMUP_WINDOW, step + 1
+    return sum(losses) / max(1, len(losses)), size.warmup_steps
 
 
 def sft(model: Any, tokenizer: Any, examples: list[dict[str, list[int]]], size: ModelSize, seed: int,
@@ -300,8 +342,9 @@ def build_base_model(out_dir: Path, size: str = "default", seed: int = 0, progre
         tokenizer = train_tokenizer(corpus_texts(corpus), shape.vocab_size, shape.max_length)
         examples = training_examples(corpus, tokenizer, shape.max_length)
         model = build_model(tokenizer, shape, seed)
-        warmup_loss = copy_warmup(model, tokenizer, shape, seed)
-        loss = sft(model, tokenizer, examples, shape, seed, tmp / "trainer", progress)
+        warmup_loss, warmup_steps = copy_warmup(model, tokenizer, shape, seed)
+        copies = copy_spans(tokenizer, round(shape.copy_share * len(examples)), shape.warmup_length, seed + 1)
+        loss = sft(model, tokenizer, examples + copies, shape, seed, tmp / "trainer", progress)
         train_seconds, cpu_seconds = time.monotonic() - started, time.process_time() - cpu_started
         model.eval()
         probe = as_dict(base_probe(model, tokenizer, shape.probe_per_intent, seed))
@@ -311,8 +354,9 @@ def build_base_model(out_dir: Path, size: str = "default", seed: int = 0, progre
         manifest = {
             "size": size, "seed": seed, "params": sum(p.numel() for p in model.parameters()),
             "train_seconds": round(train_seconds, 1), "train_cpu_seconds": round(cpu_seconds, 1),
-            "threads": shape.threads, "warmup_loss": round(warmup_loss, 4), "final_loss": round(loss, 4),
-            "corpus_dialogues": len(corpus), "training_examples": len(examples), "vocab_size": len(tokenizer),
+            "threads": shape.threads, "warmup_loss": round(warmup_loss, 4), "warmup_steps": warmup_steps,
+            "final_loss": round(loss, 4), "corpus_dialogues": len(corpus), "training_examples": len(examples),
+            "copy_examples": len(copies), "vocab_size": len(tokenizer),
             "eos_share": probe["held_out"]["eos"], "probe": probe,
             "system_prompt": load_company().shop.system_prompt, "shape": asdict(shape),
         }
