@@ -16,4 +16,5 @@ COPY scripts scripts
 RUN pip install .
 VOLUME ["/data"]
 EXPOSE 8000
+# gunicorn, one worker process (it holds the model) with request threads: `loopdesk serve --help`.
 CMD ["loopdesk", "serve", "--host", "0.0.0.0", "--port", "8000"]

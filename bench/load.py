@@ -1,246 +1,343 @@
-"""Load benchmark over real HTTP: N concurrent widget sessions against a ``loopdesk serve`` subprocess.
+"""Overload benchmark over real HTTP: a real ``loopdesk serve`` (gunicorn) on 127.0.0.1 with the test-size
+tiny model, driven past what it can serve.
 
-Each simulated session starts a conversation, sends M messages with the reply streamed as
-server-sent events, ends the conversation and rates it, like the widget. Printed: errors,
-p50/p99 time to first token (client side: message sent → first ``delta`` event), replies/s and
-sessions/s, each against the baseline of the same sessions run one at a time.
+1. Sustainable load (the baseline): closed loops of C customers (C = 1, 2, 4, ...), each starting a
+   conversation and sending one streamed message, again and again, for ``--probe-seconds``. The
+   sustainable load is the most replies/s of a level with every message answered and p99 reply time
+   under ``--reply-target-s``; C doubles until a level is not clean or two levels in a row add less than
+   10% to the best.
+2. Overload: new customers arrive at ``--factor`` (2) × that rate, evenly spaced (an open loop: arrivals
+   do not wait for answers), for ``--seconds`` or ``--requests``, whichever ends first. Each answer counts
+   as answered (a ``done`` event), refused (503 with ``Retry-After`` and a JSON error before the stream, or
+   an SSE ``error`` event that says why: a clean refusal), an error (anything else) or a hang (nothing
+   within ``--client-timeout``).
+Throughout, ``/healthz`` is fetched every 100 ms from a process of its own: p50/p99, against its idle p99
+measured first, and (for a bot it started) the time the bot's access log says it spent inside the app.
 
-    python bench/load.py                                    # 200 sessions × 2 messages
-    python bench/load.py --model /tmp/base-test --sessions 200 --messages 2 --workers 0
-    python bench/load.py --url http://127.0.0.1:8000/       # an already running bot (no baseline server)
+    python bench/load.py                                  # the test-size model, built once into bench/out
+    python bench/load.py --seconds 30 --factor 2 --model var/base-model
+    python bench/load.py --url http://127.0.0.1:8000/     # an already running bot (its own settings)
 
-The server runs with its rate limits lifted (every session comes from 127.0.0.1), on the
-embedded Redis of ``--data-dir`` (a fresh temporary one by default), with the demo shop's help
-articles imported first (as ``scripts/run.sh`` does), so every question is answered from one.
+The clients run on the same machine as the bot and take CPU from it; the figures say so with the load
+average before and after.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
+import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
-# bench/feedback_store.py would shadow the package of that name: keep bench/ off the import path.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+ROOT = Path(__file__).resolve().parent.parent
+# bench/feedback_store.py would shadow the package of that name: the repository root, not bench/, goes on the path.
+sys.path = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 import requests  # noqa: E402
 
-LIFTED_LIMIT = "1000000/minute"
-DEMO_KNOWLEDGE = Path(__file__).resolve().parent.parent / "sim" / "northwind" / "knowledge"
+from bench.bot_process import import_knowledge, loopdesk_serve, serve_env, tiny_model  # noqa: E402
+
 QUESTIONS = ["How do I track my order?", "How do I return a damaged tent?", "Can I change my shipping address?",
              "I was charged twice, please help.", "How long does a refund take?", "I forgot my password."]
-REQUEST_TIMEOUT_S = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def loopdesk_serve(env: dict[str, str], workers: int = 0, threads: int = 16, port: int | None = None,
-                   log_path: Path | None = None, ready_timeout_s: float = 180.0) -> Iterator[str]:
-    """Run ``loopdesk serve`` with ``env`` added to this process's environment; yield its base URL once
-    ``/readyz`` answers 200; stop it (SIGTERM, then SIGKILL) afterwards."""
-    port = port or free_port()
-    log_path = log_path or Path(tempfile.mkstemp(prefix="loopdesk-serve-", suffix=".log")[1])
-    command = [sys.executable, "-c", "from loopdesk.cli import main; main()", "serve", "--host", "127.0.0.1",
-               "--port", str(port), "--workers", str(workers), "--threads", str(threads)]
-    url = f"http://127.0.0.1:{port}/"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + ready_timeout_s
-        while not _ready(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"loopdesk serve did not become ready (exit {process.poll()}):\n"
-                                   + log_path.read_text(errors="replace")[-3000:])
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _ready(url: str) -> bool:
-    try:
-        return requests.get(url + "readyz", timeout=5).status_code == 200
-    except requests.RequestException:
-        return False
+HEALTH_EVERY_S = 0.1
+OUTCOMES = ("answered", "refused", "error", "hang")
 
 
 @dataclass
-class Session:
-    """What one simulated widget session saw."""
+class Outcome:
+    """One customer message: how it ended, after how long, and why (the error code, or the failure)."""
 
-    ttft_s: list[float] = field(default_factory=list)
-    replies: int = 0
-    error: str = ""
+    kind: str
+    seconds: float
+    why: str = ""
 
 
-def stream_reply(http: requests.Session, url: str, conv: str, auth: dict[str, str], text: str) -> tuple[float, dict]:
-    """Send a message asking for SSE; return (seconds to the first delta, the ``done`` event's data)."""
+def ask(url: str, seed: int, timeout_s: float) -> Outcome:
+    """Start a conversation and send one streamed message; never raises."""
     sent = time.perf_counter()
-    first = None
-    with http.post(f"{url}api/conversations/{conv}/messages", json={"text": text}, stream=True,
-                   headers={**auth, "Accept": "text/event-stream"}, timeout=REQUEST_TIMEOUT_S) as response:
-        if response.status_code != 200:
-            raise RuntimeError(f"message: HTTP {response.status_code} {response.text[:200]}")
-        event = ""
-        for line in response.iter_lines(decode_unicode=True):
-            if line.startswith("event: "):
-                event = line[7:]
-                if event == "delta" and first is None:
-                    first = time.perf_counter() - sent
-            elif line.startswith("data: ") and event in ("done", "error"):
-                data = json.loads(line[6:])
-                if event == "error":
-                    raise RuntimeError(f"message: error event {data['error']['code']}")
-                return (first if first is not None else time.perf_counter() - sent), data
-    raise RuntimeError("message: the stream ended without a done event")
-
-
-def run_session(url: str, messages: int, seed: int) -> Session:
-    """Start, chat ``messages`` times over SSE, end and rate; any failure is recorded, not raised."""
-    session, http = Session(), requests.Session()
+    http = requests.Session()
     try:
-        started = http.post(url + "api/conversations", json={"meta": {"source": "bench"}}, timeout=REQUEST_TIMEOUT_S)
-        started.raise_for_status()
+        started = http.post(url + "api/conversations", json={"meta": {"source": "bench"}}, timeout=timeout_s)
+        if started.status_code != 201:
+            return _refusal(started, sent)
         conv, token = started.json()["conversation_id"], started.json()["token"]
-        auth = {"Authorization": f"Bearer {token}"}
-        for m in range(messages):
-            ttft, done = stream_reply(http, url, conv, auth, QUESTIONS[(seed + m) % len(QUESTIONS)])
-            if done.get("source") != "model":  # a decline generates nothing: it would flatter the figures
-                raise RuntimeError(f"message: the bot declined ({done.get('source')}): no help article fitted")
-            session.ttft_s.append(ttft)
-            session.replies += 1
-        for path, body in (("end", None), ("rating", {"score": 1 + seed % 5})):
-            http.post(f"{url}api/conversations/{conv}/{path}", json=body, headers=auth,
-                      timeout=REQUEST_TIMEOUT_S).raise_for_status()
+        headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+        with http.post(f"{url}api/conversations/{conv}/messages", json={"text": QUESTIONS[seed % len(QUESTIONS)]},
+                       headers=headers, stream=True, timeout=timeout_s) as response:
+            if response.status_code != 200:
+                return _refusal(response, sent)
+            return _read_stream(response, sent)
+    except requests.Timeout:
+        return Outcome("hang", time.perf_counter() - sent, "no answer within the client timeout")
     except Exception as exc:  # a bench counts failures instead of stopping at the first
-        session.error = f"{type(exc).__name__}: {exc}"[:300]
+        return Outcome("error", time.perf_counter() - sent, f"{type(exc).__name__}: {exc}"[:200])
     finally:
         http.close()
-    return session
+
+
+def _refusal(response: requests.Response, sent: float) -> Outcome:
+    """A non-2xx answer: clean if a 503 with Retry-After and a JSON error code, else an error."""
+    try:
+        code = response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        code = ""
+    clean = response.status_code == 503 and code and response.headers.get("Retry-After", "").isdigit()
+    return Outcome("refused" if clean else "error", time.perf_counter() - sent, code or f"HTTP {response.status_code}")
+
+
+def _read_stream(response: requests.Response, sent: float) -> Outcome:
+    """Read the stream as it arrives up to its ``done`` or ``error`` event (a byte search, not a parse of
+    every delta: the clients share the bot's cores)."""
+    received = b""
+    for chunk in response.iter_content(chunk_size=None):
+        received += chunk
+        for event in (b"done", b"error"):
+            start = received.find(b"event: " + event + b"\ndata: ")
+            end = received.find(b"\n\n", start)
+            if start >= 0 and end >= 0:
+                return _last_event(event.decode(), json.loads(received[start + len(event) + 14:end]), sent)
+    return Outcome("error", time.perf_counter() - sent, "the stream ended without a done event")
+
+
+def _last_event(event: str, data: dict, sent: float) -> Outcome:
+    if event == "error":
+        code = data["error"]["code"]
+        return Outcome("refused" if code in ("reply_timeout", "overloaded") else "error", time.perf_counter() - sent, code)
+    if data.get("source") != "model":  # a decline generates nothing: it would flatter the figures
+        return Outcome("error", time.perf_counter() - sent, f"declined ({data.get('source')}): no help article fitted")
+    return Outcome("answered", time.perf_counter() - sent)
+
+
+class HealthProbe:
+    """GETs ``/healthz`` every ``HEALTH_EVERY_S`` while in use, from a process of its own (so the load's
+    client threads do not hold up its clock); keeps each latency."""
+
+    def __init__(self, url: str, timeout_s: float = 10.0):
+        self.url, self.timeout_s = url + "healthz", timeout_s
+        self.latencies: list[float] = []
+        self.failures = 0
+        context = multiprocessing.get_context("spawn")
+        self._stop, self._results = context.Event(), context.Queue()
+        self._process = context.Process(target=_probe, args=(self.url, self.timeout_s, self._stop, self._results),
+                                        daemon=True)
+
+    def __enter__(self) -> "HealthProbe":
+        self._process.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self.latencies, self.failures = self._results.get(timeout=2 * self.timeout_s + 30)
+        self._process.join(timeout=10)
+
+
+def _probe(url: str, timeout_s: float, stop, results) -> None:
+    """The probe process: one GET every ``HEALTH_EVERY_S`` until ``stop``; (latencies, failures) to ``results``."""
+    http, latencies, failures = requests.Session(), [], 0
+    while not stop.wait(HEALTH_EVERY_S):
+        sent = time.perf_counter()
+        try:
+            ok = http.get(url, timeout=timeout_s).status_code == 200
+        except requests.RequestException:
+            ok = False
+        latencies.append(time.perf_counter() - sent)
+        failures += not ok
+    results.put((latencies, failures))
+
+
+def percentile(values: list[float], q: int) -> float:
+    """The q-th percentile (inclusive method), nan when empty."""
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 @dataclass
-class Report:
-    """A load level's outcome."""
+class Level:
+    """What a closed loop of ``customers`` measured."""
 
-    sessions: list[Session]
-    seconds: float
-
-    @property
-    def errors(self) -> list[str]:
-        return [s.error for s in self.sessions if s.error]
+    customers: int
+    outcomes: list[Outcome] = field(default_factory=list)
+    seconds: float = 0.0
 
     @property
-    def replies(self) -> int:
-        return sum(s.replies for s in self.sessions)
+    def replies_per_s(self) -> float:
+        return sum(o.kind == "answered" for o in self.outcomes) / self.seconds if self.seconds else 0.0
 
-    def ttft(self, q: int) -> float:
-        """The q-th percentile of time to first token, in seconds."""
-        values = sorted(t for s in self.sessions for t in s.ttft_s)
-        if len(values) < 2:
-            return values[0] if values else float("nan")
-        return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+    def clean(self, reply_target_s: float) -> bool:
+        answered = [o.seconds for o in self.outcomes if o.kind == "answered"]
+        return bool(answered) and len(answered) == len(self.outcomes) and percentile(answered, 99) < reply_target_s
 
-    def line(self, name: str) -> str:
-        return (f"{name:>12}: {len(self.sessions)} sessions, {len(self.errors)} errors, {self.replies} replies in "
-                f"{self.seconds:.1f} s = {self.replies / self.seconds:.1f} replies/s, "
-                f"{len(self.sessions) / self.seconds:.2f} sessions/s; TTFT p50 {1000 * self.ttft(50):.0f} ms, "
-                f"p99 {1000 * self.ttft(99):.0f} ms")
+    def line(self) -> str:
+        answered = [o.seconds for o in self.outcomes if o.kind == "answered"]
+        kinds = ", ".join(f"{k} {sum(o.kind == k for o in self.outcomes)}" for k in OUTCOMES[1:])
+        return (f"C={self.customers:>3}: {self.replies_per_s:6.1f} replies/s, reply p50 {1000 * percentile(answered, 50):.0f}"
+                f" ms p99 {1000 * percentile(answered, 99):.0f} ms ({kinds})")
 
 
-def run_load(url: str, sessions: int, messages: int, concurrency: int | None = None,
-             deadline_s: float = 600.0) -> Report:
-    """``sessions`` widget sessions, ``concurrency`` (default: all) at a time, bounded by ``deadline_s``."""
+def closed_loop(url: str, customers: int, seconds: float, timeout_s: float) -> Level:
+    """``customers`` threads asking one message after another for ``seconds``."""
+    level, lock, stop_at = Level(customers), threading.Lock(), time.monotonic() + seconds
+
+    def customer(i: int) -> None:
+        n = 0
+        while time.monotonic() < stop_at:
+            outcome = ask(url, i + n, timeout_s)
+            n += customers
+            with lock:
+                level.outcomes.append(outcome)
+
     started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=concurrency or sessions) as pool:
-        futures = [pool.submit(run_session, url, messages, i) for i in range(sessions)]
-        results = [f.result(timeout=max(1.0, deadline_s - (time.perf_counter() - started))) for f in futures]
-    return Report(results, time.perf_counter() - started)
+    with ThreadPoolExecutor(customers) as pool:
+        list(pool.map(customer, range(customers)))
+    level.seconds = time.perf_counter() - started
+    return level
 
 
-def serve_env(model: str, data_dir: Path, max_reply_tokens: int | None = None) -> dict[str, str]:
-    """Environment for a bench server: its own key prefix, rate limits lifted."""
-    env = {"LOOPDESK_DATA_DIR": str(data_dir), "LOOPDESK_KEY_PREFIX": f"load{uuid.uuid4().hex[:8]}",
-           "LOOPDESK_RATE_LIMIT_PER_IP": LIFTED_LIMIT, "LOOPDESK_RATE_LIMIT_PER_CONVERSATION": LIFTED_LIMIT}
-    if model:
-        env["LOOPDESK_BASE_MODEL"] = model
-    if max_reply_tokens:
-        env["LOOPDESK_MAX_REPLY_TOKENS"] = str(max_reply_tokens)
-    return env
+def sustainable(url: str, seconds: float, reply_target_s: float, timeout_s: float,
+                max_customers: int = 128) -> tuple[float, list[Level]]:
+    """The most replies/s a clean closed-loop level reached, and every level measured."""
+    levels: list[Level] = []
+    customers, best, flat = 1, 0.0, 0
+    while customers <= max_customers and flat < 2:
+        level = closed_loop(url, customers, seconds, timeout_s)
+        levels.append(level)
+        print("  " + level.line(), flush=True)
+        if not level.clean(reply_target_s):
+            break
+        flat = flat + 1 if level.replies_per_s < 1.1 * best else 0
+        best = max(best, level.replies_per_s)
+        customers *= 2
+    clean = [lv.replies_per_s for lv in levels if lv.clean(reply_target_s)]
+    if not clean:
+        raise RuntimeError("no load level was served cleanly: " + "; ".join(lv.line() for lv in levels))
+    return max(clean), levels
 
 
-def import_knowledge(env: dict[str, str], folder: Path = DEMO_KNOWLEDGE) -> None:
-    """``loopdesk kb import FOLDER --if-empty`` with ``env``: the server's knowledge base before it starts."""
-    command = [sys.executable, "-c", "from loopdesk.cli import main; main()", "kb", "import", str(folder), "--if-empty"]
-    subprocess.run(command, env={**os.environ, **env}, check=True, capture_output=True, timeout=120)
+@dataclass
+class Overload:
+    """What an open loop at ``rate`` arrivals/s measured."""
+
+    rate: float
+    outcomes: list[Outcome]
+    seconds: float
+    health: HealthProbe
+
+    def count(self, kind: str) -> int:
+        return sum(o.kind == kind for o in self.outcomes)
+
+    def share(self, kind: str) -> float:
+        return self.count(kind) / len(self.outcomes) if self.outcomes else 0.0
+
+    @property
+    def answered_per_s(self) -> float:
+        return self.count("answered") / self.seconds if self.seconds else 0.0
+
+    def reasons(self, kind: str) -> dict[str, int]:
+        whys = [o.why for o in self.outcomes if o.kind == kind and o.why]
+        return {why: whys.count(why) for why in sorted(set(whys))}
+
+
+def open_loop(url: str, rate: float, seconds: float, max_requests: int, timeout_s: float) -> Overload:
+    """Customers arriving at ``rate`` a second, evenly spaced, for ``seconds`` or ``max_requests``, each
+    asking one message whatever happened to the others; /healthz probed throughout."""
+    count = max(1, min(max_requests, round(rate * seconds)))
+    with HealthProbe(url) as health, ThreadPoolExecutor(max_workers=1024) as pool:
+        started = time.monotonic()
+        futures = []
+        for i in range(count):
+            time.sleep(max(0.0, started + i / rate - time.monotonic()))
+            futures.append(pool.submit(ask, url, i, timeout_s))
+        outcomes = [f.result() for f in futures]
+        elapsed = time.monotonic() - started
+    return Overload(rate, outcomes, elapsed, health)
+
+
+def idle_health(url: str, seconds: float = 2.0) -> HealthProbe:
+    with HealthProbe(url) as health:
+        time.sleep(seconds)
+    return health
+
+
+def report(idle: HealthProbe, rate: float, levels: list[Level], factor: float, run: Overload) -> list[str]:
+    """The printed figures."""
+    lat = run.health.latencies
+    lines = [f"baseline: sustainable load {rate:.1f} replies/s (closed loop, best clean level of "
+             f"{', '.join(str(lv.customers) for lv in levels)} customers)",
+             f"overload: {len(run.outcomes)} customers at {factor:g}× = {run.rate:.1f}/s offered over {run.seconds:.1f} s",
+             *(f"  {kind:>8}: {run.count(kind):5d} ({100 * run.share(kind):5.1f}%) {run.reasons(kind) or ''}"
+               for kind in OUTCOMES),
+             f"  answered {run.answered_per_s:.1f} replies/s = ×{run.answered_per_s / rate:.2f} the sustainable load",
+             f"  /healthz: p50 {1000 * percentile(lat, 50):.0f} ms, p99 {1000 * percentile(lat, 99):.0f} ms "
+             f"(target < 1000 ms; idle p99 {1000 * percentile(idle.latencies, 99):.1f} ms, "
+             f"×{percentile(lat, 99) / percentile(idle.latencies, 99):.1f}), {len(lat)} probes, "
+             f"{run.health.failures} failed",
+             f"  targets: errors {run.count('error')} (0), hangs {run.count('hang')} (0), /healthz p99 "
+             f"{'<' if percentile(lat, 99) < 1 else '>='} 1 s"]
+    return lines
+
+
+def served_healthz_ms(log_path: Path) -> list[float]:
+    """``duration_ms`` of every ``/healthz`` line of a bot's JSON access log: time spent inside the app."""
+    durations = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        if '"path": "/healthz"' in line:
+            try:
+                durations.append(float(json.loads(line)["duration_ms"]))
+            except (ValueError, KeyError):
+                continue
+    return durations
+
+
+def measure(url: str, args: argparse.Namespace) -> Overload:
+    print(f"machine: {os.cpu_count()} cores, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} before")
+    idle = idle_health(url)
+    print("sustainable load, closed loops:")
+    rate, levels = sustainable(url, args.probe_seconds, args.reply_target_s, args.client_timeout)
+    run = open_loop(url, args.factor * rate, args.seconds, args.requests, args.client_timeout)
+    print("\n".join(report(idle, rate, levels, args.factor, run)))
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} after")
+    return run
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="load an already running bot instead of starting one")
-    parser.add_argument("--model", default="", help="base model (default: the settings' base model)")
-    parser.add_argument("--data-dir", type=Path, help="embedded Redis data dir (default: a fresh temporary one)")
-    parser.add_argument("--sessions", type=int, default=200)
-    parser.add_argument("--messages", type=int, default=2, help="messages per session")
-    parser.add_argument("--baseline-sessions", type=int, default=10, help="sessions run one at a time first")
-    parser.add_argument("--workers", type=int, default=0, help="loopdesk serve --workers (0: threaded werkzeug)")
-    parser.add_argument("--threads", type=int, default=64, help="loopdesk serve --threads (gunicorn only)")
-    parser.add_argument("--max-reply-tokens", type=int, default=None)
-    parser.add_argument("--deadline", type=float, default=600.0, help="seconds the load level may take")
+    parser.add_argument("--model", type=Path, help="base model (default: the test-size model, built once)")
+    parser.add_argument("--probe-seconds", type=float, default=5.0, help="seconds per closed-loop level")
+    parser.add_argument("--reply-target-s", type=float, default=1.0, help="p99 reply time of a clean level")
+    parser.add_argument("--factor", type=float, default=2.0, help="overload = factor × the sustainable load")
+    parser.add_argument("--seconds", type=float, default=30.0, help="how long the overload lasts at most")
+    parser.add_argument("--requests", type=int, default=5000, help="how many customers arrive at most")
+    parser.add_argument("--client-timeout", type=float, default=60.0, help="seconds before an answer is a hang")
     args = parser.parse_args()
-
-    def measure(url: str) -> None:
-        baseline = run_load(url, args.baseline_sessions, args.messages, concurrency=1) \
-            if args.baseline_sessions else None
-        report = run_load(url, args.sessions, args.messages, deadline_s=args.deadline)
-        if baseline:
-            print(baseline.line("one at a time"))
-        print(report.line(f"{args.sessions} at once"))
-        if baseline and report.replies and baseline.replies:
-            print(f"  vs one at a time: throughput ×{(report.replies / report.seconds) / (baseline.replies / baseline.seconds):.2f}, "
-                  f"TTFT p50 ×{report.ttft(50) / baseline.ttft(50):.2f}")
-        for error in sorted(set(report.errors))[:10]:
-            print(f"  error ×{report.errors.count(error)}: {error}")
-
     if args.url:
-        measure(args.url.rstrip("/") + "/")
+        measure(args.url.rstrip("/") + "/", args)
         return
-    with tempfile.TemporaryDirectory(prefix="loopdesk-load-") as tmp:
-        data_dir = args.data_dir or Path(tmp)
-        env = serve_env(args.model, data_dir, args.max_reply_tokens)
+    with tempfile.TemporaryDirectory(prefix="loopdesk-load-") as data_dir:
+        env = serve_env(str(args.model or tiny_model()), Path(data_dir))
         import_knowledge(env)
+        log_path = Path(data_dir) / "serve.log"
         try:
-            with loopdesk_serve(env, workers=args.workers, threads=args.threads) as url:
-                print(f"serving on {url} (workers={args.workers}); {args.sessions} sessions × {args.messages} messages")
-                measure(url)
+            with loopdesk_serve(env, log_path=log_path) as url:
+                print(f"serving on {url}: loopdesk serve (gunicorn, defaults), the model {env['LOOPDESK_BASE_MODEL']}")
+                measure(url, args)
+            inside = served_healthz_ms(log_path)
+            print(f"  /healthz inside the app (its access log, idle and loaded): p50 {percentile(inside, 50):.1f} ms, "
+                  f"p99 {percentile(inside, 99):.1f} ms over {len(inside)} requests (the rest of a probe's time is "
+                  "outside the app: gunicorn's event loop, threads waiting for the GIL and the cores)")
         finally:
-            if args.data_dir is None:
-                from feedback_store.server import stop_embedded_redis
+            from feedback_store.server import stop_embedded_redis
 
-                stop_embedded_redis(data_dir)
+            stop_embedded_redis(Path(data_dir))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@ centre, consoles and docs out.
 
 ``create_app()`` with no arguments is what a WSGI server runs: it loads settings from the
 environment, connects the store and starts the model engine; the live knowledge index follows
-the store from its first use.
+the store from its first use. On the embedded Redis (no ``REDIS_URL``) the process supervises it:
+killed, it is started again (``feedback_store.supervisor``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from bot.services import EXTENSION, Services
 from feedback_store import FeedbackStore
 from feedback_store.connection import resolve_redis_url
 from feedback_store.keys import Keys
+from feedback_store.supervisor import supervise_embedded_redis
 from loopdesk.config import Settings, load_settings
 
 def create_app(settings: Settings | None = None, engine=None, store: FeedbackStore | None = None,
@@ -36,11 +38,13 @@ def create_app(settings: Settings | None = None, engine=None, store: FeedbackSto
         engine.start()
         atexit.register(engine.stop)
 
+    supervisor = None if settings.redis_url else supervise_embedded_redis(settings)
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=settings.max_request_bytes, JSON_SORT_KEYS=False)
     knowledge = knowledge or LiveKnowledge(store, settings)
-    app.extensions[EXTENSION] = Services(settings=settings, store=store, engine=engine,
-                                         metrics=observability.Metrics(store, engine), knowledge=knowledge)
+    metrics = observability.Metrics(store, engine, lambda: supervisor.restarts if supervisor else 0)
+    app.extensions[EXTENSION] = Services(settings=settings, store=store, engine=engine, metrics=metrics,
+                                         knowledge=knowledge)
     observability.init_app(app)
     errors.init_app(app)
     validation.init_app(app)

@@ -16,6 +16,14 @@ the customer turn, in the same script that appends it, and every bot turn names 
 answers. The same key again gets that answer (or 409 while it is being answered); when no answer was
 logged (generation or the store failed, and the customer got an error), it answers the turn logged
 the first time; the same key with another text is a 422.
+
+Backpressure: a message the bot is to answer first takes a place among the replies waiting for the
+model (``Engine.reserve``); when they are all taken it is refused with 503 ``overloaded`` and
+``Retry-After`` before anything of it is stored. A message for a person (the chat is with an agent)
+takes none. A reply that misses its deadline, whose generation thread crashed, or whose streaming
+client went away (a stream with nothing to send writes a ``: waiting`` comment each second, so a client
+gone while its reply is queued is noticed too) is dropped from the batch and not logged: the customer's
+turn stays, without a bot turn after it (a keyed retry answers it).
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ from bot import handoff, raters
 from bot.availability import handoff_state
 from bot.errors import ApiError, error_payload
 from bot.live_events import sse_event, sse_response, turn_out
+from bot.runtime.admission import Slot
+from bot.runtime.errors import GenerationError
 from bot.openapi import Section, json_body, json_response, operation, ref
 from bot.schemas import (
     ConversationCreated,
@@ -54,6 +64,7 @@ from feedback_store.records import WITH_A_PERSON, ArticleRef, BotTurn, Conversat
 
 log = logging.getLogger(__name__)
 bp = Blueprint("chat", __name__, url_prefix="/api/conversations")
+HEARTBEAT_S = 1.0  # a stream with nothing to send writes a comment this often, which notices a client gone
 
 
 @bp.post("")
@@ -87,19 +98,43 @@ def post_message(conv_id: str) -> Response:
     if len(text) > svc.settings.max_message_chars:
         raise ApiError(422, "message_too_long",
                        f"the message has {len(text)} characters; the limit is {svc.settings.max_message_chars}")
+    slot = None if conv.status in WITH_A_PERSON else _reserve(svc)  # nothing stored yet when it is refused
+    try:
+        response = _log_and_answer(svc, conv, token, text, key, slot)
+    except BaseException:
+        if slot is not None:
+            slot.release()
+        raise
+    if slot is not None:  # back once the reply decodes, or once the response is sent (a stream never read too)
+        response.call_on_close(slot.release)
+    return response
+
+
+def _log_and_answer(svc: Services, conv: Conversation, token: str, text: str, key: str,
+                    slot: Slot | None) -> Response:
+    """Log the message (once, with ``key``) and answer it, or let the agent (202)."""
     if key:
         index, appended = svc.store.conversations.append_customer_once(
-            conv_id, token, text, key, svc.settings.idempotency_keep_s, ANSWER_LEASE_S)
+            conv.id, token, text, key, svc.settings.idempotency_keep_s, ANSWER_LEASE_S)
         if not appended:
-            return _repeat(svc, conv_id, index, key)
+            return _repeat(svc, conv.id, index, key, slot)
     else:
-        index = svc.store.conversations.append_customer(conv_id, token, text).index
+        index = svc.store.conversations.append_customer(conv.id, token, text).index
     if conv.status in WITH_A_PERSON:
-        return model_response(Queued(conversation_id=conv_id, turn_index=index, status=conv.status), 202)
-    return _respond(svc, conv, svc.store.conversations.turns(conv_id), key)
+        return model_response(Queued(conversation_id=conv.id, turn_index=index, status=conv.status), 202)
+    return _respond(svc, conv, svc.store.conversations.turns(conv.id), key, slot)
 
 
-def _repeat(svc: Services, conv_id: str, index: int, key: str) -> Response:
+def _reserve(svc: Services) -> Slot:
+    """A place among the waiting replies; ``QueueFullError`` (503 with ``Retry-After``) when none is free."""
+    try:
+        return svc.engine.reserve()
+    except GenerationError as exc:
+        svc.metrics.observe_unsent(exc)
+        raise
+
+
+def _repeat(svc: Services, conv_id: str, index: int, key: str, slot: Slot | None) -> Response:
     """A keyed message sent again: the answer logged for it, 202 while a person has the chat, or, when none
     was logged (the first try failed), an answer now to the turn already logged; 409 while another request
     is answering it, or when a later message came after it (that one's answer saw it)."""
@@ -107,19 +142,27 @@ def _repeat(svc: Services, conv_id: str, index: int, key: str) -> Response:
     answer = conversations.answer_to(conv_id, index)
     conv = conversations.get(conv_id)
     if answer is not None:
-        handoff = handoff_state(svc, svc.store.handoffs.get(conv_id)) if answer.source != "model" else None
-        return _send(Reply(turn_index=answer.index, text=answer.text, adapter_version=answer.adapter_version,
-                           finished=answer.finished, source=answer.source, status=conv.status, handoff=handoff))
+        return _send_logged(svc, conv, answer)
     if conv.status in WITH_A_PERSON:
         return model_response(Queued(conversation_id=conv_id, turn_index=index, status=conv.status), 202)
     if conv.status == "ended":
         raise ApiError(409, "conflict", "the conversation has ended")
     turns = conversations.turns(conv_id)
     if turns[-1].index != index:
+        answer = conversations.answer_to(conv_id, index)  # answered between the two reads above
+        if answer is not None:
+            return _send_logged(svc, conversations.get(conv_id), answer)
         raise ApiError(409, "superseded", "a later message was sent after this one; the reply to that one saw it")
     if not conversations.lease_answer(conv_id, key, ANSWER_LEASE_S):
         raise ApiError(409, "still_answering", "this message is still being answered; retry in a moment")
-    return _respond(svc, conv, turns, key)
+    return _respond(svc, conv, turns, key, slot)
+
+
+def _send_logged(svc: Services, conv: Conversation, answer: BotTurn) -> Response:
+    """The bot turn logged as the answer to a keyed message, sent again."""
+    handoff = handoff_state(svc, svc.store.handoffs.get(conv.id)) if answer.source != "model" else None
+    return _send(Reply(turn_index=answer.index, text=answer.text, adapter_version=answer.adapter_version,
+                       finished=answer.finished, source=answer.source, status=conv.status, handoff=handoff))
 
 
 def _wants_stream() -> bool:
@@ -133,14 +176,16 @@ def _send(reply: Reply) -> Response:
     return model_response(reply)
 
 
-def _respond(svc: Services, conv: Conversation, turns: list[Turn], key: str) -> Response:
+def _respond(svc: Services, conv: Conversation, turns: list[Turn], key: str, slot: Slot | None) -> Response:
     """Answer the customer's newest turn; when that fails, a keyed message's lease is given up."""
     if _wants_stream():
-        return sse_response(_stream(svc, conv, turns, key))
+        return sse_response(_stream(svc, conv, turns, key, slot))
     try:
-        return model_response(_answer(svc, conv, turns))
-    except Exception:
+        return model_response(_answer(svc, conv, turns, slot))
+    except Exception as exc:
         _give_up(svc, conv.id, key)
+        if isinstance(exc, GenerationError):
+            svc.metrics.observe_unsent(exc)
         raise
 
 
@@ -154,19 +199,25 @@ def _give_up(svc: Services, conv_id: str, key: str) -> None:
             log.warning("the answer lease of a message in conversation %s stays until it runs out: %s", conv_id, exc)
 
 
-def _answer(svc: Services, conv: Conversation, turns: list[Turn],
-            on_text: Callable[[str], None] | None = None) -> Reply:
+def _answer(svc: Services, conv: Conversation, turns: list[Turn], slot: Slot | None,
+            on_text: Callable[[str], None] | None = None, cancelled: threading.Event | None = None) -> Reply:
     """Hand off if the customer asks for a person (or re-asks too often); else answer from the help articles
-    that fit their recent messages, or hand off when none does. The logged reply names the turn it answers."""
+    that fit their recent messages, or hand off when none does. The logged reply names the turn it answers.
+    ``slot`` is given back once the reply decodes (or here, whatever happens); ``cancelled`` drops it."""
     asked = turns[-1].index
-    reason = handoff.reason_to_hand_off(svc, conv, turns)
-    if reason is not None:
-        return handoff.hand_off(svc, conv, reason, on_text, reply_to=asked)
-    retrieval = svc.knowledge.for_customer([t.text for t in turns if t.role == "user"])
-    if not retrieval.fits:
-        return handoff.hand_off(svc, conv, "no_article", on_text, reply_to=asked)
-    messages = [{"role": "assistant" if t.role == "agent" else t.role, "content": t.text} for t in turns]
-    gen = svc.engine.generate(messages, conv.adapter_version, on_text=on_text, passages=retrieval.passages)
+    try:
+        reason = handoff.reason_to_hand_off(svc, conv, turns)
+        if reason is not None:
+            return handoff.hand_off(svc, conv, reason, on_text, reply_to=asked)
+        retrieval = svc.knowledge.for_customer([t.text for t in turns if t.role == "user"])
+        if not retrieval.fits:
+            return handoff.hand_off(svc, conv, "no_article", on_text, reply_to=asked)
+        messages = [{"role": "assistant" if t.role == "agent" else t.role, "content": t.text} for t in turns]
+        gen = svc.engine.generate(messages, conv.adapter_version, on_text=on_text, passages=retrieval.passages,
+                                  slot=slot, cancelled=cancelled)
+    finally:
+        if slot is not None:
+            slot.release()
     svc.metrics.observe_generation(gen)
     turn = svc.store.conversations.append_bot(conv.id, BotTurn(
         index=0, text=gen.text, context=gen.context, prompt_token_ids=gen.prompt_token_ids,
@@ -179,9 +230,11 @@ def _answer(svc: Services, conv: Conversation, turns: list[Turn],
                  finished=turn.finished, source=turn.source)
 
 
-def _stream(svc: Services, conv: Conversation, turns: list[Turn], key: str) -> Iterator[str]:
-    """SSE events from a worker thread; the reply is logged even if the client goes away."""
+def _stream(svc: Services, conv: Conversation, turns: list[Turn], key: str, slot: Slot | None) -> Iterator[str]:
+    """SSE events from a reply thread; when the client goes away (the server closes this generator after
+    a write fails) the reply is cancelled: the worker drops its row and nothing is logged."""
     events: queue.Queue[tuple[str, BaseModel]] = queue.Queue()
+    cancelled = threading.Event()
 
     def on_text(delta: str) -> None:
         if delta:
@@ -189,20 +242,31 @@ def _stream(svc: Services, conv: Conversation, turns: list[Turn], key: str) -> I
 
     def work() -> None:
         try:
-            events.put(("done", _answer(svc, conv, turns, on_text)))
+            events.put(("done", _answer(svc, conv, turns, slot, on_text, cancelled)))
         except Exception as exc:  # every failure must reach the client as an error event
             _give_up(svc, conv.id, key)
             status, body = error_payload(exc)
-            if status >= 500:
+            if isinstance(exc, GenerationError):
+                svc.metrics.observe_unsent(exc)
+            elif status >= 500:
                 log.exception("reply for conversation %s failed", conv.id)
             events.put(("error", ErrorOut.model_validate(body)))
 
     threading.Thread(target=work, name=f"reply-{conv.id}", daemon=True).start()
-    while True:
-        event, data = events.get()
-        yield sse_event(event, data)
-        if event != "delta":
-            return
+    try:
+        while True:
+            try:
+                batch = [events.get(timeout=HEARTBEAT_S)]
+            except queue.Empty:
+                yield ": waiting\n\n"
+                continue
+            while batch[-1][0] == "delta" and not events.empty():  # what piled up goes out in one write
+                batch.append(events.get_nowait())
+            yield "".join(sse_event(event, data) for event, data in batch)
+            if batch[-1][0] != "delta":
+                return
+    finally:
+        cancelled.set()  # harmless once the reply is done; otherwise nobody is left to read it
 
 
 @bp.post("/<conv_id>/end")

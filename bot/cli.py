@@ -1,8 +1,11 @@
 """``loopdesk serve``: the chat API, widget, consoles and demo shop with the model engine, on one port.
 
-With ``--workers N`` (N ≥ 1) it runs gunicorn with N worker processes, each loading its own
-engine after the fork and following adapter announcements; without it, one threaded werkzeug
-server in this process.
+By default gunicorn serves it: one worker process (the model is held once per process, and one
+generation worker batches every reply) with threads (``gthread``): by default twice as many as replies
+may be in flight (``max_queued_replies`` waiting and a full batch), so that health checks, ratings and
+refusals find a free thread while every reply holds one (bench/README.md has the measurement).
+``--workers N`` runs N such processes, each with its own engine; ``--dev`` runs Werkzeug's development
+server in this process instead.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ import click
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="interface to listen on")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="TCP port")
-@click.option("--workers", default=0, show_default=True, type=click.IntRange(0, 64),
-              help="gunicorn worker processes (0: one in-process threaded server)")
-@click.option("--threads", default=16, show_default=True, type=click.IntRange(1, 256),
-              help="request threads per gunicorn worker (streamed replies hold one each)")
-def serve(host: str, port: int, workers: int, threads: int) -> None:
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="gunicorn worker processes, each loading its own model engine")
+@click.option("--threads", default=0, show_default=True, type=click.IntRange(0, 4096),
+              help="request threads per worker (a streamed reply holds one); 0: twice "
+                   "LOOPDESK_MAX_QUEUED_REPLIES + LOOPDESK_MAX_BATCH_SIZE")
+@click.option("--dev", is_flag=True, help="Werkzeug's development server in this process instead of gunicorn")
+def serve(host: str, port: int, workers: int, threads: int, dev: bool) -> None:
     """Serve the bot: demo shop at /, chat API under /api, consoles at /expert and /operator."""
     from loopdesk.cli_support import settings_or_exit
 
@@ -25,10 +30,11 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
 
     settings = settings_or_exit()
     configure_json_logging()
-    if workers:
-        _serve_gunicorn(settings, host, port, workers, threads)
-    else:
+    if dev:
         _serve_werkzeug(settings, host, port)
+    else:
+        _serve_gunicorn(settings, host, port, workers,
+                        threads or 2 * (settings.max_queued_replies + settings.max_batch_size))
 
 
 def _serve_werkzeug(settings, host: str, port: int) -> None:
@@ -43,7 +49,7 @@ def _serve_werkzeug(settings, host: str, port: int) -> None:
     engine.start()
     try:
         server = make_server(host, port, create_app(settings, engine, store), threaded=True)
-        click.echo(f"loopdesk: serving the demo shop on http://{host}:{server.server_port}/ "
+        click.echo(f"loopdesk: Werkzeug's development server on http://{host}:{server.server_port}/ "
                    f"(API docs at /openapi.json); Ctrl+C stops")
         server.serve_forever()
     except KeyboardInterrupt:
@@ -57,9 +63,7 @@ def _serve_gunicorn(settings, host: str, port: int, workers: int, threads: int) 
 
     from feedback_store.connection import resolve_redis_url
 
-    # Start (or find) Redis once in the master, so the workers don't race to start it.
-    redis_url = resolve_redis_url(settings)
-    worker_settings = settings.replace(redis_url=redis_url)
+    resolve_redis_url(settings)  # start (or find) the embedded Redis once, before the workers connect to it
 
     class LoopdeskApplication(BaseApplication):
         def load_config(self) -> None:
@@ -71,7 +75,8 @@ def _serve_gunicorn(settings, host: str, port: int, workers: int, threads: int) 
         def load(self):
             from bot.app import create_app
 
-            return create_app(worker_settings)
+            return create_app(settings)
 
-    click.echo(f"loopdesk: gunicorn with {workers} workers × {threads} threads on http://{host}:{port}/")
+    click.echo(f"loopdesk: gunicorn with {workers} worker{'s' if workers > 1 else ''} × {threads} threads "
+               f"on http://{host}:{port}/ (API docs at /openapi.json)")
     LoopdeskApplication().run()

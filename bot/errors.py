@@ -2,7 +2,9 @@
 
 feedback_store's typed errors carry their status; request problems raise ``ApiError``;
 werkzeug's HTTP errors (413 body too large, 429 rate limited, 404, 405) get the same shape, and
-a model runtime failure, an unreachable Redis or a full one (``maxmemory`` reached) is a 503.
+a model runtime failure, an unreachable Redis or a full one (``maxmemory`` reached) is a 503. So are
+the serving backpressure refusals (the reply queue full, a reply past its deadline), which carry a
+``Retry-After`` header, as a locked account's 429 does.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import re
 from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from bot.runtime import GenerationError
+from bot.runtime.errors import GenerationError, QueueFullError, ReplyCancelledError, ReplyTimeoutError
 from bot.schemas import ErrorDetail, ErrorOut
 from feedback_store.errors import (
     AccountDisabledError,
@@ -63,6 +65,12 @@ def describe(exc: Exception) -> tuple[int, str, str]:
     """(status, code, message) for any failure; unexpected ones become a bare 500."""
     if isinstance(exc, ApiError):
         return exc.status, exc.code, exc.message
+    if isinstance(exc, QueueFullError):
+        return 503, "overloaded", f"the bot is answering as many customers as it can: {exc}"
+    if isinstance(exc, ReplyTimeoutError):
+        return 503, "reply_timeout", f"the reply took too long and was stopped ({exc}); please try again"
+    if isinstance(exc, ReplyCancelledError):
+        return 503, "reply_cancelled", f"the reply was stopped: {exc}"
     if isinstance(exc, GenerationError):
         return 503, "generation_failed", f"no reply could be generated: {exc}"
     if isinstance(exc, STORE_UNREACHABLE):
@@ -99,8 +107,9 @@ def _handle(exc: Exception) -> tuple[Response, int]:
     response = jsonify(body)
     if isinstance(exc, HTTPException) and exc.code == 405 and exc.valid_methods:
         response.headers["Allow"] = ", ".join(exc.valid_methods)
-    if isinstance(exc, AccountLockedError):
-        response.headers["Retry-After"] = str(exc.retry_after_s)
+    retry_after_s = getattr(exc, "retry_after_s", None)  # a locked account, a refused or stopped reply
+    if retry_after_s is not None:
+        response.headers["Retry-After"] = str(retry_after_s)
     return response, status
 
 

@@ -20,13 +20,14 @@ import time
 import uuid
 from collections import Counter as Tally
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from flask import Blueprint, Flask, Response, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from bot.charts import handoffs_by_version
+from bot.runtime.errors import GenerationError, QueueFullError, ReplyCancelledError, ReplyTimeoutError
 from bot.services import services
 from feedback_store import FeedbackStore
 from feedback_store.errors import RedisError
@@ -48,6 +49,7 @@ RUNS_WINDOW = 200  # training-run outcomes are counted over the newest runs
 RUN_STATUSES = ("queued", "running", "succeeded", "rejected", "failed")
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 TOKENS_PER_S_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+UNSENT_REASONS = {QueueFullError: "queue_full", ReplyTimeoutError: "deadline", ReplyCancelledError: "client_gone"}
 
 
 class StoreCollector:
@@ -157,10 +159,29 @@ class StoreCollector:
         return [runs]
 
 
+class EngineCollector:
+    """How often the generation thread crashed and was restarted, and how often the embedded Redis was, read
+    at scrape."""
+
+    def __init__(self, engine: "Engine", redis_restarts: Callable[[], int]):
+        self.engine = engine
+        self.redis_restarts = redis_restarts
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("loopdesk_generation_worker_restarts", "times the generation thread crashed "
+                                  "(failing its requests) and the engine started it again",
+                                  value=self.engine.worker_restarts())
+        yield CounterMetricFamily("loopdesk_redis_restarts", "times this process found the embedded Redis dead "
+                                  "and started it again", value=self.redis_restarts())
+
+
 class Metrics:
     """One app's Prometheus registry and the series the web layer and the engine feed."""
 
-    def __init__(self, store: FeedbackStore, engine: "Engine"):
+    def __init__(self, store: FeedbackStore, engine: "Engine", redis_restarts: Callable[[], int] = lambda: 0):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("loopdesk_http_requests", "HTTP requests answered",
@@ -180,9 +201,16 @@ class Metrics:
         self.handoffs = Counter("loopdesk_handoffs", "requests for a person, by reason and whether one was "
                                 "available (no: the customer was told when the team is back)",
                                 ["reason", "available"], registry=r)
+        self.unsent = Counter("loopdesk_replies_unsent", "messages answered with no reply, by reason: queue_full "
+                              "(refused before anything was stored), deadline (stopped past reply_deadline_s), "
+                              "client_gone (the stream's client went away), failed (the model failed)",
+                              ["reason"], registry=r)
         queue = Gauge("loopdesk_generation_queue_depth", "replies waiting for the generation worker", registry=r)
         queue.set_function(lambda: float(engine.queue_depth()))
+        decoding = Gauge("loopdesk_generation_decoding", "replies in the generation worker's batch", registry=r)
+        decoding.set_function(lambda: float(engine.decoding()))
         r.register(StoreCollector(store))
+        r.register(EngineCollector(engine, redis_restarts))
 
     def observe_generation(self, generation: "Generation") -> None:
         """Record one generated reply: its time to first token and its tokens per second."""
@@ -190,6 +218,10 @@ class Metrics:
         self.ttft.observe(generation.ttft_ms / 1000)
         if generation.latency_ms > 0:
             self.tokens_per_s.observe(len(generation.reply_token_ids) / (generation.latency_ms / 1000))
+
+    def observe_unsent(self, error: GenerationError) -> None:
+        """Record one message that got no reply, by why (``UNSENT_REASONS``, else ``failed``)."""
+        self.unsent.labels(next((r for kind, r in UNSENT_REASONS.items() if isinstance(error, kind)), "failed")).inc()
 
     def observe_handoff(self, reason: str, available: bool, source: str) -> None:
         """Record one handoff (or request for a person nobody could take) and the notice the bot sent."""

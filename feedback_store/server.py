@@ -10,6 +10,11 @@ loopdesk process of that data directory; it reaches redis-server on its standard
 command line. A passwordless server of the same data directory (started before servers had one) is
 shut down (its AOF flushed) and started again with the password: processes still connected to it
 without the password must be restarted.
+
+A server that died (kill -9, a crash) is started again by the bot processes that use it
+(``feedback_store.supervisor``), on the same port, data directory and password. One stopped on purpose
+(``stop_embedded_redis``, ``loopdesk redis stop``) leaves a ``stopped`` file beside its AOF, and stays
+stopped until the next ``ensure_embedded_redis``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from redis.retry import Retry
 
 STARTUP_TIMEOUT_S = 15.0
 PASSWORD_FILE = "password"
+STOPPED_FILE = "stopped"  # present: the server was stopped on purpose, and no supervisor restarts it
 
 
 class EmbeddedRedisError(RuntimeError):
@@ -188,6 +194,7 @@ def ensure_embedded_redis(data_dir: Path, appendfsync: str = "always", maxmemory
         if port is not None and _ping(port, None):
             _shut_down_passwordless(port, directory)  # restarted below, with the password
         elif port is not None and _ping(port, password):
+            (directory / STOPPED_FILE).unlink(missing_ok=True)
             return embedded_url(port, password)
         elif port is not None and not _port_is_free(port) and _alive(_read_int(directory / "redis.pid")):
             raise EmbeddedRedisError(f"the redis-server of {directory} (port {port}) refuses the password in "
@@ -218,7 +225,16 @@ def ensure_embedded_redis(data_dir: Path, appendfsync: str = "always", maxmemory
                 raise EmbeddedRedisError(f"redis-server did not answer on port {port} within {STARTUP_TIMEOUT_S}s:\n{log}")
             time.sleep(0.05)
         _write_atomic(port_file, str(port))
+        (directory / STOPPED_FILE).unlink(missing_ok=True)
         return embedded_url(port, password)
+
+
+def embedded_redis_died(data_dir: Path) -> bool:
+    """Whether the embedded server of ``data_dir`` ran and is gone without being stopped: it has a port
+    file, no ``stopped`` file, and nothing listens on that port."""
+    directory = redis_dir(data_dir)
+    port = _read_int(directory / "redis.port")
+    return port is not None and not (directory / STOPPED_FILE).exists() and _port_is_free(port)
 
 
 def embedded_redis_pid(data_dir: Path) -> int | None:
@@ -227,7 +243,11 @@ def embedded_redis_pid(data_dir: Path) -> int | None:
 
 
 def stop_embedded_redis(data_dir: Path, timeout_s: float = 10.0) -> bool:
-    """Stop the embedded server gracefully (SIGTERM); return whether one was running."""
+    """Stop the embedded server gracefully (SIGTERM), for good: no supervisor restarts it; return whether
+    one was running."""
+    directory = redis_dir(data_dir)
+    if directory.is_dir():
+        (directory / STOPPED_FILE).touch()
     pid = embedded_redis_pid(data_dir)
     if pid is None:
         return False

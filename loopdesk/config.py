@@ -92,6 +92,14 @@ class Settings:
         canary_share (float, default 0.1): share of new conversations pinned to the canary
             adapter when one exists.
         max_batch_size (int, default 32): most replies one generation worker decodes together.
+        max_queued_replies (int, default 128): most chat messages waiting for the generation worker (accepted
+            but not yet decoding). A message beyond it is refused with 503 ``overloaded`` and a ``Retry-After``
+            header before anything of it is stored; ``loopdesk serve`` gives its server enough threads for this
+            many waiting replies, a full batch and its other requests.
+        reply_deadline_s (float, default 30.0): seconds a reply may take, queueing included, from when the
+            engine is asked for it (the customer's turn is stored by then); one not finished by then is
+            cancelled (its row leaves the batch), the customer gets 503 ``reply_timeout`` (an SSE ``error``
+            event once streaming) and no bot turn is logged. 0: no deadline.
         torch_threads (int, default 1): torch intra-op threads of a serving process (1 suits
             small models beside web threads; 0 keeps torch's default of one per core).
         run_lock_ttl_s (int, default 3600): expiry of the one-training-run-at-a-time lock.
@@ -171,6 +179,8 @@ class Settings:
     temperature: float = 0.7
     canary_share: float = 0.1
     max_batch_size: int = 32
+    max_queued_replies: int = 128
+    reply_deadline_s: float = 30.0
     torch_threads: int = 1
     run_lock_ttl_s: int = 3600
     secret_key: str = field(default="", repr=False)
@@ -290,6 +300,10 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     if min(settings.rating_client_cap, settings.trusted_proxies) < 0 or settings.rating_client_window_s < 1:
         raise SettingsError("LOOPDESK_RATING_CLIENT_CAP and LOOPDESK_TRUSTED_PROXIES must be >= 0 and "
                             "LOOPDESK_RATING_CLIENT_WINDOW_S >= 1")
+    if settings.max_batch_size < 1 or settings.max_queued_replies < 1 or settings.reply_deadline_s < 0:
+        raise SettingsError("LOOPDESK_MAX_BATCH_SIZE and LOOPDESK_MAX_QUEUED_REPLIES must be at least 1 and "
+                            f"LOOPDESK_REPLY_DEADLINE_S at least 0 (0: none), got {settings.max_batch_size}, "
+                            f"{settings.max_queued_replies} and {settings.reply_deadline_s}")
     if settings.csat_burst_window_s < 1 or not 0 < settings.csat_burst_share <= 1:
         raise SettingsError(f"LOOPDESK_CSAT_BURST_WINDOW_S must be >= 1 and LOOPDESK_CSAT_BURST_SHARE within "
                             f"(0, 1], got {settings.csat_burst_window_s} and {settings.csat_burst_share}")

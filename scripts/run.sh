@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command on a fresh machine: install, build the tiny base model once, import the demo
-# shop's knowledge base once, serve the bot.
-# The bot listens on http://127.0.0.1:8000 (LOOPDESK_HOST/LOOPDESK_PORT or flags to change).
+# shop's knowledge base once, serve the bot with gunicorn (one worker process holding the model,
+# request threads; `--dev` for Werkzeug's development server instead).
+# The bot listens on http://127.0.0.1:8000 (`--host`/`--port` to change).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -50,6 +50,28 @@ def browser():
 
 
 @pytest.fixture
+def new_page(browser):
+    """Pages in fresh contexts (``new_page()``); they must run without a script error or
+    Content-Security-Policy violation."""
+    from tests.web_helpers import watch_csp
+
+    contexts, problems, csp_violations = [], [], []
+
+    def open_page():
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        contexts.append(context)
+        watch_csp(context, csp_violations)
+        page = context.new_page()
+        page.on("pageerror", lambda exc: problems.append(str(exc)))
+        return page
+
+    yield open_page
+    for context in contexts:
+        context.close()
+    assert problems == [] and csp_violations == []
+
+
+@pytest.fixture
 def one_torch_thread():
     """Tiny models run ~10x faster on one thread when the cores are busy (threads spin)."""
     import torch

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
-from playwright.sync_api import Browser, Page, Route, expect
+from playwright.sync_api import Page, Route, expect
 
 from bot.app import create_app
 from bot.services import EXTENSION
@@ -18,7 +18,7 @@ from feedback_store import FeedbackStore
 from harness.serving import serve
 from loopdesk.config import load_settings
 from tests.console_helpers import PASSWORD, add_accounts, seed_conversation
-from tests.web_helpers import GENEROUS_LIMIT, watch_csp
+from tests.web_helpers import GENEROUS_LIMIT, sign_in_page
 
 pytestmark = pytest.mark.browser
 
@@ -38,31 +38,9 @@ def site(data_dir: Path) -> Iterator[tuple[FeedbackStore, str]]:
     app.extensions[EXTENSION].knowledge.stop()
 
 
-@pytest.fixture
-def new_page(browser: Browser) -> Iterator[Callable[[], Page]]:
-    """Pages in fresh contexts; they must run without a script error or Content-Security-Policy violation."""
-    contexts, problems, csp_violations = [], [], []
-
-    def open_page() -> Page:
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        contexts.append(context)
-        watch_csp(context, csp_violations)
-        page = context.new_page()
-        page.on("pageerror", lambda exc: problems.append(str(exc)))
-        return page
-
-    yield open_page
-    for context in contexts:
-        context.close()
-    assert problems == [] and csp_violations == []
-
 
 def sign_in(page: Page, url: str, path: str, name: str) -> None:
-    page.goto(url + path)
-    page.get_by_label("Name").fill(name)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(f"**{path}")
+    sign_in_page(page, url, path, name, PASSWORD)
 
 
 def not_injected(page: Page, scope: str) -> dict:

@@ -12,6 +12,9 @@ from types import SimpleNamespace
 import pytest
 import requests
 import schemathesis
+import schemathesis.specs.openapi.schemas  # noqa: F401  compiled at collection: CPython 3.11.7 can fail to
+# compile a module later in a process where a deeply nested request body raised RecursionError ("AST
+# constructor recursion depth mismatch"), and schemathesis imports its OpenAPI loader lazily
 from hypothesis import HealthCheck, settings
 
 from bot.app import create_app

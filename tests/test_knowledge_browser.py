@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 
 from bot.app import create_app
 from bot.services import EXTENSION
@@ -19,7 +18,7 @@ from feedback_store.records import ArticleRef, BotTurn
 from harness.serving import serve
 from loopdesk.knowledge import MIN_SCORE
 from tests.console_helpers import PASSWORD, add_accounts
-from tests.web_helpers import GENEROUS_LIMIT, watch_csp, web_settings
+from tests.web_helpers import GENEROUS_LIMIT, sign_in_page, web_settings
 
 pytestmark = pytest.mark.browser
 
@@ -41,31 +40,9 @@ def site(data_dir: Path, base_model_dir: Path):
     app.extensions[EXTENSION].knowledge.stop()
 
 
-@pytest.fixture
-def new_page(browser: Browser) -> Iterator[Callable[[], Page]]:
-    """Pages in fresh contexts; they must run without a script error or Content-Security-Policy violation."""
-    contexts, problems, csp_violations = [], [], []
-
-    def open_page() -> Page:
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        contexts.append(context)
-        watch_csp(context, csp_violations)
-        page = context.new_page()
-        page.on("pageerror", lambda exc: problems.append(str(exc)))
-        return page
-
-    yield open_page
-    for context in contexts:
-        context.close()
-    assert problems == [] and csp_violations == []
-
 
 def sign_in(page: Page, url: str, path: str, name: str) -> None:
-    page.goto(url.rstrip("/") + path)
-    page.get_by_label("Name").fill(name)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(f"**{path.split('?')[0]}*")
+    sign_in_page(page, url, path, name, PASSWORD)
 
 
 def test_operator_creates_edits_meets_a_conflict_and_reverts_then_checks_retrieval(site, new_page):

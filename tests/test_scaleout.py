@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from bench.load import import_knowledge, loopdesk_serve, serve_env
+from bench.bot_process import import_knowledge, loopdesk_serve, serve_env
 from feedback_store import FeedbackStore
 from loopdesk.config import load_settings
 from tests.adapter_helpers import register_random_adapter
@@ -38,7 +38,7 @@ def test_two_bot_processes_pin_new_conversations_to_a_promoted_adapter(data_dir:
                              base_model=str(base_model_dir))
     store = FeedbackStore.from_settings(settings, announce=False)
     import_knowledge(env)
-    with loopdesk_serve(env, workers=0) as werkzeug_bot, loopdesk_serve(env, workers=1, threads=4) as gunicorn_bot:
+    with loopdesk_serve(env, dev=True) as werkzeug_bot, loopdesk_serve(env, threads=4) as gunicorn_bot:
         bots = (werkzeug_bot, gunicorn_bot)
         assert {start_conversation(url)["adapter_version"] for url in bots} == {"base"}
 
@@ -70,7 +70,7 @@ def test_two_bot_processes_retrieve_an_edited_article_within_two_seconds(data_di
     store = FeedbackStore.from_settings(settings, announce=False)
     import_knowledge(env)
     query = "when do I get my money back"
-    with loopdesk_serve(env, workers=0) as werkzeug_bot, loopdesk_serve(env, workers=1, threads=4) as gunicorn_bot:
+    with loopdesk_serve(env, dev=True) as werkzeug_bot, loopdesk_serve(env, threads=4) as gunicorn_bot:
         bots = (werkzeug_bot, gunicorn_bot)
         assert [first_hit(url, query) for url in bots] == [("refunds", 1)] * 2
         current = store.knowledge.get("refunds")

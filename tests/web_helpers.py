@@ -57,10 +57,12 @@ def watch_csp(context: Any, violations: list[str]) -> None:
 
 
 def parse_sse(chunks: Iterable[bytes]) -> list[tuple[str, dict]]:
-    """(event, data) pairs from a text/event-stream body."""
+    """(event, data) pairs from a text/event-stream body (comment blocks, the ``: waiting`` heartbeats, left out)."""
     text = b"".join(chunks).decode()
     events = []
     for block in filter(None, text.split("\n\n")):
+        if block.startswith(":"):
+            continue
         fields = dict(line.split(": ", 1) for line in block.splitlines())
         events.append((fields["event"], json.loads(fields["data"])))
     return events
@@ -73,3 +75,12 @@ def metric(app: Any, name: str, **labels: str) -> float:
     text = app.test_client().get("/metrics").get_data(as_text=True)
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def sign_in_page(page: Any, url: str, path: str, name: str, password: str) -> None:
+    """Sign ``name`` in on the console page ``path`` of the app at ``url`` through its login form."""
+    page.goto(url.rstrip("/") + path)
+    page.get_by_label("Name").fill(name)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"**{path.split('?')[0]}*")

@@ -91,12 +91,14 @@ class AdapterFollower:
                 if version and version not in self.loader.loaded_versions() and version not in self.refused:
                     self._load(version)
             loaded = set(self.loader.loaded_versions())
+            chosen = active if active in loaded else self._active
+            chosen_canary = canary if canary in loaded else None
             if active in loaded:
-                self._active = active
                 self.loader.set_fallback(active)
-            self._canary = canary if canary in loaded else None
-            retiring = (loaded | self._unloading) - {BASE_VERSION, self._active, self._canary}
+            retiring = (loaded | self._unloading) - {BASE_VERSION, chosen, chosen_canary}
             self._unloading = {v for v in retiring if not self.loader.unload(v, self._idle_s(v))}
+            # new conversations are pinned to the new choice only once what it replaced stopped being routed
+            self._active, self._canary = chosen, chosen_canary
 
     def _load(self, version: str) -> None:
         started = time.perf_counter()

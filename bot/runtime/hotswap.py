@@ -47,18 +47,18 @@ class WorkerLoader:
         if problem:
             self.worker.uninstall(version).result()
             raise InvalidAdapterError(f"{version}: probe generation failed: {problem}")
-        self.worker.make_routable(version)
+        self.worker.routing.make_routable(version)
 
     def set_fallback(self, version: str) -> None:
-        self.worker.set_fallback(version)
+        self.worker.routing.set_fallback(version)
 
     def unload(self, version: str, idle_s: float) -> bool:
         """Retire ``version``; the worker deletes it once idle, so no further call is needed."""
-        self.worker.retire(version, idle_s)
+        self.worker.routing.retire(version, idle_s)
         return True
 
     def loaded_versions(self) -> list[str]:
-        return self.worker.loaded_versions()
+        return self.worker.routing.loaded_versions()
 
     def _probe(self, version: str) -> str:
         """Generate a few tokens with ``version``; return what went wrong, or ``""``."""

@@ -28,7 +28,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import requests
 
 from bot.runtime.adapters import VerifiedAdapter
+from bot.runtime.admission import Admission, Slot
 from bot.runtime.engine import Generation, GenerationError
+from bot.runtime.errors import ReplyCancelledError, ReplyTimeoutError
 from bot.runtime.follower import AdapterFollower
 from bot.runtime.prompts import PromptBuilder, prompt_builder
 from feedback_store import FeedbackStore
@@ -123,6 +125,7 @@ class VllmEngine:
         self._waiting = 0
         self._lock = threading.Lock()
         self._stopped = False
+        self.admission = Admission(settings.max_queued_replies)
 
     def start(self) -> None:
         """Load the tokenizer, check the server, load the registry's adapters, then follow changes."""
@@ -160,6 +163,19 @@ class VllmEngine:
         """Replies sent to vLLM that have no first token yet."""
         return self._waiting
 
+    def reserve(self) -> Slot:
+        """A place among the replies waiting for their first token (as ``Engine.reserve``)."""
+        return self.admission.reserve()
+
+    def worker_restarts(self) -> int:
+        """Always 0: generation runs in the vLLM server, not in a thread of this process."""
+        return 0
+
+    def decoding(self) -> int:
+        """Replies streaming from vLLM now."""
+        with self._lock:
+            return sum(self._running.values()) - self._waiting
+
     def choose_version(self) -> str:
         """The version a NEW conversation is pinned to: active, or canary with the canary share."""
         if self._follower is None:
@@ -167,9 +183,12 @@ class VllmEngine:
         return self._follower.choose_version()
 
     def generate(self, messages: list[dict], adapter_version: str, on_text: Callable[[str], None] | None = None,
-                 passages: Sequence[PassageLike] | None = None) -> Generation:
+                 passages: Sequence[PassageLike] | None = None, *, slot: Slot | None = None,
+                 cancelled: threading.Event | None = None) -> Generation:
         """Stream a reply from vLLM under ``adapter_version`` (or the active one if it is not loaded), its
-        prompt built as ``Engine``'s (``PromptBuilder.build`` with the retrieved ``passages``)."""
+        prompt built as ``Engine``'s (``PromptBuilder.build`` with the retrieved ``passages``); ``slot`` is
+        released at the first token; past the deadline, or once ``cancelled`` is set, the stream to vLLM is
+        closed (which aborts the request there) and ``ReplyTimeoutError`` / ``ReplyCancelledError`` raised."""
         if self._builder is None or self._stopped:
             raise GenerationError("the engine is not running")
         started = time.perf_counter()
@@ -182,16 +201,23 @@ class VllmEngine:
         max_new = min(self.settings.max_reply_tokens, self._max_positions - len(prompt.token_ids))
         body = completion_request(model, prompt.token_ids, max_new, self.settings.temperature)
         completion, first_token_at = Completion(), None
+        deadline = time.monotonic() + self.settings.reply_deadline_s if self.settings.reply_deadline_s > 0 else None
         self._count_waiting(+1)
         try:
             with self.http.post(f"{self.url}/v1/completions", json=body, stream=True, timeout=TIMEOUT_S) as response:
                 if response.status_code != 200:
                     raise GenerationError(f"vLLM answered {response.status_code}: {response.text[:300]}")
                 for chunk in sse_chunks(response.iter_lines(decode_unicode=True)):
+                    if cancelled is not None and cancelled.is_set():
+                        raise ReplyCancelledError("the client went away")
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise ReplyTimeoutError("the reply was not done within its deadline")
                     text = completion.add(chunk)
                     if first_token_at is None and completion.token_ids:
                         first_token_at = time.perf_counter()
                         self._count_waiting(-1)
+                        if slot is not None:
+                            slot.release()
                     if text and on_text is not None:
                         on_text(text)
         except requests.RequestException as exc:

@@ -15,11 +15,18 @@ then runs one decode step for the whole batch.
   steps later instead. Requests that do not stream are prefilled at once.
 
 Adapters no longer wanted are deleted once no request uses them.
+
+Backpressure: a request leaves the queue (its ``slot`` released, see ``bot.runtime.admission``) when its
+row enters the batch. A request past its ``deadline``, or ``cancelled`` (its client went away), fails at
+the next loop: its row leaves the batch and its cache rows are freed. An exception that escapes the loop
+fails every request in flight and queued with a clean error and ends the thread; the engine notices and
+``restart``s it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import sys
 import threading
@@ -33,9 +40,12 @@ import torch
 from transformers import PreTrainedModel
 
 from bot.runtime.adapters import VerifiedAdapter
+from bot.runtime.admission import Slot
 from bot.runtime.batching import Batch, Row, shared_tokens
+from bot.runtime.errors import GenerationError, ReplyCancelledError, ReplyTimeoutError
 from bot.runtime.kv_cache import CachedPrompt
 from bot.runtime.lora import MultiLora, prepare
+from bot.runtime.routing import Routing
 from feedback_store.records import BASE_VERSION
 
 log = logging.getLogger(__name__)
@@ -44,10 +54,10 @@ SWITCH_INTERVAL_S = 0.0005
 FEED_TOKENS = 16  # at most this many prompt tokens left to run: a newcomer may join without a prefill pass
 
 
-@dataclass
+@dataclass(eq=False)
 class Request:
     """One reply asked of the worker; ``events`` receives ``"token"`` after each token if
-    ``stream``, then ``"done"``."""
+    ``stream``, then ``"done"`` (with ``failure`` set if it failed)."""
 
     version: str
     row: Row
@@ -58,16 +68,24 @@ class Request:
     submitted_at: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     served_version: str = ""
+    deadline: float = math.inf  # time.monotonic() by which the reply must be done
+    cancelled: threading.Event = field(default_factory=threading.Event)  # set: nobody waits for it any more
+    slot: Slot | None = None  # its place among the waiting replies, released when it starts decoding
+    failure: GenerationError | None = None
 
+    def stop(self, error: GenerationError) -> None:
+        """Mark the reply failed with ``error`` (the first reason wins)."""
+        if self.failure is None:
+            self.failure = error
+            self.row.error = self.row.error or str(error)
 
-@dataclass
-class _Routing:
-    """Which versions new requests may use, and what serves the others (under the worker's lock)."""
-
-    fallback: str = BASE_VERSION
-    routable: set[str] = field(default_factory=lambda: {BASE_VERSION})
-    retiring: dict[str, float] = field(default_factory=dict)  # version -> unload when idle this long
-    last_used: dict[str, float] = field(default_factory=dict)
+    def overdue(self, now: float) -> GenerationError | None:
+        """Why the reply must stop now (its client went away, or its deadline passed), if it must."""
+        if self.cancelled.is_set():
+            return ReplyCancelledError("the client went away")
+        if now > self.deadline:
+            return ReplyTimeoutError("the reply was not done within its deadline")
+        return None
 
 
 class GenerationWorker:
@@ -85,10 +103,10 @@ class GenerationWorker:
         self._waiting: deque[Request] = deque()
         self._batch: Batch | None = None
         self._prompts: dict[str, CachedPrompt] = {}  # per version, the newest prompt prefilled
-        self._routing = _Routing()
-        self._lock = threading.Lock()
+        self.routing = Routing()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="loopdesk-generation", daemon=True)
+        self.restarts = 0
 
     # called from other threads ------------------------------------------------------------
     def start(self) -> None:
@@ -105,9 +123,21 @@ class GenerationWorker:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def restart(self) -> bool:
+        """Start the loop again if its thread ended without being stopped (a crash); whether it did."""
+        if self._stop.is_set() or self._thread.is_alive():
+            return False
+        self._thread = threading.Thread(target=self._run, name="loopdesk-generation", daemon=True)
+        self._thread.start()
+        self.restarts += 1
+        return True
+
     def submit(self, request: Request) -> None:
         if self._stop.is_set():
-            raise RuntimeError("the generation worker is stopped")
+            raise GenerationError("the generation worker is stopped")
         self._requests.put(request)
 
     def _call(self, fn: Callable[[], Any]) -> Future:
@@ -125,52 +155,32 @@ class GenerationWorker:
         """Delete an adapter that failed its probe (on the worker thread, between steps)."""
         return self._call(lambda: self._delete(version))
 
-    def make_routable(self, version: str) -> None:
-        """Let new requests use ``version`` (after it was installed and probed)."""
-        with self._lock:
-            self._routing.routable.add(version)
-            self._routing.retiring.pop(version, None)
-
-    def set_fallback(self, version: str) -> None:
-        """Serve requests for versions that are not routable with ``version`` (the active one)."""
-        with self._lock:
-            self._routing.fallback = version
-            self._routing.routable.add(version)
-            self._routing.retiring.pop(version, None)
-
-    def retire(self, version: str, after_idle_s: float) -> None:
-        """Unload ``version`` once nothing used it for ``after_idle_s`` (0: stop routing to it now)."""
-        with self._lock:
-            if version in (self._routing.fallback, BASE_VERSION):
-                return
-            self._routing.retiring[version] = after_idle_s
-            if after_idle_s <= 0:
-                self._routing.routable.discard(version)
-
-    def loaded_versions(self) -> list[str]:
-        """Versions that requests are served with right now."""
-        with self._lock:
-            return sorted(self._routing.routable)
-
-    def fallback(self) -> str:
-        with self._lock:
-            return self._routing.fallback
-
     def queue_depth(self) -> int:
         """Requests submitted but not yet decoding (approximate: read without stopping the worker)."""
         return self._requests.qsize() + len(self._waiting)
 
+    def batch_rows(self) -> int:
+        """Replies decoding now (approximate, as ``queue_depth``)."""
+        batch = self._batch
+        return len(batch.rows) if batch is not None else 0
+
     # the worker thread ----------------------------------------------------------------------
     def _run(self) -> None:
         torch.set_grad_enabled(False)
-        with torch.inference_mode():
-            while not self._stop.is_set():
-                self._run_commands()
-                self._admit(block=self._batch is None and not self._waiting)
-                self._prefill()
-                self._step()
-                self._unload_idle()
-        self._fail_all("the generation worker stopped")
+        try:
+            with torch.inference_mode():
+                while not self._stop.is_set():
+                    self._run_commands()
+                    self._admit(block=self._batch is None and not self._waiting)
+                    self._expire()
+                    self._prefill()
+                    self._step()
+                    self._unload_idle()
+        except Exception:
+            log.exception("the generation worker crashed; its requests fail and the engine restarts it")
+            self._fail_all(GenerationError("the generation worker crashed and is restarting; retry"))
+            return
+        self._fail_all(GenerationError("the generation worker stopped"))
 
     def _run_commands(self) -> None:
         while True:
@@ -188,20 +198,37 @@ class GenerationWorker:
             first = self._requests.get(timeout=0.05) if block else self._requests.get_nowait()
         except queue.Empty:
             return
+        for request in [first, *_drain(self._requests)]:
+            request.served_version = self.routing.serve(request.version, request.strict)
+            self._waiting.append(request)
+
+    def _expire(self) -> None:
+        """Fail the requests whose client went away or whose deadline passed; their rows leave the batch."""
         now = time.monotonic()
-        with self._lock:
-            routing = self._routing
-            for request in [first, *_drain(self._requests)]:
-                ok = request.strict or request.version in routing.routable
-                request.served_version = request.version if ok else routing.fallback
-                routing.last_used[request.served_version] = now
+        waiting = list(self._waiting)
+        self._waiting.clear()
+        for request in waiting:
+            error = request.overdue(now)
+            if error is None:
                 self._waiting.append(request)
+            else:
+                self._fail([request], error)
+        if self._batch is None:
+            return
+        overdue = [(row.owner, error) for row in self._batch.rows if (error := row.owner.overdue(now))]
+        for request, error in overdue:
+            request.stop(error)
+        if overdue:
+            self._drop_done()
 
     def _prefill(self) -> None:
         room = self.max_batch_size - (len(self._batch) if self._batch else 0)
         newcomers = [self._waiting.popleft() for _ in range(min(len(self._waiting), room))]
         if not newcomers:
             return
+        for request in newcomers:  # decoding from here on: no longer among the waiting
+            if request.slot is not None:
+                request.slot.release()
         earlier = [self._prompts.get(r.served_version) for r in newcomers]
         streaming = self._batch is not None and any(row.owner.stream for row in self._batch.rows)
         joining = [self._joins(r, p, streaming) for r, p in zip(newcomers, earlier)]
@@ -236,7 +263,7 @@ class GenerationWorker:
                                   self.temperature, [p for _, p in newcomers])
         except Exception:
             log.exception("prefill under adapters %s failed", _versions(requests))
-            self._fail(requests, f"generation under adapter {'/'.join(_versions(requests))} failed")
+            self._fail(requests, GenerationError(f"generation under adapter {'/'.join(_versions(requests))} failed"))
             return None
         for i, request in {r.served_version: (i, r) for i, r in enumerate(requests)}.values():
             self._prompts[request.served_version] = batch.cache.cached_prompt(i, request.row.prompt_ids)
@@ -252,7 +279,7 @@ class GenerationWorker:
         except Exception:
             log.exception("decode step under adapters %s failed", _versions(requests))
             self._batch = None
-            self._fail(requests, f"generation under adapter {'/'.join(_versions(requests))} failed")
+            self._fail(requests, GenerationError(f"generation under adapter {'/'.join(_versions(requests))} failed"))
             return
         for i, request in enumerate(requests):  # a joined row just read its prompt: keep it for the next ones
             if len(request.row.reply_ids) == 1:
@@ -269,24 +296,32 @@ class GenerationWorker:
                 row.owner.first_token_at = sampled_at
             if row.owner.stream:
                 row.owner.events.put("token")
+        self._drop_done()
+        self.routing.used({row.owner.served_version for row in rows})
+
+    def _drop_done(self) -> None:
+        """Take the finished (or failed) rows out of the batch, freeing their cache rows; tell their requests."""
         batch = self._batch
         for row in batch.drop_done():
             row.owner.events.put("done")
         if not batch.rows:
             self._batch = None
-        now = time.monotonic()
-        with self._lock:
-            for version in {row.owner.served_version for row in rows}:
-                self._routing.last_used[version] = now
 
-    def _fail_all(self, reason: str) -> None:
+    def _fail_all(self, error: GenerationError) -> None:
+        """Fail every request queued, waiting or decoding, and forget the batch and the cached prompts."""
         pending = [*_drain(self._requests), *self._waiting]
-        self._fail(pending + ([row.owner for row in self._batch.rows] if self._batch else []), reason)
+        decoding = [row.owner for row in self._batch.rows] if self._batch else []
+        self._waiting.clear()
+        self._batch = None
+        self._prompts.clear()
+        self._fail(pending + decoding, error)
 
     @staticmethod
-    def _fail(requests: list[Request], reason: str) -> None:
+    def _fail(requests: list[Request], error: GenerationError) -> None:
         for request in requests:
-            request.row.error = request.row.error or reason
+            request.stop(error)
+            if request.slot is not None:
+                request.slot.release()
             request.events.put("done")
 
     # adapters (worker thread only) -------------------------------------------------------------
@@ -301,18 +336,10 @@ class GenerationWorker:
             log.info("adapter %s unloaded", version)
 
     def _unload_idle(self) -> None:
-        now = time.monotonic()
         in_use = {r.served_version for r in self._waiting}
         if self._batch is not None:
             in_use |= {row.owner.served_version for row in self._batch.rows}
-        with self._lock:
-            routing = self._routing
-            idle = [v for v, after in routing.retiring.items()
-                    if v not in in_use and now - routing.last_used.get(v, 0.0) >= after]
-            for version in idle:
-                del routing.retiring[version]
-                routing.routable.discard(version)
-        for version in idle:
+        for version in self.routing.take_idle(in_use):
             if version != BASE_VERSION:
                 self._delete(version)
 
