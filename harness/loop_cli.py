@@ -103,8 +103,11 @@ def loop(rounds: int, customers_per_round: int, concurrency: int, experts: bool,
 
 def method_settings(settings, method: str):
     """One compared method's own data: a data dir under ``<data_dir>/loop/<method>`` (its own embedded
-    Redis), or its own key prefix on an external Redis."""
-    changes = {"data_dir": settings.data_dir / "loop" / method}
+    Redis), or its own key prefix on an external Redis; on the base model ``settings`` chose."""
+    base = settings.base_model_ref
+    if Path(base).exists():
+        base = str(Path(base).resolve())
+    changes = {"data_dir": settings.data_dir / "loop" / method, "base_model": base}
     if settings.redis_url:
         changes["key_prefix"] = f"{settings.key_prefix}-{method}"
     return settings.replace(**changes)
