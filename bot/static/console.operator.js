@@ -90,7 +90,7 @@
       });
       if (!rows.length) rows = [el("tr", {}, [el("td", {colspan: 8, className: "cn-muted", text: "No adapters yet: base model serving."})])];
       var body = document.querySelector("#adapters tbody");
-      body.replaceChildren.apply(body, rows);
+      C.fillTable(body, rows);
     });
   }
 
@@ -136,7 +136,7 @@
     var days = document.getElementById("csat-days").value || 14;
     return C.api("GET", "/api/operator/handoffs?days=" + days).then(function (data) {
       var body = document.querySelector("#handoffs tbody");
-      body.replaceChildren.apply(body, Object.keys(data.versions).map(function (version) {
+      C.fillTable(body, Object.keys(data.versions).map(function (version) {
         var v = data.versions[version];
         return el("tr", {}, [el("td", {text: version}), el("td", {text: String(v.conversations)}),
           el("td", {text: rateText(v.handoff_rate)}), el("td", {text: rateText(v.resolution_rate)}),
@@ -208,7 +208,7 @@
           el("td", {colspan: 2, className: "cn-error-text", text: u.problem}), el("td", {}, [deleteScheduleButton(u.id, u.id)])]));
       });
       var body = document.querySelector("#schedules tbody");
-      body.replaceChildren.apply(body, rows);
+      C.fillTable(body, rows);
     });
   }
 
@@ -216,7 +216,7 @@
   function loadRuns() {
     return C.api("GET", "/api/operator/runs").then(function (data) {
       var body = document.querySelector("#runs tbody");
-      body.replaceChildren.apply(body, data.runs.map(function (r) {
+      C.fillTable(body, data.runs.map(function (r) {
         return el("tr", {className: r.id === run.id ? "cn-current" : ""}, [
           el("td", {}, [el("button", {type: "button", className: "cn-link", text: r.id, onclick: function () { selectRun(r.id); }})]),
           el("td", {}, [el("span", {className: "cn-badge cn-" + r.status, text: r.status})]),
