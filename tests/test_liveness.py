@@ -114,8 +114,10 @@ def test_a_worker_stopped_cleanly_leaves_no_heartbeat(quick, live_store, process
 def test_a_scheduler_process_beats_saying_how_often_it_checks_until_killed(quick, live_store, processes):
     scheduler = start(quick, "scheduler", "--interval", "0.5")
     processes.append(scheduler)
-    beat = wait_for(lambda: beat_of(live_store, "scheduler", scheduler.pid), "the scheduler's heartbeat")
-    assert beat.alive and beat.heartbeat.doing == "checking the schedules and the canary every 0.5 s"
+    checking = "checking the schedules and the canary every 0.5 s"  # once its first pass has pruned
+    beat = wait_for(lambda: (b := beat_of(live_store, "scheduler", scheduler.pid)) and b.heartbeat.doing == checking
+                    and b, "the scheduler's heartbeat after its first pass")
+    assert beat.alive
     assert live_store.heartbeats.list("worker") == []
     stopped(scheduler, signal.SIGKILL)
     wait_for(lambda: not beat_of(live_store, "scheduler", scheduler.pid).alive, "the scheduler to go stale",
@@ -132,7 +134,7 @@ def test_the_scheduler_loop_names_the_run_it_enqueued_and_removes_its_heartbeat_
 
     monkeypatch.setattr("trainer.scheduler.time.time", lambda: 4_102_444_800.0)  # year 2100: due
     loop(live_store, GateConfig(), 0.1, echo=enqueued, once=True)
-    assert said == ["checking the schedules and the canary every 0.1 s"]
+    assert said == ["checking the schedules and the canary every 0.1 s; last enqueued run r00001"]
     assert live_store.heartbeats.list("scheduler", now=4_102_444_800.0) == []
 
 

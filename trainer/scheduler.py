@@ -35,11 +35,11 @@ def loop(store: FeedbackStore, gate: GateConfig, interval_s: float, round_config
     with store.heartbeats.start("scheduler", checking) as heartbeat:
         while True:
             runs, decision = tick(store, gate, round_config)
-            for run in runs:
-                echo(f"enqueued training run {run.id} ({run.trigger})")
             if runs:
                 checking = f"{every}; last enqueued run {runs[-1].id}"
                 heartbeat.set(checking)
+            for run in runs:
+                echo(f"enqueued training run {run.id} ({run.trigger})")
             if decision is not None and decision.action != "wait":
                 echo(f"canary: {decision.action}: {decision.reason}")
             if time.monotonic() >= next_prune:
