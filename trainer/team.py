@@ -42,8 +42,12 @@ class StoppedError(BaseException):
 
 
 def _stopped(signum: int, frame: Any) -> None:
-    raise StoppedError("the launcher stopped this process (SIGTERM), as it does when another process of the "
-                       "round fails: that process's output says why")
+    """SIGTERM in the main process: raise ``StoppedError`` once, unless an error is being handled already
+    (the round is failing and recording why: let it finish; the launcher waits a while before SIGKILL)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if sys.exc_info()[1] is None:
+        raise StoppedError("the launcher stopped this process (SIGTERM), as it does when another process of the "
+                           "round fails: that process's output says why")
 
 
 class Team:
