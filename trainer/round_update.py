@@ -177,6 +177,8 @@ def update_baseline(inputs: TrainingInputs, team: Team, start_dir: Path | None, 
 def follow_round(team: Team) -> bool:
     """A non-main process's round: the inputs from the main process, then the reward model and the policy
     update with it, in a work directory of its own. False when the main process stopped before training."""
+    from trainer import baselines, ppo, reward_model  # noqa: F401  (loaded while the main process exports)
+
     inputs = team.receive()
     if inputs is None:
         return False
