@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from bot.runtime.adapters import read_verified
 from feedback_store.connection import resolve_redis_url
 from trainer.config import PPOConfig
 from trainer.round_config import RoundConfig
-from trainer.team import LaunchError, Team
+from trainer.team import LaunchError, StoppedError, Team
 from tests.trainer_helpers import as_round_file, seed_conversations, small_round_config, trainer_settings
 
 LAUNCH_TIMEOUT_S = 240  # two processes loading torch and training the test-size model on two shared cores
@@ -121,3 +123,28 @@ def test_processes_that_formed_no_process_group_are_refused(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun starts them, without ACCELERATE_USE_CPU on a CPU machine
     with pytest.raises(LaunchError, match="ACCELERATE_USE_CPU=true"):
         Team.launched()
+
+
+def test_the_main_process_turns_the_launchers_sigterm_into_a_failure_it_can_record(monkeypatch):
+    monkeypatch.setattr(Team, "size", property(lambda team: 2))
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(StoppedError, match="another process of the round fails"):
+        with Team().leading():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises at the next bytecode
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_sigterm_while_the_round_records_its_failure_lets_it_finish(monkeypatch):
+    monkeypatch.setattr(Team, "size", property(lambda team: 2))
+    recorded = []
+    with pytest.raises(RuntimeError, match="gloo: connection closed"):
+        with Team().leading():
+            try:
+                raise RuntimeError("gloo: connection closed by peer")
+            except RuntimeError:
+                os.kill(os.getpid(), signal.SIGTERM)  # as the launcher stops the process mid-cleanup
+                time.sleep(0.2)
+                recorded.append("failed")
+                raise
+    assert recorded == ["failed"]
