@@ -110,6 +110,11 @@ def swap_cost(engine, store, model_dir: Path, out_dir: Path, concurrency: int) -
     swap_started = time.perf_counter()
     store.adapters.promote(version)
     while engine.choose_version() != version:
+        if version in engine.refused_versions():
+            stop.set()
+            for t in threads:
+                t.join()
+            raise RuntimeError(f"the engine refused adapter {version}: {engine.refused_versions()[version]}")
         time.sleep(0.005)
     swap_ended = time.perf_counter()
     time.sleep(2.0)
@@ -186,7 +191,7 @@ def main() -> None:
         for c in args.concurrency:  # baseline and batching back to back, so both see the same machine
             for mode, engine in engines.items():
                 results[mode, c] = load(engine, c, args.requests)
-        swap = swap_cost(engines["dynamic"], store, model_dir, data_dir, min(8, max(args.concurrency)))
+        swap = swap_cost(engines["dynamic"], store, model_dir, settings.adapters_dir, min(8, max(args.concurrency)))
     finally:
         for engine in engines.values():
             engine.stop()
