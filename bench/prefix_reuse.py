@@ -111,7 +111,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="rounds of the four chats (new replies each)")
     parser.add_argument("--passages", type=int, default=None, help="help articles per reply (default: settings)")
     parser.add_argument("--max-reply-tokens", type=int, default=32)
-    parser.add_argument("--compare-tokens", type=int, default=16, help="first reply tokens whose log-probs are compared")
+    parser.add_argument("--compare-tokens", type=int, default=16,
+                        help="first reply tokens whose log-probs are compared")
     parser.add_argument("--prefix-cache-mb", type=int, default=256, help="the reused engine's prefix store")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: settings)")
     args = parser.parse_args()
@@ -175,9 +176,9 @@ def report(pairs: list[Pair], compare_tokens: int, load_before: tuple, load_afte
           f"min x{min(ratios):.2f}); prompt {statistics.median(p.prompt_tokens for p in pairs):.0f} tokens, "
           f"{statistics.median(p.reused_tokens / p.prompt_tokens for p in pairs):.0%} reused (median); "
           f"{stable}/{len(pairs)} chats kept their article through the four turns")
+    identical = sum(p.same_reply_tokens == p.reply_tokens for p in pairs)
     print(f"log-probs of the first {compare_tokens} reply tokens (up to the first token that differs): "
-          f"largest |difference| {worst:.2e}; replies identical in {sum(p.same_reply_tokens == p.reply_tokens for p in pairs)}"
-          f"/{len(pairs)} chats")
+          f"largest |difference| {worst:.2e}; replies identical in {identical}/{len(pairs)} chats")
     met = recomputed / reused >= 2 and worst <= 1e-4
     print(f"target (TTFT x2 faster, log-probs within 1e-4): {'met' if met else 'NOT met'}; "
           f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after")
