@@ -91,6 +91,9 @@ class Settings:
         canary_share (float, default 0.1): share of new conversations pinned to the canary
             adapter when one exists.
         max_batch_size (int, default 32): most replies one generation worker decodes together.
+        prefix_cache_mb (int, default 256): MiB of keys and values the generation worker keeps of prompts
+            and finished replies (``bot.runtime.prefix_store``), so that a chat's next turn does not read its
+            earlier turns again; the least recently used go first. 0: keep none.
         max_queued_replies (int, default 128): most chat messages waiting for the generation worker (accepted
             but not yet decoding). A message beyond it is refused with 503 ``overloaded`` and a ``Retry-After``
             header before anything of it is stored; ``loopdesk serve`` gives its server enough threads for this
@@ -182,6 +185,7 @@ class Settings:
     temperature: float = 0.7
     canary_share: float = 0.1
     max_batch_size: int = 32
+    prefix_cache_mb: int = 256
     max_queued_replies: int = 128
     reply_deadline_s: float = 30.0
     torch_threads: int = 1
@@ -284,6 +288,8 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
                             f"got {settings.redis_maxmemory!r}")
     if settings.retention_days < 0:
         raise SettingsError(f"LOOPDESK_RETENTION_DAYS must be >= 0 (0: keep forever), got {settings.retention_days}")
+    if settings.prefix_cache_mb < 0:
+        raise SettingsError(f"LOOPDESK_PREFIX_CACHE_MB must be >= 0 (0: keep none), got {settings.prefix_cache_mb}")
     if not settings.key_prefix or ":" in settings.key_prefix:
         raise SettingsError("LOOPDESK_KEY_PREFIX must be non-empty and contain no ':'")
     if settings.kb_top_k < 1 or settings.kb_passage_chars < 1 or settings.kb_min_score < 0:
