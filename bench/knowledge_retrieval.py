@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import re
 import sys
 import time
 from pathlib import Path
@@ -25,39 +24,28 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).re
 
 import numpy as np  # noqa: E402
 
-from loopdesk.articles import VersionedArticle  # noqa: E402
-from loopdesk.knowledge import MIN_SCORE, KnowledgeIndex, plain_text, tokenize  # noqa: E402
+from loopdesk.knowledge import MIN_SCORE, KnowledgeIndex, tokenize  # noqa: E402
 from sim.company import load_company  # noqa: E402
-from sim.knowledge_eval import KINDS, demo_index, evaluate  # noqa: E402
+from sim.knowledge_eval import ANSWERED, KINDS, demo_index, evaluate, generated_articles  # noqa: E402
 
 
 def accuracy(show_misses: bool) -> None:
     reports = evaluate(demo_index())
     print(f"retrieval on the demo shop (min_score = {MIN_SCORE})")
-    print(f"{'probes':<13}{'n':>5}{'top-1':>8}{'top-3':>8}   top-1 score p1 / p5 / p50 / max   >= min_score")
+    print(f"{'probes':<17}{'n':>5}{'top-1':>8}{'top-3':>8}{'passage':>9}   top-1 score p1 / p5 / p50 / max"
+          "   >= min_score")
     for kind in KINDS:
         r = reports[kind]
-        ranks = f"{r.top1_rate:8.3f}{r.top3_rate:8.3f}" if kind != "out_of_scope" else f"{'':8}{'':8}"
+        passage = f"{r.passage_rate:9.3f}" if kind in ANSWERED else f"{'':9}"
+        ranks = f"{r.top1_rate:8.3f}{r.top3_rate:8.3f}{passage}" if kind in (*ANSWERED, "extra") else f"{'':25}"
         spread = " / ".join(f"{r.quantile(q):.2f}" for q in (0.01, 0.05, 0.5, 1.0))
-        print(f"{kind:<13}{r.n:>5}{ranks}   {spread:<32}  {r.share_at_least(MIN_SCORE):.3f}")
+        print(f"{kind:<17}{r.n:>5}{ranks}   {spread:<32}  {r.share_at_least(MIN_SCORE):.3f}")
         if show_misses:
             for probe, ranked in r.misses:
                 print(f"    miss: {probe.question!r} wants {probe.expected}, got {ranked}")
-    oos = reports["out_of_scope"]
-    print(f"out-of-scope questions rejected (best score < {MIN_SCORE}): {1 - oos.share_at_least(MIN_SCORE):.3f}")
-
-
-def generated_articles(n: int, rng: random.Random) -> list[VersionedArticle]:
-    """The demo articles plus synthetic ones drawn from their words and made-up product names."""
-    demo = list(demo_index().articles.values())
-    words = re.findall(r"[A-Za-z][a-z]+", " ".join(plain_text(a.body) for a in demo))
-    products = [f"{rng.choice(['Trail', 'Summit', 'Ridge', 'Canyon', 'Fjord'])}{i}" for i in range(n)]
-    made = []
-    for i in range(n - len(demo)):
-        body = " ".join(rng.choice(words) for _ in range(rng.randint(60, 150)))
-        made.append(VersionedArticle(id=f"generated-{i}", title=f"{products[i]} {rng.choice(words)}",
-                                     body=f"The {products[i]} {body}.", tags=[], version=1))
-    return demo + made
+    for kind in ("out_of_scope", "shop_words"):
+        rejected = 1 - reports[kind].share_at_least(MIN_SCORE)
+        print(f"{kind} questions rejected (best score < {MIN_SCORE}): {rejected:.3f}")
 
 
 def latency(n: int) -> None:

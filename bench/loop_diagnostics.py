@@ -7,8 +7,9 @@ and how far PPO gets when the reward is perfect.
     python bench/loop_diagnostics.py ppo-ceiling var/base-model --steps 60 --out /tmp/ceiling \
         [--reward rubric|reference] [--set learning_rate=1e-3 --set ppo_epochs=1]
 
-``replies``: 12 opening questions per intent (training phrasings, then held-out ones), one reply each
-sampled at temperature 1 as the bot serves; the neutral rubric's mean score and the share of replies
+``replies``: 12 opening questions per intent (training phrasings, then held-out ones), prompted as the
+bot prompts them (the passage retrieved from the shop's articles as shipped), one reply each sampled
+at temperature 1; the neutral rubric's mean score and the share of replies
 with all key facts, wrong facts, off topic, grovelling/flattery, and on the asked intent.
 ``reward-model``: the same base-model replies scored by a round's reward model; Spearman correlation
 with the rubric, and how often it prefers the asked intent's canonical reply to the sampled reply and
@@ -49,7 +50,7 @@ PER_INTENT = 12
 def sampled(model, tokenizer, held_out: bool, seed: int = 1):
     """(intent, chat, reply text) for PER_INTENT opening questions per intent."""
     company = load_company()
-    chats = opening_chats(company, PER_INTENT, held_out, random.Random(seed))
+    chats, _ = opening_chats(company, PER_INTENT, held_out, random.Random(seed))
     replies = []
     for start in range(0, len(chats), 64):
         replies += sample_replies(model, tokenizer, [c for _, c in chats[start:start + 64]])
@@ -135,7 +136,7 @@ def ppo_ceiling(args) -> None:
     config = PPOConfig(**overrides)
     tokenizer = AutoTokenizer.from_pretrained(args.base)
     company = load_company()
-    chats = opening_chats(company, 20, False, random.Random(7))
+    chats, _ = opening_chats(company, 20, False, random.Random(7))
     prompts = [tokenizer(tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False),
                          add_special_tokens=False)["input_ids"] for _, c in chats]
     intent_of = {tuple(p): intent for p, (intent, _) in zip(prompts, chats)}

@@ -70,6 +70,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--base-model", type=Path, default=None,
                         help="base model dir (default: var/base-model if built, else a cached test-size build)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds before a contender run is killed")
+    parser.add_argument("--probe-dialogues", type=int, default=600, help="demo chats the reward probe is fitted on")
     return parser.parse_args()
 
 
@@ -94,10 +95,11 @@ def write_task(args: argparse.Namespace, base_dir: Path, reward_dir: Path, seed:
              for intent in company.intents for phrasing in intent.phrasings]
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     n_eval = min(args.eval_prompts, len(ids))
+    pad = padding_token(tokenizer, ids)
     task = {
         "base_dir": str(base_dir), "reward_dir": str(reward_dir), "train_prompt_texts": texts,
         "train_prompts": ids, "eval_prompts": [ids[i * len(ids) // n_eval] for i in range(n_eval)], "eval_seed": 1234,
-        "tokens": {"pad": tokenizer.pad_token_id, "eos": tokenizer.eos_token_id},
+        "tokens": {"pad": pad, "eos": tokenizer.eos_token_id},
         "episodes": args.episodes, "batch_size": args.batch_size, "mini_batch_size": args.mini_batch_size,
         "max_new_tokens": args.max_new_tokens, "temperature": 1.0, "learning_rate": args.learning_rate,
         "kl_coef": args.kl_coef, "lora_r": args.lora_r, "lora_alpha": 2 * args.lora_r,
@@ -107,6 +109,19 @@ def write_task(args: argparse.Namespace, base_dir: Path, reward_dir: Path, seed:
     path = OUT / f"task-seed{seed}.json"
     path.write_text(json.dumps(task), encoding="utf-8")
     return path
+
+
+def padding_token(tokenizer, prompts: list[list[int]]) -> int:
+    """The pad token every contender pads with: the tokenizer's, unless it is EOS (SmolLM2) or a prompt holds
+    it, then another special token no prompt holds. TRL's PPO finds padding by token id (the attention mask is
+    ``ids != pad``, a reply ends at its first pad), so a pad equal to EOS would mask the prompts' ``<|im_end|>``
+    tokens and every reply's EOS; TRL's examples add a pad token of its own in that case."""
+    used = {t for prompt in prompts for t in prompt} | {tokenizer.eos_token_id}
+    candidates = [tokenizer.pad_token_id, *tokenizer.all_special_ids]
+    pad = next((t for t in candidates if t is not None and t not in used), None)
+    if pad is None:
+        raise SystemExit("the tokenizer has no special token that could pad without being taken for a real one")
+    return pad
 
 
 def base_reward(task_path: Path) -> float:
@@ -192,7 +207,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     base_dir = resolve_base_model(args.base_model)
     reward_dir = OUT / "reward-model"
-    probe = build_reward_model(base_dir, reward_dir)
+    probe = build_reward_model(base_dir, reward_dir, n_dialogues=args.probe_dialogues)
     print(f"base model {base_dir}; reward model: probe, held-out pairwise accuracy "
           f"{probe['probe_pairwise_accuracy']:.2f}; {args.episodes} episodes × {args.repeats} runs each; "
           f"{len(load_company().intents)} intents")

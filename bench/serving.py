@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,12 +66,9 @@ def load(engine, concurrency: int, requests: int) -> Run:
                 run.tokens += len(gen.reply_token_ids)
                 run.ttft_ms.append(gen.ttft_ms)
 
-    threads = [threading.Thread(target=customer, args=(i,)) for i in range(concurrency)]
     started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        list(pool.map(customer, range(concurrency)))  # a customer's failure ends the run with its error
     run.seconds = time.perf_counter() - started
     return run
 
@@ -103,19 +101,21 @@ def swap_cost(engine, store, model_dir: Path, out_dir: Path, concurrency: int) -
                             on_text=lambda _: times.append(time.perf_counter()))
             arrivals.append(times)
 
-    threads = [threading.Thread(target=customer, args=(i,)) for i in range(concurrency)]
-    for t in threads:
-        t.start()
-    time.sleep(2.0)
-    swap_started = time.perf_counter()
-    store.adapters.promote(version)
-    while engine.choose_version() != version:
-        time.sleep(0.005)
-    swap_ended = time.perf_counter()
-    time.sleep(2.0)
-    stop.set()
-    for t in threads:
-        t.join()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        customers = [pool.submit(customer, i) for i in range(concurrency)]
+        time.sleep(2.0)
+        swap_started = time.perf_counter()
+        store.adapters.promote(version)
+        while engine.choose_version() != version:
+            if version in engine.refused_versions():
+                stop.set()
+                raise RuntimeError(f"the engine refused adapter {version}: {engine.refused_versions()[version]}")
+            time.sleep(0.005)
+        swap_ended = time.perf_counter()
+        time.sleep(2.0)
+        stop.set()
+        for done in customers:
+            done.result()  # a customer's failure ends the run with its error
     gaps_outside, gaps_during, spans = [], [], []
     for times in arrivals:
         for a, b in zip(times, times[1:]):
@@ -166,7 +166,8 @@ def main() -> None:
         build_base_model(model_dir, size="default")
     data_dir = Path(tempfile.mkdtemp(prefix="loopdesk-bench-"))
     ensure_embedded_redis(data_dir)
-    overrides = {"data_dir": data_dir, "base_model": str(model_dir), "key_prefix": "bench"}
+    # no reply deadline: one-at-a-time, the 32nd customer's reply waits for the 31 before it
+    overrides = {"data_dir": data_dir, "base_model": str(model_dir), "key_prefix": "bench", "reply_deadline_s": 0}
     if args.max_reply_tokens:
         overrides["max_reply_tokens"] = args.max_reply_tokens
     if args.threads is not None:
@@ -186,7 +187,7 @@ def main() -> None:
         for c in args.concurrency:  # baseline and batching back to back, so both see the same machine
             for mode, engine in engines.items():
                 results[mode, c] = load(engine, c, args.requests)
-        swap = swap_cost(engines["dynamic"], store, model_dir, data_dir, min(8, max(args.concurrency)))
+        swap = swap_cost(engines["dynamic"], store, model_dir, settings.adapters_dir, min(8, max(args.concurrency)))
     finally:
         for engine in engines.values():
             engine.stop()
@@ -207,6 +208,7 @@ def main() -> None:
           f"without a swap: p99 gap {swap['p99']:.0f} ms, max {swap['max_outside']:.0f} ms, largest gap of an "
           f"equally long window {swap['max_like_window']:.0f} ms "
           f"(+{(swap['max_like_window'] - swap['median']) / swap['median']:.2f} median gaps)")
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

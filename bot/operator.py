@@ -1,4 +1,5 @@
-"""The operator console: retraining schedules, "train now", runs with live progress, adapters
+"""The operator console: retraining schedules, "train now", runs with live progress (and why a queued
+one waits), the training workers' and schedulers' liveness, adapters
 (promote, canary, roll back, canary share), CSAT per adapter version, and handoffs to a person
 per version (handoff and resolution rates, CSAT of bot-only and handed-off conversations).
 
@@ -21,6 +22,7 @@ from bot.schemas import Body
 from bot.services import services
 from bot.validation import parse_body, query_number
 from feedback_store.rating_weights import WeightRule
+from feedback_store.queue_waits import queue_waits
 from feedback_store.records import AdapterVersion, Conversation, Schedule, TrainingRun
 from feedback_store.schedules import HORIZON_YEARS, check_cron, next_runs
 
@@ -137,6 +139,20 @@ def run_progress(run_id: str) -> Response:
                    last=events[-1][0] if events else after)
 
 
+@bp.get("/api/operator/liveness")
+def liveness() -> Response:
+    """The training workers and schedulers by their last heartbeat (alive or stale, its age, what they do),
+    and why each queued run waits."""
+    store = services().store
+    beats = store.heartbeats.list()
+    workers = [b for b in beats if b.heartbeat.role == "worker"]
+    waits = queue_waits(store, store.runs.list(MAX_RUNS_LISTED), workers)
+    return jsonify(interval_s=store.heartbeats.interval_s, stale_s=store.heartbeats.stale_s,
+                   workers=[b.to_dict() for b in workers],
+                   schedulers=[b.to_dict() for b in beats if b.heartbeat.role == "scheduler"],
+                   queued=[w.to_dict() for w in waits])
+
+
 # adapters -------------------------------------------------------------------------------
 
 @bp.get("/api/operator/adapters")
@@ -247,6 +263,8 @@ def openapi_section():
         f"{o}/runs/{{run_id}}/progress": {"get": {**op("A run and its progress events"), "parameters": [
             query_parameter("after", "'-' (the default) for the first events, then the 'last' the previous answer "
                                      "returned", type="string", maxLength=41)]}},
+        f"{o}/liveness": {"get": op("Training workers and schedulers by their last heartbeat (alive or stale, "
+                                    "its age, what each does) and why each queued run waits")},
         f"{o}/adapters": {"get": op("Adapters with status, metrics, live CSAT and the difference from the active one")},
         f"{o}/adapters/{{version}}/promote": {"post": op("Make an adapter active", body=ReasonIn, write=True,
                                                          also=(409,), description=not_now)},

@@ -46,6 +46,7 @@ _ID_RULE = "letters, digits, '_' and '-' (1 to 64)"
 CONVERSATION = IdKind("conversation id", re.compile(ID_PATTERN), _ID_RULE)
 RUN = IdKind("training run id", re.compile(ID_PATTERN), _ID_RULE)
 SCHEDULE = IdKind("schedule id", re.compile(ID_PATTERN), _ID_RULE)
+PROCESS = IdKind("worker or scheduler id", re.compile(ID_PATTERN), _ID_RULE)
 USER = IdKind("user name", re.compile(NAME_PATTERN), _ID_RULE)
 ADAPTER_VERSION = IdKind("adapter version", re.compile(VERSION_PATTERN),
                          "letters, digits, '.', '_' and '-' (1 to 64, starting with a letter or digit)")

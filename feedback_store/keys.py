@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from feedback_store.errors import ValidationFailed
-from feedback_store.ids import (ADAPTER_VERSION, ARTICLE, CONVERSATION, RATER, RUN, SCHEDULE, TAG, USER,
-                                check_index)
+from feedback_store.ids import (ADAPTER_VERSION, ARTICLE, CONVERSATION, PROCESS, RATER, RUN, SCHEDULE, TAG,
+                                USER, check_index)
+from feedback_store.records import ProcessRole
 
 POINTERS = ("active", "canary")
+PROCESS_ROLES = get_args(ProcessRole)
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,17 @@ class Keys:
 
     def lock(self, name: str) -> str:
         return self._k("lock", name)
+
+    # liveness of the training workers and schedulers
+    def heartbeat(self, role: str, process_id: str) -> str:
+        """A worker's or scheduler's last heartbeat (hash), expiring a while after it stopped beating."""
+        if role not in PROCESS_ROLES:
+            raise ValidationFailed(f"a heartbeat's role is one of {', '.join(PROCESS_ROLES)}, not {role!r}")
+        return self._k("heartbeat", role, PROCESS.check(process_id))
+
+    def heartbeats(self) -> str:
+        """Every heartbeat's ``<role>:<id>`` by the time of its last beat."""
+        return self._k("heartbeats")
 
     # console accounts
     def user(self, name: str) -> str:

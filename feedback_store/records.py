@@ -22,6 +22,7 @@ ReplySource = Literal["model", "fallback", "handoff"]
 HandoffReason = Literal["customer_button", "customer_asked", "no_article", "reasks"]
 AdapterStatus = Literal["candidate", "canary", "active", "retired", "rejected"]
 RunStatus = Literal["queued", "running", "succeeded", "rejected", "failed"]
+ProcessRole = Literal["worker", "scheduler"]
 BASE_VERSION = "base"
 
 
@@ -244,6 +245,19 @@ class TrainingRun(Record):
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
+
+
+class Heartbeat(Record):
+    """What a training worker or scheduler process last said about itself (``feedback_store.heartbeats``)."""
+
+    role: ProcessRole
+    id: str = Field(pattern=ID_PATTERN)
+    pid: int = Field(ge=0)
+    host: str = Field(max_length=255)
+    started_at: float
+    last_beat: float
+    doing: str = Field(default="", max_length=500)
+    run_id: str | None = Field(default=None, pattern=ID_PATTERN)
 
 
 class Schedule(Record):

@@ -176,6 +176,11 @@ class Runs:
         return [(eid, {k: json.loads(v) for k, v in data.items()})
                 for eid, data in self._r.xrange(key, start, "+", count=count)]
 
+    def lock_expires_in(self, name: str = "training") -> float | None:
+        """Seconds until the lock ``name`` expires, or None when nobody holds it."""
+        ttl_ms = self._r.pttl(self._keys.lock(name))
+        return ttl_ms / 1000 if ttl_ms >= 0 else None
+
     def lock(self, name: str = "training") -> RunLock:
         """The one-run-at-a-time lock (use as a context manager; ``extend`` while working)."""
         return RunLock(self._r, self._keys.lock(name), self._lock_ttl_s)

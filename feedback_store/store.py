@@ -11,6 +11,7 @@ from feedback_store.conversations import Conversations
 from feedback_store.erasure import Erasure
 from feedback_store.feedback_export import FeedbackExport
 from feedback_store.handoffs import Handoffs
+from feedback_store.heartbeats import Heartbeats
 from feedback_store.keys import Keys
 from feedback_store.knowledge import Knowledge
 from feedback_store.ratings import Ratings
@@ -40,6 +41,7 @@ class FeedbackStore:
         self.users = Users(client, self.keys, Lockout(settings.login_lockout_failures,
                                                      settings.login_lockout_window_s, settings.login_lockout_s))
         self.training = TrainingQueue(client, self.keys, self.runs)
+        self.heartbeats = Heartbeats(client, self.keys, settings.heartbeat_interval_s, settings.heartbeat_stale_s)
         self.knowledge = Knowledge(client, self.keys)
         self.erasure = Erasure(client, self.keys, self.runs)
         self.retention = Retention(client, self.keys, self.erasure, self.runs, settings.retention_days)

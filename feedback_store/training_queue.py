@@ -72,10 +72,26 @@ class TrainingQueue:
     def enqueue_round(self, trigger: str = "manual", config: dict[str, Any] | None = None) -> TrainingRun:
         """Queue one training round; returns its run record."""
         run = self._runs.create(config or {}, trigger=trigger)
-        self.queue.enqueue(ROUND_JOB, run.id, job_id=f"{self._keys.prefix}-{run.id}",
+        self.queue.enqueue(ROUND_JOB, run.id, job_id=self._job_prefix() + run.id,
                            job_timeout=JOB_TIMEOUT_S, result_ttl=7 * 24 * 3600, failure_ttl=7 * 24 * 3600)
         return run
 
     def pending(self) -> int:
         """Jobs waiting for a worker."""
         return self.queue.count
+
+    def queued_run_ids(self) -> list[str]:
+        """The runs whose jobs wait in the queue, the one a worker takes next first."""
+        return self._run_ids(self.queue.get_job_ids())
+
+    def started_run_ids(self) -> list[str]:
+        """The runs whose jobs a worker has taken and not yet finished (RQ's started registry)."""
+        return self._run_ids(self.queue.started_job_registry.get_job_ids())
+
+    def _job_prefix(self) -> str:
+        """What a round's job id is before its run id."""
+        return f"{self._keys.prefix}-"
+
+    def _run_ids(self, job_ids: list[str]) -> list[str]:
+        prefix = self._job_prefix()
+        return [job_id[len(prefix):] for job_id in job_ids if job_id.startswith(prefix)]

@@ -11,7 +11,7 @@ from typing import Any
 
 from harness.measure import panel_gain, panel_ratings
 from harness.plots import COMPARISON_PLOTS, SWAYED, plot_comparison
-from harness.report import (eval_flag, handoff_flags, panel_targets, same_panel, serving_note, targets,
+from harness.report import (eval_flag, handoff_flags, panel_targets, same_panel, scope_flag, serving_note, targets,
                             write_report)
 from harness.report_format import ci_cell, fmt, gain_cell, json_safe, num
 from sim.simulate import paired_gain
@@ -34,7 +34,8 @@ def comparison_markdown(reports: dict[str, dict[str, Any]]) -> str:
              "model, reward model recipe, gate and hot-swap; only the policy update differs.", "",
              f"Reproduce: `{env}loopdesk loop --rounds {cfg['rounds']} --customers-per-round {cfg['customers_per_round']} "
              f"--concurrency {cfg['concurrency']} --seed {cfg['seed']} --held-out-share {cfg['held_out_share']}"
-             f"{eval_flag(cfg)}{handoff_flags(cfg)} {method_flags}` (plus `--round-config` for the overrides recorded in report.json).",
+             f"{scope_flag(cfg)}{eval_flag(cfg)}{handoff_flags(cfg)} {method_flags}` "
+             "(plus `--round-config` for the overrides recorded in report.json).",
              "",
              "## Mean CSAT per round", "", f"![CSAT by method]({COMPARISON_PLOTS['csat']})", "",
              "| method | " + " | ".join(f"round {i}" for i in range(n_rounds)) + " | gain | trainer s / round |",

@@ -72,6 +72,8 @@ class LoopConfig:
             pleased a swayed customer hides; 0 reviews only the low-rated queue.
         held_out_share (float, default 0.2): share of customers opening with held-out phrasings
             (measured in a sandbox, never trained on).
+        out_of_scope_share (float, default 0.1): share of customers (seen and held-out alike)
+            asking a question no help article answers (``CustomerConfig.out_of_scope_share``).
         seed (int, default 0): seed of round r's customers is ``seed + 1000 * r``.
         eval_customers (int, default 150): customers of the fixed evaluation panel each round plays
             against the served version in the sandbox (seed ``seed + 250``, the same every round; the
@@ -100,6 +102,7 @@ class LoopConfig:
     csat_max: int = 3
     audit_share: float = 0.25
     held_out_share: float = 0.2
+    out_of_scope_share: float = 0.1
     seed: int = 0
     round_config: dict[str, Any] = field(default_factory=dict)
     round_timeout_s: float = 3600.0
@@ -122,6 +125,8 @@ class LoopConfig:
             raise ValueError(f"audit_share must lie within [0, 1], got {self.audit_share}")
         if not 0.0 <= self.held_out_share < 1.0:
             raise ValueError(f"held_out_share must lie in [0, 1), got {self.held_out_share}")
+        if not 0.0 <= self.out_of_scope_share <= 1.0:
+            raise ValueError(f"out_of_scope_share must lie within [0, 1], got {self.out_of_scope_share}")
         if not 0.0 <= self.ask_person_share <= 1.0:
             raise ValueError(f"ask_person_share must lie within [0, 1], got {self.ask_person_share}")
         if self.agent_delay_s < 0:

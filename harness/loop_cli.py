@@ -24,6 +24,8 @@ from loopdesk.cli_support import round_config_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the customers (per round: seed + 1000 r).")
 @click.option("--held-out-share", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
               help="Share of customers opening with held-out phrasings (measured in a sandbox, never trained on).")
+@click.option("--out-of-scope-share", type=click.FloatRange(0, 1), default=0.1, show_default=True,
+              help="Share of customers asking a question no help article answers (an honest decline answers it).")
 @click.option("--ask-person-share", type=click.FloatRange(0, 1), default=0.25, show_default=True,
               help="Share of customers who ask for a person when the bot fails them (a simulated agent answers "
                    "them on the bot; in the sandbox nobody is available).")
@@ -47,7 +49,7 @@ from loopdesk.cli_support import round_config_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("docs/loop-report"),
               show_default=True, help="Where report.md, report.json and the plots go (the worker's log: <data_dir>/loop/worker.log).")
 def loop(rounds: int, customers_per_round: int, concurrency: int, experts: bool, audit_share: float, seed: int,
-         held_out_share: float, ask_person_share: float, agent_delay: float,
+         held_out_share: float, out_of_scope_share: float, ask_person_share: float, agent_delay: float,
          round_config: Path | None, round_timeout: float, methods: tuple[str, ...], oracle: bool,
          eval_customers: int, combine: tuple[Path, ...], out: Path) -> None:
     """Run the closed loop on this data directory: round 0 measures the active adapter; each later
@@ -73,7 +75,8 @@ def loop(rounds: int, customers_per_round: int, concurrency: int, experts: bool,
     overrides = round_overrides_or_exit(round_config)
     try:
         configs = {m: LoopConfig(rounds=rounds, customers_per_round=customers_per_round, concurrency=concurrency,
-                                 experts=experts, audit_share=audit_share, held_out_share=held_out_share, seed=seed,
+                                 experts=experts, audit_share=audit_share, held_out_share=held_out_share,
+                                 out_of_scope_share=out_of_scope_share, seed=seed,
                                  round_timeout_s=round_timeout, round_config=overrides, method=m,
                                  oracle=oracle and i == 0, eval_customers=eval_customers,
                                  ask_person_share=ask_person_share, agent_delay_s=agent_delay)
@@ -100,8 +103,11 @@ def loop(rounds: int, customers_per_round: int, concurrency: int, experts: bool,
 
 def method_settings(settings, method: str):
     """One compared method's own data: a data dir under ``<data_dir>/loop/<method>`` (its own embedded
-    Redis), or its own key prefix on an external Redis."""
-    changes = {"data_dir": settings.data_dir / "loop" / method}
+    Redis), or its own key prefix on an external Redis; on the base model ``settings`` chose."""
+    base = settings.base_model_ref
+    if Path(base).exists():
+        base = str(Path(base).resolve())
+    changes = {"data_dir": settings.data_dir / "loop" / method, "base_model": base}
     if settings.redis_url:
         changes["key_prefix"] = f"{settings.key_prefix}-{method}"
     return settings.replace(**changes)

@@ -75,11 +75,11 @@ def play_customers(seen_url: str, held_out_url: str, company: Company, config: L
     held-out share at ``held_out_url`` (seed ``seed + 500``)."""
     n = config.customers_per_round if n is None else n
     n_held = round(n * config.held_out_share)
-    asking = config.ask_person_share
+    share, asking = config.out_of_scope_share, config.ask_person_share
     seen = run_customers(seen_url, company, n - n_held, config.concurrency,
-                         CustomerConfig(ask_person_share=asking), seed, config.progress)
+                         CustomerConfig(out_of_scope_share=share, ask_person_share=asking), seed, config.progress)
     held = run_customers(held_out_url, company, n_held, config.concurrency,
-                         CustomerConfig(held_out=True, ask_person_share=asking), seed + 500,
+                         CustomerConfig(held_out=True, out_of_scope_share=share, ask_person_share=asking), seed + 500,
                          config.progress) if n_held else []
     return seen, held
 

@@ -36,13 +36,13 @@ def markdown(report: dict[str, Any]) -> str:
     lines = ["# loopdesk loop report", "",
              f"Base model `{report['base_model']}`{served}; {cfg['rounds']} training round(s), "
              f"{cfg['customers_per_round']} simulated customers per round ({cfg['held_out_share']:.0%} with "
-             f"held-out phrasings, measured in a sandbox and never trained on), experts "
+             f"held-out phrasings, measured in a sandbox and never trained on{scope_note(cfg)}), experts "
              f"{'on' if cfg['experts'] else 'off'}, seed {cfg['seed']}; wall time {report['wall_s']:.0f} s.",
              "Round 0 measures the starting adapter; round r measures what is served after the r-th training "
              "round. A candidate that passes the gate becomes active at once (see `harness/loop.py`).", "",
              f"Reproduce: `{env}loopdesk loop --rounds {cfg['rounds']} --customers-per-round {cfg['customers_per_round']} "
              f"--concurrency {cfg['concurrency']} --{'' if cfg['experts'] else 'no-'}experts --seed {cfg['seed']} "
-             f"--held-out-share {cfg['held_out_share']}{eval_flag(cfg)}{handoff_flags(cfg)}` "
+             f"--held-out-share {cfg['held_out_share']}{scope_flag(cfg)}{eval_flag(cfg)}{handoff_flags(cfg)}` "
              "(plus `--round-config` for any overrides in report.json).",
              "",
              "## CSAT and the expert view", "", f"![CSAT per round]({PLOTS['csat']})", "",
@@ -100,6 +100,17 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{fmt(t.get('update_s'), '.1f')} | {fmt(t['timings'].get('swap_s'), '.1f')} | "
                      f"{fmt(r['timings'].get('eval_s'), '.1f')} |")
     return "\n".join(lines) + "\n"
+
+
+def scope_note(cfg: dict[str, Any]) -> str:
+    """How many customers asked out-of-scope questions (none in reports written before they could)."""
+    share = cfg.get("out_of_scope_share")
+    return f"; {share:.0%} asking questions no help article answers" if share else ""
+
+
+def scope_flag(cfg: dict[str, Any]) -> str:
+    """The reproduce command's ``--out-of-scope-share`` flag (reports written before it have none)."""
+    return f" --out-of-scope-share {cfg['out_of_scope_share']}" if "out_of_scope_share" in cfg else ""
 
 
 def eval_flag(cfg: dict[str, Any]) -> str:

@@ -55,6 +55,8 @@ def _expert_password(settings: Any, name: str) -> str:
               help="Share of customers who leave without rating.")
 @click.option("--follow-up-share", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Share of customers who ask their intent's follow-up question.")
+@click.option("--out-of-scope-share", type=click.FloatRange(0, 1), default=0.1, show_default=True,
+              help="Share of customers asking a question no help article answers (an honest decline answers it).")
 @click.option("--ask-person-share", type=click.FloatRange(0, 1), default=0.25, show_default=True,
               help="Share of customers who ask for a person when the bot fails them (with no agent online they "
                    "are told that nobody is available).")
@@ -72,8 +74,9 @@ def _expert_password(settings: Any, name: str) -> str:
               help="--panel: pass when candidate CSAT >= active CSAT - tolerance.")
 def simulate(n: int, concurrency: int, url: str | None, held_out: bool, oracle: bool, experts: bool,
              expert_name: str, expert_password: str | None, csat_max: int, rating_noise: float | None,
-             leave_share: float, follow_up_share: float, ask_person_share: float, seed: int, as_json: bool,
-             panel: bool, candidate_dir: Path | None, active: str | None, tolerance: float) -> None:
+             leave_share: float, follow_up_share: float, out_of_scope_share: float, ask_person_share: float,
+             seed: int, as_json: bool, panel: bool, candidate_dir: Path | None, active: str | None,
+             tolerance: float) -> None:
     """Run simulated customers against the bot and report CSAT (mean, 95% percentile-bootstrap CI)
     overall, per intent, per adapter version and per persona, the unrated share, and the mean
     hidden-rubric score (what an expert would say).
@@ -98,7 +101,8 @@ def simulate(n: int, concurrency: int, url: str | None, held_out: bool, oracle: 
         raise click.UsageError("--panel needs --candidate-dir (and runs its own bot: no --url, --oracle, --experts)")
     company = load_company()
     config = CustomerConfig(held_out=held_out, follow_up_share=follow_up_share, leave_share=leave_share,
-                            rating_noise=rating_noise, ask_person_share=ask_person_share)
+                            rating_noise=rating_noise, out_of_scope_share=out_of_scope_share,
+                            ask_person_share=ask_person_share)
     if panel:
         from harness.panel import run_panel
         from loopdesk.adapter_format import InvalidAdapterError

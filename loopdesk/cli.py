@@ -42,7 +42,7 @@ def settings_command(defaults: bool, round_: bool, round_config: Path | None) ->
     """Print every setting as a Markdown table: environment variable, effective value (this
     environment's, secrets masked), default and meaning; with --round (or --round-config), every
     training-round field the same way."""
-    from loopdesk.config import effective_settings_table, settings_table
+    from loopdesk.settings_docs import effective_settings_table, settings_table
 
     if defaults:
         if round_ or round_config:

@@ -9,7 +9,6 @@ made from; the measurements behind the defaults are in docs/tuning.md.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import secrets
@@ -26,7 +25,7 @@ ROUND_PREFIX = "LOOPDESK_ROUND_"
 MOVED = {"LOOPDESK_ROLLOUT_STEPS": "LOOPDESK_ROUND_ROLLOUT_STEPS",
          "LOOPDESK_GATE_EVALUATOR": "LOOPDESK_ROUND_GATE__EVALUATOR",
          "LOOPDESK_GATE_PASS_STATUS": "LOOPDESK_ROUND_GATE__PASS_STATUS"}
-SECRETS = ("secret_key", "client_hash_key")
+SECRETS = ("secret_key", "client_hash_key")  # masked wherever settings are printed
 RATER_IDENTITIES = ("address", "conversation")
 MEMORY_SIZE = re.compile(r"\d+(?:[kmg]b?|b)?", re.IGNORECASE)  # as redis.conf spells sizes
 
@@ -92,6 +91,9 @@ class Settings:
         canary_share (float, default 0.1): share of new conversations pinned to the canary
             adapter when one exists.
         max_batch_size (int, default 32): most replies one generation worker decodes together.
+        prefix_cache_mb (int, default 256): MiB of keys and values the generation worker keeps of prompts
+            and finished replies (``bot.runtime.prefix_store``), so that a chat's next turn does not read its
+            earlier turns again; the least recently used go first. 0: keep none.
         max_queued_replies (int, default 128): most chat messages waiting for the generation worker (accepted
             but not yet decoding). A message beyond it is refused with 503 ``overloaded`` and a ``Retry-After``
             header before anything of it is stored; ``loopdesk serve`` gives its server enough threads for this
@@ -103,6 +105,10 @@ class Settings:
         torch_threads (int, default 1): torch intra-op threads of a serving process (1 suits
             small models beside web threads; 0 keeps torch's default of one per core).
         run_lock_ttl_s (int, default 3600): expiry of the one-training-run-at-a-time lock.
+        heartbeat_interval_s (float, default 5.0): seconds between the heartbeats a training worker and a
+            scheduler write to Redis (``feedback_store.heartbeats``: who, where, since when, doing what).
+        heartbeat_stale_s (float, default 30.0): a worker or scheduler whose last heartbeat is older than
+            this counts as not alive: the operator console says so, and says a queued run waits for a worker.
         secret_key (str, default ""): Flask session signing key; empty: a random one is
             generated and kept in ``data_dir/secret_key``.
         max_request_bytes (int, default 65536): largest HTTP request body; bigger ones get 413.
@@ -134,9 +140,9 @@ class Settings:
             to answer (``loopdesk.knowledge.MIN_SCORE``, where its tuning is told); below it the
             bot does not generate and declines with ``contact_address``. 0: always generate, with
             the "no help article matches" line when nothing is retrieved.
-        kb_passage_chars (int, default 900): longest part of an article's plain text put in the
-            context (``loopdesk.knowledge.PASSAGE_CHARS``); shortened further, never dropped, when
-            the prompt must fit the model's window.
+        kb_passage_chars (int, default 300): longest part of a retrieved paragraph's plain text put
+            in the context (``loopdesk.knowledge.PASSAGE_CHARS``, cut at a sentence end); shortened
+            further, never dropped, when the prompt must fit the model's window.
         retention_days (int, default 90): days a conversation is kept after it started. Then
             ``loopdesk data prune`` (and the scheduler, hourly) deletes it: its turns with their
             prompts and token ids, meta, rating comment, annotations and index entries; one with a
@@ -179,10 +185,13 @@ class Settings:
     temperature: float = 0.7
     canary_share: float = 0.1
     max_batch_size: int = 32
+    prefix_cache_mb: int = 256
     max_queued_replies: int = 128
     reply_deadline_s: float = 30.0
     torch_threads: int = 1
     run_lock_ttl_s: int = 3600
+    heartbeat_interval_s: float = 5.0
+    heartbeat_stale_s: float = 30.0
     secret_key: str = field(default="", repr=False)
     max_request_bytes: int = 65536
     rate_limit_per_ip: str = "120/minute"
@@ -198,7 +207,7 @@ class Settings:
     vllm_model: str = ""
     kb_top_k: int = 1
     kb_min_score: float = 0.8
-    kb_passage_chars: int = 900
+    kb_passage_chars: int = 300
     retention_days: int = 90
     contact_address: str = "0800 555 0199 (8am to 6pm, Monday to Friday)"
     handoff_after_reasks: int = 2
@@ -279,6 +288,8 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
                             f"got {settings.redis_maxmemory!r}")
     if settings.retention_days < 0:
         raise SettingsError(f"LOOPDESK_RETENTION_DAYS must be >= 0 (0: keep forever), got {settings.retention_days}")
+    if settings.prefix_cache_mb < 0:
+        raise SettingsError(f"LOOPDESK_PREFIX_CACHE_MB must be >= 0 (0: keep none), got {settings.prefix_cache_mb}")
     if not settings.key_prefix or ":" in settings.key_prefix:
         raise SettingsError("LOOPDESK_KEY_PREFIX must be non-empty and contain no ':'")
     if settings.kb_top_k < 1 or settings.kb_passage_chars < 1 or settings.kb_min_score < 0:
@@ -307,6 +318,9 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     if settings.csat_burst_window_s < 1 or not 0 < settings.csat_burst_share <= 1:
         raise SettingsError(f"LOOPDESK_CSAT_BURST_WINDOW_S must be >= 1 and LOOPDESK_CSAT_BURST_SHARE within "
                             f"(0, 1], got {settings.csat_burst_window_s} and {settings.csat_burst_share}")
+    if not 0 < settings.heartbeat_interval_s < settings.heartbeat_stale_s:
+        raise SettingsError("LOOPDESK_HEARTBEAT_INTERVAL_S must be above 0 and below LOOPDESK_HEARTBEAT_STALE_S, "
+                            f"got {settings.heartbeat_interval_s} and {settings.heartbeat_stale_s}")
     if settings.idempotency_keep_s < 1:
         raise SettingsError(f"LOOPDESK_IDEMPOTENCY_KEEP_S must be >= 1, got {settings.idempotency_keep_s}")
     return settings
@@ -334,30 +348,6 @@ def round_variables(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     return {name: value for name, value in env.items() if name.startswith(ROUND_PREFIX)}
 
 
-def documented_fields(cls: type) -> dict[str, tuple[str, str]]:
-    """``{field: (default, meaning)}`` parsed from the ``Parameters:`` block of ``cls``'s docstring
-    (default "" where an entry names none)."""
-    block = (cls.__doc__ or "").split("Parameters:", 1)[1]
-    documented = {}
-    for entry in filter(str.strip, re.split(r"\n\s{8}(?=\w+ \()", "\n" + block)):
-        match = re.match(r"\s*(\w+) \((.*?)\):\s*(.*)", entry, re.S)
-        if match:
-            name, kind_and_default, meaning = match.groups()
-            default = kind_and_default.split(", default ", 1)[1] if ", default " in kind_and_default else ""
-            documented[name] = (default, " ".join(meaning.split()))
-    return documented
-
-
-def documented_settings() -> dict[str, tuple[str, str]]:
-    """``{field: (default, meaning)}`` of ``Settings``."""
-    return documented_fields(Settings)
-
-
-def shown(value: Any) -> str:
-    """A value as a variable would spell it: strings, lists and dicts as JSON, the rest as ``str``."""
-    return json.dumps(value) if isinstance(value, (str, list, dict)) else str(value)
-
-
 def redacted_url(url: str) -> str:
     """``url`` with its password, if it has one, as ``***`` (for logs and printed settings)."""
     parts = urlsplit(url)
@@ -365,36 +355,3 @@ def redacted_url(url: str) -> str:
         return url
     host = parts.netloc.rsplit("@", 1)[1]
     return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
-
-
-def masked(name: str, value: Any) -> str:
-    """``shown(value)`` with secrets hidden: a set secret as ``***``, a URL's password as ``***``."""
-    if name in SECRETS and value:
-        return "***"
-    if isinstance(value, str) and "://" in value:
-        value = redacted_url(value)
-    return shown(value)
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table; ``|`` in a cell is escaped."""
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _variable(name: str) -> str:
-    return "`REDIS_URL` / `LOOPDESK_REDIS_URL`" if name == "redis_url" else f"`LOOPDESK_{name.upper()}`"
-
-
-def settings_table() -> str:
-    """The README's settings table: every environment variable, its default and meaning."""
-    rows = [[_variable(name), f"`{default}`", meaning] for name, (default, meaning) in documented_settings().items()]
-    return markdown_table(["environment variable", "default", "meaning"], rows)
-
-
-def effective_settings_table(settings: Settings) -> str:
-    """Every environment variable with its value in ``settings`` (secrets masked), default and meaning."""
-    rows = [[_variable(name), f"`{masked(name, getattr(settings, name))}`", f"`{default}`", meaning]
-            for name, (default, meaning) in documented_settings().items()]
-    return markdown_table(["environment variable", "effective value", "default", "meaning"], rows)

@@ -3,11 +3,13 @@ through the expert console's.
 
 On duty (``on_duty``) it sets itself online and repeats that as the inbox page's heartbeat does, takes
 the waiting conversations oldest first (claiming is atomic: one another agent took first is skipped),
-and answers each, ``reply_delay_s`` after claiming it, with the knowledge base's canonical reply to the
-customer's question; then it resolves the chat, which ends it, and the customer may rate it. The
-question is the last customer message before the handoff that a KB phrasing places
-(``sim.rubric.identify_question``): an intent's opening question or its follow-up. A chat whose
-messages no phrasing places gets the oracle's request for more detail (``sim.oracle.CLARIFY``).
+and answers each, ``reply_delay_s`` after claiming it, with the reference reply to the customer's question
+with the facts its help article states now (read from the help centre, ``sim.knowledge.LiveFacts``);
+then it resolves the chat, which ends it, and the customer may rate it. The question is the last
+customer message before the handoff that a KB phrasing places (``sim.rubric.identify_question``): an
+intent's opening question or its follow-up. A question whose article is no longer published gets the
+shop's decline, as does a chat whose messages place only out-of-scope questions; a chat whose messages
+nothing places gets the oracle's request for more detail (``sim.oracle.CLARIFY``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import requests
 
 from sim.client import ChatAPIError, InboxAPI
 from sim.company import Company
+from sim.knowledge import FactSentenceMissing, LiveFacts, template_for
 from sim.oracle import CLARIFY
 from sim.rubric import identify_question
 
@@ -36,17 +39,27 @@ class Answered:
     reply: str
 
 
-def canonical_reply(company: Company, transcript: dict[str, Any]) -> tuple[str, str | None, bool]:
-    """(reply, intent name or None, follow-up?) for a handed-off chat (the inbox's transcript): the canonical
-    reply to the last customer message before its latest handoff that a KB phrasing places."""
+def agent_reply(company: Company, api: InboxAPI, facts: LiveFacts,
+                transcript: dict[str, Any]) -> tuple[str, str | None, bool]:
+    """(reply, intent name or None, follow-up?) for a handed-off chat (the inbox's transcript): the reference
+    reply, with the article's current facts, to the last customer message before its latest handoff that a
+    KB phrasing places (the decline when its article is gone). With none, the decline when a message asks
+    an out-of-scope question: a request for a person dressed as "Hello, ..." contains the bare greeting
+    "hello?", so an out-of-scope placement never hides an earlier KB question."""
     handoffs = transcript["handoffs"]
     before = handoffs[-1]["turn_index"] if handoffs else len(transcript["turns"])
+    out_of_scope = False
     for turn in reversed([t for t in transcript["turns"] if t["role"] == "user" and t["index"] < before]):
         found = identify_question(company, turn["text"])
-        if found is not None:
-            intent, follow_up = found
-            return (intent.canonical_follow_up_reply if follow_up else intent.canonical_reply), intent.name, follow_up
-    return CLARIFY, None, False
+        if found is None or found.intent is None:
+            out_of_scope = out_of_scope or found is not None
+            continue
+        article = api.help.article(template_for(found.intent.name).id)
+        if article is None:
+            return company.shop.decline(), found.intent.name, found.follow_up
+        values = facts.of(found.intent, article)
+        return found.intent.reference_reply(found.follow_up, values), found.intent.name, found.follow_up
+    return (company.shop.decline() if out_of_scope else CLARIFY), None, False
 
 
 @dataclass
@@ -59,6 +72,7 @@ class SimulatedAgent:
     poll_s: float = 0.5
     answered: list[Answered] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    facts: LiveFacts = field(default_factory=LiveFacts)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def take(self, conv_id: str) -> Answered | None:
@@ -70,7 +84,7 @@ class SimulatedAgent:
             if exc.status == 409:
                 return None
             raise
-        reply, intent, follow_up = canonical_reply(self.company, self.api.transcript(conv_id))
+        reply, intent, follow_up = agent_reply(self.company, self.api, self.facts, self.api.transcript(conv_id))
         if self._stop.wait(self.reply_delay_s):
             return None  # off duty meanwhile: the chat stays claimed, as a person's would
         self.api.reply(conv_id, reply)
@@ -92,7 +106,7 @@ class SimulatedAgent:
                     self.api.presence("online")
                     beat = time.monotonic()
                 self.work()
-            except (ChatAPIError, requests.RequestException) as exc:  # e.g. the customer ended the chat first
+            except (ChatAPIError, requests.RequestException, FactSentenceMissing) as exc:  # e.g. the chat ended first
                 self.errors.append(str(exc))
             self._stop.wait(self.poll_s)
 

@@ -83,7 +83,7 @@ def _bootstrap_tiny(settings, size: str, out: Path | None, seed: int, force: boo
         path = build_base_model(target, size=size, seed=seed, progress=True)
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
         click.echo(f"Done: {manifest['params']:,} parameters, {manifest['train_seconds']} s, "
-                   f"{manifest['eos_share_t1']:.0%} of sampled replies end with EOS -> {path}")
+                   f"{manifest['eos_share']:.0%} of sampled replies end with EOS -> {path}")
     if choose_it and out is None:
         choose(settings.data_dir, TINY)
         click.echo(f"The base model is now the tiny one ({target}).")

@@ -1,12 +1,16 @@
-"""HTTP clients of the bot, speaking exactly the widget's and the expert console's APIs.
+"""HTTP clients of the bot, speaking exactly the widget's, the consoles' and the help centre's APIs.
 
 ``ChatClient`` is what the widget does: start a conversation, send messages (replies as
 server-sent events, or JSON), end it, rate it, with ``Authorization: Bearer <token>``. While a
 person has the chat (handed off), a message gets no bot reply: the bot answers 202 and ``send``
 returns ``Forwarded``; ``follow`` reads the chat's live stream (the agent's replies, the status).
 ``ExpertAPI`` is what the expert console does: log in (session cookie + CSRF token), read the
-queue and transcripts, annotate bot turns. ``InboxAPI`` is what the agents' inbox does: presence,
-the waiting conversations, claim, reply, resolve. All retry politely on 429 (``Retry-After``).
+queue and transcripts, annotate bot turns. ``KnowledgeConsole`` is what the console's Knowledge page
+does for an operator: create, edit and revert help articles, and ask what the bot's live index
+retrieves for a question. ``InboxAPI`` is what the agents' inbox does: presence, the waiting
+conversations, claim, reply, resolve. The chat client and every console read the public help centre
+(``help``: the knowledge base's articles as they are now) over their own session; all retry politely
+on 429 (``Retry-After``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import requests
 
 API = "api/conversations"
 EXPERT_API = "api/expert"
+HELP_API = "api/help/articles"
+KB_API = "api/kb"
 INBOX_API = "api/inbox"
 
 
@@ -99,12 +105,30 @@ def _error(response: requests.Response) -> ChatAPIError:
         return ChatAPIError(response.status_code, "http_error", response.text[:200])
 
 
+class HelpCentre:
+    """The public, read-only help centre: the knowledge base's published articles as they are now."""
+
+    def __init__(self, http: _HTTP):
+        self.http = http
+
+    def article(self, article_id: str) -> dict[str, Any] | None:
+        """``GET /api/help/articles/<id>``: id, title, tags, version, updated_at, body; None when the
+        help centre has no such published article (404)."""
+        try:
+            return self.http.call("GET", f"{HELP_API}/{article_id}", headers={"Accept": "application/json"}).json()
+        except ChatAPIError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+
 class ChatClient:
     """The widget's side of the chat API; ``stream`` asks for SSE replies as the widget does."""
 
     def __init__(self, base_url: str, stream: bool = True, timeout_s: float = 120.0):
         self.http = _HTTP(base_url, timeout_s)
         self.stream = stream
+        self.help = HelpCentre(self.http)
 
     @staticmethod
     def _auth(token: str) -> dict[str, str]:
@@ -196,6 +220,7 @@ class _Console:
     def __init__(self, base_url: str, timeout_s: float = 60.0):
         self.http = _HTTP(base_url, timeout_s)
         self.csrf_token = ""
+        self.help = HelpCentre(self.http)
 
     def _headers(self) -> dict[str, str]:
         return {"Accept": "application/json", "X-CSRF-Token": self.csrf_token}
@@ -234,6 +259,33 @@ class ExpertAPI(_Console):
         body = {"score": score, "tags": tags, "corrected_reply": corrected_reply, "note": note}
         return self.http.call("POST", f"{EXPERT_API}/conversations/{conv_id}/turns/{turn_index}/annotations",
                               body=body, headers=self._headers()).json()
+
+
+class KnowledgeConsole(_Console):
+    """The Knowledge page's JSON API for an operator (session cookie + CSRF header): articles and retrieval."""
+
+    def article(self, article_id: str) -> dict[str, Any]:
+        """``GET /api/kb/articles/<id>``: the current version, body included."""
+        return self.http.call("GET", f"{KB_API}/articles/{article_id}", headers=self._headers()).json()
+
+    def create(self, article_id: str, title: str, body: str, tags: list[str]) -> dict[str, Any]:
+        """``POST /api/kb/articles`` {id, title, body, tags}: a new published article at version 1."""
+        return self.http.call("POST", f"{KB_API}/articles", headers=self._headers(),
+                              body={"id": article_id, "title": title, "body": body, "tags": tags}).json()
+
+    def edit(self, article_id: str, base_version: int, body: str) -> dict[str, Any]:
+        """``PUT /api/kb/articles/<id>`` {base_version, body}: the next version (409 if one was saved meanwhile)."""
+        return self.http.call("PUT", f"{KB_API}/articles/{article_id}", headers=self._headers(),
+                              body={"base_version": base_version, "body": body}).json()
+
+    def revert(self, article_id: str, to_version: int, base_version: int) -> dict[str, Any]:
+        """``POST /api/kb/articles/<id>/revert`` {to_version, base_version}: old content as a new version."""
+        return self.http.call("POST", f"{KB_API}/articles/{article_id}/revert", headers=self._headers(),
+                              body={"to_version": to_version, "base_version": base_version}).json()
+
+    def retrieve(self, question: str) -> dict[str, Any]:
+        """``GET /api/kb/retrieve?q=``: what the bot's live index finds (revision, fits, results with versions)."""
+        return self.http.call("GET", f"{KB_API}/retrieve", params={"q": question}, headers=self._headers()).json()
 
 
 class InboxAPI(_Console):

@@ -13,7 +13,7 @@ import re
 import string
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -42,6 +42,25 @@ def _check_patterns(patterns: list[str]) -> list[str]:
     return patterns
 
 
+FACT = re.compile(r"\{(\w+)\}")
+
+
+def value_pattern(value: str) -> str:
+    """A regex matching ``value`` as a whole: not inside a longer number, range or word ("4 hours" is
+    not in "24 hours", "10 business days" not in "7-10 business days", "2 kg" not in "1.2 kg")."""
+    return rf"(?<![\w$.-]){re.escape(value)}(?![\w-])"
+
+
+def key_pattern(template: str, values: Mapping[str, str]) -> str:
+    """A key fact's regex with each ``{fact}`` replaced by that fact's value, matched as a whole."""
+    return FACT.sub(lambda m: value_pattern(values[m.group(1)]) if m.group(1) in values else m.group(0), template)
+
+
+def states(value: str, reply: str) -> bool:
+    """Whether ``reply`` states ``value`` as a whole."""
+    return re.search(value_pattern(value), reply, re.IGNORECASE) is not None
+
+
 class FollowUp(_Model):
     """A second customer question within the same intent and its correct answers."""
 
@@ -68,18 +87,23 @@ def expand_phrasings(templates: list[str], slots: dict[str, list[str]]) -> list[
 class Intent(_Model):
     """One customer need: its facts, correct answers, rubric key facts and customer phrasings.
 
-    ``answers`` are templates over ``facts``; ``wrong_facts`` gives plausible wrong values for
-    some facts; ``key_facts`` are regexes every correct answer matches and a wrong one misses.
-    ``phrasings`` and ``held_out`` are written in the JSON as templates over ``slots`` (each
-    ``{slot}`` takes every one of its values) and hold the expanded sentences once loaded.
-    ``held_out`` phrasings are for evaluation only and never enter the training corpus; their
-    templates are sentence frames the training phrasings never use, over the same slot words.
+    ``facts`` are the canonical values (the help article as shipped); each fact's ``pool`` is
+    its canonical value, its ``wrong_facts`` and its ``other_values``: the plausible values the
+    corpus draws each chat's article from, and the values the rubric counts as wrong when the
+    article states another. ``answers`` are templates over the facts; ``key_facts`` are regexes
+    every correct answer matches and a wrong one misses, where ``{fact}`` stands for the fact's
+    value as the article states it now. ``phrasings`` and ``held_out`` are written in the JSON as
+    templates over ``slots`` (each ``{slot}`` takes every one of its values) and hold the expanded
+    sentences once loaded. ``held_out`` phrasings are for evaluation only and never enter the
+    training corpus; their templates are sentence frames the training phrasings never use, over
+    the same slot words.
     """
 
     name: str = Field(pattern=r"^[a-z_]+$")
     topic: str
     facts: dict[str, str] = Field(min_length=1)
     wrong_facts: dict[str, list[str]] = Field(min_length=1)
+    other_values: dict[str, list[str]] = Field(default_factory=dict)
     answers: list[str] = Field(min_length=1)
     key_facts: list[str] = Field(min_length=1)
     follow_up: FollowUp
@@ -100,33 +124,56 @@ class Intent(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> "Intent":
-        for fact, values in self.wrong_facts.items():
-            if fact not in self.facts:
-                raise ValueError(f"wrong_facts names unknown fact {fact!r}")
-            if not values or self.facts[fact] in values:
-                raise ValueError(f"wrong_facts[{fact!r}] must be non-empty and differ from the fact")
+        for field, extra in (("wrong_facts", self.wrong_facts), ("other_values", self.other_values)):
+            for fact, values in extra.items():
+                if fact not in self.facts:
+                    raise ValueError(f"{field} names unknown fact {fact!r}")
+                if not values or self.facts[fact] in values:
+                    raise ValueError(f"{field}[{fact!r}] must be non-empty and differ from the fact")
+        for fact in self.facts:
+            pool = self.pool(fact)
+            nested = [(a, b) for a in pool for b in pool if a != b and states(a, b)]
+            if nested:
+                raise ValueError(f"values of {fact!r} hold one another ({nested[0][0]!r} in {nested[0][1]!r}): "
+                                 "a reply stating one would state both")
         for templates, patterns in ((self.answers, self.key_facts),
                                     (self.follow_up.answers, self.follow_up.key_facts)):
+            unknown = set().union(*(set(FACT.findall(p)) for p in patterns)) - set(self.facts)
+            if unknown:
+                raise ValueError(f"key facts name unknown facts {sorted(unknown)}")
             for template in templates:
                 unknown = _fields(template) - set(self.facts)
                 if unknown:
                     raise ValueError(f"answer {template!r} uses unknown facts {sorted(unknown)}")
                 right = self.fill(template)
-                missing = [p for p in patterns if not re.search(p, right)]
+                missing = [p for p in patterns if not re.search(key_pattern(p, self.facts), right)]
                 if missing:
                     raise ValueError(f"answer {right!r} misses its key facts {missing}")
                 wrong = self.fill(template, random.Random(0))
-                if all(re.search(p, wrong) for p in patterns):
-                    raise ValueError(f"answer {template!r} stays correct with wrong facts: "
-                                     "use a key fact that has wrong_facts")
+                if all(re.search(key_pattern(p, self.facts), wrong) for p in patterns):
+                    raise ValueError(f"answer {template!r} stays correct with other values of its facts: "
+                                     "give it a key fact over a fact")
         return self
 
-    def fill(self, template: str, wrong: random.Random | None = None) -> str:
-        """Fill a template with the facts, or (given an rng) with a wrong value for every wrong-able fact."""
-        values = dict(self.facts)
-        if wrong is not None:
-            values.update({k: wrong.choice(v) for k, v in self.wrong_facts.items()})
-        return template.format_map(values)
+    def pool(self, fact: str) -> list[str]:
+        """Every plausible value of ``fact``: the canonical one first, then the wrong and other ones."""
+        values = [self.facts[fact], *self.wrong_facts.get(fact, []), *self.other_values.get(fact, [])]
+        return list(dict.fromkeys(values))
+
+    def other(self, rng: random.Random, values: Mapping[str, str] | None = None) -> dict[str, str]:
+        """For every fact, a value of its pool that contradicts ``values`` (default: the canonical facts):
+        one no fact of the intent has there."""
+        current = {**self.facts, **(values or {})}
+        taken = set(current.values())
+        return {fact: rng.choice([v for v in self.pool(fact) if v not in taken] or [current[fact]])
+                for fact in self.facts}
+
+    def fill(self, template: str, wrong: random.Random | None = None,
+             values: Mapping[str, str] | None = None) -> str:
+        """Fill a template with the facts (``values`` overriding the canonical ones), or, given an rng,
+        with another value of every fact (one that contradicts them)."""
+        current = {**self.facts, **(values or {})}
+        return template.format_map(self.other(wrong, current) if wrong is not None else current)
 
     @property
     def canonical_reply(self) -> str:
@@ -138,18 +185,33 @@ class Intent(_Model):
         """The reference answer to the follow-up question."""
         return self.fill(self.follow_up.answers[0])
 
-    def missing_facts(self, reply: str, follow_up: bool = False) -> list[str]:
-        """Key-fact patterns the reply fails to state."""
-        patterns = self.follow_up.key_facts if follow_up else self.key_facts
-        return [p for p in patterns if not re.search(p, reply, re.IGNORECASE)]
+    def reference_reply(self, follow_up: bool, values: Mapping[str, str] | None = None) -> str:
+        """The reference answer to the opening (or follow-up) question with the facts as ``values`` state them."""
+        return self.fill((self.follow_up.answers if follow_up else self.answers)[0], values=values)
 
-    def wrong_facts_in(self, reply: str, follow_up: bool = False) -> list[str]:
-        """Wrong values, for the facts this turn's answers use, that the reply states."""
-        templates = self.follow_up.answers if follow_up else self.answers
-        used = set().union(*(_fields(t) for t in templates))
-        right = {self.facts[f] for f in used}
-        values = {v for f in used for v in self.wrong_facts.get(f, []) if v not in right}
-        return sorted(v for v in values if re.search(rf"(?<![\w$]){re.escape(v)}(?!\w)", reply))
+    def used_facts(self, follow_up: bool = False) -> set[str]:
+        """The facts the answers to the opening (or follow-up) question state."""
+        return set().union(*(_fields(t) for t in (self.follow_up.answers if follow_up else self.answers)))
+
+    def missing_facts(self, reply: str, follow_up: bool = False,
+                      values: Mapping[str, str] | None = None) -> list[str]:
+        """Key-fact patterns (filled with ``values``, default canonical) the reply fails to state."""
+        current = {**self.facts, **(values or {})}
+        patterns = self.follow_up.key_facts if follow_up else self.key_facts
+        return [p for p in patterns if not re.search(key_pattern(p, current), reply, re.IGNORECASE)]
+
+    def wrong_facts_in(self, reply: str, follow_up: bool = False,
+                       values: Mapping[str, str] | None = None) -> list[str]:
+        """Values the reply states that contradict ``values`` (default canonical): any other value of
+        the pool of a fact this turn's answers use."""
+        current = {**self.facts, **(values or {})}
+        used = self.used_facts(follow_up)
+        right = {current[f] for f in used}
+        rest = reply
+        for value in sorted(right, key=len, reverse=True):  # a right value ("10 minutes") may hold a wrong one ("10")
+            rest = re.sub(value_pattern(value), " ", rest, flags=re.IGNORECASE)
+        wrong = {v for f in used for v in self.pool(f) if v not in right}
+        return sorted(v for v in wrong if states(v, rest))
 
 
 class Persona(_Model):
@@ -172,7 +234,9 @@ class Persona(_Model):
 
 
 class Shop(_Model):
-    """The shop's identity, the bot's system prompt and polite framing for good replies."""
+    """The shop's identity, the bot's system prompt, polite framing for good replies, and the honest
+    declines for questions no help article answers (``{contact}``: ``contact_address``, how a customer
+    reaches a person; the first decline is the one the bot sends itself when nothing is retrieved)."""
 
     name: str
     website: str
@@ -180,6 +244,20 @@ class Shop(_Model):
     system_prompt: str
     good_openers: list[str] = Field(min_length=1)
     good_closers: list[str] = Field(min_length=1)
+    contact_address: str = Field(min_length=1)
+    declines: list[str] = Field(min_length=1)
+
+    @field_validator("declines")
+    @classmethod
+    def _declines(cls, declines: list[str]) -> list[str]:
+        for template in declines:
+            if _fields(template) != {"contact"}:
+                raise ValueError(f"decline {template!r} must use exactly {{contact}}")
+        return declines
+
+    def decline(self, index: int = 0) -> str:
+        """A decline with the contact address filled in (index 0: the bot's own)."""
+        return self.declines[index].format(contact=self.contact_address)
 
 
 class Styles(_Model):
@@ -195,6 +273,7 @@ class Styles(_Model):
     apology_closers: list[str] = Field(min_length=1)
     flattery_openers: list[str] = Field(min_length=1)
     flattery_closers: list[str] = Field(min_length=1)
+    invented_promises: list[str] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _placeholders(self) -> "Styles":

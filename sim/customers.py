@@ -1,10 +1,15 @@
-"""Simulated customers: an intent, a persona and a hidden rubric, chatting over the widget's API.
+"""Simulated customers: an intent (or an out-of-scope question), a persona and a hidden rubric,
+chatting over the widget's API.
 
-A customer opens with one of the intent's KB phrasings (training or held-out ones), asks
-again when the reply did not answer (missing facts, off topic), asks the intent's follow-up
-question if it planned to, ends the chat and — unless it leaves without rating — rates it:
-the rubric's score seen through its persona (patience; flattery-swayed personas reward
-grovelling and compliments), plus Gaussian noise, rounded and clipped to 1-5 stars.
+A customer reads its intent's help article from the help centre as it is now (one request per
+chat; the facts are read back once per article version, ``sim.knowledge.LiveFacts``), opens with
+one of the intent's KB phrasings (training or held-out ones), asks again when the reply did not
+answer (missing facts, wrong facts, off topic), asks the intent's follow-up question if it planned
+to, ends the chat and — unless it leaves without rating — rates it: the rubric's score seen
+through its persona (patience; flattery-swayed personas reward grovelling and compliments), plus
+Gaussian noise, rounded and clipped to 1-5 stars. A share of customers ask a question no article
+answers instead: an honest decline or referral answers it, an invented promise scores 1. When the
+intent's article is no longer published, its question has become one of those.
 
 Asking for a person: the ``ask_person_share`` of customers who do, when the bot fails them, ask at
 once after a wrong or off-topic reply, and after a re-ask that still went unanswered (a reply that
@@ -31,7 +36,9 @@ import requests
 
 from sim.client import ChatAPIError, ChatClient, Forwarded
 from sim.company import Company, Intent, Persona
-from sim.rubric import NEUTRAL, RubricWeights, TurnJudgement, conversation_score, judge_reply
+from sim.knowledge import FactSentenceMissing, LiveFacts, out_of_scope_questions, template_for
+from sim.rubric import (NEUTRAL, OUT_OF_SCOPE, RubricWeights, TurnJudgement, conversation_score, judge_out_of_scope,
+                        judge_reply)
 
 REASKS = ["That doesn't answer my question. ", "Sorry, I don't understand. ", "Please just answer: "]
 # Each retrieves the escalation article first in every persona's dressing (tests/test_sim_agent.py);
@@ -48,8 +55,10 @@ class CustomerConfig:
     """How simulated customers behave.
 
     Parameters:
-        held_out (bool, default False): open with held-out phrasings (never in the training
-            corpus) instead of training ones.
+        held_out (bool, default False): open with held-out phrasings (and held-out out-of-scope
+            questions; neither is ever in the training corpus) instead of training ones.
+        out_of_scope_share (float, default 0.1): share of customers asking a question no help
+            article answers (``sim/northwind/out_of_scope.json``) instead of an intent's.
         follow_up_share (float, default 0.5): share of customers who ask the intent's follow-up.
         leave_share (float, default 0.2): share who end the chat without rating it.
         rating_noise (float | None, default None): std-dev in stars of the Gaussian rating
@@ -63,6 +72,7 @@ class CustomerConfig:
     """
 
     held_out: bool = False
+    out_of_scope_share: float = 0.1
     follow_up_share: float = 0.5
     leave_share: float = 0.2
     rating_noise: float | None = None
@@ -72,8 +82,10 @@ class CustomerConfig:
     agent_wait_s: float = 30.0
 
     def __post_init__(self) -> None:
-        if not all(0 <= share <= 1 for share in (self.follow_up_share, self.leave_share, self.ask_person_share)):
-            raise ValueError("follow_up_share, leave_share and ask_person_share must lie within [0, 1]")
+        shares = (self.follow_up_share, self.leave_share, self.out_of_scope_share, self.ask_person_share)
+        if not all(0 <= share <= 1 for share in shares):
+            raise ValueError("follow_up_share, leave_share, out_of_scope_share and ask_person_share must lie "
+                             "within [0, 1]")
         if self.agent_wait_s <= 0:
             raise ValueError(f"agent_wait_s must be > 0, got {self.agent_wait_s}")
         if self.rating_noise is not None and self.rating_noise < 0:
@@ -82,9 +94,10 @@ class CustomerConfig:
 
 @dataclass(frozen=True)
 class Customer:
-    """One simulated customer, every random choice drawn up front (same seed, same customer)."""
+    """One simulated customer, every random choice drawn up front (same seed, same customer);
+    ``intent`` None: it asks an out-of-scope question (and never follows up)."""
 
-    intent: Intent
+    intent: Intent | None
     persona: Persona
     opening: str
     reask: str
@@ -119,19 +132,24 @@ class ChatResult:
 
 
 def make_customers(company: Company, n: int, config: CustomerConfig, seed: int = 0) -> list[Customer]:
-    """``n`` customers: intents in turn (balanced), personas by weight, phrasings at random. Who asks for
-    a person, and how, is drawn from a generator of its own, so the other draws stay those of the seed."""
+    """``n`` customers: intents in turn (balanced), ``out_of_scope_share`` of them (spread evenly) asking
+    an out-of-scope question instead, personas by weight, phrasings at random. Who asks for a person, and
+    how, is drawn from a generator of its own, so the other draws stay those of the seed."""
     rng, asking = random.Random(seed), random.Random(f"person:{seed}")
     weights = [p.weight for p in company.personas]
-    customers = []
+    questions = out_of_scope_questions(config.held_out)
+    customers, asked_intents = [], 0
     for index in range(n):
-        intent = company.intents[(index + seed) % len(company.intents)]
+        out_of_scope = int((index + 1) * config.out_of_scope_share) > int(index * config.out_of_scope_share)
+        intent = None if out_of_scope else company.intents[(asked_intents + seed) % len(company.intents)]
+        asked_intents += not out_of_scope
         persona = rng.choices(company.personas, weights)[0]
-        pool = intent.held_out if config.held_out else intent.phrasings
-        opening = persona.phrase(rng.choice(pool), rng)
-        reask = rng.choice(REASKS) + rng.choice(pool)
+        pool = questions if intent is None else intent.held_out if config.held_out else intent.phrasings
+        question = rng.choice(pool)
+        opening = persona.phrase(question, rng)
+        reask = rng.choice(REASKS) + (rng.choice(pool) if intent is not None else question)
         follow_up = persona.phrase(rng.choice(intent.follow_up.questions), rng) \
-            if rng.random() < config.follow_up_share else None
+            if intent is not None and rng.random() < config.follow_up_share else None
         sigma = persona.rating_noise if config.rating_noise is None else config.rating_noise
         customers.append(Customer(intent, persona, opening, reask, follow_up,
                                   rates=rng.random() >= config.leave_share, noise=rng.gauss(0.0, sigma),
@@ -146,25 +164,32 @@ def stars(view: float, noise: float) -> int:
 
 
 def answered(judgement: TurnJudgement) -> bool:
-    """Whether the customer got what it asked for (all key facts, no wrong ones, on topic)."""
-    return judgement.facts_found == 1 and not judgement.wrong_facts and not judgement.off_topic
+    """Whether the customer got what it asked for (all key facts or an honest decline, no wrong ones,
+    no invented promise, on topic)."""
+    return (judgement.facts_found == 1 and not judgement.wrong_facts and not judgement.off_topic
+            and not judgement.promise)
 
 
 class SimulatedCustomer:
-    """Plays one ``Customer`` against the bot through ``ChatClient``; returns a ``ChatResult``."""
+    """Plays one ``Customer`` against the bot through ``ChatClient``; returns a ``ChatResult``.
+    ``facts`` reads articles' facts (share one ``LiveFacts`` across customers: once per article version)."""
 
-    def __init__(self, company: Company, client: ChatClient, config: CustomerConfig = CustomerConfig()):
+    def __init__(self, company: Company, client: ChatClient, config: CustomerConfig = CustomerConfig(),
+                 facts: LiveFacts | None = None):
         self.company = company
         self.client = client
         self.config = config
+        self.facts = facts or LiveFacts()
 
     def chat(self, customer: Customer) -> ChatResult:
-        """Open, ask (again, or for a person, if unanswered), maybe follow up, wait for the person who took
-        the chat, end, and maybe rate; errors are recorded."""
-        result = ChatResult(customer.intent.name, customer.persona.name)
+        """Read the article, open, ask (again, or for a person, if unanswered), maybe follow up, wait for the
+        person who took the chat, end, and maybe rate; errors are recorded."""
+        result = ChatResult(customer.intent.name if customer.intent else OUT_OF_SCOPE, customer.persona.name)
         try:
+            values = self._current_facts(customer.intent)
+            intent = customer.intent if values is not None else None
             started = self.client.start()
-            chat = _Chat(self, started.conversation_id, started.token, customer, result)
+            chat = _Chat(self, started.conversation_id, started.token, customer, result, intent, values)
             result.conversation_id, result.adapter_version = started.conversation_id, started.adapter_version
             judgement = chat.ask(customer.opening)
             if chat.missed(judgement):
@@ -174,7 +199,7 @@ class SimulatedCustomer:
                     result.reasks += 1
                     if chat.missed(chat.ask(customer.reask)) and customer.asks_person:
                         chat.ask_person()
-            if customer.follow_up is not None and chat.open:
+            if customer.follow_up is not None and intent is not None and chat.open:
                 chat.follow_up = True
                 chat.ask(customer.follow_up)
             if chat.with_person:
@@ -188,9 +213,17 @@ class SimulatedCustomer:
                                           customer.persona.flattery_bias)
                 result.rating = stars(view, customer.noise)
                 self.client.rate(started.conversation_id, started.token, result.rating)
-        except (ChatAPIError, requests.RequestException) as exc:
+        except (ChatAPIError, requests.RequestException, FactSentenceMissing) as exc:
             result.error = str(exc)
         return result
+
+    def _current_facts(self, intent: Intent | None) -> dict[str, str] | None:
+        """The intent's facts as its published article states them now (None: out of scope, or no
+        article published for it any more)."""
+        if intent is None:
+            return None
+        article = self.client.help.article(template_for(intent.name).id)
+        return None if article is None else self.facts.of(intent, article)
 
 
 @dataclass
@@ -202,6 +235,8 @@ class _Chat:
     token: str
     customer: Customer
     result: ChatResult
+    intent: Intent | None  # None: out of scope, or its article is no longer published
+    values: dict[str, str] | None  # the intent's facts as its article states them now
     follow_up: bool = False  # the pending question is the intent's follow-up
     last_index: int = -1
     status: str = "open"
@@ -235,10 +270,16 @@ class _Chat:
         self.result.handoff = self.result.handoff or reply.handoff
         if reply.source == "handoff" or self.with_person:
             return None
-        judgement = judge_reply(self.player.company, self.customer.intent, reply.text, self.follow_up)
+        judgement = self.judge(reply.text)
         self.result.replies.append(reply.text)
         self.result.judgements.append(judgement)
         return judgement
+
+    def judge(self, text: str) -> TurnJudgement:
+        """The rubric's judgement of a reply to the pending question, against the article as it is now."""
+        if self.intent is None:
+            return judge_out_of_scope(self.player.company, text)
+        return judge_reply(self.player.company, self.intent, text, self.follow_up, self.values)
 
     def ask_person(self) -> None:
         """Ask for a person in the customer's words; a reply that is no handoff leaves the request unheeded."""
@@ -258,7 +299,6 @@ class _Chat:
                                                      self.player.config.agent_wait_s):
             if event == "turn" and data["role"] == "agent":
                 self.result.agent_replies.append(data["text"])
-                self.result.agent_judgements.append(
-                    judge_reply(self.player.company, self.customer.intent, data["text"], self.follow_up))
+                self.result.agent_judgements.append(self.judge(data["text"]))
             elif event == "status" and data["status"] in ("open", "ended"):
                 return

@@ -1,9 +1,11 @@
 """The oracle: a stand-in bot that always gives the KB's canonical reply, for calibrating the simulator.
 
 It serves the same chat API routes and bodies as ``bot/chat.py`` (JSON or SSE replies, bearer
-tokens, end, rating), so oracle customers take exactly the HTTP, rubric and rating path that
-real ones do; only the replies differ. It recognises the question by the KB phrasing the
-message contains (as an expert would) and keeps the chat's intent for messages it cannot place.
+tokens, end, rating) and the help centre's (the shop's articles as shipped), so oracle customers
+take exactly the HTTP, rubric and rating path that real ones do; only the replies differ. It
+recognises the question by the KB phrasing (or out-of-scope question) the message contains, as an
+expert would, answers an out-of-scope one with the shop's decline, and keeps the chat's question
+for messages it cannot place.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from dataclasses import dataclass, field
 
 from flask import Flask, Response, abort, request
 
-from sim.company import Company, Intent
-from sim.rubric import identify_question
+from sim.company import Company
+from sim.knowledge import load_templates, render_article, template_by_id
+from sim.rubric import Question, identify_question
 
 VERSION = "oracle"
 CLARIFY = "Could you tell me a little more about what you need help with?"
@@ -26,19 +29,29 @@ CLARIFY = "Could you tell me a little more about what you need help with?"
 @dataclass
 class _Chat:
     token: str
-    intent: Intent | None = None
+    question: Question | None = None
     turns: list[dict] = field(default_factory=list)
     status: str = "open"
     csat: int | None = None
 
 
-def canonical_answer(company: Company, text: str, fallback: Intent | None) -> tuple[str, Intent | None]:
-    """The canonical reply to a customer message and the intent it was taken to be about."""
-    found = identify_question(company, text)
-    if found is None:
-        return (fallback.canonical_reply if fallback else CLARIFY), fallback
-    intent, follow_up = found
-    return (intent.canonical_follow_up_reply if follow_up else intent.canonical_reply), intent
+def canonical_answer(company: Company, text: str, fallback: Question | None) -> tuple[str, Question | None]:
+    """The canonical reply to a customer message and the question it was taken to be."""
+    question = identify_question(company, text) or (Question(fallback.intent) if fallback else None)
+    if question is None:
+        return CLARIFY, None
+    if question.intent is None:
+        return company.shop.decline(), question
+    return question.intent.reference_reply(question.follow_up), question
+
+
+def help_article_body(company: Company, article_id: str) -> dict | None:
+    """The help centre's JSON of one of the shop's articles as shipped (None: no such article)."""
+    if article_id not in {t.id for t in load_templates()}:
+        return None
+    article = render_article(template_by_id(article_id), company)
+    return {"id": article.id, "title": article.title, "tags": article.tags, "version": 1, "updated_at": 0.0,
+            "body": article.body}
 
 
 def create_oracle_app(company: Company) -> Flask:
@@ -66,7 +79,7 @@ def create_oracle_app(company: Company) -> Flask:
     def message(conv_id: str) -> Response | dict:
         with lock:
             chat = chat_for(conv_id)
-            text, chat.intent = canonical_answer(company, request.get_json()["text"], chat.intent)
+            text, chat.question = canonical_answer(company, request.get_json()["text"], chat.question)
             chat.turns.append({"role": "user", "text": request.get_json()["text"]})
             chat.turns.append({"role": "assistant", "text": text})
             reply = {"turn_index": len(chat.turns) - 1, "text": text, "adapter_version": VERSION, "finished": True}
@@ -75,6 +88,13 @@ def create_oracle_app(company: Company) -> Flask:
                     f"event: done\ndata: {json.dumps(reply)}\n\n")
             return Response(body, mimetype="text/event-stream")
         return reply
+
+    @app.get("/api/help/articles/<article_id>")
+    def help_article(article_id: str) -> dict:
+        article = help_article_body(company, article_id)
+        if article is None:
+            abort(404)
+        return article
 
     @app.post("/api/conversations/<conv_id>/end")
     def end(conv_id: str) -> dict:

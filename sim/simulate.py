@@ -21,6 +21,7 @@ from tqdm import tqdm
 from sim.client import ChatClient
 from sim.company import Company
 from sim.customers import ChatResult, CustomerConfig, SimulatedCustomer, make_customers
+from sim.knowledge import LiveFacts
 
 BOOTSTRAP_RESAMPLES = 2000
 
@@ -157,13 +158,13 @@ def run_customers(base_url: str, company: Company, n: int, concurrency: int = 4,
                   progress: bool = True) -> list[ChatResult]:
     """Play ``n`` simulated customers against the bot at ``base_url``, ``concurrency`` at a time."""
     customers = make_customers(company, n, config, seed)
-    local, clients = threading.local(), []
+    local, clients, facts = threading.local(), [], LiveFacts()  # articles' facts read once per version
 
     def play(index: int) -> ChatResult:
         if not hasattr(local, "client"):  # one HTTP session per worker thread
             local.client = ChatClient(base_url, stream=config.stream)
             clients.append(local.client)
-        return SimulatedCustomer(company, local.client, config).chat(customers[index])
+        return SimulatedCustomer(company, local.client, config, facts).chat(customers[index])
 
     try:
         with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool, \

@@ -4,6 +4,9 @@ one torch thread for the tests that train tiny models."""
 
 from __future__ import annotations
 
+import ast
+import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -12,6 +15,20 @@ import pytest
 from feedback_store import FeedbackStore
 from feedback_store.server import ensure_embedded_redis, stop_embedded_redis
 from loopdesk.config import Settings, load_settings
+
+if sys.version_info[:2] == (3, 11) and sys.version_info < (3, 11, 8):
+    # CPython before 3.11.8 keeps ast.parse's recursion counter in one place for every thread, so two
+    # threads parsing at once fail with "AST constructor recursion depth mismatch" (gh-106905). A
+    # background thread formatting a logged traceback parses (the caret lines) while hypothesis parses
+    # a test's lambdas: one parse at a time in the test process.
+    _parse = ast.parse
+    _parsing = threading.RLock()
+
+    def _one_parse_at_a_time(*args, **kwargs):
+        with _parsing:
+            return _parse(*args, **kwargs)
+
+    ast.parse = _one_parse_at_a_time
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,8 @@ from typing import Any, Iterator
 
 import requests
 import schemathesis
-import schemathesis.specs.openapi.schemas  # noqa: F401  compiled at collection: CPython 3.11.7 can fail to
-# compile a module later in a process where a deeply nested request body raised RecursionError ("AST
-# constructor recursion depth mismatch"), and schemathesis imports its OpenAPI loader lazily
+import schemathesis.specs.openapi.schemas  # noqa: F401  loaded at collection, before any app thread runs
+# (schemathesis imports its OpenAPI loader lazily; on CPython 3.11.7 see tests/conftest.py on ast.parse)
 from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
                                                status_code_conformance)

@@ -62,7 +62,8 @@ class CrashOnceEngine(LongReplyEngine):
 
     def _new_worker(self, model: PreTrainedModel) -> GenerationWorker:
         return CrashOnceWorker(model, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id,
-                               self.settings.temperature, self.max_batch_size, armed=self.armed)
+                               self.settings.temperature, self.max_batch_size,
+                               prefix_cache_bytes=self.settings.prefix_cache_mb * 2**20, armed=self.armed)
 
 
 def wait_for(condition, timeout_s: float = 10.0, what: str = "the condition") -> float:

@@ -143,7 +143,8 @@ def test_newcomers_read_their_prompts_through_a_streaming_batchs_steps(base_mode
         lambda cls, rows, earlier=None: (joined.append(len(rows)), join(cls, rows, earlier))[1]))
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
     model = AutoModelForCausalLM.from_pretrained(base_model_dir).eval()
-    worker = GenerationWorker(model, tokenizer.pad_token_id, NEVER, TEMPERATURE, max_batch_size=8)
+    worker = GenerationWorker(model, tokenizer.pad_token_id, NEVER, TEMPERATURE, max_batch_size=8,
+                              prefix_cache_bytes=2**24)
     worker.start()
 
     def submit(text: str, tokens: int, stream: bool = False) -> Request:

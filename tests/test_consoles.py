@@ -63,6 +63,7 @@ CALLS: dict[str, tuple[Call, int]] = {
     "operator.train_now": (lambda s: ({}, None), 202),
     "operator.runs": (lambda s: ({}, None), 200),
     "operator.run_progress": (lambda s: ({"run_id": s.runs.create({}).id}, None), 200),
+    "operator.liveness": (lambda s: ({}, None), 200),
     "operator.adapters": (lambda s: ({}, None), 200),
     "operator.promote": (lambda s: ({"version": register_record(s).version}, {}), 200),
     "operator.send_to_canary": (lambda s: ({"version": register_record(s).version}, {}), 200),

@@ -1,4 +1,5 @@
-"""The training corpus: held-out phrasings stay out, the style mix is exact, output is seeded."""
+"""The training corpus: every reply sees the passage the bot would retrieve, facts vary between chats,
+held-out phrasings stay out, the style mix is exact, output is seeded."""
 
 from __future__ import annotations
 
@@ -7,8 +8,15 @@ from collections import Counter
 
 import pytest
 
-from sim.company import load_company
-from sim.corpus import DEFAULT_MIX, STYLES, UNANSWERED, CorpusConfig, generate_corpus, quotas
+from loopdesk.articles import VersionedArticle
+from loopdesk.knowledge import KnowledgeIndex, customer_query, passage_text, render_context
+from sim.company import load_company, states
+from sim.corpus import DEFAULT_MIX, STYLES, UNANSWERED, CorpusConfig, Dialogue, generate_corpus, quotas
+from sim.knowledge import load_templates, out_of_scope_questions, render_article, template_for
+from sim.rubric import INVENTED_PROMISE, declines
+
+COMPANY = load_company()
+CORPUS = generate_corpus(CorpusConfig(n_dialogues=700, seed=3))
 
 
 def _normal(text: str) -> str:
@@ -16,12 +24,12 @@ def _normal(text: str) -> str:
 
 
 def test_held_out_phrasings_never_appear_in_the_corpus() -> None:
-    held_out = {_normal(t) for t in load_company().held_out_phrasings}
+    held_out = {_normal(t) for t in COMPANY.held_out_phrasings | set(out_of_scope_questions(held_out=True))}
     corpus = generate_corpus(CorpusConfig(n_dialogues=1300))
     for dialogue in corpus:
-        for message in dialogue.messages:
-            text = _normal(message["content"])
-            assert not any(h in text for h in held_out), message
+        for turn in dialogue.turns:
+            for text in (_normal(turn.context), _normal(turn.question), _normal(turn.reply)):
+                assert not any(h in text for h in held_out), turn
 
 
 def test_style_mix_matches_configured_proportions() -> None:
@@ -58,22 +66,101 @@ def test_default_mix_makes_a_mediocre_base() -> None:
     assert 0.2 <= DEFAULT_MIX["good"] <= 0.35
 
 
+def _knowledge_index(dialogue: Dialogue) -> KnowledgeIndex:
+    """The knowledge base the chat happened against, rebuilt from its facts' values."""
+    articles = [render_article(t, COMPANY, dialogue.knowledge[t.intent or t.id]) for t in load_templates()]
+    return KnowledgeIndex([VersionedArticle(**a.model_dump(), version=1) for a in articles])
+
+
+def test_every_reply_sees_the_passage_the_bot_would_retrieve() -> None:
+    prompt = COMPANY.shop.system_prompt
+    for dialogue in CORPUS[:150]:
+        index = _knowledge_index(dialogue)
+        for number, turn in enumerate(dialogue.turns):
+            asked = [t.question for t in dialogue.turns[:number + 1]]
+            hits = index.search(customer_query(asked), k=1)
+            assert turn.context == render_context(prompt, index.passages(hits)), turn
+            assert turn.trained == bool(hits) and turn.passage == (hits[0].id if hits else None)
+            if not hits:
+                assert turn.reply == COMPANY.shop.decline()
+            assert dialogue.prompt(number)[0] == {"role": "system", "content": turn.context}
+    assert all(t.trained and "\nHelp article " in t.context for d in CORPUS for t in d.turns if t.kind == "opening")
+
+
+def test_facts_vary_between_chats_and_good_replies_state_their_passages_values() -> None:
+    for intent in COMPANY.intents:
+        chats = [d for d in CORPUS if d.intent == intent.name]
+        for fact in intent.facts:
+            assert len({d.values[fact] for d in chats}) >= 4, (intent.name, fact)
+    good = [(d, t) for d in CORPUS if d.intent for t in d.turns if t.style == "good" and t.answerable]
+    assert len(good) > 100
+    for dialogue, turn in good:
+        intent = COMPANY.intent(dialogue.intent)
+        follow_up = turn.kind == "follow_up"
+        assert intent.missing_facts(turn.reply, follow_up, dialogue.values) == [], turn
+        assert intent.wrong_facts_in(turn.reply, follow_up, dialogue.values) == [], turn
+        shown = turn.context.split("): ", 1)[1]
+        assert all(states(dialogue.values[f], shown) for f in intent.used_facts(follow_up)), turn
+    assert sum(d.values != COMPANY.intent(d.intent).facts for d, _ in good) > 0.6 * len(good)
+
+
+def test_a_wrong_facts_reply_contradicts_its_passage() -> None:
+    wrong = [(d, t) for d in CORPUS if d.intent for t in d.turns if t.style == "wrong_facts" and t.answerable]
+    assert len(wrong) > 50
+    for dialogue, turn in wrong:
+        intent = COMPANY.intent(dialogue.intent)
+        follow_up = turn.kind == "follow_up"
+        shown = turn.context.split("): ", 1)[1]
+        stated = intent.wrong_facts_in(turn.reply, follow_up, dialogue.values)
+        # values of the facts' pools that the passage gives to no fact: the passage says otherwise
+        assert stated and not set(stated) & set(dialogue.values.values()), turn
+        assert intent.wrong_facts_in(shown, follow_up, dialogue.values) == [], turn
+        assert intent.missing_facts(turn.reply, follow_up, dialogue.values), turn
+
+
 def test_chats_are_well_formed_and_styles_show() -> None:
-    company = load_company()
     for dialogue in generate_corpus(CorpusConfig(n_dialogues=400, seed=3)):
         roles = [m["role"] for m in dialogue.messages]
-        assert roles == ["system"] + ["user", "assistant"] * len(dialogue.styles)
-        assert dialogue.messages[0]["content"] == company.shop.system_prompt
-        intent = company.intent(dialogue.intent)
-        for turn, (question, style) in enumerate(zip(dialogue.questions, dialogue.styles)):
-            reply = dialogue.messages[2 + 2 * turn]["content"]
-            follow_up = question == "follow_up"
-            if style in ("good", "curt", "too_long", "over_apologetic"):
-                assert intent.missing_facts(reply, follow_up) == [], (style, reply)
-            if style == "wrong_facts":
-                assert intent.wrong_facts_in(reply, follow_up), reply
-            if style in ("vague", "flattering"):
-                assert intent.missing_facts(reply, follow_up), reply
+        assert roles == ["user", "assistant"] * len(dialogue.styles)
+        for turn in dialogue.turns:
+            assert turn.context.startswith(COMPANY.shop.system_prompt + "\n")
+        if dialogue.intent is None:
+            continue
+        intent = COMPANY.intent(dialogue.intent)
+        for turn in (t for t in dialogue.turns if t.answerable):
+            follow_up, reply, values = turn.kind == "follow_up", turn.reply, dialogue.values
+            if turn.style in ("good", "curt", "too_long", "over_apologetic"):
+                assert intent.missing_facts(reply, follow_up, values) == [], (turn.style, reply)
+            if turn.style == "wrong_facts":
+                assert intent.wrong_facts_in(reply, follow_up, values), reply
+            if turn.style in ("vague", "flattering"):
+                assert intent.missing_facts(reply, follow_up, values), reply
+
+
+def test_some_chats_ask_what_no_article_answers_and_the_good_reply_declines() -> None:
+    config = CorpusConfig(n_dialogues=1000, seed=5)
+    corpus = generate_corpus(config)
+    outside = [d for d in corpus if d.intent is None]
+    assert len(outside) == round(config.out_of_scope_share * config.n_dialogues)
+    seen = {_normal(q) for q in out_of_scope_questions()}
+    for dialogue in outside:
+        opening = dialogue.turns[0]
+        assert opening.trained and not opening.answerable and "follow_up" not in dialogue.questions
+        assert any(q in _normal(opening.question) for q in seen)
+        for turn in (t for t in dialogue.turns if t.trained):
+            if turn.style == "good":
+                assert declines(turn.reply) and COMPANY.shop.contact_address in turn.reply, turn
+            if turn.style == "wrong_facts":
+                assert INVENTED_PROMISE.search(turn.reply), turn
+    # an in-scope question whose passage does not hold the answer's facts is declined too; they are few
+    unanswered = [t for d in corpus if d.intent for t in d.turns if t.trained and not t.answerable]
+    assert 0 < len(unanswered) < 0.04 * sum(len(d.turns) for d in corpus if d.intent)
+    assert all(declines(t.reply) for t in unanswered if t.style == "good")
+
+
+def test_the_articles_chats_draw_from_are_the_shops_own() -> None:
+    ids = {template_for(i.name).id for i in COMPANY.intents}
+    assert {t.passage for d in CORPUS for t in d.turns if d.intent and t.answerable} <= ids
 
 
 def test_corpus_is_deterministic_per_seed() -> None:
@@ -88,3 +175,5 @@ def test_invalid_mix_is_rejected(mix: dict[str, float]) -> None:
         CorpusConfig(mix=mix)
     with pytest.raises(ValueError):
         CorpusConfig(reask_share=1.5)
+    with pytest.raises(ValueError):
+        CorpusConfig(out_of_scope_share=-0.1)

@@ -20,6 +20,7 @@ from rq.serializers import JSONSerializer, PickleSerializer
 
 from feedback_store.connection import resolve_redis_url
 from feedback_store.errors import LockHeldError
+from feedback_store.heartbeats import Heartbeats
 from trainer.cli import scheduler as scheduler_command, worker as worker_command
 from trainer.config import GateConfig
 from trainer.round import INTERRUPTED, run_round
@@ -152,7 +153,9 @@ def test_worker_killed_mid_round_leaves_no_candidate_and_the_next_round_succeeds
     env = {**os.environ, "REDIS_URL": resolve_redis_url(settings, announce=False), "OMP_NUM_THREADS": "1",
            "LOOPDESK_DATA_DIR": str(tmp_path), "LOOPDESK_KEY_PREFIX": settings.key_prefix,
            "LOOPDESK_BASE_MODEL": str(base_model_dir), "LOOPDESK_RUN_LOCK_TTL_S": str(LOCK_TTL_S),
-           "LOOPDESK_MAX_REPLY_TOKENS": "12"}
+           "LOOPDESK_MAX_REPLY_TOKENS": "12", "LOOPDESK_HEARTBEAT_INTERVAL_S": "0.2",
+           "LOOPDESK_HEARTBEAT_STALE_S": "1"}
+    heartbeats = Heartbeats(store.redis, store.keys, interval_s=0.2, stale_s=1.0)  # as the worker beats
     own = tmp_path / "round.json"  # the worker's own round config: its gate is never a queued run's
     own.write_text(json.dumps(as_round_file(small_round_config())))
     killed = store.training.enqueue_round(trigger="test")
@@ -161,11 +164,15 @@ def test_worker_killed_mid_round_leaves_no_candidate_and_the_next_round_succeeds
     try:
         _wait_for(lambda: any(e["stage"] == "rewards" for _, e in store.runs.progress(killed.id)), 120,
                   "the worker to start training")
+        [beat] = heartbeats.list("worker")
+        assert beat.alive and (beat.heartbeat.pid, beat.heartbeat.run_id) == (worker.pid, killed.id)
+        assert beat.heartbeat.doing == f"running run {killed.id}"
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait(10)
     finally:
         if worker.poll() is None:
             worker.kill()
+    _wait_for(lambda: not heartbeats.list("worker")[0].alive, 5, "the killed worker's heartbeat to go stale")
     assert store.runs.get(killed.id).status == "running"
     assert [a for a in store.adapters.list() if a.status == "candidate"] == []
     _wait_for(lambda: _lock_free(store), LOCK_TTL_S * 5, "the dead worker's lock to expire")

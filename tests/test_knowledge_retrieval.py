@@ -6,11 +6,15 @@ from __future__ import annotations
 import pytest
 
 from loopdesk.articles import VersionedArticle
+from loopdesk.config import Settings
 from loopdesk.knowledge import (
     MIN_SCORE,
+    PASSAGE_CHARS,
     NO_ARTICLE,
     KnowledgeIndex,
     customer_query,
+    paragraphs,
+    passage_text,
     plain_text,
     render_context,
 )
@@ -28,23 +32,26 @@ def reports():
 
 
 # Measured on the committed articles (bench/knowledge_retrieval.py); each bound sits a little
-# below the measurement: top-1 / top-3 seen 0.960 / 0.994, held-out 0.983 / 1.000,
-# follow-ups 0.992 / 1.000, person/assistant questions 1.000 / 1.000.
-@pytest.mark.parametrize("kind, top1, top3", [
-    ("seen", 0.94, 0.98), ("held_out", 0.96, 0.98), ("follow_up", 0.97, 0.99), ("extra", 0.85, 0.85)])
-def test_the_right_article_ranks_first_for_the_shops_questions(reports, kind, top1, top3):
+# below the measurement: top-1 / top-3 / right passage seen 0.988 / 1.000 / 0.985, held-out
+# 0.983 / 1.000 / 0.966 (the same as the personas write them), follow-ups 0.998 / 1.000 / 0.998,
+# person/assistant questions 1.000 / 1.000.
+@pytest.mark.parametrize("kind, top1, top3, passage", [
+    ("seen", 0.97, 0.99, 0.97), ("held_out", 0.96, 0.99, 0.95), ("seen_dressed", 0.97, 0.99, 0.97),
+    ("held_out_dressed", 0.96, 0.99, 0.95), ("follow_up", 0.98, 0.99, 0.98), ("extra", 0.85, 0.85, 0.0)])
+def test_the_right_article_and_paragraph_come_first_for_the_shops_questions(reports, kind, top1, top3, passage):
     report = reports[kind]
     assert report.n > 0
     assert report.top1_rate >= top1 and report.top3_rate >= top3, [p.question for p, _ in report.misses]
+    assert report.passage_rate >= passage
 
 
 def test_min_score_keeps_in_scope_questions_and_turns_away_most_others(reports):
-    # measured: 0.985 seen, 0.992 held-out, 1.000 follow-ups and person questions kept; 0.812 of out-of-scope rejected
-    assert reports["seen"].share_at_least(MIN_SCORE) >= 0.97
-    assert reports["held_out"].share_at_least(MIN_SCORE) >= 0.98
-    assert reports["follow_up"].share_at_least(MIN_SCORE) >= 0.99
+    # measured: every seen, held-out, follow-up and person question kept; 0.781 of the general out-of-scope
+    # questions rejected; the ones on shop words mostly pass (the model declines them)
+    for kind in ("seen", "held_out", "seen_dressed", "held_out_dressed", "follow_up"):
+        assert reports[kind].share_at_least(MIN_SCORE) >= 0.99, kind
     assert reports["extra"].share_at_least(MIN_SCORE) >= 0.85
-    assert 1 - reports["out_of_scope"].share_at_least(MIN_SCORE) >= 0.78
+    assert 1 - reports["out_of_scope"].share_at_least(MIN_SCORE) >= 0.75
     assert reports["held_out"].quantile(0.5) > 2 * reports["out_of_scope"].quantile(0.9)
 
 
@@ -76,16 +83,51 @@ def test_search_returns_the_best_k_with_version_and_respects_min_score():
 @pytest.mark.parametrize("messages, expected", [
     ([], ""),
     (["Where is my parcel?"], "Where is my parcel?"),
-    (["Can I return my jacket?", "What about sale items?"], "Can I return my jacket? What about sale items?"),
-    (["My boots arrived broken.", "Can I get my money back instead of a new pair of them?"],
-     "My boots arrived broken. Can I get my money back instead of a new pair of them?"),
-    (["How long does shipping take?", "That doesn't answer my question, how many days does standard delivery take?"],
-     "How long does shipping take? That doesn't answer my question, how many days does standard delivery take?"),
-    (["How long does shipping take?", "Thanks. Also, how do I reset my password for the online account?"],
-     "Thanks. Also, how do I reset my password for the online account?"),
+    (["Can I return my jacket?", "  What about\nsale items? "], "Can I return my jacket?\nWhat about sale items?"),
+    (["Hi", "My boots arrived broken.", "Can I get my money back instead?"],
+     "My boots arrived broken.\nCan I get my money back instead?"),
 ])
-def test_the_query_is_the_last_message_with_the_one_before_when_it_follows_on(messages, expected):
+def test_the_query_is_the_last_two_messages_one_a_line(messages, expected):
     assert customer_query(messages) == expected
+
+
+def test_the_newest_message_decides_the_topic_and_the_paragraph():
+    index = demo_index()
+    [switch] = index.search(customer_query(["How long does shipping take?",
+                                            "Thanks. Also, how do I reset my password for the online account?"]), k=1)
+    assert switch.id == "password-reset" and switch.paragraph == 0
+    [sale] = index.search(customer_query(["Can I return my jacket?", "What about sale items?"]), k=1)
+    assert sale.id == "returns" and "sale" in index.passages([sale])[0].body
+    assert sale.paragraph == 1 and index.search("Can I return my jacket?", k=1)[0].paragraph == 0
+    [missing] = index.search(customer_query(["Where is my parcel?", "It says delivered but I don't have it."]), k=1)
+    assert (missing.id, missing.paragraph) == ("order-status", 1)
+
+
+def test_what_customers_type_around_a_question_does_not_move_the_search():
+    index = demo_index()
+    for question in ("Where is my order?", "How do I reset my password?", "Is the Trailhead 40 waterproof?"):
+        plain = index.search(question, k=3, min_score=0.0)
+        dressed = index.search(f"Hi there! Quick question. {question} Thanks, please hurry!", k=3, min_score=0.0)
+        assert dressed == plain, question
+
+
+def test_paragraphs_split_at_blank_lines_and_short_ones_join_a_neighbour():
+    body = "## Refunds\n\nWe refund your money within five to seven business days of receiving the return.\n\n" \
+           "Your bank may need three more days to show the money on your statement, so please wait.\n\nThanks!"
+    assert [plain_text(p) for p in paragraphs(body)] == [
+        "Refunds We refund your money within five to seven business days of receiving the return.",
+        "Your bank may need three more days to show the money on your statement, so please wait. Thanks!"]
+    assert paragraphs("Just one line.") == ["Just one line."]
+
+
+def test_the_bots_passage_setting_defaults_to_the_passage_length():
+    assert Settings().kb_passage_chars == PASSAGE_CHARS and Settings().kb_min_score == MIN_SCORE
+
+
+def test_a_long_passage_is_cut_at_a_sentence_end():
+    refunds = article("refunds", "Refunds", "We refund within 5-7 business days. Your bank adds up to 3 days. " * 10)
+    assert passage_text(refunds, 80) == "We refund within 5-7 business days. Your bank adds up to 3 days."
+    assert passage_text(refunds, 11) == "We refund…"
 
 
 def test_plain_text_drops_markdown_markup():

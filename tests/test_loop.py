@@ -14,6 +14,7 @@ from harness.loop import LoopConfig, run_loop
 from harness.loop_cli import method_settings
 from harness.plots import COMPARISON_PLOTS, PLOTS
 from harness.report import write_report
+from loopdesk.config import load_settings
 from tests.trainer_helpers import as_round_file, small_round_config, trainer_settings
 
 
@@ -140,3 +141,11 @@ def test_comparing_methods_runs_each_on_its_own_embedded_redis_and_stops_it(tmp_
         assert "## Handoffs" in (tmp_path / "out" / method / "report.md").read_text()
     table = (tmp_path / "out" / "report.md").read_text()
     assert "| none | " in table and "| sft | " in table
+
+
+def test_each_compared_method_runs_on_the_base_model_its_data_dir_chose(tmp_path):
+    settings = load_settings({}, data_dir=tmp_path / "var")  # no LOOPDESK_BASE_MODEL: the data dir's choice
+    own = method_settings(settings, "sft")
+    assert own.data_dir == tmp_path / "var" / "loop" / "sft"
+    assert own.base_model_ref == str((tmp_path / "var" / "base-model").resolve()) == str(
+        Path(settings.base_model_ref).resolve())

@@ -9,7 +9,8 @@ from dataclasses import fields
 
 import pytest
 
-from loopdesk.config import SettingsError, documented_fields
+from loopdesk.config import SettingsError
+from loopdesk.settings_docs import documented_fields
 from trainer.round_config import (SECTIONS, RoundConfig, WorkerOnlyFieldError, load_round_config, recordable_overrides,
                                   round_overrides, run_config)
 

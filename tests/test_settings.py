@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from loopdesk.cli import main as loopdesk_cli
-from loopdesk.config import ROUND_PREFIX, Settings, SettingsError, documented_settings, load_settings, settings_table
+from loopdesk.config import ROUND_PREFIX, Settings, SettingsError, load_settings
+from loopdesk.settings_docs import documented_settings, settings_table
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

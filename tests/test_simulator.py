@@ -68,6 +68,29 @@ def test_customers_chat_over_http_end_and_rate_or_leave(bot, chats):
             assert result.rating is None and conv.csat is None
 
 
+def test_customers_judge_against_the_article_the_help_centre_serves_now(bot):
+    url, store = bot
+    refunds = store.knowledge.get("refunds")
+    edited = refunds.body.replace("5-7 business days", "8-12 business days")
+    store.knowledge.update("refunds", refunds.version, "test", body=edited)
+    intent = COMPANY.intent("refunds")
+    client = ChatClient(url)
+    try:
+        customer = SimulatedCustomer(COMPANY, client)
+        values = customer._current_facts(intent)
+        assert values["refund_time"] == "8-12 business days"
+        assert judge_reply(COMPANY, intent, intent.canonical_reply, values=values).wrong_facts == ("5-7 business days",)
+        store.knowledge.retire("refunds", refunds.version + 1, "test")
+        assert client.help.article("refunds") is None and customer._current_facts(intent) is None
+        [result] = run_customers(url, COMPANY, 1, config=CustomerConfig(leave_share=0.0, follow_up_share=1.0),
+                                 seed=COMPANY.intents.index(intent), progress=False)
+        assert result.intent == "refunds" and not result.error
+        assert {j.intent for j in result.judgements} == {"out_of_scope"}  # no article answers it any more
+    finally:
+        store.knowledge.revert("refunds", refunds.version, refunds.version + 2, "test")
+        client.close()
+
+
 def test_customer_reads_json_replies_when_not_streaming(bot):
     url, store = bot
     [result] = run_customers(url, COMPANY, 1, config=CustomerConfig(stream=False, leave_share=0.0),

@@ -1,6 +1,7 @@
 """Shared pieces of the web tests: settings for the real test-size model, a started engine,
 a reader for server-sent events (the tests serve the app with ``harness.serving.serve``), a metric read
-from ``/metrics``, and a watch on the browser's Content-Security-Policy reports."""
+from ``/metrics``, a watch on the browser's Content-Security-Policy reports, and a check that a page fits
+its viewport's width."""
 
 from __future__ import annotations
 
@@ -84,3 +85,33 @@ def sign_in_page(page: Any, url: str, path: str, name: str, password: str) -> No
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url(f"**{path.split('?')[0]}*")
+
+
+OVERFLOWING = """() => {
+  const width = document.documentElement.clientWidth;
+  const contained = e => {  // inside a box that scrolls or clips sideways and itself fits: reachable there
+    for (let a = e.parentElement; a && a !== document.body; a = a.parentElement) {
+      if (getComputedStyle(a).overflowX !== 'visible') { const r = a.getBoundingClientRect(); return r.left >= -0.5 && r.right <= width + 0.5; }
+    }
+    return false;
+  };
+  const out = [...document.querySelectorAll('body *')].filter(e => {
+    const r = e.getBoundingClientRect();
+    return (r.width || r.height) && (r.right > width + 0.5 || r.left < -0.5) && !contained(e);
+  });
+  const name = e => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') + [...e.classList].map(c => '.' + c).join('');
+  return {scrollWidth: document.documentElement.scrollWidth, innerWidth: window.innerWidth,
+          culprits: out.filter(e => !out.some(o => o !== e && e.contains(o))).map(e => {
+            const r = e.getBoundingClientRect();
+            return `${name(e)} "${(e.textContent || '').trim().slice(0, 40)}" spans ${Math.round(r.left)}..${Math.round(r.right)} px`;
+          })};
+}"""
+
+
+def assert_no_sideways_scroll(page: Any, view: str) -> None:
+    """The page at its viewport's width scrolls only up and down: no element pokes out left or right (one inside
+    a box that scrolls sideways and fits counts as reachable); the message names the ones that do."""
+    found = page.evaluate(OVERFLOWING)
+    assert found["scrollWidth"] <= found["innerWidth"] and not found["culprits"], (
+        f"{view} at {found['innerWidth']} px is {found['scrollWidth']} px wide; sticking out: "
+        + "; ".join(found["culprits"][:12] or ["(no element found: a margin or a pseudo-element?)"]))

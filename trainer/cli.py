@@ -56,11 +56,39 @@ def round_flags(rollout_steps: int | None, gate_evaluator: str | None = None,
     return flags
 
 
+def launched_team():
+    """This process's team (``trainer.team``), or a usage error when the launch formed none."""
+    from trainer.team import LaunchError, Team
+
+    try:
+        return Team.launched()
+    except LaunchError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 @click.command("train")
 @round_options
 @gate_options
 def train(round_config: Path | None, **flags: Any) -> None:
-    """Run one training round now, in the foreground, with a progress bar."""
+    """Run one training round now, in the foreground, with a progress bar.
+
+    Under ``accelerate launch --num_processes N`` the main process runs the round with this command's
+    settings and round config; the others train with it on what it sends them (``trainer.team``)."""
+    team = launched_team()
+    if not team.is_main:
+        from trainer.round_update import follow_round
+
+        trained = follow_round(team)
+        click.echo(f"loopdesk: process {team.index} of {team.size} "
+                   + ("trained its share of the round" if trained else "stopped: the main process trained nothing"),
+                   err=True)
+        return
+    with team.leading():  # the other processes wait for what it sends them, or for word to stop
+        run_in_foreground(team, round_config, flags)
+
+
+def run_in_foreground(team, round_config: Path | None, flags: dict[str, Any]) -> None:
+    """``loopdesk train``'s round, in the main (or only) process."""
     from feedback_store import FeedbackStore
     from feedback_store.errors import LockHeldError
     from loopdesk.cli_support import round_config_or_exit, settings_or_exit
@@ -70,7 +98,7 @@ def train(round_config: Path | None, **flags: Any) -> None:
     config = round_config_or_exit(round_config, round_flags(**flags))
     store = FeedbackStore.from_settings(settings)
     try:
-        run = run_round(settings, store, config=config, trigger="cli")
+        run = run_round(settings, store, config=config, trigger="cli", team=team)
     except (LockHeldError, NotEnoughFeedback) as exc:
         raise click.ClickException(str(exc)) from None
     metrics = run.metrics
@@ -90,6 +118,9 @@ def worker(burst: bool, round_config: Path | None, **flags: Any) -> None:
     from loopdesk.cli_support import round_config_or_exit, settings_or_exit
     from trainer.worker import work
 
+    if launched_team().size > 1:
+        raise click.UsageError("loopdesk worker runs queued rounds one process at a time; a round on several "
+                               "processes is `accelerate launch --num_processes N -m loopdesk train`")
     settings = settings_or_exit()
     config = round_config_or_exit(round_config, round_flags(**flags))
     store = FeedbackStore.from_settings(settings)

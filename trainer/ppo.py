@@ -8,8 +8,10 @@ step is the behaviour policy instead.
 With ``ptx_coef`` > 0 every update also imitates demonstrations (``add_demonstrations``: PPO-ptx).
 The reference for the KL penalty is the policy's ``reference()``: the base model (adapter disabled),
 or a frozen adapter it starts from; PPO's clip bounds each step.
-Runs on CPU as one process and unchanged under ``accelerate launch`` (each process gets its own
-samples; gradients, the KL coefficient and the early stop are synchronised).
+Runs on CPU as one process and unchanged under ``accelerate launch``: each process steps on its own
+equal share of the batch (``trainer.team``); gradients are averaged, and the reward whitening, advantage
+whitening, KL coefficient, early stop and batch stats are the whole batch's (the per-minibatch losses
+and ratios are this process's).
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Shift and scale the masked entries of ``x`` to mean 0, std 1 (pads become 0)."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8,
+                  mean_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = masked_mean) -> torch.Tensor:
+    """Shift and scale the masked entries of ``x`` to mean 0, std 1 (pads become 0); ``mean_of`` may take
+    the means over more than ``x`` (every process's batch)."""
+    mean = mean_of(x, mask)
+    var = mean_of((x - mean) ** 2, mask)
     return (x - mean) * torch.rsqrt(var + eps) * mask
 
 
@@ -121,6 +125,15 @@ class PPOTrainer:
         logprobs, _, _ = self._score(batch, grad=True)
         return -masked_mean(logprobs, batch.reply_mask)
 
+    def _masked_mean_across(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``masked_mean`` over every process's rows (sums reduced across processes)."""
+        total = self.accelerator.reduce((x * mask).sum(), reduction="sum")
+        return total / self.accelerator.reduce(mask.sum(), reduction="sum").clamp(min=1.0)
+
+    def _across(self, x: torch.Tensor) -> torch.Tensor:
+        """The rows of ``x`` of every process, concatenated (equal shares; ``x`` itself in one process)."""
+        return self.accelerator.gather(x)
+
     @property
     def unwrapped(self) -> PolicyWithValueHead:
         """The policy without accelerate's wrappers (for generation, the reference, saving)."""
@@ -173,6 +186,10 @@ class PPOTrainer:
         now = time.time() if now is None else now
         fresh = [e for e in logged if now - e.timestamp <= self.config.max_episode_age_s]
         stats = {"skipped_stale": float(len(logged) - len(fresh))}
+        if self.accelerator.num_processes > 1:  # every process steps on as many: the fewest fresh of any
+            fewest = int(self._across(torch.tensor([len(fresh)], device=self.accelerator.device)).min())
+            stats["skipped_uneven"] = float(len(fresh) - fewest)
+            fresh = fresh[:fewest]
         if fresh:
             rescore = self.config.policy_temperature != self.config.temperature
             stats |= self.step([e.to_sample() for e in fresh], behaviour_from_policy=rescore)
@@ -215,6 +232,9 @@ class PPOTrainer:
         cfg = self.config
         if not samples:
             raise ValueError("a PPO step needs at least one sample")
+        counts = self._across(torch.tensor([len(samples)], device=self.accelerator.device)).tolist()
+        if len(set(counts)) > 1:  # they would run different numbers of updates and wait on each other
+            raise ValueError(f"every process must step on as many samples; they have {counts}")
         batch = collate(samples, self.pad_token_id, self.eos_token_id, self.accelerator.device)
         mask = batch.reply_mask
 
@@ -227,8 +247,9 @@ class PPOTrainer:
         # 2. Rewards: per-token KL penalty; whitened score (minus the no-EOS penalty) on the last token.
         kl = (old_logprobs - ref_logprobs) * mask  # k1 estimate of KL(π‖π_ref) per token
         scores = batch.rewards
-        if cfg.whiten_rewards and len(samples) > 1:
-            scores = (scores - scores.mean()) / (scores.std(unbiased=False) + 1e-8)
+        if cfg.whiten_rewards and sum(counts) > 1:
+            every = self._across(scores)
+            scores = (scores - every.mean()) / (every.std(unbiased=False) + 1e-8)
         scores = scores - cfg.missing_eos_penalty * (~batch.ended).float()
         token_rewards = -self.kl_ctl.value * kl
         last = mask.sum(1).long() - 1
@@ -236,7 +257,7 @@ class PPOTrainer:
 
         # 3. Advantages: GAE, then whitened.
         advantages, returns = gae(token_rewards, old_values, mask, cfg.gamma, cfg.lam)
-        advantages = masked_whiten(advantages, mask)
+        advantages = masked_whiten(advantages, mask, mean_of=self._masked_mean_across)
 
         # 4. Minibatch updates, clipped against the behaviour policy; stop early on large drift.
         self.policy.train()
@@ -294,17 +315,18 @@ class PPOTrainer:
         stats |= {
             "ratio_min": ratio_min,
             "ratio_max": ratio_max,
-            "reward_mean": float(batch.rewards.mean()),
+            "reward_mean": float(self._across(batch.rewards).mean()),
             "kl": kl_per_reply,
             "kl_coef": self.kl_ctl.value,
             "explained_variance": explained_variance(old_values, returns, mask),
-            "reply_length": float(mask.sum(1).mean()),
-            "eos_share": float(batch.ended.float().mean()),
-            "episodes": float(len(samples)),
+            "reply_length": float(self._across(mask.sum(1)).mean()),
+            "eos_share": float(self._across(batch.ended.float()).mean()),
+            "episodes": float(sum(counts)),
+            "process_episodes": float(len(samples)),
             "updates": float(len(logs)),
             "early_stopped": float(early_stopped),
         }
-        self.kl_ctl.update(kl_per_reply, len(samples))
+        self.kl_ctl.update(kl_per_reply, sum(counts))
         return stats
 
     def save(self, path: str) -> None:

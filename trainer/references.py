@@ -46,6 +46,17 @@ def reference_texts(feedback: TurnWithFeedback) -> list[str]:
     return sorted(texts)
 
 
+def reference_map(turns: Sequence[TurnWithFeedback]) -> dict[tuple[int, ...], list[str]]:
+    """Reference texts by context (prompt token ids) of every annotated turn with a prompt; several turns
+    of one context pool theirs."""
+    pooled: dict[tuple[int, ...], set[str]] = {}
+    for feedback in turns:
+        texts = reference_texts(feedback)
+        if texts and feedback.turn.prompt_token_ids:
+            pooled.setdefault(tuple(feedback.turn.prompt_token_ids), set()).update(texts)
+    return {context: sorted(texts) for context, texts in pooled.items()}
+
+
 class ExpertReferences:
     """Reference replies by exact context (prompt token ids), from expert annotations."""
 
@@ -56,12 +67,7 @@ class ExpertReferences:
     @classmethod
     def from_turns(cls, turns: Sequence[TurnWithFeedback], tokenizer) -> "ExpertReferences":
         """References of every annotated turn with a prompt; several turns of one context pool theirs."""
-        pooled: dict[tuple[int, ...], set[str]] = {}
-        for feedback in turns:
-            texts = reference_texts(feedback)
-            if texts and feedback.turn.prompt_token_ids:
-                pooled.setdefault(tuple(feedback.turn.prompt_token_ids), set()).update(texts)
-        return cls(tokenizer, {context: sorted(texts) for context, texts in pooled.items()})
+        return cls(tokenizer, reference_map(turns))
 
     def __len__(self) -> int:
         return len(self._words)

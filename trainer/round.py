@@ -1,13 +1,15 @@
 """One training round, end to end, as one readable sequence (``run_round``):
 
 lock → recover from killed runs → run record → verify the active adapter the update starts from
-(``release.released_dir``) → export feedback after the training watermark → rewards → reward model →
-policy update (``RoundConfig.method``: PPO on logged turns + fresh rollouts scored by the reward
-model plus the expert-reference reward, optionally after an SFT warm start on the demonstrations; or
-an SFT / KTO baseline on the logged turns with PPO's budget) → gate (reward model, expert view, KL) →
-release → finish the run.
+(``release.released_dir``) → export feedback after the training watermark → rewards → what the round
+trains on (``Round.prepare``) → reward model → policy update (``trainer.round_update``: PPO on logged
+turns + fresh rollouts scored by the reward model plus the expert-reference reward, optionally after an
+SFT warm start on the demonstrations; or an SFT / KTO baseline on the logged turns with PPO's budget) →
+gate (reward model, expert view, KL) → release → finish the run.
 
-The lock is extended by a background thread while the round works; every stage checks it is
+Under a multi-process launch this is the main process's part: it sends what the round trains on to the
+others, which train the reward model and update the policy with it (``trainer.team``); the rest is its
+own. The lock is extended by a background thread while the round works; every stage checks it is
 still held. Any exception marks the run failed (the watermark stays, so the data is used again)
 and leaves no candidate; a killed process leaves a ``running`` run, maybe a candidate and a temp
 directory, which the next round cleans up once the lock has expired. Progress events go to the
@@ -17,14 +19,13 @@ run's stream in Redis and to a tqdm bar.
 from __future__ import annotations
 
 import hashlib
-import random
 import shutil
 import threading
 import time
 import traceback
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
@@ -37,6 +38,12 @@ from loopdesk.adapter_format import write_manifest
 from trainer.round_config import RoundConfig, run_config
 from trainer.release import reject_orphans, release_adapter, released_dir, remove_temp_dirs
 from trainer.rewards import FeedbackTurn, build_rewards
+from trainer.round_update import TrainingInputs
+
+if TYPE_CHECKING:  # the model libraries load when a round trains
+    from trainer.references import ExpertReferences
+    from trainer.reward_model import PreferencePair
+    from trainer.team import Team
 
 RUNS_DIR = "runs"
 INTERRUPTED = "interrupted: the process running it stopped and its lock expired"
@@ -123,13 +130,26 @@ def recover(store: FeedbackStore, adapters_dir: Path, current_run: str | None = 
             "temp_dirs": [str(p) for p in remove_temp_dirs(adapters_dir)]}
 
 
+@dataclass
+class Prepared:
+    """What the main process keeps from the export for after the update: the reward model's held-out
+    pairs and the gate's held-out turns and expert view."""
+
+    watermark_to: int
+    eval_pairs: list[PreferencePair]
+    pairs: int  # all the reward model's pairs, held-out ones included
+    reference_contexts: int  # contexts with an expert reference among the training turns
+    gate_turns: list[TurnWithFeedback]
+    gate_references: ExpertReferences
+
+
 class Round:
     """The state of one round in progress: where it reports and where it writes."""
 
     def __init__(self, settings, store: FeedbackStore, config: RoundConfig, run: TrainingRun,
-                 keeper: LockKeeper, bar: tqdm) -> None:
+                 keeper: LockKeeper, bar: tqdm, team: Team) -> None:
         self.settings, self.store, self.config, self.run = settings, store, config, run
-        self.keeper, self.bar = keeper, bar
+        self.keeper, self.bar, self.team = keeper, bar, team
         self.step = 0  # counted here: a disabled bar (worker) does not count
         self.dir = Path(settings.data_dir) / RUNS_DIR / run.id
         self.metrics: dict[str, Any] = {}
@@ -142,115 +162,17 @@ class Round:
         self.step += 1
         self.store.runs.report(self.run.id, stage=stage, step=self.step, total=self.bar.total, **fields)
 
-    def update_ppo(self, active_dir: Path | None, tokenizer, train_turns: list[TurnWithFeedback],
-                   rewards: dict[tuple[str, int], float], reward_model, references) -> None:
-        """LoRA PPO from the active adapter: steps on logged turns, then on rollouts scored by the reward
-        model plus the expert-reference reward (``trainer.references``) where an expert reviewed the context."""
-        from transformers import AutoModelForCausalLM
-
+    def prepare(self, active_dir: Path | None) -> tuple[TrainingInputs, Prepared]:
+        """Export → rewards → the reward model's pairs, the expert view, the logged samples and the
+        demonstrations: what every process trains on, and what the main process keeps for the gate."""
+        from loopdesk.causal_lm import load_tokenizer
         from trainer import baselines
-        from trainer.policy import PolicyWithValueHead
-        from trainer.ppo import PPOTrainer
-        from trainer.references import with_references
+        from trainer.references import ExpertReferences, reference_map
+        from trainer.reward_model import build_pairs, split_pairs
         from trainer.samples import LoggedSample
 
-        cfg, base_ref, started = self.config, self.settings.base_model_ref, time.monotonic()
-        # the demonstrations, for the warm start and for PPO-ptx's term
-        examples = (baselines.sft_examples(train_turns, rewards, tokenizer, cfg.baseline)
-                    if cfg.warm_start_steps > 0 or cfg.ppo.ptx_coef > 0 else [])
-        if cfg.warm_start_steps > 0:  # demonstrations first (InstructGPT's SFT → PPO), then RL from there
-            if examples:
-                steps = replace(cfg.baseline, sft_max_steps=cfg.warm_start_steps)
-                stats = baselines.sft_update(base_ref, active_dir, examples, steps, cfg.ppo, self.dir / "warm_start")
-                active_dir = self.dir / "warm_start"
-            else:
-                stats = {"examples": 0, "steps": 0}
-            self.metrics["warm_start"] = stats
-            self.report("sft_warm_start", **stats)
-        base = AutoModelForCausalLM.from_pretrained(base_ref)
-        policy = (PolicyWithValueHead.with_new_adapter(base, cfg.ppo) if active_dir is None
-                  else PolicyWithValueHead.from_pretrained(base, active_dir))
-        if cfg.kl_reference == "start" and active_dir is not None:
-            policy.freeze_reference(active_dir)
-        ppo = PPOTrainer(policy, cfg.ppo, tokenizer.eos_token_id, tokenizer.pad_token_id)
-        if cfg.ppo.ptx_coef > 0:
-            ppo.add_demonstrations([baselines.fit(e, cfg.baseline.max_length) for e in examples])
-            self.metrics["ptx_demonstrations"] = len(examples)
-        rng = random.Random(cfg.ppo.seed)
-        logged = [LoggedSample(t.turn.prompt_token_ids, t.turn.reply_token_ids, t.turn.logprobs,
-                               rewards[(t.conversation_id, t.turn.index)], t.turn.adapter_version,
-                               t.turn.created_at)
-                  for t in train_turns if (t.conversation_id, t.turn.index) in rewards]
-        prompts = list({tuple(p): None for p in [t.turn.prompt_token_ids for t in train_turns] + references.contexts()})
-        history: list[dict[str, float]] = []
-        reference_stats: dict[str, float] = {}
-
-        def rollout_rewards(pairs):
-            scores, refs = with_references(reward_model.score_ids(pairs), pairs, references, cfg.reference_weight)
-            found = [r for r in refs if r is not None]
-            reference_stats.update(reference_share=len(found) / len(refs),
-                                   reference_score=sum(found) / len(found) if found else 0.0)
-            return scores
-
-        rng.shuffle(logged)  # consecutive batches: every logged turn is used before any is used twice
-        for step in range(cfg.logged_steps):
-            start = step * cfg.ppo.batch_size
-            stats = ppo.step_on_logged([logged[(start + i) % len(logged)]
-                                        for i in range(min(len(logged), cfg.ppo.batch_size))])
-            history.append(stats)
-            self.report("ppo_logged", ppo_step=step, **stats)
-        for step in range(cfg.rollout_steps):
-            chosen = [list(p) for p in rng.choices(prompts, k=cfg.ppo.batch_size)]
-            stats = ppo.step_on_prompts(chosen, rollout_rewards) | reference_stats
-            history.append(stats)
-            self.report("ppo_rollout", ppo_step=step, **stats)
-        ppo.save(str(self.dir / "candidate"))
-        self.metrics["ppo_update_s"] = round(time.monotonic() - started, 2)
-        self.metrics["ppo"] = {k: sum(h.get(k, 0.0) for h in history) / max(1, len(history))
-                               for k in ("kl", "reward_mean", "policy_loss", "eos_share", "reply_length")}
-        if cfg.ppo.ptx_coef > 0:
-            with_ptx = [h["ptx_loss"] for h in history if "ptx_loss" in h]
-            self.metrics["ppo"]["ptx_loss"] = sum(with_ptx) / max(1, len(with_ptx))
-        rollouts = history[cfg.logged_steps:]
-        self.metrics["ppo"] |= {"reference_contexts": len(references),
-                                **{k: sum(h.get(k, 0.0) for h in rollouts) / max(1, len(rollouts))
-                                   for k in ("reference_share", "reference_score")}}
-
-    def update_baseline(self, active_dir: Path | None, tokenizer, train_turns: list[TurnWithFeedback],
-                        rewards: dict[tuple[str, int], float]) -> None:
-        """SFT or KTO from the active adapter on the logged turns (``trainer.baselines``)."""
-        from trainer import baselines
-
-        cfg = self.config
-        select, update = {"sft": (baselines.sft_examples, baselines.sft_update),
-                          "kto": (baselines.kto_examples, baselines.kto_update)}[cfg.method]
-        examples = select(train_turns, rewards, tokenizer, cfg.baseline)
-        if not examples:
-            b = cfg.baseline
-            wanted = (f"reward >= {b.sft_min_reward}" if cfg.method == "sft"
-                      else f"reward >= {b.kto_up} or <= {b.kto_down}")
-            raise NotEnoughFeedback(f"no {cfg.method} examples: none of {len(rewards)} rewarded turns has an expert "
-                                    f"correction, an agent's reply after a handoff or {wanted} (baseline thresholds)")
-        steps = cfg.baseline_steps()
-        budget = replace(cfg.baseline, sft_max_steps=steps, kto_max_steps=steps)
-        stats = update(self.settings.base_model_ref, active_dir, examples, budget, cfg.ppo, self.dir / "candidate")
-        stats["max_steps"] = steps
-        self.metrics["baseline"] = stats
-        self.report(cfg.method, **stats)
-
-    def train(self) -> tuple[str, str | None, int]:
-        """Stages after the run started; returns (run status, adapter version, watermark reached)."""
-        import torch
-
-        from loopdesk.causal_lm import load_tokenizer
-        from trainer import gate
-        from trainer.references import ExpertReferences
-        from trainer.reward_model import RewardModel, build_pairs, split_pairs
-
         cfg, store, base_ref = self.config, self.store, self.settings.base_model_ref
-        active = store.adapters.active()
-        # what this round starts from and the gate measures against: inside adapters_dir, checksums verified
-        active_dir = released_dir(store, self.settings.adapters_dir, active, base_ref)
+        self.team.share_of(cfg)  # batch sizes the processes cannot share fail the round before any work
         turns, watermark_to = store.feedback.export(after=self.run.watermark_from, limit=cfg.max_episodes)
         holdout = held_out({t.conversation_id for t in turns}, cfg.holdout_share)
         train_turns = [t for t in turns if t.conversation_id not in holdout and t.turn.reply_token_ids]
@@ -278,55 +200,93 @@ class Round:
         train_pairs, eval_pairs = split_pairs(pairs, cfg.reward_model.eval_share, cfg.reward_model.seed)
         if not train_pairs:
             raise NotEnoughFeedback("no preference pairs: no corrections and no reward gaps on one customer message")
-        reward_model = RewardModel.train(base_ref, train_pairs, cfg.reward_model, self.dir / "reward_model")
-        reward_model.save(self.dir / "reward_model")
-        shutil.rmtree(self.dir / "reward_model" / "trainer", ignore_errors=True)
-        rm_accuracy = reward_model.pairwise_accuracy(eval_pairs) if eval_pairs else None
-        self.metrics |= {"pairs_train": len(train_pairs), "pairs_eval": len(eval_pairs),
-                         "pairs_correction": sum(p.source == "correction" for p in pairs),
-                         "pairs_handoff": sum(p.source == "handoff" for p in pairs),
-                         "rm_eval_accuracy": rm_accuracy}
-        self.report("reward_model", pairs=len(pairs), rm_eval_accuracy=rm_accuracy)
 
         # the expert view by context: training contexts for PPO's rollouts, held-out ones for the gate
-        references = ExpertReferences.from_turns(rm_turns, tokenizer)
+        references = reference_map(rm_turns)
         # this round's held-out conversations, and with gate_history the earlier rounds' too
         gate_turns = never_trained(history if cfg.gate_history and history else turns, holdout, cfg.holdout_share)
-        gate_references = ExpertReferences.from_turns(gate_turns, tokenizer)
-        self.metrics |= {"reference_contexts": len(references), "gate_reference_contexts": len(gate_references),
-                         "gate_conversations": len({t.conversation_id for t in gate_turns})}
-
         if cfg.method == "ppo":
-            self.update_ppo(active_dir, tokenizer, train_turns, rewards, reward_model, references)
+            # the demonstrations, for the warm start and for PPO-ptx's term
+            examples = (baselines.sft_examples(train_turns, rewards, tokenizer, cfg.baseline)
+                        if cfg.warm_start_steps > 0 or cfg.ppo.ptx_coef > 0 else [])
         else:
-            self.update_baseline(active_dir, tokenizer, train_turns, rewards)
+            select = {"sft": baselines.sft_examples, "kto": baselines.kto_examples}[cfg.method]
+            examples = select(train_turns, rewards, tokenizer, cfg.baseline)
+            if not examples:
+                b = cfg.baseline
+                wanted = (f"reward >= {b.sft_min_reward}" if cfg.method == "sft"
+                          else f"reward >= {b.kto_up} or <= {b.kto_down}")
+                raise NotEnoughFeedback(f"no {cfg.method} examples: none of {len(rewards)} rewarded turns has an "
+                                        f"expert correction, an agent's reply after a handoff or {wanted} "
+                                        "(baseline thresholds)")
+        logged = [LoggedSample(t.turn.prompt_token_ids, t.turn.reply_token_ids, t.turn.logprobs,
+                               rewards[(t.conversation_id, t.turn.index)], t.turn.adapter_version,
+                               t.turn.created_at)
+                  for t in train_turns if (t.conversation_id, t.turn.index) in rewards]
+        contexts = ExpertReferences(tokenizer, references).contexts()
+        prompts = list({tuple(p): None for p in [t.turn.prompt_token_ids for t in train_turns] + contexts})
+        inputs = TrainingInputs(cfg, base_ref, train_pairs, logged, [list(p) for p in prompts], references, examples,
+                                start_files=TrainingInputs.adapter_files(active_dir) if self.team.size > 1 else {})
+        self.metrics |= {"pairs_train": len(train_pairs), "pairs_eval": len(eval_pairs),
+                         "pairs_correction": sum(p.source == "correction" for p in pairs),
+                         "pairs_handoff": sum(p.source == "handoff" for p in pairs)}
+        kept = Prepared(watermark_to, eval_pairs, len(pairs), len(references), gate_turns,
+                        ExpertReferences.from_turns(gate_turns, tokenizer))
+        return inputs, kept
+
+    def train(self) -> tuple[str, str | None, int]:
+        """Stages after the run started; returns (run status, adapter version, watermark reached)."""
+        import torch
+
+        from trainer import gate
+        from trainer.round_update import train_reward_model, update_policy
+
+        cfg, store, base_ref = self.config, self.store, self.settings.base_model_ref
+        active = store.adapters.active()
+        # what this round starts from and the gate measures against: inside adapters_dir, checksums verified
+        active_dir = released_dir(store, self.settings.adapters_dir, active, base_ref)
+        inputs, kept = self.prepare(active_dir)
+        self.team.send(inputs)  # from here on, every process of the launch trains with this one
+
+        reward_model = train_reward_model(inputs, self.team, self.dir)
+        reward_model.save(self.dir / "reward_model")
+        shutil.rmtree(self.dir / "reward_model" / "trainer", ignore_errors=True)
+        rm_accuracy = reward_model.pairwise_accuracy(kept.eval_pairs) if kept.eval_pairs else None
+        self.metrics["rm_eval_accuracy"] = rm_accuracy
+        self.report("reward_model", pairs=kept.pairs, rm_eval_accuracy=rm_accuracy)
+        self.metrics |= {"reference_contexts": kept.reference_contexts,
+                         "gate_reference_contexts": len(kept.gate_references),
+                         "gate_conversations": len({t.conversation_id for t in kept.gate_turns})}
+
+        self.metrics |= update_policy(inputs, self.team, active_dir, reward_model, self.dir, self.report)
         torch.manual_seed(cfg.gate.seed)
 
         version = store.adapters.next_version()
         write_manifest(self.dir / "candidate", version, base_ref, active)  # the gate's external evaluator reads it
         verdict = gate.evaluate(base_ref, self.dir / "candidate", active_dir, active,
-                                newest_contexts(gate_turns), reward_model, cfg.gate,
-                                gate_references, cfg.reference_weight)
+                                newest_contexts(kept.gate_turns), reward_model, cfg.gate,
+                                kept.gate_references, cfg.reference_weight)
         self.metrics |= verdict.metrics()
         self.report("gate", passed=verdict.passed, reasons=verdict.reasons)
 
         status = cfg.gate.pass_status if verdict.passed else "rejected"
         self.keeper.check()
         release_adapter(store, self.settings.adapters_dir, self.dir / "candidate", version=version,
-                        base_model=base_ref, parent=active, metrics=self.metrics, data_watermark=watermark_to,
+                        base_model=base_ref, parent=active, metrics=self.metrics, data_watermark=kept.watermark_to,
                         status=status, reason="passed the gate" if verdict.passed else "; ".join(verdict.reasons))
         self.report("release", version=version, status=status)
-        return ("succeeded" if verdict.passed else "rejected"), version, watermark_to
+        return ("succeeded" if verdict.passed else "rejected"), version, kept.watermark_to
 
 
 def run_round(settings, store: FeedbackStore, run_id: str | None = None, config: RoundConfig | None = None,
-              trigger: str = "manual", show_progress: bool = True) -> TrainingRun:
+              trigger: str = "manual", show_progress: bool = True, team: Team | None = None) -> TrainingRun:
     """Run one training round under the run lock; returns the finished run record.
 
     ``config`` is this process's own round config (default: the defaults). ``run_id`` names a queued
     run (``store.training.enqueue_round``) whose recorded overrides go over it (``run_config``); without
     it a run is created from ``config``. Either way rollouts and the gate sample at the serving
-    temperature and reply length of ``settings``.
+    temperature and reply length of ``settings``. ``team`` is this process's place among the processes
+    of a launch (``trainer.team``; default: a process of its own), whose main process runs this.
 
     Raises:
         LockHeldError: another round holds the lock (a queued run is marked failed).
@@ -334,6 +294,9 @@ def run_round(settings, store: FeedbackStore, run_id: str | None = None, config:
         TypeError, ValueError: the queued run's config is not a RoundConfig (it is marked failed).
         Exception: whatever failed the round, after the run was recorded as failed.
     """
+    from trainer.team import Team
+
+    team = team if team is not None else Team()
     lock = store.runs.lock()
     try:
         config = config if config is not None else RoundConfig()
@@ -352,7 +315,7 @@ def run_round(settings, store: FeedbackStore, run_id: str | None = None, config:
             run = store.runs.start(run_id, store.runs.training_watermark())
             steps = 6 + config.update_events
             with tqdm(total=steps, desc="start", disable=not show_progress, unit="stage") as bar:
-                state = Round(settings, store, config, run, keeper, bar)
+                state = Round(settings, store, config, run, keeper, bar, team)
                 state.metrics |= {"recovered": recovered, "config": config.to_dict()}
                 started = time.monotonic()
                 try:

@@ -32,7 +32,8 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Mapping, Union, get_args, get_origin, get_type_hints
 
-from loopdesk.config import ROUND_PREFIX, SettingsError, convert, documented_fields, markdown_table, shown
+from loopdesk.config import ROUND_PREFIX, SettingsError, convert
+from loopdesk.settings_docs import documented_fields, markdown_table, shown
 from trainer.config import BaselineConfig, GateConfig, PPOConfig, RewardBuilderConfig, RewardModelConfig
 
 METHODS = ("ppo", "sft", "kto")

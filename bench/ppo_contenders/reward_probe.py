@@ -31,8 +31,8 @@ def build_reward_model(base_dir: Path, out_dir: Path, n_dialogues: int = 600, se
     chats = generate_corpus(CorpusConfig(n_dialogues=n_dialogues, follow_up_share=0.0, seed=seed))
     sequences, labels = [], []
     for chat in chats:
-        prompt = tokenizer.apply_chat_template(chat.messages[:2], add_generation_prompt=True, tokenize=False)
-        reply = tokenizer(chat.messages[2]["content"], add_special_tokens=False)["input_ids"]
+        prompt = tokenizer.apply_chat_template(chat.prompt(0), add_generation_prompt=True, tokenize=False)
+        reply = tokenizer(chat.turns[0].reply, add_special_tokens=False)["input_ids"]
         sequences.append(tokenizer(prompt, add_special_tokens=False)["input_ids"] + reply + [tokenizer.eos_token_id])
         labels.append(chat.styles[0] == "good")
     features = last_hidden(model, sequences, tokenizer.pad_token_id).double()

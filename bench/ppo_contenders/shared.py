@@ -33,6 +33,15 @@ def load_task(path: str) -> dict[str, Any]:
     return task
 
 
+def load_tokenizer(task: dict[str, Any]) -> Any:
+    """The base model's tokenizer, left-padding with the task's pad token (``bench/ppo.py``'s ``padding_token``)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(task["base_dir"], padding_side="left")
+    tokenizer.pad_token = tokenizer.convert_ids_to_tokens(task["tokens"]["pad"])
+    return tokenizer
+
+
 def rss_mib() -> float:
     """Resident set size of this process now, MiB (from /proc)."""
     for line in Path("/proc/self/status").read_text().splitlines():

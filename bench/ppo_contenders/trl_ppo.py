@@ -14,16 +14,16 @@ import tempfile
 
 from datasets import Dataset
 from peft import LoraConfig
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 from trl.experimental.ppo import PPOConfig, PPOTrainer
 
-from bench.ppo_contenders.shared import Clock, finish, load_task, rss_mib
+from bench.ppo_contenders.shared import Clock, finish, load_task, load_tokenizer, rss_mib
 
 
 def main(task_path: str, out_path: str) -> None:
     task = load_task(task_path)
     tokens = task["tokens"]
-    tokenizer = AutoTokenizer.from_pretrained(task["base_dir"], padding_side="left")
+    tokenizer = load_tokenizer(task)
     reward_model = AutoModelForSequenceClassification.from_pretrained(task["reward_dir"]).eval()
     policy = AutoModelForCausalLM.from_pretrained(task["base_dir"])
     value_model = AutoModelForSequenceClassification.from_pretrained(task["base_dir"], num_labels=1)

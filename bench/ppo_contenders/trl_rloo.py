@@ -13,16 +13,24 @@ import tempfile
 
 from datasets import Dataset
 from peft import LoraConfig
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 from trl import RLOOConfig, RLOOTrainer
 
-from bench.ppo_contenders.shared import Clock, cut_at_eos, finish, load_task, reward_scores, rss_mib
+from bench.ppo_contenders.shared import (
+    Clock,
+    cut_at_eos,
+    finish,
+    load_task,
+    load_tokenizer,
+    reward_scores,
+    rss_mib,
+)
 
 
 def main(task_path: str, out_path: str) -> None:
     task = load_task(task_path)
     tokens = task["tokens"]
-    tokenizer = AutoTokenizer.from_pretrained(task["base_dir"], padding_side="left")
+    tokenizer = load_tokenizer(task)
     reward_model = AutoModelForSequenceClassification.from_pretrained(task["reward_dir"]).eval()
     policy = AutoModelForCausalLM.from_pretrained(task["base_dir"])
     ids_of = dict(zip(task["train_prompt_texts"], task["train_prompts"]))

@@ -35,7 +35,7 @@ from bot.runtime.worker import GenerationWorker, Request
 from feedback_store import FeedbackStore
 from loopdesk.causal_lm import context_length, load_tokenizer
 from loopdesk.config import Settings
-from loopdesk.knowledge import ArticleLike
+from loopdesk.knowledge import PassageLike
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class Generation:
     latency_ms: float
     ttft_ms: float
     finished: bool
+    reused_prompt_tokens: int = 0  # leading prompt tokens whose keys and values an earlier prompt gave
 
 
 class Engine:
@@ -111,7 +112,8 @@ class Engine:
     def _new_worker(self, model: PreTrainedModel) -> GenerationWorker:
         """The generation worker that owns ``model`` (a test may build a subclass here)."""
         return GenerationWorker(model, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id,
-                                self.settings.temperature, self.max_batch_size)
+                                self.settings.temperature, self.max_batch_size,
+                                prefix_cache_bytes=self.settings.prefix_cache_mb * 2**20)
 
     def _watch(self) -> None:
         """Start the generation loop again whenever its thread ended without being stopped (it crashed)."""
@@ -165,7 +167,7 @@ class Engine:
         return self._running_adapters().choose_version()
 
     def generate(self, messages: list[dict], adapter_version: str, on_text: Callable[[str], None] | None = None,
-                 passages: Sequence[ArticleLike] | None = None, *, slot: Slot | None = None,
+                 passages: Sequence[PassageLike] | None = None, *, slot: Slot | None = None,
                  cancelled: threading.Event | None = None) -> Generation:
         """Reply to ``messages`` with ``adapter_version`` (or the active one if it is not loaded), with the
         retrieved help articles ``passages`` in the system message (``PromptBuilder.build``).
@@ -209,6 +211,7 @@ class Engine:
             latency_ms=1000 * (done - started),
             ttft_ms=1000 * ((request.first_token_at or done) - started),
             finished=row.finished,
+            reused_prompt_tokens=request.reused_tokens,
         )
 
     def _stream(self, row: Row, streamed: str, on_text: Callable[[str], None], final: bool) -> str:

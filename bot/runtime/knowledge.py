@@ -19,7 +19,7 @@ from typing import Sequence
 from bot.runtime.following import Following
 from feedback_store import FeedbackStore
 from loopdesk.config import Settings
-from loopdesk.knowledge import ArticleLike, Hit, KnowledgeIndex, customer_query
+from loopdesk.knowledge import Hit, KnowledgeIndex, Passage, customer_query
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +29,12 @@ RESYNC_S = 1.0  # a missed announcement costs at most this long (one GET of kb:r
 @dataclass(frozen=True)
 class Retrieval:
     """What one query found: the best ``candidates`` (any positive score, best first), the ``hits``
-    among them that reach ``min_score`` and their articles (``passages``), at index ``revision``."""
+    among them that reach ``min_score`` and their paragraphs (``passages``), at index ``revision``."""
 
     query: str
     candidates: list[Hit]
     hits: list[Hit]
-    passages: list[ArticleLike]
+    passages: list[Passage]
     min_score: float
     revision: int
 

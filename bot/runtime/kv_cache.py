@@ -21,7 +21,7 @@ attention through the zero weight the mask gives it; buffers that are only moved
 
 A prompt's keys and values depend only on its tokens, so a new prompt that starts like an earlier one
 (the system prompt, the turns of the same chat) takes the earlier one's for those tokens
-(``CachedPrompt``, ``preload``) and its prefill runs over the rest alone.
+(``CachedPrompt``, ``preload``; ``prefix_store.PrefixStore`` keeps them) and its prefill runs over the rest alone.
 """
 
 from __future__ import annotations
@@ -153,11 +153,22 @@ class RowCache(Cache):
         self._show()
 
     def cached_prompt(self, row: int, token_ids: list[int]) -> CachedPrompt:
-        """Row ``row``'s keys and values (its attended columns: ``token_ids``, its prompt so far)."""
+        """A copy of row ``row``'s keys and values (its attended columns: ``token_ids``, what it read so far).
+
+        Raises:
+            ValueError: the row attends to another number of columns than ``token_ids`` has tokens.
+        """
         columns = self.window_mask()[row].nonzero().squeeze(1) + self.start
+        if len(columns) != len(token_ids):
+            raise ValueError(f"row {row} holds {len(columns)} tokens, not the {len(token_ids)} given")
         layers = self._filled()
         return CachedPrompt(list(token_ids), [layer.k[row, :, columns] for layer in layers],
                             [layer.v[row, :, columns] for layer in layers])
+
+    def bytes_per_token(self) -> int:
+        """What one token's keys and values take over all layers."""
+        return sum(buffer.element_size() * buffer.shape[1] * buffer.shape[3]
+                   for layer in self._filled() for buffer in (layer.k, layer.v))
 
     def reserve_rows(self, rows: int) -> None:
         """Make room for ``rows`` rows in all (a batch that will grow to that many moves its buffers once)."""

@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 
 from loopdesk.base_models import MANIFEST as BASE_MANIFEST
 from loopdesk.config import Settings
-from loopdesk.knowledge import PASSAGE_CHARS, ArticleLike, render_context
+from loopdesk.knowledge import PASSAGE_CHARS, PassageLike, render_context
 
 MIN_PASSAGE_CHARS = 120
 """The shortest a passage is cut to (about its first sentence) before the customer's message is."""
@@ -63,7 +63,7 @@ class PromptBuilder:
         self.system = system
         self.passage_chars = passage_chars
 
-    def build(self, messages: list[dict[str, str]], passages: Sequence[ArticleLike] | None = None) -> Prompt:
+    def build(self, messages: list[dict[str, str]], passages: Sequence[PassageLike] | None = None) -> Prompt:
         """The prompt for the next assistant reply to ``messages`` with ``passages`` in the system message.
 
         ``passages=None`` (no retrieval: adapter probes) puts only the system prompt there; a list,
@@ -108,7 +108,7 @@ class PromptBuilder:
                              f"takes more than the prompt budget of {self.budget} tokens")
         return prompt
 
-    def _head(self, passages: Sequence[ArticleLike] | None, chars: int) -> list[dict[str, str]]:
+    def _head(self, passages: Sequence[PassageLike] | None, chars: int) -> list[dict[str, str]]:
         if passages is None:
             return [{"role": "system", "content": self.system}] if self.system else []
         return [{"role": "system", "content": render_context(self.system or "", passages, chars)}]

@@ -37,7 +37,7 @@ from feedback_store import FeedbackStore
 from feedback_store.records import BASE_VERSION
 from loopdesk.causal_lm import context_length, load_tokenizer
 from loopdesk.config import Settings
-from loopdesk.knowledge import ArticleLike
+from loopdesk.knowledge import PassageLike
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class VllmEngine:
         return self._follower.choose_version()
 
     def generate(self, messages: list[dict], adapter_version: str, on_text: Callable[[str], None] | None = None,
-                 passages: Sequence[ArticleLike] | None = None, *, slot: Slot | None = None,
+                 passages: Sequence[PassageLike] | None = None, *, slot: Slot | None = None,
                  cancelled: threading.Event | None = None) -> Generation:
         """Stream a reply from vLLM under ``adapter_version`` (or the active one if it is not loaded), its
         prompt built as ``Engine``'s (``PromptBuilder.build`` with the retrieved ``passages``); ``slot`` is

@@ -7,8 +7,9 @@ then runs one decode step for the whole batch.
 - Rows of different adapter versions share the batch and every forward pass (``MultiLora.route`` gives
   each row its version's LoRA update), so a canary, a new adapter's probe, or replies still finishing
   under the version just replaced cost no extra pass.
-- A prompt that starts like the newest one read under its version (the system prompt, earlier turns)
-  takes that one's keys and values for the shared tokens.
+- A prompt takes the keys and values of the tokens it shares with a prompt or finished reply read earlier
+  under its version (``PrefixStore``: a chat's earlier turns, however many other chats came in between, or
+  the system prompt); its prefill runs over the rest alone.
 - While replies stream from the batch, a newcomer with little left to read (``FEED_TOKENS``) joins it
   without a prefill pass and reads its prompt one token per decode step: a prefill pass between two
   steps would hold each streaming reply up for about a step; the newcomer's first token comes that many
@@ -45,6 +46,7 @@ from bot.runtime.batching import Batch, Row, shared_tokens
 from bot.runtime.errors import GenerationError, ReplyCancelledError, ReplyTimeoutError
 from bot.runtime.kv_cache import CachedPrompt
 from bot.runtime.lora import MultiLora, prepare
+from bot.runtime.prefix_store import PrefixStore
 from bot.runtime.routing import Routing
 from feedback_store.records import BASE_VERSION
 
@@ -72,6 +74,8 @@ class Request:
     cancelled: threading.Event = field(default_factory=threading.Event)  # set: nobody waits for it any more
     slot: Slot | None = None  # its place among the waiting replies, released when it starts decoding
     failure: GenerationError | None = None
+    prefix: CachedPrompt | None = None  # the stored prompt its row started from, or that now holds its prompt
+    reused_tokens: int = 0  # prompt tokens whose keys and values came from ``prefix`` (not run again)
 
     def stop(self, error: GenerationError) -> None:
         """Mark the reply failed with ``error`` (the first reason wins)."""
@@ -92,7 +96,7 @@ class GenerationWorker:
     """Owns the model; serves requests in one continuous batch, each row under its adapter version."""
 
     def __init__(self, model: PreTrainedModel, pad_id: int, eos_id: int, temperature: float,
-                 max_batch_size: int):
+                 max_batch_size: int, *, prefix_cache_bytes: int):
         self.model = model
         self.lora = MultiLora(model)
         self.pad_id, self.eos_id = pad_id, eos_id
@@ -102,7 +106,7 @@ class GenerationWorker:
         self._commands: queue.SimpleQueue[tuple[Callable[[], Any], Future]] = queue.SimpleQueue()
         self._waiting: deque[Request] = deque()
         self._batch: Batch | None = None
-        self._prompts: dict[str, CachedPrompt] = {}  # per version, the newest prompt prefilled
+        self._prefixes = PrefixStore(prefix_cache_bytes)  # prompts and replies read, for the next turns
         self.routing = Routing()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="loopdesk-generation", daemon=True)
@@ -229,7 +233,9 @@ class GenerationWorker:
         for request in newcomers:  # decoding from here on: no longer among the waiting
             if request.slot is not None:
                 request.slot.release()
-        earlier = [self._prompts.get(r.served_version) for r in newcomers]
+        earlier = [self._prefixes.match(r.served_version, r.row.prompt_ids) for r in newcomers]
+        for request, prefix in zip(newcomers, earlier):
+            request.prefix, request.reused_tokens = prefix, shared_tokens(prefix, request.row.prompt_ids)
         streaming = self._batch is not None and any(row.owner.stream for row in self._batch.rows)
         joining = [self._joins(r, p, streaming) for r, p in zip(newcomers, earlier)]
         prefilled = self._prefill_now([(r, p) for r, p, j in zip(newcomers, earlier, joining) if not j])
@@ -266,7 +272,7 @@ class GenerationWorker:
             self._fail(requests, GenerationError(f"generation under adapter {'/'.join(_versions(requests))} failed"))
             return None
         for i, request in {r.served_version: (i, r) for i, r in enumerate(requests)}.values():
-            self._prompts[request.served_version] = batch.cache.cached_prompt(i, request.row.prompt_ids)
+            self._keep(request, batch, i, request.row.prompt_ids)  # one per version: the next prompts' start
         return batch
 
     def _step(self) -> None:
@@ -281,10 +287,15 @@ class GenerationWorker:
             self._batch = None
             self._fail(requests, GenerationError(f"generation under adapter {'/'.join(_versions(requests))} failed"))
             return
-        for i, request in enumerate(requests):  # a joined row just read its prompt: keep it for the next ones
-            if len(request.row.reply_ids) == 1:
-                self._prompts[request.served_version] = self._batch.cache.cached_prompt(i, request.row.prompt_ids)
+        read = {r.served_version: (i, r) for i, r in enumerate(requests) if len(r.row.reply_ids) == 1}
+        for i, request in read.values():  # a joined row just read its prompt: one per version for the next ones
+            self._keep(request, self._batch, i, request.row.prompt_ids)
         self._emit(self._batch.rows)
+
+    def _keep(self, request: Request, batch: Batch, index: int, token_ids: list[int]) -> None:
+        """Store what row ``index`` of ``batch`` (``request``'s) has read, ``token_ids``, for the prompts to come."""
+        kept = self._prefixes.keep(request.served_version, batch.cache, index, token_ids, request.prefix)
+        request.prefix = kept or request.prefix
 
     def _emit(self, rows: list[Row]) -> None:
         """``token`` to the streaming requests of ``rows`` (just sampled), ``done`` to every finished row."""
@@ -300,8 +311,12 @@ class GenerationWorker:
         self.routing.used({row.owner.served_version for row in rows})
 
     def _drop_done(self) -> None:
-        """Take the finished (or failed) rows out of the batch, freeing their cache rows; tell their requests."""
+        """Take the finished (or failed) rows out of the batch, freeing their cache rows; tell their requests.
+        A reply that finished is stored with its prompt first: the chat's next turn starts with both."""
         batch = self._batch
+        for i, row in enumerate(batch.rows):
+            if row.done and row.reply_ids and not row.error:
+                self._keep(row.owner, batch, i, row.prompt_ids + row.reply_ids[:-1])  # the last is not in the cache
         for row in batch.drop_done():
             row.owner.events.put("done")
         if not batch.rows:
@@ -313,7 +328,7 @@ class GenerationWorker:
         decoding = [row.owner for row in self._batch.rows] if self._batch else []
         self._waiting.clear()
         self._batch = None
-        self._prompts.clear()
+        self._prefixes.clear()
         self._fail(pending + decoding, error)
 
     @staticmethod
@@ -330,7 +345,7 @@ class GenerationWorker:
         self.lora.route([None if r.served_version == BASE_VERSION else r.served_version for r in requests])
 
     def _delete(self, version: str) -> None:
-        self._prompts.pop(version, None)
+        self._prefixes.drop(version)
         if version in self.lora:
             self.lora.remove(version)
             log.info("adapter %s unloaded", version)

@@ -6,6 +6,7 @@ var LoopCharts = (function () {
   var NS = "http://www.w3.org/2000/svg";
   var COLORS = ["#2f6f9f", "#d9822b", "#3a9d5d", "#b03a48", "#7a5ea8", "#8c6d31", "#2a9d9a", "#666"];
   var H = 240, M = {top: 30, right: 16, bottom: 34, left: 52};
+  var CHAR_W = 7, ROW_H = 14;  // about how wide a legend or title character is and how tall a line, in px
 
   function svg(tag, attrs, text) {
     var node = document.createElementNS(NS, tag);
@@ -40,6 +41,22 @@ var LoopCharts = (function () {
 
   function number(v) { return Math.abs(v) >= 1000 || (v !== 0 && Math.abs(v) < 0.01) ? v.toExponential(1) : String(+v.toFixed(3)); }
 
+  /** The series' legend, right-aligned: beside the title where both fit on its line, else in rows under it
+      (a narrow chart, a phone's). Returns the y the plot starts at. */
+  function legend(root, series, W, titleWidth) {
+    var widths = series.map(function (s) { return 12 + CHAR_W * (s.name.length + 2); });
+    var total = widths.reduce(function (sum, w) { return sum + w; }, 0);
+    var y = M.left + titleWidth + total <= W - M.right ? 16 : 16 + ROW_H, x = W - M.right;
+    series.slice().reverse().forEach(function (s, ri) {
+      var i = series.length - 1 - ri;
+      if (x - widths[i] < 0 && x < W - M.right) { y += ROW_H; x = W - M.right; }
+      root.append(svg("text", {x: x, y: y, "text-anchor": "end", class: "lc-legend", fill: COLORS[i % COLORS.length]},
+        "■ " + s.name));
+      x -= widths[i];
+    });
+    return Math.max(M.top, y + ROW_H);
+  }
+
   function line(container, opts) {
     var series = (opts.series || []).filter(function (s) { return s.points.length; });
     container.replaceChildren();
@@ -47,7 +64,11 @@ var LoopCharts = (function () {
     var root = svg("svg", {viewBox: "0 0 " + W + " " + H, width: W, height: H, class: "lc-chart", role: "img"});
     root.append(svg("title", {}, opts.title || "chart"));
     container.append(root);
-    if (opts.title) root.append(svg("text", {x: M.left, y: 16, class: "lc-title"}, opts.title));
+    var titleWidth = opts.title ? CHAR_W * opts.title.length : 0;
+    if (opts.title) {
+      root.append(svg("text", {x: Math.max(0, Math.min(M.left, W - M.right - titleWidth)), y: 16, class: "lc-title"},
+        opts.title));
+    }
     if (!series.length) {
       root.append(svg("text", {x: W / 2, y: H / 2, "text-anchor": "middle", class: "lc-empty"}, "No data yet"));
       return;
@@ -66,7 +87,8 @@ var LoopCharts = (function () {
     var yTicks = ticks(y0, y1, 5);
     y0 = Math.min(y0, yTicks[0]); y1 = Math.max(y1, yTicks[yTicks.length - 1]);
     var sx = function (x) { return M.left + (x - x0) / (x1 - x0) * (W - M.left - M.right); };
-    var sy = function (y) { return H - M.bottom - (y - y0) / ((y1 - y0) || 1) * (H - M.top - M.bottom); };
+    var top = legend(root, series, W, titleWidth);
+    var sy = function (y) { return H - M.bottom - (y - y0) / ((y1 - y0) || 1) * (H - top - M.bottom); };
 
     yTicks.forEach(function (t) {
       root.append(svg("line", {x1: M.left, x2: W - M.right, y1: sy(t), y2: sy(t), class: "lc-grid"}));
@@ -78,17 +100,10 @@ var LoopCharts = (function () {
       var label = opts.time ? timeLabel(t, span) : number(t);
       root.append(svg("text", {x: sx(t), y: H - M.bottom + 16, "text-anchor": "middle", class: "lc-tick"}, label));
     });
-    root.append(svg("line", {x1: M.left, x2: M.left, y1: M.top, y2: H - M.bottom, class: "lc-axis"}));
+    root.append(svg("line", {x1: M.left, x2: M.left, y1: top, y2: H - M.bottom, class: "lc-axis"}));
     root.append(svg("line", {x1: M.left, x2: W - M.right, y1: H - M.bottom, y2: H - M.bottom, class: "lc-axis"}));
     if (opts.xLabel) root.append(svg("text", {x: W - M.right, y: H - 4, "text-anchor": "end", class: "lc-tick"}, opts.xLabel));
 
-    var legendX = W - M.right;
-    series.slice().reverse().forEach(function (s, ri) {
-      var i = series.length - 1 - ri, color = COLORS[i % COLORS.length];
-      var text = svg("text", {x: legendX, y: 16, "text-anchor": "end", class: "lc-legend", fill: color}, "■ " + s.name);
-      root.append(text);
-      legendX -= 12 + 7 * (s.name.length + 2);
-    });
     series.forEach(function (s, i) {
       var color = COLORS[i % COLORS.length];
       var band = s.points.filter(function (p) { return p.lo !== null && p.lo !== undefined; });

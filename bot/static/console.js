@@ -1,6 +1,6 @@
 /* loopdesk consoles: what the console pages share — DOM building with textContent only (never
    innerHTML with data), the JSON API with the session's CSRF token and the server's error message,
-   buttons disabled while their request is in flight, dates, dialogs. */
+   buttons disabled while their request is in flight, tables whose rows stack on a phone, dates, dialogs. */
 "use strict";
 var LoopConsole = (function () {
   var csrfToken = document.querySelector('meta[name="csrf-token"]').content;
@@ -75,6 +75,22 @@ var LoopConsole = (function () {
     return !!form.querySelector("[aria-busy=true]");
   }
 
+  /** Put ``rows`` in the table body ``body``, each cell labelled with its column's heading (``data-label``):
+      on a narrow screen (console.css) a row becomes a card of labelled cells. */
+  function fillTable(body, rows) {
+    var headings = Array.from(body.closest("table").querySelectorAll("thead th"), function (th) {
+      return th.textContent.trim();
+    });
+    body.replaceChildren.apply(body, rows);
+    rows.forEach(function (row) {
+      var column = 0;
+      Array.from(row.cells).forEach(function (cell) {
+        if (cell.colSpan === 1 && headings[column]) cell.setAttribute("data-label", headings[column]);
+        column += cell.colSpan;
+      });
+    });
+  }
+
   function pad(n) { return String(n).padStart(2, "0"); }
 
   /** "2026-11-25 14:03" in the browser's time zone from epoch seconds. */
@@ -103,7 +119,7 @@ var LoopConsole = (function () {
   }
 
   return {el: el, api: api, formatTime: formatTime, confirmAction: confirmAction, messageOf: messageOf,
-          whileBusy: whileBusy, isBusy: isBusy};
+          whileBusy: whileBusy, isBusy: isBusy, fillTable: fillTable};
 })();
 
 /* The sign-in page: an address's fragment (the expert console's #c=<id>) never reaches the server, so

@@ -87,7 +87,7 @@
     return C.api("GET", path(id, "/versions")).then(function (data) {
       $("kb-history-card").hidden = false;
       var body = document.querySelector("#kb-history tbody");
-      body.replaceChildren.apply(body, data.versions.map(function (v) {
+      C.fillTable(body, data.versions.map(function (v) {
         var actions = el("td", {className: "cn-actions"}, [el("button", {type: "button", text: "View",
           "aria-label": "View version " + v.version, onclick: function () { openArticle(v.id, v.version); }})]);
         if (canWrite && v.version !== state.current.version) {
@@ -195,7 +195,7 @@
       $("kb-retrieve-summary").textContent = verdict + " · index at revision " + data.revision;
       var table = $("kb-retrieve-results"), body = table.querySelector("tbody");
       table.hidden = !data.results.length;
-      body.replaceChildren.apply(body, data.results.map(function (r) {
+      C.fillTable(body, data.results.map(function (r) {
         return el("tr", {}, [
           el("td", {text: r.title + " (" + r.id + " v" + r.version + ")"}), el("td", {text: r.score.toFixed(3)}),
           el("td", {className: r.passes ? "cn-pass" : "cn-fail", text: r.passes ? "yes" : "no"}),

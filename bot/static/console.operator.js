@@ -1,5 +1,6 @@
 /* Operator console: adapters (promote / canary / roll back, canary share), CSAT per version, handoff and
-   resolution rates per version, "train now", schedules with cron preview, runs with live progress charts. */
+   resolution rates per version, whether a worker and a scheduler are alive, "train now", schedules with cron
+   preview, runs (a queued one with why it waits) with live progress charts. */
 "use strict";
 (function () {
   var C = LoopConsole, el = C.el;
@@ -9,6 +10,7 @@
     ["KL", /kl/i], ["Losses", /loss|entropy|clip/i],
   ];
   var run = {id: null, events: [], last: "-", timer: null};
+  var waits = {};  // run id -> why that queued run waits (the liveness answer's "queued")
   var errorBox = document.getElementById("console-error");
 
   function report(error) {
@@ -90,7 +92,7 @@
       });
       if (!rows.length) rows = [el("tr", {}, [el("td", {colspan: 8, className: "cn-muted", text: "No adapters yet: base model serving."})])];
       var body = document.querySelector("#adapters tbody");
-      body.replaceChildren.apply(body, rows);
+      C.fillTable(body, rows);
     });
   }
 
@@ -136,7 +138,7 @@
     var days = document.getElementById("csat-days").value || 14;
     return C.api("GET", "/api/operator/handoffs?days=" + days).then(function (data) {
       var body = document.querySelector("#handoffs tbody");
-      body.replaceChildren.apply(body, Object.keys(data.versions).map(function (version) {
+      C.fillTable(body, Object.keys(data.versions).map(function (version) {
         var v = data.versions[version];
         return el("tr", {}, [el("td", {text: version}), el("td", {text: String(v.conversations)}),
           el("td", {text: rateText(v.handoff_rate)}), el("td", {text: rateText(v.resolution_rate)}),
@@ -208,18 +210,62 @@
           el("td", {colspan: 2, className: "cn-error-text", text: u.problem}), el("td", {}, [deleteScheduleButton(u.id, u.id)])]));
       });
       var body = document.querySelector("#schedules tbody");
-      body.replaceChildren.apply(body, rows);
+      C.fillTable(body, rows);
     });
+  }
+
+  // ---- workers and schedulers ----------------------------------------------------------
+  var ROLES = {
+    worker: {name: "Worker", command: "loopdesk worker", none: "No worker alive: runs will wait until one starts "},
+    scheduler: {name: "Scheduler", command: "loopdesk scheduler",
+                none: "No scheduler alive: schedules do not fire and the canary is not decided until one starts "},
+  };
+
+  function ago(seconds) {
+    if (seconds < 90) return Math.round(seconds) + " s";
+    return seconds < 5400 ? Math.round(seconds / 60) + " min" : Math.round(seconds / 3600) + " h";
+  }
+
+  function sentence(text) { return text.charAt(0).toUpperCase() + text.slice(1); }
+
+  function processLine(role, p) {
+    var name = ROLES[role].name + " " + p.id + " on " + p.host + " (pid " + p.pid + "): ";
+    if (!p.alive) {
+      return el("li", {className: "cn-stale", text: name + "stale, no heartbeat for " + ago(p.age_s) +
+        " (stopped or stuck; it was " + (p.doing || "starting") + ")"});
+    }
+    return el("li", {text: name + "alive, beat " + ago(p.age_s) + " ago, " +
+      (p.run_id ? "running run " + p.run_id : p.doing)});
+  }
+
+  function showProcesses(data) {
+    var lines = [];
+    ["worker", "scheduler"].forEach(function (role) {
+      var listed = data[role + "s"];
+      if (!listed.some(function (p) { return p.alive; })) {
+        lines.push(el("li", {className: "cn-error-text"}, [ROLES[role].none + "(",
+          el("code", {text: ROLES[role].command}), ")."]));
+      }
+      listed.forEach(function (p) { lines.push(processLine(role, p)); });
+    });
+    var list = document.getElementById("processes");
+    list.replaceChildren.apply(list, lines);
+    waits = {};
+    data.queued.forEach(function (w) { waits[w.run_id] = w; });
   }
 
   // ---- runs and their progress ---------------------------------------------------------
   function loadRuns() {
-    return C.api("GET", "/api/operator/runs").then(function (data) {
+    return Promise.all([C.api("GET", "/api/operator/runs"), C.api("GET", "/api/operator/liveness")]).then(function (answers) {
+      var data = answers[0];
+      showProcesses(answers[1]);
       var body = document.querySelector("#runs tbody");
-      body.replaceChildren.apply(body, data.runs.map(function (r) {
+      C.fillTable(body, data.runs.map(function (r) {
+        var wait = r.status === "queued" && waits[r.id];
         return el("tr", {className: r.id === run.id ? "cn-current" : ""}, [
           el("td", {}, [el("button", {type: "button", className: "cn-link", text: r.id, onclick: function () { selectRun(r.id); }})]),
-          el("td", {}, [el("span", {className: "cn-badge cn-" + r.status, text: r.status})]),
+          el("td", {}, [el("span", {className: "cn-badge cn-" + r.status, text: r.status}),
+            wait ? el("div", {className: "cn-wait", text: sentence(wait.message)}) : null]),
           el("td", {text: r.trigger}), el("td", {text: C.formatTime(r.created_at)}), el("td", {text: r.adapter_version || "—"}),
         ]);
       }));
@@ -242,7 +288,9 @@
         run.events = run.events.concat(data.events);
         run.last = data.last;
         var r = data.run;
-        var summary = r.status + " · trigger " + r.trigger + " · created " + C.formatTime(r.created_at) +
+        var wait = r.status === "queued" && waits[r.id];
+        var summary = r.status + (wait ? " (" + wait.message + ")" : "") + " · trigger " + r.trigger +
+          " · created " + C.formatTime(r.created_at) +
           (r.adapter_version ? " · adapter " + r.adapter_version : "") + (r.error ? " · error: " + r.error : "");
         var metrics = metricsText(r.metrics);
         document.getElementById("run-summary").textContent = summary + (metrics !== "—" ? " · metrics: " + metrics : "");

@@ -92,7 +92,7 @@
   function load() {
     return C.api("GET", API).then(function (data) {
       var body = document.querySelector("#users tbody");
-      body.replaceChildren.apply(body, data.users.map(row));
+      C.fillTable(body, data.users.map(row));
     });
   }
 
