@@ -203,7 +203,10 @@ def test_the_widget_stops_following_a_chat_erased_while_it_waits_for_a_person(si
     follows: list[str] = []
     customer.on("request", lambda request: follows.append(request.url) if "/events" in request.url else None)
     open_widget(customer, url)
-    customer.get_by_role("button", name="Talk to a person").click()
+    # erase only once a follow is live (its stream answered 200): else, on a slow machine, the first
+    # follow may start after the erasure and be the refused one
+    with customer.expect_response(lambda r: "/events" in r.url and r.status == 200, timeout=30_000):
+        customer.get_by_role("button", name="Talk to a person").click()
     expect(customer.locator(".ld-notice")).to_contain_text("Waiting for a person")
     store.handoffs.set_presence("ben", "away")
 
