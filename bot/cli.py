@@ -1,7 +1,8 @@
 """``loopdesk serve``: the chat API, widget, consoles and demo shop with the model engine, on one port.
 
 By default gunicorn serves it: one worker process (the model is held once per process, and one
-generation worker batches every reply) with threads (``gthread``): by default twice as many as replies
+generation worker batches every reply) with threads (gunicorn's ``gthread``, which answers ``/healthz`` on its
+event loop: ``bot.health_worker``): by default twice as many as replies
 may be in flight (``max_queued_replies`` waiting and a full batch), so that health checks, ratings and
 refusals find a free thread while every reply holds one (bench/README.md has the measurement).
 ``--workers N`` runs N such processes, each with its own engine; ``--dev`` runs Werkzeug's development
@@ -61,14 +62,17 @@ def _serve_werkzeug(settings, host: str, port: int) -> None:
 def _serve_gunicorn(settings, host: str, port: int, workers: int, threads: int) -> None:
     from gunicorn.app.base import BaseApplication
 
+    from bot.headers import security_headers
+    from bot.health_worker import HealthFirstWorker
     from feedback_store.connection import resolve_redis_url
 
     resolve_redis_url(settings)  # start (or find) the embedded Redis once, before the workers connect to it
+    HealthFirstWorker.security_headers = security_headers(settings)  # the workers fork from this process
 
     class LoopdeskApplication(BaseApplication):
         def load_config(self) -> None:
             for key, value in {"bind": f"{host}:{port}", "workers": workers, "threads": threads,
-                               "worker_class": "gthread", "timeout": 120, "preload_app": False,
+                               "worker_class": "bot.health_worker.HealthFirstWorker", "timeout": 120, "preload_app": False,
                                "accesslog": None}.items():
                 self.cfg.set(key, value)
 
