@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 # bench/feedback_store.py shares the package's name: keep bench/ off the import path.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+ROOT = Path(__file__).resolve().parent.parent
+sys.path = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 import numpy as np  # noqa: E402
 

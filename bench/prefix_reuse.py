@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # bench/feedback_store.py would shadow the package of that name: keep bench/ off the import path.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+ROOT = Path(__file__).resolve().parent.parent
+sys.path = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 import torch  # noqa: E402
 

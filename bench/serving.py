@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # bench/feedback_store.py would shadow the package of that name: keep bench/ off the import path.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+ROOT = Path(__file__).resolve().parent.parent
+sys.path = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 QUESTIONS = [
     "Where is my order? It has been a week.",
@@ -187,6 +188,7 @@ def main() -> None:
         for c in args.concurrency:  # baseline and batching back to back, so both see the same machine
             for mode, engine in engines.items():
                 results[mode, c] = load(engine, c, args.requests)
+        engines.pop("one-at-a-time").stop()  # it would follow the promoted adapter too: load and probe it beside
         swap = swap_cost(engines["dynamic"], store, model_dir, settings.adapters_dir, min(8, max(args.concurrency)))
     finally:
         for engine in engines.values():

@@ -12,7 +12,10 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+import bot.runtime.follower
 from bot.runtime import Engine
+from bot.runtime.errors import GenerationError
+from bot.runtime.routing import Routing
 from feedback_store import FeedbackStore
 from loopdesk.config import Settings
 from tests.adapter_helpers import register_random_adapter, wait_for
@@ -84,3 +87,42 @@ def test_adapter_changes_replies_and_logprobs_match_it(engine: Engine, store: Fe
     assert gen.logprobs != pytest.approx(under_base, abs=1e-3)
     assert engine.generate(ASK, "base").adapter_version == "base"
 
+
+
+def test_an_adapter_is_verified_read_and_installed_on_the_worker_thread_between_steps(
+        engine: Engine, store: FeedbackStore, base_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the follower's thread that Python work slowed the decode steps it overlapped (bench/README.md)."""
+    threads: list[str] = []
+    read_verified = bot.runtime.follower.read_verified
+
+    def recorded(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return read_verified(*args, **kwargs)
+
+    monkeypatch.setattr(bot.runtime.follower, "read_verified", recorded)
+    version = register_random_adapter(store, base_model_dir, seed=3)
+    store.adapters.promote(version)
+    wait_for(lambda: engine.choose_version() == version)
+    assert threads == ["loopdesk-generation"]
+    assert engine.generate(ASK, version).adapter_version == version
+
+
+def test_work_for_a_stopped_worker_fails_instead_of_waiting_forever(engine: Engine) -> None:
+    worker = engine._worker
+    engine.stop()
+    with pytest.raises(GenerationError, match="stopped"):
+        worker.between_steps(lambda: "never run").result(timeout=5)
+
+
+def test_a_version_installed_again_while_it_retires_is_not_unloaded_before_it_serves() -> None:
+    """A rollback loads a version whose retirement (nothing uses it) may not have happened yet."""
+    routing = Routing()
+    routing.make_routable("v2")
+    routing.retire("v2", after_idle_s=0.0)
+    routing.keep("v2")  # the worker installs it again
+    assert routing.take_idle(in_use=set()) == []
+    assert "v2" not in routing.loaded_versions()  # routable only once probed
+    routing.make_routable("v2")
+    assert routing.take_idle(in_use=set()) == [] and "v2" in routing.loaded_versions()
+    routing.retire("v2", after_idle_s=0.0)  # retired again later: unloaded as before
+    assert routing.take_idle(in_use=set()) == ["v2"]

@@ -2,9 +2,10 @@
 
 It syncs at every registry announcement and again every ``resync_s`` seconds
 (``bot.runtime.following``), so an announcement missed while resubscribing is caught up. A
-sync loads every active or canary version not loaded yet: its files are verified
+sync loads every active or canary version not loaded yet: its files are verified and read
 (``read_verified``: inside the store's ``Settings.adapters_dir``, checksums against the manifest and the
-registry) on the sync thread and handed to the engine's loader while the engine keeps serving. A version that fails verification or loading is refused with a logged reason and not
+registry) where the engine's loader says (``AdapterLoader.read``: the in-process worker reads between two
+decode steps) and handed to that loader while the engine keeps serving. A version that fails verification or loading is refused with a logged reason and not
 tried again by this process; what served before keeps serving. The active version, once loaded,
 serves requests pinned to versions that are not; versions neither active nor canary any more are
 unloaded once idle (rejected ones take no new requests at once). A new conversation gets the
@@ -20,9 +21,11 @@ import logging
 import random
 import threading
 import time
-from typing import Protocol
+from functools import partial
+from typing import Callable, Protocol
 
 from bot.runtime.adapters import VerifiedAdapter, read_verified
+from bot.runtime.errors import GenerationError
 from bot.runtime.following import Following
 from feedback_store import FeedbackStore, NotFoundError
 from feedback_store.records import BASE_VERSION
@@ -33,6 +36,13 @@ log = logging.getLogger(__name__)
 
 class AdapterLoader(Protocol):
     """What an engine does for the follower: load and unload adapters, and say which it serves."""
+
+    def read(self, read: Callable[[], VerifiedAdapter]) -> VerifiedAdapter:
+        """Run ``read`` (verify and read one adapter's files) where it holds up serving least; its result.
+
+        Raises:
+            InvalidAdapterError: as ``read_verified`` does; the follower refuses the version for good.
+        """
 
     def load(self, adapter: VerifiedAdapter) -> None:
         """Serve ``adapter.version`` from now on.
@@ -108,8 +118,12 @@ class AdapterFollower:
             self._refuse(version, str(exc))
             return
         try:
-            adapter = read_verified(record.path, version, self.base_model,
-                                    adapters_dir=self.store.settings.adapters_dir, expected_sha256=record.sha256)
+            adapter = self.loader.read(partial(read_verified, record.path, version, self.base_model,
+                                               adapters_dir=self.store.settings.adapters_dir,
+                                               expected_sha256=record.sha256))
+        except (TimeoutError, GenerationError) as exc:  # the engine, not the files: busy, or stopping
+            log.warning("adapter %s not read yet, trying again at the next sync: %s", version, exc)
+            return
         except Exception as exc:  # whatever is wrong with the files, this version is not served
             self._refuse(version, str(exc) if isinstance(exc, InvalidAdapterError) else f"{version}: {exc!r}")
             return

@@ -1,7 +1,9 @@
 """Adapter hot-swap in the in-process generation worker: the follower's loader for ``Engine``.
 
-A new adapter is loaded beside the ones serving: its weights are matched to the model's layers on
-the follower's thread (``lora.prepare``), added by the worker between two batch steps, and probed
+A new adapter is loaded beside the ones serving: its files are verified and read, its weights matched
+to the model's layers (``lora.prepare``) and added, each on the worker's thread between two batch steps
+(about a millisecond of Python on the default model, which on the follower's thread slowed the decode
+steps it overlapped by several: each gives the interpreter's lock up and waits to get it back), and probed
 with a short generation before any request may use it: a row that joins the running batch and reads the
 probe prompt through its decode steps (no prefill pass to hold up the replies in flight), which also
 leaves the prompt's keys and values for the version's first requests to start from. An adapter that fails is deleted again and
@@ -13,9 +15,11 @@ from __future__ import annotations
 
 import queue
 import time
+from typing import Callable
 
 from bot.runtime.adapters import VerifiedAdapter
 from bot.runtime.batching import Row
+from bot.runtime.errors import GenerationError
 from bot.runtime.worker import GenerationWorker, Request
 from loopdesk.adapter_format import InvalidAdapterError
 
@@ -30,6 +34,10 @@ class WorkerLoader:
         self.worker = worker
         self.probe_prompt_ids = probe_prompt_ids
 
+    def read(self, read: Callable[[], VerifiedAdapter]) -> VerifiedAdapter:
+        """``read`` on the worker's thread, between two batch steps."""
+        return self.worker.between_steps(read).result(timeout=PROBE_TIMEOUT_S)
+
     def load(self, adapter: VerifiedAdapter) -> None:
         """Install ``adapter`` between two batch steps, probe it, then let requests use it.
 
@@ -38,9 +46,9 @@ class WorkerLoader:
         """
         version = adapter.version
         try:
-            self.worker.install(adapter).result()
-        except InvalidAdapterError:
-            raise
+            self.worker.install(adapter).result(timeout=PROBE_TIMEOUT_S)
+        except (InvalidAdapterError, TimeoutError, GenerationError):
+            raise  # a worker that is busy for a minute or stopped: the follower tries again at its next sync
         except Exception as exc:  # whatever else went wrong adding it, this version is not served
             raise InvalidAdapterError(f"{version}: {exc!r}") from exc
         problem = self._probe(version)

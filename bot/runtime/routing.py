@@ -41,6 +41,11 @@ class Routing:
             if after_idle_s <= 0:
                 self._routable.discard(version)
 
+    def keep(self, version: str) -> None:
+        """Stop retiring ``version`` (it is being installed again), without making it routable yet."""
+        with self._lock:
+            self._retiring.pop(version, None)
+
     def loaded_versions(self) -> list[str]:
         """Versions that requests are served with right now."""
         with self._lock:

@@ -241,6 +241,10 @@ class VllmEngine:
             self._waiting += change
 
     # the follower's loader -------------------------------------------------------------------
+    def read(self, read: Callable[[], VerifiedAdapter]) -> VerifiedAdapter:
+        """``read`` on the follower's thread: vLLM serves from a process of its own."""
+        return read()
+
     def load(self, adapter: VerifiedAdapter) -> None:
         """Load a verified adapter into vLLM under its version's name (raises ``GenerationError``
         while vLLM is out of reach or busy: the follower tries again at its next sync)."""
