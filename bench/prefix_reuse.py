@@ -28,7 +28,6 @@ import math
 import os
 import statistics
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,43 +118,30 @@ def main() -> None:
     args = parser.parse_args()
 
     from bot.runtime import Engine
-    from feedback_store import FeedbackStore
-    from feedback_store.server import ensure_embedded_redis, stop_embedded_redis
-    from loopdesk.config import load_settings
     from sim.knowledge_eval import demo_index
 
-    base = load_settings()
-    model_dir = args.model or Path(base.base_model_ref)
-    if not (model_dir / "config.json").exists():
-        from sim.bootstrap import build_base_model
+    from bench.engine_bench import bench_store
 
-        print(f"no model in {model_dir}: bootstrapping the default tiny model (several minutes)")
-        build_base_model(model_dir, size="default")
-    data_dir = Path(tempfile.mkdtemp(prefix="loopdesk-bench-"))
-    ensure_embedded_redis(data_dir)
-    overrides = {"data_dir": data_dir, "base_model": str(model_dir), "key_prefix": "bench",
-                 "max_reply_tokens": args.max_reply_tokens, "kb_top_k": args.passages, "torch_threads": args.threads}
-    settings = load_settings(**overrides)
-    store = FeedbackStore.from_settings(settings, announce=False)
-    engines = {"reused": Engine(settings.replace(prefix_cache_mb=args.prefix_cache_mb), store),
-               "recomputed": Engine(settings.replace(prefix_cache_mb=0), store)}
-    load_before = os.getloadavg()
-    print(f"model {model_dir}, {settings.torch_threads or 'default'} torch threads, {os.cpu_count()} cpus, "
-          f"{settings.kb_top_k} help article(s) per reply, max_reply_tokens {settings.max_reply_tokens}, "
-          f"{args.repeats} × {len(CHATS)} chats, load average {load_before[0]:.1f}")
-    index = demo_index()
-    pairs: list[Pair] = []
-    try:
-        for engine in engines.values():
-            engine.start()
-            engine.generate([{"role": "user", "content": "Hello"}], "base")  # warm-up
-        for repeat in range(args.repeats):
-            pairs += converse(engines, index, settings.kb_top_k, repeat, args.compare_tokens)
-            print(f"  round {repeat + 1}/{args.repeats} done", flush=True)
-    finally:
-        for engine in engines.values():
-            engine.stop()
-        stop_embedded_redis(data_dir)
+    with bench_store(args.model, max_reply_tokens=args.max_reply_tokens, kb_top_k=args.passages,
+                     torch_threads=args.threads) as (model_dir, settings, store):
+        engines = {"reused": Engine(settings.replace(prefix_cache_mb=args.prefix_cache_mb), store),
+                   "recomputed": Engine(settings.replace(prefix_cache_mb=0), store)}
+        load_before = os.getloadavg()
+        print(f"model {model_dir}, {settings.torch_threads or 'default'} torch threads, {os.cpu_count()} cpus, "
+              f"{settings.kb_top_k} help article(s) per reply, max_reply_tokens {settings.max_reply_tokens}, "
+              f"{args.repeats} × {len(CHATS)} chats, load average {load_before[0]:.1f}")
+        index = demo_index()
+        pairs: list[Pair] = []
+        try:
+            for engine in engines.values():
+                engine.start()
+                engine.generate([{"role": "user", "content": "Hello"}], "base")  # warm-up
+            for repeat in range(args.repeats):
+                pairs += converse(engines, index, settings.kb_top_k, repeat, args.compare_tokens)
+                print(f"  round {repeat + 1}/{args.repeats} done", flush=True)
+        finally:
+            for engine in engines.values():
+                engine.stop()
     report(pairs, args.compare_tokens, load_before, os.getloadavg())
 
 

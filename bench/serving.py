@@ -15,7 +15,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -154,46 +153,31 @@ def main() -> None:
     args = parser.parse_args()
 
     from bot.runtime import Engine
-    from feedback_store import FeedbackStore
-    from feedback_store.server import ensure_embedded_redis, stop_embedded_redis
-    from loopdesk.config import load_settings
 
-    base = load_settings()
-    model_dir = args.model or Path(base.base_model_ref)
-    if not (model_dir / "config.json").exists():
-        from sim.bootstrap import build_base_model
+    from bench.engine_bench import bench_store
 
-        print(f"no model in {model_dir}: bootstrapping the default tiny model (several minutes)")
-        build_base_model(model_dir, size="default")
-    data_dir = Path(tempfile.mkdtemp(prefix="loopdesk-bench-"))
-    ensure_embedded_redis(data_dir)
     # no reply deadline: one-at-a-time, the 32nd customer's reply waits for the 31 before it
-    overrides = {"data_dir": data_dir, "base_model": str(model_dir), "key_prefix": "bench", "reply_deadline_s": 0}
-    if args.max_reply_tokens:
-        overrides["max_reply_tokens"] = args.max_reply_tokens
-    if args.threads is not None:
-        overrides["torch_threads"] = args.threads
-    settings = load_settings(**overrides)
-    store = FeedbackStore.from_settings(settings, announce=False)
-    print(f"model {model_dir}, {settings.torch_threads or 'default'} torch threads, {os.cpu_count()} cpus, "
-          f"max_reply_tokens {settings.max_reply_tokens}, {args.requests} requests per customer, "
-          f"load average {os.getloadavg()[0]:.1f}")
-    results: dict[tuple[str, int], Run] = {}
-    engines = {"one-at-a-time": Engine(settings, store, max_batch_size=1),
-               "dynamic": Engine(settings, store, max_batch_size=settings.max_batch_size)}
-    try:
-        for engine in engines.values():
-            engine.start()
-            load(engine, 2, 1)  # warm-up
-        for c in args.concurrency:  # baseline and batching back to back, so both see the same machine
-            for mode, engine in engines.items():
-                results[mode, c] = load(engine, c, args.requests)
-        engines.pop("one-at-a-time").stop()  # it would follow the promoted adapter too: load and probe it beside
-        swap = swap_cost(engines["dynamic"], store, model_dir, settings.adapters_dir, min(8, max(args.concurrency)))
-    finally:
-        for engine in engines.values():
-            engine.stop()
-        stop_embedded_redis(data_dir)
+    with bench_store(args.model, reply_deadline_s=0, max_reply_tokens=args.max_reply_tokens or None,
+                     torch_threads=args.threads) as (model_dir, settings, store):
+        print(f"model {model_dir}, {settings.torch_threads or 'default'} torch threads, {os.cpu_count()} cpus, "
+              f"max_reply_tokens {settings.max_reply_tokens}, {args.requests} requests per customer, "
+              f"load average {os.getloadavg()[0]:.1f}")
+        results: dict[tuple[str, int], Run] = {}
+        engines = {"one-at-a-time": Engine(settings, store, max_batch_size=1),
+                   "dynamic": Engine(settings, store, max_batch_size=settings.max_batch_size)}
+        try:
+            for engine in engines.values():
+                engine.start()
+                load(engine, 2, 1)  # warm-up
+            for c in args.concurrency:  # baseline and batching back to back, so both see the same machine
+                for mode, engine in engines.items():
+                    results[mode, c] = load(engine, c, args.requests)
+            engines.pop("one-at-a-time").stop()  # it would follow the promoted adapter too: load and probe it
+            swap = swap_cost(engines["dynamic"], store, model_dir, settings.adapters_dir,
+                             min(8, max(args.concurrency)))
+        finally:
+            for engine in engines.values():
+                engine.stop()
 
     print(f"\n{'C':>3} {'mode':>14} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p99':>9}")
     for (mode, c), run in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0] != "one-at-a-time")):

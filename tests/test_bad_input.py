@@ -19,11 +19,16 @@ from urllib.parse import quote
 
 import pytest
 
-from bot.app import create_app
 from feedback_store import FeedbackStore
 from loopdesk.config import load_settings
-from tests.console_helpers import PASSWORD, add_accounts, register_record, seed_conversation, sign_in
-from tests.web_helpers import GENEROUS_LIMIT
+from tests.console_helpers import (
+    PASSWORD,
+    add_accounts,
+    register_record,
+    seed_conversation,
+    sign_in,
+)
+from tests.web_helpers import GENEROUS_LIMIT, started_app
 
 METHODS = ("get", "post", "put", "patch", "delete")
 LONG = 30_000  # characters: longer than any field allows, shorter than the 64 KiB body limit
@@ -89,19 +94,19 @@ def site(data_dir: Path) -> Iterator[Site]:
     adapter = register_record(store)
     run = store.runs.create({}, trigger="manual")
     schedule = store.schedules.add("0 3 * * *")
-    app = create_app(settings, engine=object(), store=store)
-    admin = app.test_client()
-    csrf = sign_in(admin, "ada")
-    valid = {"conv_id": conv.id, "answered": answered.id, "index": "1", "article_id": "refunds",
-             "version": adapter.version, "kb_version": "1", "run_id": run.id, "schedule_id": schedule.id,
-             "name": "erin"}
-    unknown = {"conv_id": "nosuchconversation", "answered": "nosuchconversation", "index": "999",
-               "article_id": "no-such-article", "version": "v9999", "kb_version": "999", "run_id": "nosuchrun",
-               "schedule_id": "nosuchschedule", "name": "nobody"}
-    built = Site(app=app, admin=admin, customer=app.test_client(), csrf=csrf, token=token, valid=valid,
-                 unknown=unknown)
-    built.spec = admin.get("/openapi.json").get_json()
-    yield built
+    with started_app(settings, store) as app:
+        admin = app.test_client()
+        csrf = sign_in(admin, "ada")
+        valid = {"conv_id": conv.id, "answered": answered.id, "index": "1", "article_id": "refunds",
+                 "version": adapter.version, "kb_version": "1", "run_id": run.id, "schedule_id": schedule.id,
+                 "name": "erin"}
+        unknown = {"conv_id": "nosuchconversation", "answered": "nosuchconversation", "index": "999",
+                   "article_id": "no-such-article", "version": "v9999", "kb_version": "999", "run_id": "nosuchrun",
+                   "schedule_id": "nosuchschedule", "name": "nobody"}
+        built = Site(app=app, admin=admin, customer=app.test_client(), csrf=csrf, token=token, valid=valid,
+                     unknown=unknown)
+        built.spec = admin.get("/openapi.json").get_json()
+        yield built
 
 
 # ---- the document's operations and what they take --------------------------------------------------

@@ -12,13 +12,11 @@ from typing import Iterator
 import pytest
 from playwright.sync_api import Page, Route, expect
 
-from bot.app import create_app
-from bot.services import EXTENSION
 from feedback_store import FeedbackStore
 from harness.serving import serve
 from loopdesk.config import load_settings
 from tests.console_helpers import PASSWORD, add_accounts, seed_conversation
-from tests.web_helpers import GENEROUS_LIMIT, sign_in_page
+from tests.web_helpers import GENEROUS_LIMIT, sign_in_page, started_app
 
 pytestmark = pytest.mark.browser
 
@@ -32,10 +30,8 @@ def site(data_dir: Path) -> Iterator[tuple[FeedbackStore, str]]:
                              rate_limit_per_ip=GENEROUS_LIMIT, rate_limit_login=GENEROUS_LIMIT)
     store = FeedbackStore.from_settings(settings, announce=False)
     add_accounts(store)
-    app = create_app(settings, engine=object(), store=store)
-    with serve(app) as url:
+    with started_app(settings, store) as app, serve(app) as url:
         yield store, url.rstrip("/")
-    app.extensions[EXTENSION].knowledge.stop()
 
 
 

@@ -11,14 +11,19 @@ from datetime import datetime, timezone
 import pytest
 from flask.testing import FlaskClient
 
-from bot.app import create_app
 from bot.charts import csat_by_version, csat_summary
 from bot.expert import agreement
 from feedback_store import FeedbackStore
 from feedback_store.rating_weights import WeightRule, csat_stats, rating_weights
 from feedback_store.records import Annotation, Conversation
 from loopdesk.config import Settings
-from tests.console_helpers import add_accounts, register_record, seed_conversation, sign_in
+from tests.console_helpers import (
+    add_accounts,
+    register_record,
+    seed_conversation,
+    sign_in,
+)
+from tests.web_helpers import started_app
 
 
 class Client:
@@ -37,7 +42,8 @@ class Client:
 @pytest.fixture
 def app(settings: Settings, store: FeedbackStore):
     add_accounts(store)
-    return create_app(settings, engine=object(), store=store)
+    with started_app(settings, store) as built:
+        yield built
 
 
 def signed_in(app, name: str) -> Client:

@@ -11,14 +11,17 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from bot.app import create_app
-from bot.services import EXTENSION
 from feedback_store import FeedbackStore
 from feedback_store.records import BotTurn
-from trainer.round import run_round
 from tests.console_helpers import add_accounts, sign_in
 from tests.store_helpers import bot_turn
-from tests.trainer_helpers import seed_conversations, small_round_config, trainer_settings
+from tests.trainer_helpers import (
+    seed_conversations,
+    small_round_config,
+    trainer_settings,
+)
+from tests.web_helpers import started_app
+from trainer.round import run_round
 
 DECLINE = "I'm sorry, I can't help with that here. You can reach our team at 0800 555 0199."
 
@@ -64,12 +67,12 @@ def test_the_trainers_export_leaves_fallback_turns_out_and_the_experts_keeps_the
     assert store.feedback.for_conversation(only_declined) == []
 
     add_accounts(store)
-    app = create_app(settings, engine=object(), store=store)
-    client = app.test_client()
-    sign_in(client, "erin")
-    lines = [json.loads(line) for line in client.get("/api/expert/export.jsonl").get_data(as_text=True).splitlines()]
-    assert sum(line["bot_reply"] == DECLINE for line in lines) == 4  # two annotations on each decline
-    app.extensions[EXTENSION].knowledge.stop()
+    with started_app(settings, store) as app:
+        client = app.test_client()
+        sign_in(client, "erin")
+        export = client.get("/api/expert/export.jsonl").get_data(as_text=True)
+        lines = [json.loads(line) for line in export.splitlines()]
+        assert sum(line["bot_reply"] == DECLINE for line in lines) == 4  # two annotations on each decline
 
 
 @pytest.mark.usefixtures("one_torch_thread")

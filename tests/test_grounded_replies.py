@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from bot.app import create_app
 from bot.handoff import decline
 from bot.services import EXTENSION
 from feedback_store import FeedbackStore
@@ -20,7 +19,13 @@ from loopdesk.knowledge import MIN_SCORE, PASSAGE_CHARS
 from loopdesk.knowledge_files import read_articles
 from sim.knowledge import KNOWLEDGE_DIR
 from tests.console_helpers import add_accounts, sign_in
-from tests.web_helpers import metric, parse_sse, running_engine, web_settings
+from tests.web_helpers import (
+    metric,
+    parse_sse,
+    running_engine,
+    started_app,
+    web_settings,
+)
 
 API = "/api/conversations"
 IN_SCOPE = "Where is my parcel? I ordered a tent and it has not arrived."
@@ -35,9 +40,8 @@ def web(data_dir: Path, base_model_dir: Path):
     store.knowledge.import_articles(read_articles(KNOWLEDGE_DIR))
     add_accounts(store)
     with running_engine(settings, store) as engine:
-        app = create_app(settings, engine, store)
-        yield settings, store, app
-        app.extensions[EXTENSION].knowledge.stop()
+        with started_app(settings, store, engine) as app:
+            yield settings, store, app
 
 
 def ask(app, text: str, stream: bool = False, conv: tuple[str, dict] | None = None):

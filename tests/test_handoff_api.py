@@ -15,9 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from bot.app import create_app
 from bot.handoff import NOBODY, SORRY, WAITING, decline
-from bot.services import EXTENSION
 from feedback_store import FeedbackStore
 from harness.serving import serve
 from loopdesk.articles import VersionedArticle
@@ -29,7 +27,13 @@ from sim.customers import REASKS
 from sim.knowledge import KNOWLEDGE_DIR
 from tests.console_helpers import PASSWORD, add_accounts, sign_in
 from tests.store_helpers import keys_mentioning
-from tests.web_helpers import metric, parse_sse, running_engine, web_settings
+from tests.web_helpers import (
+    metric,
+    parse_sse,
+    running_engine,
+    started_app,
+    web_settings,
+)
 
 API = "/api/conversations"
 IN_SCOPE = "My tent has not arrived yet. Where is my parcel?"
@@ -45,9 +49,8 @@ def web(data_dir: Path, base_model_dir: Path):
     store.knowledge.import_articles(read_articles(KNOWLEDGE_DIR))
     add_accounts(store)
     with running_engine(settings, store) as engine:
-        app = create_app(settings, engine, store)
-        yield settings, store, engine, app
-        app.extensions[EXTENSION].knowledge.stop()
+        with started_app(settings, store, engine) as app:
+            yield settings, store, engine, app
 
 
 @pytest.fixture
@@ -195,16 +198,15 @@ def test_outside_business_hours_the_bot_says_when_the_team_is_back(web, agents_o
     settings, store, engine, _ = web
     today = datetime.now(timezone.utc).weekday()
     closed = settings.replace(business_hours=f"{DAYS[(today + 3) % 7]} 09:00-10:00 UTC")
-    app = create_app(closed, engine, store)
-    customer = Customer(app)
-    reply = customer.call("POST", "/handoff").json
-    back = f"{DAY_NAMES[(today + 3) % 7]} at 09:00 (UTC time)"
-    assert reply["status"] == "open" and reply["handoff"] == {
-        "reason": "customer_button", "available": False, "back": back, "agent_name": "", "contact_email": ""}
-    assert reply["notice"]["text"].startswith(f"Nobody from our team is available in this chat right now; they are "
-                                              f"back {back}. Leave your email address")
-    assert customer.call("GET").json["handoff"]["back"] == back
-    app.extensions[EXTENSION].knowledge.stop()
+    with started_app(closed, store, engine) as app:
+        customer = Customer(app)
+        reply = customer.call("POST", "/handoff").json
+        back = f"{DAY_NAMES[(today + 3) % 7]} at 09:00 (UTC time)"
+        assert reply["status"] == "open" and reply["handoff"] == {
+            "reason": "customer_button", "available": False, "back": back, "agent_name": "", "contact_email": ""}
+        assert reply["notice"]["text"].startswith(f"Nobody from our team is available in this chat right now; they are "
+                                                  f"back {back}. Leave your email address")
+        assert customer.call("GET").json["handoff"]["back"] == back
 
 
 def test_the_transcript_restores_the_status_the_agents_name_and_their_replies(web, agents_online):

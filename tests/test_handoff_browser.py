@@ -11,8 +11,6 @@ from typing import Callable, Iterator
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from bot.app import create_app
-from bot.services import EXTENSION
 from feedback_store import FeedbackStore
 from feedback_store.records import AgentTurn
 from harness.serving import serve
@@ -20,7 +18,7 @@ from loopdesk.knowledge import MIN_SCORE
 from loopdesk.knowledge_files import read_articles
 from sim.knowledge import KNOWLEDGE_DIR
 from tests.console_helpers import add_accounts, sign_in_page
-from tests.web_helpers import running_engine, watch_csp, web_settings
+from tests.web_helpers import running_engine, started_app, watch_csp, web_settings
 
 pytestmark = pytest.mark.browser
 
@@ -38,10 +36,8 @@ def site(data_dir: Path, base_model_dir: Path) -> Iterator[tuple[FeedbackStore, 
     store.knowledge.import_articles(read_articles(KNOWLEDGE_DIR))
     add_accounts(store)
     with running_engine(settings, store) as engine:
-        app = create_app(settings, engine, store)
-        with serve(app) as url:
+        with started_app(settings, store, engine) as app, serve(app) as url:
             yield store, url
-        app.extensions[EXTENSION].knowledge.stop()
 
 
 @pytest.fixture

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from bot.app import create_app
-from bot.services import EXTENSION
 from feedback_store import FeedbackStore
 from loopdesk.config import Settings
+from tests.web_helpers import started_app
 
 HOSTILE_TITLE = "Gift cards <b>& vouchers</b>"
 HOSTILE_BODY = "**Yes**, we sell them.\n\n<script>window.__pwned = 1</script> [click](javascript:alert(1))"
@@ -26,9 +25,8 @@ def seed(store: FeedbackStore) -> None:
 @pytest.fixture
 def app(settings: Settings, store: FeedbackStore):
     seed(store)
-    built = create_app(settings.replace(cors_origins="https://shop.example"), engine=object(), store=store)
-    yield built
-    built.extensions[EXTENSION].knowledge.stop()
+    with started_app(settings.replace(cors_origins="https://shop.example"), store) as built:
+        yield built
 
 
 def test_the_list_has_the_published_articles_only_by_title(app):
@@ -89,13 +87,13 @@ def test_the_demo_shop_links_its_help_centre(app):
 
 def test_the_help_centre_has_a_per_ip_budget_of_its_own(settings, store):
     seed(store)
-    app = create_app(settings.replace(rate_limit_per_ip="3/minute"), engine=object(), store=store)
-    client = app.test_client()
-    assert [client.get("/api/help/articles").status_code for _ in range(3)] == [200, 200, 200]
-    limited = client.get("/api/help/articles/refunds")
-    assert limited.status_code == 429 and limited.json["error"]["code"] == "rate_limited"
-    assert client.get("/help").status_code == 429
-    assert client.post("/api/conversations").status_code != 429  # the chat API counts apart
+    with started_app(settings.replace(rate_limit_per_ip="3/minute"), store) as app:
+        client = app.test_client()
+        assert [client.get("/api/help/articles").status_code for _ in range(3)] == [200, 200, 200]
+        limited = client.get("/api/help/articles/refunds")
+        assert limited.status_code == 429 and limited.json["error"]["code"] == "rate_limited"
+        assert client.get("/help").status_code == 429
+        assert client.post("/api/conversations").status_code != 429  # the chat API counts apart
 
 
 def test_other_origins_get_the_chat_apis_cors_answers(app):

@@ -11,14 +11,12 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from bot.app import create_app
-from bot.services import EXTENSION
 from feedback_store import FeedbackStore
 from feedback_store.records import ArticleRef, BotTurn
 from harness.serving import serve
 from loopdesk.knowledge import MIN_SCORE
 from tests.console_helpers import PASSWORD, add_accounts
-from tests.web_helpers import GENEROUS_LIMIT, sign_in_page, web_settings
+from tests.web_helpers import GENEROUS_LIMIT, sign_in_page, started_app, web_settings
 
 pytestmark = pytest.mark.browser
 
@@ -34,10 +32,8 @@ def site(data_dir: Path, base_model_dir: Path):
     add_accounts(store)
     store.knowledge.create("refunds", "Refunds: when do I get my money back?",
                            "Your money is back within 5 business days.", ["refunds", "money"])
-    app = create_app(settings, engine=object(), store=store)
-    with serve(app) as url:
+    with started_app(settings, store) as app, serve(app) as url:
         yield store, url
-    app.extensions[EXTENSION].knowledge.stop()
 
 
 

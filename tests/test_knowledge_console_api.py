@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from bot.app import create_app
-from bot.services import EXTENSION
 from feedback_store import FeedbackStore
 from loopdesk.config import Settings
 from tests.console_helpers import add_accounts, sign_in
+from tests.web_helpers import started_app
 
 BODY = "Your money is back within 5 business days of your return reaching us."
 READS = [("GET", "/api/kb/articles", None), ("GET", "/api/kb/articles/refunds", None),
@@ -40,9 +39,8 @@ class Console:
 def app(settings: Settings, store: FeedbackStore):
     add_accounts(store)
     store.knowledge.create("refunds", "Refunds", BODY, ["refunds", "money"], by="cli")
-    built = create_app(settings, engine=object(), store=store)
-    yield built
-    built.extensions[EXTENSION].knowledge.stop()
+    with started_app(settings, store) as built:
+        yield built
 
 
 def unchanged(store: FeedbackStore, revision: int) -> None:

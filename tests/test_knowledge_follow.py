@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import ExitStack
 
 import pytest
 
-from bot.app import create_app
 from bot.runtime.following import Following
 from bot.runtime.knowledge import LiveKnowledge
 from bot.services import EXTENSION
@@ -17,6 +17,7 @@ from feedback_store import FeedbackStore
 from loopdesk.articles import ArticleDraft
 from loopdesk.config import Settings
 from tests.console_helpers import add_accounts, sign_in
+from tests.web_helpers import started_app
 
 NO_RESYNC_S = 3600.0  # only an announcement can bring the change in time
 FOLLOW_DEADLINE_S = 2.0
@@ -43,14 +44,13 @@ def apps(settings: Settings, store: FeedbackStore):
     """Two apps on one Redis, each with its own store connection and live index (no periodic resync)."""
     add_accounts(store)
     seed(store)
-    built = []
-    for _ in range(2):
-        own = FeedbackStore.from_settings(settings, announce=False)
-        built.append(create_app(settings, engine=object(), store=own,
-                                knowledge=LiveKnowledge(own, settings, resync_s=NO_RESYNC_S)))
-    yield built
-    for app in built:
-        app.extensions[EXTENSION].knowledge.stop()
+    with ExitStack() as stack:
+        built = []
+        for _ in range(2):
+            own = FeedbackStore.from_settings(settings, announce=False)
+            built.append(stack.enter_context(started_app(settings, own, knowledge=LiveKnowledge(
+                own, settings, resync_s=NO_RESYNC_S))))
+        yield built
 
 
 def test_an_edit_in_one_app_is_retrieved_by_both_within_two_seconds_over_pub_sub(apps):

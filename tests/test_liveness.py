@@ -15,12 +15,12 @@ from typing import Callable
 import pytest
 from rq import Worker
 
-from bot.app import create_app
 from feedback_store import FeedbackStore
 from feedback_store.connection import resolve_redis_url
 from feedback_store.queue_waits import queue_waits
 from loopdesk.config import Settings, SettingsError, load_settings
 from tests.console_helpers import add_accounts, sign_in
+from tests.web_helpers import started_app
 from trainer.config import GateConfig
 from trainer.jobs import WAITING
 from trainer.scheduler import loop
@@ -182,27 +182,27 @@ def test_a_queued_run_whose_job_left_the_queue_says_no_worker_will_take_it(live_
 
 def test_the_operator_api_lists_workers_and_schedulers_alive_or_stale_and_why_runs_wait(quick, live_store):
     add_accounts(live_store)
-    app = create_app(quick, engine=object(), store=live_store)
-    assert app.test_client().get("/api/operator/liveness").status_code == 401
-    client = app.test_client()
-    sign_in(client, "otto")
-    run = live_store.training.enqueue_round("console")
-    empty = client.get("/api/operator/liveness").json
-    assert (empty["workers"], empty["schedulers"]) == ([], [])
-    assert (empty["interval_s"], empty["stale_s"]) == (INTERVAL_S, STALE_S)
-    assert [(q["run_id"], q["reason"]) for q in empty["queued"]] == [(run.id, "no_worker")]
+    with started_app(quick, live_store) as app:
+        assert app.test_client().get("/api/operator/liveness").status_code == 401
+        client = app.test_client()
+        sign_in(client, "otto")
+        run = live_store.training.enqueue_round("console")
+        empty = client.get("/api/operator/liveness").json
+        assert (empty["workers"], empty["schedulers"]) == ([], [])
+        assert (empty["interval_s"], empty["stale_s"]) == (INTERVAL_S, STALE_S)
+        assert [(q["run_id"], q["reason"]) for q in empty["queued"]] == [(run.id, "no_worker")]
 
-    worker = live_store.heartbeats.start("worker", WAITING)
-    worker.stop()
-    live_store.heartbeats.beat(worker.record.model_copy(update={"last_beat": time.time() - 5}))  # it died
-    with live_store.heartbeats.start("scheduler", "checking the schedules and the canary every 30 s") as scheduler:
-        answer = client.get("/api/operator/liveness").json
-    [stale], [alive] = answer["workers"], answer["schedulers"]
-    assert (stale["id"], stale["alive"], stale["pid"], stale["doing"]) == (worker.id, False, os.getpid(), WAITING)
-    assert 5 <= stale["age_s"] < 10 and stale["run_id"] is None
-    assert (alive["id"], alive["alive"], alive["role"]) == (scheduler.id, True, "scheduler") and alive["age_s"] < 1
-    [queued] = answer["queued"]
-    assert queued["reason"] == "no_worker" and "the last one was heard from 5 s ago" in queued["message"]
+        worker = live_store.heartbeats.start("worker", WAITING)
+        worker.stop()
+        live_store.heartbeats.beat(worker.record.model_copy(update={"last_beat": time.time() - 5}))  # it died
+        with live_store.heartbeats.start("scheduler", "checking the schedules and the canary every 30 s") as scheduler:
+            answer = client.get("/api/operator/liveness").json
+        [stale], [alive] = answer["workers"], answer["schedulers"]
+        assert (stale["id"], stale["alive"], stale["pid"], stale["doing"]) == (worker.id, False, os.getpid(), WAITING)
+        assert 5 <= stale["age_s"] < 10 and stale["run_id"] is None
+        assert (alive["id"], alive["alive"], alive["role"]) == (scheduler.id, True, "scheduler") and alive["age_s"] < 1
+        [queued] = answer["queued"]
+        assert queued["reason"] == "no_worker" and "the last one was heard from 5 s ago" in queued["message"]
 
 
 def test_heartbeat_settings_must_beat_more_often_than_they_go_stale():

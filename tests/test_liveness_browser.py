@@ -14,13 +14,11 @@ from typing import Iterator
 import pytest
 from playwright.sync_api import expect
 
-from bot.app import create_app
-from bot.services import EXTENSION
 from feedback_store import FeedbackStore
 from harness.serving import serve
 from loopdesk.config import load_settings
 from tests.console_helpers import PASSWORD, add_accounts
-from tests.web_helpers import GENEROUS_LIMIT, sign_in_page
+from tests.web_helpers import GENEROUS_LIMIT, sign_in_page, started_app
 from trainer.jobs import WAITING
 
 pytestmark = pytest.mark.browser
@@ -34,10 +32,8 @@ def site(data_dir: Path) -> Iterator[tuple[FeedbackStore, str]]:
                              heartbeat_interval_s=0.5, heartbeat_stale_s=2.0)
     store = FeedbackStore.from_settings(settings, announce=False)
     add_accounts(store)
-    app = create_app(settings, engine=object(), store=store)
-    with serve(app) as url:
+    with started_app(settings, store) as app, serve(app) as url:
         yield store, url.rstrip("/")
-    app.extensions[EXTENSION].knowledge.stop()
 
 
 def test_the_console_says_no_worker_is_alive_and_a_queued_run_waits_for_one(site, new_page):

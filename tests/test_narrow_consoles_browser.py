@@ -11,13 +11,22 @@ from typing import Iterator
 import pytest
 from playwright.sync_api import Page, expect
 
-from bot.app import create_app
-from bot.services import EXTENSION
 from feedback_store import FeedbackStore
 from harness.serving import serve
 from loopdesk.config import load_settings
-from tests.console_helpers import PASSWORD, add_accounts, register_record, seed_conversation, seed_handoff
-from tests.web_helpers import GENEROUS_LIMIT, assert_no_sideways_scroll, sign_in_page
+from tests.console_helpers import (
+    PASSWORD,
+    add_accounts,
+    register_record,
+    seed_conversation,
+    seed_handoff,
+)
+from tests.web_helpers import (
+    GENEROUS_LIMIT,
+    assert_no_sideways_scroll,
+    sign_in_page,
+    started_app,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -48,10 +57,8 @@ def site(data_dir: Path) -> Iterator[tuple[FeedbackStore, str]]:
                           policy_loss=0.3, held_out_reward=0.2)
     store.knowledge.create("refunds", "Refunds: when do I get my money back?",
                            "Refunds reach the original payment method within 5 working days.", by="ada")
-    app = create_app(settings, engine=object(), store=store)
-    with serve(app) as url:
+    with started_app(settings, store) as app, serve(app) as url:
         yield store, url.rstrip("/")
-    app.extensions[EXTENSION].knowledge.stop()
 
 
 def phone_page(new_page, width: int) -> Page:

@@ -8,13 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from bot.app import create_app
-from bot.services import EXTENSION
 from feedback_store import FeedbackStore
 from feedback_store.errors import STORE_FULL
 from feedback_store.server import stop_embedded_redis
 from tests.store_helpers import chat, consume_feedback, started_days_ago
-from tests.web_helpers import running_engine, web_settings
+from tests.web_helpers import running_engine, started_app, web_settings
 
 API = "/api/conversations"
 MAXMEMORY = 6 * 1024 * 1024
@@ -27,9 +25,8 @@ def capped(tmp_path: Path, base_model_dir: Path):
     store = FeedbackStore.from_settings(settings, announce=False)
     try:
         with running_engine(settings, store) as engine:
-            app = create_app(settings, engine, store)
-            yield store, app
-            app.extensions[EXTENSION].knowledge.stop()  # it follows this Redis, which stops next
+            with started_app(settings, store, engine) as app:  # its knowledge index stops before this Redis
+                yield store, app
     finally:
         stop_embedded_redis(tmp_path)
 

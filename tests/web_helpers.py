@@ -1,4 +1,5 @@
-"""Shared pieces of the web tests: settings for the real test-size model, a started engine,
+"""Shared pieces of the web tests: settings for the real test-size model, a started engine, the app
+built on them (``started_app``),
 a reader for server-sent events (the tests serve the app with ``harness.serving.serve``), a metric read
 from ``/metrics``, a watch on the browser's Content-Security-Policy reports, and a check that a page fits
 its viewport's width."""
@@ -49,6 +50,21 @@ def running_engine(settings: Settings, store: FeedbackStore, timeout_s: float = 
         yield engine
     finally:
         engine.stop()
+
+
+@contextmanager
+def started_app(settings: Settings, store: FeedbackStore, engine: Any = None, **parts: Any) -> Iterator[Any]:
+    """``create_app`` with ``engine`` (None: no model, for the consoles, the help centre and the knowledge
+    API) and any other ``parts``; afterwards its live knowledge index, which follows Redis on a thread of
+    its own, is stopped (left running it would log failed syncs once the test's Redis is gone)."""
+    from bot.app import create_app
+    from bot.services import EXTENSION
+
+    app = create_app(settings, engine if engine is not None else object(), store=store, **parts)
+    try:
+        yield app
+    finally:
+        app.extensions[EXTENSION].knowledge.stop()
 
 
 def watch_csp(context: Any, violations: list[str]) -> None:
