@@ -92,18 +92,19 @@ def test_adapter_changes_replies_and_logprobs_match_it(engine: Engine, store: Fe
 def test_an_adapter_is_verified_read_and_installed_on_the_worker_thread_between_steps(
         engine: Engine, store: FeedbackStore, base_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """On the follower's thread that Python work slowed the decode steps it overlapped (bench/README.md)."""
-    threads: list[str] = []
-    read_verified = bot.runtime.follower.read_verified
+    threads: list[tuple[str, str]] = []
+    for name in ("verify_registered", "read_adapter"):
+        original = getattr(bot.runtime.follower, name)
 
-    def recorded(*args, **kwargs):
-        threads.append(threading.current_thread().name)
-        return read_verified(*args, **kwargs)
+        def recorded(*args, _name=name, _original=original, **kwargs):
+            threads.append((_name, threading.current_thread().name))
+            return _original(*args, **kwargs)
 
-    monkeypatch.setattr(bot.runtime.follower, "read_verified", recorded)
+        monkeypatch.setattr(bot.runtime.follower, name, recorded)
     version = register_random_adapter(store, base_model_dir, seed=3)
     store.adapters.promote(version)
     wait_for(lambda: engine.choose_version() == version)
-    assert threads == ["loopdesk-generation"]
+    assert threads == [("verify_registered", "loopdesk-generation"), ("read_adapter", "loopdesk-generation")]
     assert engine.generate(ASK, version).adapter_version == version
 
 

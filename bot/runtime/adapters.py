@@ -35,6 +35,16 @@ def read_verified(path: str | Path, version: str, base_model: str, *, adapters_d
             (``verify_registered``), its config is not peft's, or its weights are unreadable or not finite.
     """
     directory = verify_registered(path, adapters_dir, base_model, version=version, expected_sha256=expected_sha256)
+    return read_adapter(directory, version)
+
+
+def read_adapter(directory: Path, version: str) -> VerifiedAdapter:
+    """``read_verified``'s second half, for a directory ``verify_registered`` passed: peft's config and the
+    weights, which must all be finite.
+
+    Raises:
+        InvalidAdapterError: an unreadable config, unreadable or non-finite weights.
+    """
     try:
         config = LoraConfig.from_pretrained(str(directory))
     except (OSError, ValueError, TypeError) as exc:

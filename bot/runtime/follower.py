@@ -2,11 +2,11 @@
 
 It syncs at every registry announcement and again every ``resync_s`` seconds
 (``bot.runtime.following``), so an announcement missed while resubscribing is caught up. A
-sync loads every active or canary version not loaded yet: its files are verified and read
-(``read_verified``: inside the store's ``Settings.adapters_dir``, checksums against the manifest and the
-registry) where the engine's loader says (``AdapterLoader.read``: the in-process worker reads between two
-decode steps) and handed to that loader while the engine keeps serving. A version that fails verification or loading is refused with a logged reason and not
-tried again by this process; what served before keeps serving. The active version, once loaded,
+sync loads every active or canary version not loaded yet: its files are verified (``verify_registered``:
+inside the store's ``Settings.adapters_dir``, checksums against the manifest and the registry) and read
+(``read_adapter``), each where the engine's loader says (``AdapterLoader.read``: the in-process worker runs
+each between two decode steps), and handed to that loader while the engine keeps serving. A version
+that fails verification or loading is refused with a logged reason and not tried again by this process; what served before keeps serving. The active version, once loaded,
 serves requests pinned to versions that are not; versions neither active nor canary any more are
 unloaded once idle (rejected ones take no new requests at once). A new conversation gets the
 canary at the registry's canary share, the active version otherwise.
@@ -22,26 +22,29 @@ import random
 import threading
 import time
 from functools import partial
-from typing import Callable, Protocol
+from typing import Callable, Protocol, TypeVar
 
-from bot.runtime.adapters import VerifiedAdapter, read_verified
+from bot.runtime.adapters import VerifiedAdapter, read_adapter
 from bot.runtime.errors import GenerationError
 from bot.runtime.following import Following
 from feedback_store import FeedbackStore, NotFoundError
 from feedback_store.records import BASE_VERSION
-from loopdesk.adapter_format import InvalidAdapterError
+from loopdesk.adapter_format import InvalidAdapterError, verify_registered
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class AdapterLoader(Protocol):
     """What an engine does for the follower: load and unload adapters, and say which it serves."""
 
-    def read(self, read: Callable[[], VerifiedAdapter]) -> VerifiedAdapter:
-        """Run ``read`` (verify and read one adapter's files) where it holds up serving least; its result.
+    def read(self, read: Callable[[], T]) -> T:
+        """Run ``read`` (verifying an adapter's files, or reading them) where it holds up serving least;
+        its result.
 
         Raises:
-            InvalidAdapterError: as ``read_verified`` does; the follower refuses the version for good.
+            InvalidAdapterError: as ``verify_registered`` or ``read_adapter`` do; the follower refuses the
+                version for good.
         """
 
     def load(self, adapter: VerifiedAdapter) -> None:
@@ -118,9 +121,9 @@ class AdapterFollower:
             self._refuse(version, str(exc))
             return
         try:
-            adapter = self.loader.read(partial(read_verified, record.path, version, self.base_model,
-                                               adapters_dir=self.store.settings.adapters_dir,
-                                               expected_sha256=record.sha256))
+            directory = self.loader.read(partial(verify_registered, record.path, self.store.settings.adapters_dir,
+                                                 self.base_model, version=version, expected_sha256=record.sha256))
+            adapter = self.loader.read(partial(read_adapter, directory, version))
         except (TimeoutError, GenerationError) as exc:  # the engine, not the files: busy, or stopping
             log.warning("adapter %s not read yet, trying again at the next sync: %s", version, exc)
             return

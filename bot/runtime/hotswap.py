@@ -1,21 +1,22 @@
 """Adapter hot-swap in the in-process generation worker: the follower's loader for ``Engine``.
 
-A new adapter is loaded beside the ones serving: its files are verified and read, its weights matched
-to the model's layers (``lora.prepare``) and added, each on the worker's thread between two batch steps
-(about a millisecond of Python on the default model, which on the follower's thread slowed the decode
-steps it overlapped by several: each gives the interpreter's lock up and waits to get it back), and probed
-with a short generation before any request may use it: a row that joins the running batch and reads the
-probe prompt through its decode steps (no prefill pass to hold up the replies in flight), which also
-leaves the prompt's keys and values for the version's first requests to start from. An adapter that fails is deleted again and
-refused. Unloading stops routing to a version (at once for a rejected one); the worker deletes it
-once no request has used it for the idle time.
+A new adapter is loaded beside the ones serving: its files are verified, then read, then its weights
+matched to the model's layers (``lora.prepare``) and added, each on the worker's thread between two
+batch steps (each under a millisecond of Python on the default model; the same work on the follower's
+thread slowed the decode steps it overlapped by several, as each step gives the interpreter's lock up
+and waits to get it back), and probed with a short generation before any request may use it: a row
+that joins the running batch and reads the probe prompt through its decode steps (no prefill pass to
+hold up the replies in flight), which also leaves the prompt's keys and values for the version's
+first requests to start from. An adapter that fails is deleted again and refused. Unloading stops
+routing to a version (at once for a rejected one); the worker deletes it once no request has used it
+for the idle time.
 """
 
 from __future__ import annotations
 
 import queue
 import time
-from typing import Callable
+from typing import Callable, TypeVar
 
 from bot.runtime.adapters import VerifiedAdapter
 from bot.runtime.batching import Row
@@ -25,6 +26,7 @@ from loopdesk.adapter_format import InvalidAdapterError
 
 PROBE_TOKENS = 4
 PROBE_TIMEOUT_S = 60.0
+T = TypeVar("T")
 
 
 class WorkerLoader:
@@ -34,8 +36,9 @@ class WorkerLoader:
         self.worker = worker
         self.probe_prompt_ids = probe_prompt_ids
 
-    def read(self, read: Callable[[], VerifiedAdapter]) -> VerifiedAdapter:
-        """``read`` on the worker's thread, between two batch steps."""
+    def read(self, read: Callable[[], T]) -> T:
+        """``read`` on the worker's thread, between two batch steps (a part of loading an adapter, of a
+        millisecond or less on the default model)."""
         return self.worker.between_steps(read).result(timeout=PROBE_TIMEOUT_S)
 
     def load(self, adapter: VerifiedAdapter) -> None:

@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import requests
 
@@ -42,6 +42,7 @@ from loopdesk.knowledge import PassageLike
 log = logging.getLogger(__name__)
 
 TOKEN_ID_PREFIX = "token_id:"
+T = TypeVar("T")
 TIMEOUT_S = (5.0, 120.0)  # (connect, read) per request to vLLM
 
 
@@ -241,7 +242,7 @@ class VllmEngine:
             self._waiting += change
 
     # the follower's loader -------------------------------------------------------------------
-    def read(self, read: Callable[[], VerifiedAdapter]) -> VerifiedAdapter:
+    def read(self, read: Callable[[], T]) -> T:
         """``read`` on the follower's thread: vLLM serves from a process of its own."""
         return read()
 
