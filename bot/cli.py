@@ -1,10 +1,10 @@
 """``loopdesk serve``: the chat API, widget, consoles and demo shop with the model engine, on one port.
 
 By default gunicorn serves it: one worker process (the model is held once per process, and one
-generation worker batches every reply) with threads (gunicorn's ``gthread``, which answers ``/healthz`` on its
-event loop: ``bot.health_worker``): by default twice as many as replies
-may be in flight (``max_queued_replies`` waiting and a full batch), so that health checks, ratings and
-refusals find a free thread while every reply holds one (bench/README.md has the measurement).
+generation worker batches every reply) with threads (gunicorn's ``gthread``): by default twice as many as
+replies may be in flight (``max_queued_replies`` waiting and a full batch), so that ratings and refusals
+find a free thread while every reply holds one. The worker's event loop answers ``GET /healthz`` itself,
+before the threads (``bot.health_worker``; bench/README.md has the measurements).
 ``--workers N`` runs N such processes, each with its own engine; ``--dev`` runs Werkzeug's development
 server in this process instead.
 """
@@ -72,8 +72,8 @@ def _serve_gunicorn(settings, host: str, port: int, workers: int, threads: int) 
     class LoopdeskApplication(BaseApplication):
         def load_config(self) -> None:
             for key, value in {"bind": f"{host}:{port}", "workers": workers, "threads": threads,
-                               "worker_class": "bot.health_worker.HealthFirstWorker", "timeout": 120, "preload_app": False,
-                               "accesslog": None}.items():
+                               "worker_class": "bot.health_worker.HealthFirstWorker", "timeout": 120,
+                               "preload_app": False, "accesslog": None}.items():
                 self.cfg.set(key, value)
 
         def load(self):

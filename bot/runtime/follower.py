@@ -6,10 +6,11 @@ sync loads every active or canary version not loaded yet: its files are verified
 inside the store's ``Settings.adapters_dir``, checksums against the manifest and the registry) and read
 (``read_adapter``), each where the engine's loader says (``AdapterLoader.read``: the in-process worker runs
 each between two decode steps), and handed to that loader while the engine keeps serving. A version
-that fails verification or loading is refused with a logged reason and not tried again by this process; what served before keeps serving. The active version, once loaded,
-serves requests pinned to versions that are not; versions neither active nor canary any more are
-unloaded once idle (rejected ones take no new requests at once). A new conversation gets the
-canary at the registry's canary share, the active version otherwise.
+that fails verification or loading is refused with a logged reason and not tried again by this
+process; what served before keeps serving. The active version, once loaded, serves requests pinned to
+versions that are not; versions neither active nor canary any more are unloaded once idle (rejected
+ones take no new requests at once). A new conversation gets the canary at the registry's canary
+share, the active version otherwise.
 
 The loader (``AdapterLoader``) is the engine's part: the in-process generation worker
 (``bot.runtime.hotswap``) or a vLLM server (``bot.runtime.vllm_backend``).

@@ -42,8 +42,8 @@ from loopdesk.knowledge import PassageLike
 log = logging.getLogger(__name__)
 
 TOKEN_ID_PREFIX = "token_id:"
-T = TypeVar("T")
 TIMEOUT_S = (5.0, 120.0)  # (connect, read) per request to vLLM
+T = TypeVar("T")
 
 
 def completion_request(model: str, prompt_ids: list[int], max_tokens: int, temperature: float) -> dict[str, Any]:
