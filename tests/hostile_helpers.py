@@ -14,17 +14,20 @@ from typing import Any, Iterator
 import requests
 import schemathesis
 import schemathesis.specs.openapi.schemas  # noqa: F401  loaded at collection, before any app thread runs
+
 # (schemathesis imports its OpenAPI loader lazily; on CPython 3.11.7 see tests/conftest.py on ast.parse)
 from schemathesis.config import SchemathesisConfig
-from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
-                                               status_code_conformance)
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
-from bot.app import create_app
 from feedback_store import FeedbackStore
 from harness.serving import serve, with_demo_knowledge
 from loopdesk.config import Settings
 from tests.console_helpers import PASSWORD, add_accounts
-from tests.web_helpers import GENEROUS_LIMIT, running_engine, web_settings
+from tests.web_helpers import GENEROUS_LIMIT, running_engine, started_app, web_settings
 
 CONSOLE_API = r"^/api/(expert|operator|admin|kb|inbox)/"
 """The paths of the consoles' API (signed-in accounts); the rest is the customers' and the public's."""
@@ -103,7 +106,7 @@ def live_bot(data_dir: Path, base_model_dir: Path) -> Iterator[LiveBot]:
     add_accounts(store)
     with_demo_knowledge(store)
     store.schedules.add("0 3 * * *")
-    with running_engine(config, store) as engine, serve(create_app(config, engine, store)) as url:
+    with running_engine(config, store) as engine, started_app(config, store, engine) as app, serve(app) as url:
         admin = requests.Session()
         signed_in = admin.post(url + "api/expert/login", json={"name": "ada", "password": PASSWORD}, timeout=30)
         admin.headers["X-CSRF-Token"] = signed_in.json()["csrf_token"]

@@ -25,7 +25,7 @@ from feedback_store.errors import (
 )
 from feedback_store.records import BotTurn, CustomerTurn
 from loopdesk.config import Settings
-from tests.web_helpers import parse_sse, running_engine, web_settings
+from tests.web_helpers import parse_sse, running_engine, started_app, web_settings
 
 API = "/api/conversations"
 
@@ -36,7 +36,8 @@ def web(data_dir: Path, base_model_dir: Path):
     settings = web_settings(data_dir, base_model_dir, max_message_chars=200, max_request_bytes=4096)
     store = FeedbackStore.from_settings(settings, announce=False)
     with running_engine(settings, store) as engine:
-        yield settings, store, engine, create_app(settings, engine, store)
+        with started_app(settings, store, engine) as app:
+            yield settings, store, engine, app
 
 
 @pytest.fixture
@@ -118,16 +119,17 @@ def test_reply_streams_as_server_sent_events(client, store):
 
 def test_generation_failure_is_a_503_or_an_error_event(web):
     settings, store = web[0], web[1]
-    stopped = create_app(settings, Engine(settings, store), store).test_client()
-    conv, token = store.conversations.start("base")
-    url, auth = f"{API}/{conv.id}/messages", {"Authorization": f"Bearer {token}"}
-    assert "not running" in assert_error(stopped.post(url, json={"text": "hello"}, headers=auth),
-                                         503, "generation_failed")
-    streamed = stopped.post(url, json={"text": "hello"}, headers={**auth, "Accept": "text/event-stream"})
-    assert streamed.status_code == 200
-    (event, data), = parse_sse(streamed.response)
-    assert event == "error" and data["error"]["code"] == "generation_failed"
-    assert [t.role for t in store.conversations.turns(conv.id)] == ["user", "user"]
+    with started_app(settings, store, Engine(settings, store)) as stopped_app:
+        stopped = stopped_app.test_client()
+        conv, token = store.conversations.start("base")
+        url, auth = f"{API}/{conv.id}/messages", {"Authorization": f"Bearer {token}"}
+        assert "not running" in assert_error(stopped.post(url, json={"text": "hello"}, headers=auth),
+                                             503, "generation_failed")
+        streamed = stopped.post(url, json={"text": "hello"}, headers={**auth, "Accept": "text/event-stream"})
+        assert streamed.status_code == 200
+        (event, data), = parse_sse(streamed.response)
+        assert event == "error" and data["error"]["code"] == "generation_failed"
+        assert [t.role for t in store.conversations.turns(conv.id)] == ["user", "user"]
 
 
 def test_transcript_is_for_the_token_holder(client):

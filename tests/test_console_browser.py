@@ -11,12 +11,22 @@ import pytest
 import requests
 from playwright.sync_api import Browser, Page, expect
 
-from bot.app import create_app
 from feedback_store import FeedbackStore
 from feedback_store.records import BotTurn
 from harness.serving import serve
-from tests.console_helpers import PASSWORD, add_accounts, register_real_adapter, seed_conversation
-from tests.web_helpers import GENEROUS_LIMIT, running_engine, watch_csp, web_settings
+from tests.console_helpers import (
+    PASSWORD,
+    add_accounts,
+    register_real_adapter,
+    seed_conversation,
+)
+from tests.web_helpers import (
+    GENEROUS_LIMIT,
+    running_engine,
+    started_app,
+    watch_csp,
+    web_settings,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -30,7 +40,7 @@ def site(data_dir: Path, base_model_dir: Path, tmp_path_factory: pytest.TempPath
     settings = web_settings(data_dir, base_model_dir, rate_limit_login=GENEROUS_LIMIT)
     store = FeedbackStore.from_settings(settings, announce=False)
     add_accounts(store)
-    with running_engine(settings, store) as engine, serve(create_app(settings, engine, store)) as url:
+    with running_engine(settings, store) as engine, started_app(settings, store, engine) as app, serve(app) as url:
         yield settings, store, engine, url
 
 

@@ -17,9 +17,16 @@ from bot.app import create_app
 from bot.sessions import secret_key
 from feedback_store import FeedbackStore
 from loopdesk.cli import main
-from tests.console_helpers import (PASSWORD, add_accounts, login_form_token, register_record, seed_conversation,
-                                   seed_handoff, sign_in)
-from tests.web_helpers import GENEROUS_LIMIT, running_engine, web_settings
+from tests.console_helpers import (
+    PASSWORD,
+    add_accounts,
+    login_form_token,
+    register_record,
+    seed_conversation,
+    seed_handoff,
+    sign_in,
+)
+from tests.web_helpers import GENEROUS_LIMIT, running_engine, started_app, web_settings
 
 CONSOLE_PREFIXES = ("/expert", "/operator", "/admin", "/inbox", "/api/expert/", "/api/operator/", "/api/admin/",
                     "/api/inbox/")
@@ -100,7 +107,8 @@ def web(data_dir: Path, base_model_dir: Path):
     store = FeedbackStore.from_settings(settings, announce=False)
     add_accounts(store)
     with running_engine(settings, store) as engine:
-        yield settings, store, engine, create_app(settings, engine, store)
+        with started_app(settings, store, engine) as app:
+            yield settings, store, engine, app
 
 
 @pytest.fixture

@@ -15,12 +15,15 @@ from pathlib import Path
 
 import requests
 
-from bot.app import create_app
 from feedback_store import FeedbackStore
-from feedback_store.server import embedded_redis_pid, ensure_embedded_redis, stop_embedded_redis
+from feedback_store.server import (
+    embedded_redis_pid,
+    ensure_embedded_redis,
+    stop_embedded_redis,
+)
 from harness.serving import serve
 from tests.store_helpers import wait_dead
-from tests.web_helpers import running_engine, web_settings
+from tests.web_helpers import running_engine, started_app, web_settings
 
 N_CUSTOMERS = 4
 CLIENT_TIMEOUT_S = 30.0
@@ -84,7 +87,7 @@ def test_redis_restarted_during_active_chats_loses_no_acknowledged_rating(tmp_pa
     url_before = ensure_embedded_redis(tmp_path)
     store = FeedbackStore.from_settings(settings, announce=False)
     try:
-        with running_engine(settings, store) as engine, serve(create_app(settings, engine, store)) as url:
+        with running_engine(settings, store) as engine, started_app(settings, store, engine) as app, serve(app) as url:
             with Customers(url) as customers:
                 time.sleep(2.0)
                 pid = embedded_redis_pid(tmp_path)

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from bot.app import create_app
 from bot.charts import handoffs_by_version, share_ci
 from feedback_store import FeedbackStore
 from feedback_store.rating_weights import WeightRule
 from tests.console_helpers import add_accounts, seed_conversation, seed_handoff, sign_in
 from tests.test_observability import samples
-from tests.web_helpers import running_engine, web_settings
+from tests.web_helpers import running_engine, started_app, web_settings
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +30,8 @@ def web(data_dir: Path, base_model_dir: Path):
     store.ratings.rate(conv.id, token, 4)
     seed_handoff(store)
     with running_engine(settings, store) as engine:
-        yield store, create_app(settings, engine, store)
+        with started_app(settings, store, engine) as app:
+            yield store, app
 
 
 def test_the_wilson_interval_matches_the_published_values():

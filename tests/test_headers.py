@@ -17,7 +17,7 @@ from bot.headers import security_headers
 from feedback_store import FeedbackStore
 from loopdesk.config import SettingsError
 from tests.console_helpers import add_accounts, sign_in
-from tests.web_helpers import GENEROUS_LIMIT, running_engine, web_settings
+from tests.web_helpers import GENEROUS_LIMIT, running_engine, started_app, web_settings
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "bot" / "templates"
 SHOP = "https://shop.example"
@@ -31,7 +31,8 @@ def web(data_dir: Path, base_model_dir: Path):
     store = FeedbackStore.from_settings(settings, announce=False)
     add_accounts(store)
     with running_engine(settings, store) as engine:
-        yield settings, store, engine, create_app(settings, engine, store)
+        with started_app(settings, store, engine) as app:
+            yield settings, store, engine, app
 
 
 @pytest.fixture

@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
-from bot.app import create_app
 from bot.runtime import Engine
 from feedback_store import FeedbackStore
 from feedback_store.records import BotTurn
-from tests.web_helpers import parse_sse, running_engine, web_settings
+from tests.web_helpers import parse_sse, running_engine, started_app, web_settings
 
 API = "/api/conversations"
 
@@ -26,7 +25,8 @@ def web(data_dir: Path, base_model_dir: Path):
     settings = web_settings(data_dir, base_model_dir)
     store = FeedbackStore.from_settings(settings, announce=False)
     with running_engine(settings, store) as engine:
-        yield settings, store, create_app(settings, engine, store)
+        with started_app(settings, store, engine) as app:
+            yield settings, store, app
 
 
 @pytest.fixture
@@ -134,29 +134,31 @@ def test_a_message_being_answered_elsewhere_is_a_409_until_its_lease_is_given_up
 
 def test_after_a_failed_answer_a_retry_answers_the_turn_logged_the_first_time(web, client, store):
     settings = web[0]
-    stopped = create_app(settings, Engine(settings, store), store).test_client()
-    conv_id, auth = start(client)
-    url, body = f"{API}/{conv_id}/messages", {"text": "How do I reset my password?"}
-    failed = stopped.post(url, json=body, headers=keyed(auth, "try"))
-    assert failed.status_code == 503 and failed.json["error"]["code"] == "generation_failed"
-    streamed = parse_sse(stopped.post(url, json=body, headers=keyed(auth, "try", Accept="text/event-stream")).response)
-    assert [event for event, _ in streamed] == ["error"]
-    assert roles(store, conv_id) == ["user"]
-    retried = client.post(url, json=body, headers=keyed(auth, "try"))
-    assert retried.status_code == 200 and retried.json["turn_index"] == 1, retried.json
-    assert roles(store, conv_id) == ["user", "assistant"]
-    assert store.conversations.turns(conv_id)[1].reply_to == 0
+    with started_app(settings, store, Engine(settings, store)) as stopped_app:
+        stopped = stopped_app.test_client()
+        conv_id, auth = start(client)
+        url, body = f"{API}/{conv_id}/messages", {"text": "How do I reset my password?"}
+        failed = stopped.post(url, json=body, headers=keyed(auth, "try"))
+        assert failed.status_code == 503 and failed.json["error"]["code"] == "generation_failed"
+        streamed = parse_sse(stopped.post(url, json=body, headers=keyed(auth, "try", Accept="text/event-stream")).response)
+        assert [event for event, _ in streamed] == ["error"]
+        assert roles(store, conv_id) == ["user"]
+        retried = client.post(url, json=body, headers=keyed(auth, "try"))
+        assert retried.status_code == 200 and retried.json["turn_index"] == 1, retried.json
+        assert roles(store, conv_id) == ["user", "assistant"]
+        assert store.conversations.turns(conv_id)[1].reply_to == 0
 
 
 def test_a_retry_of_a_message_a_later_one_followed_is_a_409(web, client, store):
-    stopped = create_app(web[0], Engine(web[0], store), store).test_client()
-    conv_id, auth = start(client)
-    url = f"{API}/{conv_id}/messages"
-    assert stopped.post(url, json={"text": "hello"}, headers=keyed(auth, "a")).status_code == 503
-    assert client.post(url, json={"text": "anyone?"}, headers=keyed(auth, "b")).status_code == 200
-    late = client.post(url, json={"text": "hello"}, headers=keyed(auth, "a"))
-    assert late.status_code == 409 and late.json["error"]["code"] == "superseded"
-    assert roles(store, conv_id) == ["user", "user", "assistant"]
+    with started_app(web[0], store, Engine(web[0], store)) as stopped_app:
+        stopped = stopped_app.test_client()
+        conv_id, auth = start(client)
+        url = f"{API}/{conv_id}/messages"
+        assert stopped.post(url, json={"text": "hello"}, headers=keyed(auth, "a")).status_code == 503
+        assert client.post(url, json={"text": "anyone?"}, headers=keyed(auth, "b")).status_code == 200
+        late = client.post(url, json={"text": "hello"}, headers=keyed(auth, "a"))
+        assert late.status_code == 409 and late.json["error"]["code"] == "superseded"
+        assert roles(store, conv_id) == ["user", "user", "assistant"]
 
 
 @pytest.mark.parametrize("key", ["", "has space", "x" * 129, "é"])

@@ -9,18 +9,17 @@ from pathlib import Path
 
 import pytest
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from bot.app import create_app
 from bot.observability import JsonFormatter
 from bot.runtime import Engine
 from feedback_store import FeedbackStore
 from tests.adapter_helpers import wait_for
 from tests.console_helpers import register_record
-from tests.web_helpers import running_engine, web_settings
+from tests.web_helpers import running_engine, started_app, web_settings
 
 API = "/api/conversations"
 
@@ -31,7 +30,8 @@ def web(data_dir: Path, base_model_dir: Path):
     settings = web_settings(data_dir, base_model_dir, max_reply_tokens=8)
     store = FeedbackStore.from_settings(settings, announce=False)
     with running_engine(settings, store) as engine:
-        yield settings, store, engine, create_app(settings, engine, store)
+        with started_app(settings, store, engine) as app:
+            yield settings, store, engine, app
 
 
 def samples(app: Flask) -> dict[tuple[str, tuple], float]:
@@ -87,22 +87,22 @@ def test_readyz_names_a_refused_adapter_but_stays_ready(web):
 def test_readyz_is_503_with_what_is_missing(web):
     settings, store, _, _ = web
     not_started = Engine(settings, store)
-    app = create_app(settings, not_started, unreachable_store(settings))
-    response = app.test_client().get("/readyz")
-    assert response.status_code == 503
-    assert response.json["ready"] is False
-    assert [m.split(":")[0] for m in response.json["missing"]] == ["redis", "model"]
+    with started_app(settings, unreachable_store(settings), not_started) as app:
+        response = app.test_client().get("/readyz")
+        assert response.status_code == 503
+        assert response.json["ready"] is False
+        assert [m.split(":")[0] for m in response.json["missing"]] == ["redis", "model"]
 
 
 def test_an_unreachable_store_is_a_503_json_error_counted_as_a_server_error(web):
     settings, _, engine, _ = web
-    app = create_app(settings, engine, unreachable_store(settings))
-    response = app.test_client().post(API)
-    assert response.status_code == 503 and response.json["error"]["code"] == "store_unavailable"
-    scraped = samples(app)
-    key = ("loopdesk_http_errors_total", (("endpoint", "chat.start"), ("status", "503")))
-    assert scraped[key] == 1
-    assert scraped[("loopdesk_redis_up", ())] == 0
+    with started_app(settings, unreachable_store(settings), engine) as app:
+        response = app.test_client().post(API)
+        assert response.status_code == 503 and response.json["error"]["code"] == "store_unavailable"
+        scraped = samples(app)
+        key = ("loopdesk_http_errors_total", (("endpoint", "chat.start"), ("status", "503")))
+        assert scraped[key] == 1
+        assert scraped[("loopdesk_redis_up", ())] == 0
 
 
 def test_metrics_count_requests_replies_csat_and_runs(web):
@@ -136,11 +136,11 @@ def test_each_app_has_its_own_registry(web):
     healthz = ("loopdesk_http_requests_total", (("endpoint", "observability.healthz"), ("method", "GET"),
                                                 ("status", "200")))
     before = samples(app).get(healthz, 0)
-    other = create_app(settings, engine, store)
-    for _ in range(3):
-        other.test_client().get("/healthz")
-    assert samples(other)[healthz] == 3
-    assert samples(app).get(healthz, 0) == before
+    with started_app(settings, store, engine) as other:
+        for _ in range(3):
+            other.test_client().get("/healthz")
+        assert samples(other)[healthz] == 3
+        assert samples(app).get(healthz, 0) == before
 
 
 def test_request_id_is_echoed_or_made_and_logged_as_json(web, caplog):

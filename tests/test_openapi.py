@@ -11,9 +11,8 @@ from flask import Flask
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate
 
-from bot.app import create_app
 from feedback_store import FeedbackStore
-from tests.web_helpers import running_engine, web_settings
+from tests.web_helpers import running_engine, started_app, web_settings
 
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
 
@@ -23,7 +22,8 @@ def app(data_dir: Path, base_model_dir: Path) -> Flask:
     settings = web_settings(data_dir, base_model_dir)
     store = FeedbackStore.from_settings(settings, announce=False)
     with running_engine(settings, store) as engine:
-        yield create_app(settings, engine, store)
+        with started_app(settings, store, engine) as app:
+            yield app
 
 
 @pytest.fixture(scope="module")

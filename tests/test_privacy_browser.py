@@ -10,10 +10,9 @@ from typing import Iterator
 import pytest
 from playwright.sync_api import Browser, expect
 
-from bot.app import create_app
 from feedback_store import FeedbackStore
 from harness.serving import serve
-from tests.web_helpers import running_engine, web_settings
+from tests.web_helpers import running_engine, started_app, web_settings
 
 pytestmark = pytest.mark.browser
 
@@ -22,7 +21,7 @@ pytestmark = pytest.mark.browser
 def site(data_dir: Path, base_model_dir: Path) -> Iterator[tuple[FeedbackStore, str]]:
     settings = web_settings(data_dir, base_model_dir)
     store = FeedbackStore.from_settings(settings, announce=False)
-    with running_engine(settings, store) as engine, serve(create_app(settings, engine, store)) as url:
+    with running_engine(settings, store) as engine, started_app(settings, store, engine) as app, serve(app) as url:
         yield store, url
 
 

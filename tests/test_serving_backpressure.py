@@ -13,11 +13,10 @@ from urllib.parse import urlsplit
 
 import requests
 
-from bot.app import create_app
 from feedback_store import FeedbackStore
 from harness.serving import serve
 from tests.slow_engines import LongReplyEngine, wait_for
-from tests.web_helpers import web_settings
+from tests.web_helpers import started_app, web_settings
 
 API = "api/conversations"
 
@@ -29,7 +28,7 @@ def bot(data_dir: Path, base_model_dir: Path, **changes) -> Iterator[tuple[str, 
     engine = LongReplyEngine(settings, store)
     engine.start()
     try:
-        with serve(create_app(settings, engine, store)) as url:
+        with started_app(settings, store, engine) as app, serve(app) as url:
             yield url, engine
     finally:
         engine.stop()
