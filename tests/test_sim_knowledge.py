@@ -49,14 +49,18 @@ def test_articles_are_help_centre_sized_and_state_their_key_facts():
             assert missing == [], template.id
 
 
-def test_each_answer_uses_only_facts_of_the_paragraph_retrieval_shows_for_its_question():
-    # the opening's answers state facts of the first paragraph, the follow-up's of the second
+def shown_paragraphs():
+    """(template, its intent, the plain text of each paragraph of its article) for every intent's template."""
     company = load_company()
     for template in load_templates():
-        if not template.intent:
-            continue
-        intent = company.intent(template.intent)
-        shown = [plain_text(p) for p in paragraphs(render_article(template).body)]
+        if template.intent:
+            yield template, company.intent(template.intent), [plain_text(p) for p in
+                                                              paragraphs(render_article(template).body)]
+
+
+def test_each_answer_uses_only_facts_of_the_paragraph_retrieval_shows_for_its_question():
+    # the opening's answers state facts of the first paragraph, the follow-up's of the second
+    for template, intent, shown in shown_paragraphs():
         values = fact_values(template)
         for follow_up, paragraph in ((False, shown[0]), (True, shown[1])):
             assert all(values[name] in paragraph for name in intent.used_facts(follow_up)), (template.id, follow_up)
@@ -75,12 +79,7 @@ def test_the_complaint_intent_promises_nothing_nobody_does():
 
 
 def test_no_paragraph_states_another_value_of_the_facts_its_question_is_answered_with():
-    company = load_company()
-    for template in load_templates():
-        if not template.intent:
-            continue
-        intent = company.intent(template.intent)
-        shown = [plain_text(p) for p in paragraphs(render_article(template).body)]
+    for template, intent, shown in shown_paragraphs():
         assert intent.wrong_facts_in(shown[0]) == [], template.id
         assert intent.wrong_facts_in(shown[1], follow_up=True) == [], template.id
 
