@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from itertools import accumulate
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -11,12 +12,15 @@ from playwright.sync_api import Browser, Page, expect
 
 from feedback_store import FeedbackStore
 from harness.serving import serve
-from tests.web_helpers import running_engine, started_app, watch_csp, web_settings
+from tests.web_helpers import parse_sse, running_engine, started_app, watch_csp, web_settings
 
 pytestmark = pytest.mark.browser
 
 OPEN_CHAT = "Open chat: Northwind Outfitters help"
 SCREENSHOTS = Path("/tmp")
+# Asked in turn until a reply arrives in more than one delta. The engine sends the tokens that piled up
+# while its reader waited as one delta, so on a loaded machine a short reply can arrive whole.
+STREAMED_QUESTIONS = ("Where is my order?", "How long does a refund take?", "Can I change my delivery address?")
 
 # Records every length the newest bot bubble had, so a test can tell a streamed reply from one
 # that arrived whole. Each delta replaces the bubble's text node; the observer reads every added
@@ -84,6 +88,17 @@ def send_and_wait_for_reply(page: Page, text: str) -> str:
     return bubbles.last.text_content()
 
 
+def send_and_watch_stream(page: Page, text: str) -> tuple[str, list[str], list[int]]:
+    """(reply shown, the texts of the deltas the server sent, the lengths the bubble had) for one message."""
+    page.evaluate("window.__replyLengths = []")
+    with page.expect_response(lambda r: r.url.endswith("/messages") and r.request.method == "POST") as sent:
+        reply = send_and_wait_for_reply(page, text)
+    events = parse_sse([sent.value.body()])
+    assert [e for e, _ in events][-1] == "done" and events[-1][1]["text"] == reply
+    shown = [n for n in page.evaluate("window.__replyLengths") if n]
+    return reply, [d["text"] for e, d in events if e == "delta"], shown
+
+
 def conversation_id(page: Page) -> str:
     return page.evaluate(
         "JSON.parse(sessionStorage.getItem(Object.keys(sessionStorage).find(k => k.startsWith('loopdesk:')))).id"
@@ -99,10 +114,15 @@ def test_customer_chats_sees_streamed_reply_ends_and_rates(site, new_page):
     expect(page.get_by_role("dialog", name="Northwind Outfitters help")).to_be_visible()
     expect(page.get_by_label("Your message")).to_be_focused()
 
-    reply = send_and_wait_for_reply(page, "Where is my order?")
-    assert reply.strip()
-    lengths = page.evaluate("window.__replyLengths")
-    assert len({n for n in lengths if 0 < n < len(reply)}) >= 1, f"reply did not stream: {lengths}"
+    pieces = []
+    for question in STREAMED_QUESTIONS:
+        reply, deltas, shown = send_and_watch_stream(page, question)
+        assert reply.strip() and "".join(deltas) == reply
+        assert shown == [*accumulate(len(d) for d in deltas), len(reply)], "the bubble did not show each delta"
+        pieces.append(len(deltas))
+        if len(deltas) > 1:
+            break
+    assert max(pieces) > 1, f"no reply streamed in more than one piece: {pieces} deltas"
     conv_id = conversation_id(page)
     assert store.conversations.turns(conv_id)[-1].text == reply
     page.screenshot(path=str(SCREENSHOTS / "loopdesk-widget-desktop.png"))
