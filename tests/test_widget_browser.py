@@ -94,7 +94,7 @@ def send_and_watch_stream(page: Page, text: str) -> tuple[str, list[str], list[i
     with page.expect_response(lambda r: r.url.endswith("/messages") and r.request.method == "POST") as sent:
         reply = send_and_wait_for_reply(page, text)
     events = parse_sse([sent.value.body()])
-    assert [e for e, _ in events][-1] == "done" and events[-1][1]["text"] == reply
+    assert events[-1][0] == "done" and events[-1][1]["text"] == reply
     shown = [n for n in page.evaluate("window.__replyLengths") if n]
     return reply, [d["text"] for e, d in events if e == "delta"], shown
 
