@@ -22,7 +22,11 @@ writes it; replies come at the serving temperature. Figures, each against the ow
   runs before generation starts: what retrieval adds to the time to first token), p99, with the bot
   idle and while customers chat (then it also waits for the generation worker's turns at the GIL).
 
-Run:  python bench/knowledge.py [--model var/base-model] [--per-intent 24] [--concurrency 8]   # minutes
+With ``--adapter DIR`` (an adapter trained on ``--model``, e.g. one a ``loopdesk loop`` released) the
+bot serves that adapter to every conversation: released into the bot's registry and promoted, as
+the trainer does, so the figures are the trained bot's rather than the base model's.
+
+Run:  python bench/knowledge.py [--model var/base-model] [--adapter DIR] [--per-intent 24] [--concurrency 8]
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from sim.probe import dressed, reply_intent  # noqa: E402
 from sim.rubric import INVENTED_PROMISE, declines  # noqa: E402
 
 LIVE_DEADLINE_S = 10.0  # waiting for the live index gives up here (the target is 2 s)
+ADAPTER_DEADLINE_S = 60.0  # waiting for the engine to serve a promoted adapter gives up here
 OPERATOR = "bench-operator"
 
 
@@ -105,9 +110,42 @@ class BenchBot:
     concurrency: int
 
 
+def trained_on(adapter: Path) -> Path:
+    """The base model directory an adapter directory's manifest names."""
+    import json
+
+    from loopdesk.adapter_format import MANIFEST_FILE
+
+    try:
+        return Path(json.loads((adapter / MANIFEST_FILE).read_text(encoding="utf-8"))["base_model"]).resolve()
+    except (OSError, ValueError, KeyError) as exc:
+        raise SystemExit(f"{adapter} is not an adapter directory with a manifest naming its base model: {exc}")
+
+
+def serve_adapter(settings: Settings, store: Any, engine: Any, adapter: Path) -> str:
+    """Release ``adapter`` into the bot's registry as active, as the trainer does; wait until new
+    conversations get it. Returns its version."""
+    from trainer.release import release_adapter
+
+    version = store.adapters.next_version()
+    release_adapter(store, Path(settings.adapters_dir), adapter, version=version, base_model=settings.base_model_ref,
+                    parent="base", metrics={}, data_watermark=0, status="active", reason="bench/knowledge.py")
+    started = time.monotonic()
+    while engine.choose_version() != version or version not in engine.loaded_versions():
+        if version in engine.refused_versions():
+            raise SystemExit(f"the bot refused {adapter}: {engine.refused_versions()[version]}")
+        if time.monotonic() - started > ADAPTER_DEADLINE_S:
+            raise RuntimeError(f"the bot does not serve {adapter} after {ADAPTER_DEADLINE_S} s")
+        time.sleep(0.05)
+    return version
+
+
 @contextmanager
-def bench_bot(model: Path, concurrency: int = 8, **overrides: Any) -> Iterator[BenchBot]:
-    """The real bot on ``model`` in a fresh temporary data directory, with the demo shop's articles."""
+def bench_bot(model: Path, concurrency: int = 8, adapter: Path | None = None, **overrides: Any) -> Iterator[BenchBot]:
+    """The real bot on ``model`` (serving ``adapter`` when given) in a fresh temporary data directory, with the
+    demo shop's articles."""
+    if adapter is not None and trained_on(adapter) != model.resolve():
+        raise SystemExit(f"{adapter} was trained on {trained_on(adapter)}, not on {model.resolve()}")
     from bot.app import create_app
     from bot.runtime.knowledge import LiveKnowledge
     from feedback_store.server import stop_embedded_redis
@@ -118,6 +156,8 @@ def bench_bot(model: Path, concurrency: int = 8, **overrides: Any) -> Iterator[B
         stack.callback(stop_embedded_redis, tmp)
         settings = load_settings({}, data_dir=tmp, base_model=str(model), **overrides)
         settings, store, engine = stack.enter_context(bot_engine(settings))
+        if adapter is not None:
+            serve_adapter(settings, store, engine, adapter)
         knowledge = LiveKnowledge(store, settings)
         stack.callback(knowledge.stop)
         url = stack.enter_context(serve(create_app(settings, engine, store, knowledge)))
@@ -279,11 +319,11 @@ def timed_retrieval(bot: BenchBot, queries: Sequence[str]) -> list[float]:
 
 
 def run(model: Path, per_intent: int = 24, concurrency: int = 8, articles: int = 1000, seed: int = 0,
-        **overrides: Any) -> list[Figure]:
+        adapter: Path | None = None, **overrides: Any) -> list[Figure]:
     """Every figure, on one running bot: held-out and out-of-scope first (the shop as shipped), then the
     edits, the new article and, last, the large knowledge base."""
     rng = random.Random(seed)
-    with bench_bot(model, concurrency, **overrides) as bot:
+    with bench_bot(model, concurrency, adapter, **overrides) as bot:
         return [*held_out(bot, per_intent, rng), *out_of_scope(bot, max(1, per_intent // 12)),
                 *edits(bot, per_intent, rng), *new_article(bot, max(1, per_intent // 3), rng),
                 *retrieval(bot, articles, rng)]
@@ -307,11 +347,14 @@ def main() -> None:
                         help="questions per intent and per edit (out of scope: per_intent // 12 times each)")
     parser.add_argument("--concurrency", type=int, default=8, help="customers chatting at once")
     parser.add_argument("--articles", type=int, default=1000, help="size of the large knowledge base")
+    parser.add_argument("--adapter", type=Path, default=None,
+                        help="an adapter directory trained on --model: the bot serves it to every conversation")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     started = time.monotonic()
-    figures = run(args.model, args.per_intent, args.concurrency, args.articles, args.seed)
-    print(f"knowledge base benchmark of {args.model} ({time.monotonic() - started:.0f} s)")
+    figures = run(args.model, args.per_intent, args.concurrency, args.articles, args.seed, args.adapter)
+    served = f" with adapter {args.adapter}" if args.adapter else ""
+    print(f"knowledge base benchmark of {args.model}{served} ({time.monotonic() - started:.0f} s)")
     print(table(figures))
 
 

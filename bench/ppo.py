@@ -6,7 +6,7 @@ phrasings in the chat template), with the same batch, minibatch, reply length, l
 KL coefficient, temperature and torch thread count, for the same number of episodes (sampled
 replies). Each run is its own process; contenders alternate order across repeats. Measured:
 episodes/s of the training loop (wall, and per CPU-second, which other jobs on a shared machine
-disturb less), peak RSS (``getrusage`` ru_maxrss, read right after training), and the reward the
+disturb less), peak RSS (the process's VmHWM, read right after training), and the reward the
 trained policy reaches on the prompts (same sampling seed, same scorer). Printed as ratios
 loopdesk / contender.
 
@@ -65,7 +65,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rloo-generations", type=int, default=4, help="RLOO replies per prompt")
     parser.add_argument("--eval-prompts", type=int, default=128,
                         help="prompts (evenly spaced over the training phrasings) the trained policies answer")
+    parser.add_argument("--eval-samples", type=int, default=2,
+                        help="replies sampled per evaluation prompt (sample k with seed 1234 + k)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in every contender")
+    parser.add_argument("--eval-threads", type=int, default=2, help="torch threads of the (untimed) evaluation")
     parser.add_argument("--seed", type=int, default=0, help="seed of repeat 0 (repeat k uses seed + k)")
     parser.add_argument("--base-model", type=Path, default=None,
                         help="base model dir (default: var/base-model if built, else a cached test-size build)")
@@ -99,6 +102,7 @@ def write_task(args: argparse.Namespace, base_dir: Path, reward_dir: Path, seed:
     task = {
         "base_dir": str(base_dir), "reward_dir": str(reward_dir), "train_prompt_texts": texts,
         "train_prompts": ids, "eval_prompts": [ids[i * len(ids) // n_eval] for i in range(n_eval)], "eval_seed": 1234,
+        "eval_samples": args.eval_samples, "eval_threads": args.eval_threads,
         "tokens": {"pad": pad, "eos": tokenizer.eos_token_id},
         "episodes": args.episodes, "batch_size": args.batch_size, "mini_batch_size": args.mini_batch_size,
         "max_new_tokens": args.max_new_tokens, "temperature": 1.0, "learning_rate": args.learning_rate,
@@ -124,13 +128,13 @@ def padding_token(tokenizer, prompts: list[list[int]]) -> int:
     return pad
 
 
-def base_reward(task_path: Path) -> float:
-    """The evaluation reward of the base model itself (no adapter): the starting point."""
+def base_evaluation(task_path: Path) -> dict:
+    """The evaluation of the base model itself (no adapter): the starting point."""
     task = json.loads(task_path.read_text(encoding="utf-8"))
     torch.set_num_threads(task["threads"])
     lm = AutoModelForCausalLM.from_pretrained(task["base_dir"])
     reward_model = AutoModelForSequenceClassification.from_pretrained(task["reward_dir"]).eval()
-    return evaluate(lm, reward_model, task, task["tokens"])["eval_reward"]
+    return evaluate(lm, reward_model, task, task["tokens"])
 
 
 def run_contender(name: str, task_path: Path, run: int, timeout: float) -> dict:
@@ -152,8 +156,30 @@ def run_contender(name: str, task_path: Path, run: int, timeout: float) -> dict:
     return result
 
 
-def summarise(results: dict[str, list[dict]], start_reward: float) -> None:
-    """Table of medians over runs (rewards: means) and the ratios loopdesk / each contender.
+def prompt_means(evaluations: list[dict]) -> list[float]:
+    """Each evaluation prompt's mean reward over the given evaluations (runs) and their samples."""
+    rows = zip(*(e["eval_scores"] for e in evaluations))
+    return [statistics.fmean(score for per_run in row for score in per_run) for row in rows]
+
+
+def paired_difference(ours: list[dict], theirs: list[dict]) -> tuple[float, float, float]:
+    """Mean reward difference ours − theirs, paired by evaluation prompt, with its 95% interval.
+
+    The interval (normal, over prompts) covers the sampling of the evaluation replies and the choice
+    of prompts, not the spread between training seeds: the runs' own gains show that.
+    """
+    diffs = [a - b for a, b in zip(prompt_means(ours), prompt_means(theirs), strict=True)]
+    mean = statistics.fmean(diffs)
+    half = 1.96 * statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+    return mean, mean - half, mean + half
+
+
+def interval(diff: tuple[float, float, float]) -> str:
+    return f"{diff[0]:+.3f} [{diff[1]:+.3f}, {diff[2]:+.3f}]"
+
+
+def summarise(results: dict[str, list[dict]], base: dict) -> None:
+    """Table of medians over runs (rewards: means, gains paired by prompt) and the ratios loopdesk / each contender.
 
     Speed and memory ratios are paired: taken per run between neighbouring runs of the same
     repeat (similar load on a shared machine), then the median over repeats.
@@ -167,28 +193,39 @@ def summarise(results: dict[str, list[dict]], start_reward: float) -> None:
     def ratios(name: str, key: str) -> list[float]:
         return [ours[key] / theirs[key] for ours, theirs in zip(results["loopdesk"], results[name])]
 
-    print(f"\nbase model eval reward: {start_reward:+.3f} (no adapter; same prompts and sampling seed)")
+    replies = sum(len(row) for row in base["eval_scores"])
+    print(f"\nbase model eval reward: {base['eval_reward']:+.3f} (no adapter; {len(base['eval_scores'])} prompts, "
+          f"{replies} replies, the same sampling seeds as every contender)")
     print(f"{'contender':<15}{'episodes/s':>11}{'per CPU-s':>10}{'peak RSS MiB':>13}{'setup RSS':>10}"
-          f"{'eval reward':>12}{'gain':>8}{'EOS share':>10}{'reply len':>10}")
+          f"{'eval reward':>12}{'gain [95% interval]':>27}{'EOS share':>10}{'reply len':>10}")
     for name in results:
         print(f"{LABELS[name]:<15}{med(name, 'episodes_per_s'):>11.2f}{med(name, 'episodes_per_cpu_s'):>10.2f}"
               f"{med(name, 'peak_rss_mib'):>13.0f}{med(name, 'setup_rss_mib'):>10.0f}"
-              f"{mean(name, 'eval_reward'):>+12.3f}{mean(name, 'eval_reward') - start_reward:>+8.3f}"
+              f"{mean(name, 'eval_reward'):>+12.3f}{interval(paired_difference(results[name], [base])):>27}"
               f"{mean(name, 'eval_eos_share'):>10.2f}{mean(name, 'eval_reply_length'):>10.1f}")
+    print("\ngain over the base per run, and the training objective (reward less the missing-EOS penalty) "
+          "of the first and last step, per run:")
+    for name in results:
+        gains = ", ".join(interval(paired_difference([r], [base])) for r in results[name])
+        curves = ", ".join(f"{r['train_objective'][0]:+.2f} → {r['train_objective'][-1]:+.2f}"
+                           for r in results[name] if r.get("train_objective"))
+        print(f"  {LABELS[name]:<14} gains {gains}" + (f"; objective {curves}" if curves else ""))
     if "loopdesk" not in results:
         return
     print()
     for name in (n for n in results if n != "loopdesk"):
         speed, cpu_speed = ratios(name, "episodes_per_s"), ratios(name, "episodes_per_cpu_s")
         memory = statistics.median(ratios(name, "peak_rss_mib"))
-        ours, theirs = mean("loopdesk", "eval_reward"), mean(name, "eval_reward")
+        difference = paired_difference(results["loopdesk"], results[name])
         print(f"loopdesk / {LABELS[name]}: episodes/s ×{statistics.median(speed):.2f} "
               f"(runs: {', '.join(f'{r:.2f}' for r in speed)}), per CPU-second ×{statistics.median(cpu_speed):.2f}, "
-              f"peak RSS ×{memory:.2f}, eval reward {ours:+.3f} vs {theirs:+.3f} "
-              f"(gain over base {ours - start_reward:+.3f} vs {theirs - start_reward:+.3f})")
+              f"peak RSS ×{memory:.2f}, eval reward {mean('loopdesk', 'eval_reward'):+.3f} vs "
+              f"{mean(name, 'eval_reward'):+.3f} (loopdesk − {LABELS[name]}, paired by prompt: {interval(difference)})")
         if name == "trl-ppo":
-            met = statistics.median(speed) >= 1.5 and ours >= theirs and memory <= 1.0
-            print(f"  target vs TRL PPO (≥1.5× episodes/s, reward ≥, peak RSS ≤): {'met' if met else 'NOT met'}")
+            reward = "ahead" if difference[1] > 0 else "behind" if difference[2] < 0 else "level within the interval"
+            met = statistics.median(speed) >= 1.5 and difference[0] >= 0 and memory <= 1.0
+            print(f"  target vs TRL PPO (≥1.5× episodes/s, reward ≥, peak RSS ≤): {'met' if met else 'NOT met'}"
+                  f" (reward {reward})")
 
 
 def main() -> None:
@@ -212,13 +249,13 @@ def main() -> None:
           f"{probe['probe_pairwise_accuracy']:.2f}; {args.episodes} episodes × {args.repeats} runs each; "
           f"{len(load_company().intents)} intents")
     results: dict[str, list[dict]] = {name: [] for name in names}
-    start_reward = None
+    base = None
     for run in range(args.repeats):
         task_path = write_task(args, base_dir, reward_dir, args.seed + run)
-        start_reward = base_reward(task_path) if start_reward is None else start_reward
+        base = base_evaluation(task_path) if base is None else base
         for name in names if run % 2 == 0 else names[::-1]:
             results[name].append(run_contender(name, task_path, run, args.timeout))
-    summarise(results, start_reward)
+    summarise(results, base)
 
 
 if __name__ == "__main__":

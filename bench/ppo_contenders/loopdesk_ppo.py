@@ -38,14 +38,16 @@ def main(task_path: str, out_path: str) -> None:
     setup_rss = rss_mib()
     with Clock() as clock:
         queue: list[list[int]] = []
+        objective = []  # per step: mean reward-model score less the missing-EOS penalty, as TRL logs it
         for _ in range(steps):
             while len(queue) < config.batch_size:  # epochs over the shuffled pool, like a data loader
                 rng.shuffle(pool)
                 queue += pool
             prompts, queue = queue[: config.batch_size], queue[config.batch_size:]
-            trainer.step_on_prompts(prompts, reward_fn)
+            stats = trainer.step_on_prompts(prompts, reward_fn)
+            objective.append(stats["reward_mean"] - config.missing_eos_penalty * (1.0 - stats["eos_share"]))
     finish(out_path, task, tokens, trainer.unwrapped.lm, reward_model, setup_rss, clock,
-           steps * config.batch_size, final_kl_coef=trainer.kl_ctl.value)
+           steps * config.batch_size, final_kl_coef=trainer.kl_ctl.value, train_objective=objective)
 
 
 if __name__ == "__main__":

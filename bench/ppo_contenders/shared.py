@@ -8,7 +8,6 @@ the model and reward-model paths, prompt token ids and the hyper-parameters all 
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -42,17 +41,26 @@ def load_tokenizer(task: dict[str, Any]) -> Any:
     return tokenizer
 
 
-def rss_mib() -> float:
-    """Resident set size of this process now, MiB (from /proc)."""
+def _status_mib(field: str) -> float:
+    """A memory field of /proc/self/status (reported in kB), MiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    return float("nan")
+    raise RuntimeError(f"/proc/self/status has no {field} line")
+
+
+def rss_mib() -> float:
+    """Resident set size of this process now, MiB."""
+    return _status_mib("VmRSS")
 
 
 def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far, MiB (``getrusage``; Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident set size of this process so far, MiB: the high-water mark of its own memory (VmHWM).
+
+    Not ``getrusage``'s ru_maxrss: Linux carries that over fork and exec, so a contender started
+    by a benchmark that had a model loaded would report at least the benchmark's own peak.
+    """
+    return _status_mib("VmHWM")
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,34 +106,44 @@ def cut_at_eos(reply: list[int], eos_id: int) -> list[int]:
 
 
 @torch.no_grad()
-def evaluate(lm: Any, reward_model: Any, task: dict[str, Any], tokens: dict[str, int]) -> dict[str, float]:
-    """Mean reward, EOS share and reply length of replies sampled to the task's evaluation prompts.
+def evaluate(lm: Any, reward_model: Any, task: dict[str, Any], tokens: dict[str, int]) -> dict[str, Any]:
+    """Reward, EOS share and length of ``eval_samples`` replies to each of the task's evaluation prompts.
 
-    Sampling uses the task's temperature, plain multinomial (no top-k/top-p) and a fixed seed, so
-    two policies are compared on the same prompts under the same random stream.
+    Sample k of every prompt is drawn with seed ``eval_seed + k`` at the task's temperature, plain
+    multinomial (no top-k/top-p), so every policy is compared on the same prompts under the same
+    random streams. ``eval_scores[i]`` holds prompt i's rewards, one per sample: ``bench/ppo.py``
+    pairs them by prompt across policies. Runs on ``eval_threads`` torch threads (it is not timed).
     """
-    was_training = lm.training
+    was_training, threads = lm.training, torch.get_num_threads()
     lm.eval()
-    torch.manual_seed(task["eval_seed"])
+    torch.set_num_threads(task.get("eval_threads", threads))
     prompts, pad_id, eos_id = task["eval_prompts"], tokens["pad"], tokens["eos"]
-    sequences, ended, lengths = [], [], []
-    for start in range(0, len(prompts), task["batch_size"]):
-        chunk = prompts[start:start + task["batch_size"]]
-        ids, mask = left_pad(chunk, pad_id)
-        out = lm.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=task["temperature"],
-                          top_k=0, top_p=1.0, max_new_tokens=task["max_new_tokens"], eos_token_id=eos_id,
-                          pad_token_id=pad_id)
-        for prompt, reply in zip(chunk, out[:, ids.shape[1]:].tolist()):
-            reply = cut_at_eos(reply, eos_id)
-            sequences.append(prompt + reply)
-            ended.append(reply[-1] == eos_id)
-            lengths.append(len(reply))
-    scores = reward_scores(reward_model, sequences, pad_id)
+    per_prompt: list[list[float]] = [[] for _ in prompts]
+    ended, lengths = [], []
+    for sample in range(task.get("eval_samples", 1)):
+        torch.manual_seed(task["eval_seed"] + sample)
+        for start in range(0, len(prompts), task["batch_size"]):
+            chunk = prompts[start:start + task["batch_size"]]
+            ids, mask = left_pad(chunk, pad_id)
+            out = lm.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=task["temperature"],
+                              top_k=0, top_p=1.0, max_new_tokens=task["max_new_tokens"], eos_token_id=eos_id,
+                              pad_token_id=pad_id)
+            sequences = []
+            for prompt, reply in zip(chunk, out[:, ids.shape[1]:].tolist()):
+                reply = cut_at_eos(reply, eos_id)
+                sequences.append(prompt + reply)
+                ended.append(reply[-1] == eos_id)
+                lengths.append(len(reply))
+            for offset, score in enumerate(reward_scores(reward_model, sequences, pad_id)):
+                per_prompt[start + offset].append(score)
+    torch.set_num_threads(threads)
     lm.train(was_training)
+    scores = [score for row in per_prompt for score in row]
     return {
         "eval_reward": sum(scores) / len(scores),
         "eval_eos_share": sum(ended) / len(ended),
         "eval_reply_length": sum(lengths) / len(lengths),
+        "eval_scores": per_prompt,
     }
 
 

@@ -49,7 +49,9 @@ def main(task_path: str, out_path: str) -> None:
         with Clock() as clock:
             trainer.train()
         lm = trainer.accelerator.unwrap_model(trainer.model).policy
-        finish(out_path, task, tokens, lm, reward_model, setup_rss, clock, steps * task["batch_size"])
+        objective = [e["objective/scores"] for e in trainer.state.log_history if "objective/scores" in e]
+        finish(out_path, task, tokens, lm, reward_model, setup_rss, clock, steps * task["batch_size"],
+               train_objective=objective)
 
 
 if __name__ == "__main__":
