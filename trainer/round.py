@@ -167,6 +167,7 @@ class Round:
         demonstrations: what every process trains on, and what the main process keeps for the gate."""
         from loopdesk.causal_lm import load_tokenizer
         from trainer import baselines
+        from trainer.figures import swapped_references
         from trainer.references import ExpertReferences, reference_map
         from trainer.reward_model import build_pairs, split_pairs
         from trainer.samples import LoggedSample
@@ -201,8 +202,12 @@ class Round:
         if not train_pairs:
             raise NotEnoughFeedback("no preference pairs: no corrections and no reward gaps on one customer message")
 
-        # the expert view by context: training contexts for PPO's rollouts, held-out ones for the gate
+        # the expert view by context: training contexts for PPO's rollouts (with figure-swapped copies of
+        # some), held-out ones for the gate
         references = reference_map(rm_turns)
+        swaps = (swapped_references(references, tokenizer, cfg.figure_swap_share, cfg.ppo.seed)
+                 if cfg.method == "ppo" else {})
+        self.metrics["figure_swapped_contexts"] = len(swaps)
         # this round's held-out conversations, and with gate_history the earlier rounds' too
         gate_turns = never_trained(history if cfg.gate_history and history else turns, holdout, cfg.holdout_share)
         if cfg.method == "ppo":
@@ -223,9 +228,10 @@ class Round:
                                rewards[(t.conversation_id, t.turn.index)], t.turn.adapter_version,
                                t.turn.created_at)
                   for t in train_turns if (t.conversation_id, t.turn.index) in rewards]
-        contexts = ExpertReferences(tokenizer, references).contexts()
+        contexts = ExpertReferences(tokenizer, references | swaps).contexts()
         prompts = list({tuple(p): None for p in [t.turn.prompt_token_ids for t in train_turns] + contexts})
-        inputs = TrainingInputs(cfg, base_ref, train_pairs, logged, [list(p) for p in prompts], references, examples,
+        inputs = TrainingInputs(cfg, base_ref, train_pairs, logged, [list(p) for p in prompts], references | swaps,
+                                examples,
                                 start_files=TrainingInputs.adapter_files(active_dir) if self.team.size > 1 else {})
         self.metrics |= {"pairs_train": len(train_pairs), "pairs_eval": len(eval_pairs),
                          "pairs_correction": sum(p.source == "correction" for p in pairs),

@@ -45,7 +45,7 @@ SERVING_FIELDS = {("ppo", "temperature"): "LOOPDESK_TEMPERATURE", ("ppo", "max_n
                   ("gate", "temperature"): "LOOPDESK_TEMPERATURE", ("gate", "max_new_tokens"): "LOOPDESK_MAX_REPLY_TOKENS"}
 # What a queued run's recorded overrides may set (``run_config``): these round fields and whole sections.
 RECORDABLE_FIELDS = ("method", "rollout_steps", "logged_steps", "min_episodes", "max_episodes",
-                     "reward_model_history", "warm_start_steps", "kl_reference")
+                     "reward_model_history", "warm_start_steps", "kl_reference", "figure_swap_share", "figure_weight")
 RECORDABLE_SECTIONS = ("reward_builder", "reward_model", "ppo", "baseline")
 
 
@@ -87,6 +87,15 @@ class RoundConfig:
             context an expert reviewed; 0 scores with the reward model alone. PPO's rollouts draw
             from this round's logged contexts and every reviewed context so far (see
             docs/tuning.md#round).
+        figure_swap_share (float, default 0.5): PPO only: the share of the reviewed contexts that are
+            also rolled out as a copy with their figures changed (``trainer.figures``: every
+            number the context and its reference share, scaled alike in both), so the reference
+            reward pays for the passage's figure rather than the one the policy remembers; 0: none
+            (see docs/tuning.md#round).
+        figure_weight (float, default 1.0): PPO only: subtracted, times the share of a rollout reply's
+            figures that its context does not state (``trainer.figures.unsupported_share``), from the
+            rollout's reward: a figure should come from the passage or the customer, not from memory;
+            0: no check (see docs/tuning.md#round).
         warm_start_steps (int, default 0): PPO only: this many SFT steps (``baseline.batch_size``
             examples each, ``trainer.baselines.sft_examples``: expert corrections and replies
             rewarded ≥ ``baseline.sft_min_reward``) before the PPO steps, which start from that
@@ -116,6 +125,8 @@ class RoundConfig:
     reward_model_history: bool = True
     gate_history: bool = True
     reference_weight: float = 2.0
+    figure_swap_share: float = 0.5
+    figure_weight: float = 1.0
     warm_start_steps: int = 0
     kl_reference: str = "base"
 
@@ -128,6 +139,10 @@ class RoundConfig:
             raise ValueError(f"warm_start_steps must be >= 0, got {self.warm_start_steps}")
         if not (self.reference_weight >= 0 and math.isfinite(self.reference_weight)):
             raise ValueError(f"reference_weight must be a finite number >= 0, got {self.reference_weight}")
+        if not 0.0 <= self.figure_swap_share <= 1.0:
+            raise ValueError(f"figure_swap_share must be within [0, 1], got {self.figure_swap_share}")
+        if not (self.figure_weight >= 0 and math.isfinite(self.figure_weight)):
+            raise ValueError(f"figure_weight must be a finite number >= 0, got {self.figure_weight}")
 
     def baseline_steps(self) -> int:
         """The baseline's optimizer steps this round: PPO's example gradient passes over the baseline's

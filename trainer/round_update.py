@@ -1,7 +1,8 @@
 """The training half of a round, which every process of a launch runs (``trainer.team``): the reward
 model, then the policy update (``RoundConfig.method``: PPO on logged turns + fresh rollouts scored by the
-reward model plus the expert-reference reward, optionally after an SFT warm start on the demonstrations;
-or an SFT / KTO baseline on the logged turns with PPO's budget).
+reward model plus the expert-reference reward less the figure check (``trainer.figures``), optionally
+after an SFT warm start on the demonstrations; or an SFT / KTO baseline on the logged turns with PPO's
+budget).
 
 Its only input is ``TrainingInputs``, which the main process prepares from the export
 (``trainer.round``) and sends to the others, who need neither Redis nor the data directory. Each process
@@ -84,11 +85,13 @@ def update_policy(inputs: TrainingInputs, team: Team, start_dir: Path | None, re
 def update_ppo(inputs: TrainingInputs, team: Team, start_dir: Path | None, reward_model: RewardModel,
                work_dir: Path, report: Report) -> dict[str, Any]:
     """LoRA PPO from the start adapter: steps on logged turns, then on rollouts scored by the reward
-    model plus the expert-reference reward (``trainer.references``) where an expert reviewed the context."""
+    model plus the expert-reference reward (``trainer.references``) where an expert reviewed the context,
+    less ``figure_weight`` × the share of the reply's figures its context does not state (``trainer.figures``)."""
     from transformers import AutoModelForCausalLM
 
     from loopdesk.causal_lm import load_tokenizer
     from trainer import baselines
+    from trainer.figures import figure_penalties
     from trainer.policy import PolicyWithValueHead
     from trainer.ppo import PPOTrainer
     from trainer.references import ExpertReferences, with_references
@@ -124,9 +127,11 @@ def update_ppo(inputs: TrainingInputs, team: Team, start_dir: Path | None, rewar
     def rollout_rewards(pairs):
         scores, refs = with_references(reward_model.score_ids(pairs), pairs, references, cfg.reference_weight)
         found = [r for r in refs if r is not None]
+        unsupported = figure_penalties(pairs, tokenizer)
         reference_stats.update(reference_share=len(found) / len(refs),
-                               reference_score=sum(found) / len(found) if found else 0.0)
-        return scores
+                               reference_score=sum(found) / len(found) if found else 0.0,
+                               unsupported_figures=sum(unsupported) / len(unsupported))
+        return [s - cfg.figure_weight * u for s, u in zip(scores, unsupported, strict=True)]
 
     rng.shuffle(logged)  # consecutive batches: every logged turn is used before any is used twice
     for step in range(cfg.logged_steps):
@@ -155,7 +160,7 @@ def update_ppo(inputs: TrainingInputs, team: Team, start_dir: Path | None, rewar
     rollouts = history[cfg.logged_steps:]
     metrics["ppo"] |= {"reference_contexts": len(references),
                        **{k: sum(h.get(k, 0.0) for h in rollouts) / max(1, len(rollouts))
-                          for k in ("reference_share", "reference_score")}}
+                          for k in ("reference_share", "reference_score", "unsupported_figures")}}
     return metrics
 
 
