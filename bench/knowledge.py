@@ -32,6 +32,7 @@ Run:  python bench/knowledge.py [--model var/base-model] [--adapter DIR] [--per-
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import secrets
 import sys
@@ -50,6 +51,7 @@ sys.path = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROO
 
 import numpy as np  # noqa: E402
 
+from loopdesk.adapter_format import MANIFEST_FILE  # noqa: E402
 from loopdesk.articles import ArticleDraft  # noqa: E402
 from loopdesk.config import Settings, load_settings  # noqa: E402
 from sim.client import ChatClient, KnowledgeConsole  # noqa: E402
@@ -112,10 +114,6 @@ class BenchBot:
 
 def trained_on(adapter: Path) -> Path:
     """The base model directory an adapter directory's manifest names."""
-    import json
-
-    from loopdesk.adapter_format import MANIFEST_FILE
-
     try:
         return Path(json.loads((adapter / MANIFEST_FILE).read_text(encoding="utf-8"))["base_model"]).resolve()
     except (OSError, ValueError, KeyError) as exc:
