@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from itertools import accumulate
 from typing import TypeVar
 
@@ -150,7 +151,11 @@ class IndexConverter(BaseConverter):
     regex = r"\d+"
 
     def to_python(self, value: str) -> int:
-        digits = value.lstrip("0") or "0"  # leading zeros make no number bigger: 007 is 7
+        # leading zeros make no number bigger: 007 is 7, and so is a zero of another script ("௦07")
+        start = 0
+        while start < len(value) - 1 and unicodedata.decimal(value[start]) == 0:
+            start += 1
+        digits = value[start:]
         if len(digits) > len(str(ids.MAX_INDEX)) or int(digits) > ids.MAX_INDEX:
             raise NotFound(f"nothing is numbered {cut(value, 20)}: numbers in paths run from 0 to {ids.MAX_INDEX}")
         return int(digits)

@@ -12,7 +12,7 @@ import re
 
 import pytest
 from flask import Flask
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, example, given, settings as hsettings, strategies as st
 from werkzeug.exceptions import NotFound
 
 from bot.errors import ApiError
@@ -157,6 +157,7 @@ def test_any_query_text_is_kept_stripped_or_a_422(raw, most):
 @PROPERTY
 @given(digits=st.from_regex(r"\d{1,40}", fullmatch=True)  # any digits the path regex takes, not only ASCII
        | st.builds(lambda zeros, number: "0" * zeros + str(number), st.integers(0, 12), st.integers(0, 10**11)))
+@example(digits="\u0be6" + "0" * 10)  # a Tamil zero before ten ASCII ones: the number 0
 def test_any_number_in_a_path_is_an_index_or_not_found(digits):
     try:
         index = IndexConverter(APP.url_map).to_python(digits)
