@@ -32,7 +32,6 @@ Run:  python bench/knowledge.py [--model var/base-model] [--adapter DIR] [--per-
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import secrets
 import sys
@@ -51,7 +50,7 @@ sys.path = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROO
 
 import numpy as np  # noqa: E402
 
-from loopdesk.adapter_format import MANIFEST_FILE  # noqa: E402
+from loopdesk.adapter_format import read_manifest, same_base_model  # noqa: E402
 from loopdesk.articles import ArticleDraft  # noqa: E402
 from loopdesk.config import Settings, load_settings  # noqa: E402
 from sim.client import ChatClient, KnowledgeConsole  # noqa: E402
@@ -112,10 +111,10 @@ class BenchBot:
     concurrency: int
 
 
-def trained_on(adapter: Path) -> Path:
-    """The base model directory an adapter directory's manifest names."""
+def trained_on(adapter: Path) -> str:
+    """The base model an adapter directory's manifest names."""
     try:
-        return Path(json.loads((adapter / MANIFEST_FILE).read_text(encoding="utf-8"))["base_model"]).resolve()
+        return str(read_manifest(adapter)["base_model"])
     except (OSError, ValueError, KeyError) as exc:
         raise SystemExit(f"{adapter} is not an adapter directory with a manifest naming its base model: {exc}")
 
@@ -142,8 +141,8 @@ def serve_adapter(settings: Settings, store: Any, engine: Any, adapter: Path) ->
 def bench_bot(model: Path, concurrency: int = 8, adapter: Path | None = None, **overrides: Any) -> Iterator[BenchBot]:
     """The real bot on ``model`` (serving ``adapter`` when given) in a fresh temporary data directory, with the
     demo shop's articles."""
-    if adapter is not None and trained_on(adapter) != model.resolve():
-        raise SystemExit(f"{adapter} was trained on {trained_on(adapter)}, not on {model.resolve()}")
+    if adapter is not None and not same_base_model(base := trained_on(adapter), str(model)):
+        raise SystemExit(f"{adapter} was trained on {base}, not on {model}")
     from bot.app import create_app
     from bot.runtime.knowledge import LiveKnowledge
     from feedback_store.server import stop_embedded_redis

@@ -228,9 +228,10 @@ class Round:
                                rewards[(t.conversation_id, t.turn.index)], t.turn.adapter_version,
                                t.turn.created_at)
                   for t in train_turns if (t.conversation_id, t.turn.index) in rewards]
-        contexts = ExpertReferences(tokenizer, references | swaps).contexts()
+        rollout_references = references | swaps
+        contexts = ExpertReferences(tokenizer, rollout_references).contexts()
         prompts = list({tuple(p): None for p in [t.turn.prompt_token_ids for t in train_turns] + contexts})
-        inputs = TrainingInputs(cfg, base_ref, train_pairs, logged, [list(p) for p in prompts], references | swaps,
+        inputs = TrainingInputs(cfg, base_ref, train_pairs, logged, [list(p) for p in prompts], rollout_references,
                                 examples,
                                 start_files=TrainingInputs.adapter_files(active_dir) if self.team.size > 1 else {})
         self.metrics |= {"pairs_train": len(train_pairs), "pairs_eval": len(eval_pairs),
