@@ -347,10 +347,14 @@ def main() -> None:
     parser.add_argument("--adapter", type=Path, default=None,
                         help="an adapter directory trained on --model: the bot serves it to every conversation")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-figure-guard", action="store_true",
+                        help="let the bot state figures its prompt does not give (Settings.figure_guard off)")
     args = parser.parse_args()
     started = time.monotonic()
-    figures = run(args.model, args.per_intent, args.concurrency, args.articles, args.seed, args.adapter)
-    served = f" with adapter {args.adapter}" if args.adapter else ""
+    figures = run(args.model, args.per_intent, args.concurrency, args.articles, args.seed, args.adapter,
+                  figure_guard=not args.no_figure_guard)
+    served = (f" with adapter {args.adapter}" if args.adapter else "") + \
+        (", figure guard off" if args.no_figure_guard else "")
     print(f"knowledge base benchmark of {args.model}{served} ({time.monotonic() - started:.0f} s)")
     print(table(figures))
 

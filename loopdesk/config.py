@@ -158,6 +158,10 @@ class Settings:
         handoff_after_reasks (int, default 2): the customer's re-asks ("that doesn't answer my
             question", ``loopdesk.knowledge.is_reask``) since the bot last took over after which
             the bot hands the chat to a person instead of answering again. 0: never on re-asks.
+        figure_guard (bool, default true): the bot states no figure (a number such as "8-12" or
+            "9.95") that its prompt (help articles, conversation) or ``contact_address`` does not
+            give; tokens that would are banned while sampling (bot.runtime.figure_guard). The
+            built-in engine only: the vLLM backend samples unguarded.
         business_hours (str, default ""): when agents answer chats, e.g. ``Mon-Fri 08:00-18:00
             Europe/London`` (format: ``loopdesk.business_hours``). Outside them, and whenever no
             agent is online, a customer who asks for a person is told when the team is back and may
@@ -211,6 +215,7 @@ class Settings:
     retention_days: int = 90
     contact_address: str = "0800 555 0199 (8am to 6pm, Monday to Friday)"
     handoff_after_reasks: int = 2
+    figure_guard: bool = True
     business_hours: str = ""
 
     @cached_property

@@ -19,6 +19,7 @@ from loopdesk.causal_lm import context_length, load_tokenizer
 from loopdesk.config import Settings
 from tests.adapter_helpers import adapters_home, wait_for
 from tests.model_families import FAMILIES, IM_END
+from tests.replay_helpers import replayed_logprobs
 from trainer.baselines import Example, kto_update, sft_trainer, sft_update
 from trainer.config import BaselineConfig, PPOConfig, RewardModelConfig
 from trainer.policy import PolicyWithValueHead
@@ -76,13 +77,11 @@ def served_concurrently(engine: Engine, version: str, n: int = 8) -> list[Genera
     return results
 
 
-def replayed(model: torch.nn.Module, gen: Generation, temperature: float) -> list[float]:
-    """Log-probs of the reply tokens from one unbatched, unpadded forward pass over prompt + reply."""
-    ids = torch.tensor([gen.prompt_token_ids + gen.reply_token_ids])
-    with torch.no_grad():
-        logp = torch.log_softmax(model(input_ids=ids).logits[0].float() / temperature, dim=-1)
-    start = len(gen.prompt_token_ids) - 1
-    return [logp[start + i, token].item() for i, token in enumerate(gen.reply_token_ids)]
+def replayed(model: torch.nn.Module, gen: Generation, engine: Engine) -> list[float]:
+    """Log-probs of the reply tokens from one unbatched, unpadded forward pass over prompt + reply, under the
+    engine's figure guard."""
+    return replayed_logprobs(model, gen.prompt_token_ids, gen.reply_token_ids, engine.settings.temperature,
+                             engine.figure_guard(gen.context), engine.settings.max_reply_tokens)
 
 
 def test_batched_serving_keeps_each_replys_logprobs_and_closing_eos(engine: Engine, model_dir: Path) -> None:
@@ -90,7 +89,7 @@ def test_batched_serving_keeps_each_replys_logprobs_and_closing_eos(engine: Engi
     gens = served_concurrently(engine, "base", n=12)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     for gen in gens:
-        assert gen.logprobs == pytest.approx(replayed(model, gen, engine.settings.temperature), abs=1e-4)
+        assert gen.logprobs == pytest.approx(replayed(model, gen, engine), abs=1e-4)
         assert gen.finished == (gen.reply_token_ids[-1] == eos) and eos not in gen.reply_token_ids[:-1]
         assert gen.finished or len(gen.reply_token_ids) == REPLY_TOKENS
         assert engine.tokenizer(gen.context, add_special_tokens=False).input_ids == gen.prompt_token_ids
@@ -166,9 +165,9 @@ def test_a_ppo_trained_adapter_is_released_and_hot_swapped_into_the_serving_bot(
                                               str(adapters_home(store) / version)).eval()
     for gen in gens:
         assert gen.adapter_version == version
-        assert gen.logprobs == pytest.approx(replayed(served_policy, gen, engine.settings.temperature), abs=1e-4)
+        assert gen.logprobs == pytest.approx(replayed(served_policy, gen, engine), abs=1e-4)
     with served_policy.disable_adapter():
-        assert gens[0].logprobs != pytest.approx(replayed(served_policy, gens[0], engine.settings.temperature),
+        assert gens[0].logprobs != pytest.approx(replayed(served_policy, gens[0], engine),
                                                  abs=1e-3)
 
 

@@ -12,6 +12,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from bot.runtime import Engine, Generation
 from feedback_store import FeedbackStore
 from loopdesk.config import Settings
+from tests.replay_helpers import replayed_logprobs
 
 
 @pytest.fixture
@@ -22,13 +23,11 @@ def engine(settings: Settings, store: FeedbackStore, base_model_dir: Path) -> En
     engine.stop()
 
 
-def replay_logprobs(model: torch.nn.Module, gen: Generation, temperature: float) -> list[float]:
-    """Log-probs of the reply tokens from one unbatched forward pass over prompt + reply."""
-    ids = torch.tensor([gen.prompt_token_ids + gen.reply_token_ids])
-    with torch.no_grad():
-        logp = torch.log_softmax(model(ids).logits[0].float() / temperature, dim=-1)
-    start = len(gen.prompt_token_ids) - 1
-    return [logp[start + i, token].item() for i, token in enumerate(gen.reply_token_ids)]
+def replay_logprobs(model: torch.nn.Module, gen: Generation, engine: Engine) -> list[float]:
+    """Log-probs of the reply tokens from one unbatched forward pass over prompt + reply, under the engine's
+    figure guard."""
+    return replayed_logprobs(model, gen.prompt_token_ids, gen.reply_token_ids, engine.settings.temperature,
+                             engine.figure_guard(gen.context), engine.settings.max_reply_tokens)
 
 
 def ask(text: str) -> list[dict]:
@@ -62,7 +61,7 @@ def test_batched_replies_have_the_single_request_distribution(engine: Engine, ba
     assert len(results) == 8
     model = AutoModelForCausalLM.from_pretrained(base_model_dir).eval()
     for gen in [*results, single]:
-        replay = replay_logprobs(model, gen, engine.settings.temperature)
+        replay = replay_logprobs(model, gen, engine)
         assert gen.logprobs == pytest.approx(replay, abs=1e-4)
 
 

@@ -10,12 +10,14 @@ so logged log-probs match the policy's.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
+from bot.runtime.figure_guard import FigureGuard
 from bot.runtime.kv_cache import CachedPrompt, RowCache
 
 SLACK_COLUMNS = 64  # decode steps a new batch's cache has room for before it grows
@@ -33,23 +35,31 @@ class Row:
     finished: bool = False
     error: str = ""
     feed: list[int] = field(default_factory=list)  # prompt tokens still to run through decode steps (``join``)
+    guard: FigureGuard | None = None  # the figures the reply may state (``bot.runtime.figure_guard``)
 
     @property
     def done(self) -> bool:
         return self.finished or bool(self.error) or len(self.reply_ids) >= self.max_new_tokens
 
 
-def sample(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sample(logits: torch.Tensor, temperature: float, banned: list[torch.Tensor | None] | None = None,
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample one token per row at ``temperature``; return tokens, their log-probs, finite-row flags.
 
-    A row whose logits sum to a non-finite value holds a NaN or an infinity. Sampling inverts each row's
-    cumulative distribution at a uniform draw in (0, 1]: the distribution of ``torch.multinomial`` at a
-    tenth of its cost, and no token of probability 0 can come out.
+    A row whose logits sum to a non-finite value holds a NaN or an infinity. ``banned[i]``, token ids row
+    ``i`` may not take, get probability 0; the log-probs are those of the distribution sampled from.
+    Sampling inverts each row's cumulative distribution at a uniform draw in (0, 1]: the distribution of
+    ``torch.multinomial`` at a tenth of its cost, and no token of probability 0 can come out.
     """
     logits = logits.float()
     ok = torch.isfinite(logits.sum(dim=-1))
     if not bool(ok.all()):
         logits = torch.where(ok.unsqueeze(-1), logits, torch.zeros_like(logits))
+    if banned is not None and any(b is not None and len(b) for b in banned):
+        logits = logits.clone()
+        for i, ids in enumerate(banned):
+            if ids is not None and len(ids):
+                logits[i, ids] = -math.inf
     logp = torch.log_softmax(logits / temperature, dim=-1)  # log π(a|s) at the serving temperature
     cdf = logp.exp().cumsum(dim=-1)
     draw = (1.0 - torch.rand((len(cdf), 1))) * cdf[:, -1:]
@@ -125,7 +135,9 @@ class Batch:
         self._accept(out.logits[:, -1], eos_id, temperature)
 
     def _accept(self, logits: torch.Tensor, eos_id: int, temperature: float) -> None:
-        tokens, logprobs, ok = sample(logits, temperature)
+        banned = [row.guard.banned(final=len(row.reply_ids) == row.max_new_tokens - 1)
+                  if row.guard is not None and not row.feed else None for row in self.rows]
+        tokens, logprobs, ok = sample(logits, temperature, banned)
         pending = tokens.tolist()
         for i, (row, logprob, finite) in enumerate(zip(self.rows, logprobs.tolist(), ok.tolist())):
             if not finite:
@@ -135,6 +147,8 @@ class Batch:
             else:
                 row.reply_ids.append(pending[i])
                 row.logprobs.append(logprob)
+                if row.guard is not None:
+                    row.guard.advance(pending[i])
                 row.finished = pending[i] == eos_id
         self.pending = torch.tensor(pending)
 

@@ -28,6 +28,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from bot.runtime.admission import Admission, Slot
 from bot.runtime.batching import Row
 from bot.runtime.errors import GenerationError, ReplyTimeoutError
+from bot.runtime.figure_guard import FigureGuard, FigureVocabulary, figures
 from bot.runtime.follower import AdapterFollower
 from bot.runtime.hotswap import WorkerLoader
 from bot.runtime.prompts import PromptBuilder, prompt_builder
@@ -79,6 +80,7 @@ class Engine:
         self.idle_unload_s, self.resync_s = idle_unload_s, resync_s
         self.tokenizer = None
         self._builder: PromptBuilder | None = None
+        self._figures: FigureVocabulary | None = None  # with ``figure_guard``: the tokens that state figures
         self._worker: GenerationWorker | None = None
         self._adapters: AdapterFollower | None = None
         self._max_positions = 0
@@ -96,6 +98,9 @@ class Engine:
         model = self._load_model(ref)
         self._max_positions = context_length(model.config)
         self._builder = prompt_builder(self.tokenizer, self._max_positions, self.settings)
+        if self.settings.figure_guard:
+            self._figures = FigureVocabulary(self.tokenizer, model.get_output_embeddings().weight.shape[0],
+                                             self.tokenizer.eos_token_id)
         self._worker = self._new_worker(model)
         self._worker.start()
         self._watchdog.start()
@@ -184,7 +189,8 @@ class Engine:
         prompt = self._builder.build(messages, passages)
         max_new = min(self.settings.max_reply_tokens, self._max_positions - len(prompt.token_ids))
         deadline_s = self.settings.reply_deadline_s
-        request = Request(adapter_version, Row(prompt.token_ids, max_new), stream=on_text is not None, slot=slot,
+        request = Request(adapter_version, Row(prompt.token_ids, max_new, guard=self.figure_guard(prompt.text)),
+                          stream=on_text is not None, slot=slot,
                           deadline=time.monotonic() + deadline_s if deadline_s > 0 else math.inf)
         if cancelled is not None:
             request.cancelled = cancelled
@@ -213,6 +219,12 @@ class Engine:
             finished=row.finished,
             reused_prompt_tokens=request.reused_tokens,
         )
+
+    def figure_guard(self, prompt_text: str) -> FigureGuard | None:
+        """A fresh guard of the figures a reply to ``prompt_text`` may state (None: ``figure_guard`` is off)."""
+        if self._figures is None:
+            return None
+        return self._figures.guard(figures(prompt_text, self.settings.contact_address))
 
     def _stream(self, row: Row, streamed: str, on_text: Callable[[str], None], final: bool) -> str:
         """Hand the text decoded since ``streamed`` to ``on_text`` (holding back a partial character)."""

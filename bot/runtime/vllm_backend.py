@@ -141,6 +141,9 @@ class VllmEngine:
         self._follower = AdapterFollower(self.store, self, ref, self.idle_unload_s, self.resync_s)
         self._follower.start()
         log.info("vLLM backend at %s serving %s", self.url, self.loaded_versions())
+        if self.settings.figure_guard:
+            log.warning("the vLLM backend samples without the figure guard (bot.runtime.figure_guard): replies may "
+                        "state figures their help articles do not give; LOOPDESK_FIGURE_GUARD=false silences this")
 
     def stop(self) -> None:
         self._stopped = True
