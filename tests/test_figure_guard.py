@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bot.runtime import Engine
 from bot.runtime.batching import Batch, Row, sample
-from bot.runtime.figure_guard import FigureGuard, FigureVocabulary, figures
+from bot.runtime.figure_guard import OPEN_RUN, FigureGuard, FigureVocabulary, figures
 from feedback_store import FeedbackStore
 from loopdesk.config import Settings
 from tests.replay_helpers import replayed_logprobs
@@ -107,6 +107,13 @@ def sampled(model, tokenizer, vocabulary: FigureVocabulary | None, n: int = 48, 
     return rows
 
 
+def states_only(reply: str, finished: bool, allowed: set[str] | frozenset[str]) -> bool:
+    """Whether ``reply`` states no figure but ``allowed``; one cut by its token budget may end inside one."""
+    cut = OPEN_RUN.search(reply) if not finished else None
+    return figures(reply[:cut.start()] if cut else reply) <= allowed and (
+        cut is None or any(f.startswith(cut.group().rstrip()) for f in allowed))
+
+
 def test_replies_sampled_under_the_guard_state_only_the_prompts_figures_with_their_logprobs(
         base_model_dir: Path, tokenizer, vocabulary) -> None:
     model = AutoModelForCausalLM.from_pretrained(base_model_dir).eval()
@@ -114,8 +121,9 @@ def test_replies_sampled_under_the_guard_state_only_the_prompts_figures_with_the
     assert any(figures(reply) - {"8-12", "9.95"} for reply in unguarded)  # the model does state others
     rows = sampled(model, tokenizer, vocabulary)
     replies = [tokenizer.decode(r.reply_ids, skip_special_tokens=True) for r in rows]
-    assert all(figures(reply) <= {"8-12", "9.95"} for reply in replies), replies
-    assert any(figures(reply) for reply in replies)  # the passage's own figures still come out
+    for row, reply in zip(rows, replies):
+        assert states_only(reply, row.finished, {"8-12", "9.95"}), reply
+    assert any("8-12" in reply or "9.95" in reply for reply in replies)  # the passage's own figures come out
     for row in rows[:8]:
         guard = vocabulary.guard(row.guard.allowed)
         replay = replayed_logprobs(model, row.prompt_ids, row.reply_ids, 1.5, guard, row.max_new_tokens)
@@ -131,7 +139,7 @@ def test_the_engine_guards_every_reply_with_its_prompts_and_the_contact_lines_fi
         assert guard is not None and guard.allowed == figures("8-12", settings.contact_address)
         for _ in range(12):
             gen = engine.generate([{"role": "user", "content": "I want a refund for order 4417"}], "base")
-            assert figures(gen.text) <= figures(gen.context, settings.contact_address), gen.text
+            assert states_only(gen.text, gen.finished, figures(gen.context, settings.contact_address)), gen.text
     finally:
         engine.stop()
     off = Engine(settings.replace(base_model=str(base_model_dir), figure_guard=False), store)
