@@ -55,11 +55,11 @@ def sample(logits: torch.Tensor, temperature: float, banned: list[torch.Tensor |
     ok = torch.isfinite(logits.sum(dim=-1))
     if not bool(ok.all()):
         logits = torch.where(ok.unsqueeze(-1), logits, torch.zeros_like(logits))
-    if banned is not None and any(b is not None and len(b) for b in banned):
+    rows = [(i, ids) for i, ids in enumerate(banned or []) if ids is not None and len(ids)]
+    if rows:  # one indexed write for every banned token of every row
         logits = logits.clone()
-        for i, ids in enumerate(banned):
-            if ids is not None and len(ids):
-                logits[i, ids] = -math.inf
+        logits[torch.cat([torch.full((len(ids),), i, dtype=torch.long) for i, ids in rows]),
+               torch.cat([ids for _, ids in rows])] = -math.inf
     logp = torch.log_softmax(logits / temperature, dim=-1)  # log π(a|s) at the serving temperature
     cdf = logp.exp().cumsum(dim=-1)
     draw = (1.0 - torch.rand((len(cdf), 1))) * cdf[:, -1:]

@@ -83,6 +83,7 @@ class FigureVocabulary:
         as_ids = {k: torch.tensor(v, dtype=torch.long) for k, v in kinds.items()}
         empty = torch.empty(0, dtype=torch.long)
         self.digits, self.spacers = kinds["digits"], kinds["spacers"]
+        self.digit_set = frozenset(self.digits)
         self.closing = as_ids.get("closing", empty)
         self.letters = as_ids.get("letters", empty)
         self.letter_mask = torch.zeros(size, dtype=torch.bool)
@@ -188,6 +189,7 @@ class FigureGuard:
             self.recent = self.tail = ""
             return
         self.recent = (self.recent + self.vocabulary.texts[token])[-RECENT_CHARS:]
-        open_run = OPEN_RUN.search(self.recent)
-        self.tail = open_run.group() if open_run else ""
+        if self.tail or token in self.vocabulary.digit_set:  # no figure opens without a digit
+            open_run = OPEN_RUN.search(self.recent)
+            self.tail = open_run.group() if open_run else ""
 
