@@ -159,9 +159,10 @@ class Settings:
             question", ``loopdesk.knowledge.is_reask``) since the bot last took over after which
             the bot hands the chat to a person instead of answering again. 0: never on re-asks.
         figure_guard (bool, default true): the bot states no figure (a number such as "8-12" or
-            "9.95") that its prompt (help articles, conversation) or ``contact_address`` does not
-            give; tokens that would are banned while sampling (bot.runtime.figure_guard). The
-            built-in engine only: the vLLM backend samples unguarded.
+            "9.95") that neither the shop's and its own text in the prompt (help articles, earlier
+            bot turns; not the customer's words) nor ``contact_address`` gives; tokens that would
+            are banned while sampling (bot.runtime.figure_guard). The built-in engine only: the
+            vLLM backend samples unguarded.
         business_hours (str, default ""): when agents answer chats, e.g. ``Mon-Fri 08:00-18:00
             Europe/London`` (format: ``loopdesk.business_hours``). Outside them, and whenever no
             agent is online, a customer who asks for a person is told when the team is back and may

@@ -130,16 +130,20 @@ def test_replies_sampled_under_the_guard_state_only_the_prompts_figures_with_the
         assert row.logprobs == pytest.approx(replay, abs=1e-4)
 
 
-def test_the_engine_guards_every_reply_with_its_prompts_and_the_contact_lines_figures(
+def test_the_engine_guards_every_reply_with_the_shops_and_its_own_figures_not_the_customers(
         settings: Settings, store: FeedbackStore, base_model_dir: Path) -> None:
     engine = Engine(settings.replace(base_model=str(base_model_dir), max_reply_tokens=32, temperature=1.5), store)
+    chat = [{"role": "user", "content": "When is the refund of order 4417 due?"},
+            {"role": "assistant", "content": "Refunds take 8-12 business days."},
+            {"role": "user", "content": "Confirm it is 30 days for order 4417 or 2 hours."}]
     engine.start()
     try:
-        guard = engine.figure_guard("Refunds take 8-12 business days.")
-        assert guard is not None and guard.allowed == figures("8-12", settings.contact_address)
         for _ in range(12):
-            gen = engine.generate([{"role": "user", "content": "I want a refund for order 4417"}], "base")
-            assert states_only(gen.text, gen.finished, figures(gen.context, settings.contact_address)), gen.text
+            gen = engine.generate(chat, "base")
+            assert "8-12" in gen.grounds and "4417" not in gen.grounds and "4417" in gen.context
+            allowed = engine.figure_guard(gen.grounds).allowed
+            assert {"8-12", "0800 555 0199", "8am", "6pm"} <= allowed and not {"4417", "30", "2"} & allowed
+            assert states_only(gen.text, gen.finished, allowed), gen.text
     finally:
         engine.stop()
     off = Engine(settings.replace(base_model=str(base_model_dir), figure_guard=False), store)

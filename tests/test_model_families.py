@@ -81,7 +81,7 @@ def replayed(model: torch.nn.Module, gen: Generation, engine: Engine) -> list[fl
     """Log-probs of the reply tokens from one unbatched, unpadded forward pass over prompt + reply, under the
     engine's figure guard."""
     return replayed_logprobs(model, gen.prompt_token_ids, gen.reply_token_ids, engine.settings.temperature,
-                             engine.figure_guard(gen.context), engine.settings.max_reply_tokens)
+                             engine.figure_guard(gen.grounds), engine.settings.max_reply_tokens)
 
 
 def test_batched_serving_keeps_each_replys_logprobs_and_closing_eos(engine: Engine, model_dir: Path) -> None:

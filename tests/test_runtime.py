@@ -27,7 +27,7 @@ def replay_logprobs(model: torch.nn.Module, gen: Generation, engine: Engine) -> 
     """Log-probs of the reply tokens from one unbatched forward pass over prompt + reply, under the engine's
     figure guard."""
     return replayed_logprobs(model, gen.prompt_token_ids, gen.reply_token_ids, engine.settings.temperature,
-                             engine.figure_guard(gen.context), engine.settings.max_reply_tokens)
+                             engine.figure_guard(gen.grounds), engine.settings.max_reply_tokens)
 
 
 def ask(text: str) -> list[dict]:

@@ -65,6 +65,7 @@ class Generation:
     ttft_ms: float
     finished: bool
     reused_prompt_tokens: int = 0  # leading prompt tokens whose keys and values an earlier prompt gave
+    grounds: str = ""  # the prompt's text that is not the customer's: where the figures it may state come from
 
 
 class Engine:
@@ -189,7 +190,7 @@ class Engine:
         prompt = self._builder.build(messages, passages)
         max_new = min(self.settings.max_reply_tokens, self._max_positions - len(prompt.token_ids))
         deadline_s = self.settings.reply_deadline_s
-        request = Request(adapter_version, Row(prompt.token_ids, max_new, guard=self.figure_guard(prompt.text)),
+        request = Request(adapter_version, Row(prompt.token_ids, max_new, guard=self.figure_guard(prompt.grounds)),
                           stream=on_text is not None, slot=slot,
                           deadline=time.monotonic() + deadline_s if deadline_s > 0 else math.inf)
         if cancelled is not None:
@@ -218,13 +219,16 @@ class Engine:
             ttft_ms=1000 * ((request.first_token_at or done) - started),
             finished=row.finished,
             reused_prompt_tokens=request.reused_tokens,
+            grounds=prompt.grounds,
         )
 
-    def figure_guard(self, prompt_text: str) -> FigureGuard | None:
-        """A fresh guard of the figures a reply to ``prompt_text`` may state (None: ``figure_guard`` is off)."""
+    def figure_guard(self, grounds: str) -> FigureGuard | None:
+        """A fresh guard of the figures a reply may state: those of ``grounds`` (a prompt's text that is not
+        the customer's: a customer cannot make the bot state a figure by writing it) and of the contact line.
+        None: ``figure_guard`` is off."""
         if self._figures is None:
             return None
-        return self._figures.guard(figures(prompt_text, self.settings.contact_address))
+        return self._figures.guard(figures(grounds, self.settings.contact_address))
 
     def _stream(self, row: Row, streamed: str, on_text: Callable[[str], None], final: bool) -> str:
         """Hand the text decoded since ``streamed`` to ``on_text`` (holding back a partial character)."""

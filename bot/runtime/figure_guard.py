@@ -2,9 +2,10 @@
 
 A figure is a run of ASCII digit groups joined by single separators (``. , : / -`` or a space) and the
 letters glued to its end: ``8-12``, ``9.95``, ``0800 555 0199``, ``8am`` (``FIGURE``). A reply's allowed
-figures are those of its prompt (the system prompt, the retrieved help articles, the conversation so far,
-the customer's own words included) and of the shop's contact line (``Settings.contact_address``, which
-the bot's own notices state). Each decode step, a row's ``FigureGuard`` bans the tokens that would make
+figures are those of its prompt that the shop or the bot wrote (the system prompt, the retrieved help
+articles, the bot's earlier turns: ``Prompt.grounds``; not the customer's words, so that a customer
+cannot make the bot state a figure by writing it) and of the shop's contact line
+(``Settings.contact_address``, which the bot's own notices state). Each decode step, a row's ``FigureGuard`` bans the tokens that would make
 the reply state any other figure:
 
 - outside a figure, a token that starts one (``" 30"``) must start an allowed figure;

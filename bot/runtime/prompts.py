@@ -18,10 +18,13 @@ MIN_PASSAGE_CHARS = 120
 
 @dataclass(frozen=True)
 class Prompt:
-    """The rendered prompt text and its token ids (no special tokens added beyond the template's)."""
+    """The rendered prompt text and its token ids (no special tokens added beyond the template's), and
+    ``grounds``: the text of its messages that are not the customer's (the system message with the help
+    articles, the bot's earlier turns), where the figure guard takes the figures a reply may state from."""
 
     text: str
     token_ids: list[int]
+    grounds: str = ""
 
 
 def system_prompt(model_dir: str | Path) -> str | None:
@@ -127,4 +130,5 @@ class PromptBuilder:
 
     def _render(self, messages: list[dict[str, str]]) -> Prompt:
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return Prompt(text, self.tokenizer(text, add_special_tokens=False).input_ids)
+        grounds = "\n".join(m["content"] for m in messages if m["role"] != "user")
+        return Prompt(text, self.tokenizer(text, add_special_tokens=False).input_ids, grounds)
