@@ -7,6 +7,7 @@ import math
 import sys
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trainer import gate
@@ -142,3 +143,17 @@ def test_the_expert_view_is_measured_on_reviewed_contexts_and_can_refuse(base_mo
     unreviewed = gate.evaluate(str(base_model_dir), candidate_dir, None, "base", prompts, untrained_reward_model,
                                strict, ExpertReferences(tokenizer, {}), reference_weight=1.0)
     assert "expert_view" not in unreviewed.checks and unreviewed.candidate.reference_score is None
+
+
+def test_the_gates_kl_estimate_is_hand_worked_never_negative_and_unbiased() -> None:
+    policy = torch.tensor([[-1.0, -2.0, -0.3], [-0.5, -0.5, 0.0]])
+    reference = torch.tensor([[-1.5, -2.0, -9.0], [-0.2, -0.5, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])  # the third token is padding
+    assert gate.reply_kl(policy, reference, mask).tolist() == pytest.approx(
+        [math.exp(-0.5) - 1 + 0.5, math.exp(0.3) - 1 - 0.3], abs=1e-6)
+    torch.manual_seed(0)  # tokens drawn from π over 4 tokens: the mean estimate is KL(π‖π_ref)
+    pi, ref = torch.tensor([0.5, 0.3, 0.15, 0.05]), torch.tensor([0.25, 0.25, 0.25, 0.25])
+    drawn = torch.multinomial(pi, 200_000, replacement=True)
+    per_token = gate.reply_kl(pi.log()[drawn].unsqueeze(1), ref.log()[drawn].unsqueeze(1), torch.ones(len(drawn), 1))
+    assert bool((per_token >= 0).all())
+    assert float(per_token.mean()) == pytest.approx(float((pi * (pi / ref).log()).sum()), abs=5e-3)

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
@@ -18,6 +17,7 @@ from bot.runtime import Engine
 from feedback_store import FeedbackStore
 from feedback_store.records import BotTurn
 from tests.adapter_helpers import wait_for
+from tests.replay_helpers import replayed_logprobs
 from tests.trainer_helpers import CORRECTION, QUESTIONS, small_round_config, trainer_settings
 from trainer.round import run_round
 
@@ -71,9 +71,6 @@ def test_a_round_on_the_bots_own_replies_is_released_and_served(family, settings
     assert gen.adapter_version == "v0001"
     policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir),
                                        store.adapters.get("v0001").path).eval()
-    ids = torch.tensor([gen.prompt_token_ids + gen.reply_token_ids])
-    with torch.no_grad():
-        logp = torch.log_softmax(policy(input_ids=ids).logits[0] / tsettings.temperature, dim=-1)
-    start = len(gen.prompt_token_ids) - 1
-    assert gen.logprobs == pytest.approx([logp[start + i, t].item() for i, t in enumerate(gen.reply_token_ids)],
-                                         abs=1e-4)
+    replay = replayed_logprobs(policy, gen.prompt_token_ids, gen.reply_token_ids, tsettings.temperature,
+                               engine.figure_guard(gen.grounds), tsettings.max_reply_tokens)
+    assert gen.logprobs == pytest.approx(replay, abs=1e-4)  # under the figure guard the engine sampled with

@@ -8,7 +8,6 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
@@ -19,6 +18,7 @@ from bot.runtime.routing import Routing
 from feedback_store import FeedbackStore
 from loopdesk.config import Settings
 from tests.adapter_helpers import register_random_adapter, wait_for
+from tests.replay_helpers import replayed_logprobs
 
 ASK = [{"role": "user", "content": "Where is my order?"}]
 
@@ -75,14 +75,14 @@ def test_adapter_changes_replies_and_logprobs_match_it(engine: Engine, store: Fe
     gen = engine.generate(ASK, version)
     assert gen.adapter_version == version
     policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model_dir), store.adapters.get(version).path)
-    ids = torch.tensor([gen.prompt_token_ids + gen.reply_token_ids])
-    with torch.no_grad():
-        logp = torch.log_softmax(policy(ids).logits[0] / engine.settings.temperature, dim=-1)
-        with policy.disable_adapter():
-            base_logp = torch.log_softmax(policy(ids).logits[0] / engine.settings.temperature, dim=-1)
-    start = len(gen.prompt_token_ids) - 1
-    expected = [logp[start + i, t].item() for i, t in enumerate(gen.reply_token_ids)]
-    under_base = [base_logp[start + i, t].item() for i, t in enumerate(gen.reply_token_ids)]
+
+    def replay(model) -> list[float]:  # under the figure guard the engine sampled with
+        return replayed_logprobs(model, gen.prompt_token_ids, gen.reply_token_ids, engine.settings.temperature,
+                                 engine.figure_guard(gen.grounds), engine.settings.max_reply_tokens)
+
+    expected = replay(policy)
+    with policy.disable_adapter():
+        under_base = replay(policy)
     assert gen.logprobs == pytest.approx(expected, abs=1e-4)
     assert gen.logprobs != pytest.approx(under_base, abs=1e-3)
     assert engine.generate(ASK, "base").adapter_version == "base"

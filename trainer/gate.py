@@ -2,9 +2,10 @@
 
 Both adapters answer the same held-out prompts (logged contexts of conversations kept out of
 training) at the serving temperature, ``samples_per_context`` replies each. Measured per adapter:
-mean reward-model score, KL to the reference (the base, adapter disabled; Σ_t log π(y_t) −
-log π_ref(y_t) over each sampled reply, averaged over replies), mean reply length in tokens, and
-the share of replies cut off without EOS.
+mean reward-model score, KL to the reference (the base, adapter disabled; over each sampled reply
+Σ_t (r_t − 1) − log r_t with r_t = π_ref(y_t)/π(y_t), averaged over replies: an unbiased estimate of
+the reply's KL(π‖π_ref) that, unlike Σ_t log π(y_t) − log π_ref(y_t), is never below 0 and varies
+less), mean reply length in tokens, and the share of replies cut off without EOS.
 
 A context's score is the mean over its replies of the reward model's score plus
 ``reference_weight`` × the expert-reference score (``trainer.references``) where an expert reviewed
@@ -89,8 +90,9 @@ class GateVerdict:
 
 
 @torch.no_grad()
-def _reply_logprobs(model, samples: list[Sample], pad_id: int, eos_id: int, temperature: float) -> torch.Tensor:
-    """Summed log-probs [B] of each sample's reply tokens under ``model`` as currently set."""
+def _reply_logprobs(model, samples: list[Sample], pad_id: int, eos_id: int, temperature: float
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs [B, R] of each sample's reply tokens under ``model`` as currently set, and their mask."""
     batch = collate(samples, pad_id, eos_id, next(model.parameters()).device)
     position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
@@ -98,7 +100,14 @@ def _reply_logprobs(model, samples: list[Sample], pad_id: int, eos_id: int, temp
     start, end = batch.prompt_width - 1, batch.input_ids.shape[1] - 1  # logits at t predict t+1
     logp = torch.log_softmax(logits[:, start:end].float() / temperature, dim=-1)
     picked = logp.gather(-1, batch.reply_ids.unsqueeze(-1)).squeeze(-1)
-    return (picked * batch.reply_mask).sum(1).cpu()
+    return picked.cpu(), batch.reply_mask.cpu()
+
+
+def reply_kl(policy: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per reply [B], Σ_t (r_t − 1) − log r_t with r_t = π_ref/π at each reply token (``policy``,
+    ``reference``: log-probs [B, R]; ``mask``: the reply's tokens): the k3 estimate of KL(π‖π_ref)."""
+    log_ratio = (reference - policy) * mask
+    return ((log_ratio.exp() - 1.0 - log_ratio) * mask).sum(1)
 
 
 def paired_p_value(candidate: list[float], active: list[float], margin: float = 0.0) -> float:
@@ -147,10 +156,10 @@ def measure(model, adapter: str | None, prompts: list[list[int]], reward_model: 
         if adapter is None:
             kls.extend([0.0] * len(batch_samples))
         else:
-            policy = _reply_logprobs(model, batch_samples, pad_id, eos_id, config.temperature)
+            policy, mask = _reply_logprobs(model, batch_samples, pad_id, eos_id, config.temperature)
             with model.disable_adapter():
-                reference = _reply_logprobs(model, batch_samples, pad_id, eos_id, config.temperature)
-            kls.extend((policy - reference).tolist())
+                reference, _ = _reply_logprobs(model, batch_samples, pad_id, eos_id, config.temperature)
+            kls.extend(reply_kl(policy, reference, mask).tolist())
         samples.extend(batch_samples)
     pairs = [(s.prompt_ids, s.reply_ids) for s in samples]
     rm_scores = reward_model.score_ids(pairs)

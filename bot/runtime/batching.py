@@ -4,8 +4,9 @@ A ``Batch`` holds its rows' KV cache (``kv_cache.RowCache``: left-padded rows in
 and their 2-D attention mask) and, per row, the token that was sampled last and is not yet in the cache
 ("pending"). Newcomers are prefilled as a batch of their own and merged in between steps, or ``join``
 without a prefill pass and run their prompt through the next decode steps one token a step; the tokens a
-prompt shares with an earlier one are not run again. Rows that finished are dropped. Position ids count real tokens only, as ``generate`` and the trainer's scoring do,
-so logged log-probs match the policy's.
+prompt shares with an earlier one are not run again. Rows that finished are dropped. Position ids count
+real tokens only, as ``generate`` and the trainer's scoring do, so logged log-probs match the policy's
+(renormalised over the tokens a row's figure guard allows, ``bot.runtime.figure_guard``).
 """
 
 from __future__ import annotations
