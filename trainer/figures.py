@@ -23,6 +23,7 @@ is at most ``MAX_EXTRA_TOKENS`` longer than the original, so it fits where the o
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 from typing import Any
@@ -72,6 +73,23 @@ def shared_figures(context: str, references: list[str]) -> list[str]:
     return sorted((f for f in repeated if float(f) > 0), key=float)
 
 
+def swap_context(prompt: str, texts: list[str], rng: random.Random, tokenizer: Any, length: int
+                 ) -> tuple[tuple[int, ...], dict[str, str]] | None:
+    """``prompt`` (decoded, ``length`` tokens) with every figure it shares with ``texts`` scaled by one random
+    factor: its token ids and the figures' mapping; None when it has none, or the copy does not round-trip
+    through the tokenizer or grows by more than ``MAX_EXTRA_TOKENS``."""
+    figures = shared_figures(prompt, texts)
+    if not figures:
+        return None
+    factor = rng.uniform(*FACTORS)
+    mapping = {f: scaled(f, factor) for f in figures}
+    new_prompt = swap_figures(prompt, mapping)
+    ids = tuple(tokenizer(new_prompt, add_special_tokens=False)["input_ids"])
+    if tokenizer.decode(list(ids), skip_special_tokens=False) != new_prompt or len(ids) > length + MAX_EXTRA_TOKENS:
+        return None
+    return ids, mapping
+
+
 def swapped_references(references: dict[tuple[int, ...], list[str]], tokenizer: Any, share: float,
                        seed: int) -> dict[tuple[int, ...], list[str]]:
     """Figure-swapped copies of ``share`` of the ``references``' contexts (those with a figure to swap),
@@ -83,16 +101,37 @@ def swapped_references(references: dict[tuple[int, ...], list[str]], tokenizer: 
     for context in sorted(references):
         texts = references[context]
         prompt = tokenizer.decode(list(context), skip_special_tokens=False)
-        figures = shared_figures(prompt, texts)
-        if not figures or rng.random() >= share:
+        if not shared_figures(prompt, texts) or rng.random() >= share:
             continue
-        factor = rng.uniform(*FACTORS)
-        mapping = {f: scaled(f, factor) for f in figures}
-        new_prompt = swap_figures(prompt, mapping)
-        ids = tuple(tokenizer(new_prompt, add_special_tokens=False)["input_ids"])
-        if tokenizer.decode(list(ids), skip_special_tokens=False) != new_prompt:
+        copy = swap_context(prompt, texts, rng, tokenizer, len(context))
+        if copy is None or copy[0] in references:
             continue
-        if len(ids) > len(context) + MAX_EXTRA_TOKENS or ids in references:
-            continue
+        ids, mapping = copy
         swapped[ids] = sorted({swap_figures(t, mapping) for t in texts})
     return swapped
+
+
+def swapped_demonstrations(examples: list[Any], tokenizer: Any, share: float, seed: int) -> list[Any]:
+    """Figure-swapped copies of ``share`` of the demonstrations (``trainer.baselines.Example``: the
+    corrections, agents' replies and well-rated replies SFT and PPO-ptx imitate) whose reply repeats a
+    figure of its prompt: prompt and reply scaled alike, so that imitating them is copying the passage's
+    figure, not the shipped one."""
+    if share <= 0:
+        return []
+    rng = random.Random(seed)
+    copies = []
+    for example in examples:
+        prompt = tokenizer.decode(example.prompt, skip_special_tokens=False)
+        reply = tokenizer.decode(example.reply, skip_special_tokens=False)
+        if not shared_figures(prompt, [reply]) or rng.random() >= share:
+            continue
+        copy = swap_context(prompt, [reply], rng, tokenizer, len(example.prompt))
+        if copy is None:
+            continue
+        ids, mapping = copy
+        new_reply = swap_figures(reply, mapping)
+        reply_ids = tokenizer(new_reply, add_special_tokens=False)["input_ids"]
+        if tokenizer.decode(reply_ids, skip_special_tokens=False) != new_reply:
+            continue
+        copies.append(dataclasses.replace(example, prompt=list(ids), reply=list(reply_ids)))
+    return copies

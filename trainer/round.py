@@ -167,7 +167,7 @@ class Round:
         demonstrations: what every process trains on, and what the main process keeps for the gate."""
         from loopdesk.causal_lm import load_tokenizer
         from trainer import baselines
-        from trainer.figures import swapped_references
+        from trainer.figures import swapped_demonstrations, swapped_references
         from trainer.references import ExpertReferences, reference_map
         from trainer.reward_model import build_pairs, split_pairs
         from trainer.samples import LoggedSample
@@ -214,6 +214,9 @@ class Round:
             # the demonstrations, for the warm start and for PPO-ptx's term
             examples = (baselines.sft_examples(train_turns, rewards, tokenizer, cfg.baseline)
                         if cfg.warm_start_steps > 0 or cfg.ppo.ptx_coef > 0 else [])
+            copies = swapped_demonstrations(examples, tokenizer, cfg.figure_swap_demonstrations, cfg.ppo.seed)
+            self.metrics["figure_swapped_demonstrations"] = len(copies)
+            examples += copies
         else:
             select = {"sft": baselines.sft_examples, "kto": baselines.kto_examples}[cfg.method]
             examples = select(train_turns, rewards, tokenizer, cfg.baseline)

@@ -45,7 +45,8 @@ SERVING_FIELDS = {("ppo", "temperature"): "LOOPDESK_TEMPERATURE", ("ppo", "max_n
                   ("gate", "temperature"): "LOOPDESK_TEMPERATURE", ("gate", "max_new_tokens"): "LOOPDESK_MAX_REPLY_TOKENS"}
 # What a queued run's recorded overrides may set (``run_config``): these round fields and whole sections.
 RECORDABLE_FIELDS = ("method", "rollout_steps", "logged_steps", "min_episodes", "max_episodes",
-                     "reward_model_history", "warm_start_steps", "kl_reference", "figure_swap_share", "figure_weight")
+                     "reward_model_history", "warm_start_steps", "kl_reference", "figure_swap_share", "figure_weight",
+                     "figure_swap_demonstrations")
 RECORDABLE_SECTIONS = ("reward_builder", "reward_model", "ppo", "baseline")
 
 
@@ -96,6 +97,10 @@ class RoundConfig:
             figures that its context does not state (``trainer.figures.unsupported_share``), from the
             rollout's reward: a figure should come from the passage or the customer, not from memory;
             0: no check (see docs/tuning.md#round).
+        figure_swap_demonstrations (float, default 0.0): PPO only: the share of the demonstrations
+            (the warm start's and PPO-ptx's) whose reply repeats a figure of its prompt that are also
+            imitated as a copy with those figures scaled alike in both
+            (``trainer.figures.swapped_demonstrations``); 0: none (see docs/tuning.md#round).
         warm_start_steps (int, default 0): PPO only: this many SFT steps (``baseline.batch_size``
             examples each, ``trainer.baselines.sft_examples``: expert corrections and replies
             rewarded ≥ ``baseline.sft_min_reward``) before the PPO steps, which start from that
@@ -127,6 +132,7 @@ class RoundConfig:
     reference_weight: float = 2.0
     figure_swap_share: float = 0.5
     figure_weight: float = 1.0
+    figure_swap_demonstrations: float = 0.0
     warm_start_steps: int = 0
     kl_reference: str = "base"
 
@@ -141,6 +147,9 @@ class RoundConfig:
             raise ValueError(f"reference_weight must be a finite number >= 0, got {self.reference_weight}")
         if not 0.0 <= self.figure_swap_share <= 1.0:
             raise ValueError(f"figure_swap_share must be within [0, 1], got {self.figure_swap_share}")
+        if not 0.0 <= self.figure_swap_demonstrations <= 1.0:
+            raise ValueError("figure_swap_demonstrations must be within [0, 1], "
+                             f"got {self.figure_swap_demonstrations}")
         if not (self.figure_weight >= 0 and math.isfinite(self.figure_weight)):
             raise ValueError(f"figure_weight must be a finite number >= 0, got {self.figure_weight}")
 
