@@ -16,6 +16,7 @@ from trainer.figures import (
     scaled,
     shared_figures,
     swap_figures,
+    swapped_demonstrations,
     swapped_references,
     unsupported_share,
 )
@@ -118,7 +119,8 @@ def test_a_round_rolls_out_the_swapped_copies_of_reviewed_contexts(settings, sto
         return update_policy(inputs, *args, **kwargs)
 
     monkeypatch.setattr(round_update, "update_policy", recording)
-    run = run_round(tsettings, store, config=small_round_config(figure_swap_share=share), show_progress=False)
+    config = small_round_config(figure_swap_share=share, figure_swap_demonstrations=share)
+    run = run_round(tsettings, store, config=config, show_progress=False)
     inputs = seen["inputs"]
     copies = [ids for ids in inputs.references if ids != prompt
               and "refunds v1" in tokenizer.decode(list(ids), skip_special_tokens=False)]
@@ -131,6 +133,30 @@ def test_a_round_rolls_out_the_swapped_copies_of_reviewed_contexts(settings, sto
             FIGURE.findall(REFERENCE), FIGURE.findall(reference))))
         assert "5-7" not in tokenizer.decode(list(copy), skip_special_tokens=False)
     assert inputs.references[prompt] == [REFERENCE] and list(prompt) in inputs.prompts
+    # the correction is a demonstration (PPO-ptx), and with its share its figure-swapped copy is one too
+    demonstrations = [tokenizer.decode(e.reply, skip_special_tokens=True) for e in inputs.examples
+                      if "refunds v1" in tokenizer.decode(e.prompt, skip_special_tokens=False)]
+    assert REFERENCE in demonstrations
+    swapped = [d for d in demonstrations if d != REFERENCE and "5-7" not in d and "business days" in d]
+    assert run.metrics["figure_swapped_demonstrations"] >= len(swapped) == (1 if share else 0)
+
+
+def test_swapped_demonstrations_change_prompt_and_reply_alike(base_model_dir):
+    from trainer.baselines import Example
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    grounded = list(chat_ids(tokenizer, PASSAGE, "when do i get my money back"))
+    reply = tokenizer(REFERENCE, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    plain = tokenizer("Yes, you can return it.", add_special_tokens=False)["input_ids"]
+    examples = [Example(grounded, reply, source="correction"), Example(grounded, plain)]
+    (copy,) = swapped_demonstrations(examples, tokenizer, share=1.0, seed=3)  # the plain reply repeats no figure
+    text, said = (tokenizer.decode(copy.prompt, skip_special_tokens=False),
+                  tokenizer.decode(copy.reply, skip_special_tokens=True))
+    low, high = FIGURE.findall(said)
+    assert (low, high) != ("5", "7") and int(low) < int(high) and copy.source == "correction"
+    assert text == tokenizer.decode(grounded, skip_special_tokens=False).replace("5-7", f"{low}-{high}")
+    assert said == REFERENCE.replace("5-7", f"{low}-{high}") and copy.reply[-1] == tokenizer.eos_token_id
+    assert swapped_demonstrations(examples, tokenizer, share=0.0, seed=3) == []
 
 
 def test_the_share_and_the_weight_are_checked():
@@ -138,6 +164,8 @@ def test_the_share_and_the_weight_are_checked():
         RoundConfig(figure_swap_share=1.5)
     with pytest.raises(ValueError, match="figure_weight"):
         RoundConfig(figure_weight=-1.0)
+    with pytest.raises(ValueError, match="figure_swap_demonstrations"):
+        RoundConfig(figure_swap_demonstrations=-0.1)
 
 
 @pytest.mark.usefixtures("one_torch_thread")
