@@ -1,10 +1,10 @@
 """Figures in replies: PPO rollouts that reward taking a reply's figures from its passage.
 
-Two parts. ``unsupported_share``: the share of a reply's figures its context does not state, which
-a round subtracts (× ``RoundConfig.figure_weight``) from the reward of every rollout: a figure the
-reply states should be one the passage or the customer gave. ``swapped_references``: copies of
-reviewed contexts with their figures changed, where that check and the reference reward pay for
-reading the passage rather than recalling the shipped value.
+Two parts, and an option. ``unsupported_share``: the share of a reply's figures its context does not
+state, which a round subtracts (× ``RoundConfig.figure_weight``) from the reward of every rollout: a
+figure the reply states should be one the passage or the customer gave. ``swapped_references``:
+copies of reviewed contexts with their figures changed, where that check and the reference reward
+pay for reading the passage rather than recalling the shipped value.
 
 Every context an expert reviewed holds the help article's passage, and its reference reply (the
 expert's correction or approved reply, ``trainer.references``) states the passage's figures: "within
@@ -16,6 +16,10 @@ in which every figure the context and its reference share is scaled by one rando
 "within 23 days", the reference does too, and the reference reward (word F1) pays for "23" and
 costs for "14". Nothing here knows the shop: a figure is a number (digits, with decimals), and only
 those the reference repeats from the context change.
+
+``swapped_demonstrations`` (``RoundConfig.figure_swap_demonstrations``, off by default) does the same
+to the demonstrations the warm start and PPO-ptx imitate: prompt and reply scaled alike, so that
+imitating them is copying the passage's figure.
 
 A copy is kept only when its text encodes back to the same text (the tokenizer round-trips it) and
 is at most ``MAX_EXTRA_TOKENS`` longer than the original, so it fits where the original fitted.
